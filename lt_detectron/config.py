@@ -1,0 +1,1 @@
+def add_lt_config(cfg): pass

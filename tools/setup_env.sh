@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Idempotent setup: a virtual environment in .venv with torch, detectron2 (v0.6, patched
+# build made by tools/install_detectron2.py) and lt_detectron installed in editable mode.
+# Re-running it is cheap: every step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.lt_detectron_setup
+want="$(cat requirements.txt requirements-dev.txt setup.py tools/install_detectron2.py | sha1sum | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import detectron2, lt_detectron" 2>/dev/null; then
+  echo "[setup] .venv is up to date"
+  exit 0
+fi
+echo "[setup] installing requirements (torch, pycocotools, lvis, ...)"
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+echo "[setup] installing detectron2"
+.venv/bin/python tools/install_detectron2.py
+echo "[setup] installing lt_detectron (editable)"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+echo "$want" > "$stamp"
+echo "[setup] done"
