@@ -1,0 +1,4 @@
+from .backbone import TinyNet, build_tiny_backbone, build_tiny_fpn_backbone
+from .box_predictor import ROI_LOSSES, LongTailFastRCNNOutputLayers
+from .roi_heads import LongTailCascadeROIHeads, LongTailROIHeads
+from . import dense  # noqa: F401  (registers LongTailRetinaNet, FCOS, CenterNet)

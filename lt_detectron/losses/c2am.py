@@ -1,0 +1,225 @@
+"""C2AM: Category-Aware Angular Margin loss (Wang et al., CVPR 2022). See METHODS.md section 5.
+
+Pure torch; no Detectron2 config objects.  The paper has no public code.
+
+Conventions: ``C`` foreground classes, background label ``C`` (Detectron2: LAST), ``K = C + 1`` cosine
+classes, ``R`` ROIs, ``gt_classes`` in ``[0, C]``.
+
+Math (for an ROI of class i, cosines ``cos theta_j = W_j . x / (||W_j|| ||x||)`` from a bias-free
+cosine classifier, see :class:`lt_detectron.modeling.classifiers.CosineClassifier` with ``scale=None``):
+
+* ``m_ij = max(0, (alpha / pi) * log(||W_i|| / ||W_j||))`` from DETACHED weight norms (``m_ii = 0``);
+* target logit ``s * cos theta_i`` (no margin);
+* non-target logits ``s * cos(min(theta_j + m_ij, pi))`` (clamped at pi: cos is not monotone beyond);
+* ``L = CE(softmax(logits), i)``, averaged over ROIs (``reduction='mean'``).
+
+Background [interp, the paper is silent]: background is the (C+1)-th cosine class and, with
+``background_margin=True`` (default, METHODS.md recommendation), margins apply to every pair including
+background.  ``background_margin=False``: no margin on any pair involving the background row (background
+ROIs and background column get plain ``s * cos``).  Inference (not here): plain ``softmax(s * cos)``.
+
+Implementation: entries with ``m_ij > 0`` use ``cos(theta + m) = c cos m - sin(theta) sin m`` with ``c``
+clamped to ``[-1 + eps, 1 - eps]`` and ``sin(theta) = sqrt(1 - c^2)``; ``theta + m >= pi`` is detected
+as ``sin(theta + m) < 0`` and gives ``-1`` (zero gradient).  Entries with ``m_ij = 0`` (incl. targets) use
+the raw cosine, so ``alpha = 0`` is exactly a cosine-softmax CE.  This equals
+``cos(min(acos(clamp(c)) + m, pi))`` and its gradient exactly.  A custom autograd Function processes
+ROIs in row chunks with reused scratch buffers and stores one (R, K) gradient buffer.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ["C2AMLoss", "c2am_margins", "c2am_loss"]
+
+
+def _log_norms(weight_norms: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    n = weight_norms.detach().to(dtype)
+    return n.clamp_min(torch.finfo(dtype).tiny).log()
+
+
+def c2am_margins(weight_norms: torch.Tensor, alpha: float = 0.5,
+                 gt_classes: Optional[torch.Tensor] = None,
+                 background_margin: bool = True) -> torch.Tensor:
+    """Angular margins ``m_ij = clamp((alpha/pi) * log(||W_i|| / ||W_j||), 0, pi)`` (detached).
+
+    Args:
+        weight_norms: (K,) class-weight norms, background last.
+        gt_classes: optional (R,) labels in [0, K-1]; rows ``i = gt_classes`` are returned (R, K),
+            otherwise the full (K, K) matrix.
+        background_margin: if False, zero every margin whose row or column is the background (K-1).
+    """
+    logn = _log_norms(weight_norms, weight_norms.dtype if weight_norms.is_floating_point() else torch.float32)
+    rows = logn if gt_classes is None else logn[gt_classes]
+    m = ((alpha / math.pi) * (rows.unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi)
+    if not background_margin:
+        K = logn.shape[0]
+        labels = torch.arange(K, device=logn.device) if gt_classes is None else gt_classes
+        m[labels == K - 1] = 0.0
+        m[:, K - 1] = 0.0
+    return m
+
+
+_CHUNK_ELEMS = 1 << 18  # elements per row chunk (scratch buffers stay cache-sized)
+
+
+def _chunk_size(R: int, K: int, device: torch.device) -> int:
+    # CPU: ~256K elements per chunk keeps the 8 scratch buffers cache-sized and avoids page-faulting
+    # fresh (R, K) allocations.  Accelerators: one chunk (fewer kernel launches).
+    if device.type != "cpu":
+        return max(R, 1)
+    return max(1, min(R, _CHUNK_ELEMS // max(K, 1)))
+
+
+class _C2AMFunction(torch.autograd.Function):
+    """forward(cos (R, K), gt (R,), fill_rows, scale, eps) -> per-ROI loss (R,).
+
+    ``fill_rows(r0, r1, cosm, sinm, act)`` writes cos(m), sin(m) and (m > 0) of ROIs r0:r1 into the
+    (r1 - r0, K) buffers.  Stores G = s * (softmax - onehot) * dphi/dc for backward.
+    """
+
+    @staticmethod
+    def forward(ctx, cos, gt, fill_rows, scale, eps):
+        R, K = cos.shape
+        need_grad = ctx.needs_input_grad[0]
+        lo, hi = -1.0 + eps, 1.0 - eps
+        loss = cos.new_empty(R)
+        G = torch.empty_like(cos) if need_grad else None
+        ch = _chunk_size(R, K, cos.device)
+        bufs = None
+        for r0 in range(0, R, ch):
+            r1 = min(R, r0 + ch)
+            n = r1 - r0
+            if bufs is None or bufs[0].shape[0] != n:
+                bufs = [cos.new_empty(n, K) for _ in range(6)] + \
+                       [torch.empty(n, K, dtype=torch.bool, device=cos.device) for _ in range(2)]
+            cosm, sinm, cc, st, sn, z, act, tmpb = bufs
+            c = cos[r0:r1]
+            y = gt[r0:r1].unsqueeze(1)
+            fill_rows(r0, r1, cosm, sinm, act)            # cos m, sin m, m > 0 for these ROIs
+            torch.clamp(c, lo, hi, out=cc)
+            torch.mul(cc, cc, out=st)
+            st.neg_().add_(1.0).sqrt_()                   # sin(theta) > 0
+            torch.mul(st, cosm, out=sn)
+            sn.addcmul_(cc, sinm)                         # sin(theta + m)
+            cosm.mul_(cc).addcmul_(st, sinm, value=-1.0)  # cos(theta + m)
+            torch.lt(sn, 0.0, out=tmpb)                   # theta + m > pi -> cos = -1
+            cosm.masked_fill_(tmpb, -1.0)
+            torch.where(act, cosm, c, out=z)              # margin only where m > 0
+            z.mul_(scale)
+            lse = torch.logsumexp(z, dim=1)
+            loss[r0:r1] = lse - z.gather(1, y).squeeze(1)
+            if need_grad:
+                # d cos(theta+m)/dc = sin(theta+m)/sin(theta) (0 past pi or outside the clamp range)
+                sn.div_(st).clamp_min_(0.0)
+                torch.ne(c, cc, out=tmpb)
+                sn.masked_fill_(tmpb, 0.0)
+                torch.logical_not(act, out=tmpb)
+                sn.masked_fill_(tmpb, 1.0)
+                z.sub_(lse.unsqueeze(1)).exp_()           # softmax
+                z.scatter_add_(1, y, torch.full_like(lse, -1.0).unsqueeze(1))
+                torch.mul(z, sn, out=G[r0:r1])
+                G[r0:r1].mul_(scale)
+        if need_grad:
+            ctx.save_for_backward(G)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (G,) = ctx.saved_tensors
+        return G * grad_loss.unsqueeze(1), None, None, None, None
+
+
+def c2am_loss(cos_logits: torch.Tensor, weight_norms: torch.Tensor, gt_classes: torch.Tensor,
+              scale: float = 30.0, alpha: float = 0.5, background_margin: bool = True,
+              eps: float = 1e-6, reduction: str = "mean") -> torch.Tensor:
+    """Functional C2AM loss.
+
+    Args:
+        cos_logits: (R, K=C+1) RAW cosines in [-1, 1] (unscaled), background column last.
+        weight_norms: (K,) classifier row norms ``||W_j||``; detached internally (no gradient).
+        gt_classes: (R,) long in [0, C] (C = background).
+        scale: ``s``; alpha: margin strength; eps: clamp of the cosine in the angular path.
+        reduction: 'mean' (over R) | 'sum' | 'none' (per-ROI (R,)).
+    Returns: scalar (or (R,) for 'none'); R = 0 gives a zero connected to the graph.
+    """
+    if cos_logits.dim() != 2:
+        raise ValueError(f"cos_logits must be (R, K), got {tuple(cos_logits.shape)}")
+    R, K = cos_logits.shape
+    if weight_norms.shape != (K,):
+        raise ValueError(f"weight_norms must be ({K},), got {tuple(weight_norms.shape)}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"bad reduction {reduction}")
+    if R == 0:
+        z = cos_logits.sum() * 0.0
+        return cos_logits.new_zeros(0) + z if reduction == "none" else z
+    if cos_logits.dtype in (torch.float16, torch.bfloat16):
+        cos_logits = cos_logits.float()  # margins / acos in fp32 (METHODS.md 5g)
+    gt = gt_classes.to(device=cos_logits.device, dtype=torch.long)
+    dtype = cos_logits.dtype
+    logn = _log_norms(weight_norms, dtype).to(cos_logits.device)
+    a = float(alpha) / math.pi
+    bg = K - 1
+    if R >= K:  # cheaper: (K, K) tables of cos m / sin m / (m > 0), then row gathers
+        table = (a * (logn.unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi)
+        if not background_margin:
+            table[bg] = 0.0
+            table[:, bg] = 0.0
+        tabs = (table.cos(), table.sin(), table > 0)
+
+        def fill_rows(r0, r1, cosm, sinm, act):
+            y = gt[r0:r1]
+            torch.index_select(tabs[0], 0, y, out=cosm)
+            torch.index_select(tabs[1], 0, y, out=sinm)
+            torch.index_select(tabs[2], 0, y, out=act)
+    else:  # only the rows of the labels in the batch
+        def fill_rows(r0, r1, cosm, sinm, act):
+            y = gt[r0:r1]
+            m = (a * (logn[y].unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi)
+            if not background_margin:
+                m[y == bg] = 0.0
+                m[:, bg] = 0.0
+            torch.gt(m, 0.0, out=act)
+            torch.cos(m, out=cosm)
+            torch.sin(m, out=sinm)
+
+    per_roi = _C2AMFunction.apply(cos_logits, gt, fill_rows, float(scale), float(eps))
+    if reduction == "mean":
+        return per_roi.mean()
+    if reduction == "sum":
+        return per_roi.sum()
+    return per_roi
+
+
+class C2AMLoss(nn.Module):
+    """C2AM loss module; see module docstring and :func:`c2am_loss`.
+
+    ``forward(cos_logits (R, C+1), weight_norms (C+1,), gt_classes (R,)) -> scalar`` (for 'mean'/'sum').
+    """
+
+    def __init__(self, scale: float = 30.0, alpha: float = 0.5, background_margin: bool = True,
+                 eps: float = 1e-6, reduction: str = "mean"):
+        super().__init__()
+        if not 0.0 < eps < 0.5:
+            raise ValueError("eps must be in (0, 0.5)")
+        self.scale = float(scale)
+        self.alpha = float(alpha)
+        self.background_margin = bool(background_margin)
+        self.eps = float(eps)
+        self.reduction = reduction
+
+    def margins(self, weight_norms: torch.Tensor, gt_classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(K, K) or (R, K) margins used by the loss (detached)."""
+        return c2am_margins(weight_norms, self.alpha, gt_classes, self.background_margin)
+
+    def forward(self, cos_logits: torch.Tensor, weight_norms: torch.Tensor,
+                gt_classes: torch.Tensor) -> torch.Tensor:
+        return c2am_loss(cos_logits, weight_norms, gt_classes, self.scale, self.alpha,
+                         self.background_margin, self.eps, self.reduction)
+
+    def extra_repr(self) -> str:
+        return (f"scale={self.scale}, alpha={self.alpha}, background_margin={self.background_margin}, "
+                f"eps={self.eps}, reduction={self.reduction}")

@@ -1,0 +1,155 @@
+"""ECM: Effective Class-Margins (Cho and Kraehenbuehl, ECCV 2022), logit form.
+
+Two-stage (ROI) form, :class:`ECMLoss`. Logits z (R, C+1), **background last (column C)**,
+gt_classes (R,) in [0, C] (C = background), one-hot target y over all C+1 columns.
+
+    counts (length C+1): n_c = instance count of class c (clamped to >= 1, see below),
+                         n_bg = r * sum_c n_c,  N = sum_c n_c + n_bg
+    n_c^+ = n_c,  n_c^- = N - n_c   (background column included)
+    margin  delta_c = (1/4) log(n_c^+ / n_c^-)
+    weight  m_c = a_c log((1 + a_c) / a_c) = a_c log1p(1 / a_c),  a_c = n_c^- / n_c^+
+    loss    = (1/R) sum_r sum_{c=0..C} m_c BCE_with_logits(2 z_rc + delta_c, y_rc)
+
+(the closed form of the official code's s_hat = w+ e^z / (w+ e^z + w- e^-z) = sigma(2z + delta); it is
+evaluated in logit form, never exp(z)). Inference is :func:`objectness_scores`
+(sigma(z_fg) (1 - sigma(z_bg)), plain sigma(z): no factor 2, no margins, as in the authors' code).
+
+Zero-count classes: n_c is clamped to a minimum of 1 (a class with no training instance gets the margin
+of the rarest possible class), so delta and m stay finite. n_bg and n_c^- are clamped to >= 1 as well
+(only relevant for degenerate inputs: a measured r = 0, or a single class in the one-stage form).
+
+r (``bg_fg_ratio``, #background / #foreground sampled ROIs) defaults to the authors' LVIS v1 constant
+6.3313. With ``measure_iters=K > 0`` the first K calls in training mode count the background
+(gt == C) and foreground ROIs of the batch, SUM-all-reduce the two counts (collective: every rank calls it
+on each of those K steps) and accumulate them; after the K-th call r = total_bg / total_fg is frozen
+into the ``bg_fg_ratio`` buffer and the margins/weights are recomputed (if no foreground ROI was seen the
+constant is kept). Until then the constant is used. All of this is state in persistent buffers
+(``bg_fg_ratio``, ``measured_iters``, ``measured_bg``, ``measured_fg``, ``margins``, ``weights``), so
+resuming from a checkpoint is exact.
+
+One-stage form, :class:`ECMFocalLoss`: C channels, no background column and no background count
+(n_c^- = sum_{c'} n_c' - n_c), s_hat = sigma(2z + delta) plugged into the sigmoid focal loss
+(gamma 2, alpha 0.25), reduction = sum (the detector divides by its own normaliser). Following the
+supplement ("apply the focal weights to our ECM loss") the per-class weights m_c multiply the focal loss
+as they multiply the BCE in the two-stage form.
+"""
+import torch
+import torch.nn as nn
+
+from .distributed import all_reduce_sum
+from .eqlv2 import objectness_scores
+from .focal import sigmoid_focal_loss
+from .sigmoid import fused_weighted_bce
+
+__all__ = ["ecm_margins_and_weights", "objectness_scores", "ECMLoss", "ECMFocalLoss"]
+
+DEFAULT_BG_FG_RATIO = 6.3313
+
+
+def ecm_margins_and_weights(instance_counts, bg_fg_ratio=DEFAULT_BG_FG_RATIO, with_background=True):
+    """Margins delta and detection weights m (float64).
+
+    Args:
+        instance_counts: (C,) per-class training instance counts (zero counts are clamped to 1).
+        bg_fg_ratio: r; n_bg = r * sum(n_c). Ignored if ``with_background`` is False.
+        with_background: True -> (C+1,) vectors with the background column last (two-stage form);
+            False -> (C,) vectors, n_c^- = sum n - n_c (one-stage form).
+    """
+    n = torch.as_tensor(instance_counts, dtype=torch.float64).flatten().clamp(min=1.0)
+    if with_background:
+        n = torch.cat([n, (n.sum().reshape(1) * float(bg_fg_ratio)).clamp(min=1.0)])
+    n_neg = (n.sum() - n).clamp(min=1.0)
+    delta = 0.25 * (torch.log(n) - torch.log(n_neg))
+    a = n_neg / n
+    m = a * torch.log1p(1.0 / a)
+    return delta, m
+
+
+class ECMLoss(nn.Module):
+    """ECM ROI loss. ``forward(logits (R, C+1), gt_classes (R,)) -> scalar`` (sum over all C+1 columns / R).
+
+    Args:
+        instance_counts: (C,) training instance counts per class (before RFS).
+        bg_fg_ratio: r constant (#bg / #fg ROIs); 6.3313 = authors' LVIS v1 value.
+        measure_iters: K > 0 measures r over the first K training calls, then freezes it (module docstring).
+    Buffers ``margins`` (delta) and ``weights`` (m), (C+1,) float32, are the values in use.
+    """
+
+    def __init__(self, instance_counts, bg_fg_ratio: float = DEFAULT_BG_FG_RATIO, measure_iters: int = 0):
+        super().__init__()
+        counts = torch.as_tensor(instance_counts, dtype=torch.float64).flatten()
+        self.num_classes = int(counts.numel())
+        self.measure_iters = int(measure_iters)
+        self.register_buffer("instance_counts", counts)
+        self.register_buffer("bg_fg_ratio", torch.tensor(float(bg_fg_ratio), dtype=torch.float64))
+        self.register_buffer("measured_iters", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("measured_bg", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("measured_fg", torch.tensor(0, dtype=torch.long))
+        self.register_buffer("margins", torch.zeros(self.num_classes + 1, dtype=torch.float32))
+        self.register_buffer("weights", torch.zeros(self.num_classes + 1, dtype=torch.float32))
+        self._recompute()
+
+    def _recompute(self):
+        delta, m = ecm_margins_and_weights(self.instance_counts, float(self.bg_fg_ratio), True)
+        self.margins.copy_(delta.to(self.margins))
+        self.weights.copy_(m.to(self.weights))
+
+    @property
+    def measuring(self) -> bool:
+        return self.measure_iters > 0 and int(self.measured_iters) < self.measure_iters
+
+    @torch.no_grad()
+    def _measure(self, gt_classes):
+        C = self.num_classes
+        num_bg = (gt_classes == C).sum()
+        cnt = torch.stack([num_bg, gt_classes.numel() - num_bg]).to(torch.long)
+        all_reduce_sum(cnt)
+        cnt = cnt.to(self.measured_bg.device)
+        self.measured_bg += cnt[0]
+        self.measured_fg += cnt[1]
+        self.measured_iters += 1
+        if int(self.measured_iters) == self.measure_iters and int(self.measured_fg) > 0:
+            self.bg_fg_ratio.fill_(float(self.measured_bg) / float(self.measured_fg))
+            self._recompute()
+
+    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes + 1:
+            raise ValueError(f"expected logits (R, {self.num_classes + 1}), got {tuple(logits.shape)}")
+        # loss with the margins in force *before* this batch's measurement
+        loss, _, _ = fused_weighted_bce(
+            logits, gt_classes, self.weights, input_scale=2.0, input_bias=self.margins
+        )
+        if self.training and self.measuring:
+            self._measure(gt_classes.to(self.measured_bg.device))
+        return loss
+
+
+class ECMFocalLoss(nn.Module):
+    """One-stage ECM (supplement): focal loss on s_hat = sigma(2z + delta), weighted by m_c.
+
+    ``forward(logits (M, C), targets (M, C)) -> scalar`` with one-hot targets (background = all-zero row),
+    reduction = sum. No background count: n_c^- = sum_{c'} n_c' - n_c. ``use_class_weights=False`` drops
+    m_c (margins only), in case the supplement is read as "focal loss on s_hat" without the weights.
+    """
+
+    def __init__(self, instance_counts, gamma: float = 2.0, alpha: float = 0.25, use_class_weights: bool = True):
+        super().__init__()
+        self.use_class_weights = bool(use_class_weights)
+        delta, m = ecm_margins_and_weights(instance_counts, with_background=False)
+        self.num_classes = int(delta.numel())
+        self.gamma = float(gamma)
+        self.alpha = float(alpha)
+        self.register_buffer("margins", delta.float())
+        self.register_buffer("weights", m.float())
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(f"expected logits (M, {self.num_classes}), got {tuple(logits.shape)}")
+        if logits.shape[0] == 0:
+            return logits.sum() * 0.0
+        z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        x = 2.0 * z + self.margins.to(z.dtype)
+        return sigmoid_focal_loss(
+            x, targets, self.alpha, self.gamma, reduction="sum",
+            weight=self.weights.to(z.dtype) if self.use_class_weights else None,
+        )

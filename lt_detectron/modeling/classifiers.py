@@ -1,0 +1,106 @@
+"""Classifier layers for the long-tail ROI heads (pure torch nn.Modules, no Detectron2 config).
+
+* :class:`CosineClassifier` -- ``out = s * cos(theta) (+ b)`` with ``cos theta_j = W_j . x / (||W_j|| ||x||)``.
+  - ``scale=None``: returns RAW cosines in [-1, 1] (C2AM: the loss applies ``s`` and the margins, and
+    inference uses ``softmax(s * cos)``); combine with ``bias=False``.
+  - ``scale=float``: fixed temperature (buffer); ``learn_scale=True`` makes it a parameter.
+  - ``bias=True``: a bias is added AFTER scaling (mmdet ``NormedLinear`` as used by ECM: temperature 20
+    with bias).  :func:`NormedLinear` builds that recipe.
+  - ``weight_norms()`` returns the (out_features,) row norms ``||W_j||`` (C2AM margins; the loss
+    detaches them).
+* :func:`init_prior_bias` sets ``bias = -log((1 - p) / p)`` (e.g. EQLv2 / sigmoid heads, p = 0.001).
+
+Shapes: input ``(R, in_features)`` (extra trailing dims are flattened), output ``(R, out_features)``;
+for a Detectron2 ROI head ``out_features = C + 1`` with background last.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["CosineClassifier", "NormedLinear", "init_prior_bias"]
+
+
+class CosineClassifier(nn.Module):
+    """Cosine-similarity classifier.
+
+    Args:
+        in_features: feature dimension ``D``.
+        num_classes_plus_bg: number of outputs ``K`` (``C + 1`` for a Detectron2 ROI head).
+        scale: ``None`` -> raw cosines; a float -> ``s * cos``.
+        learn_scale: make ``s`` a learnable parameter (requires a float ``scale``).
+        bias: add a learnable bias (initialised to 0) after scaling.
+        eps: lower bound of the norms in the normalisation (``x / max(||x||, eps)``); keeps zero
+            features / rows finite (their cosines are 0).
+        init_std: std of the normal weight init (mmdet default 0.01).
+    """
+
+    def __init__(self, in_features: int, num_classes_plus_bg: int, scale: Optional[float] = None,
+                 bias: bool = False, eps: float = 1e-6, learn_scale: bool = False, init_std: float = 0.01):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(num_classes_plus_bg)
+        self.eps = float(eps)
+        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
+        nn.init.normal_(self.weight, std=init_std)
+        if scale is None:
+            if learn_scale:
+                raise ValueError("learn_scale=True needs an initial float scale")
+            self.scale = None
+        elif learn_scale:
+            self.scale = nn.Parameter(torch.tensor(float(scale)))
+        else:
+            self.register_buffer("scale", torch.tensor(float(scale)))
+        self.bias = nn.Parameter(torch.zeros(self.out_features)) if bias else None
+
+    def cosine(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw cosines (R, K) in [-1, 1] (up to rounding)."""
+        if x.dim() > 2:
+            x = torch.flatten(x, start_dim=1)
+        xn = F.normalize(x, dim=1, eps=self.eps)
+        wn = F.normalize(self.weight, dim=1, eps=self.eps)
+        return xn @ wn.t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (R, D) -> (R, K): ``cos``, or ``s * cos``, plus ``bias`` if enabled."""
+        out = self.cosine(x)
+        if self.scale is not None:
+            out = out * self.scale
+        if self.bias is not None:
+            out = out + self.bias
+        return out
+
+    def weight_norms(self) -> torch.Tensor:
+        """(K,) row norms ``||W_j||`` (differentiable; detach where needed)."""
+        return self.weight.norm(dim=1)
+
+    def extra_repr(self) -> str:
+        s = None if self.scale is None else float(self.scale)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, scale={s}, "
+                f"learn_scale={isinstance(self.scale, nn.Parameter)}, bias={self.bias is not None}")
+
+
+def NormedLinear(in_features: int, out_features: int, temperature: float = 20.0, bias: bool = True,
+                 eps: float = 1e-6) -> CosineClassifier:
+    """ECM / mmdet ``NormedLinear`` recipe: ``20 * cos + b`` (fixed temperature, with bias)."""
+    return CosineClassifier(in_features, out_features, scale=temperature, bias=bias, eps=eps)
+
+
+def init_prior_bias(module: nn.Module, prior_prob: float) -> nn.Module:
+    """Set ``module.bias`` to ``-log((1 - p) / p)`` so that ``sigmoid(bias) = p``; returns ``module``.
+
+    Works for ``nn.Linear`` and :class:`CosineClassifier` with a bias; raises if there is none.
+    """
+    p = float(prior_prob)
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+    bias = getattr(module, "bias", None)
+    if bias is None:
+        raise ValueError(f"{type(module).__name__} has no bias to initialise")
+    with torch.no_grad():
+        bias.fill_(-math.log((1.0 - p) / p))
+    return module

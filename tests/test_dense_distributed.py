@@ -1,0 +1,51 @@
+"""Two CPU processes (gloo): FCOS with dense EQL v2 keeps identical, all-reduced statistics on both ranks
+and BOFL's lambda is the same on both (it depends on the iteration only)."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    from detectron2.utils.events import EventStorage
+
+    from lt_detectron.engine import progress
+    from tests.test_dense_models import _build, make_inputs
+
+    progress.set_epoch_length(10.0)
+    model = _build("FCOS", "eqlv2", seed=0)
+    model.train()
+    for it in range(2):
+        with EventStorage(it):
+            losses = model(make_inputs(n=1, seed=10 * rank + it))  # different data per rank
+        sum(losses.values()).backward()
+    bofl = _build("FCOS", "bofl")
+    torch.save(
+        {"buffers": {k: v for k, v in model.state_dict().items() if k.startswith("cls_loss.")},
+         "lam": [bofl.cls_loss.current_lambda(i) for i in (0, 19, 20, 35)]},
+        os.path.join(out_dir, "rank%d.pt" % rank),
+    )
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_eqlv2_statistics_identical(tmp_path):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / ("rank%d.pt" % r)) for r in (0, 1))
+    assert r0["lam"] == r1["lam"] == [0.0, 0.0, 1 / 3, 2 / 3]
+    assert set(r0["buffers"]) >= {"cls_loss.loss.pos_grad", "cls_loss.loss.neg_grad", "cls_loss.loss.pos_neg"}
+    for k, v in r0["buffers"].items():
+        assert torch.equal(v, r1["buffers"][k]), k
+    assert r0["buffers"]["cls_loss.loss.pos_grad"].abs().sum() > 0

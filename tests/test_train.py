@@ -1,0 +1,123 @@
+"""End to end on CPU: a few training iterations + evaluation, resume, checkpoint class-count
+errors, and a 2-process (gloo) run through tools/train_net.py."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+import lt_detectron  # noqa: F401
+from lt_detectron import add_lt_config
+from lt_detectron.data import register_lt_dataset
+from lt_detectron.data.embedded import get_lt_shapes, lt_shapes_paths
+from lt_detectron.engine import CheckpointClassMismatch, LTCheckpointer, LTTrainer
+from lt_detectron.class_stats import ClassStatsError
+from tests._data import unique_name, unregister
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = os.path.join(ROOT, "configs", "lt_shapes", "Base-FasterRCNN-Tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def small_val():
+    """The first 12 lt_shapes val images, registered as their own LVIS-format dataset."""
+    paths = lt_shapes_paths(get_lt_shapes())
+    data = json.load(open(paths["val_json"]))
+    keep = {im["id"] for im in data["images"][:12]}
+    data["images"] = [im for im in data["images"] if im["id"] in keep]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    out = os.path.join(os.environ.get("PYTEST_TMP", "/tmp"), "lt_shapes_val12_%d.json" % os.getpid())
+    json.dump(data, open(out, "w"))
+    name = unique_name("lt_shapes_val12")
+    register_lt_dataset(name, out, paths["val_images"], evaluator_type="lvis")
+    yield name, out
+    unregister(name)
+
+
+def make_cfg(tmp_path, test_name, *opts):
+    cfg = get_cfg()
+    add_lt_config(cfg)
+    cfg.merge_from_file(BASE)
+    cfg.merge_from_list(
+        [
+            "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
+            "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "('%s',)" % test_name,
+            "OUTPUT_DIR", str(tmp_path), "SOLVER.WARMUP_ITERS", "1",
+        ]
+        + list(opts)
+    )
+    return cfg
+
+
+@pytest.mark.slow
+def test_train_few_iterations_and_evaluate(tmp_path, small_val):
+    cfg = make_cfg(tmp_path, small_val[0])
+    trainer = LTTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert os.path.isfile(tmp_path / "model_final.pth")
+    res = LTTrainer.test(cfg, trainer.model)
+    bbox = res[small_val[0]]["bbox"]
+    for k in ("AP", "AP50", "APr", "APc", "APf"):
+        assert k in bbox
+    assert os.path.isfile(tmp_path / "metrics.json")
+
+
+@pytest.mark.slow
+def test_resume_is_exact_and_class_mismatch_is_clear(tmp_path, small_val):
+    torch.manual_seed(0)
+    cfg = make_cfg(tmp_path, small_val[0])
+    trainer = LTTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    final = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    # our checkpoints load under torch >= 2.6 (weights_only default) and resume sets the iteration
+    cfg2 = make_cfg(tmp_path, small_val[0], "SOLVER.MAX_ITER", "4")
+    t2 = LTTrainer(cfg2)
+    t2.resume_or_load(resume=True)
+    assert t2.start_iter == 4
+    for k, v in t2.model.state_dict().items():
+        assert torch.equal(v, final[k]), k
+    # a checkpoint from another class count: a clear error, not a shape crash
+    cfg3 = make_cfg(tmp_path / "other", small_val[0])
+    model = LTTrainer.build_model(cfg3)
+    ckpt = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    w = ckpt["model"]["roi_heads.box_predictor.cls_score.weight"]
+    ckpt["model"]["roi_heads.box_predictor.cls_score.weight"] = w[:10]
+    ckpt["model"]["roi_heads.box_predictor.cls_score.bias"] = ckpt["model"]["roi_heads.box_predictor.cls_score.bias"][:10]
+    torch.save(ckpt, tmp_path / "nine_classes.pth")
+    with pytest.raises(CheckpointClassMismatch, match=r"shape \[10, 128\] but the model expects \[25, 128\]"):
+        LTCheckpointer(model).load(str(tmp_path / "nine_classes.pth"))
+    # ... unless the classifier is re-initialised on purpose (BAGS decoupled recipe)
+    before = model.roi_heads.box_predictor.cls_score.weight.clone()
+    LTCheckpointer(model, reinit_cls=True).load(str(tmp_path / "nine_classes.pth"))
+    assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, before)
+    assert torch.equal(model.roi_heads.box_predictor.bbox_pred.weight, final["roi_heads.box_predictor.bbox_pred.weight"])
+
+
+def test_num_classes_mismatch_is_a_startup_error(tmp_path, small_val):
+    cfg = make_cfg(tmp_path, small_val[0], "MODEL.ROI_HEADS.NUM_CLASSES", "80")
+    with pytest.raises(ClassStatsError, match="MODEL.ROI_HEADS.NUM_CLASSES = 80 but the training data lt_shapes_train has 24"):
+        LTTrainer(cfg)
+
+
+@pytest.mark.slow
+def test_two_process_cpu_training(tmp_path):
+    """tools/train_net.py --num-gpus 2 MODEL.DEVICE cpu: gloo DDP, distributed evaluation."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", BASE, "--num-gpus", "2",
+        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
+        "SOLVER.CHECKPOINT_PERIOD", "100", "OUTPUT_DIR", str(tmp_path), "SOLVER.WARMUP_ITERS", "1",
+        "DATASETS.TEST", "('lt_shapes_val',)",
+    ]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert "world_size=2" in log.replace(" ", "") or "Rank of current process: 0. World size: 2" in log
+    assert os.path.isfile(tmp_path / "model_final.pth")
+    assert "| lt_shapes_val | bbox |" in out.stdout

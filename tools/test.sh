@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: set everything up (idempotent), then run the whole suite (slow
+# end-to-end tests included) on 2 processes. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup_env.sh
+exec .venv/bin/python -m pytest -q -n 2 --durations=15 "$@"

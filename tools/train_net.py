@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Train and evaluate long-tailed detectors (Detectron2's train_net, PointRend's template).
+
+    python tools/train_net.py --config-file configs/lt_shapes/faster_rcnn_tiny_softmax.yaml
+    python tools/train_net.py --config-file configs/lvis_v1/eqlv2_mask_rcnn_R_50_FPN_1x.yaml --num-gpus 8
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    python tools/train_net.py --config-file ... --resume          # continue from last_checkpoint
+
+On a machine without a GPU add ``MODEL.DEVICE cpu`` (``--num-gpus N`` then starts N CPU
+processes with the gloo backend).
+"""
+import logging
+import os
+import sys
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: F401  (API parity with D2)
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
+from lt_detectron import add_lt_config
+from lt_detectron.data import prepare_datasets
+from lt_detectron.engine import LTTrainer, LTCheckpointer, format_results
+
+Trainer = LTTrainer
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_lt_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        LTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, reinit_cls=cfg.MODEL.LT.REINIT_CLS).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        res = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        res = trainer.train()
+    if comm.is_main_process():
+        verify_results(cfg, res)
+        table = format_results(res)
+        if table:
+            logging.getLogger("lt_detectron").info("Final results:\n" + table)
+            print("\n" + table, flush=True)
+    return res
+
+
+def _cpu_processes(args):
+    """With MODEL.DEVICE cpu, --num-gpus N means N CPU processes (gloo)."""
+    opts = list(args.opts)
+    return "MODEL.DEVICE" in opts and opts[opts.index("MODEL.DEVICE") + 1] == "cpu"
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    # generate / validate datasets once, before worker processes start
+    prepare_datasets(args.config_file, args.opts)
+    if args.num_gpus > 1 and _cpu_processes(args):
+        from lt_detectron.engine.launch import launch_cpu
+
+        launch_cpu(main, args.num_gpus, args.dist_url, args=(args,))
+    else:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
