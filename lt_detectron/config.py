@@ -8,8 +8,15 @@ from detectron2.config import CfgNode as CN
 
 def add_lt_config(cfg):
     """Add lt_detectron's keys to a Detectron2 ``CfgNode`` in place (idempotent)."""
-    if "LT" in cfg.MODEL:
-        return cfg
+    from .modeling.dense.config import add_dense_config
+
+    if "LT" not in cfg.MODEL:
+        _add_lt_keys(cfg)
+    add_dense_config(cfg)  # MODEL.FCOS.*, MODEL.CENTERNET.*
+    return cfg
+
+
+def _add_lt_keys(cfg):
     _C = cfg
     # ---------------------------------------------------------------- detectron2-main keys
     _C.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE = False  # sigmoid BCE classifier (detectron2 main)
@@ -77,5 +84,3 @@ def add_lt_config(cfg):
     _C.TEST.LT.MAX_DETS = 300
     _C.LT_HOOKS = CN()
     _C.LT_HOOKS.PLOT_PERIOD = 0  # > 0: write method plots (weight norms, EQL v2 ratios) every N iters
-    _C.LT_HOOKS.NAN_CHECK = True  # stop with a clear error on a non-finite loss, keeping checkpoints
-    return cfg

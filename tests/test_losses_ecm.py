@@ -1,6 +1,5 @@
 """ECM loss (METHODS.md section 4): margins/weights, loss vs the probability-form reference, measured r."""
 import io
-import math
 
 import pytest
 import torch

@@ -8,7 +8,6 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F

@@ -51,7 +51,11 @@ def main(args):
         res = trainer.train()
     if comm.is_main_process():
         verify_results(cfg, res)
-        table = format_results(res)
+        if len(cfg.DATASETS.TEST) == 1 and cfg.DATASETS.TEST[0] not in res:
+            res_named = {cfg.DATASETS.TEST[0]: res}  # DefaultTrainer.test unwraps one dataset
+        else:
+            res_named = res
+        table = format_results(res_named)
         if table:
             logging.getLogger("lt_detectron").info("Final results:\n" + table)
             print("\n" + table, flush=True)

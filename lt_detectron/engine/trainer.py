@@ -36,9 +36,10 @@ def check_config_against_data(cfg):
         return None
     stats = get_class_stats(cfg.DATASETS.TRAIN)
     arch = cfg.MODEL.META_ARCHITECTURE
-    if "RetinaNet" in arch:
-        check_num_classes(cfg.MODEL.RETINANET.NUM_CLASSES, stats, "MODEL.RETINANET.NUM_CLASSES")
-    elif arch in ("GeneralizedRCNN",):
+    key = {"FCOS": "FCOS", "CenterNet": "CENTERNET"}.get(arch, "RETINANET" if "RetinaNet" in arch else None)
+    if key is not None:
+        check_num_classes(cfg.MODEL[key].NUM_CLASSES, stats, "MODEL.%s.NUM_CLASSES" % key)
+    elif arch == "GeneralizedRCNN":
         check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, stats, "MODEL.ROI_HEADS.NUM_CLASSES")
     for name in cfg.DATASETS.TEST:
         meta = MetadataCatalog.get(name)

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 from detectron2.utils import comm
 
-from .common import bin_label, format_table, instance_bins, per_category_ap, precision_ap, write_per_category_csv
+from .common import bin_label, category_sums, format_table, instance_bins, per_category_ap, precision_ap, write_per_category_csv
 from .lvis_evaluation import LTLVISEvaluator
 
 logger = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class LTCOCOEvaluator(LTLVISEvaluator):
         )
         results = OrderedDict((k, 100.0 * v) for k, v in metrics.items())
         names, freq, inst, imgs = self._category_info(cat_ids)
+        precision = category_sums(precision)  # (sums, counts) per category: cheap group / category AP
         self.empty_bins = []
         if (inst < 0).all():
             logger.warning(f"No training instance counts for {self._dataset_name}: AP1-AP4 are not reported "

@@ -26,6 +26,7 @@ __all__ = [
     "instances_to_arrays",
     "RankPredictionStore",
     "load_gt_json",
+    "category_sums",
     "precision_ap",
     "per_category_ap",
     "instance_bins",
@@ -174,33 +175,37 @@ class RankPredictionStore:
             self._dir = None
 
 
-def precision_ap(precision: np.ndarray, cat_idx: Optional[Sequence[int]] = None, iou_idx=None, area_idx: int = 0) -> float:
-    """AP as lvis-api/pycocotools summarize it: mean of valid (> -1) precision entries.
+def category_sums(precision: np.ndarray, area_idx: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+    """Per category: sum and number of valid (> -1) precision entries over IoU x recall.
 
     ``precision`` is (T, R, K, A) (lvis-api) or (T, R, K, A, M) (COCO; last max-dets used).
-    Returns ``nan`` when nothing is valid (lvis-api prints -1 there).
+    Group AP = sums[idx].sum() / counts[idx].sum(), exactly lvis-api's/pycocotools'
+    ``summarize`` (mean of the valid entries) restricted to those categories.
     """
-    p = precision
-    if p.ndim == 5:
-        p = p[..., -1]
-    if iou_idx is not None:
-        p = p[iou_idx : iou_idx + 1]
-    if cat_idx is not None:
-        p = p[:, :, np.asarray(cat_idx, dtype=np.int64)]
-    p = p[:, :, :, area_idx]
-    v = p[p > -1]
-    return float(np.mean(v)) if v.size else float("nan")
-
-
-def per_category_ap(precision: np.ndarray) -> np.ndarray:
-    """(K,) AP per category over IoU 0.5:0.95, area 'all'; nan for categories without GT."""
     p = precision[..., -1] if precision.ndim == 5 else precision
-    p = p[:, :, :, 0].reshape(-1, p.shape[2])
+    p = p[..., area_idx]  # (T, R, K) view
     valid = p > -1
-    s = np.where(valid, p, 0.0).sum(0)
-    n = valid.sum(0)
+    return np.where(valid, p, 0.0).sum(axis=(0, 1)), valid.sum(axis=(0, 1))
+
+
+def precision_ap(precision, cat_idx: Optional[Sequence[int]] = None, area_idx: int = 0) -> float:
+    """AP as lvis-api/pycocotools summarize it over the given categories (nan when undefined).
+
+    ``precision`` is a precision array or the ``(sums, counts)`` of :func:`category_sums`.
+    """
+    sums, counts = precision if isinstance(precision, tuple) else category_sums(precision, area_idx)
+    if cat_idx is not None:
+        idx = np.asarray(cat_idx, dtype=np.int64)
+        sums, counts = sums[idx], counts[idx]
+    n = counts.sum()
+    return float(sums.sum() / n) if n else float("nan")
+
+
+def per_category_ap(precision) -> np.ndarray:
+    """(K,) AP per category over IoU 0.5:0.95, area 'all'; nan for categories without GT."""
+    sums, counts = precision if isinstance(precision, tuple) else category_sums(precision)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def instance_bins(counts: np.ndarray, edges: Sequence[int] = (10, 100, 1000), lo0: int = 0):

@@ -27,6 +27,7 @@ from .common import (
     instance_bins,
     instances_to_arrays,
     load_gt_json,
+    category_sums,
     per_category_ap,
     precision_ap,
     write_per_category_csv,
@@ -298,6 +299,7 @@ class LTLVISEvaluator(DatasetEvaluator):
         )
         results = OrderedDict((k, 100.0 * v) for k, v in metrics.items())
         names, freq, inst, imgs = self._category_info(cat_ids)
+        precision = category_sums(precision)  # (sums, counts) per category: cheap group / category AP
         for label, members in self._groups(inst):
             if isinstance(members, set):
                 idx = [k for k, c in enumerate(cat_ids) if int(c) in members]

@@ -23,10 +23,12 @@ clamped to ``[-1 + eps, 1 - eps]`` and ``sin(theta) = sqrt(1 - c^2)``; ``theta +
 as ``sin(theta + m) < 0`` and gives ``-1`` (zero gradient).  Entries with ``m_ij = 0`` (incl. targets) use
 the raw cosine, so ``alpha = 0`` is exactly a cosine-softmax CE.  This equals
 ``cos(min(acos(clamp(c)) + m, pi))`` and its gradient exactly.  A custom autograd Function processes
-ROIs in row chunks with reused scratch buffers and stores one (R, K) gradient buffer.
+ROIs in row chunks with reused scratch buffers (single intra-op thread on CPU, see ``_single_thread``)
+and stores one (R, K) gradient buffer.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -85,44 +87,11 @@ class _C2AMFunction(torch.autograd.Function):
     def forward(ctx, cos, gt, fill_rows, scale, eps):
         R, K = cos.shape
         need_grad = ctx.needs_input_grad[0]
-        lo, hi = -1.0 + eps, 1.0 - eps
         loss = cos.new_empty(R)
         G = torch.empty_like(cos) if need_grad else None
         ch = _chunk_size(R, K, cos.device)
-        bufs = None
-        for r0 in range(0, R, ch):
-            r1 = min(R, r0 + ch)
-            n = r1 - r0
-            if bufs is None or bufs[0].shape[0] != n:
-                bufs = [cos.new_empty(n, K) for _ in range(6)] + \
-                       [torch.empty(n, K, dtype=torch.bool, device=cos.device) for _ in range(2)]
-            cosm, sinm, cc, st, sn, z, act, tmpb = bufs
-            c = cos[r0:r1]
-            y = gt[r0:r1].unsqueeze(1)
-            fill_rows(r0, r1, cosm, sinm, act)            # cos m, sin m, m > 0 for these ROIs
-            torch.clamp(c, lo, hi, out=cc)
-            torch.mul(cc, cc, out=st)
-            st.neg_().add_(1.0).sqrt_()                   # sin(theta) > 0
-            torch.mul(st, cosm, out=sn)
-            sn.addcmul_(cc, sinm)                         # sin(theta + m)
-            cosm.mul_(cc).addcmul_(st, sinm, value=-1.0)  # cos(theta + m)
-            torch.lt(sn, 0.0, out=tmpb)                   # theta + m > pi -> cos = -1
-            cosm.masked_fill_(tmpb, -1.0)
-            torch.where(act, cosm, c, out=z)              # margin only where m > 0
-            z.mul_(scale)
-            lse = torch.logsumexp(z, dim=1)
-            loss[r0:r1] = lse - z.gather(1, y).squeeze(1)
-            if need_grad:
-                # d cos(theta+m)/dc = sin(theta+m)/sin(theta) (0 past pi or outside the clamp range)
-                sn.div_(st).clamp_min_(0.0)
-                torch.ne(c, cc, out=tmpb)
-                sn.masked_fill_(tmpb, 0.0)
-                torch.logical_not(act, out=tmpb)
-                sn.masked_fill_(tmpb, 1.0)
-                z.sub_(lse.unsqueeze(1)).exp_()           # softmax
-                z.scatter_add_(1, y, torch.full_like(lse, -1.0).unsqueeze(1))
-                torch.mul(z, sn, out=G[r0:r1])
-                G[r0:r1].mul_(scale)
+        with _single_thread(cos.device.type == "cpu" and ch < R):
+            _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch)
         if need_grad:
             ctx.save_for_backward(G)
         return loss
@@ -131,6 +100,63 @@ class _C2AMFunction(torch.autograd.Function):
     def backward(ctx, grad_loss):
         (G,) = ctx.saved_tensors
         return G * grad_loss.unsqueeze(1), None, None, None, None
+
+
+@contextlib.contextmanager
+def _single_thread(enable: bool):
+    """Run the CPU chunk loop on one intra-op thread: its ~40 small cache-resident ops per chunk are
+    dominated by OpenMP fork/join otherwise (measured 5-28x slower with 2 threads on a shared 2-core
+    box).  The previous thread count is restored on exit."""
+    n = torch.get_num_threads()
+    if not enable or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch):
+    """Fill ``loss`` (R,) and, if not None, ``G`` (R, K) chunk by chunk (see _C2AMFunction)."""
+    R, K = cos.shape
+    lo, hi = -1.0 + eps, 1.0 - eps
+    need_grad = G is not None
+    bufs = None
+    for r0 in range(0, R, ch):
+        r1 = min(R, r0 + ch)
+        n = r1 - r0
+        if bufs is None or bufs[0].shape[0] != n:
+            bufs = [cos.new_empty(n, K) for _ in range(6)] + \
+                   [torch.empty(n, K, dtype=torch.bool, device=cos.device) for _ in range(2)]
+        cosm, sinm, cc, st, sn, z, act, tmpb = bufs
+        c = cos[r0:r1]
+        y = gt[r0:r1].unsqueeze(1)
+        fill_rows(r0, r1, cosm, sinm, act)            # cos m, sin m, m > 0 for these ROIs
+        torch.clamp(c, lo, hi, out=cc)
+        torch.mul(cc, cc, out=st)
+        st.neg_().add_(1.0).sqrt_()                   # sin(theta) > 0
+        torch.mul(st, cosm, out=sn)
+        sn.addcmul_(cc, sinm)                         # sin(theta + m)
+        cosm.mul_(cc).addcmul_(st, sinm, value=-1.0)  # cos(theta + m)
+        torch.lt(sn, 0.0, out=tmpb)                   # theta + m > pi -> cos = -1
+        cosm.masked_fill_(tmpb, -1.0)
+        torch.where(act, cosm, c, out=z)              # margin only where m > 0
+        z.mul_(scale)
+        lse = torch.logsumexp(z, dim=1)
+        loss[r0:r1] = lse - z.gather(1, y).squeeze(1)
+        if need_grad:
+            # d cos(theta+m)/dc = sin(theta+m)/sin(theta) (0 past pi or outside the clamp range)
+            sn.div_(st).clamp_min_(0.0)
+            torch.ne(c, cc, out=tmpb)
+            sn.masked_fill_(tmpb, 0.0)
+            torch.logical_not(act, out=tmpb)
+            sn.masked_fill_(tmpb, 1.0)
+            z.sub_(lse.unsqueeze(1)).exp_()           # softmax
+            z.scatter_add_(1, y, torch.full_like(lse, -1.0).unsqueeze(1))
+            torch.mul(z, sn, out=G[r0:r1])
+            G[r0:r1].mul_(scale)
 
 
 def c2am_loss(cos_logits: torch.Tensor, weight_norms: torch.Tensor, gt_classes: torch.Tensor,

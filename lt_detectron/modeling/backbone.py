@@ -1,7 +1,8 @@
 """A deliberately tiny CNN + FPN backbone for CPU runs (the embedded dataset's demo).
 
-Four stages of two 3x3 convolutions (BatchNorm, ReLU), strides 4/8/16/32, named
-``t2``..``t5``; Detectron2's FPN on top. Registered as ``build_tiny_fpn_backbone``.
+Up to four stages of two 3x3 convolutions (BatchNorm, ReLU), strides 4/8/16/32, named
+``t2``..``t5`` (only the stages up to the last of ``MODEL.TINY.OUT_FEATURES`` are built);
+Detectron2's FPN on top. Registered as ``build_tiny_fpn_backbone``.
 """
 import math
 
@@ -20,7 +21,12 @@ class TinyNet(Backbone):
         if len(widths) != 4:
             raise ValueError("MODEL.TINY.WIDTHS needs 4 stage widths, got %r" % (widths,))
         self.stem = Conv2d(in_channels, widths[0], 3, stride=2, padding=1, bias=False, norm=get_norm(norm, widths[0]))
-        self.stage_names = ["t2", "t3", "t4", "t5"]
+        names = ["t2", "t3", "t4", "t5"]
+        unknown = set(out_features) - set(names)
+        if unknown:
+            raise ValueError("MODEL.TINY.OUT_FEATURES has unknown names %s; choose from %s" % (sorted(unknown), names))
+        # stages above the last requested output are not built (DDP rejects unused parameters)
+        self.stage_names = names[: max(names.index(f) for f in out_features) + 1]
         c_in = widths[0]
         self._out_feature_strides, self._out_feature_channels = {}, {}
         for i, (name, w) in enumerate(zip(self.stage_names, widths)):
@@ -34,9 +40,6 @@ class TinyNet(Backbone):
             self._out_feature_strides[name] = 4 * 2 ** i
             self._out_feature_channels[name] = w
             c_in = w
-        unknown = set(out_features) - set(self.stage_names)
-        if unknown:
-            raise ValueError("MODEL.TINY.OUT_FEATURES has unknown names %s; choose from %s" % (sorted(unknown), self.stage_names))
         self._out_features = list(out_features)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

@@ -17,8 +17,7 @@ c2am       bias-free cosine, C+1             softmax(s cos)
 =========  ===============================  ==========================================
 """
 import logging
-import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +25,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat, cross_entropy
-from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
 from detectron2.utils.events import get_event_storage
 
@@ -122,6 +120,8 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         # ---- BOFL channel weights for a sigmoid classifier (extension, see METHODS.md 1d)
         self.bofl = None
         if bofl and bofl.get("enabled"):
+            if bofl["batch_counts"] not in ("image", "batch", "none"):
+                raise ValueError("MODEL.LT.BOFL.BATCH_COUNTS must be image, batch or none, got %r" % bofl["batch_counts"])
             if self.loss_name != "sigmoid":
                 raise ValueError("MODEL.LT.BOFL on ROI heads needs MODEL.LT.ROI_LOSS sigmoid (got %r)" % self.loss_name)
             self.bofl = dict(bofl)
@@ -204,23 +204,34 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         return self.cls_loss(scores, gt_classes)
 
     def _bofl_weights(self, gt_classes, proposals, scores):
-        """(R, C) BOFL channel weights for the ROI batch (per image or per local batch)."""
-        progress = training_progress()
-        lam = self.bofl_schedule.lam(progress.epoch)
+        """(R, C) BOFL channel weights for the ROI batch (per image or per local batch).
+
+        The batch factor counts GT *objects* per image (``batch_gt_classes``, set by our ROI
+        heads from the targets), not sampled ROIs, as BOFL's n_{i,k}.
+        """
+        lam = self.bofl_schedule(training_progress().epoch)
+        try:
+            get_event_storage().put_scalar("bofl/lambda", lam, smoothing_hint=False)
+        except AssertionError:  # called outside a training loop (tests, user code)
+            pass
         C = self.num_classes
-        eta = self.bofl["eta"] if self.bofl["batch_counts"] != "none" else None
-        if eta is None:
-            w = bofl_class_weights(self.bofl_alpha, lam, kappa=self.bofl["kappa"]).reshape(1, C)
+        kappa = self.bofl["kappa"]
+        if self.bofl["batch_counts"] == "none":
+            w = bofl_class_weights(self.bofl_alpha, lam, kappa=kappa)
             return w.expand(scores.shape[0], C)
-        per_image = self.bofl["batch_counts"] == "image"
-        gts = [p.gt_classes[p.gt_classes < C] for p in proposals]
-        # counts of GT objects, not ROIs: the proposals carry GT boxes appended once per object
-        counts = torch.stack([torch.bincount(g, minlength=C) for g in gts]).to(scores.dtype) if per_image else \
-            torch.bincount(torch.cat(gts), minlength=C).to(scores.dtype).reshape(1, C)
-        w = bofl_class_weights(self.bofl_alpha, lam, kappa=self.bofl["kappa"], eta=eta, batch_counts=counts)
-        if per_image:
-            sizes = [len(p) for p in proposals]
-            return torch.repeat_interleave(w, torch.as_tensor(sizes, device=w.device), dim=0)
+        gts = getattr(self, "batch_gt_classes", None)
+        if gts is None or len(gts) != len(proposals):
+            raise RuntimeError(
+                "BOFL batch counts need the GT classes of the batch: use LongTailROIHeads or "
+                "LongTailCascadeROIHeads, or set predictor.batch_gt_classes before losses()"
+            )
+        if self.bofl["batch_counts"] == "image":
+            counts = torch.stack([torch.bincount(g, minlength=C) for g in gts]).to(self.bofl_alpha.dtype)
+            w = bofl_class_weights(self.bofl_alpha, lam, kappa=kappa, eta=self.bofl["eta"], batch_counts=counts)
+            sizes = torch.as_tensor([len(p) for p in proposals], device=w.device)
+            return torch.repeat_interleave(w, sizes, dim=0)
+        counts = torch.bincount(torch.cat(list(gts)), minlength=C).to(self.bofl_alpha.dtype).reshape(1, C)
+        w = bofl_class_weights(self.bofl_alpha, lam, kappa=kappa, eta=self.bofl["eta"], batch_counts=counts)
         return w.expand(scores.shape[0], C)
 
     # ------------------------------------------------------------------ inference

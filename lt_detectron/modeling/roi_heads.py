@@ -13,6 +13,13 @@ from .box_predictor import LongTailFastRCNNOutputLayers
 __all__ = ["LongTailROIHeads", "LongTailCascadeROIHeads"]
 
 
+def _share_batch_gt(predictors, targets):
+    """Give the predictors the GT classes of the batch (BOFL counts GT objects per image)."""
+    gts = None if targets is None else [t.gt_classes for t in targets]
+    for p in predictors:
+        p.batch_gt_classes = gts
+
+
 @ROI_HEADS_REGISTRY.register()
 class LongTailROIHeads(StandardROIHeads):
     """``StandardROIHeads`` with the long-tail box predictor (``MODEL.LT.ROI_LOSS``)."""
@@ -22,6 +29,10 @@ class LongTailROIHeads(StandardROIHeads):
         ret = super()._init_box_head(cfg, input_shape)
         ret["box_predictor"] = LongTailFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
         return ret
+
+    def forward(self, images, features, proposals, targets=None):
+        _share_batch_gt([self.box_predictor], targets if self.training else None)
+        return super().forward(images, features, proposals, targets)
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -39,3 +50,7 @@ class LongTailCascadeROIHeads(CascadeROIHeads):
             for head, w in zip(ret["box_heads"], weights)
         ]
         return ret
+
+    def forward(self, images, features, proposals, targets=None):
+        _share_batch_gt(self.box_predictor, targets if self.training else None)
+        return super().forward(images, features, proposals, targets)
