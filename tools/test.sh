@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup_env.sh
-exec .venv/bin/python -m pytest -q -n 2 --durations=15 "$@"
+# one torch thread per worker: two workers x two OpenMP threads on two cores thrash
+OMP_NUM_THREADS=1 exec .venv/bin/python -m pytest -q -n 2 --durations=15 "$@"

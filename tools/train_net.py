@@ -48,8 +48,10 @@ def main(args):
     else:
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-        res = trainer.train()
-    if comm.is_main_process():
+        trainer.train()
+        # DefaultTrainer.train() returns results only when TEST.EXPECTED_RESULTS is set
+        res = getattr(trainer, "_last_eval_results", None)
+    if comm.is_main_process() and res:
         verify_results(cfg, res)
         if len(cfg.DATASETS.TEST) == 1 and cfg.DATASETS.TEST[0] not in res:
             res_named = {cfg.DATASETS.TEST[0]: res}  # DefaultTrainer.test unwraps one dataset

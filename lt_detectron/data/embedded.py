@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 # Bump when the generated content changes (folder name contains it -> old caches are not reused).
-VERSION = "v1"
+VERSION = "v2"
 
 FAMILIES = ("disk", "square", "triangle", "ring", "cross", "bar", "diamond", "star")
 TEXTURES = ("solid", "striped", "checkered", "dotted")
@@ -360,6 +360,9 @@ def plan_lt_shapes(seed: int = 0, **cfg) -> dict:
                 dict(
                     id=img_id,
                     file_name=f"{img_id:06d}.jpg",
+                    # detectron2's stock load_lvis_json derives the path from coco_url:
+                    # image_root + "<split>/<file>", so pass image_root = dataset root + "/"
+                    coco_url=f"lt_shapes/{split}/{img_id:06d}.jpg",
                     height=size,
                     width=size,
                     neg_category_ids=[s["id"] for s in sorted(specs, key=lambda s: s["id"]) if s["id"] not in present],
@@ -370,6 +373,10 @@ def plan_lt_shapes(seed: int = 0, **cfg) -> dict:
         per_split[split] = (images, anns)
         out["objects"][split] = objects
 
+    missing = {s["id"] for s in specs} - {a["category_id"] for a in per_split["val"][1]}
+    if missing:
+        raise ValueError(f"val too small for all classes (missing ids {sorted(missing)}): "
+                         "raise num_val_images or lower val_instances_per_class")
     # categories: frequency / image_count / instance_count from the TRAIN annotations
     tr_anns = per_split["train"][1]
     inst_c = Counter(a["category_id"] for a in tr_anns)
@@ -586,7 +593,11 @@ def get_lt_shapes(root=None, seed: int = 0) -> str:
     default options on first use. The json files are ``lt_shapes_{train,val}.json`` in it."""
     root = Path(root) if root is not None else default_cache_root(seed)
     if not _is_complete(root):
-        generate_lt_shapes(root, seed=seed, overwrite=root.exists())
+        if root.exists():
+            if any(root.iterdir()):
+                raise FileExistsError(f"{root} exists, is not empty and holds no complete lt_shapes dataset")
+            root.rmdir()
+        generate_lt_shapes(root, seed=seed)
     return str(root)
 
 

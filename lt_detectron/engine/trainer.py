@@ -85,7 +85,11 @@ class LTTrainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         if comm.get_world_size() > 1:
             device_ids = None if cfg.MODEL.DEVICE == "cpu" else [comm.get_local_rank()]
-            model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+            # CenterNet reads one FPN level: the other levels' output convs get no gradient
+            find_unused = cfg.MODEL.META_ARCHITECTURE == "CenterNet"
+            model = create_ddp_model(
+                model, broadcast_buffers=False, device_ids=device_ids, find_unused_parameters=find_unused
+            )
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # torch >= 2.6 safe loading, class-count checks, BAGS classifier re-initialisation
@@ -104,6 +108,11 @@ class LTTrainer(DefaultTrainer):
             names = freeze_all_but_classifier(model)
             logger.info("MODEL.LT.FREEZE_ALL_BUT_CLS: training only %s", ", ".join(names))
         return model
+
+    def build_hooks(self):
+        from .hooks import build_lt_hooks
+
+        return super().build_hooks() + build_lt_hooks(self.cfg, self)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

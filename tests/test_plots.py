@@ -1,0 +1,233 @@
+"""Method plots: each function writes a PNG, and the data it plots (sorted by training instance
+count, descending) equals an independent computation; the training hook and tools/plot_methods.py
+write the plots for the model's box predictors (cascade stages, BAGS layout, DDP wrapper)."""
+import importlib.util
+import os
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.box_regression import Box2BoxTransform
+
+import lt_detectron  # noqa: F401
+from lt_detectron.engine import plots
+from lt_detectron.engine.hooks import LTPlotHook, build_lt_hooks, plot_sources
+from lt_detectron.losses import EQLv2Loss
+from lt_detectron.modeling import LongTailFastRCNNOutputLayers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# ties (2 x 10, 2 x 3) and a zero-count class on purpose
+COUNTS = np.array([10, 500, 3, 0, 10, 77, 3, 1])
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _expected_order(counts):
+    # descending count, ties by class id (independent of np.argsort)
+    return np.array(sorted(range(len(counts)), key=lambda i: (-counts[i], i)))
+
+
+def _is_png(path):
+    assert os.path.isfile(path) and os.path.getsize(path) > 1000
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+
+
+def test_expected_order_helper():
+    np.testing.assert_array_equal(plots.sort_by_count(COUNTS), _expected_order(COUNTS))
+    np.testing.assert_array_equal(_expected_order(COUNTS), [1, 5, 0, 4, 2, 6, 7, 3])
+
+
+def test_weight_norms(tmp_path):
+    torch.manual_seed(0)
+    C = len(COUNTS)
+    w = torch.randn(C + 1, 6)
+    order = _expected_order(COUNTS)
+    expected = [float(torch.sqrt((w[i] ** 2).sum())) for i in order]
+    d = plots.weight_norm_data(w, COUNTS)
+    np.testing.assert_array_equal(d["order"], order)
+    np.testing.assert_array_equal(d["counts"], COUNTS[order])
+    assert np.all(np.diff(d["counts"]) <= 0)
+    np.testing.assert_allclose(d["norms"], expected, rtol=1e-6)
+    np.testing.assert_allclose(d["background_norm"], float(w[C].norm()), rtol=1e-6)
+    # C rows (no background), and a grouped layout addressed by class_rows
+    assert np.isnan(plots.weight_norm_data(w[:C], COUNTS)["background_norm"])
+    rows = torch.tensor([8, 7, 6, 5, 4, 3, 2, 1])
+    d2 = plots.weight_norm_data(w, COUNTS, class_rows=rows)
+    np.testing.assert_allclose(d2["norms"], [float(w[rows[i]].norm()) for i in order], rtol=1e-6)
+    with pytest.raises(ValueError):
+        plots.weight_norm_data(w[:3], COUNTS)
+    path = plots.plot_weight_norms(w, COUNTS, ["c%d" % i for i in range(C)], str(tmp_path / "a" / "wn.png"))
+    assert path == str(tmp_path / "a" / "wn.png")
+    _is_png(path)
+
+
+def test_eqlv2_ratios_from_a_real_loss(tmp_path):
+    torch.manual_seed(1)
+    C = len(COUNTS)
+    loss = EQLv2Loss(C)
+    for _ in range(3):
+        loss(torch.randn(32, C + 1), torch.randint(0, C + 1, (32,)))
+    pos, neg = loss.pos_grad.double().numpy(), loss.neg_grad.double().numpy()
+    assert pos.any() and neg.any()
+    order = _expected_order(COUNTS)
+    ratio = pos / (neg + 1e-10)
+    r = 1.0 / (1.0 + np.exp(-12.0 * (ratio - 0.8)))
+    q = 1.0 + 4.0 * (1.0 - r)
+    d = plots.eqlv2_ratio_data(loss.pos_grad, loss.neg_grad, COUNTS)
+    np.testing.assert_array_equal(d["order"], order)
+    np.testing.assert_allclose(d["ratio"], ratio[order], rtol=1e-5)
+    np.testing.assert_allclose(d["ratio"], loss.pos_neg.double().numpy()[order], rtol=1e-5)  # the loss' own g
+    np.testing.assert_allclose(d["r"], r[order], rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(d["q"], q[order], rtol=1e-5)
+    # the weights the loss uses next step are the plotted ones
+    neg_w, pos_w = loss.get_weights(torch.float64)
+    np.testing.assert_allclose(d["r"], neg_w[:C].numpy()[order], rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(d["q"], pos_w[:C].numpy()[order], rtol=1e-4)
+    _is_png(plots.plot_eqlv2_ratios(loss.pos_grad, loss.neg_grad, COUNTS, str(tmp_path / "eq.png")))
+
+
+def test_bofl_schedule(tmp_path):
+    counts = np.array([100, 10, 1, 0])
+    d = plots.bofl_schedule_data(counts, total_epochs=5, deferred_epochs=1, kappa=0.5)
+    # default classes: head (most), mid (median rank among non-zero), tail (fewest non-zero)
+    np.testing.assert_array_equal(d["classes"], [0, 1, 2])
+    np.testing.assert_array_equal(d["epochs"], [0, 1, 2, 3, 4, 5])
+    lam = np.array([0, 0, 0.25, 0.5, 0.75, 1.0])  # clip((e - d) / (T - d), 0, 1)
+    np.testing.assert_allclose(d["lam"], lam)
+    alpha = 111.0 / (4 * np.array([100.0, 10.0, 1.0]))  # n / (C n_i)
+    np.testing.assert_allclose(d["alpha"], alpha)
+    np.testing.assert_allclose(d["alpha_hat"], 1 + 0.5 * lam[None] * (alpha[:, None] - 1))
+    # explicit classes, zero-count class is neutral (alpha 1)
+    d2 = plots.bofl_schedule_data(counts, 5, 1, 0.5, classes=[3, 2])
+    np.testing.assert_allclose(d2["alpha_hat"][0], 1.0)
+    # per-iteration: lambda is linear in the fractional epoch
+    d3 = plots.bofl_schedule_data(counts, 5, 1, 0.5, per_iteration=True)
+    np.testing.assert_allclose(d3["lam"], np.clip((d3["epochs"] - 1) / 4, 0, 1))
+    _is_png(plots.plot_bofl_schedule(counts, 5, 1, 0.5, str(tmp_path / "bofl.png"),
+                                     class_names=["a", "b", "c", "d"]))
+
+
+def test_ap_vs_instances(tmp_path):
+    counts = np.array([5, 2000, 50, 0, 500, 20])
+    ap = {"softmax": np.array([0.0, 0.6, 0.2, np.nan, 0.5, 0.1]), "eqlv2": np.array([0.3, 0.6, 0.4, 0.1, 0.5, np.nan])}
+    d = plots.ap_vs_instances_data(ap, counts)
+    order = _expected_order(counts)
+    np.testing.assert_array_equal(d["order"], order)
+    np.testing.assert_array_equal(d["counts"], [2000, 500, 50, 20, 5, 0])
+    np.testing.assert_allclose(d["ap"]["eqlv2"], ap["eqlv2"][order])
+    assert d["bins"] == [(0.0, 10.0), (10.0, 100.0), (100.0, 1000.0), (1000.0, float("inf"))]
+    np.testing.assert_array_equal(d["bin_counts"], [2, 2, 1, 1])
+    np.testing.assert_allclose(d["bin_mean"]["softmax"], [0.0, 0.15, 0.5, 0.6])  # NaN class left out
+    np.testing.assert_allclose(d["bin_mean"]["eqlv2"], [0.2, 0.4, 0.5, 0.6])
+    d2 = plots.ap_vs_instances_data({"m": np.array([0.1, 0.2])}, np.array([5, 7]))
+    assert np.isnan(d2["bin_mean"]["m"][1:]).all()  # empty bins
+    _is_png(plots.plot_ap_vs_instances(ap, counts, str(tmp_path / "ap.png")))
+
+
+# ---------------------------------------------------------------------- hook
+def _predictor(loss, C, counts=None):
+    return LongTailFastRCNNOutputLayers(ShapeSpec(channels=8), box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
+                                        num_classes=C, loss=loss, instance_counts=counts)
+
+
+class _FakeDDP(nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
+def test_plot_sources_cascade_bags_and_ddp():
+    C = len(COUNTS)
+    model = nn.Module()
+    model.roi_heads = nn.Module()
+    model.roi_heads.box_predictor = nn.ModuleList([_predictor("eqlv2", C), _predictor("bags", C, COUNTS)])
+    src = plot_sources(_FakeDDP(model))
+    assert [t for t, _, _ in src["weight_norms"]] == ["box_predictor_stage0", "box_predictor_stage1"]
+    assert src["weight_norms"][0][2] is None
+    layout = model.roi_heads.box_predictor[1].cls_loss.layout
+    np.testing.assert_array_equal(src["weight_norms"][1][2], layout.column_of_label[:C])
+    assert [t for t, _ in src["eqlv2"]] == ["box_predictor_stage0"]
+    assert src["eqlv2"][0][1] is model.roi_heads.box_predictor[0].cls_loss
+
+
+def test_hook_writes_periodic_and_final_plots(tmp_path):
+    from lt_detectron.class_stats import ClassStats
+
+    C = len(COUNTS)
+    stats = ClassStats(("fake",), tuple("c%d" % i for i in range(C)), tuple(range(C)), COUNTS, COUNTS, 10,
+                       np.array(["f"] * C))
+    model = nn.Module()
+    model.roi_heads = nn.Module()
+    model.roi_heads.box_predictor = _predictor("eqlv2", C)
+    bofl = dict(total_epochs=4, deferred_epochs=1, kappa=1.0)
+    hook = LTPlotHook(2, str(tmp_path), class_stats=stats, bofl=bofl)
+    hook.trainer = types.SimpleNamespace(model=_FakeDDP(model), iter=0, max_iter=4)
+    hook.before_train()
+    for it in range(4):
+        hook.trainer.iter = it
+        hook.after_step()
+    hook.after_train()
+    names = sorted(os.listdir(tmp_path / "plots"))
+    assert names == sorted([
+        "bofl_schedule.png",
+        "weight_norms_box_predictor_iter0000002.png", "eqlv2_ratios_box_predictor_iter0000002.png",
+        "weight_norms_box_predictor_final.png", "eqlv2_ratios_box_predictor_final.png",
+    ])
+    for n in names:
+        _is_png(str(tmp_path / "plots" / n))
+
+
+def test_build_lt_hooks():
+    from detectron2.config import get_cfg
+
+    from lt_detectron import add_lt_config
+
+    cfg = get_cfg()
+    add_lt_config(cfg)
+    cfg.DATASETS.TRAIN = ()
+    assert build_lt_hooks(cfg) == []
+    cfg.LT_HOOKS.PLOT_PERIOD = 50
+    hooks = build_lt_hooks(cfg, types.SimpleNamespace(class_stats=None))
+    assert len(hooks) == 1 and isinstance(hooks[0], LTPlotHook) and hooks[0]._period == 50
+
+
+# ---------------------------------------------------------------------- tool
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("plot_methods", os.path.join(ROOT, "tools", "plot_methods.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plot_methods_tool(tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from lt_detectron import add_lt_config
+
+    tool = _load_tool()
+    cfg_file = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_eqlv2.yaml")
+    cfg = get_cfg()
+    add_lt_config(cfg)
+    cfg.merge_from_file(cfg_file)
+    model = build_model(cfg)
+    loss = model.roi_heads.box_predictor.cls_loss
+    loss.pos_grad.uniform_(0, 1)
+    loss.neg_grad.uniform_(1, 2)
+    ckpt = str(tmp_path / "model.pth")
+    torch.save({"model": model.state_dict()}, ckpt)
+    out = tmp_path / "plots"
+    paths = tool.main(["--config-file", cfg_file, "--output", str(out), "MODEL.WEIGHTS", ckpt])
+    assert sorted(os.path.basename(p) for p in paths) == ["eqlv2_ratios_box_predictor.png", "weight_norms_box_predictor.png"]
+    for p in paths:
+        _is_png(p)
+    # config-only BOFL schedule
+    paths = tool.main(["--config-file", os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_sigmoid.yaml"),
+                       "--bofl-schedule", "--output", str(out), "MODEL.LT.BOFL.ENABLED", "True"])
+    assert [os.path.basename(p) for p in paths] == ["bofl_schedule.png"]
+    _is_png(paths[0])
+    with pytest.raises(SystemExit):
+        tool.main(["--config-file", cfg_file, "--output", str(out)])  # no weights
