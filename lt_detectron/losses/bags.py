@@ -40,7 +40,6 @@ column ``P_bg-group(bg)`` last; "others" probabilities are discarded and nothing
 from __future__ import annotations
 
 import bisect
-import contextlib
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -159,22 +158,6 @@ class BAGSLayout(nn.Module):
                 f"num_logits={self.num_logits}, group_sizes={self.group_sizes}")
 
 
-@contextlib.contextmanager
-def _single_thread(enable: bool):
-    """CPU: run the forward (sampling + ~40 ops, many on (R, N+1) tensors) on one intra-op thread.
-    OpenMP fork/join dominated it on a shared 2-core box (2.4x CE with 2 threads vs 1.1x with 1).
-    The previous thread count is restored on exit; backward uses the default thread count."""
-    n = torch.get_num_threads()
-    if not enable or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _group_bounds(layout: BAGSLayout) -> List[Tuple[int, int]]:
     return [(s.start, s.stop) for s in layout.group_slices]
 
@@ -289,13 +272,12 @@ class BAGSLoss(nn.Module):
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
         gt_classes = gt_classes.to(device=logits.device, dtype=torch.long)
-        with _single_thread(logits.device.type == "cpu"):
-            if selection is None:
-                selection = self.sample_selection(gt_classes, generator)
-            w = selection.to(logits.dtype)
-            coef = w / w.sum(dim=0, keepdim=True).clamp_min(1.0)  # groups w/o positives -> all-zero column
-            tcols = lay.target_columns(gt_classes)
-            return _GroupSoftmaxCE.apply(logits, tcols, coef, self._bounds)
+        if selection is None:
+            selection = self.sample_selection(gt_classes, generator)
+        w = selection.to(logits.dtype)
+        coef = w / w.sum(dim=0, keepdim=True).clamp_min(1.0)  # groups w/o positives -> all-zero column
+        tcols = lay.target_columns(gt_classes)
+        return _GroupSoftmaxCE.apply(logits, tcols, coef, self._bounds)
 
     def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:

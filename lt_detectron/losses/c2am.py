@@ -23,12 +23,11 @@ clamped to ``[-1 + eps, 1 - eps]`` and ``sin(theta) = sqrt(1 - c^2)``; ``theta +
 as ``sin(theta + m) < 0`` and gives ``-1`` (zero gradient).  Entries with ``m_ij = 0`` (incl. targets) use
 the raw cosine, so ``alpha = 0`` is exactly a cosine-softmax CE.  This equals
 ``cos(min(acos(clamp(c)) + m, pi))`` and its gradient exactly.  A custom autograd Function processes
-ROIs in row chunks with reused scratch buffers (single intra-op thread on CPU, see ``_single_thread``)
+ROIs in row chunks with reused scratch buffers
 and stores one (R, K) gradient buffer.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional
 
@@ -90,8 +89,7 @@ class _C2AMFunction(torch.autograd.Function):
         loss = cos.new_empty(R)
         G = torch.empty_like(cos) if need_grad else None
         ch = _chunk_size(R, K, cos.device)
-        with _single_thread(cos.device.type == "cpu" and ch < R):
-            _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch)
+        _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch)
         if need_grad:
             ctx.save_for_backward(G)
         return loss
@@ -100,22 +98,6 @@ class _C2AMFunction(torch.autograd.Function):
     def backward(ctx, grad_loss):
         (G,) = ctx.saved_tensors
         return G * grad_loss.unsqueeze(1), None, None, None, None
-
-
-@contextlib.contextmanager
-def _single_thread(enable: bool):
-    """Run the CPU chunk loop on one intra-op thread: its ~40 small cache-resident ops per chunk are
-    dominated by OpenMP fork/join otherwise (measured 5-28x slower with 2 threads on a shared 2-core
-    box).  The previous thread count is restored on exit."""
-    n = torch.get_num_threads()
-    if not enable or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch):
