@@ -64,6 +64,7 @@ def _add_lt_keys(cfg):
     _C.MODEL.LT.BOFL.DEFERRED_EPOCHS = 3  # lambda = 0 for the first d epochs (DRW)
     _C.MODEL.LT.BOFL.TOTAL_EPOCHS = 0  # 0: derived from SOLVER.MAX_ITER and the dataset length
     _C.MODEL.LT.BOFL.PER_ITERATION = False  # ablation: update lambda every iteration
+    _C.MODEL.LT.BOFL.LINEAR_SCHEDULE = True  # False: lambda = 1 from the start (ablation "WF" without LS)
 
     # Decoupled training (BAGS recipe): freeze all but the classification layer(s)
     _C.MODEL.LT.FREEZE_ALL_BUT_CLS = False

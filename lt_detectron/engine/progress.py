@@ -9,7 +9,7 @@ iteration from Detectron2's event storage (so a resumed run continues exactly).
 import math
 from dataclasses import dataclass
 
-__all__ = ["set_epoch_length", "training_progress", "images_per_epoch", "epochs_total", "Progress"]
+__all__ = ["set_epoch_length", "training_progress", "images_per_epoch", "epochs_total", "bofl_settings_from_cfg", "Progress"]
 
 _STATE = {"iters_per_epoch": None}
 
@@ -62,3 +62,21 @@ def epochs_total(cfg) -> int:
     if cfg.MODEL.LT.BOFL.TOTAL_EPOCHS > 0:
         return int(cfg.MODEL.LT.BOFL.TOTAL_EPOCHS)
     return max(1, int(math.ceil(cfg.SOLVER.MAX_ITER / iters_per_epoch(cfg))))
+
+
+def bofl_settings_from_cfg(cfg) -> dict:
+    """``MODEL.LT.BOFL`` as the keyword dict the BOFL losses take (ROI and dense heads alike).
+
+    ``LINEAR_SCHEDULE False`` (the paper's "WF without LS" ablation) gives lambda = 1 from the
+    first iteration: a schedule with total = deferred = 0 epochs.
+    """
+    b = cfg.MODEL.LT.BOFL
+    linear = b.LINEAR_SCHEDULE
+    return dict(
+        kappa=b.KAPPA,
+        eta=b.ETA,
+        batch_counts=b.BATCH_COUNTS,
+        total_epochs=epochs_total(cfg) if linear else 0,
+        deferred_epochs=b.DEFERRED_EPOCHS if linear else 0,
+        per_iteration=b.PER_ITERATION,
+    )

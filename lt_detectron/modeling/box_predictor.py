@@ -148,17 +148,9 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             loss_kwargs = dict(scale=lt.C2AM.SCALE, alpha=lt.C2AM.ALPHA, background_margin=lt.C2AM.BACKGROUND_MARGIN)
         bofl = None
         if lt.BOFL.ENABLED:
-            from ..engine.progress import epochs_total
+            from ..engine.progress import bofl_settings_from_cfg
 
-            bofl = dict(
-                enabled=True,
-                kappa=lt.BOFL.KAPPA,
-                eta=lt.BOFL.ETA,
-                batch_counts=lt.BOFL.BATCH_COUNTS,
-                total_epochs=epochs_total(cfg),
-                deferred_epochs=lt.BOFL.DEFERRED_EPOCHS,
-                per_iteration=lt.BOFL.PER_ITERATION,
-            )
+            bofl = dict(enabled=True, **bofl_settings_from_cfg(cfg))
         ret.update(
             loss=loss,
             instance_counts=None if stats is None else stats.instance_counts,

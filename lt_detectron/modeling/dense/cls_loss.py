@@ -258,16 +258,9 @@ def build_dense_cls_loss(cfg, num_classes: int, num_classes_key: str, focal_alph
         check_num_classes(num_classes, stats, num_classes_key)
         counts = stats.instance_counts
     if name == "bofl":
-        from ...engine.progress import epochs_total
+        from ...engine.progress import bofl_settings_from_cfg
 
-        bofl = dict(
-            kappa=lt.BOFL.KAPPA,
-            eta=lt.BOFL.ETA,
-            batch_counts=lt.BOFL.BATCH_COUNTS,
-            total_epochs=epochs_total(cfg),
-            deferred_epochs=lt.BOFL.DEFERRED_EPOCHS,
-            per_iteration=lt.BOFL.PER_ITERATION,
-        )
+        bofl = bofl_settings_from_cfg(cfg)
     elif name == "eqlv2":
         eqlv2 = dict(gamma=lt.EQLV2.GAMMA, mu=lt.EQLV2.MU, alpha=lt.EQLV2.ALPHA)
     return DenseClassificationLoss(
