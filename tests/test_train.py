@@ -121,3 +121,24 @@ def test_two_process_cpu_training(tmp_path):
     assert "world_size=2" in log.replace(" ", "") or "Rank of current process: 0. World size: 2" in log
     assert os.path.isfile(tmp_path / "model_final.pth")
     assert "| lt_shapes_val | bbox |" in out.stdout
+
+
+@pytest.mark.slow
+def test_train_net_on_a_dataset_registered_on_the_command_line(tmp_path):
+    """--register-dataset NAME JSON IMAGE_ROOT: a user's COCO-format data, counted automatically."""
+    from tests._data import write_coco_json
+
+    write_coco_json(str(tmp_path / "train.json"), [6, 3, 1], image_size=64, write_images=True)
+    cmd = [
+        sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", BASE,
+        "--register-dataset", "mine_train", str(tmp_path / "train.json"), str(tmp_path),
+        "--register-dataset", "mine_val", str(tmp_path / "train.json"), str(tmp_path),
+        "DATASETS.TRAIN", "('mine_train',)", "DATASETS.TEST", "('mine_val',)", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+        "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "1",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "OUTPUT_DIR", str(tmp_path / "out"),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "| mine_val | bbox |" in out.stdout  # COCO-format json: the coco_lt evaluator
+    log = out.stdout + out.stderr
+    assert "instances" in log and "classes" in log  # the class-statistics summary is logged

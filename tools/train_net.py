@@ -5,6 +5,9 @@
     python tools/train_net.py --config-file configs/lvis_v1/eqlv2_mask_rcnn_R_50_FPN_1x.yaml --num-gpus 8
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file ... --resume          # continue from last_checkpoint
+    python tools/train_net.py --config-file ... --register-dataset mine_train train.json images/ \
+        --register-dataset mine_val val.json images/ DATASETS.TRAIN "('mine_train',)" \
+        DATASETS.TEST "('mine_val',)" MODEL.ROI_HEADS.NUM_CLASSES 3
 
 On a machine without a GPU add ``MODEL.DEVICE cpu`` (``--num-gpus N`` then starts N CPU
 processes with the gloo backend).
@@ -21,10 +24,19 @@ from detectron2.utils import comm
 
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
-from lt_detectron.data import prepare_datasets
+from lt_detectron.data import prepare_datasets, register_lt_dataset
 from lt_detectron.engine import LTTrainer, LTCheckpointer, format_results
 
 Trainer = LTTrainer
+
+
+def register_from_args(args):
+    """``--register-dataset NAME JSON IMAGE_ROOT``: COCO/LVIS-format datasets given on the command line."""
+    from detectron2.data import DatasetCatalog
+
+    for name, json_file, image_root in args.register_dataset or ():
+        if name not in DatasetCatalog.list():  # registered already in this process
+            register_lt_dataset(name, json_file, image_root)
 
 
 def setup(args):
@@ -38,6 +50,7 @@ def setup(args):
 
 
 def main(args):
+    register_from_args(args)  # in every worker process too
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -70,9 +83,19 @@ def _cpu_processes(args):
     return "MODEL.DEVICE" in opts and opts[opts.index("MODEL.DEVICE") + 1] == "cpu"
 
 
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--register-dataset", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO- or LVIS-format dataset under NAME (repeatable); use NAME in DATASETS.*",
+    )
+    return parser
+
+
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
+    register_from_args(args)
     # generate / validate datasets once, before worker processes start
     prepare_datasets(args.config_file, args.opts)
     if args.num_gpus > 1 and _cpu_processes(args):
