@@ -142,3 +142,38 @@ def test_train_net_on_a_dataset_registered_on_the_command_line(tmp_path):
     assert "| mine_val | bbox |" in out.stdout  # COCO-format json: the coco_lt evaluator
     log = out.stdout + out.stderr
     assert "instances" in log and "classes" in log  # the class-statistics summary is logged
+
+
+def _method_state(model):
+    sd = model.state_dict()
+    return {k: v.clone() for k, v in sd.items() if ".cls_loss." in k}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("opts", [("MODEL.LT.ROI_LOSS", "eqlv2"), ("MODEL.LT.ROI_LOSS", "ecm", "MODEL.LT.ECM.MEASURE_ITERS", "4")])
+def test_resume_reproduces_the_uninterrupted_method_state(tmp_path, small_val, opts):
+    """N iterations, stop, resume, M more == N+M uninterrupted (EQL v2 buffers, measured ECM ratio)."""
+    from detectron2.utils.env import seed_all_rng
+
+    common = list(opts) + ["SOLVER.CHECKPOINT_PERIOD", "100", "DATASETS.TEST", "()"]
+    seed_all_rng(0)  # as default_setup does in a fresh train_net process
+    full = LTTrainer(make_cfg(tmp_path / "full", small_val[0], *common, "SOLVER.MAX_ITER", "5"))
+    full.resume_or_load(resume=False)
+    full.train()
+    want = _method_state(full.model)
+    assert want and any(v.abs().sum() > 0 for v in want.values())
+
+    seed_all_rng(0)
+    first = LTTrainer(make_cfg(tmp_path / "split", small_val[0], *common, "SOLVER.MAX_ITER", "3"))
+    first.resume_or_load(resume=False)
+    first.train()
+    interrupted = _method_state(first.model)
+    seed_all_rng(123)  # a new process: the RNG state comes from the checkpoint
+    second = LTTrainer(make_cfg(tmp_path / "split", small_val[0], *common, "SOLVER.MAX_ITER", "5"))
+    second.resume_or_load(resume=True)
+    assert second.start_iter == 3
+    second.train()
+    got = _method_state(second.model)
+    assert any(not torch.equal(interrupted[k], got[k]) for k in got)  # the state moved after resuming
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=lambda m, k=k: k + ": " + m)

@@ -11,10 +11,13 @@
 - A non-finite loss stops training with a message that names the iteration, the losses and
   the last checkpoint written (nothing already written is removed).
 """
+import itertools
 import logging
 import os
+import random
 import weakref
 
+import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
@@ -109,6 +112,58 @@ class LTTrainer(DefaultTrainer):
             logger.info("MODEL.LT.FREEZE_ALL_BUT_CLS: training only %s", ", ".join(names))
         return model
 
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's loader; with ``TrainingSampler`` a resumable one (see data/samplers.py)."""
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            return super().build_train_loader(cfg)
+        from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+
+        from ..data.samplers import ResumableTrainingSampler
+
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+        )
+        seed = cfg.SEED if cfg.SEED >= 0 else None
+        sampler = ResumableTrainingSampler(len(dataset), seed=seed)
+        loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
+        loader.lt_sampler = sampler  # resume_or_load moves its start
+        return loader
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        sampler = getattr(self._trainer.data_loader, "lt_sampler", None)
+        if sampler is not None:
+            sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
+
+    def state_dict(self):
+        """Trainer state, the optimizer (momentum, current LR) and the RNG states.
+
+        detectron2 v0.6's DefaultTrainer checkpoints neither the optimizer nor the RNG: a resumed
+        run restarted SGD momentum from zero and ran its first iteration at the warm-up LR.
+        """
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        ret["rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        return ret
+
+    def load_state_dict(self, state_dict):
+        rng = state_dict.pop("rng", None)
+        inner = state_dict.pop("_trainer", None)
+        super().load_state_dict(state_dict)
+        if inner is not None:
+            self._trainer.load_state_dict(inner)
+        if rng is not None:
+            # numpy / python: the data pipeline's augmentations draw from them while loading
+            np.random.set_state(rng["numpy"])
+            random.setstate(rng["python"])
+            # torch: restored after the first batch is loaded, because creating the data
+            # loader's iterator draws a seed from it (the uninterrupted run drew it at iter 0)
+            self._torch_rng_to_restore = rng["torch"]
+
     def build_hooks(self):
         from .hooks import build_lt_hooks
 
@@ -145,6 +200,12 @@ class LTTrainer(DefaultTrainer):
         )
 
     def run_step(self):
+        rng = getattr(self, "_torch_rng_to_restore", None)
+        if rng is not None:
+            self._torch_rng_to_restore = None
+            first = next(self._trainer._data_loader_iter)
+            torch.set_rng_state(rng)
+            self._trainer._data_loader_iter = itertools.chain([first], self._trainer._data_loader_iter)
         try:
             super().run_step()
         except FloatingPointError as e:
