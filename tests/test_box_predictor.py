@@ -140,3 +140,14 @@ def test_bofl_needs_the_batch_gt_classes():
     props = proposals_for([[0]])
     with EventStorage(0), pytest.raises(RuntimeError, match="GT classes of the batch"):
         m.classification_loss(torch.randn(4, C + 1), props[0].gt_classes, props)
+
+
+def test_federated_loss_trains_only_the_subset_columns():
+    m = make("sigmoid", use_fed_loss=True, fed_loss_num_classes=2, fed_loss_weights=[0.0, 0.0, 1.0])
+    props = proposals_for([[0]], rois_per_image=4)
+    z = torch.randn(4, C + 1, requires_grad=True)
+    m.classification_loss(z, props[0].gt_classes, props).backward()
+    # GT class 0 and the only samplable class 2 are trained; class 1 (weight 0) is not
+    assert (z.grad[:, 1] == 0).all() and (z.grad[:, 0] != 0).all() and (z.grad[:, 2] != 0).all()
+    with pytest.raises(ValueError, match="USE_FED_LOSS needs the sigmoid classifier"):
+        make("eqlv2", use_fed_loss=True, fed_loss_weights=[1.0, 1.0, 1.0])

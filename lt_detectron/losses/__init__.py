@@ -23,6 +23,6 @@ from .bofl import (  # noqa: F401
     bofl_focal_loss,
 )
 
-# BAGS / C2AM are owned by another engineer (losses/bags.py, losses/c2am.py).
 from .bags import BAGSLayout, BAGSLoss, bags_scores, group_softmax  # noqa: F401,E402
 from .c2am import C2AMLoss, c2am_loss, c2am_margins  # noqa: F401,E402
+from .federated import fed_loss_class_weights, fed_loss_classes, fed_loss_mask  # noqa: F401,E402

@@ -33,6 +33,7 @@ from ..losses.bags import BAGSLoss, bags_scores
 from ..losses.bofl import BOFLSchedule, bofl_class_weights, bofl_dataset_weights
 from ..losses.c2am import C2AMLoss
 from ..losses.ecm import ECMLoss
+from ..losses.federated import fed_loss_class_weights, fed_loss_mask
 from ..losses.eqlv2 import EQLv2Loss, objectness_scores
 from ..losses.sigmoid import sigmoid_bce_loss
 from ..engine.progress import training_progress
@@ -77,6 +78,9 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         prior_prob: float = -1.0,
         loss_kwargs: Optional[Dict] = None,
         bofl: Optional[Dict] = None,
+        use_fed_loss: bool = False,
+        fed_loss_num_classes: int = 50,
+        fed_loss_weights: Optional[Sequence[float]] = None,
         **kwargs,
     ):
         super().__init__(input_shape, **kwargs)
@@ -117,6 +121,15 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             self.cls_loss = ECMLoss(counts, **loss_kwargs)
         elif self.loss_name == "c2am":
             self.cls_loss = C2AMLoss(**loss_kwargs)
+        # ---- federated loss (sigmoid classifier): train on the batch's GT classes + sampled ones
+        self.use_fed_loss = bool(use_fed_loss)
+        if self.use_fed_loss:
+            if self.loss_name != "sigmoid":
+                raise ValueError("MODEL.ROI_BOX_HEAD.USE_FED_LOSS needs the sigmoid classifier (got %r)" % self.loss_name)
+            if fed_loss_weights is None or len(fed_loss_weights) != C:
+                raise ValueError("the federated loss needs (C,) sampling weights from the class statistics")
+            self.fed_loss_num_classes = int(fed_loss_num_classes)
+            self.register_buffer("fed_loss_weights", torch.as_tensor(fed_loss_weights, dtype=torch.float32), persistent=False)
         # ---- BOFL channel weights for a sigmoid classifier (extension, see METHODS.md 1d)
         self.bofl = None
         if bofl and bofl.get("enabled"):
@@ -151,7 +164,14 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             from ..engine.progress import bofl_settings_from_cfg
 
             bofl = dict(enabled=True, **bofl_settings_from_cfg(cfg))
+        use_fed = cfg.MODEL.ROI_BOX_HEAD.USE_FED_LOSS
         ret.update(
+            use_fed_loss=use_fed,
+            fed_loss_num_classes=cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES,
+            fed_loss_weights=(
+                fed_loss_class_weights(stats.image_counts, cfg.MODEL.ROI_BOX_HEAD.FED_LOSS_FREQ_WEIGHT_POWER)
+                if use_fed and stats is not None else None
+            ),
             loss=loss,
             instance_counts=None if stats is None else stats.instance_counts,
             classifier=lt.CLASSIFIER,
@@ -190,6 +210,9 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
             return cross_entropy(scores, gt_classes, reduction="mean")
         if name == "sigmoid":
             weights = self._bofl_weights(gt_classes, proposals, scores) if self.bofl else None
+            if self.use_fed_loss:
+                mask = fed_loss_mask(gt_classes, self.fed_loss_num_classes, self.num_classes, self.fed_loss_weights)
+                weights = mask.to(scores.dtype) if weights is None else weights * mask
             return sigmoid_bce_loss(scores, gt_classes, class_weights=weights)
         if name == "c2am":
             return self.cls_loss(scores, self.cls_score.weight_norms(), gt_classes)
