@@ -1,7 +1,6 @@
 """Two CPU processes (gloo): FCOS with dense EQL v2 keeps identical, all-reduced statistics on both ranks
 and BOFL's lambda is the same on both (it depends on the iteration only)."""
 import os
-import socket
 
 import pytest
 import torch
@@ -9,15 +8,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _worker(rank, out_dir):
+    # file:// rendezvous: no TCP port that another test could grab in between
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"), rank=rank, world_size=2)
     torch.set_num_threads(1)
     from detectron2.utils.events import EventStorage
 
@@ -42,7 +35,7 @@ def _worker(rank, port, out_dir):
 
 @pytest.mark.slow
 def test_two_process_eqlv2_statistics_identical(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / ("rank%d.pt" % r)) for r in (0, 1))
     assert r0["lam"] == r1["lam"] == [0.0, 0.0, 1 / 3, 2 / 3]
     assert set(r0["buffers"]) >= {"cls_loss.loss.pos_grad", "cls_loss.loss.neg_grad", "cls_loss.loss.pos_neg"}
