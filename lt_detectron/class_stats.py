@@ -24,8 +24,10 @@ BAGS' bins on *instance* counts, default edges 10/100/1000, i.e. ``[0,10) [10,10
 [100,1000) [1000,inf)``.
 """
 import hashlib
+import itertools
 import json
 import logging
+import operator
 import os
 import time
 from dataclasses import dataclass
@@ -208,18 +210,18 @@ def count_from_dicts(dataset_dicts, num_classes: int) -> Tuple[np.ndarray, np.nd
     """Count per-class instances and images from Detectron2 dataset dicts.
 
     ``category_id`` in the dicts must be contiguous (``0..C-1``); crowd annotations are
-    skipped. Returns ``(instance_counts, image_counts, num_images)``. Vectorised: one pass of
-    list building in Python, then numpy (well above 1M annotations/s).
+    skipped. Returns ``(instance_counts, image_counts, num_images)``.
     """
-    cats: List[int] = []
-    imgs: List[int] = []
-    for i, d in enumerate(dataset_dicts):
-        anns = d.get("annotations", ())
-        ids = [a["category_id"] for a in anns if not a.get("iscrowd", 0)]
-        cats.extend(ids)
-        imgs.extend([i] * len(ids))
     num_images = len(dataset_dicts)
-    cats_a = np.asarray(cats, dtype=np.int64)
+    per_image = [d.get("annotations") or () for d in dataset_dicts]
+    lengths = np.fromiter(map(len, per_image), dtype=np.int64, count=num_images)
+    anns = list(itertools.chain.from_iterable(per_image))
+    # C-level iteration (map + fromiter): well above 1M annotations/s
+    cats_a = np.fromiter(map(operator.itemgetter("category_id"), anns), dtype=np.int64, count=len(anns))
+    crowd = np.fromiter(map(operator.methodcaller("get", "iscrowd", 0), anns), dtype=np.int64, count=len(anns))
+    keep = crowd == 0
+    cats_a = cats_a[keep]
+    imgs_a = np.repeat(np.arange(num_images, dtype=np.int64), lengths)[keep]
     if cats_a.size and (cats_a.min() < 0 or cats_a.max() >= num_classes):
         bad = cats_a[(cats_a < 0) | (cats_a >= num_classes)][0]
         raise ClassStatsError(
@@ -229,7 +231,7 @@ def count_from_dicts(dataset_dicts, num_classes: int) -> Tuple[np.ndarray, np.nd
         )
     instance_counts = np.bincount(cats_a, minlength=num_classes).astype(np.int64)
     if cats_a.size:
-        pairs = np.unique(np.asarray(imgs, dtype=np.int64) * num_classes + cats_a)
+        pairs = np.unique(imgs_a * num_classes + cats_a)
         image_counts = np.bincount(pairs % num_classes, minlength=num_classes).astype(np.int64)
     else:
         image_counts = np.zeros(num_classes, dtype=np.int64)
