@@ -177,3 +177,24 @@ def test_resume_reproduces_the_uninterrupted_method_state(tmp_path, small_val, o
     assert any(not torch.equal(interrupted[k], got[k]) for k in got)  # the state moved after resuming
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=lambda m, k=k: k + ": " + m)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, small_val):
+    cfg = make_cfg(tmp_path, small_val[0], "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()")
+    trainer = LTTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    model = trainer._trainer.model
+    forward = model.forward
+    calls = {"n": 0}
+
+    def nan_after_three(batched_inputs):
+        calls["n"] += 1
+        losses = forward(batched_inputs)
+        if calls["n"] > 3:
+            losses["loss_cls"] = losses["loss_cls"] * float("nan")
+        return losses
+
+    model.forward = nan_after_three
+    with pytest.raises(FloatingPointError, match=r"iteration 3 because a loss is not finite.*model_0000001.pth.*SOLVER.BASE_LR"):
+        trainer.train()
+    assert (tmp_path / "model_0000001.pth").is_file()
