@@ -218,7 +218,7 @@ def count_from_dicts(dataset_dicts, num_classes: int) -> Tuple[np.ndarray, np.nd
     anns = list(itertools.chain.from_iterable(per_image))
     # C-level iteration (map + fromiter): well above 1M annotations/s
     cats_a = np.fromiter(map(operator.itemgetter("category_id"), anns), dtype=np.int64, count=len(anns))
-    crowd = np.fromiter(map(operator.methodcaller("get", "iscrowd", 0), anns), dtype=np.int64, count=len(anns))
+    crowd = np.fromiter(map(dict.get, anns, itertools.repeat("iscrowd"), itertools.repeat(0)), dtype=np.int64, count=len(anns))
     keep = crowd == 0
     cats_a = cats_a[keep]
     imgs_a = np.repeat(np.arange(num_images, dtype=np.int64), lengths)[keep]
@@ -231,7 +231,10 @@ def count_from_dicts(dataset_dicts, num_classes: int) -> Tuple[np.ndarray, np.nd
         )
     instance_counts = np.bincount(cats_a, minlength=num_classes).astype(np.int64)
     if cats_a.size:
-        pairs = np.unique(imgs_a * num_classes + cats_a)
+        # distinct (image, class) pairs; keys are grouped by image, so sorting is cheap (NumPy 2's
+        # hash-based np.unique is ~50x slower on 1M keys)
+        keys = np.sort(imgs_a * num_classes + cats_a)
+        pairs = keys[np.concatenate(([True], keys[1:] != keys[:-1]))]
         image_counts = np.bincount(pairs % num_classes, minlength=num_classes).astype(np.int64)
     else:
         image_counts = np.zeros(num_classes, dtype=np.int64)
