@@ -13,10 +13,7 @@ On a machine without a GPU add ``MODEL.DEVICE cpu`` (``--num-gpus N`` then start
 processes with the gloo backend).
 """
 import logging
-import os
-import sys
 
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: F401  (API parity with D2)
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results

@@ -16,7 +16,6 @@ bags       linear, C+N+2 (grouped)           P(fg) * within-group softmax, P(bg)
 c2am       bias-free cosine, C+1             softmax(s cos)
 =========  ===============================  ==========================================
 """
-import logging
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -41,7 +40,6 @@ from .classifiers import CosineClassifier, init_prior_bias
 
 __all__ = ["LongTailFastRCNNOutputLayers", "ROI_LOSSES"]
 
-logger = logging.getLogger(__name__)
 
 ROI_LOSSES = ("softmax", "sigmoid", "eqlv2", "ecm", "bags", "c2am")
 # classifier prior probability used when MODEL.LT.PRIOR_PROB < 0 ("per-method default")
