@@ -10,14 +10,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 from collections import OrderedDict
 from typing import List, Optional, Sequence
 
 import numpy as np
-from detectron2.utils import comm
 
-from .common import bin_label, category_sums, format_table, instance_bins, per_category_ap, precision_ap, write_per_category_csv
+from .common import bin_label, category_sums, format_table, instance_bins, precision_ap
 from .lvis_evaluation import LTLVISEvaluator
 
 logger = logging.getLogger(__name__)
@@ -127,12 +125,6 @@ class LTCOCOEvaluator(LTLVISEvaluator):
                     self.empty_bins.append(f"AP{i} {bin_label(lo, hi)}: no validation GT for its {len(idx)} classes")
             if self.empty_bins:
                 logger.warning(f"Empty instance bins for {self._dataset_name} ({task}): " + "; ".join(self.empty_bins))
-        ap_cat = per_category_ap(precision)
-        if self._output_dir and comm.is_main_process():
-            path = os.path.join(self._output_dir, f"coco_per_category_{task}.csv")
-            write_per_category_csv(path, (
-                {"category_id": c, "name": names[k], "frequency": freq[k], "train_instances": int(inst[k]),
-                 "train_images": int(imgs[k]), "AP": 100.0 * ap_cat[k]} for k, c in enumerate(cat_ids)))
-            logger.info(f"Per-category {task} AP written to {path}")
+        self._write_per_category(f"coco_per_category_{task}.csv", task, cat_ids, names, freq, inst, imgs, precision)
         logger.info(format_table(results, f"COCO {task} results of {self._dataset_name} (AP in %, nan = empty):"))
         return results

@@ -293,6 +293,17 @@ class LTLVISEvaluator(DatasetEvaluator):
             (bin_label(lo, hi), ids) for lo, hi, ids in instance_bins(np.maximum(inst_counts, 0), self._group_edges) if len(ids)
         ]
 
+    def _write_per_category(self, filename, task, cat_ids, names, freq, inst, imgs, precision):
+        """Per-category AP csv (main process, when there is an output folder)."""
+        if not (self._output_dir and comm.is_main_process()):
+            return
+        ap_cat = per_category_ap(precision)
+        path = os.path.join(self._output_dir, filename)
+        write_per_category_csv(path, (
+            {"category_id": c, "name": names[k], "frequency": freq[k], "train_instances": int(inst[k]),
+             "train_images": int(imgs[k]), "AP": 100.0 * ap_cat[k]} for k, c in enumerate(cat_ids)))
+        logger.info(f"Per-category {task} AP written to {path}")
+
     def _evaluate_task(self, task, dets, rles):
         metrics, precision, cat_ids = evaluate_lvis_predictions(
             self._json_file, dets, rles, task, self._max_dets, self._backend
@@ -306,17 +317,6 @@ class LTLVISEvaluator(DatasetEvaluator):
             else:
                 idx = list(members)
             results[f"AP{label}"] = 100.0 * precision_ap(precision, idx) if idx else float("nan")
-        ap_cat = per_category_ap(precision)
-        if self._output_dir and comm.is_main_process():
-            path = os.path.join(self._output_dir, f"lvis_per_category_{task}.csv")
-            write_per_category_csv(
-                path,
-                (
-                    {"category_id": c, "name": names[k], "frequency": freq[k], "train_instances": int(inst[k]),
-                     "train_images": int(imgs[k]), "AP": 100.0 * ap_cat[k]}
-                    for k, c in enumerate(cat_ids)
-                ),
-            )
-            logger.info(f"Per-category {task} AP written to {path}")
+        self._write_per_category(f"lvis_per_category_{task}.csv", task, cat_ids, names, freq, inst, imgs, precision)
         logger.info(format_table(results, f"LVIS {task} results of {self._dataset_name} (AP in %, nan = no GT):"))
         return results
