@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
 import shutil
 import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -147,9 +146,10 @@ class RankPredictionStore:
         np.save(path + ".part.npy", dets)
         os.replace(path + ".part.npy", path)
         if rles is not None:
-            rpath = os.path.join(d, f"{self._prefix}_rank{rank}_segm.pkl")
-            with open(rpath + ".part", "wb") as f:
-                pickle.dump(rles, f, protocol=pickle.HIGHEST_PROTOCOL)
+            # json, not pickle: reading a prediction file never runs code
+            rpath = os.path.join(d, f"{self._prefix}_rank{rank}_segm.json")
+            with open(rpath + ".part", "w") as f:
+                json.dump([_rle_to_json(r) for r in rles], f)
             os.replace(rpath + ".part", rpath)
 
     def read_all(self, world_size: int, with_masks: bool) -> Tuple[np.ndarray, Optional[List[dict]]]:
@@ -164,8 +164,8 @@ class RankPredictionStore:
                 )
             arrs.append(np.load(path))
             if with_masks:
-                with open(os.path.join(self._dir, f"{self._prefix}_rank{r}_segm.pkl"), "rb") as f:
-                    rles.extend(pickle.load(f))
+                with open(os.path.join(self._dir, f"{self._prefix}_rank{r}_segm.json")) as f:
+                    rles.extend(_rle_from_json(x) for x in json.load(f))
         dets = np.concatenate(arrs, 0) if arrs else np.zeros((0, 7))
         return dets, rles
 
@@ -173,6 +173,19 @@ class RankPredictionStore:
         if self._tmp and self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _rle_to_json(rle: dict) -> dict:
+    """A COCO RLE as json: bytes ``counts`` (pycocotools' output) become text, flagged."""
+    counts = rle["counts"]
+    if isinstance(counts, bytes):
+        return {"size": list(rle["size"]), "counts": counts.decode("ascii"), "bytes": True}
+    return {"size": list(rle["size"]), "counts": counts}
+
+
+def _rle_from_json(d: dict) -> dict:
+    counts = d["counts"].encode("ascii") if d.get("bytes") else d["counts"]
+    return {"size": d["size"], "counts": counts}
 
 
 def category_sums(precision: np.ndarray, area_idx: int = 0) -> Tuple[np.ndarray, np.ndarray]:
