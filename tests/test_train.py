@@ -85,7 +85,7 @@ def test_resume_is_exact_and_class_mismatch_is_clear(tmp_path, small_val):
     # a checkpoint from another class count: a clear error, not a shape crash
     cfg3 = make_cfg(tmp_path / "other", small_val[0])
     model = LTTrainer.build_model(cfg3)
-    ckpt = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    ckpt = torch.load(tmp_path / "model_final.pth", weights_only=True)  # plain data only
     w = ckpt["model"]["roi_heads.box_predictor.cls_score.weight"]
     ckpt["model"]["roi_heads.box_predictor.cls_score.weight"] = w[:10]
     ckpt["model"]["roi_heads.box_predictor.cls_score.bias"] = ckpt["model"]["roi_heads.box_predictor.cls_score.bias"][:10]

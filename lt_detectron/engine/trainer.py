@@ -5,7 +5,10 @@
   metrics plus AP by training-instance bins), with training statistics from the registry.
 - Startup builds the class statistics (logged), checks the class count of the config against
   the data, and tells the progress module how long an epoch is (BOFL's schedule).
-- Checkpoints load under torch >= 2.6 and explain class-count mismatches (``LTCheckpointer``).
+- Checkpoints are plain data, loaded with ``weights_only=True``, written atomically, and resume
+  falls back to the newest intact one (``LTCheckpointer``). Every rank's RNG states are saved
+  (gathered to rank 0) and each rank resumes its own; the training sampler (``TrainingSampler``
+  or ``RepeatFactorTrainingSampler``) resumes its position exactly.
 - ``MODEL.LT.FREEZE_ALL_BUT_CLS`` freezes everything but the classification layer(s)
   (BAGS' decoupled recipe).
 - A non-finite loss stops training with a message that names the iteration, the losses and
@@ -14,10 +17,8 @@
 import itertools
 import logging
 import os
-import random
 import weakref
 
-import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
@@ -25,7 +26,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils import comm
 
 from ..class_stats import check_num_classes, get_class_stats
-from .checkpoint import LTCheckpointer
+from .checkpoint import LTCheckpointer, gather_rng_states, get_rng_state, reseed_from, rng_state_for_rank, set_rng_state
 from .progress import iters_per_epoch, set_epoch_length
 
 __all__ = ["LTTrainer", "check_config_against_data", "freeze_all_but_classifier"]
@@ -95,7 +96,7 @@ class LTTrainer(DefaultTrainer):
             )
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # torch >= 2.6 safe loading, class-count checks, BAGS classifier re-initialisation
+        # safe loading, atomic saving, resume fallback, class-count checks, BAGS classifier re-initialisation
         self.checkpointer = LTCheckpointer(
             model, cfg.OUTPUT_DIR, reinit_cls=cfg.MODEL.LT.REINIT_CLS, trainer=weakref.proxy(self)
         )
@@ -114,12 +115,15 @@ class LTTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """Detectron2's loader; with ``TrainingSampler`` a resumable one (see data/samplers.py)."""
-        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        """Detectron2's loader; with ``TrainingSampler`` or ``RepeatFactorTrainingSampler`` a
+        resumable one (see data/samplers.py)."""
+        name = cfg.DATALOADER.SAMPLER_TRAIN
+        if name not in ("TrainingSampler", "RepeatFactorTrainingSampler"):
             return super().build_train_loader(cfg)
         from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+        from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-        from ..data.samplers import ResumableTrainingSampler
+        from ..data.samplers import ResumableRepeatFactorTrainingSampler, ResumableTrainingSampler
 
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
@@ -128,41 +132,90 @@ class LTTrainer(DefaultTrainer):
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
         seed = cfg.SEED if cfg.SEED >= 0 else None
-        sampler = ResumableTrainingSampler(len(dataset), seed=seed)
+        logger.info("Using training sampler %s (resumable)", name)
+        if name == "TrainingSampler":
+            sampler = ResumableTrainingSampler(len(dataset), seed=seed)
+        else:
+            factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+                dataset, cfg.DATALOADER.REPEAT_THRESHOLD
+            )
+            sampler = ResumableRepeatFactorTrainingSampler(factors, seed=seed)
         loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
         loader.lt_sampler = sampler  # resume_or_load moves its start
         return loader
 
     def resume_or_load(self, resume=True):
+        """detectron2's, plus: a corrupt/missing last checkpoint falls back to the newest intact one
+        (``LTCheckpointer``), and the training sampler continues where the checkpoint stopped."""
         super().resume_or_load(resume=resume)
         sampler = getattr(self._trainer.data_loader, "lt_sampler", None)
         if sampler is not None:
             sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)
+            if self.start_iter > 0:
+                # a loader without aspect-ratio grouping may have started its iterator (and
+                # workers) already: start it again so that it sees the new position and seed
+                self._trainer._data_loader_iter = iter(self._trainer.data_loader)
 
     def state_dict(self):
-        """Trainer state, the optimizer (momentum, current LR) and the RNG states.
+        """Trainer state, the optimizer (momentum, current LR), the sampler's seed and every
+        rank's RNG states (plain tensors / ints, see ``checkpoint.rng_state_to_plain``).
 
         detectron2 v0.6's DefaultTrainer checkpoints neither the optimizer nor the RNG: a resumed
         run restarted SGD momentum from zero and ran its first iteration at the warm-up LR.
+        Checkpoints are written by rank 0 only, so with several processes the RNG states are
+        gathered from all ranks in ``run_step`` of an iteration that ends with a checkpoint.
         """
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()
-        ret["rng"] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        sampler = getattr(self._trainer.data_loader, "lt_sampler", None)
+        if sampler is not None:
+            ret["sampler"] = sampler.state_dict()
+        gathered = getattr(self, "_gathered_rng", None)
+        if comm.get_world_size() == 1:
+            per_rank = [get_rng_state()]
+        elif gathered is not None and gathered[0] == self.iter:
+            per_rank = gathered[1]
+        else:
+            logger.warning(
+                "Checkpoint at iteration %d outside the periodic schedule: only rank %d's RNG state is "
+                "saved (the other ranks will be re-seeded when resuming from it)", self.iter, comm.get_rank()
+            )
+            per_rank = [get_rng_state()]
+        ret["rng"] = {"per_rank": per_rank}
         return ret
 
     def load_state_dict(self, state_dict):
         rng = state_dict.pop("rng", None)
         inner = state_dict.pop("_trainer", None)
+        sampler_state = state_dict.pop("sampler", None)
         super().load_state_dict(state_dict)
         if inner is not None:
             self._trainer.load_state_dict(inner)
-        if rng is not None:
-            # numpy / python: the data pipeline's augmentations draw from them while loading
-            np.random.set_state(rng["numpy"])
-            random.setstate(rng["python"])
-            # torch: restored after the first batch is loaded, because creating the data
-            # loader's iterator draws a seed from it (the uninterrupted run drew it at iter 0)
-            self._torch_rng_to_restore = rng["torch"]
+        sampler = getattr(self._trainer.data_loader, "lt_sampler", None)
+        if sampler is not None and sampler_state is not None:
+            sampler.load_state_dict(sampler_state)
+        per_rank = rng.get("per_rank") if isinstance(rng, dict) else None
+        if not per_rank:
+            logger.warning("The checkpoint holds no RNG states: random augmentation does not resume exactly")
+            return
+        rank = comm.get_rank()
+        state, note = rng_state_for_rank(per_rank, rank, comm.get_world_size())
+        if note:
+            logger.warning(note)
+        if state is None:
+            seed = reseed_from(per_rank[0], rank)
+            logger.warning("rank %d re-seeded with %d", rank, seed)
+            return
+        # numpy / python: the data pipeline's augmentations draw from them while loading
+        set_rng_state(state, torch_too=False)
+        # torch: restored after the first batch is loaded, because creating the data
+        # loader's iterator draws a seed from it (the uninterrupted run drew it at iter 0)
+        self._torch_rng_to_restore = state["torch"]
+
+    def _checkpoint_due(self):
+        """Whether detectron2's PeriodicCheckpointer writes a checkpoint after this iteration."""
+        period = self.cfg.SOLVER.CHECKPOINT_PERIOD
+        return (period > 0 and (self.iter + 1) % period == 0) or self.iter >= self.max_iter - 1
 
     def build_hooks(self):
         from .hooks import build_lt_hooks
@@ -208,6 +261,10 @@ class LTTrainer(DefaultTrainer):
             self._trainer._data_loader_iter = itertools.chain([first], self._trainer._data_loader_iter)
         try:
             super().run_step()
+            if comm.get_world_size() > 1 and self._checkpoint_due():
+                # every rank's RNG states, for the checkpoint rank 0 writes after this step (a
+                # collective: all ranks run it; the checkpoint hook itself runs on rank 0 only)
+                self._gathered_rng = (self.iter, gather_rng_states())
         except FloatingPointError as e:
             last = self.checkpointer.get_checkpoint_file() if comm.is_main_process() else None
             raise FloatingPointError(
