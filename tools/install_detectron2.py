@@ -15,6 +15,9 @@ FAIR's detectron2 v0.6 Python code (Apache-2.0) without its C++ sources, so a pl
    - the NumPy aliases removed in NumPy 1.24 (``np.int``, ``np.float``, ``np.bool``,
      ``np.str``) are replaced by the builtins;
    - ``model_zoo`` no longer imports ``pkg_resources`` (gone from setuptools >= 82);
+   - the model-zoo configs (``detectron2/model_zoo/configs/**``, shipped in the sdist) are
+     installed as package data, so ``model_zoo.get_config_file(...)`` works (the sdist's
+     setup.py looks for them in a top-level ``configs/`` folder that only a git checkout has);
    - ``install_requires`` drops the pins that do not install or are not needed
      (``black==21.4b2``, ``future``, ``pydot``);
 3. builds a wheel of the patched tree (cached in ``.cache/wheels``) and installs it.
@@ -33,7 +36,7 @@ import tempfile
 
 SDIST = "pb1-detectron2==0.6"
 MARKER = "LT_DETECTRON_PLACEHOLDER_C"
-PATCH_VERSION = "3"  # bump when the patches change, so that old builds are replaced
+PATCH_VERSION = "4"  # bump when the patches change, so that old builds are replaced
 
 PLACEHOLDER_C = '''"""Placeholder for detectron2's compiled extension, written by lt_detectron's installer.
 
@@ -173,7 +176,24 @@ def patch_tree(root):
         "_config_path_in_package(config_path)",
         regex=True,
     )
-    log("patched %d NumPy aliases, Image.LINEAR, pkg_resources, _C placeholder" % n_total)
+    # 5. model-zoo configs as package data (listed explicitly: independent of the build's cwd)
+    zoo = os.path.join(pkg, "model_zoo")
+    configs = sorted(
+        os.path.relpath(p, zoo).replace(os.sep, "/")
+        for p in glob.glob(os.path.join(zoo, "configs", "**", "*"), recursive=True)
+        if p.endswith((".yaml", ".py"))
+    )
+    if not any(c.endswith(".yaml") for c in configs):
+        raise RuntimeError("patch failed: no model-zoo configs under detectron2/model_zoo/configs in %s" % SDIST)
+    _replace(
+        setup_py,
+        'package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
+        'package_data={"detectron2.model_zoo": %r},' % configs,
+    )
+    log(
+        "patched %d NumPy aliases, Image.LINEAR, pkg_resources, _C placeholder; %d model-zoo configs"
+        % (n_total, len(configs))
+    )
 
 
 def build_wheel(cache_dir):

@@ -27,6 +27,7 @@ from detectron2.utils import comm
 
 from ..class_stats import check_num_classes, get_class_stats
 from .checkpoint import LTCheckpointer, gather_rng_states, get_rng_state, reseed_from, rng_state_for_rank, set_rng_state
+from .solver import build_lt_optimizer
 from .progress import iters_per_epoch, set_epoch_length
 
 __all__ = ["LTTrainer", "check_config_against_data", "freeze_all_but_classifier"]
@@ -112,6 +113,11 @@ class LTTrainer(DefaultTrainer):
             names = freeze_all_but_classifier(model)
             logger.info("MODEL.LT.FREEZE_ALL_BUT_CLS: training only %s", ", ".join(names))
         return model
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's optimizer, plus ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE full_model``."""
+        return build_lt_optimizer(cfg, model)
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Convert a torchvision ResNet state dict (``.pth``) to detectron2's ``.pkl`` weights format.
+
+    python tools/convert_torchvision_to_detectron2.py resnet50-0676ba61.pth R-50-torchvision.pkl
+
+The output is ``{"model": {name: numpy array}, "__author__": "torchvision",
+"matching_heuristics": True}``, the format of detectron2's model-zoo ``.pkl`` files: detectron2
+loads it with ``MODEL.WEIGHTS R-50-torchvision.pkl`` and matches the names to the backbone
+(``stem.*``, ``res2.*`` ... ``res5.*``) by its suffix heuristics. The classifier (``fc.*``) and
+BatchNorm's ``num_batches_tracked`` counters are dropped.
+
+torchvision's ResNet differs from detectron2's MSRA weights in two ways that the config must
+follow (``CONFIG_FOR_TORCHVISION_WEIGHTS`` below, printed after a conversion):
+
+* the stride-2 convolution of each bottleneck is the 3x3 (``RESNETS.STRIDE_IN_1X1 False``);
+* it expects RGB input normalised by the ImageNet mean/std on a 0-1 scale, i.e. on detectron2's
+  0-255 pixels ``INPUT.FORMAT RGB``, ``PIXEL_MEAN [123.675, 116.28, 103.53]``,
+  ``PIXEL_STD [58.395, 57.12, 57.375]``.
+
+BatchNorm statistics become detectron2's ``FrozenBN`` (``RESNETS.NORM FrozenBN``, the default).
+The input is read with ``torch.load(weights_only=True)``: tensors only, no code runs.
+"""
+import argparse
+import os
+import pickle
+import re
+import sys
+import tempfile
+
+import torch
+
+__all__ = ["CONFIG_FOR_TORCHVISION_WEIGHTS", "convert_state_dict", "convert_file"]
+
+# config overrides a detectron2 R50 config needs for the converted weights (tested)
+CONFIG_FOR_TORCHVISION_WEIGHTS = [
+    ("MODEL.RESNETS.STRIDE_IN_1X1", False),
+    ("MODEL.RESNETS.NORM", "FrozenBN"),
+    ("INPUT.FORMAT", "RGB"),
+    ("MODEL.PIXEL_MEAN", [123.675, 116.28, 103.53]),
+    ("MODEL.PIXEL_STD", [58.395, 57.12, 57.375]),
+]
+
+_STAGES = {"layer1": "res2", "layer2": "res3", "layer3": "res4", "layer4": "res5"}
+_BLOCK = re.compile(r"^(layer[1-4])\.(\d+)\.(.+)$")
+_BLOCK_PARTS = {
+    "conv1": "conv1",
+    "conv2": "conv2",
+    "conv3": "conv3",
+    "bn1": "conv1.norm",
+    "bn2": "conv2.norm",
+    "bn3": "conv3.norm",
+    "downsample.0": "shortcut",
+    "downsample.1": "shortcut.norm",
+}
+_STEM_PARTS = {"conv1": "stem.conv1", "bn1": "stem.conv1.norm"}
+
+
+class ConversionError(ValueError):
+    pass
+
+
+def _rename(key):
+    """torchvision name -> detectron2 name, or None for keys that are dropped."""
+    if key.endswith("num_batches_tracked") or key.startswith("fc."):
+        return None
+    prefix, _, param = key.rpartition(".")
+    m = _BLOCK.match(prefix)
+    if m:
+        stage, block, part = m.groups()
+        if part in _BLOCK_PARTS:
+            return "%s.%s.%s.%s" % (_STAGES[stage], block, _BLOCK_PARTS[part], param)
+    elif prefix in _STEM_PARTS:
+        return "%s.%s" % (_STEM_PARTS[prefix], param)
+    raise ConversionError("unexpected key %r: not a torchvision ResNet parameter" % key)
+
+
+def convert_state_dict(state_dict):
+    """Return detectron2 names -> float numpy arrays for a torchvision ResNet ``state_dict``."""
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise ConversionError("expected a non-empty dict of tensors (a torchvision state_dict)")
+    for required in ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.0.conv3.weight"):
+        if required not in state_dict:
+            raise ConversionError(
+                "no %r: this is not a torchvision bottleneck ResNet state_dict (ResNet-50/101/152, "
+                "ResNeXt)" % required
+            )
+    out = {}
+    for key, value in state_dict.items():
+        new = _rename(key)
+        if new is None:
+            continue
+        if not torch.is_tensor(value):
+            raise ConversionError("value of %r is a %s, not a tensor" % (key, type(value).__name__))
+        out[new] = value.detach().cpu().float().numpy()
+    return out
+
+
+def _read_state_dict(path):
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConversionError("%s: no such file" % os.path.abspath(path)) from None
+    except Exception as e:
+        raise ConversionError(
+            "%s: not a tensors-only torch file (%s: %s)" % (os.path.abspath(path), type(e).__name__, e)
+        ) from None
+    # checkpoints that wrap the weights
+    for wrapper in ("state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
+            data = data[wrapper]
+    return data
+
+
+def convert_file(src, dst):
+    """Convert ``src`` (torchvision ``.pth``) to ``dst`` (detectron2 ``.pkl``); returns the
+    number of converted arrays. ``dst`` is written atomically and only after a full conversion."""
+    if not dst.endswith(".pkl"):
+        raise ConversionError("output %r must end with .pkl (detectron2 reads .pkl as this format)" % dst)
+    try:
+        model = convert_state_dict(_read_state_dict(src))
+    except ConversionError as e:
+        msg = str(e)
+        raise ConversionError(msg if msg.startswith(os.path.abspath(src)) else "%s: %s" % (os.path.abspath(src), msg)) from None
+    payload = {"model": model, "__author__": "torchvision", "matching_heuristics": True}
+    folder = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_convert_", suffix=".pkl", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return len(model)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", help="torchvision ResNet state dict (.pth)")
+    parser.add_argument("output", help="detectron2 weights file to write (.pkl)")
+    args = parser.parse_args(argv)
+    try:
+        n = convert_file(args.input, args.output)
+    except ConversionError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    print("wrote %d arrays to %s" % (n, os.path.abspath(args.output)))
+    print("use it with these config changes:")
+    print("  MODEL.WEIGHTS %s" % os.path.abspath(args.output))
+    for key, value in CONFIG_FOR_TORCHVISION_WEIGHTS:
+        print("  %s %s" % (key, value))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
