@@ -18,7 +18,8 @@ follow (``CONFIG_FOR_TORCHVISION_WEIGHTS`` below, printed after a conversion):
   ``PIXEL_STD [58.395, 57.12, 57.375]``.
 
 BatchNorm statistics become detectron2's ``FrozenBN`` (``RESNETS.NORM FrozenBN``, the default).
-The input is read with ``torch.load(weights_only=True)``: tensors only, no code runs.
+The input is read by lt_detectron's checkpoint loader (``torch.load(weights_only=True)``):
+tensors only, no code runs.
 """
 import argparse
 import os
@@ -28,6 +29,8 @@ import sys
 import tempfile
 
 import torch
+
+from lt_detectron.engine.checkpoint import load_checkpoint_file
 
 __all__ = ["CONFIG_FOR_TORCHVISION_WEIGHTS", "convert_state_dict", "convert_file"]
 
@@ -97,7 +100,7 @@ def convert_state_dict(state_dict):
 
 def _read_state_dict(path):
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = load_checkpoint_file(path)  # weights_only: tensors and plain types, no code runs
     except FileNotFoundError:
         raise ConversionError("%s: no such file" % os.path.abspath(path)) from None
     except Exception as e:
