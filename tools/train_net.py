@@ -9,13 +9,14 @@
         --register-dataset mine_val val.json images/ DATASETS.TRAIN "('mine_train',)" \
         DATASETS.TEST "('mine_val',)" MODEL.ROI_HEADS.NUM_CLASSES 3
 
-On a machine without a GPU add ``MODEL.DEVICE cpu`` (``--num-gpus N`` then starts N CPU
-processes with the gloo backend).
+With ``MODEL.DEVICE cpu`` (in the config file or on the command line) ``--num-gpus N`` starts N CPU
+processes per machine with the gloo backend; ``--num-machines/--machine-rank/--dist-url`` work as with
+GPUs (run the same command on every machine with its own ``--machine-rank``).
 """
 import logging
 
 from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
@@ -23,6 +24,8 @@ import lt_detectron  # noqa: F401  (registers heads, meta-architectures and data
 from lt_detectron import add_lt_config
 from lt_detectron.data import prepare_datasets, register_lt_dataset
 from lt_detectron.engine import LTTrainer, LTCheckpointer, format_results
+from lt_detectron.engine.launch import launch_on_device
+from lt_detectron.engine.logger import setup_lt_logger
 
 Trainer = LTTrainer
 
@@ -36,13 +39,21 @@ def register_from_args(args):
             register_lt_dataset(name, json_file, image_root)
 
 
-def setup(args):
+def load_config(args):
+    """The merged config: ``--config-file`` (with its ``_BASE_`` chain), then the command-line opts."""
     cfg = get_cfg()
     add_lt_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    return cfg
+
+
+def setup(args):
+    cfg = load_config(args)
     cfg.freeze()
     default_setup(cfg, args)
+    # default_setup gives handlers to the "detectron2" and "fvcore" loggers only
+    setup_lt_logger(cfg.OUTPUT_DIR)
     return cfg
 
 
@@ -74,12 +85,6 @@ def main(args):
     return res
 
 
-def _cpu_processes(args):
-    """With MODEL.DEVICE cpu, --num-gpus N means N CPU processes (gloo)."""
-    opts = list(args.opts)
-    return "MODEL.DEVICE" in opts and opts[opts.index("MODEL.DEVICE") + 1] == "cpu"
-
-
 def argument_parser():
     parser = default_argument_parser()
     parser.add_argument(
@@ -89,22 +94,25 @@ def argument_parser():
     return parser
 
 
+def launch_from_args(args):
+    """Register, prepare the datasets once, then start the processes for the merged config's device:
+    gloo CPU processes for ``MODEL.DEVICE cpu`` (from the YAML or the opts), else Detectron2's launch."""
+    register_from_args(args)
+    cfg = load_config(args)
+    # generate / validate datasets once, before worker processes start
+    prepare_datasets(cfg=cfg)
+    return launch_on_device(
+        cfg.MODEL.DEVICE,
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    register_from_args(args)
-    # generate / validate datasets once, before worker processes start
-    prepare_datasets(args.config_file, args.opts)
-    if args.num_gpus > 1 and _cpu_processes(args):
-        from lt_detectron.engine.launch import launch_cpu
-
-        launch_cpu(main, args.num_gpus, args.dist_url, args=(args,))
-    else:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+    launch_from_args(args)

@@ -1,5 +1,6 @@
 from .checkpoint import CheckpointClassMismatch, LTCheckpointer
-from .launch import launch_cpu
+from .launch import launch_cpu, launch_on_device
+from .logger import setup_lt_logger
 from .progress import epochs_total, set_epoch_length, training_progress
 from .results import format_results
 from .solver import build_lt_optimizer

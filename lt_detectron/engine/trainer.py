@@ -27,6 +27,7 @@ from detectron2.utils import comm
 
 from ..class_stats import check_num_classes, get_class_stats
 from .checkpoint import LTCheckpointer, gather_rng_states, get_rng_state, reseed_from, rng_state_for_rank, set_rng_state
+from .logger import setup_lt_logger
 from .solver import build_lt_optimizer
 from .progress import iters_per_epoch, set_epoch_length
 
@@ -81,6 +82,7 @@ class LTTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        setup_lt_logger(cfg.OUTPUT_DIR)  # lt_detectron's tables into stdout and log.txt (idempotent)
         self.class_stats = check_config_against_data(cfg)
         if self.class_stats is not None:
             set_epoch_length(iters_per_epoch(cfg))

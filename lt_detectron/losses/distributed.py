@@ -1,12 +1,15 @@
 """Minimal torch.distributed helpers used by the losses.
 
 All helpers are safe to call in a single process: when ``torch.distributed`` is not available or
-not initialised they are no-ops (world size 1).
+not initialised they are no-ops (world size 1). :func:`warn_nonfinite_skip` is the shared, rate-limited
+warning of the stateful losses (EQL v2, ECM) when they drop a non-finite batch's statistics.
 """
+import logging
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "get_world_size", "all_reduce_sum"]
+__all__ = ["is_distributed", "get_world_size", "all_reduce_sum", "warn_nonfinite_skip"]
 
 
 def is_distributed() -> bool:
@@ -28,3 +31,23 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def warn_nonfinite_skip(module, what: str, every: int = 100) -> int:
+    """Count a skipped non-finite statistics update on ``module`` and warn on the 1st and every
+    ``every``-th skip (rate-limited: a run of bad steps logs a few lines, not one per iteration).
+
+    The counter is a plain attribute of the module (``num_nonfinite_skips``, this process only, not in
+    the state_dict). Returns the count. Logged on ``module``'s own logger (``lt_detectron.losses.*``).
+    """
+    n = int(getattr(module, "num_nonfinite_skips", 0)) + 1
+    module.num_nonfinite_skips = n
+    if n == 1 or n % every == 0:
+        logging.getLogger(type(module).__module__).warning(
+            "%s: skipped the update of %s for a batch with non-finite values (NaN/inf logits on at least "
+            "one rank); %d batch(es) skipped so far, the state stays as before them. The loss of such a "
+            "batch is not finite either: AMP's grad scaler skips that step; without AMP, lower the "
+            "learning rate or enable SOLVER.CLIP_GRADIENTS.",
+            type(module).__name__, what, n,
+        )
+    return n

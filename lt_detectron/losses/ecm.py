@@ -23,7 +23,9 @@ r (``bg_fg_ratio``, #background / #foreground sampled ROIs) defaults to the auth
 (gt == C) and foreground ROIs of the batch, SUM-all-reduce the two counts (collective: every rank calls it
 on each of those K steps) and accumulate them; after the K-th call r = total_bg / total_fg is frozen
 into the ``bg_fg_ratio`` buffer and the margins/weights are recomputed (if no foreground ROI was seen the
-constant is kept). Until then the constant is used. All of this is state in persistent buffers
+constant is kept). Until then the constant is used. A measuring batch with a non-finite logit on any
+rank (a step that AMP skips) is not counted, on every rank alike (the flag is all-reduced with the
+counts), with a rate-limited warning: it does not use up one of the K measuring iterations. All of this is state in persistent buffers
 (``bg_fg_ratio``, ``measured_iters``, ``measured_bg``, ``measured_fg``, ``margins``, ``weights``), so
 resuming from a checkpoint is exact.
 
@@ -36,7 +38,7 @@ as they multiply the BCE in the two-stage form.
 import torch
 import torch.nn as nn
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, warn_nonfinite_skip
 from .eqlv2 import objectness_scores
 from .focal import sigmoid_focal_loss
 from .sigmoid import fused_weighted_bce
@@ -87,6 +89,7 @@ class ECMLoss(nn.Module):
         self.register_buffer("measured_fg", torch.tensor(0, dtype=torch.long))
         self.register_buffer("margins", torch.zeros(self.num_classes + 1, dtype=torch.float32))
         self.register_buffer("weights", torch.zeros(self.num_classes + 1, dtype=torch.float32))
+        self.num_nonfinite_skips = 0  # measuring batches dropped for non-finite logits (not checkpointed)
         self._recompute()
 
     def _recompute(self):
@@ -99,12 +102,19 @@ class ECMLoss(nn.Module):
         return self.measure_iters > 0 and int(self.measured_iters) < self.measure_iters
 
     @torch.no_grad()
-    def _measure(self, gt_classes):
+    def _measure(self, gt_classes, logits):
         C = self.num_classes
+        gt_classes = gt_classes.to(self.measured_bg.device)
         num_bg = (gt_classes == C).sum()
-        cnt = torch.stack([num_bg, gt_classes.numel() - num_bg]).to(torch.long)
+        nonfinite = (~torch.isfinite(logits.detach())).any().to(device=num_bg.device)
+        # one collective: the counts and whether any rank saw a non-finite logit
+        cnt = torch.stack([num_bg, gt_classes.numel() - num_bg, nonfinite.long()]).to(torch.long)
         all_reduce_sum(cnt)
         cnt = cnt.to(self.measured_bg.device)
+        if int(cnt[2]) > 0:
+            # decided on the reduced flag, so every rank skips together and the ranks' buffers stay equal
+            warn_nonfinite_skip(self, "the measured bg:fg ROI ratio (measured_bg/measured_fg/measured_iters)")
+            return
         self.measured_bg += cnt[0]
         self.measured_fg += cnt[1]
         self.measured_iters += 1
@@ -120,7 +130,7 @@ class ECMLoss(nn.Module):
             logits, gt_classes, self.weights, input_scale=2.0, input_bias=self.margins
         )
         if self.training and self.measuring:
-            self._measure(gt_classes.to(self.measured_bg.device))
+            self._measure(gt_classes, logits)
         return loss
 
 

@@ -15,7 +15,11 @@ Two-stage (ROI) form, :class:`EQLv2Loss`:
     where the per-iteration increments are SUM-all-reduced across ranks first (a no-op without
     torch.distributed), then pos_neg = pos_grad / (neg_grad + 1e-10). ``pos_neg`` starts at 100 so the
     first-iteration weights are all 1. Empty batches (R = 0 on every rank) leave the state unchanged
-    (the all-reduce is still issued so ranks stay in step); otherwise this is exactly the authors' update. In eval mode the loss is computed but the statistics are frozen.
+    (the all-reduce is still issued so ranks stay in step); so does a batch whose reduced increments (or
+    the updated sums) are not finite, e.g. one NaN/inf logit on any rank: its statistics are skipped with
+    a rate-limited warning, identically on every rank, so a step that AMP skips does not poison every
+    later weight (the loss value of that batch itself may be non-finite). Otherwise this is exactly the
+    authors' update. In eval mode the loss is computed but the statistics are frozen.
     Buffers ``pos_grad``, ``neg_grad``, ``pos_neg`` (float32, length C) are persistent (in state_dict).
     The statistics are always accumulated in float32 (the loss runs in float32 for fp16/bf16 logits).
 
@@ -32,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, warn_nonfinite_skip
 from .focal import sigmoid_focal_loss
 from .sigmoid import fused_weighted_bce
 
@@ -67,6 +71,7 @@ class _EQLv2Stats(nn.Module):
         self.register_buffer("pos_grad", torch.zeros(self.num_classes, dtype=torch.float32))
         self.register_buffer("neg_grad", torch.zeros(self.num_classes, dtype=torch.float32))
         self.register_buffer("pos_neg", torch.full((self.num_classes,), 100.0, dtype=torch.float32))
+        self.num_nonfinite_skips = 0  # batches whose statistics were dropped (this process; not checkpointed)
 
     def class_weights(self):
         """(neg_w, pos_w) for the C foreground classes: r = f(g), q = 1 + alpha (1 - f(g)), float32."""
@@ -75,17 +80,33 @@ class _EQLv2Stats(nn.Module):
         return r, q
 
     @torch.no_grad()
-    def _update(self, pos_inc: torch.Tensor, neg_inc: torch.Tensor) -> None:
+    def _update(self, pos_inc: torch.Tensor, neg_inc: torch.Tensor) -> bool:
+        """Add this step's increments (all-reduced first); returns False when the update was skipped."""
         # one collective for both vectors; every rank must call this on every training step
+        C = self.num_classes
         inc = torch.cat([pos_inc, neg_inc]).to(dtype=self.pos_grad.dtype, device=self.pos_grad.device)
         all_reduce_sum(inc)
-        if not bool(inc.any()):
+        pos_grad = self.pos_grad + inc[:C]
+        neg_grad = self.neg_grad + inc[C:]
+        pos_neg = pos_grad / (neg_grad + 1e-10)
+        # both decisions use the reduced increments and the (identical) buffers, so every rank takes the
+        # same branch; one host sync for both
+        observed, finite = torch.stack(
+            [inc.ne(0).any(), torch.isfinite(torch.cat([pos_grad, neg_grad, pos_neg])).all()]
+        ).tolist()
+        if not observed:
             # no ROI on any rank (global R = 0): nothing observed; keep g instead of letting 0 / 1e-10
-            # reset the initial g = 100 to 0 (decision is identical on all ranks: it uses reduced values)
-            return
-        self.pos_grad += inc[: self.num_classes]
-        self.neg_grad += inc[self.num_classes :]
-        self.pos_neg.copy_(self.pos_grad / (self.neg_grad + 1e-10))
+            # reset the initial g = 100 to 0
+            return False
+        if not finite:
+            # a NaN/inf logit on any rank (an overflowing fp16 step that AMP will skip, a diverging batch):
+            # keeping the sums would make every later weight NaN, so this batch's statistics are dropped
+            warn_nonfinite_skip(self, "EQL v2 statistics (pos_grad/neg_grad/pos_neg)")
+            return False
+        self.pos_grad.copy_(pos_grad)
+        self.neg_grad.copy_(neg_grad)
+        self.pos_neg.copy_(pos_neg)
+        return True
 
     def extra_repr(self):
         return f"num_classes={self.num_classes}, gamma={self.gamma}, mu={self.mu}, alpha={self.alpha}"
