@@ -44,7 +44,34 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 LVIS_V05_COUNTS_CSV = os.path.join(_HERE, os.pardir, "lt_detectron", "data", "stats", "lvis_v0.5_train.csv")
 
-__all__ = ["load_lvis_counts", "compute_targets", "build_coco_lt", "main"]
+__all__ = ["load_lvis_counts", "compute_targets", "build_coco_lt", "check_coco_input", "main"]
+
+COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
+# the 80 COCO category ids (1..90 with gaps), as in instances_train2017.json
+COCO_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
+
+
+class InputError(ValueError):
+    """The input of the COCO-LT builder is missing or is not COCO (the message says what to do)."""
+
+
+def check_coco_input(coco, path: str = "<json>") -> None:
+    """``coco`` must be COCO instances json: 80 categories with COCO's ids, no LVIS fields."""
+    if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations", "categories")):
+        raise InputError(f"{path} is not a COCO instances json (needs 'images', 'annotations' and 'categories')")
+    cats = coco["categories"]
+    if any("frequency" in c for c in cats) or any("neg_category_ids" in im for im in coco["images"][:100]):
+        raise InputError(
+            f"{path} is an LVIS-format json ({len(cats)} categories with 'frequency'): COCO-LT is built from "
+            f"COCO's instances_train2017.json (80 classes). Pass --coco-json "
+            f"$DETECTRON2_DATASETS/coco/annotations/instances_train2017.json"
+        )
+    ids = tuple(sorted(c["id"] for c in cats))
+    if ids != COCO_IDS:
+        raise InputError(
+            f"{path} has {len(ids)} categories with ids {ids[:5]}...: COCO-LT is built from COCO's 80 classes "
+            f"(ids 1..90 with gaps). Pass COCO's instances_train2017.json"
+        )
 
 
 def load_lvis_counts(path: str = LVIS_V05_COUNTS_CSV) -> List[int]:
@@ -146,8 +173,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lvis-counts", default=LVIS_V05_COUNTS_CSV, help="csv with an instance_count column (LVIS v0.5 train)")
     args = ap.parse_args(argv)
-    with open(args.coco_json) as f:
-        coco = json.load(f)
+    src = os.path.abspath(args.coco_json)
+    if not os.path.isfile(src):
+        raise SystemExit(
+            f"error: --coco-json {src} does not exist. Get COCO's annotations ({COCO_ANNOTATIONS_URL}) and unzip "
+            f"them into $DETECTRON2_DATASETS/coco/ (giving coco/annotations/instances_train2017.json)."
+        )
+    if not os.path.isfile(args.lvis_counts):
+        raise SystemExit(f"error: --lvis-counts {os.path.abspath(args.lvis_counts)} does not exist (the shipped "
+                         f"lt_detectron/data/stats/lvis_v0.5_train.csv is the default)")
+    try:
+        with open(src) as f:
+            coco = json.load(f)
+        check_coco_input(coco, src)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: {src} is not valid json ({e}); re-download it ({COCO_ANNOTATIONS_URL})")
+    except InputError as e:
+        raise SystemExit(f"error: {e}")
     out, report = build_coco_lt(coco, load_lvis_counts(args.lvis_counts), seed=args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:

@@ -6,16 +6,25 @@ per tuple of training datasets, built once per process and cached. It is built
 deterministically from the same files on every process (and, when ``torch.distributed`` is
 initialised, a fingerprint is compared across ranks), so every rank sees identical values.
 
-Sources, in order, for each dataset name:
+Counts come from the dataset's own annotations (after the ``bad_boxes`` check: dropped boxes
+are not counted). The training json is parsed once per process: the trainer loads the dicts
+(:func:`lt_detectron.data.loading.load_train_dicts`) and passes them as
+``get_class_stats(names, dataset_dicts=...)``. Per dataset name, the ``source`` is:
 
-1. the dataset's metadata: ``MetadataCatalog.get(name).class_stats`` (a dict with
-   ``instance_counts``, ``image_counts``, ``num_images``, optional ``frequency``), as our LVIS
-   registration attaches from the statistics shipped in the package;
-2. LVIS-format category records in ``metadata.json_file`` carrying ``image_count`` and
-   ``instance_count`` (every LVIS json does) plus an image count from the json;
-3. counted from the registered dataset dicts (``DatasetCatalog.get(name)``) once, vectorised,
-   and cached on disk keyed by the json file's path, size and mtime
-   (``$LT_DETECTRON_CACHE/class_stats``).
+- ``metadata``: ``MetadataCatalog.get(name).class_stats`` (``instance_counts``,
+  ``image_counts``, ``num_images``, optional ``frequency``): the LVIS table shipped for the
+  builtin full train splits, or counts given at registration. With dicts it is used only when
+  it equals their counts; otherwise (e.g. ``lvis_v1_train`` pointing at a subset json) the
+  counts of the annotations are used, with a warning. Without dicts it is used as is.
+- ``json``: counted, and equal to the ``image_count``/``instance_count`` of the json's
+  category records (LVIS files carry them). Records that disagree (a subset of LVIS keeps the
+  full file's records) are ignored with a warning.
+- ``counted``: counted from the dicts (given, or one ``DatasetCatalog.get``), vectorised, and
+  cached on disk keyed by the json's path, size, mtime and ``bad_boxes`` policy
+  (``$LT_DETECTRON_CACHE/class_stats``).
+- ``cache``: that cache, when no dicts are given.
+
+The source is in the log line and in :meth:`ClassStats.summary`.
 
 Conventions: contiguous class ids ``0..C-1`` in the order of ``metadata.thing_classes``;
 background is ``C`` (Detectron2's convention). ``frequency`` uses LVIS' rule on training
@@ -242,16 +251,17 @@ def count_from_dicts(dataset_dicts, num_classes: int) -> Tuple[np.ndarray, np.nd
 
 
 def _cache_dir() -> str:
-    root = os.environ.get("LT_DETECTRON_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "lt_detectron"))
-    return os.path.join(root, "class_stats")
+    from .data.embedded import cache_base
+
+    return os.path.join(cache_base(), "class_stats")
 
 
-def _cache_key(name: str, json_file: str, num_classes: int) -> Optional[str]:
+def _cache_key(name: str, json_file: str, num_classes: int, bad_boxes: str) -> Optional[str]:
     try:
         st = os.stat(json_file)
     except OSError:
         return None
-    key = "%s|%s|%d|%d|%d|v1" % (name, os.path.abspath(json_file), st.st_size, st.st_mtime_ns, num_classes)
+    key = "%s|%s|%d|%d|%d|%s|v2" % (name, os.path.abspath(json_file), st.st_size, st.st_mtime_ns, num_classes, bad_boxes)
     return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
@@ -276,36 +286,40 @@ def _save_cached(key, inst, img, n):
             json.dump({"instance_counts": inst.tolist(), "image_counts": img.tolist(), "num_images": n}, f)
         os.replace(tmp, os.path.join(d, key + ".json"))
     except OSError as e:  # a read-only home must not stop training
-        logger.warning("could not write the class-statistics cache in %s: %s", d, e)
+        logger.warning(
+            "could not write the class-statistics cache in %s (%s); training goes on without it. Set "
+            "LT_DETECTRON_CACHE to a writable folder to keep it.", d, e
+        )
 
 
-def _stats_from_json_categories(meta, num_classes):
-    """LVIS-format category records with image_count/instance_count, if present."""
-    json_file = getattr(meta, "json_file", None) if "json_file" in meta.as_dict() else None
-    if not json_file or not os.path.isfile(json_file):
+def _dicts_for(name: str, dataset_dicts):
+    """The given dicts of ``name`` (mapping or loader callable), or None."""
+    if dataset_dicts is None:
         return None
-    with open(json_file) as f:
-        data = json.load(f)
-    cats = data.get("categories", [])
-    if not cats or not all("image_count" in c and "instance_count" in c for c in cats):
-        return None
-    id_map = meta.thing_dataset_id_to_contiguous_id
-    inst = np.zeros(num_classes, np.int64)
-    img = np.zeros(num_classes, np.int64)
-    freq = np.full(num_classes, "", dtype="<U1")
-    for c in cats:
-        if c["id"] in id_map:
-            j = id_map[c["id"]]
-            inst[j] = c["instance_count"]
-            img[j] = c["image_count"]
-            freq[j] = c.get("frequency", "")
-    if len(set(id_map.values())) != num_classes or len([c for c in cats if c["id"] in id_map]) != num_classes:
-        return None
-    return inst, img, len(data.get("images", [])), (freq if all(freq) else None)
+    if callable(dataset_dicts):
+        return dataset_dicts(name)
+    return dataset_dicts.get(name)
 
 
-def _stats_for_dataset(name: str):
+def _count(name: str, dicts, C: int):
+    t0 = time.perf_counter()
+    inst, img, n = count_from_dicts(dicts, C)
+    logger.info("counted class statistics of %s: %d annotations in %.3fs", name, int(inst.sum()), time.perf_counter() - t0)
+    return inst, img, n
+
+
+def _table_arrays(table):
+    freq = np.asarray(table["frequency"]) if table.get("frequency") is not None else None
+    return (np.asarray(table["instance_counts"], np.int64), np.asarray(table["image_counts"], np.int64),
+            int(table["num_images"]), freq)
+
+
+def _stats_for_dataset(name: str, dataset_dicts=None):
+    """Statistics of one dataset (see the module docstring for the sources); the last item is the source."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from .data.datasets import ensure_dataset_metadata
+    from .data.loading import load_dataset_dicts
 
     if name not in DatasetCatalog.list():
         close = [n for n in DatasetCatalog.list() if name.split("_")[0] in n][:8]
@@ -315,11 +329,13 @@ def _stats_for_dataset(name: str):
             % (name, (": e.g. " + ", ".join(close)) if close else "")
         )
     meta = MetadataCatalog.get(name)
+    # names and id map from the json's categories, cheaply (a missing json is fine while no
+    # counting is needed: the builtin LVIS train splits have their table)
+    cats = ensure_dataset_metadata(name, missing_ok=True)
+    dicts = _dicts_for(name, dataset_dicts)
+    if "thing_classes" not in meta.as_dict() and dicts is None:
+        dicts = load_dataset_dicts(name)  # no json_file: the loader sets thing_classes
     md = meta.as_dict()
-    if "thing_classes" not in md:
-        # detectron2's builtin registrations set thing_classes lazily on load
-        DatasetCatalog.get(name)
-        md = meta.as_dict()
     if "thing_classes" not in md:
         raise ClassStatsError("dataset %r has no metadata.thing_classes; cannot build class statistics" % name)
     classes = tuple(meta.thing_classes)
@@ -327,48 +343,68 @@ def _stats_for_dataset(name: str):
     id_map = md.get("thing_dataset_id_to_contiguous_id", {i: i for i in range(C)})
     inv = {v: k for k, v in id_map.items()}
     dataset_ids = tuple(int(inv.get(i, i)) for i in range(C))
+    table = md.get("class_stats")
+    json_file = md.get("json_file")
+    key = _cache_key(name, json_file, C, md.get("bad_boxes", "drop")) if json_file else None
     freq = None
-    if "class_stats" in md:
-        s = md["class_stats"]
-        inst, img, n = (np.asarray(s["instance_counts"], np.int64), np.asarray(s["image_counts"], np.int64), int(s["num_images"]))
-        freq = np.asarray(s["frequency"]) if s.get("frequency") is not None else None
-        source = "metadata"
-    else:
-        got = _stats_from_json_categories(meta, C)
-        if got is not None:
-            inst, img, n, freq = got
-            source = "json"
+    counted = None
+    if dicts is None and key:
+        counted = _load_cached(key)  # counts of these very annotations, from an earlier run
+        source = "cache"
+    if counted is None and dicts is None and table is not None:
+        # the shipped LVIS table (full train split) or counts given at registration: no loading
+        inst, img, n, freq = _table_arrays(table)
+        return classes, dataset_ids, inst, img, n, (lvis_frequency(img) if freq is None else freq), "metadata"
+    if counted is None:
+        if dicts is None:
+            dicts = load_dataset_dicts(name)
+        counted = _count(name, dicts, C)
+        source = "counted"
+        if key:
+            _save_cached(key, *counted)
+    inst, img, n = counted
+    if table is not None:
+        t_inst, t_img, t_n, t_freq = _table_arrays(table)
+        if t_n == n and np.array_equal(t_inst, inst) and np.array_equal(t_img, img):
+            source, freq = "metadata", t_freq
         else:
-            json_file = md.get("json_file")
-            key = _cache_key(name, json_file, C) if json_file else None
-            cached = _load_cached(key) if key else None
-            if cached is not None:
-                inst, img, n = cached
-                source = "cache"
-            else:
-                t0 = time.perf_counter()
-                dicts = DatasetCatalog.get(name)
-                t1 = time.perf_counter()
-                inst, img, n = count_from_dicts(dicts, C)
-                t2 = time.perf_counter()
-                logger.info(
-                    "counted class statistics of %s: %d annotations in %.3fs (loading the dicts took %.1fs)",
-                    name, int(inst.sum()), t2 - t1, t1 - t0,
-                )
-                if key:
-                    _save_cached(key, inst, img, n)
-                source = "counted"
+            logger.warning(
+                "dataset %s: metadata.class_stats (%d images, %d instances) disagree with its annotations "
+                "(%d images, %d instances): the json is probably a subset of the full split. Using the "
+                "counts of the annotations.", name, t_n, int(t_inst.sum()), n, int(inst.sum()),
+            )
+    elif cats is not None and cats.count_records() is not None:
+        r_img, r_inst = cats.count_records()
+        if np.array_equal(np.asarray(r_inst), inst) and np.array_equal(np.asarray(r_img), img):
+            source = "json"
+            f = [c.get("frequency") for c in cats.categories]
+            freq = np.asarray(f) if all(x in ("r", "c", "f") for x in f) else None
+        else:
+            r_inst, r_img = np.asarray(r_inst), np.asarray(r_img)
+            j = int(np.nonzero((r_inst != inst) | (r_img != img))[0][0])
+            logger.warning(
+                "dataset %s: the image_count/instance_count of the categories in %s disagree with its annotations "
+                "(%d vs %d instances in all; first at class %d %r: %d/%d vs %d/%d instances/images): the file is "
+                "probably a subset of the file those counts describe. Using the counts of the annotations.",
+                name, json_file, int(r_inst.sum()), int(inst.sum()), j, classes[j], r_inst[j], r_img[j], inst[j], img[j],
+            )
     if freq is None:
         freq = lvis_frequency(img)
     return classes, dataset_ids, inst, img, n, freq, source
 
 
-def build_class_stats(dataset_names: Union[str, Sequence[str]]) -> ClassStats:
-    """Build (uncached) the statistics of one or several training datasets with the same classes."""
+def build_class_stats(dataset_names: Union[str, Sequence[str]], dataset_dicts=None) -> ClassStats:
+    """Build (uncached) the statistics of one or several training datasets with the same classes.
+
+    ``dataset_dicts``: the already-loaded dicts, ``{name: list of dicts}`` or a callable
+    ``name -> dicts`` (e.g. from :func:`lt_detectron.data.loading.load_train_dicts`); then no
+    json is parsed here. Without them a dataset's counts come from its attached table, the
+    on-disk cache, or one ``DatasetCatalog.get``.
+    """
     names = (dataset_names,) if isinstance(dataset_names, str) else tuple(dataset_names)
     if not names:
         raise ClassStatsError("no training dataset given (cfg.DATASETS.TRAIN is empty)")
-    parts = [_stats_for_dataset(n) for n in names]
+    parts = [_stats_for_dataset(n, dataset_dicts) for n in names]
     classes, ids = parts[0][0], parts[0][1]
     for n, p in zip(names[1:], parts[1:]):
         if p[0] != classes:
@@ -385,6 +421,13 @@ def build_class_stats(dataset_names: Union[str, Sequence[str]]) -> ClassStats:
 
 
 _CACHE: Dict[Tuple[str, ...], ClassStats] = {}
+
+_SOURCE_TEXT = {
+    "metadata": "metadata.class_stats: the shipped LVIS table, or counts given at registration",
+    "json": "counted from the annotations; equal to the image_count/instance_count of the json's categories",
+    "counted": "counted from the annotations",
+    "cache": "counts of the annotations from the on-disk cache, keyed by the json's size and mtime",
+}
 
 
 def _verify_across_ranks(stats: ClassStats):
@@ -403,16 +446,24 @@ def _verify_across_ranks(stats: ClassStats):
         )
 
 
-def get_class_stats(dataset_names: Union[str, Sequence[str]], verify_distributed: bool = True) -> ClassStats:
-    """The cached :class:`ClassStats` of these training datasets (built and logged on first use)."""
+def get_class_stats(
+    dataset_names: Union[str, Sequence[str]], verify_distributed: bool = True, dataset_dicts=None
+) -> ClassStats:
+    """The cached :class:`ClassStats` of these training datasets (built and logged on first use).
+
+    ``dataset_dicts``: see :func:`build_class_stats` (the trainer passes the dicts it loaded once).
+    """
     key = (dataset_names,) if isinstance(dataset_names, str) else tuple(dataset_names)
     if key not in _CACHE:
         t0 = time.perf_counter()
-        stats = build_class_stats(key)
+        stats = build_class_stats(key, dataset_dicts)
         dt = time.perf_counter() - t0
         if verify_distributed:
             _verify_across_ranks(stats)
-        logger.info("class statistics built in %.3fs:\n%s", dt, stats.summary())
+        logger.info(
+            "class statistics of %s built in %.3fs, source: %s (%s):\n%s",
+            ", ".join(key), dt, stats.source, _SOURCE_TEXT.get(stats.source, "several sources"), stats.summary(),
+        )
         _CACHE[key] = stats
     return _CACHE[key]
 

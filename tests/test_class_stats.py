@@ -132,23 +132,33 @@ def test_counted_from_registered_json_and_cache_invalidation(tmp_path, monkeypat
         unregister(name)
 
 
-def test_lvis_format_categories_used_without_counting(tmp_path):
-    name = unique_name("lvisfmt")
-    json_file = str(tmp_path / "l.json")
-    data = write_coco_json(json_file, [3, 2], lvis=True)
+def test_lvis_category_records_only_when_they_match_the_annotations(tmp_path, monkeypatch, caplog):
+    """Category records that disagree with the annotations (a subset keeps the full file's counts)
+    are ignored with a warning; records that agree are reported as the source 'json'."""
     import json
 
+    monkeypatch.setenv("LT_DETECTRON_CACHE", str(tmp_path / "cache"))
+    name, ok = unique_name("lvisfmt"), unique_name("lvisok")
+    json_file, ok_file = str(tmp_path / "l.json"), str(tmp_path / "ok.json")
+    data = write_coco_json(json_file, [3, 2], lvis=True)  # 3 images / 3 instances, 2 / 2
     for c, (ic, nc) in zip(data["categories"], [(2, 30), (150, 200)]):
         c.update(image_count=ic, instance_count=nc, frequency="r" if ic <= 10 else "f")
     json.dump(data, open(json_file, "w"))
+    for c, (ic, nc) in zip(data["categories"], [(3, 3), (2, 2)]):
+        c.update(image_count=ic, instance_count=nc, frequency="r")
+    json.dump(data, open(ok_file, "w"))
     register_lt_dataset(name, json_file, str(tmp_path))
+    register_lt_dataset(ok, ok_file, str(tmp_path))
     try:
-        s = build_class_stats(name)
-        assert s.source == "json"
-        assert s.instance_counts.tolist() == [30, 200] and s.image_counts.tolist() == [2, 150]
-        assert s.frequency.tolist() == ["r", "f"]
+        with caplog.at_level("WARNING", logger="lt_detectron.class_stats"):
+            s = build_class_stats(name)
+        assert s.source == "counted"
+        assert s.instance_counts.tolist() == [3, 2] and s.image_counts.tolist() == [3, 2]
+        assert "probably a subset" in caplog.text and "230 vs 5 instances in all" in caplog.text
+        s = build_class_stats(ok)
+        assert s.source == "json" and s.instance_counts.tolist() == [3, 2]
     finally:
-        unregister(name)
+        unregister(name, ok)
 
 
 def test_two_datasets_sum_and_mismatch(tmp_path):

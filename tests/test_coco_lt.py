@@ -12,9 +12,12 @@ sys.path.insert(0, os.path.join(ROOT, "datasets"))
 import prepare_coco_lt as P  # noqa: E402
 
 
-def _coco(num_cats=8, num_images=400, seed=0):
+def _coco(num_cats=8, num_images=400, seed=0, real_ids=False):
     rng = np.random.default_rng(seed)
     cats = [{"id": 3 * i + 1, "name": f"c{i}", "supercategory": "s"} for i in range(num_cats)]
+    if real_ids:
+        cats = [{"id": i, "name": f"c{i}", "supercategory": "s"} for i in P.COCO_IDS]
+        num_cats = len(cats)
     w = np.linspace(1.0, 0.1, num_cats)
     anns, images, aid = [], [], 1
     for im in range(1, num_images + 1):
@@ -68,7 +71,7 @@ def test_build_meets_targets_deterministic(tmp_path):
 
 
 def test_cli_writes_json_and_counts(tmp_path):
-    coco = _coco(num_images=120)
+    coco = _coco(num_images=120, real_ids=True)
     src = tmp_path / "instances_train2017.json"
     src.write_text(json.dumps(coco))
     dst = tmp_path / "coco_lt_train.json"
@@ -84,3 +87,24 @@ def test_bad_category_is_clear_error():
     coco["annotations"][0]["category_id"] = 999
     with pytest.raises(ValueError, match="999"):
         P.build_coco_lt(coco, LVIS)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "datasets", "prepare_coco_lt.py"), *args],
+                          capture_output=True, text=True)
+
+
+def test_cli_rejects_lvis_and_non_coco_input_and_names_missing_files(tmp_path):
+    lvis = _coco(num_images=5, real_ids=True)
+    lvis["categories"] = [dict(c, frequency="f", image_count=1, instance_count=1) for c in lvis["categories"]]
+    (tmp_path / "lvis.json").write_text(json.dumps(lvis))
+    (tmp_path / "eight.json").write_text(json.dumps(_coco(num_images=5)))
+    out = tmp_path / "out.json"
+    p = _cli("--coco-json", str(tmp_path / "lvis.json"), "--output", str(out))
+    assert p.returncode != 0 and "LVIS-format json" in p.stderr and "Traceback" not in p.stderr
+    p = _cli("--coco-json", str(tmp_path / "eight.json"), "--output", str(out))
+    assert p.returncode != 0 and "has 8 categories" in p.stderr and "Traceback" not in p.stderr
+    p = _cli("--coco-json", "nope/instances_train2017.json", "--output", str(out))
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert os.path.abspath("nope/instances_train2017.json") in p.stderr and "annotations_trainval2017.zip" in p.stderr
+    assert not out.exists()

@@ -198,3 +198,28 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, small
     with pytest.raises(FloatingPointError, match=r"iteration 3 because a loss is not finite.*model_0000001.pth.*SOLVER.BASE_LR"):
         trainer.train()
     assert (tmp_path / "model_0000001.pth").is_file()
+
+
+@pytest.mark.parametrize("sampler", ["TrainingSampler", "RepeatFactorTrainingSampler"])
+def test_trainer_parses_the_training_json_once(tmp_path, small_val, monkeypatch, sampler):
+    """LTTrainer's startup (class statistics, BOFL epoch length, data loader) reads the training
+    dataset once: one DatasetCatalog.get and one json.load of the training json per process."""
+    from lt_detectron.class_stats import clear_class_stats_cache
+
+    train_json = lt_shapes_paths(get_lt_shapes())["train_json"]
+    cfg = make_cfg(
+        tmp_path, small_val[0], "DATALOADER.SAMPLER_TRAIN", sampler, "MODEL.LT.ROI_LOSS", "sigmoid",
+        "MODEL.LT.BOFL.ENABLED", "True", "MODEL.LT.BOFL.DEFERRED_EPOCHS", "0",
+    )
+    gets, loads = [], []
+    real_get, real_load = DatasetCatalog.get, json.load
+    monkeypatch.setattr(DatasetCatalog, "get", lambda n: gets.append(n) or real_get(n))
+    monkeypatch.setattr(json, "load", lambda f, *a, **k: loads.append(getattr(f, "name", f)) or real_load(f, *a, **k))
+    clear_class_stats_cache()
+    try:
+        trainer = LTTrainer(cfg)
+        next(iter(trainer._trainer.data_loader))  # the loader's first batch: no further parse
+    finally:
+        clear_class_stats_cache()
+    assert gets == ["lt_shapes_train"], gets
+    assert sum(os.path.abspath(str(f)) == os.path.abspath(train_json) for f in loads) == 1, loads

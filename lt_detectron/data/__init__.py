@@ -1,5 +1,14 @@
-from .datasets import DatasetFormatError, load_lt_json, register_lt_dataset
-from .prepare import prepare_datasets
+from .datasets import (
+    DatasetFormatError,
+    ensure_dataset_metadata,
+    is_lvis_format,
+    load_lt_json,
+    read_json_categories,
+    register_lt_dataset,
+)
+from .loading import load_dataset_dicts, load_train_dicts, train_dataset_dicts
+from .prepare import check_class_lists, check_dataset_files, prepare_datasets
+from .validation import BadBoxError, ImageReadError, LTDatasetMapper
 from .builtin import register_all as _register_all
 
 _register_all()

@@ -8,6 +8,10 @@
   and COCO val2017 evaluated with AP by training-instance bins.
 - ``lt_shapes_train`` / ``lt_shapes_val``: the embedded long-tailed dataset, generated on first
   use into a cache folder.
+
+Nothing is read at import: class names of the COCO-LT / lt_shapes datasets are filled from
+their jsons by ``ensure_dataset_metadata`` (startup checks, loading), the files' existence is
+checked by ``check_dataset_files``. Their ``bad_boxes`` policy is the default, ``"drop"``.
 """
 import os
 

@@ -1,38 +1,55 @@
 """Dataset registration: any COCO- or LVIS-format json, LVIS v1/v0.5, COCO-LT and the embedded set.
 
 ``register_lt_dataset(name, json_file, image_root)`` is the one call a user needs for their
-own data. The json is read lazily (when the dataset is first used), validated with clear
-errors, and its class statistics are computed automatically by the class-statistics registry.
+own data. Class names and the dataset-id -> contiguous-id map are read from the json's
+``categories`` at registration (cheaply: the json is scanned, not parsed, see
+:func:`read_json_categories`), so the Visualizer shows names and nothing is loaded to learn
+them. The annotations are read lazily (when the dataset is first used), validated with clear
+errors (degenerate boxes: the ``bad_boxes`` policy, see :mod:`lt_detectron.data.validation`),
+and the class statistics are counted from them by the class-statistics registry.
+
+Datasets registered with detectron2's own ``register_lvis_instances`` /
+``register_coco_instances`` work too: :func:`ensure_dataset_metadata` fills (or checks) their
+``thing_classes`` and ``thing_dataset_id_to_contiguous_id`` from the same cheap read.
 """
+import functools
 import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from .validation import DEFAULT_BAD_BOXES, DatasetFormatError, check_bad_boxes_policy, check_json_annotations
+
 __all__ = [
     "DatasetFormatError",
+    "JsonCategories",
+    "ensure_dataset_metadata",
+    "is_lvis_format",
     "load_lt_json",
-    "register_lt_dataset",
     "read_categories",
+    "read_json_categories",
+    "register_lt_dataset",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-class DatasetFormatError(ValueError):
-    """An annotation file is missing or malformed (the message names the file and the fix)."""
+def _missing_file_error(json_file: str, what: str = "annotation file") -> DatasetFormatError:
+    return DatasetFormatError(
+        "%s %s does not exist. Check the path given at registration (for the builtin datasets: "
+        "$DETECTRON2_DATASETS=%s, see datasets/README.md)"
+        % (what, os.path.abspath(json_file), os.path.abspath(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))))
+    )
 
 
 def _read_json(json_file: str) -> dict:
     if not os.path.isfile(json_file):
-        raise DatasetFormatError(
-            "annotation file %s does not exist. Check the path given at registration (for the "
-            "builtin datasets: $DETECTRON2_DATASETS, see datasets/README.md)" % json_file
-        )
+        raise _missing_file_error(json_file)
     try:
         with open(json_file) as f:
             data = json.load(f)
@@ -53,7 +70,10 @@ def _read_json(json_file: str) -> dict:
 
 def read_categories(data: dict, json_file: str = "<json>"):
     """Sorted categories and the dataset-id -> contiguous-id map."""
-    cats = sorted(data["categories"], key=lambda c: c["id"])
+    cats = data["categories"]
+    if not isinstance(cats, list) or not all(isinstance(c, dict) and isinstance(c.get("id"), int) for c in cats):
+        raise DatasetFormatError("annotation file %s: 'categories' must be a list of objects with an integer 'id'" % json_file)
+    cats = sorted(cats, key=lambda c: c["id"])
     if not cats:
         raise DatasetFormatError("annotation file %s has no categories" % json_file)
     ids = [c["id"] for c in cats]
@@ -62,30 +82,263 @@ def read_categories(data: dict, json_file: str = "<json>"):
     return cats, {cid: i for i, cid in enumerate(ids)}
 
 
-def load_lt_json(json_file: str, image_root: str, dataset_name: Optional[str] = None) -> List[Dict]:
+@dataclass(frozen=True)
+class JsonCategories:
+    """The ``categories`` of a COCO/LVIS json, sorted by id, and whether the file is LVIS-format."""
+
+    json_file: str
+    categories: Tuple[dict, ...]
+    is_lvis: bool
+
+    @property
+    def ids(self) -> List[int]:
+        return [c["id"] for c in self.categories]
+
+    @property
+    def names(self) -> List[str]:
+        return [c.get("name", str(c["id"])) for c in self.categories]
+
+    @property
+    def id_map(self) -> Dict[int, int]:
+        """Dataset id -> contiguous id, in the order of the ids (detectron2's convention)."""
+        return {cid: i for i, cid in enumerate(self.ids)}
+
+    def count_records(self):
+        """``(image_count, instance_count)`` lists when every category carries both, else None."""
+        if all("image_count" in c and "instance_count" in c for c in self.categories):
+            return [int(c["image_count"]) for c in self.categories], [int(c["instance_count"]) for c in self.categories]
+        return None
+
+
+_SCAN_CHUNK = 1 << 24
+_KEY_CATS, _KEY_FREQ, _KEY_NEG = b'"categories"', b'"frequency"', b'"neg_category_ids"'
+
+
+def _scan(json_file: str):
+    """One pass over the bytes: positions of ``"categories"`` and presence of the LVIS keys."""
+    overlap = max(len(_KEY_CATS), len(_KEY_FREQ), len(_KEY_NEG)) - 1
+    cat_pos, lvis = set(), False
+
+    def find_all(data, base, key):
+        i = data.find(key)
+        while i >= 0:
+            cat_pos.add(base + i)
+            i = data.find(key, i + 1)
+
+    with open(json_file, "rb") as f:
+        offset, tail = 0, b""
+        while True:
+            buf = f.read(_SCAN_CHUNK)
+            if not buf:
+                break
+            # keys inside this chunk, then keys straddling the previous chunk's end (small copy)
+            find_all(buf, offset, _KEY_CATS)
+            edge = tail + buf[:overlap]
+            find_all(edge, offset - len(tail), _KEY_CATS)
+            if not lvis:
+                lvis = any(k in buf or k in edge for k in (_KEY_FREQ, _KEY_NEG))
+            tail = buf[-overlap:]
+            offset += len(buf)
+    return sorted(cat_pos), lvis
+
+
+def _decode_value_at(f, pos: int, json_file: str):
+    """Decode the json value that follows the key at byte ``pos`` (``"categories" : <value>``)."""
+    dec = json.JSONDecoder()
+    size = 1 << 20
+    while True:
+        f.seek(pos + len(_KEY_CATS))
+        raw = f.read(size)
+        at_eof = len(raw) < size
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if at_eof or e.start < len(raw) - 4:
+                raise
+            text = raw[: e.start].decode("utf-8")
+        j = len(text) - len(text.lstrip())
+        if not text[j:j + 1] == ":":
+            return None  # the string "categories" is not a key here
+        j += 1
+        j += len(text[j:]) - len(text[j:].lstrip())
+        try:
+            value, _ = dec.raw_decode(text, j)
+            return value
+        except json.JSONDecodeError:
+            if at_eof:
+                raise DatasetFormatError("annotation file %s: its 'categories' are not valid json" % json_file) from None
+            size *= 4
+
+
+def read_json_categories(json_file: str) -> JsonCategories:
+    """Read the ``categories`` of a COCO/LVIS json without parsing the rest of it (memoised on the
+    file's path, size and mtime). See :func:`_read_json_categories`."""
+    if not os.path.isfile(json_file):
+        raise _missing_file_error(json_file)
+    st = os.stat(json_file)
+    return _read_json_categories(os.path.abspath(json_file), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_json_categories(json_file: str, size: int, mtime_ns: int) -> JsonCategories:
+    """Read the ``categories`` of a COCO/LVIS json without parsing the rest of it.
+
+    The file's bytes are scanned once for the key ``"categories"`` (and for the LVIS keys
+    ``"frequency"`` / ``"neg_category_ids"``, anywhere in the file: detection does not depend on
+    the key order), and only the value after the key is decoded. When the key string occurs
+    more than once, or the decoded value is not a list of categories, the whole file is parsed
+    with ``json.load`` instead. LVIS-format: categories carry ``frequency`` or images carry
+    ``neg_category_ids``.
+    """
+    if not os.path.isfile(json_file):
+        raise _missing_file_error(json_file)
+    positions, lvis_keys = _scan(json_file)
+    cats = None
+    if len(positions) == 1:
+        with open(json_file, "rb") as f:
+            try:
+                cats = _decode_value_at(f, positions[0], json_file)
+            except UnicodeDecodeError:
+                cats = None
+        if not (isinstance(cats, list) and all(isinstance(c, dict) and "id" in c for c in cats)):
+            cats = None
+    if cats is None:  # ambiguous or unusual layout: parse the file
+        data = _read_json(json_file)
+        cats = data["categories"]
+    sorted_cats, _ = read_categories({"categories": cats}, json_file)
+    return JsonCategories(json_file, tuple(sorted_cats), lvis_keys)
+
+
+def is_lvis_format(json_file: str) -> Optional[bool]:
+    """True when the file carries LVIS fields (anywhere), None when it does not exist."""
+    if not os.path.isfile(json_file):
+        return None
+    return _scan(json_file)[1]
+
+
+def _uses_detectron2_lvis_loader(name: str) -> bool:
+    """Registered by detectron2's ``register_lvis_instances`` (its loader is ``load_lvis_json``)."""
+    f = DatasetCatalog.data.get(name)  # the registered function (DatasetCatalog.get would call it)
+    return getattr(f, "__module__", "") == "detectron2.data.datasets.lvis"
+
+
+def _names_agree(given: List[str], cats: JsonCategories) -> Optional[int]:
+    """First index where ``given`` differs from the json's names (an LVIS synonym also agrees)."""
+    for i, (g, c) in enumerate(zip(given, cats.categories)):
+        if g != c.get("name", str(c["id"])) and g not in (c.get("synonyms") or ()):
+            return i
+    if len(given) != len(cats.categories):
+        return min(len(given), len(cats.categories))
+    return None
+
+
+def _apply_categories(name: str, cats: JsonCategories):
+    """Set (or check) ``thing_classes`` / ``thing_dataset_id_to_contiguous_id`` of ``name``."""
+    meta = MetadataCatalog.get(name)
+    md = meta.as_dict()
+    id_map = cats.id_map
+    if name in DatasetCatalog.list() and _uses_detectron2_lvis_loader(name) and "cocofied" not in name:
+        # detectron2's load_lvis_json maps category id -> id - 1 and takes the class names from
+        # its builtin LVIS lists, chosen by the dataset's name
+        if cats.ids != list(range(1, len(cats.ids) + 1)):
+            raise DatasetFormatError(
+                "dataset %r is registered with detectron2's register_lvis_instances, whose loader maps "
+                "category id c to class c - 1, but the category ids of %s are not 1..%d. Register it with "
+                "lt_detectron.data.register_lt_dataset(name, json_file, image_root) instead."
+                % (name, os.path.abspath(cats.json_file), len(cats.ids))
+            )
+        if "thing_classes" not in md:
+            from detectron2.data.datasets.lvis import get_lvis_instances_meta
+
+            try:
+                builtin = get_lvis_instances_meta(name)["thing_classes"]
+            except ValueError:
+                raise DatasetFormatError(
+                    "dataset %r is registered with detectron2's register_lvis_instances, whose loader "
+                    "(load_lvis_json) takes the class names from its builtin LVIS v0.5/v1 lists chosen by the "
+                    "dataset's name, and %r names none of them. Register the json with "
+                    "lt_detectron.data.register_lt_dataset(name, json_file, image_root), which reads the class "
+                    "names from the json (or put 'lvis_v1' / 'lvis_v0.5' in the name if the json has exactly "
+                    "those classes)." % (name, name)
+                ) from None
+            meta.set(thing_classes=list(builtin))
+            md = meta.as_dict()
+    if "thing_classes" in md:
+        i = _names_agree(list(meta.thing_classes), cats)
+        if i is not None:
+            given = meta.thing_classes[i] if i < len(meta.thing_classes) else "<none>"
+            in_json = cats.names[i] if i < len(cats.names) else "<none>"
+            raise DatasetFormatError(
+                "dataset %r: metadata.thing_classes (%d names) disagrees with the categories of %s (%d, in id "
+                "order) at index %d: %r vs %r. Register the dataset without thing_classes (they are read from "
+                "the json) or fix the list." % (name, len(meta.thing_classes), os.path.abspath(cats.json_file),
+                                               len(cats.names), i, given, in_json)
+            )
+    else:
+        meta.set(thing_classes=cats.names)
+    if "thing_dataset_id_to_contiguous_id" in md:
+        if dict(meta.thing_dataset_id_to_contiguous_id) != id_map:
+            raise DatasetFormatError(
+                "dataset %r: metadata.thing_dataset_id_to_contiguous_id disagrees with the category ids of %s "
+                "(expected {id: index} over the sorted ids). Remove it from the registration."
+                % (name, os.path.abspath(cats.json_file))
+            )
+    else:
+        meta.set(thing_dataset_id_to_contiguous_id=id_map)
+    if "evaluator_type" not in md:
+        meta.set(evaluator_type="lvis" if cats.is_lvis else "coco_lt")
+    if "json_format" not in md:
+        meta.set(json_format="lvis" if cats.is_lvis else "coco")
+
+
+def ensure_dataset_metadata(name: str, missing_ok: bool = False) -> Optional[JsonCategories]:
+    """Fill (or check) the class metadata of any registered dataset that has a ``json_file``.
+
+    Sets ``thing_classes`` (names in category-id order), ``thing_dataset_id_to_contiguous_id``
+    (``{id: index}`` over the sorted ids: detectron2's map for COCO, and ``id -> id - 1`` for
+    LVIS), ``json_format`` (``"lvis"``/``"coco"``) and, when missing, ``evaluator_type``, from
+    the json's categories (read cheaply, :func:`read_json_categories`). When the metadata
+    already has them (detectron2's builtin lists, or given at registration) they are checked
+    against the json, and a disagreement is a :class:`DatasetFormatError` naming the dataset,
+    the file and the first differing index (an LVIS synonym counts as agreeing: detectron2's
+    LVIS v1 list names category 162 'horned_cow' where the json says 'bull'). Returns the
+    categories, or None when the dataset has no ``json_file`` (or, with ``missing_ok``, when the
+    file does not exist; otherwise that is a :class:`DatasetFormatError` with its absolute path).
+    """
+    meta = MetadataCatalog.get(name)
+    json_file = meta.get("json_file", None)
+    if not json_file or (missing_ok and not os.path.isfile(json_file)):
+        return None
+    cats = read_json_categories(json_file)
+    _apply_categories(name, cats)
+    return cats
+
+
+def load_lt_json(
+    json_file: str, image_root: str, dataset_name: Optional[str] = None, bad_boxes: Optional[str] = None
+) -> List[Dict]:
     """Load a COCO- or LVIS-format json into Detectron2 dataset dicts.
 
     Category ids become contiguous ids ``0..C-1`` in the order of the category ids. LVIS
     fields ``neg_category_ids`` and ``not_exhaustive_category_ids`` are kept (as dataset ids,
-    as Detectron2 does). When ``dataset_name`` is given, its metadata gets ``thing_classes``
-    and ``thing_dataset_id_to_contiguous_id``.
+    as Detectron2 does). When ``dataset_name`` is given, its metadata gets (or is checked
+    against) ``thing_classes`` and ``thing_dataset_id_to_contiguous_id``. Degenerate boxes are
+    handled by ``bad_boxes`` (default: the dataset's metadata ``bad_boxes``, else ``"drop"``;
+    see :mod:`lt_detectron.data.validation`).
     """
     t0 = time.perf_counter()
+    if bad_boxes is None:
+        bad_boxes = MetadataCatalog.get(dataset_name).get("bad_boxes", DEFAULT_BAD_BOXES) if dataset_name else DEFAULT_BAD_BOXES
+    check_bad_boxes_policy(bad_boxes)
     data = _read_json(json_file)
     cats, id_map = read_categories(data, json_file)
     if dataset_name is not None:
-        meta = MetadataCatalog.get(dataset_name)
-        names = [c.get("name", str(c["id"])) for c in cats]
-        if "thing_classes" in meta.as_dict():
-            if list(meta.thing_classes) != names:
-                raise DatasetFormatError(
-                    "dataset %r: metadata.thing_classes (%d names) differs from the categories of %s "
-                    "(%d)" % (dataset_name, len(meta.thing_classes), json_file, len(names))
-                )
-        else:
-            meta.set(thing_classes=names, thing_dataset_id_to_contiguous_id=id_map)
+        is_lvis = any("frequency" in c for c in cats) or any("neg_category_ids" in im for im in data["images"])
+        _apply_categories(dataset_name, JsonCategories(json_file, tuple(cats), is_lvis))
+    image_sizes = {img.get("id"): (img.get("height", float("nan")), img.get("width", float("nan"))) for img in data["images"]}
+    annotations, _ = check_json_annotations(data["annotations"], image_sizes, json_file, bad_boxes)
     anns_per_image: Dict[int, list] = {}
-    for a in data["annotations"]:
+    for a in annotations:
         anns_per_image.setdefault(a["image_id"], []).append(a)
     image_ids = set()
     dicts = []
@@ -139,17 +392,8 @@ def load_lt_json(json_file: str, image_root: str, dataset_name: Optional[str] = 
             "%d annotation(s) in %s refer to image ids missing from 'images' (e.g. %s)"
             % (sum(len(anns_per_image[i]) for i in orphans), json_file, next(iter(orphans)))
         )
-    logger.info("loaded %d images, %d annotations from %s in %.2fs", len(dicts), len(data["annotations"]), json_file, time.perf_counter() - t0)
+    logger.info("loaded %d images, %d annotations from %s in %.2fs", len(dicts), len(annotations), json_file, time.perf_counter() - t0)
     return dicts
-
-
-def _is_lvis_format(json_file: str) -> Optional[bool]:
-    """LVIS json files carry 'frequency' on categories; peek without parsing a huge file fully."""
-    if not os.path.isfile(json_file):
-        return None
-    with open(json_file) as f:
-        head = f.read(1 << 20)
-    return '"frequency"' in head or '"neg_category_ids"' in head
 
 
 def register_lt_dataset(
@@ -157,6 +401,7 @@ def register_lt_dataset(
     json_file: str,
     image_root: str,
     evaluator_type: Optional[str] = None,
+    bad_boxes: str = DEFAULT_BAD_BOXES,
     **metadata,
 ):
     """Register a COCO- or LVIS-format dataset; its class statistics are counted automatically.
@@ -167,14 +412,31 @@ def register_lt_dataset(
         image_root: folder the images' ``file_name`` is relative to.
         evaluator_type: ``"lvis"`` (federated LVIS protocol, APr/APc/APf) or ``"coco_lt"``
             (COCO metrics + AP by training-instance bins). Default: ``"lvis"`` when the file
-            carries LVIS fields, else ``"coco_lt"``.
+            carries LVIS fields (categories with ``frequency`` or images with
+            ``neg_category_ids``, anywhere in the file), else ``"coco_lt"``.
+        bad_boxes: what to do with degenerate boxes (non-finite, width/height <= 0, more than
+            1 px outside the image): ``"drop"`` (default; counted and logged), ``"error"`` or
+            ``"clip"``. See :mod:`lt_detectron.data.validation`.
         metadata: extra metadata (e.g. ``class_stats`` to give counts instead of counting).
+
+    When the json exists, its categories are read now (cheaply), so ``thing_classes`` and
+    ``thing_dataset_id_to_contiguous_id`` are known at registration; otherwise when first used
+    (``check_dataset_files`` names a missing file at startup).
     """
     if name in DatasetCatalog.list():
         raise ValueError("dataset %r is already registered; pick another name" % name)
-    if evaluator_type is None:
-        evaluator_type = "lvis" if _is_lvis_format(json_file) else "coco_lt"
-    if evaluator_type not in ("lvis", "coco_lt", "coco"):
+    check_bad_boxes_policy(bad_boxes, "register_lt_dataset(..., bad_boxes=...)")
+    if evaluator_type is not None and evaluator_type not in ("lvis", "coco_lt", "coco"):
         raise ValueError("evaluator_type must be 'lvis', 'coco_lt' or 'coco', got %r" % evaluator_type)
     DatasetCatalog.register(name, lambda: load_lt_json(json_file, image_root, name))
-    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type=evaluator_type, **metadata)
+    md = dict(json_file=json_file, image_root=image_root, bad_boxes=bad_boxes, **metadata)
+    if evaluator_type is not None:
+        md["evaluator_type"] = evaluator_type
+    MetadataCatalog.get(name).set(**md)
+    if os.path.isfile(json_file):
+        try:
+            ensure_dataset_metadata(name)
+        except BaseException:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+            raise

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -58,7 +59,11 @@ __all__ = [
     "DEFAULTS",
     "FAMILIES",
     "TEXTURES",
+    "CacheDirError",
+    "cache_base",
+    "cleanup_stale_temp",
     "default_cache_root",
+    "ensure_cache_dir",
     "class_specs",
     "long_tail_targets",
     "plan_lt_shapes",
@@ -530,10 +535,84 @@ def _write_dataset(plan: dict, out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- public API
+class CacheDirError(PermissionError):
+    """The cache folder cannot be written (the message names ``LT_DETECTRON_CACHE`` and the fix)."""
+
+
+def cache_base() -> str:
+    """``$LT_DETECTRON_CACHE``, default ``~/.cache/lt_detectron`` (not created here)."""
+    return os.environ.get("LT_DETECTRON_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lt_detectron")
+
+
+def _cache_dir_error(path, e: OSError) -> CacheDirError:
+    env = os.environ.get("LT_DETECTRON_CACHE")
+    return CacheDirError(
+        "cannot write the lt_detectron cache folder %s (%s: %s). The cache is $LT_DETECTRON_CACHE (%s); "
+        "point it to a writable folder, e.g. `export LT_DETECTRON_CACHE=/tmp/lt_detectron_cache`, or fix "
+        "the folder's permissions." % (os.path.abspath(str(path)), type(e).__name__, e.strerror or e,
+                                      "set to %r" % env if env else "unset, so ~/.cache/lt_detectron")
+    )
+
+
+def ensure_cache_dir(path) -> Path:
+    """``mkdir -p path`` and check it is writable; :class:`CacheDirError` otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cache_dir_error(path, e) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise _cache_dir_error(path, PermissionError(13, "not writable"))
+    return path
+
+
+STALE_TEMP_AGE_S = 3600.0  # a temporary folder untouched this long is stale even if its pid lives
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists (another user's), or not a pid we can judge
+    return True
+
+
+def cleanup_stale_temp(root, max_age_s: float = STALE_TEMP_AGE_S, min_age_s: float = 60.0) -> List[str]:
+    """Remove temporary siblings ``.{root.name}.tmp-{pid}-{hex}`` left by killed generations.
+
+    A folder is stale when its process is gone (and it is older than ``min_age_s``, so a
+    generation on another machine sharing the folder is not hit at once) or when it was not
+    modified for ``max_age_s``. Returns the removed paths.
+    """
+    root = Path(root)
+    removed = []
+    if not root.parent.is_dir():
+        return removed
+    prefix = ".%s.tmp-" % root.name
+    now = time.time()
+    for p in root.parent.iterdir():
+        if not p.name.startswith(prefix) or not p.is_dir():
+            continue
+        try:
+            pid = int(p.name[len(prefix):].split("-")[0])
+        except ValueError:
+            pid = -1
+        try:
+            age = now - p.stat().st_mtime
+        except OSError:
+            continue
+        if age > max_age_s or (age > min_age_s and not (pid > 0 and _pid_alive(pid))):
+            shutil.rmtree(p, ignore_errors=True)
+            if not p.exists():
+                removed.append(str(p))
+    return removed
+
+
 def default_cache_root(seed: int = 0) -> Path:
     """``$LT_DETECTRON_CACHE/lt_shapes_{VERSION}_seed{seed}`` (default base ``~/.cache/lt_detectron``)."""
-    base = os.environ.get("LT_DETECTRON_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lt_detectron")
-    return Path(base) / f"lt_shapes_{VERSION}_seed{seed}"
+    return Path(cache_base()) / f"lt_shapes_{VERSION}_seed{seed}"
 
 
 def lt_shapes_paths(root) -> Dict[str, str]:
@@ -565,10 +644,15 @@ def generate_lt_shapes(root, seed: int = 0, overwrite: bool = False, preview: bo
         if not overwrite:
             raise FileExistsError(f"{root} exists (use overwrite=True)")
     plan = plan_lt_shapes(seed, **cfg)
-    root.parent.mkdir(parents=True, exist_ok=True)
+    ensure_cache_dir(root.parent)
+    for p in cleanup_stale_temp(root):
+        logging.getLogger(__name__).warning("removed the temporary folder of an interrupted generation: %s", p)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as e:
+            raise _cache_dir_error(root.parent, e) from None
         _write_dataset(plan, tmp)
         if preview:
             render_preview(tmp, tmp / "preview.png")

@@ -1,7 +1,23 @@
-"""Check dataset names and generate the embedded dataset before worker processes start."""
-from detectron2.data import DatasetCatalog
+"""Startup checks of the datasets a config names, before any model is built.
 
-__all__ = ["prepare_datasets", "check_dataset_names"]
+- :func:`check_dataset_names`: every name is registered.
+- :func:`check_dataset_files`: every json / image folder exists (absolute paths in the error),
+  for any registration (``register_lt_dataset``, detectron2's ``register_lvis_instances`` /
+  ``register_coco_instances``, the builtin names), and the test jsons' boxes are finite.
+- :func:`check_class_lists`: train and test datasets share one class list.
+- :func:`prepare_datasets`: all of the above, after generating ``lt_shapes_*`` if used.
+"""
+import logging
+import os
+import time
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .datasets import DatasetFormatError, ensure_dataset_metadata
+
+__all__ = ["prepare_datasets", "check_dataset_names", "check_dataset_files", "check_class_lists"]
+
+logger = logging.getLogger(__name__)
 
 
 def check_dataset_names(names):
@@ -16,8 +32,115 @@ def check_dataset_names(names):
             )
 
 
+def _datasets_root():
+    return os.path.abspath(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
+
+
+def check_dataset_files(cfg, check_test_boxes: bool = True):
+    """Every train and test dataset's ``json_file`` and ``image_root`` exist; test boxes are finite.
+
+    Datasets without ``json_file`` in their metadata (custom loaders) are skipped. All missing
+    paths are reported at once, absolute. With ``check_test_boxes`` each TEST json is parsed once
+    (:func:`~lt_detectron.data.validation.check_json_boxes`): a NaN or negative-size box is an
+    error naming the file now, not after inference. Also fills the class metadata
+    (:func:`~lt_detectron.data.datasets.ensure_dataset_metadata`).
+    """
+    from .validation import check_json_boxes
+
+    train, test = list(cfg.DATASETS.TRAIN), list(cfg.DATASETS.TEST)
+    check_dataset_names(train + test)
+    problems = []
+    seen = set()
+    for role, names in (("train", train), ("test", test)):
+        for name in names:
+            meta = MetadataCatalog.get(name)
+            json_file, image_root = meta.get("json_file", None), meta.get("image_root", None)
+            if json_file and not os.path.isfile(json_file):
+                problems.append("%s dataset %r: annotation file %s does not exist" % (role, name, os.path.abspath(json_file)))
+            if image_root and not os.path.isdir(image_root):
+                problems.append("%s dataset %r: image folder %s does not exist" % (role, name, os.path.abspath(image_root)))
+    if problems:
+        raise FileNotFoundError(
+            "missing dataset files:\n  " + "\n  ".join(problems) + "\nThe builtin datasets live under "
+            "$DETECTRON2_DATASETS (now %s; see datasets/README.md); your own datasets at the paths given to "
+            "register_lt_dataset / --register-dataset / detectron2's register_*_instances." % _datasets_root()
+        )
+    for name in train + test:
+        ensure_dataset_metadata(name)
+    if check_test_boxes:
+        for name in test:
+            json_file = MetadataCatalog.get(name).get("json_file", None)
+            if json_file and json_file not in seen:
+                seen.add(json_file)
+                t0 = time.perf_counter()
+                check_json_boxes(json_file)
+                logger.info("checked the boxes of %s in %.2fs", json_file, time.perf_counter() - t0)
+
+
+def _synonyms(name):
+    meta = MetadataCatalog.get(name)
+    json_file = meta.get("json_file", None)
+    if not json_file or not os.path.isfile(json_file):
+        return None
+    from .datasets import read_json_categories
+
+    return [set([c.get("name")] + list(c.get("synonyms") or ())) for c in read_json_categories(json_file).categories]
+
+
+def _first_difference(a, b, syn_a, syn_b):
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x == y:
+            continue
+        # one LVIS category, named by its json name in one list and a synonym in the other
+        # (detectron2's LVIS v1 list says 'horned_cow' where the json says 'bull')
+        if syn_a is not None and i < len(syn_a) and y in syn_a[i] and x in syn_a[i]:
+            continue
+        if syn_b is not None and i < len(syn_b) and x in syn_b[i] and y in syn_b[i]:
+            continue
+        return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def check_class_lists(cfg):
+    """All train and test datasets of ``cfg`` share the class list of the first train dataset.
+
+    A test set with other classes (fewer, or permuted) would otherwise train to the end and then
+    fail, or evaluate silently with the wrong mapping. The error names both datasets, the first
+    differing index and both names there.
+    """
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    if len(names) < 2:
+        return
+    lists = {}
+    for n in names:
+        ensure_dataset_metadata(n, missing_ok=True)  # a missing file is check_dataset_files' error
+        meta = MetadataCatalog.get(n)
+        if "thing_classes" in meta.as_dict():
+            lists[n] = list(meta.thing_classes)
+        else:
+            logger.info("dataset %s has no json_file and no thing_classes yet: its class list is checked when loaded", n)
+    if not lists:
+        return
+    ref = next(n for n in names if n in lists)
+    for n in names:
+        if n == ref or n not in lists:
+            continue
+        a, b = lists[ref], lists[n]
+        if a == b:
+            continue
+        i = _first_difference(a, b, _synonyms(ref), _synonyms(n))
+        if i is None:
+            continue
+        raise DatasetFormatError(
+            "datasets %r (%d classes) and %r (%d classes) have different class lists: first difference at "
+            "index %d: %r vs %r. Train and test datasets must share the categories (same ids, same order): "
+            "register the test json with the training json's categories."
+            % (ref, len(a), n, len(b), i, a[i] if i < len(a) else "<none>", b[i] if i < len(b) else "<none>")
+        )
+
+
 def prepare_datasets(config_file=None, opts=(), cfg=None):
-    """Validate ``DATASETS.TRAIN/TEST`` names and generate ``lt_shapes_*`` if they are used."""
+    """Validate ``DATASETS.TRAIN/TEST``, generate ``lt_shapes_*`` if used, check files and class lists."""
     if cfg is None:
         from detectron2.config import get_cfg
 
@@ -33,4 +156,6 @@ def prepare_datasets(config_file=None, opts=(), cfg=None):
         from .embedded import get_lt_shapes
 
         get_lt_shapes()
+    check_dataset_files(cfg)
+    check_class_lists(cfg)
     return cfg

@@ -26,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils import comm
 
 from ..class_stats import check_num_classes, get_class_stats
+from ..data import load_train_dicts, train_dataset_dicts
 from .checkpoint import LTCheckpointer, gather_rng_states, get_rng_state, reseed_from, rng_state_for_rank, set_rng_state
 from .logger import setup_lt_logger
 from .solver import build_lt_optimizer
@@ -36,24 +37,28 @@ __all__ = ["LTTrainer", "check_config_against_data", "freeze_all_but_classifier"
 logger = logging.getLogger("lt_detectron")
 
 
-def check_config_against_data(cfg):
-    """Clear errors for config/dataset disagreements, before any model is built."""
+def check_config_against_data(cfg, dataset_dicts=None):
+    """Clear errors for config/dataset disagreements, before any model is built.
+
+    Every dataset file must exist (absolute paths in the message), the test sets must share the
+    training class list, and the config's class count must equal the data's. Returns the
+    training ``ClassStats`` (``None`` without training datasets). ``dataset_dicts``: the training
+    dicts ``{name: dicts}`` already loaded (``load_train_dicts``), counted instead of re-read.
+    """
+    from ..data import check_class_lists, check_dataset_files
+
+    # existence only here: the test jsons' boxes are checked once by prepare_datasets (train_net)
+    check_dataset_files(cfg, check_test_boxes=False)
+    check_class_lists(cfg)
     if not cfg.DATASETS.TRAIN:
         return None
-    stats = get_class_stats(cfg.DATASETS.TRAIN)
+    stats = get_class_stats(cfg.DATASETS.TRAIN, dataset_dicts=dataset_dicts)
     arch = cfg.MODEL.META_ARCHITECTURE
     key = {"FCOS": "FCOS", "CenterNet": "CENTERNET"}.get(arch, "RETINANET" if "RetinaNet" in arch else None)
     if key is not None:
         check_num_classes(cfg.MODEL[key].NUM_CLASSES, stats, "MODEL.%s.NUM_CLASSES" % key)
     elif arch == "GeneralizedRCNN":
         check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, stats, "MODEL.ROI_HEADS.NUM_CLASSES")
-    for name in cfg.DATASETS.TEST:
-        meta = MetadataCatalog.get(name)
-        if "thing_classes" in meta.as_dict() and len(meta.thing_classes) != stats.num_classes:
-            raise ValueError(
-                "test dataset %r has %d classes but the training data has %d: train and test must share "
-                "the category list" % (name, len(meta.thing_classes), stats.num_classes)
-            )
     return stats
 
 
@@ -83,13 +88,20 @@ class LTTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         setup_lt_logger(cfg.OUTPUT_DIR)  # lt_detectron's tables into stdout and log.txt (idempotent)
-        self.class_stats = check_config_against_data(cfg)
-        if self.class_stats is not None:
-            set_epoch_length(iters_per_epoch(cfg))
+        # The training json is parsed once per process: the class statistics, the epoch length
+        # (RFS-expanded, for BOFL) and the data loader all use the same dicts.
+        by_name = load_train_dicts(cfg) if cfg.DATASETS.TRAIN else None
+        self.class_stats = check_config_against_data(cfg, by_name)
+        train_dicts = None
+        if by_name:
+            train_dicts = train_dataset_dicts(cfg, by_name)
+            set_epoch_length(iters_per_epoch(cfg, train_dicts), cfg)
+        del by_name
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        data_loader = self.build_train_loader(cfg, dataset=train_dicts)
+        del train_dicts
         if comm.get_world_size() > 1:
             device_ids = None if cfg.MODEL.DEVICE == "cpu" else [comm.get_local_rank()]
             # CenterNet reads one FPN level: the other levels' output convs get no gradient
@@ -122,23 +134,23 @@ class LTTrainer(DefaultTrainer):
         return build_lt_optimizer(cfg, model)
 
     @classmethod
-    def build_train_loader(cls, cfg):
-        """Detectron2's loader; with ``TrainingSampler`` or ``RepeatFactorTrainingSampler`` a
-        resumable one (see data/samplers.py)."""
-        name = cfg.DATALOADER.SAMPLER_TRAIN
-        if name not in ("TrainingSampler", "RepeatFactorTrainingSampler"):
-            return super().build_train_loader(cfg)
-        from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+    def build_train_loader(cls, cfg, dataset=None):
+        """Detectron2's loader with ``LTDatasetMapper`` (unreadable images are named); with
+        ``TrainingSampler`` or ``RepeatFactorTrainingSampler`` a resumable sampler (see
+        data/samplers.py). ``dataset``: the training dicts already loaded (what
+        ``get_detection_dataset_dicts`` returns); loaded once here when not given."""
+        from detectron2.data import build_detection_train_loader
         from detectron2.data.samplers import RepeatFactorTrainingSampler
 
+        from ..data import LTDatasetMapper, load_train_dicts, train_dataset_dicts
         from ..data.samplers import ResumableRepeatFactorTrainingSampler, ResumableTrainingSampler
 
-        dataset = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN,
-            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
-            proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
-        )
+        if dataset is None:
+            dataset = train_dataset_dicts(cfg, load_train_dicts(cfg))
+        mapper = LTDatasetMapper(cfg, True)
+        name = cfg.DATALOADER.SAMPLER_TRAIN
+        if name not in ("TrainingSampler", "RepeatFactorTrainingSampler"):
+            return build_detection_train_loader(cfg, dataset=dataset, mapper=mapper)
         seed = cfg.SEED if cfg.SEED >= 0 else None
         logger.info("Using training sampler %s (resumable)", name)
         if name == "TrainingSampler":
@@ -148,9 +160,18 @@ class LTTrainer(DefaultTrainer):
                 dataset, cfg.DATALOADER.REPEAT_THRESHOLD
             )
             sampler = ResumableRepeatFactorTrainingSampler(factors, seed=seed)
-        loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
+        loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, mapper=mapper)
         loader.lt_sampler = sampler  # resume_or_load moves its start
         return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader with ``LTDatasetMapper`` (unreadable images are named)."""
+        from detectron2.data import build_detection_test_loader
+
+        from ..data import LTDatasetMapper
+
+        return build_detection_test_loader(cfg, dataset_name, mapper=LTDatasetMapper(cfg, False))
 
     def resume_or_load(self, resume=True):
         """detectron2's, plus: a corrupt/missing last checkpoint falls back to the newest intact one
