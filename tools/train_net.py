@@ -31,12 +31,29 @@ Trainer = LTTrainer
 
 
 def register_from_args(args):
-    """``--register-dataset NAME JSON IMAGE_ROOT``: COCO/LVIS-format datasets given on the command line."""
-    from detectron2.data import DatasetCatalog
+    """Datasets given on the command line (repeatable flags, NAME JSON IMAGE_ROOT each):
+    ``--register-dataset`` (lt_detectron's register_lt_dataset), ``--register-lvis`` /
+    ``--register-coco`` (detectron2's register_lvis_instances / register_coco_instances)."""
+    import os
 
-    for name, json_file, image_root in args.register_dataset or ():
-        if name not in DatasetCatalog.list():  # registered already in this process
-            register_lt_dataset(name, json_file, image_root)
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.datasets import register_coco_instances, register_lvis_instances
+
+    def lvis(name, json_file, image_root):
+        # detectron2's load_lvis_json builds image_root + "train2017/...": keep a trailing separator
+        register_lvis_instances(name, {}, json_file, os.path.join(image_root, ""))
+
+    def coco(name, json_file, image_root):
+        register_coco_instances(name, {}, json_file, image_root)
+
+    for entries, register in (
+        (args.register_dataset, register_lt_dataset),
+        (getattr(args, "register_lvis", None), lvis),
+        (getattr(args, "register_coco", None), coco),
+    ):
+        for name, json_file, image_root in entries or ():
+            if name not in DatasetCatalog.list():  # registered already in this process
+                register(name, json_file, image_root)
 
 
 def load_config(args):
@@ -90,6 +107,15 @@ def argument_parser():
     parser.add_argument(
         "--register-dataset", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO- or LVIS-format dataset under NAME (repeatable); use NAME in DATASETS.*",
+    )
+    parser.add_argument(
+        "--register-lvis", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register an LVIS-format dataset with detectron2's register_lvis_instances (repeatable; "
+        "IMAGE_ROOT is the folder that holds train2017/ and val2017/)",
+    )
+    parser.add_argument(
+        "--register-coco", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset with detectron2's register_coco_instances (repeatable)",
     )
     return parser
 
