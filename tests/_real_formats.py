@@ -3,33 +3,15 @@
 LVIS v1: the 1203 real categories (id, name, synset, synonyms, def, frequency, image_count,
 instance_count from the shipped table), images with coco_url / neg_category_ids /
 not_exhaustive_category_ids, annotations with bbox / area / segmentation / category_id.
+The category records are those of ``lt_detectron.utils.testing`` (the full fixtures' generator);
+this module writes small files with hand-placed annotations for the unit tests.
 COCO: the 80 real, non-contiguous ids (1..90) and names, iscrowd, file_name.
 """
 import json
 
 import numpy as np
 
-
-def lvis_v1_categories():
-    from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
-
-    from lt_detectron.data.lvis_stats import load_shipped_stats
-
-    s = load_shipped_stats("lvis_v1_train")
-    syn0 = {c["id"]: c["synonyms"][0] for c in LVIS_CATEGORIES}
-    cats = []
-    for i, name, f, ic, nc in zip(s["id"], s["name"], s["frequency"], s["image_count"], s["instance_count"]):
-        i = int(i)
-        synonyms = [str(name)] + ([syn0[i]] if syn0[i] != name else [])
-        cats.append({"id": i, "name": str(name), "synset": "%s.n.01" % name, "synonyms": synonyms, "def": "",
-                     "frequency": str(f), "image_count": int(ic), "instance_count": int(nc)})
-    return cats
-
-
-def coco_categories():
-    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
-
-    return [{"id": c["id"], "name": c["name"], "supercategory": "thing"} for c in COCO_CATEGORIES if c["isthing"]]
+from lt_detectron.utils.testing import coco_categories, lvis_v1_categories  # noqa: F401 (re-exported)
 
 
 def _box(rng, size):

@@ -26,11 +26,10 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 
 import torch
 
-from lt_detectron.engine.checkpoint import load_checkpoint_file
+from lt_detectron.engine.checkpoint import atomic_write, load_checkpoint_file
 
 __all__ = ["CONFIG_FOR_TORCHVISION_WEIGHTS", "convert_state_dict", "convert_file"]
 
@@ -125,19 +124,8 @@ def convert_file(src, dst):
         msg = str(e)
         raise ConversionError(msg if msg.startswith(os.path.abspath(src)) else "%s: %s" % (os.path.abspath(src), msg)) from None
     payload = {"model": model, "__author__": "torchvision", "matching_heuristics": True}
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_convert_", suffix=".pkl", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    atomic_write(dst, lambda f: pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL))
     return len(model)
 
 
