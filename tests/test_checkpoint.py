@@ -389,3 +389,55 @@ def test_reinit_cls_only_when_the_classifier_does_not_fit(tmp_path, caplog):
     assert torch.equal(m.cls_score.weight, init)  # the misfit layer is not loaded
     assert "does not fit the model (cls_score.weight [5, 4] in the checkpoint, [7, 4] in the model" in caplog.text
     assert "re-initialised: not loading cls_score.weight, cls_score.bias" in caplog.text
+
+
+class _Reduce:
+    """Pickles as ``func(*args)`` followed by a BUILD with ``state`` (what a crafted file holds)."""
+
+    def __init__(self, func, args, state=None):
+        self.r = (func, args) if state is None else (func, args, state)
+
+    def __reduce__(self):
+        return self.r
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # a void dtype whose state declares an object field: arrays of it read raw bytes as pointers
+        _Reduce(np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0)),
+        # a float32 dtype rebuilt with the "holds objects" flag (no object dtype anywhere in the file)
+        _Reduce(np.dtype, ("f4", False, False), (3, "<", None, None, None, -1, -1, 1)),
+        # byte order flipped on numpy's own float32 singleton: would corrupt every later float32
+        _Reduce(np.dtype, ("f4", False, False), (3, ">", None, None, None, -1, -1, 0)),
+        _Reduce(bytearray, (10 ** 12,)),  # a 1 TB allocation
+    ],
+    ids=["void-with-object-field", "float32-object-flag", "float32-singleton-byteorder", "huge-bytearray"],
+)
+def test_pkl_forged_numpy_state_is_refused_before_it_is_applied(tmp_path, payload):
+    path = str(tmp_path / "forged.pkl")
+    with open(path, "wb") as f:
+        pickle.dump({"model": {"x": np.zeros(2, np.float32)}, "__author__": payload}, f, protocol=2)
+    with pytest.raises(UnsafeCheckpointError, match="forged.pkl"):
+        load_checkpoint_file(path)
+    f4 = np.dtype("f4")  # numpy's own dtype is untouched
+    assert (f4.hasobject, f4.names, f4.byteorder, f4.flags) == (False, None, "=", 0)
+    assert np.frombuffer(np.float32([1.5]).tobytes(), np.float32)[0] == 1.5
+
+
+def test_torch_zip_with_a_refused_opcode_is_unsafe_not_corrupt(tmp_path):
+    """A well-formed torch zip whose data.pkl uses an opcode weights_only refuses is a crafted file:
+    an error, never skipped by the resume fallback as if it were damaged."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    torch.save({"a": 1}, buf)
+    zin = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    out = str(tmp_path / "crafted.pth")
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zo:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            zo.writestr(item, b"\x80\x02\x82\x01." if item.filename.endswith("data.pkl") else data)  # EXT1
+    with pytest.raises(UnsafeCheckpointError, match="crafted.pth"):
+        load_checkpoint_file(out)

@@ -223,3 +223,37 @@ def test_trainer_parses_the_training_json_once(tmp_path, small_val, monkeypatch,
         clear_class_stats_cache()
     assert gets == ["lt_shapes_train"], gets
     assert sum(os.path.abspath(str(f)) == os.path.abspath(train_json) for f in loads) == 1, loads
+
+
+def test_eval_only_startup_parses_the_training_json_once(tmp_path, small_val, monkeypatch):
+    """train_net --eval-only: the checks and one parse (prepare_training_data), then the model,
+    whose heads read the statistics and BOFL's epoch length without parsing again."""
+    from lt_detectron.class_stats import clear_class_stats_cache
+    from lt_detectron.engine import prepare_training_data
+
+    cfg = make_cfg(tmp_path, small_val[0], "MODEL.LT.ROI_LOSS", "sigmoid", "MODEL.LT.BOFL.ENABLED", "True",
+                   "MODEL.LT.BOFL.DEFERRED_EPOCHS", "0")
+    gets = []
+    real_get = DatasetCatalog.get
+    monkeypatch.setattr(DatasetCatalog, "get", lambda n: gets.append(n) or real_get(n))
+    clear_class_stats_cache()
+    try:
+        prepare_training_data(cfg)
+        LTTrainer.build_model(cfg)
+    finally:
+        clear_class_stats_cache()
+    assert gets == ["lt_shapes_train"], gets
+
+
+def test_subclass_with_detectron2s_build_train_loader_signature(tmp_path, small_val):
+    """A user trainer overriding build_train_loader(cls, cfg) (detectron2's signature) still works."""
+    calls = []
+
+    class MyTrainer(LTTrainer):
+        @classmethod
+        def build_train_loader(cls, cfg):
+            calls.append(cfg.DATASETS.TRAIN)
+            return super().build_train_loader(cfg)
+
+    MyTrainer(make_cfg(tmp_path, small_val[0]))
+    assert calls == [("lt_shapes_train",)]

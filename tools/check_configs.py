@@ -225,7 +225,21 @@ def check(configs, fixtures, registrations, work, jobs=1, timeout=900, iters=3, 
     done_events = {}
 
     def task(config, reg):
-        key = (config, reg)
+        # the event is set whatever happens, so that a dependent run never waits forever
+        try:
+            return _task(config, reg)
+        except Exception as e:
+            row = {"config": config, "registration": reg, "rc": -1, "s_per_iter": None, "peak_rss_mib": None,
+                   "wall_s": None, "evaluated": False, "note": "checker error: %s: %s" % (type(e).__name__, e),
+                   "output_dir": ""}
+            with lock:
+                rows.append(row)
+                log("[FAILED (checker error)] %s %s: %s" % (reg, config, row["note"]))
+            return row
+        finally:
+            done_events[(config, reg)].set()
+
+    def _task(config, reg):
         tag = "%s__%s" % (os.path.splitext(config.replace("/", "__"))[0], reg)
         out_dir = os.path.join(work, tag)
         weights = None
@@ -234,13 +248,13 @@ def check(configs, fixtures, registrations, work, jobs=1, timeout=900, iters=3, 
                "wall_s": None, "evaluated": False, "note": "", "output_dir": out_dir}
         if dep is not None:
             done_events[(dep, reg)].wait()
-            dep_row = next(r for r in rows if r["config"] == dep and r["registration"] == reg)
-            weights = os.path.join(dep_row["output_dir"], "model_final.pth")
-            if dep_row["rc"] != 0 or not os.path.isfile(weights):
+            with lock:
+                dep_row = next((r for r in rows if r["config"] == dep and r["registration"] == reg), None)
+            weights = os.path.join(dep_row["output_dir"], "model_final.pth") if dep_row else ""
+            if dep_row is None or dep_row["rc"] != 0 or not os.path.isfile(weights):
                 row.update(rc=-1, note="skipped: %s failed" % dep)
                 with lock:
                     rows.append(row)
-                done_events[key].set()
                 return row
             row["note"] = "weights: %s" % os.path.relpath(weights, work)
         argv, env = build_command(config, cfgs[config], fixtures, reg, out_dir, weights, iters)
@@ -261,7 +275,6 @@ def check(configs, fixtures, registrations, work, jobs=1, timeout=900, iters=3, 
             log("[%s] %s %s  %.1fs  %s s/iter  %.0f MiB" % (status, reg, config, wall, _fmt(s_iter), rss))
             if rc != 0:
                 log("---- tail of %s ----\n%s" % (log_path, tail(log_path)))
-        done_events[key].set()
         return row
 
     todo = []

@@ -23,7 +23,7 @@ from detectron2.utils import comm
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
 from lt_detectron.data import prepare_datasets, register_lt_dataset
-from lt_detectron.engine import LTTrainer, LTCheckpointer, format_results
+from lt_detectron.engine import LTTrainer, LTCheckpointer, format_results, prepare_training_data
 from lt_detectron.engine.launch import launch_on_device
 from lt_detectron.engine.logger import setup_lt_logger
 
@@ -78,6 +78,7 @@ def main(args):
     register_from_args(args)  # in every worker process too
     cfg = setup(args)
     if args.eval_only:
+        prepare_training_data(cfg)  # checks; statistics and BOFL's epoch length from one parse
         model = Trainer.build_model(cfg)
         LTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, reinit_cls=cfg.MODEL.LT.REINIT_CLS).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume

@@ -58,7 +58,11 @@ def load_dataset_dicts(name: str) -> List[dict]:
         raise
     t1 = time.perf_counter()
     if not isinstance(dicts, list):
-        return dicts  # e.g. a torch Dataset: nothing to check
+        raise TypeError(
+            "dataset %r: DatasetCatalog returned a %s; lt_detectron's trainer needs a list of dataset dicts "
+            "(detectron2's standard format) to count class statistics and repeat factors"
+            % (name, type(dicts).__name__)
+        )
     if len(dicts) and "annotations" in dicts[0]:
         check_dicts_boxes(dicts, meta.get("json_file", name), meta.get("bad_boxes", DEFAULT_BAD_BOXES))
     logger.info("dataset %s: %d images loaded in %.2fs (checks %.2fs)", name, len(dicts), t1 - t0, time.perf_counter() - t1)

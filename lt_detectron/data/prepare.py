@@ -118,7 +118,10 @@ def check_class_lists(cfg):
         if "thing_classes" in meta.as_dict():
             lists[n] = list(meta.thing_classes)
         else:
-            logger.info("dataset %s has no json_file and no thing_classes yet: its class list is checked when loaded", n)
+            logger.warning(
+                "dataset %s has no json_file and no metadata.thing_classes: its class list cannot be compared "
+                "with the other datasets' at startup (set thing_classes in its metadata to have it checked)", n
+            )
     if not lists:
         return
     ref = next(n for n in names if n in lists)

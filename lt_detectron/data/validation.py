@@ -18,7 +18,6 @@ Images. :class:`LTDatasetMapper` is detectron2's ``DatasetMapper`` whose image-r
 the file, the dataset's image id and the fix.
 """
 import itertools
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -280,8 +279,9 @@ def check_json_boxes(json_file: str, data: Optional[dict] = None) -> BoxCheckRep
     only counted (real COCO/LVIS contain a few and evaluate fine). Parses the json once.
     """
     if data is None:
-        with open(json_file) as f:
-            data = json.load(f)
+        from .datasets import _read_json  # names the file and the fix for a missing / invalid json
+
+        data = _read_json(json_file)
     anns = data.get("annotations") or []
     n = len(anns)
     report = BoxCheckReport(source=json_file, num_boxes=n)

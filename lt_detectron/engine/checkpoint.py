@@ -93,6 +93,40 @@ def _latin1_encode(obj, encoding="utf-8", errors="strict"):
     return codecs.encode(obj, encoding, errors)
 
 
+# Array element kinds that hold no Python object pointers: bool, ints, floats, complex, and
+# fixed-size byte / unicode strings.
+_SAFE_KINDS = "biufcSU"
+
+
+def _check_dtype(d):
+    """Refuse a NumPy dtype unless it is a plain numeric / fixed-string one. A pickle may BUILD a
+    dtype with any state (object fields hidden behind a void type, altered flags) and so forge
+    object pointers; only metadata is read here, never the elements."""
+    if not isinstance(d, np.dtype):
+        raise UnsafeCheckpointError("a NumPy dtype argument of type %s" % type(d).__name__)
+    if d.kind not in _SAFE_KINDS or d.names is not None or d.subdtype is not None or d.hasobject:
+        raise UnsafeCheckpointError("a NumPy dtype of kind %r (structured, void or object)" % d.kind)
+    plain = np.dtype(d.str)
+    if d.flags != plain.flags or d.itemsize != plain.itemsize:
+        raise UnsafeCheckpointError("a NumPy dtype with altered internal state")
+
+
+def _dtype(obj, align=False, copy=False):
+    """``numpy.dtype`` for pickles: type strings of plain kinds only."""
+    if not isinstance(obj, str):
+        raise UnsafeCheckpointError("numpy.dtype(%s)" % type(obj).__name__)
+    d = np.dtype(obj, bool(align), True)  # always a copy: a BUILD must never reach numpy's singletons
+    _check_dtype(d)
+    return d
+
+
+def _bytearray(*args):
+    """``bytearray`` for pickles: from bytes or (str, encoding), never a size (memory)."""
+    if not args or not isinstance(args[0], (bytes, str)):
+        raise UnsafeCheckpointError("bytearray(%s)" % ", ".join(type(a).__name__ for a in args))
+    return bytearray(*args)
+
+
 def _allowed_pkl_globals() -> Dict[tuple, Any]:
     """The globals a detectron2 / Detectron / torchvision-converted ``.pkl`` needs: NumPy's array,
     dtype and scalar reconstructors (under NumPy 1 and 2 module names), plain containers."""
@@ -101,11 +135,11 @@ def _allowed_pkl_globals() -> Dict[tuple, Any]:
     scalar = np.float32(0).__reduce__()[0]
     allowed = {
         ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "dtype"): _dtype,
         ("_codecs", "encode"): _latin1_encode,
         ("collections", "OrderedDict"): collections.OrderedDict,
-        ("builtins", "bytearray"): bytearray,
-        ("__builtin__", "bytearray"): bytearray,
+        ("builtins", "bytearray"): _bytearray,
+        ("__builtin__", "bytearray"): _bytearray,
     }
     for pkg in ("numpy.core", "numpy._core"):
         allowed[(pkg + ".multiarray", "_reconstruct")] = recon
@@ -114,14 +148,59 @@ def _allowed_pkl_globals() -> Dict[tuple, Any]:
     return allowed
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+def _check_numpy_result(obj):
+    if isinstance(obj, np.dtype):
+        _check_dtype(obj)
+    elif isinstance(obj, (np.ndarray, np.generic)):
+        _check_dtype(obj.dtype)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler with an allow-list of globals, every NumPy dtype checked when it
+    is made or rebuilt (REDUCE, BUILD), BUILD allowed on NumPy objects only, and the opcodes that
+    instantiate arbitrary classes (NEWOBJ, NEWOBJ_EX, INST, OBJ) refused."""
+
     _allowed = _allowed_pkl_globals()
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module, name):
         obj = self._allowed.get((module, name))
         if obj is None:
             raise UnsafeCheckpointError("%s.%s" % (module, name))
         return obj
+
+    def load_reduce(self):
+        for a in self.stack[-1] if isinstance(self.stack[-1], tuple) else ():
+            if isinstance(a, np.dtype):
+                _check_dtype(a)
+        pickle._Unpickler.load_reduce(self)
+        _check_numpy_result(self.stack[-1])
+
+    def load_build(self):
+        # the state is checked BEFORE it is applied: numpy applies a dtype's state in place
+        state, inst = self.stack[-1], self.stack[-2]
+        if isinstance(inst, np.dtype):
+            _check_dtype(inst)
+            # the one state a plain dtype of this type string has (no fields, subarray, flags)
+            if state != np.dtype(inst.str, False, True).__reduce__()[2]:
+                raise UnsafeCheckpointError("a NumPy dtype state other than that of a plain %s" % inst.str)
+        elif isinstance(inst, np.ndarray):
+            if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype)):
+                raise UnsafeCheckpointError("a NumPy array state of an unexpected form")
+            _check_dtype(state[2])
+        else:
+            raise UnsafeCheckpointError("a BUILD (object state) on a %s" % type(inst).__name__)
+        pickle._Unpickler.load_build(self)
+        _check_numpy_result(inst)
+
+    def _refuse(self):
+        raise UnsafeCheckpointError("an opcode that instantiates arbitrary classes")
+
+    dispatch[pickle.REDUCE[0]] = load_reduce
+    dispatch[pickle.BUILD[0]] = load_build
+    for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
+        dispatch[_op[0]] = _refuse
+    del _op
 
 
 _SAFE_HINT = (
@@ -141,11 +220,11 @@ def _torch_refusal(e: Exception, path: str):
         return None, False
     m = re.search(r"(Trying to load unsupported[^\n]*|Unsupported[^\n]*)", msg)
     reason = m.group(1).strip() if m else "refused by torch.load(weights_only=True)"
-    if "global" in reason.lower():
-        return reason, True  # a named object (class, function) that is not allowed
+    # an opcode torch refuses inside a pickle stream or a well-formed torch zip file is a crafted
+    # file (refused, never skipped as "corrupt"); random bytes are damage
     with open(path, "rb") as f:
-        is_pickle = f.read(1) == b"\x80"  # PROTO opcode: a pickle stream, not a damaged zip file
-    return reason, is_pickle
+        head = f.read(2)
+    return reason, head[:1] == b"\x80" or head == b"PK"
 
 
 def load_checkpoint_file(path: str) -> Any:
@@ -203,11 +282,14 @@ _PLAIN_LEAVES = (torch.Tensor, bool, int, float, complex, str, bytes, type(None)
 
 def _check_plain(obj, where: str = "checkpoint"):
     """Raise TypeError naming the key of the first value ``weights_only=True`` would refuse."""
-    if isinstance(obj, _PLAIN_LEAVES):
+    # exact types: subclasses (np.float64 is a float, defaultdict a dict) are refused on load
+    if type(obj) in _PLAIN_LEAVES or isinstance(obj, torch.Tensor):
         return
-    if isinstance(obj, dict):  # dict, OrderedDict
+    if type(obj) in (dict, collections.OrderedDict):
         for k, v in obj.items():
-            if not isinstance(k, (str, int, float, bool, type(None), tuple)):
+            if type(k) is tuple:
+                _check_plain(k, "%s: key %r" % (where, k))
+            elif type(k) not in (str, int, float, bool, type(None)):
                 raise TypeError("%s: key %r is a %s" % (where, k, type(k).__name__))
             _check_plain(v, "%s[%r]" % (where, k))
         return
@@ -241,6 +323,9 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb"):
     keeps its previous content."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # as open() would create it (mkstemp makes 0600)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -289,14 +374,20 @@ def rng_state_from_plain(d: Dict[str, Any]):
 
 
 def get_rng_state() -> Dict[str, Any]:
-    """This process's torch (CPU), NumPy and Python RNG states, as plain data."""
-    return rng_state_to_plain(torch.get_rng_state(), np.random.get_state(), random.getstate())
+    """This process's torch (CPU, and the current CUDA device's when CUDA is in use), NumPy and
+    Python RNG states, as plain data. (detectron2's ROI sampling draws from the CUDA generator.)"""
+    d = rng_state_to_plain(torch.get_rng_state(), np.random.get_state(), random.getstate())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        d["cuda"] = torch.cuda.get_rng_state()
+    return d
 
 
 def set_rng_state(d: Dict[str, Any], torch_too: bool = True):
     t, n, p = rng_state_from_plain(d)
     np.random.set_state(n)
     random.setstate(p)
+    if d.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(d["cuda"])
     if torch_too:
         torch.set_rng_state(t)
 
@@ -358,11 +449,13 @@ class LTCheckpointer(DetectionCheckpointer):
     def _local_path(self, path: str) -> str:
         """``path`` as a local file; URLs are downloaded (cached) with a clear error offline."""
         if os.path.isfile(path) or not _is_url(path):
-            if not os.path.isfile(path):
+            if not os.path.isfile(path) and comm.get_world_size() == 1:
                 raise FileNotFoundError(
                     "checkpoint %s does not exist (MODEL.WEIGHTS, or the file named in %s)"
                     % (os.path.abspath(path), os.path.join(self.save_dir or ".", "last_checkpoint"))
                 )
+            # with several processes a file missing on some machines is detectron2's case: the
+            # ranks that have it load it and the weights are broadcast (DetectionCheckpointer.load)
             return path
         url = path
         if path.startswith(Detectron2Handler.PREFIX):
@@ -476,7 +569,11 @@ class LTCheckpointer(DetectionCheckpointer):
             for f in os.listdir(self.save_dir)
             if _PERIODIC_NAME.match(f) and os.path.abspath(os.path.join(self.save_dir, f)) not in done
         ]
-        return sorted(files, key=lambda p: (os.path.getmtime(p), os.path.basename(p)), reverse=True)
+        def iteration(p):  # by the iteration in the name (a copy may change file times); final last
+            it = _PERIODIC_NAME.match(os.path.basename(p)).group(1)
+            return float("inf") if it == "final" else int(it)
+
+        return sorted(files, key=iteration, reverse=True)
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
         """detectron2's ``resume_or_load``; on resume, a missing/truncated/corrupt checkpoint named in

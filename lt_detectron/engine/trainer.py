@@ -14,6 +14,7 @@
 - A non-finite loss stops training with a message that names the iteration, the losses and
   the last checkpoint written (nothing already written is removed).
 """
+import inspect
 import itertools
 import logging
 import os
@@ -32,24 +33,41 @@ from .logger import setup_lt_logger
 from .solver import build_lt_optimizer
 from .progress import iters_per_epoch, set_epoch_length
 
-__all__ = ["LTTrainer", "check_config_against_data", "freeze_all_but_classifier"]
+__all__ = ["LTTrainer", "check_config_against_data", "freeze_all_but_classifier", "prepare_training_data"]
 
 logger = logging.getLogger("lt_detectron")
 
 
-def check_config_against_data(cfg, dataset_dicts=None):
-    """Clear errors for config/dataset disagreements, before any model is built.
+def prepare_training_data(cfg):
+    """Startup checks, then the training data read once: ``(class_stats, train_dicts)``.
 
-    Every dataset file must exist (absolute paths in the message), the test sets must share the
-    training class list, and the config's class count must equal the data's. Returns the
-    training ``ClassStats`` (``None`` without training datasets). ``dataset_dicts``: the training
-    dicts ``{name: dicts}`` already loaded (``load_train_dicts``), counted instead of re-read.
+    Every dataset file must exist and the test sets must share the training class list (cheap
+    checks, before any json is parsed); then the training json is parsed once per process and the
+    class statistics, the epoch length (RFS-expanded, for BOFL) and the data loader all use the
+    same dicts. ``(None, None)`` without training datasets. ``--eval-only`` calls it too, so that
+    the heads' statistics and BOFL schedule come from the same single parse.
     """
     from ..data import check_class_lists, check_dataset_files
 
     # existence only here: the test jsons' boxes are checked once by prepare_datasets (train_net)
     check_dataset_files(cfg, check_test_boxes=False)
     check_class_lists(cfg)
+    if not cfg.DATASETS.TRAIN:
+        return None, None
+    by_name = load_train_dicts(cfg)
+    stats = check_config_against_data(cfg, by_name)
+    train_dicts = train_dataset_dicts(cfg, by_name)
+    set_epoch_length(iters_per_epoch(cfg, train_dicts), cfg)
+    return stats, train_dicts
+
+
+def check_config_against_data(cfg, dataset_dicts=None):
+    """Clear errors for config/dataset disagreements, before any model is built.
+
+    The config's class count must equal the data's. Returns the
+    training ``ClassStats`` (``None`` without training datasets). ``dataset_dicts``: the training
+    dicts ``{name: dicts}`` already loaded (``load_train_dicts``), counted instead of re-read.
+    """
     if not cfg.DATASETS.TRAIN:
         return None
     stats = get_class_stats(cfg.DATASETS.TRAIN, dataset_dicts=dataset_dicts)
@@ -87,20 +105,18 @@ class LTTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        setup_lt_logger(cfg.OUTPUT_DIR)  # lt_detectron's tables into stdout and log.txt (idempotent)
-        # The training json is parsed once per process: the class statistics, the epoch length
-        # (RFS-expanded, for BOFL) and the data loader all use the same dicts.
-        by_name = load_train_dicts(cfg) if cfg.DATASETS.TRAIN else None
-        self.class_stats = check_config_against_data(cfg, by_name)
-        train_dicts = None
-        if by_name:
-            train_dicts = train_dataset_dicts(cfg, by_name)
-            set_epoch_length(iters_per_epoch(cfg, train_dicts), cfg)
-        del by_name
+        # stdout, as DefaultTrainer; OUTPUT_DIR/log.txt is default_setup's (train_net's setup), so a
+        # process that builds several trainers does not write one run's lines into another's log
+        setup_lt_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.class_stats, train_dicts = prepare_training_data(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg, dataset=train_dicts)
+        if "dataset" in inspect.signature(self.build_train_loader).parameters:
+            data_loader = self.build_train_loader(cfg, dataset=train_dicts)
+        else:  # a subclass with detectron2's signature: it reads the training json itself
+            logger.info("%s.build_train_loader(cfg) loads the training data again", type(self).__name__)
+            data_loader = self.build_train_loader(cfg)
         del train_dicts
         if comm.get_world_size() > 1:
             device_ids = None if cfg.MODEL.DEVICE == "cpu" else [comm.get_local_rank()]

@@ -44,8 +44,8 @@ def warn_nonfinite_skip(module, what: str, every: int = 100) -> int:
     module.num_nonfinite_skips = n
     if n == 1 or n % every == 0:
         logging.getLogger(type(module).__module__).warning(
-            "%s: skipped the update of %s for a batch with non-finite values (NaN/inf logits on at least "
-            "one rank); %d batch(es) skipped so far, the state stays as before them. The loss of such a "
+            "%s: skipped the update of %s for a batch with non-finite values (NaN logits, or non-finite "
+            "statistics, on at least one rank); %d batch(es) skipped so far, the state stays as before them. The loss of such a "
             "batch is not finite either: AMP's grad scaler skips that step; without AMP, lower the "
             "learning rate or enable SOLVER.CLIP_GRADIENTS.",
             type(module).__name__, what, n,

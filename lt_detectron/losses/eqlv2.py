@@ -16,9 +16,10 @@ Two-stage (ROI) form, :class:`EQLv2Loss`:
     torch.distributed), then pos_neg = pos_grad / (neg_grad + 1e-10). ``pos_neg`` starts at 100 so the
     first-iteration weights are all 1. Empty batches (R = 0 on every rank) leave the state unchanged
     (the all-reduce is still issued so ranks stay in step); so does a batch whose reduced increments (or
-    the updated sums) are not finite, e.g. one NaN/inf logit on any rank: its statistics are skipped with
+    the updated sums) are not finite, e.g. one NaN logit on any rank: its statistics are skipped with
     a rate-limited warning, identically on every rank, so a step that AMP skips does not poison every
-    later weight (the loss value of that batch itself may be non-finite). Otherwise this is exactly the
+    later weight (the loss value of that batch itself may be non-finite). An infinite logit gives
+    finite, saturated increments (sigma = 0 or 1) and is counted, as in the authors' code. Otherwise this is exactly the
     authors' update. In eval mode the loss is computed but the statistics are frozen.
     Buffers ``pos_grad``, ``neg_grad``, ``pos_neg`` (float32, length C) are persistent (in state_dict).
     The statistics are always accumulated in float32 (the loss runs in float32 for fp16/bf16 logits).
@@ -99,7 +100,7 @@ class _EQLv2Stats(nn.Module):
             # reset the initial g = 100 to 0
             return False
         if not finite:
-            # a NaN/inf logit on any rank (an overflowing fp16 step that AMP will skip, a diverging batch):
+            # a NaN logit on any rank (an overflowing fp16 step that AMP will skip, a diverging batch):
             # keeping the sums would make every later weight NaN, so this batch's statistics are dropped
             warn_nonfinite_skip(self, "EQL v2 statistics (pos_grad/neg_grad/pos_neg)")
             return False
