@@ -15,7 +15,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .datasets import DatasetFormatError, ensure_dataset_metadata
 
-__all__ = ["prepare_datasets", "check_dataset_names", "check_dataset_files", "check_class_lists"]
+__all__ = ["prepare_datasets", "ensure_embedded_generated", "check_dataset_names", "check_dataset_files", "check_class_lists"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,16 @@ def check_class_lists(cfg):
         )
 
 
+def ensure_embedded_generated(cfg):
+    """Generate the embedded ``lt_shapes_*`` dataset (once, cached) if ``DATASETS.TRAIN/TEST`` use it."""
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    check_dataset_names(names)
+    if any(n.startswith("lt_shapes_") for n in names):
+        from .embedded import get_lt_shapes
+
+        get_lt_shapes()
+
+
 def prepare_datasets(config_file=None, opts=(), cfg=None):
     """Validate ``DATASETS.TRAIN/TEST``, generate ``lt_shapes_*`` if used, check files and class lists."""
     if cfg is None:
@@ -153,12 +163,7 @@ def prepare_datasets(config_file=None, opts=(), cfg=None):
         add_lt_config(cfg)
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
-    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    check_dataset_names(names)
-    if any(n.startswith("lt_shapes_") for n in names):
-        from .embedded import get_lt_shapes
-
-        get_lt_shapes()
+    ensure_embedded_generated(cfg)
     check_dataset_files(cfg)
     check_class_lists(cfg)
     return cfg

@@ -47,8 +47,9 @@ def prepare_training_data(cfg):
     same dicts. ``(None, None)`` without training datasets. ``--eval-only`` calls it too, so that
     the heads' statistics and BOFL schedule come from the same single parse.
     """
-    from ..data import check_class_lists, check_dataset_files
+    from ..data import check_class_lists, check_dataset_files, ensure_embedded_generated
 
+    ensure_embedded_generated(cfg)  # a no-op unless lt_shapes_* is used and not yet generated
     # existence only here: the test jsons' boxes are checked once by prepare_datasets (train_net)
     check_dataset_files(cfg, check_test_boxes=False)
     check_class_lists(cfg)
