@@ -6,13 +6,15 @@ training time the jittered ground-truth boxes (foreground) and random boxes away
 (background); at test time the boxes given in ``batched_inputs[i]["proposals"]`` or a
 sliding-window grid. It has no RPN, so it only illustrates the plumbing:
 
-* ``MODEL.LT_EXAMPLE.HEAD "loss"``: our own ``nn.Linear`` classifier and an lt_detectron
-  **loss** on its logits through the plain tensors-in/out API,
-  ``loss = EQLv2Loss(C)(logits (R, C+1), gt_classes (R,))`` (background last, label ``C``),
-  or ``ECMLoss(instance_counts)`` with the same call;
+* ``MODEL.LT_EXAMPLE.HEAD "loss"``: our own classifier and an lt_detectron **loss** on its logits.
+  The loss is built from the config exactly as lt_detectron's heads build theirs,
+  ``cls_loss = build_roi_loss(cfg, num_classes, class_stats)`` (any ``MODEL.LT.ROI_LOSS``, with its
+  ``MODEL.LT.<METHOD>.*`` keys), and then asked: ``build_classifier(cls_loss.classifier_spec(), D)``
+  is the layer it needs, ``cls_loss(logits, gt_classes, ROIBatch(...))`` the loss (tensors in, scalar
+  out; background last, label ``C``) and ``cls_loss.predict_probs(logits)`` the test scores;
 * ``MODEL.LT_EXAMPLE.HEAD "predictor"``: lt_detectron's **box head**
-  ``LongTailFastRCNNOutputLayers`` built from keyword arguments (no config needed) with any
-  ``MODEL.LT.ROI_LOSS``; its ``losses()`` / ``inference()`` take Detectron2 ``Instances``.
+  ``LongTailFastRCNNOutputLayers`` built from keyword arguments (``cls_loss=`` the same loss); its
+  ``losses()`` / ``inference()`` take Detectron2 ``Instances``.
 
 The per-class training instance counts come from the class-statistics registry,
 ``get_class_stats(cfg.DATASETS.TRAIN)``, so no frequency file is needed. The class is
@@ -20,12 +22,13 @@ registered in Detectron2's ``META_ARCH_REGISTRY`` on import; ``example_cfg()`` b
 config in code. Train it for a few iterations on the embedded dataset (CPU)::
 
     python examples/custom_meta_arch.py --iters 100 --loss eqlv2 --head loss
+
+The losses also work without any config: ``EQLv2Loss(C)(logits (R, C+1), gt_classes (R,))``.
 """
 import argparse
 import logging
 import os
 
-import numpy as np
 import torch
 import torch.nn as nn
 from detectron2.config import CfgNode as CN
@@ -39,14 +42,10 @@ from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 
 import lt_detectron  # noqa: F401  (registers the tiny backbone and the datasets)
 from lt_detectron import add_lt_config, get_class_stats
-from lt_detectron.class_stats import check_num_classes
-from lt_detectron.losses import ECMLoss, EQLv2Loss, objectness_scores
-from lt_detectron.modeling import LongTailFastRCNNOutputLayers
-from lt_detectron.modeling.classifiers import init_prior_bias
+from lt_detectron.losses import ROIBatch, ROILoss, build_roi_loss, train_class_stats
+from lt_detectron.modeling import LongTailFastRCNNOutputLayers, build_classifier
 
 __all__ = ["LTExampleBoxClassifier", "add_example_config", "example_cfg"]
-
-_OWN_HEAD_LOSSES = ("eqlv2", "ecm")  # losses the "loss" head shows; "predictor" takes all ROI losses
 
 
 def add_example_config(cfg):
@@ -65,41 +64,30 @@ class LTExampleBoxClassifier(nn.Module):
     """Box classifier: backbone -> ROIAlign -> FC -> classifier, trained with an lt_detectron loss."""
 
     @configurable
-    def __init__(self, *, backbone, in_feature, num_classes, instance_counts, loss="eqlv2", head="loss",
-                 loss_kwargs=None, hidden_dim=128, bg_boxes_per_image=16, pixel_mean, pixel_std,
-                 test_score_thresh=0.05, test_nms_thresh=0.5, test_topk_per_image=100):
+    def __init__(self, *, backbone, in_feature, cls_loss: ROILoss, head="loss", hidden_dim=128,
+                 bg_boxes_per_image=16, pixel_mean, pixel_std, test_score_thresh=0.05, test_nms_thresh=0.5,
+                 test_topk_per_image=100):
         super().__init__()
         self.backbone = backbone
         self.in_feature = in_feature
-        self.num_classes = C = int(num_classes)
+        self.num_classes = C = cls_loss.num_classes
         self.head = head
         self.bg_boxes_per_image = int(bg_boxes_per_image)
         self.test_args = (test_score_thresh, test_nms_thresh, test_topk_per_image)
         shape = backbone.output_shape()[in_feature]
         self.pooler = ROIPooler((7, 7), scales=(1.0 / shape.stride,), sampling_ratio=0, pooler_type="ROIAlignV2")
         self.box_head = nn.Sequential(nn.Flatten(), nn.Linear(shape.channels * 49, hidden_dim), nn.ReLU(inplace=True))
-        loss_kwargs = dict(loss_kwargs or {})
         if head == "loss":
-            # 1) an lt_detectron LOSS on our own logits: (R, C+1) logits, (R,) labels in [0, C]
-            self.cls_score = nn.Linear(hidden_dim, C + 1)
-            nn.init.normal_(self.cls_score.weight, std=0.01)
-            if loss == "eqlv2":
-                init_prior_bias(self.cls_score, 0.001)  # EQL v2's sigmoid prior
-                self.cls_loss = EQLv2Loss(C, **loss_kwargs)  # keeps its gradient statistics in buffers
-            elif loss == "ecm":
-                self.cls_loss = ECMLoss(instance_counts, **loss_kwargs)  # margins from the instance counts
-            else:
-                raise ValueError("the 'loss' head of this example shows %s; use head 'predictor' for %r"
-                                 % (" and ".join(_OWN_HEAD_LOSSES), loss))
+            # 1) an lt_detectron LOSS on our own logits: the classifier it asks for, (R, K) logits, (R,) labels
+            self.cls_loss = cls_loss  # a submodule: its state (e.g. EQL v2's statistics) is checkpointed
+            self.cls_score = build_classifier(cls_loss.classifier_spec(), hidden_dim)
         elif head == "predictor":
             # 2) lt_detectron's box HEAD, built from keyword arguments (no config object)
             self.predictor = LongTailFastRCNNOutputLayers(
                 ShapeSpec(channels=hidden_dim),
                 box2box_transform=Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)),
                 num_classes=C,
-                loss=loss,
-                instance_counts=instance_counts,
-                loss_kwargs=loss_kwargs,
+                cls_loss=cls_loss,
                 test_score_thresh=test_score_thresh,
                 test_nms_thresh=test_nms_thresh,
                 test_topk_per_image=test_topk_per_image,
@@ -111,23 +99,14 @@ class LTExampleBoxClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        stats = get_class_stats(cfg.DATASETS.TRAIN)  # the class-statistics registry
-        check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, stats, "MODEL.ROI_HEADS.NUM_CLASSES")
-        lt, ex = cfg.MODEL.LT, cfg.MODEL.LT_EXAMPLE
-        loss = lt.ROI_LOSS.lower()
-        loss_kwargs = {}
-        if loss == "eqlv2":
-            loss_kwargs = dict(gamma=lt.EQLV2.GAMMA, mu=lt.EQLV2.MU, alpha=lt.EQLV2.ALPHA)
-        elif loss == "ecm":
-            loss_kwargs = dict(bg_fg_ratio=lt.ECM.BG_FG_RATIO)
+        C = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        stats = train_class_stats(cfg, C, "MODEL.ROI_HEADS.NUM_CLASSES")  # the class-statistics registry
+        ex = cfg.MODEL.LT_EXAMPLE
         return dict(
             backbone=build_backbone(cfg),
             in_feature=ex.IN_FEATURE,
-            num_classes=stats.num_classes,
-            instance_counts=np.array(stats.instance_counts),  # a writable copy
-            loss=loss,
+            cls_loss=build_roi_loss(cfg, C, stats),  # MODEL.LT.ROI_LOSS and its keys, as the heads do
             head=ex.HEAD,
-            loss_kwargs=loss_kwargs,
             hidden_dim=ex.HIDDEN_DIM,
             bg_boxes_per_image=ex.BG_BOXES_PER_IMAGE,
             pixel_mean=cfg.MODEL.PIXEL_MEAN,
@@ -191,14 +170,17 @@ class LTExampleBoxClassifier(nn.Module):
                      for x, s in zip(batched_inputs, images.image_sizes)]
         x = self.box_head(self.pooler([feature], [b.proposal_boxes for b in boxes]))
         if self.training:
+            gt_per_image = [x["instances"].gt_classes.to(self.device) for x in batched_inputs]  # GT objects
             if self.head == "predictor":
-                return self.predictor.losses(self.predictor(x), boxes)
+                return self.predictor.losses(self.predictor(x), boxes, gt_classes_per_image=gt_per_image)
             gt_classes = torch.cat([b.gt_classes for b in boxes])
-            return {"loss_cls": self.cls_loss(self.cls_score(x), gt_classes)}  # tensors in, scalar out
+            batch = ROIBatch(rois_per_image=[len(b) for b in boxes], gt_classes_per_image=gt_per_image,
+                             classifier=self.cls_score)
+            return {"loss_cls": self.cls_loss(self.cls_score(x), gt_classes, batch)}  # tensors in, scalar out
         if self.head == "predictor":
             results, _ = self.predictor.inference(self.predictor(x), boxes)
         else:
-            probs = objectness_scores(self.cls_score(x))  # EQL v2 / ECM test scores, background last
+            probs = self.cls_loss.predict_probs(self.cls_score(x))  # (R, C+1), background last
             results, _ = fast_rcnn_inference(
                 [b.proposal_boxes.tensor for b in boxes], probs.split([len(b) for b in boxes]),
                 [b.image_size for b in boxes], *self.test_args)
@@ -251,7 +233,7 @@ def main(argv=None):
     from lt_detectron.engine.hooks import write_model_plots
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--loss", default="eqlv2", help="MODEL.LT.ROI_LOSS (head 'loss': eqlv2 | ecm)")
+    p.add_argument("--loss", default="eqlv2", help="MODEL.LT.ROI_LOSS (any registered ROI loss)")
     p.add_argument("--head", default="loss", choices=("loss", "predictor"))
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--output", default=None, help="output folder (default output/example_<loss>_<head>)")

@@ -1,6 +1,20 @@
-"""Runtime compatibility fixes for third-party code that predates NumPy 2.
+"""Compatibility with third-party code: Detectron2's private helpers, and lvis-api on NumPy 2.
 
-``lvis==0.5.3`` (the only release of lvis-api) calls ``np.float`` in
+**Detectron2 private names.** lt_detectron imports Detectron2's private (``_``-prefixed) helpers
+here and nowhere else, so a Detectron2 upgrade that moves one breaks in one place. Each is the
+helper Detectron2's own class uses, reused so that our subclass behaves exactly as the parent:
+
+=============================  =======================================  ==============================
+name                           from                                     why
+=============================  =======================================  ==============================
+``log_classification_stats``   ``modeling.roi_heads.fast_rcnn``         ``fast_rcnn/cls_accuracy`` etc.
+                               ``._log_classification_stats``           logged as FastRCNNOutputLayers
+``dense_box_regression_loss``  ``modeling.box_regression``              RetinaNet's box loss, unchanged
+                               ``._dense_box_regression_loss``          (LongTailRetinaNet.losses)
+``find_free_port``             ``engine.launch._find_free_port``        the gloo CPU launcher's port
+=============================  =======================================  ==============================
+
+**lvis-api.** ``lvis==0.5.3`` (the only release of lvis-api) calls ``np.float`` in
 ``LVISEval.accumulate``; the alias was removed in NumPy 1.24. Instead of patching
 site-packages or setting ``np.float`` globally (which would hide the same bug in
 other code), :func:`ensure_lvis_numpy_compat` gives the ``lvis.eval`` module its
@@ -11,8 +25,17 @@ from __future__ import annotations
 import types
 
 import numpy as np
+from detectron2.engine.launch import _find_free_port as find_free_port
+from detectron2.modeling.box_regression import _dense_box_regression_loss as dense_box_regression_loss
+from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats as log_classification_stats
 
-__all__ = ["ensure_lvis_numpy_compat", "NumpyCompatProxy"]
+__all__ = [
+    "ensure_lvis_numpy_compat",
+    "NumpyCompatProxy",
+    "log_classification_stats",
+    "dense_box_regression_loss",
+    "find_free_port",
+]
 
 # Aliases removed from NumPy (1.20 deprecation, 1.24 removal) and what they meant.
 _REMOVED_ALIASES = {

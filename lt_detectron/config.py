@@ -1,18 +1,17 @@
 """``add_lt_config(cfg)``: every config key lt_detectron adds, with the papers' defaults.
 
 Detectron2 main's key names are kept where they exist (``MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE``,
-``USE_FED_LOSS``, ...); our method keys live under ``MODEL.LT``.
+``USE_FED_LOSS``, ...); our method keys live under ``MODEL.LT``; our FCOS and CenterNet get ``MODEL.FCOS.*``
+and ``MODEL.CENTERNET.*`` (Detectron2 v0.6 has no yacs keys for either). This file owns every key.
 """
 from detectron2.config import CfgNode as CN
 
 
 def add_lt_config(cfg):
-    """Add lt_detectron's keys to a Detectron2 ``CfgNode`` in place (idempotent)."""
-    from .modeling.dense.config import add_dense_config
-
+    """Add lt_detectron's keys to a Detectron2 ``CfgNode`` in place (idempotent); returns ``cfg``."""
     if "LT" not in cfg.MODEL:
         _add_lt_keys(cfg)
-    add_dense_config(cfg)  # MODEL.FCOS.*, MODEL.CENTERNET.*
+    _add_dense_keys(cfg)  # MODEL.FCOS.*, MODEL.CENTERNET.*
     return cfg
 
 
@@ -26,7 +25,7 @@ def _add_lt_keys(cfg):
 
     # ---------------------------------------------------------------- our methods
     _C.MODEL.LT = CN()
-    # ROI classification loss: softmax | sigmoid | eqlv2 | ecm | bags | c2am
+    # ROI classification loss: a name of ROI_LOSS_REGISTRY (softmax | sigmoid | eqlv2 | ecm | bags | c2am | ...)
     _C.MODEL.LT.ROI_LOSS = "softmax"
     # Classifier layer: linear | cosine (ECM recipe: cosine, temperature 20, with bias)
     _C.MODEL.LT.CLASSIFIER = "linear"
@@ -34,7 +33,8 @@ def _add_lt_keys(cfg):
     # Prior probability for the classifier bias, b = -log((1-p)/p); 0 keeps Detectron2's init.
     # EQL v2 uses 0.001 (bias about -6.9); "auto" per-method defaults are applied when < 0.
     _C.MODEL.LT.PRIOR_PROB = -1.0
-    # Instance-count group edges of the class-statistics registry (BAGS bins, AP by group)
+    # Instance-count group edges of the evaluation (LVIS AP[lo,hi), COCO-LT AP1-AP4) and of the logged
+    # class-statistics table; BAGS' own groups are MODEL.LT.BAGS.BIN_EDGES
     _C.MODEL.LT.GROUP_EDGES = [10, 100, 1000]
 
     _C.MODEL.LT.EQLV2 = CN()
@@ -55,6 +55,17 @@ def _add_lt_keys(cfg):
     _C.MODEL.LT.C2AM.ALPHA = 0.5  # margin strength
     _C.MODEL.LT.C2AM.BACKGROUND_MARGIN = True  # [interp] background is a cosine class with margins
 
+    # EFL (MODEL.LT.DENSE_LOSS efl): gamma_j = gamma_b + s (1 - g_j), gamma_b = the detector's focal gamma
+    _C.MODEL.LT.EFL = CN()
+    _C.MODEL.LT.EFL.SCALE_FACTOR = 8.0  # s
+
+    # Seesaw (MODEL.LT.ROI_LOSS seesaw; C + 2 logits: classes, then [object, background])
+    _C.MODEL.LT.SEESAW = CN()
+    _C.MODEL.LT.SEESAW.P = 0.8  # mitigation factor (N_j / N_i)^p when N_j < N_i (0: off)
+    _C.MODEL.LT.SEESAW.Q = 2.0  # compensation factor (sigma_j / sigma_i)^q when sigma_j > sigma_i (0: off)
+    _C.MODEL.LT.SEESAW.EPS = 0.01  # lower bound of sigma_i in the compensation ratio
+    _C.MODEL.LT.SEESAW.LOSS_WEIGHT = 1.0  # weight of both terms (classes and objectness)
+
     # BOFL (dense heads natively; ROI heads with a sigmoid classifier as an extension)
     _C.MODEL.LT.BOFL = CN()
     _C.MODEL.LT.BOFL.ENABLED = False
@@ -65,13 +76,17 @@ def _add_lt_keys(cfg):
     _C.MODEL.LT.BOFL.TOTAL_EPOCHS = 0  # 0: derived from SOLVER.MAX_ITER and the dataset length
     _C.MODEL.LT.BOFL.PER_ITERATION = False  # ablation: update lambda every iteration
     _C.MODEL.LT.BOFL.LINEAR_SCHEDULE = True  # False: lambda = 1 from the start (ablation "WF" without LS)
+    # Iterations per epoch (the schedule's unit). 0: derived from DATASETS.TRAIN when the model is built
+    # (the training dicts are loaded); the trainer fills it from its single parse, so config.yaml records it
+    _C.MODEL.LT.BOFL.ITERS_PER_EPOCH = 0.0
 
     # Decoupled training (BAGS recipe): freeze all but the classification layer(s)
     _C.MODEL.LT.FREEZE_ALL_BUT_CLS = False
     _C.MODEL.LT.REINIT_CLS = False  # drop cls_score weights from MODEL.WEIGHTS (shape changes)
 
     # ---------------------------------------------------------------- dense heads
-    # Classification loss of the dense heads: focal | bofl | eqlv2 | ecm
+    # Classification loss of RetinaNet / FCOS / CenterNet: a name of DENSE_LOSS_REGISTRY
+    # (focal | bofl | eqlv2 | ecm | ...); the method keys are the MODEL.LT.<METHOD> nodes above
     _C.MODEL.LT.DENSE_LOSS = "focal"
 
     # ---------------------------------------------------------------- tiny backbone (demo)
@@ -83,5 +98,57 @@ def _add_lt_keys(cfg):
     _C.TEST.LT = CN()
     _C.TEST.LT.BACKEND = "auto"  # LVIS matching backend: auto | lvis (lvis-api reference)
     _C.TEST.LT.MAX_DETS = 300
+    # ---- evaluation protocol (lt_detectron/evaluation; README "Evaluation") --------------------
+    # "standard": the LVIS protocol, TEST.LT.MAX_DETS detections per image.
+    # "fixed": Fixed AP (Dave et al. 2021): no per-image cap; the TEST.LT.TOPK_PER_CLASS highest-scoring
+    # detections of each class over the whole dataset are evaluated; the ROI box predictor keeps enough
+    # detections per class at inference (lt_detectron/modeling/topk_inference.py).
+    _C.TEST.LT.AP_PROTOCOL = "standard"
+    _C.TEST.LT.TOPK_PER_CLASS = 10000  # "fixed": detections kept per class over the dataset
+    _C.TEST.LT.POOLED_AP = False  # also report pooled AP (APpool, APpool-r/c/f; LVIS datasets)
+    _C.TEST.LT.BOUNDARY_AP = False  # masks: also report Boundary AP (task "boundary"; needs faster-coco-eval)
+    _C.TEST.LT.BOUNDARY_DILATION = 0.02  # Boundary IoU dilation, as a fraction of the image diagonal
+    _C.TEST.LT.SAVE_RESULTS = True  # write {lvis,coco}_instances_results.json into the evaluator's output folder
+    # ---------------------------------------------------------------------------------------------
     _C.LT_HOOKS = CN()
     _C.LT_HOOKS.PLOT_PERIOD = 0  # > 0: write method plots (weight norms, EQL v2 ratios) every N iters
+
+
+def _add_dense_keys(cfg):
+    """``MODEL.FCOS.*`` and ``MODEL.CENTERNET.*`` (v0.6's FCOS is LazyConfig-only, CenterNet absent), with the papers'
+    defaults; RetinaNet keeps Detectron2's ``MODEL.RETINANET.*``. Each node is added once."""
+    _C = cfg
+    if "FCOS" not in _C.MODEL:
+        _C.MODEL.FCOS = CN()
+        _C.MODEL.FCOS.NUM_CLASSES = 80
+        _C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+        _C.MODEL.FCOS.NUM_CONVS = 4  # convs in each tower (cls / box)
+        _C.MODEL.FCOS.HEAD_NORM = "GN"  # norm of the tower convs: GN | BN | "" (none)
+        _C.MODEL.FCOS.PRIOR_PROB = 0.01  # classifier bias b = -log((1 - p) / p)
+        _C.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+        _C.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+        # level i takes locations whose max(l, t, r, b) is in [S_{i-1}, S_i]; S_{-1}=0, S_L=inf
+        _C.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]
+        _C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5  # in strides; 0 disables center sampling
+        _C.MODEL.FCOS.BOX_LOSS = "giou"  # giou | iou (-log IoU)
+        _C.MODEL.FCOS.NORM_REG_TARGETS = True  # predict ltrb / stride (relu), as FCOS' improvements
+        _C.MODEL.FCOS.CENTERNESS_ON_REG = True  # centerness branch on the box tower
+        _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.05  # on the classification probability
+        _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000  # per level, before NMS
+        _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
+    if "CENTERNET" not in _C.MODEL:
+        _C.MODEL.CENTERNET = CN()
+        _C.MODEL.CENTERNET.NUM_CLASSES = 80
+        _C.MODEL.CENTERNET.IN_FEATURE = "p2"  # the single output level (stride 4 in the paper)
+        _C.MODEL.CENTERNET.HEAD_CONV = 64  # channels of the 3x3 conv of each head branch
+        _C.MODEL.CENTERNET.PRIOR_PROB = 0.1  # heat-map bias -2.19, as CenterNet
+        _C.MODEL.CENTERNET.MIN_OVERLAP = 0.7  # gaussian_radius' IoU
+        _C.MODEL.CENTERNET.HM_ALPHA = 2.0  # penalty-reduced focal loss exponents
+        _C.MODEL.CENTERNET.HM_BETA = 4.0
+        _C.MODEL.CENTERNET.HM_WEIGHT = 1.0
+        _C.MODEL.CENTERNET.WH_WEIGHT = 0.1
+        _C.MODEL.CENTERNET.OFF_WEIGHT = 1.0
+        _C.MODEL.CENTERNET.NMS_KERNEL = 3  # max-pool peak extraction
+        _C.MODEL.CENTERNET.TOPK_TEST = 100  # peaks kept per image (capped by TEST.DETECTIONS_PER_IMAGE)
+        _C.MODEL.CENTERNET.SCORE_THRESH_TEST = 0.0
+    return cfg

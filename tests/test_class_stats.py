@@ -14,6 +14,9 @@ from lt_detectron.class_stats import (
     clear_class_stats_cache,
     count_from_dicts,
     get_class_stats,
+    group_label,
+    instance_bin_index,
+    instance_bins,
     lvis_frequency,
 )
 from lt_detectron.data import register_lt_dataset
@@ -98,6 +101,50 @@ def test_group_edges_and_empty_group_dropping():
     assert [ids.tolist() for _, _, ids in s.instance_groups(edges=(6, 100))] == [[0, 1], [2, 3, 4], [5, 6]]
     with pytest.raises(ValueError, match="strictly increasing"):
         s.instance_groups(edges=(100, 10))
+
+
+def _naive_bins(counts, edges, lo0):
+    """Independent reference: bin b holds the classes with bounds[b] <= n < bounds[b + 1]."""
+    bounds = [lo0] + list(edges) + [float("inf")]
+    return [[i for i, n in enumerate(counts) if lo <= n < hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+@pytest.mark.parametrize("edges", [(10, 100, 1000), (6, 100), (1.5,), ()])
+def test_one_binning_rule_equals_naive_bins(edges):
+    rng = np.random.default_rng(1)
+    counts = np.concatenate([[0, 1, 5, 6, 9, 10, 99, 100, 999, 1000, 5000, -1], rng.integers(0, 3000, 200)])
+    for lo0 in (0, 1):
+        got = instance_bins(counts, edges, min_count=lo0)
+        assert [ids.tolist() for _, _, ids in got] == _naive_bins(counts, edges, lo0)  # -1 (unknown) in no bin
+        assert [lo for lo, _, _ in got] == [float(lo0)] + [float(e) for e in edges]
+    idx = instance_bin_index(counts[counts >= 0], edges)
+    ref = [sum(e <= n for e in edges) for n in counts[counts >= 0]]
+    assert idx.tolist() == ref
+    assert group_label(0, 10) == "[0,10)" and group_label(1000.0, float("inf")) == "[1000,inf)"
+
+
+def test_binning_rejects_bad_edges_naming_them():
+    for bad in ((100, 10), (0, 10), (10, 10), (float("nan"),), ("x",)):
+        with pytest.raises(ValueError, match="bin_edges"):
+            instance_bin_index([1, 2], bad, name="bin_edges")
+    with pytest.raises(ValueError, match="min_count"):
+        instance_bins([1, 2], (10,), min_count=10)
+
+
+def test_lvis_frequency_of_a_scalar():
+    assert [str(lvis_frequency(n)) for n in (0, 10, 11, 100, 101)] == ["r", "r", "c", "c", "f"]
+
+
+def test_get_class_stats_checks_group_edges_and_logs_their_groups(caplog):
+    import logging
+
+    clear_class_stats_cache()
+    with pytest.raises(ValueError, match=r"MODEL.LT.GROUP_EDGES"):
+        get_class_stats("lvis_v1_train", group_edges=[100, 10])
+    with caplog.at_level(logging.INFO, logger="lt_detectron.class_stats"):
+        get_class_stats("lvis_v1_train", group_edges=[50])
+    assert "[0,50): " in caplog.text and "[50,inf): " in caplog.text
+    clear_class_stats_cache()
 
 
 def test_stats_are_immutable():

@@ -16,10 +16,8 @@ from hypothesis import given, settings, strategies as st
 
 import lt_detectron.modeling.backbone  # noqa: F401  (registers build_tiny_fpn_backbone)
 from lt_detectron.config import add_lt_config
-from lt_detectron.engine import progress
-from lt_detectron.modeling.dense import add_dense_config
+from lt_detectron.losses import DENSE_LOSS_REGISTRY, DenseBatch, DenseLoss, build_dense_loss
 from lt_detectron.modeling.dense.centernet import CenterNet
-from lt_detectron.modeling.dense.cls_loss import DenseClassificationLoss
 from lt_detectron.modeling.dense.fcos import FCOS
 from lt_detectron.modeling.dense.retinanet import LongTailRetinaNet
 
@@ -41,12 +39,12 @@ def _register():
 
 
 def tiny_cfg(arch="FCOS", loss="focal"):
-    """A CPU-sized config: tiny FPN (p2..p6, 32 channels), 5 classes, BOFL over 4 epochs (1 deferred)."""
+    """A CPU-sized config: tiny FPN (p2..p6, 32 channels), 5 classes, BOFL over 4 epochs (1 deferred) of
+    10 iterations."""
     _register()
     cfg = get_cfg()
     add_lt_config(cfg)
-    add_dense_config(cfg)
-    add_dense_config(cfg)  # idempotent
+    add_lt_config(cfg)  # idempotent
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.META_ARCHITECTURE = arch
     cfg.MODEL.BACKBONE.NAME = "build_tiny_fpn_backbone"
@@ -59,6 +57,7 @@ def tiny_cfg(arch="FCOS", loss="focal"):
     cfg.MODEL.LT.BOFL.DEFERRED_EPOCHS = 1
     cfg.MODEL.LT.BOFL.ETA = 0.8
     cfg.MODEL.LT.BOFL.BATCH_COUNTS = "image" if arch == "CenterNet" else "batch"
+    cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH = 10.0
     cfg.MODEL.RETINANET.NUM_CLASSES = C
     cfg.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5"]
     cfg.MODEL.RETINANET.NUM_CONVS = 1
@@ -123,7 +122,6 @@ def test_dense_configs_exist():
 def test_dense_config_loads(path):
     cfg = get_cfg()
     add_lt_config(cfg)
-    add_dense_config(cfg)
     cfg.merge_from_file(path)
     arch = cfg.MODEL.META_ARCHITECTURE
     assert arch in META_ARCH_REGISTRY
@@ -169,7 +167,7 @@ def _check_finite_step(model, inputs):
 def test_dense_model_trains_and_infers(arch, loss):
     model = _build(arch, loss)
     assert isinstance(model, {"LongTailRetinaNet": LongTailRetinaNet, "FCOS": FCOS, "CenterNet": CenterNet}[arch])
-    assert isinstance(model.cls_loss, DenseClassificationLoss) and model.cls_loss.name == loss
+    assert isinstance(model.cls_loss, DenseLoss) and type(model.cls_loss) is DENSE_LOSS_REGISTRY.get(loss)
     with_boxes = _check_finite_step(model, make_inputs(with_boxes=True))
     assert with_boxes[{"LongTailRetinaNet": "loss_cls", "FCOS": "loss_fcos_cls", "CenterNet": "loss_hm"}[arch]] > 0
     _check_finite_step(model, make_inputs(with_boxes=False))
@@ -201,17 +199,19 @@ def test_centernet_outputs_detections_at_stride():
 
 
 # ------------------------------------------------------------------ BOFL: lambda = 0 equals focal
-def _swap_loss(model, cfg_arch, loss):
-    from lt_detectron.modeling.dense.cls_loss import build_dense_cls_loss
+def _stats():
+    from lt_detectron import get_class_stats
 
-    cfg = tiny_cfg(cfg_arch, loss)
-    key = {"LongTailRetinaNet": "RETINANET", "FCOS": "FCOS", "CenterNet": "CENTERNET"}[cfg_arch]
-    model.cls_loss = build_dense_cls_loss(cfg, C, "MODEL.%s.NUM_CLASSES" % key)
+    return get_class_stats((DATASET,))
+
+
+def _swap_loss(model, cfg_arch, loss):
+    model.cls_loss = build_dense_loss(tiny_cfg(cfg_arch, loss), C, _stats())
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_bofl_lambda0_equals_focal_exactly(arch, monkeypatch):
-    monkeypatch.setitem(progress._STATE, "iters_per_epoch", 10.0)  # 1 deferred epoch = iterations 0..19
+def test_bofl_lambda0_equals_focal_exactly(arch):
+    # 10 iterations per epoch (tiny_cfg): 1 deferred epoch = iterations 0..19
     model = _build(arch, "focal")
     inputs = make_inputs()
 
@@ -234,8 +234,7 @@ def test_bofl_lambda0_equals_focal_exactly(arch, monkeypatch):
     assert not torch.equal(base[cls_key], later[cls_key])
 
 
-def test_bofl_weights_change_only_at_epoch_boundaries(monkeypatch):
-    monkeypatch.setitem(progress._STATE, "iters_per_epoch", 10.0)
+def test_bofl_weights_change_only_at_epoch_boundaries():
     model = _build("FCOS", "bofl")
     loss = model.cls_loss
     gt = [torch.tensor([0, 1, 1]), torch.tensor([3])]
@@ -243,7 +242,7 @@ def test_bofl_weights_change_only_at_epoch_boundaries(monkeypatch):
     expected = {0: 0.0, 9: 0.0, 19: 0.0, 20: 1 / 3, 29: 1 / 3, 30: 2 / 3, 39: 2 / 3, 40: 1.0, 500: 1.0}
     for it, lam in expected.items():
         assert loss.current_lambda(it) == pytest.approx(lam), it
-    w = {it: loss.bofl_weights(gt, it)[0] for it in (19, 20, 25, 29, 30)}
+    w = {it: loss.class_weights(gt, it)[0] for it in (19, 20, 25, 29, 30)}
     assert torch.equal(w[20], w[25]) and torch.equal(w[20], w[29])
     assert not torch.equal(w[19], w[20]) and not torch.equal(w[29], w[30])
     # independent value at lambda = 1/3: (1 + kappa lam (alpha - 1)) * (1 + lam (eta - 1)) ** n (batch counts)
@@ -256,38 +255,34 @@ def test_bofl_weights_change_only_at_epoch_boundaries(monkeypatch):
     # the per-iteration ablation changes within an epoch
     cfg = tiny_cfg("FCOS", "bofl")
     cfg.MODEL.LT.BOFL.PER_ITERATION = True
-    from lt_detectron.modeling.dense.cls_loss import build_dense_cls_loss
-
-    per_it = build_dense_cls_loss(cfg, C, "MODEL.FCOS.NUM_CLASSES")
+    per_it = build_dense_loss(cfg, C, _stats())
     assert per_it.current_lambda(25) == pytest.approx((2.5 - 1) / 3)
     assert per_it.current_lambda(21) != per_it.current_lambda(22)
 
 
-def test_centernet_bofl_weights_are_per_image(monkeypatch):
-    monkeypatch.setitem(progress._STATE, "iters_per_epoch", 1.0)
+def test_centernet_bofl_weights_are_per_image():
     model = _build("CenterNet", "bofl")
-    w, lam = model.cls_loss.bofl_weights([torch.tensor([0, 0]), torch.tensor([], dtype=torch.long)], 100)
+    w, lam = model.cls_loss.class_weights([torch.tensor([0, 0]), torch.tensor([], dtype=torch.long)], 100)
     assert lam == 1.0 and w.shape == (2, C)
     assert torch.allclose(w[0, 0] / w[1, 0], torch.tensor(0.8 ** 2))  # eta^{n_{i,k}} with k = one image
     assert torch.allclose(w[0, 1:], w[1, 1:])
 
 
 # ------------------------------------------------------------------ resume
-def test_resume_restores_eqlv2_buffers_and_bofl_lambda(monkeypatch):
-    monkeypatch.setitem(progress._STATE, "iters_per_epoch", 10.0)
+def test_resume_restores_eqlv2_buffers_and_bofl_lambda():
     model = _build("FCOS", "eqlv2")
     for it in range(2):
         losses, _ = _train_losses(model, make_inputs(seed=it), it)
         sum(losses.values()).backward()
     sd = model.state_dict()
     for b in ("pos_grad", "neg_grad", "pos_neg"):
-        assert "cls_loss.loss.%s" % b in sd
-    assert sd["cls_loss.loss.pos_grad"].abs().sum() > 0
+        assert "cls_loss.%s" % b in sd
+    assert sd["cls_loss.pos_grad"].abs().sum() > 0
     fresh = _build("FCOS", "eqlv2", seed=1)
-    assert not torch.equal(fresh.state_dict()["cls_loss.loss.pos_neg"], sd["cls_loss.loss.pos_neg"])
+    assert not torch.equal(fresh.state_dict()["cls_loss.pos_neg"], sd["cls_loss.pos_neg"])
     fresh.load_state_dict(sd)
     for b in ("pos_grad", "neg_grad", "pos_neg"):
-        assert torch.equal(getattr(fresh.cls_loss.loss, b), getattr(model.cls_loss.loss, b))
+        assert torch.equal(getattr(fresh.cls_loss, b), getattr(model.cls_loss, b))
     a, _ = _train_losses(model, make_inputs(seed=7), 2)
     b, _ = _train_losses(fresh, make_inputs(seed=7), 2)
     for k in a:
@@ -333,8 +328,10 @@ def test_property_fcos_losses_finite(loss, scale, n_pos, seed, zero_class):
     labels.view(-1)[idx] = 4 if zero_class else torch.randint(0, C, (n_pos,), generator=g)
     reg_t = torch.rand(N, L, 4, generator=g) * 30 + 0.5
     gt = [labels[i][labels[i] < C] for i in range(N)]
+    anchors = [Boxes(torch.zeros(L, 4))]  # points at the origin: the matched boxes are at the ltrb reg_t
+    matched = [Boxes(torch.cat([-reg_t[i, :, :2], reg_t[i, :, 2:]], dim=1)) for i in range(N)]
     with EventStorage(0):
-        out = model.losses(logits, regs, ctrs, labels, reg_t, gt)
+        out = model.losses(anchors, [logits], list(labels), [regs], matched, [ctrs], gt)
     total = sum(out.values())
     assert torch.isfinite(total)
     total.backward()
@@ -368,7 +365,7 @@ def test_property_centernet_heatmap_loss_finite(loss, scale, n_boxes, seed):
     heat = centernet_targets(insts, C, (16, 16), 4)[0]
     logits = ((torch.rand(2, C, 16, 16, generator=g) * 2 - 1) * scale).requires_grad_()
     with EventStorage(0):
-        val = model.cls_loss.heatmap(logits, heat, [i.gt_classes for i in insts])
+        val = model.cls_loss.heatmap(logits, heat, DenseBatch(gt_classes_per_image=[i.gt_classes for i in insts]))
     assert torch.isfinite(val)
     val.backward()
     assert torch.isfinite(logits.grad).all()

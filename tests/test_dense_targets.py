@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from lt_detectron.modeling.dense.centernet import centernet_decode, centernet_targets, gaussian_radius
-from lt_detectron.modeling.dense.fcos import FCOS, fcos_centerness
+from lt_detectron.modeling.dense.fcos import FCOS
 from tests.test_dense_models import tiny_cfg
 
 
@@ -29,10 +29,16 @@ def _fcos(in_features=("p3", "p4", "p5"), sizes=(16, 32), radius=1.5):
     return model
 
 
+def _anchors(model, hw=(64, 64)):
+    return model.anchor_generator([torch.zeros(1, 1, hw[0] // s, hw[1] // s) for s in model.strides])
+
+
 def _targets(model, boxes, classes, hw=(64, 64)):
-    locs = [FCOS.compute_locations(hw[0] // s, hw[1] // s, s) for s in model.strides]
-    labels, reg = model.compute_targets(locs, [_inst(boxes, classes, hw)])
-    return locs, labels[0], reg[0]
+    """Points per level, (R,) labels and (R, 4) ltrb targets of one image (FCOS.label_anchors)."""
+    anchors = _anchors(model, hw)
+    labels, matched = model.label_anchors(anchors, [_inst(boxes, classes, hw)])
+    reg = model.box2box_transform.get_deltas(Boxes.cat(anchors).tensor, matched[0].tensor)
+    return [a.get_centers() for a in anchors], labels[0], reg
 
 
 def _brute_force(locs, strides, ranges, boxes, classes, radius, C):
@@ -59,8 +65,12 @@ def _brute_force(locs, strides, ranges, boxes, classes, radius, C):
 
 
 def test_fcos_locations():
-    pts = FCOS.compute_locations(2, 3, 8)
-    assert pts.tolist() == [[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12]]
+    model = _fcos()
+    anchors = model.anchor_generator([torch.zeros(1, 1, h, w) for h, w in ((2, 3), (1, 2), (1, 1))])
+    assert anchors[0].get_centers().tolist() == [[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12]]
+    assert anchors[1].get_centers().tolist() == [[8, 8], [24, 8]]
+    assert anchors[0].tensor[0].tolist() == [0, 0, 8, 8]  # stride-sized: width = the stride
+    assert anchors[2].tensor[0].tolist() == [0, 0, 32, 32]
 
 
 def test_fcos_size_range_assignment_per_level():
@@ -117,17 +127,34 @@ def test_fcos_ambiguous_location_takes_smallest_box():
 
 
 def test_fcos_centerness_values():
-    reg = torch.tensor([[12.0, 12.0, 20.0, 20.0], [5.0, 1.0, 5.0, 3.0], [2.0, 8.0, 6.0, 8.0]])
-    expect = [math.sqrt((min(l, r) / max(l, r)) * (min(t, b) / max(t, b))) for l, t, r, b in reg.tolist()]
-    assert expect[0] == pytest.approx(0.6)
-    assert fcos_centerness(reg).tolist() == pytest.approx(expect)
-    assert fcos_centerness(torch.tensor([[4.0, 4.0, 4.0, 4.0]])).item() == pytest.approx(1.0)
+    """FCOS.compute_ctrness_targets (detectron2's) of boxes at ltrb distances from points (x, y)."""
+    model = _fcos()
+    reg = [[12.0, 12.0, 20.0, 20.0], [5.0, 1.0, 5.0, 3.0], [2.0, 8.0, 6.0, 8.0], [4.0, 4.0, 4.0, 4.0]]
+    pts = [[20.0, 28.0], [4.0, 4.0], [100.0, 12.0], [36.0, 36.0]]
+    anchors = [Boxes(torch.tensor([[x - 4, y - 4, x + 4, y + 4] for x, y in pts]))]
+    gt = [Boxes(torch.tensor([[x - l, y - t, x + r, y + b] for (x, y), (l, t, r, b) in zip(pts, reg)]))]
+    expect = [math.sqrt((min(l, r) / max(l, r)) * (min(t, b) / max(t, b))) for l, t, r, b in reg]
+    assert expect[0] == pytest.approx(0.6) and expect[3] == 1.0
+    assert model.compute_ctrness_targets(anchors, gt)[0].tolist() == pytest.approx(expect)
+
+
+def test_fcos_bad_box_loss_names_the_key():
+    cfg = tiny_cfg("FCOS", "focal")
+    cfg.MODEL.FCOS.BOX_LOSS = "l1"
+    with pytest.raises(ValueError, match="MODEL.FCOS.BOX_LOSS must be giou or iou"):
+        build_model(cfg)
 
 
 def test_fcos_no_boxes_is_all_background():
     model = _fcos()
-    _, labels, _ = _targets(model, [], [])
-    assert (labels == 5).all()
+    _, labels, reg = _targets(model, [], [])
+    assert (labels == 5).all() and reg.shape == (64 + 16 + 4, 4)
+    # mixed batch: the image with boxes is labelled as alone
+    anchors = _anchors(model)
+    one = [_inst([[3, 5, 41, 37]], [2])]
+    labels, _ = model.label_anchors(anchors, [_inst([], []), one[0], _inst([], [])])
+    assert torch.equal(labels[1], model.label_anchors(anchors, one)[0][0])
+    assert (labels[0] == 5).all() and (labels[2] == 5).all() and (labels[1] == 2).any()
 
 
 # ------------------------------------------------------------------ CenterNet

@@ -179,7 +179,7 @@ def test_deterministic(small, tmp_path):
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = embedded._render_image
+    real = embedded.render._render_image
 
     def flaky(*args, **kw):
         calls["n"] += 1
@@ -187,8 +187,8 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real(*args, **kw)
 
-    monkeypatch.setattr(embedded, "_render_image", flaky)
-    monkeypatch.setattr(embedded, "DEFAULTS", {**embedded.DEFAULTS, **SMALL})
+    monkeypatch.setattr(embedded.render, "_render_image", flaky)
+    monkeypatch.setattr(embedded.plan, "DEFAULTS", {**embedded.DEFAULTS, **SMALL})
     monkeypatch.setenv("LT_DETECTRON_CACHE", str(tmp_path / "cache"))
     final = embedded.default_cache_root(3)
     assert final.name == f"lt_shapes_{embedded.VERSION}_seed3"
@@ -197,7 +197,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     assert not final.exists()
     assert list((tmp_path / "cache").iterdir()) == []  # temp folder removed too
     # next call regenerates
-    monkeypatch.setattr(embedded, "_render_image", real)
+    monkeypatch.setattr(embedded.render, "_render_image", real)
     root = get_lt_shapes(seed=3)
     assert root == str(final) and os.path.isfile(lt_shapes_paths(root)["train_json"])
     mtime = os.path.getmtime(lt_shapes_paths(root)["train_json"])

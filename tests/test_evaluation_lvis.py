@@ -12,7 +12,7 @@ import pytest
 
 from lt_detectron.compat import ensure_lvis_numpy_compat
 from lt_detectron.evaluation import LTLVISEvaluator
-from lt_detectron.evaluation.synthetic import (
+from lt_detectron.utils.testing import (
     detections_to_instances,
     detections_to_results,
     make_detections,
@@ -154,7 +154,9 @@ def test_parity_with_lvis_api_through_instances(tmp_path, registered, tasks):
     results = detections_to_results(dets, with_masks)
     assert len(results) == 340 * len(dets)
     for task in tasks:
-        res = results if task == "segm" else [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+        # mask results without their box, as Detectron2's LVISEvaluator passes them (mask area and box)
+        drop = "bbox" if task == "segm" else "segmentation"
+        res = [{k: v for k, v in r.items() if k != drop} for r in results]
         ref = _lvis_api(gt_path, res, task)
         assert min(ref[k] for k in ("APr", "APc", "APf")) > 0  # all bands present
         _assert_parity(out[task], ref)
@@ -206,6 +208,43 @@ def test_groups_fall_back_to_gt_json_counts(tmp_path, registered):
     out = _run_evaluator(name, gt, dets, ("bbox",), None, id_map, class_stats=None)
     keys = [k for k in out["bbox"] if k.startswith("AP[")]
     assert keys and keys[-1] == "AP[1000,inf)"
+
+
+def _feed(ev, dets, id_map):
+    ev.reset()
+    for k, d in dets.items():
+        ev.process([{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map)}])
+    return ev.evaluate()
+
+
+def test_group_edges_from_the_config(tmp_path, registered):
+    """MODEL.LT.GROUP_EDGES reaches both evaluators through LTTrainer.build_evaluator; group APs
+    against lvis-api / pycocotools restricted to each group's categories."""
+    from detectron2.config import get_cfg
+
+    from lt_detectron import add_lt_config
+    from lt_detectron.engine import LTTrainer
+
+    gt, dets = _make(num_images=10)
+    cfg = get_cfg()
+    add_lt_config(cfg)
+    cfg.DATASETS.TRAIN = ()  # no training data: counts from the GT json's categories
+    cfg.MODEL.LT.GROUP_EDGES = [100, 2000]
+    counts = {c["id"]: c["instance_count"] for c in gt["categories"]}
+    groups = {"[0,100)": (0, 100), "[100,2000)": (100, 2000), "[2000,inf)": (2000, float("inf"))}
+    results = [{k: v for k, v in r.items() if k != "segmentation"} for r in detections_to_results(dets)]
+    name, gt_path, id_map = registered(gt)
+    out = _feed(LTTrainer.build_evaluator(cfg, name, str(tmp_path / "lvis")), dets, id_map)["bbox"]
+    assert [k for k in out if k.startswith("AP[")] == ["AP" + g for g in groups]
+    for g, (lo, hi) in groups.items():
+        ref = _lvis_api(gt_path, results, "bbox", cat_ids=[c for c, n in counts.items() if lo <= n < hi])["AP"]
+        assert abs(out["AP" + g] / 100 - ref) <= 1e-4, g
+    coco_name, _, _ = registered(gt, evaluator_type="coco_lt")
+    out = _feed(LTTrainer.build_evaluator(cfg, coco_name, str(tmp_path / "coco")), dets, id_map)["bbox"]
+    assert [k for k in out if k in ("AP1", "AP2", "AP3", "AP4")] == ["AP1", "AP2", "AP3"]
+    cfg.MODEL.LT.GROUP_EDGES = [100, 10]
+    with pytest.raises(ValueError, match=r"MODEL.LT.GROUP_EDGES.*strictly increasing"):
+        LTTrainer.build_evaluator(cfg, name, str(tmp_path / "lvis"))
 
 
 def test_no_predictions(tmp_path, registered):
@@ -297,5 +336,7 @@ def test_distributed_two_processes_equals_single(tmp_path, registered):
         for k, v in single["bbox"].items():
             w = dist_res[variant]["bbox"][k]
             assert (np.isnan(v) and (w is None or np.isnan(w))) or abs(v - w) <= 1e-9, (variant, k)
-    files = sorted(os.listdir(tmp_path / "dist_out" / "lt_predictions"))
-    assert len(files) == 2 and all("rank" in f for f in files)
+    # the per-rank transfer files are removed; the standard results file stays
+    assert not (tmp_path / "dist_out" / "lt_predictions").exists()
+    with open(tmp_path / "dist_out" / "lvis_instances_results.json") as f:
+        assert len(json.load(f)) == sum(min(300, len(d["scores"])) for d in dets.values())

@@ -51,8 +51,30 @@ def test_registered_and_built_from_config():
 
     counts = get_class_stats(cfg.DATASETS.TRAIN).instance_counts
     assert model.cls_loss.instance_counts.tolist() == counts.tolist()  # counts from the registry
-    with pytest.raises(ValueError, match="predictor"):
-        build_model(example.example_cfg("bags", "loss"))
+    with pytest.raises(KeyError, match="unknown MODEL.LT.ROI_LOSS 'nope'; registered: bags, c2am"):
+        build_model(example.example_cfg("nope", "loss"))
+
+
+@pytest.mark.parametrize("head", ["loss", "predictor"])
+def test_method_keys_reach_the_example_loss(head):
+    """The example builds its loss with build_roi_loss, as the heads do: MODEL.LT.<METHOD>.* reach it
+    (its former copy of the translation dropped MODEL.LT.BAGS.* and MODEL.LT.C2AM.*)."""
+    cfg = example.example_cfg("bags", head)
+    cfg.MODEL.LT.BAGS.BETA = 3.5
+    cfg.MODEL.LT.BAGS.BIN_EDGES = [5, 50]
+    model = build_model(cfg)
+    loss = model.cls_loss if head == "loss" else model.predictor.cls_loss
+    assert loss.beta == 3.5 and loss.layout.bin_edges == (5.0, 50.0)
+    classifier = model.cls_score if head == "loss" else model.predictor.cls_score
+    assert classifier.out_features == loss.layout.num_logits  # the layer the loss asked for
+    cfg = example.example_cfg("c2am", head)
+    cfg.MODEL.LT.C2AM.SCALE = 17.0
+    cfg.MODEL.LT.C2AM.ALPHA = 0.25
+    model = build_model(cfg)
+    loss = model.cls_loss if head == "loss" else model.predictor.cls_loss
+    assert (loss.scale, loss.alpha) == (17.0, 0.25)
+    z = torch.randn(3, loss.num_classes + 1)
+    torch.testing.assert_close(loss.predict_probs(z), torch.softmax(17.0 * z, dim=1))
 
 
 def test_eqlv2_loss_head_trains(batch):
@@ -76,10 +98,10 @@ def test_eqlv2_loss_head_trains(batch):
     assert inst.pred_classes.max() < model.num_classes and torch.isfinite(inst.scores).all()
 
 
-@pytest.mark.parametrize("loss", ["eqlv2", "bags"])
-def test_predictor_head_trains(batch, loss):
+@pytest.mark.parametrize("loss,head", [("eqlv2", "predictor"), ("bags", "predictor"), ("c2am", "loss")])
+def test_other_heads_train(batch, loss, head):
     torch.manual_seed(0)
-    model = build_model(example.example_cfg(loss, "predictor"))
+    model = build_model(example.example_cfg(loss, head))
     losses = _train(model, batch, iters=3)
     assert all(math.isfinite(v) for v in losses)
     if loss == "eqlv2":

@@ -1,4 +1,4 @@
-"""The real-format fixtures (lt_detectron/utils/testing.py) parse with the reference APIs and
+"""The real-format fixtures (lt_detectron/utils/testing/real_formats.py) parse with the reference APIs and
 carry the real category tables."""
 import csv
 import filecmp

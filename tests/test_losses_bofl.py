@@ -1,4 +1,4 @@
-"""BOFL (METHODS.md section 1): dataset weights, schedule, class weights, focal wrapper."""
+"""BOFL (docs/methods.md#bofl): dataset weights, schedule, class weights, focal wrapper."""
 import pytest
 import torch
 

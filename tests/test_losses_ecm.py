@@ -1,4 +1,4 @@
-"""ECM loss (METHODS.md section 4): margins/weights, loss vs the probability-form reference, measured r."""
+"""ECM loss (docs/methods.md#ecm): margins/weights, loss vs the probability-form reference, measured r."""
 import io
 
 import pytest

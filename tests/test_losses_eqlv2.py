@@ -1,4 +1,4 @@
-"""EQL v2 (ROI and dense) against a naive transcription of the authors' eqlv2.py (METHODS.md section 3)."""
+"""EQL v2 (ROI and dense) against a naive transcription of the authors' eqlv2.py (docs/methods.md#eql-v2)."""
 import io
 import math
 import os

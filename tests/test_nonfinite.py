@@ -173,8 +173,7 @@ def test_dense_eqlv2_focal_nan_batch():
 
 
 def test_heatmap_eqlv2_nan_batch():
-    """CenterNet's heat-map form (DenseClassificationLoss.heatmap) updates through the same guarded path."""
-    from lt_detectron.modeling.dense.cls_loss import DenseClassificationLoss
+    """CenterNet's heat-map form (EQLv2FocalLoss.heatmap) updates through the same guarded path."""
 
     C = 3
     g = torch.Generator().manual_seed(7)
@@ -184,15 +183,15 @@ def test_heatmap_eqlv2_nan_batch():
     good = torch.randn(2, C, 6, 6, generator=g) - 2
     bad = good.clone()
     bad[1, 2, 0, 0] = float("nan")
-    m = DenseClassificationLoss("eqlv2", C).train()
-    ref = DenseClassificationLoss("eqlv2", C).train()
+    m = EQLv2FocalLoss(C).train()
+    ref = EQLv2FocalLoss(C).train()
     with _Records("lt_detectron.losses.eqlv2") as rec:
         m.heatmap(bad, heat)
     m.heatmap(good, heat)
     ref.heatmap(good, heat)
     for k in EQL_KEYS:
-        assert torch.equal(getattr(m.loss, k), getattr(ref.loss, k)), k
-    assert torch.isfinite(m.loss.pos_neg).all() and m.loss.pos_grad.sum() > 0
+        assert torch.equal(getattr(m, k), getattr(ref, k)), k
+    assert torch.isfinite(m.pos_neg).all() and m.pos_grad.sum() > 0
     assert len(rec.records) == 1
 
 

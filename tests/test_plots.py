@@ -11,10 +11,12 @@ import torch
 import torch.nn as nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.utils.events import EventStorage
+from PIL import Image
 
 import lt_detectron  # noqa: F401
-from lt_detectron.engine import plots
-from lt_detectron.engine.hooks import LTPlotHook, build_lt_hooks, plot_sources
+from lt_detectron.engine import plots, result_plots
+from lt_detectron.engine.hooks import LTPlotHook, build_lt_hooks, insert_before_writers, plot_sources
 from lt_detectron.losses import EQLv2Loss
 from lt_detectron.modeling import LongTailFastRCNNOutputLayers
 
@@ -87,6 +89,47 @@ def test_eqlv2_ratios_from_a_real_loss(tmp_path):
     np.testing.assert_allclose(d["r"], neg_w[:C].numpy()[order], rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(d["q"], pos_w[:C].numpy()[order], rtol=1e-4)
     _is_png(plots.plot_eqlv2_ratios(loss.pos_grad, loss.neg_grad, COUNTS, str(tmp_path / "eq.png")))
+    # what the loss says it plots: its own g (pos_neg) and the q/r it uses next step
+    pd = loss.plot_data()
+    assert pd["name"] == "eqlv2_ratios" and "EQL v2" in pd["title"]
+    np.testing.assert_allclose(pd["ratio"].numpy(), ratio, rtol=1e-5)
+    (q_label, q_vals), (r_label, r_vals) = pd["factors"].items()
+    assert q_label.startswith("q_j") and r_label.startswith("r_j")
+    np.testing.assert_allclose(q_vals.numpy(), q, rtol=1e-4)
+    np.testing.assert_allclose(r_vals.numpy(), r, rtol=1e-4, atol=1e-7)
+    d = plots.class_statistics_data(pd, COUNTS)
+    np.testing.assert_array_equal(d["order"], order)
+    np.testing.assert_allclose(d["factors"][q_label], q[order], rtol=1e-4)
+    _is_png(plots.plot_class_statistics(pd, COUNTS, str(tmp_path / "cs.png")))
+    with pytest.raises(ValueError, match="entries for 8 classes"):
+        plots.class_statistics_data(dict(pd, ratio=pd["ratio"][:3]), COUNTS)
+
+
+def test_efl_statistics_are_plotted_as_efl():
+    """EFL keeps gradient statistics too (``stats.pos_grad`` ...): the plot asks the loss, so it is drawn
+    with EFL's own factors gamma_j = gamma_b + s (1 - g_j), w_j = gamma_j / gamma_b, never as EQL v2."""
+    from lt_detectron.losses import DENSE_LOSS_REGISTRY
+
+    torch.manual_seed(2)
+    C = len(COUNTS)
+    efl = DENSE_LOSS_REGISTRY.get("efl")(C, focal_gamma=2.0, scale_factor=8.0)
+    for _ in range(3):
+        z = torch.randn(40, C, requires_grad=True)
+        efl(z, torch.randint(0, C + 1, (40,))).backward()
+    g = efl.stats.pos_neg.double().numpy()
+    assert 0 < g.min() and g.max() <= 1 and not np.allclose(g, 1)
+    pd = efl.plot_data()
+    assert pd["name"] == "efl_ratios" and "EFL" in pd["title"] and "EQL" not in pd["title"]
+    (gl, gv), (wl, wv) = pd["factors"].items()
+    assert gl.startswith("gamma_j") and wl.startswith("w_j")
+    np.testing.assert_allclose(pd["ratio"].numpy(), g, rtol=1e-6)
+    np.testing.assert_allclose(gv.numpy(), 2.0 + 8.0 * (1 - g), rtol=1e-5)
+    np.testing.assert_allclose(wv.numpy(), (2.0 + 8.0 * (1 - g)) / 2.0, rtol=1e-5)
+    model = nn.Module()
+    model.head = nn.Module()
+    model.head.cls_loss = efl
+    src = plot_sources(model)
+    assert src["weight_norms"] == [] and [(t, m) for t, m in src["statistics"]] == [("head_cls_loss", efl)]
 
 
 def test_bofl_schedule(tmp_path):
@@ -111,9 +154,10 @@ def test_bofl_schedule(tmp_path):
 
 
 def test_ap_vs_instances(tmp_path):
+    assert plots.plot_ap_vs_instances is result_plots.plot_ap_vs_instances  # still importable from plots
     counts = np.array([5, 2000, 50, 0, 500, 20])
     ap = {"softmax": np.array([0.0, 0.6, 0.2, np.nan, 0.5, 0.1]), "eqlv2": np.array([0.3, 0.6, 0.4, 0.1, 0.5, np.nan])}
-    d = plots.ap_vs_instances_data(ap, counts)
+    d = result_plots.ap_vs_instances_data(ap, counts)
     order = _expected_order(counts)
     np.testing.assert_array_equal(d["order"], order)
     np.testing.assert_array_equal(d["counts"], [2000, 500, 50, 20, 5, 0])
@@ -122,15 +166,47 @@ def test_ap_vs_instances(tmp_path):
     np.testing.assert_array_equal(d["bin_counts"], [2, 2, 1, 1])
     np.testing.assert_allclose(d["bin_mean"]["softmax"], [0.0, 0.15, 0.5, 0.6])  # NaN class left out
     np.testing.assert_allclose(d["bin_mean"]["eqlv2"], [0.2, 0.4, 0.5, 0.6])
-    d2 = plots.ap_vs_instances_data({"m": np.array([0.1, 0.2])}, np.array([5, 7]))
+    d2 = result_plots.ap_vs_instances_data({"m": np.array([0.1, 0.2])}, np.array([5, 7]))
     assert np.isnan(d2["bin_mean"]["m"][1:]).all()  # empty bins
-    _is_png(plots.plot_ap_vs_instances(ap, counts, str(tmp_path / "ap.png")))
+    _is_png(result_plots.plot_ap_vs_instances(ap, counts, str(tmp_path / "ap.png")))
+
+
+def _write_eval_csv(path):
+    """A per-category csv written by the evaluators' own writer; returns the rows."""
+    from lt_detectron.evaluation.common import write_per_category_csv
+
+    rows = [dict(category_id=1, name="disk", frequency="f", train_instances=1500, train_images=400, AP=71.25),
+            dict(category_id=2, name="star", frequency="r", train_instances=3, train_images=3, AP=12.5),
+            dict(category_id=3, name="ring", frequency="c", train_instances=40, train_images=30, AP=float("nan")),
+            dict(category_id=4, name="bar", frequency="c", train_instances=0, train_images=0, AP=0.0)]
+    write_per_category_csv(str(path), rows)
+    return rows
+
+
+def test_result_plots_from_the_evaluators_csv(tmp_path):
+    rows = _write_eval_csv(tmp_path / "inference" / "ds" / "lvis_per_category_bbox.csv")
+    d = result_plots.read_per_category_csv(str(tmp_path / "inference" / "ds" / "lvis_per_category_bbox.csv"))
+    assert d["name"] == [r["name"] for r in rows] and d["frequency"] == ["f", "r", "c", "c"]
+    np.testing.assert_array_equal(d["train_instances"], [1500, 3, 40, 0])
+    np.testing.assert_allclose(d["AP"], [71.25, 12.5, np.nan, 0.0])
+    paths = result_plots.write_result_plots(str(tmp_path / "inference" / "ds" / "lvis_per_category_bbox.csv"),
+                                            str(tmp_path / "plots"), label="softmax", suffix="final")
+    assert [os.path.basename(p) for p in paths] == ["ap_vs_instances_lvis_bbox_final.png",
+                                                    "ap_per_category_lvis_bbox_final.png"]
+    for p in paths:
+        _is_png(p)
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a per-category AP csv"):
+        result_plots.read_per_category_csv(str(tmp_path / "bad.csv"))
 
 
 # ---------------------------------------------------------------------- hook
 def _predictor(loss, C, counts=None):
+    from lt_detectron.losses import ROI_LOSS_REGISTRY
+
+    cls_loss = ROI_LOSS_REGISTRY.get(loss)(C if counts is None else counts)
     return LongTailFastRCNNOutputLayers(ShapeSpec(channels=8), box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
-                                        num_classes=C, loss=loss, instance_counts=counts)
+                                        num_classes=C, cls_loss=cls_loss)
 
 
 class _FakeDDP(nn.Module):
@@ -149,8 +225,8 @@ def test_plot_sources_cascade_bags_and_ddp():
     assert src["weight_norms"][0][2] is None
     layout = model.roi_heads.box_predictor[1].cls_loss.layout
     np.testing.assert_array_equal(src["weight_norms"][1][2], layout.column_of_label[:C])
-    assert [t for t, _ in src["eqlv2"]] == ["box_predictor_stage0"]
-    assert src["eqlv2"][0][1] is model.roi_heads.box_predictor[0].cls_loss
+    assert [t for t, _ in src["statistics"]] == ["box_predictor_stage0"]
+    assert src["statistics"][0][1] is model.roi_heads.box_predictor[0].cls_loss
 
 
 def test_hook_writes_periodic_and_final_plots(tmp_path):
@@ -163,11 +239,16 @@ def test_hook_writes_periodic_and_final_plots(tmp_path):
     model.roi_heads = nn.Module()
     model.roi_heads.box_predictor = _predictor("eqlv2", C)
     bofl = dict(total_epochs=4, deferred_epochs=1, kappa=1.0)
+    old_csv = tmp_path / "inference" / "old" / "lvis_per_category_bbox.csv"
+    _write_eval_csv(old_csv)  # an earlier run's results: not plotted
     hook = LTPlotHook(2, str(tmp_path), class_stats=stats, bofl=bofl)
-    hook.trainer = types.SimpleNamespace(model=_FakeDDP(model), iter=0, max_iter=4)
+    storage = EventStorage(0)
+    hook.trainer = types.SimpleNamespace(model=_FakeDDP(model), iter=0, max_iter=4, storage=storage)
     hook.before_train()
     for it in range(4):
-        hook.trainer.iter = it
+        hook.trainer.iter = storage.iter = it
+        if it == 2:  # an evaluation (TEST.EVAL_PERIOD; EvalHook runs before this hook) writes its csv
+            _write_eval_csv(tmp_path / "inference" / "val" / "lvis_per_category_bbox.csv")
         hook.after_step()
     hook.after_train()
     names = sorted(os.listdir(tmp_path / "plots"))
@@ -175,9 +256,33 @@ def test_hook_writes_periodic_and_final_plots(tmp_path):
         "bofl_schedule.png",
         "weight_norms_box_predictor_iter0000002.png", "eqlv2_ratios_box_predictor_iter0000002.png",
         "weight_norms_box_predictor_final.png", "eqlv2_ratios_box_predictor_final.png",
+        "ap_vs_instances_lvis_bbox_val_iter0000003.png", "ap_per_category_lvis_bbox_val_iter0000003.png",
     ])
     for n in names:
         _is_png(str(tmp_path / "plots" / n))
+    # each PNG also went into the event storage (TensorBoard), tagged without its <when>, at its step
+    put = [(name, step) for name, _, step in storage._vis_data]
+    assert put == [
+        ("lt_plots/bofl_schedule", 0),
+        ("lt_plots/weight_norms_box_predictor", 1), ("lt_plots/eqlv2_ratios_box_predictor", 1),
+        ("lt_plots/ap_vs_instances_lvis_bbox_val", 2), ("lt_plots/ap_per_category_lvis_bbox_val", 2),
+        ("lt_plots/weight_norms_box_predictor", 3), ("lt_plots/eqlv2_ratios_box_predictor", 3),
+    ]
+    img = storage._vis_data[0][1]
+    png = np.asarray(Image.open(tmp_path / "plots" / "bofl_schedule.png").convert("RGB"))
+    assert img.dtype == torch.float32 and tuple(img.shape) == (3,) + png.shape[:2]
+    np.testing.assert_allclose(img.permute(1, 2, 0).numpy(), png / 255.0, atol=1e-6)
+
+
+def test_plot_hook_runs_before_the_writers():
+    """Placed before detectron2's PeriodicWriter, so the images of the last step and of the final
+    evaluation are written (its after_train closes the writers)."""
+    from detectron2.engine import hooks as d2hooks
+
+    writer = d2hooks.PeriodicWriter([], period=20)
+    timer, ours = d2hooks.IterationTimer(), object()
+    assert insert_before_writers([timer, None, writer], [ours]) == [timer, None, ours, writer]
+    assert insert_before_writers([timer], [ours]) == [timer, ours]
 
 
 def test_build_lt_hooks():
@@ -231,3 +336,42 @@ def test_plot_methods_tool(tmp_path):
     _is_png(paths[0])
     with pytest.raises(SystemExit):
         tool.main(["--config-file", cfg_file, "--output", str(out)])  # no weights
+
+
+def test_bofl_schedule_settings_follow_the_config():
+    """The plot takes BOFL's settings from the same function as the loss (data/epochs.py): LINEAR_SCHEDULE
+    False is lambda = 1 from the first epoch; a config without BOFL has none."""
+    from detectron2.config import get_cfg
+
+    from lt_detectron import add_lt_config
+    from lt_detectron.engine.hooks import bofl_settings
+
+    cfg = get_cfg()
+    add_lt_config(cfg)
+    cfg.DATASETS.TRAIN = ()
+    assert bofl_settings(cfg) is None  # softmax ROI loss, focal dense loss
+    cfg.MODEL.LT.ROI_LOSS = "sigmoid"
+    cfg.MODEL.LT.BOFL.ENABLED = True
+    cfg.MODEL.LT.BOFL.TOTAL_EPOCHS = 4
+    cfg.MODEL.LT.BOFL.DEFERRED_EPOCHS = 1
+    cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH = 5.0
+    s = bofl_settings(cfg)
+    d = plots.bofl_schedule_data(COUNTS, s["total_epochs"], s["deferred_epochs"], s["kappa"])
+    np.testing.assert_allclose(d["lam"], [0, 0, 1 / 3, 2 / 3, 1])
+    cfg.MODEL.LT.BOFL.LINEAR_SCHEDULE = False
+    s = bofl_settings(cfg)
+    d = plots.bofl_schedule_data(COUNTS, s["total_epochs"], s["deferred_epochs"], s["kappa"])
+    assert len(d["lam"]) >= 2 and np.all(d["lam"] == 1.0)
+    cfg.MODEL.LT.BOFL.ENABLED = False
+    cfg.MODEL.LT.DENSE_LOSS = "bofl"
+    assert bofl_settings(cfg) is not None
+
+
+def test_eqlv2_ratio_data_uses_the_loss_mapping():
+    from lt_detectron.losses import eqlv2_map
+
+    pos, neg = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([2.0, 2.0, 0.1])
+    d = plots.eqlv2_ratio_data(pos, neg, [30, 20, 10], gamma=12.0, mu=0.8, alpha=4.0)
+    r = eqlv2_map(pos.double() / (neg.double() + 1e-10), 12.0, 0.8).numpy()
+    np.testing.assert_allclose(d["r"], r, rtol=1e-12)  # counts already sorted descending
+    np.testing.assert_allclose(d["q"], 1 + 4.0 * (1 - r), rtol=1e-12)

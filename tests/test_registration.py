@@ -218,7 +218,7 @@ def test_builtin_lvis_v1_train_pointing_at_a_subset(tmp_path, monkeypatch, caplo
 def test_train_json_parsed_once(tmp_path, monkeypatch):
     """The trainer's startup path: one json.load and one DatasetCatalog.get per training json,
     for the statistics, the RFS epoch length, BOFL's settings and the loader's list."""
-    import lt_detectron.engine.progress as progress
+    from lt_detectron.data import epochs
 
     lt_file, lvis_file = str(tmp_path / "a.json"), str(tmp_path / "b.json")
     lvis_v1_json(lt_file, PER_IMAGE_LVIS)
@@ -241,15 +241,16 @@ def test_train_json_parsed_once(tmp_path, monkeypatch):
             dicts = load_train_dicts(cfg)
             stats = get_class_stats(cfg.DATASETS.TRAIN, dataset_dicts=dicts)
             train_list = train_dataset_dicts(cfg, dicts)
-            progress.set_epoch_length(progress.iters_per_epoch(cfg, train_list), cfg)
-            bofl = progress.bofl_settings_from_cfg(cfg)  # what the heads call with the config only
+            cfg = epochs.with_iters_per_epoch(cfg, train_list)  # what the trainer builds the model from
+            bofl = epochs.bofl_settings(cfg)  # what the losses call with the config only
             assert get_class_stats(cfg.DATASETS.TRAIN) is stats  # the model builder's call
             assert gets == train and len(loads) == 1, (gets, loads)
             assert stats.num_instances == sum(map(len, PER_IMAGE_LVIS)) == 11 and len(train_list) == 5
             from detectron2.data.samplers import RepeatFactorTrainingSampler
 
             rf = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(train_list, 0.5)
-            assert progress.iters_per_epoch(cfg) == pytest.approx(float(rf.sum()) / 4)
+            assert epochs.iters_per_epoch(cfg) == pytest.approx(float(rf.sum()) / 4)
+            assert bofl["iters_per_epoch"] == cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH == pytest.approx(float(rf.sum()) / 4)
             assert bofl["total_epochs"] == int(np.ceil(10 / (float(rf.sum()) / 4)))
     finally:
         unregister(a, b)
@@ -257,18 +258,18 @@ def test_train_json_parsed_once(tmp_path, monkeypatch):
 
 
 def test_bofl_schedule_too_short_names_the_keys():
-    from lt_detectron.engine.progress import bofl_settings_from_cfg
+    from lt_detectron.data.epochs import bofl_settings
 
     cfg = _cfg(["lvis_v1_train"])
     cfg.MODEL.LT.BOFL.TOTAL_EPOCHS = 2
     cfg.MODEL.LT.BOFL.DEFERRED_EPOCHS = 3
     with pytest.raises(ValueError, match=r"MODEL.LT.BOFL.TOTAL_EPOCHS = 2.*MODEL.LT.BOFL.DEFERRED_EPOCHS = 3"):
-        bofl_settings_from_cfg(cfg)
+        bofl_settings(cfg)
 
 
 def test_category_scan_across_chunk_boundaries(tmp_path, monkeypatch):
     """The byte scan finds keys that straddle its read chunks (tiny chunks here)."""
-    import lt_detectron.data.datasets as D
+    import lt_detectron.data.json_categories as D
 
     json_file = str(tmp_path / "a.json")
     data = lvis_v1_json(json_file, [[1, 2], [3]], order=("annotations", "images", "categories"))

@@ -81,3 +81,24 @@ def test_cascade_stages_keep_their_own_eqlv2_state():
     sd = model.state_dict()
     for i in range(3):
         assert "roi_heads.box_predictor.%d.cls_loss.pos_neg" % i in sd
+
+
+@pytest.mark.parametrize("heads", ["LongTailROIHeads", "LongTailCascadeROIHeads"])
+def test_heads_pass_the_gt_classes_of_every_image(heads):
+    """The predictors' losses get the targets' classes as an argument (BOFL's per-image counts need them)."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(
+        "sigmoid", "MODEL.ROI_HEADS.NAME", heads, "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True",
+        "MODEL.LT.BOFL.ENABLED", "True", "MODEL.LT.BOFL.BATCH_COUNTS", "image", "MODEL.LT.BOFL.ITERS_PER_EPOCH", "10.0",
+        "MODEL.LT.BOFL.TOTAL_EPOCHS", "2", "MODEL.LT.BOFL.DEFERRED_EPOCHS", "0",
+    )
+    model = build_model(cfg)
+    predictors = model.roi_heads.box_predictor
+    predictors = list(predictors) if isinstance(predictors, torch.nn.ModuleList) else [predictors]
+    seen = []
+    for p in predictors:
+        p.losses = lambda *a, _orig=p.losses, **k: seen.append(k.get("gt_classes_per_image")) or _orig(*a, **k)
+    losses, _ = train_and_infer(model, batch())
+    assert len(seen) == len(predictors)
+    for gts in seen:
+        assert [g.tolist() for g in gts] == [[0, 23], [1, 23]]

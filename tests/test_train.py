@@ -215,6 +215,7 @@ def test_trainer_parses_the_training_json_once(tmp_path, small_val, monkeypatch,
     real_get, real_load = DatasetCatalog.get, json.load
     monkeypatch.setattr(DatasetCatalog, "get", lambda n: gets.append(n) or real_get(n))
     monkeypatch.setattr(json, "load", lambda f, *a, **k: loads.append(getattr(f, "name", f)) or real_load(f, *a, **k))
+    (tmp_path / "config.yaml").write_text(cfg.dump())  # as default_setup writes it
     clear_class_stats_cache()
     try:
         trainer = LTTrainer(cfg)
@@ -223,6 +224,14 @@ def test_trainer_parses_the_training_json_once(tmp_path, small_val, monkeypatch,
         clear_class_stats_cache()
     assert gets == ["lt_shapes_train"], gets
     assert sum(os.path.abspath(str(f)) == os.path.abspath(train_json) for f in loads) == 1, loads
+    # BOFL's epoch length comes from that parse, is in the trainer's config and in config.yaml
+    ipe = trainer.cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH
+    assert ipe > 0 and cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH == 0  # the caller's config is not changed
+    assert trainer.model.roi_heads.box_predictor.cls_loss.bofl.iters_per_epoch == ipe
+    written = get_cfg()
+    add_lt_config(written)
+    written.merge_from_file(str(tmp_path / "config.yaml"))
+    assert written.MODEL.LT.BOFL.ITERS_PER_EPOCH == ipe
 
 
 def test_eval_only_startup_parses_the_training_json_once(tmp_path, small_val, monkeypatch):
@@ -238,7 +247,8 @@ def test_eval_only_startup_parses_the_training_json_once(tmp_path, small_val, mo
     monkeypatch.setattr(DatasetCatalog, "get", lambda n: gets.append(n) or real_get(n))
     clear_class_stats_cache()
     try:
-        prepare_training_data(cfg)
+        cfg = prepare_training_data(cfg)[0]  # with MODEL.LT.BOFL.ITERS_PER_EPOCH from the same parse
+        assert cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH > 0
         LTTrainer.build_model(cfg)
     finally:
         clear_class_stats_cache()

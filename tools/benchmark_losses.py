@@ -11,7 +11,7 @@ the embedded dataset's (``lt_shapes_train``) when C = 24, and a Zipf-like synthe
 
 Scales (``--scale``):
   lvis      ROI 8192 x 1204 logits (BAGS: 8192 x 1209 with the LVIS v1 group layout; C2AM: 8192 x 1204
-            cosines), dense 100k locations x 1203 channels (``--dense-rows``)
+            cosines; Seesaw: 8192 x 1205, C + 2), dense 100k locations x 1203 channels (``--dense-rows``)
   embedded  the demo's scale: ROI 8 images x 64 ROIs = 512 x 25 logits, dense 8 images x 336 FCOS-tiny
             locations = 2688 x 24 channels
   all       both (default)
@@ -40,6 +40,8 @@ from lt_detectron.losses import (  # noqa: E402
     ECMLoss,
     EQLv2FocalLoss,
     EQLv2Loss,
+    EqualizedFocalLoss,
+    SeesawLoss,
     bofl_class_weights,
     bofl_dataset_weights,
     bofl_focal_loss,
@@ -176,6 +178,16 @@ def build_c2am(rows, cols, device, dtype):
     return _step(cos, lambda: m(cos, norms, gt))
 
 
+def build_seesaw(rows, cols, device, dtype):
+    """Seesaw (training mode: counts updated, then the loss) on C + 2 logits, counts seeded with the class
+    counts so that the mitigation factors are not all 1."""
+    m = SeesawLoss(cols - 1).to(device).train()
+    m.cum_samples.copy_(class_counts(cols - 1).to(m.cum_samples))
+    logits, gt = _inputs(rows, cols + 1, device, dtype)
+    gt = _inputs(rows, cols, device, dtype)[1]  # labels in [0, C], C = background, as the other rows
+    return _step(logits, lambda: m(logits, gt))
+
+
 # name -> builder(rows, cols, device, dtype) -> step(); "ce" is the reference row.
 BENCHMARKS = {
     "ce": build_ce,
@@ -187,11 +199,12 @@ BENCHMARKS = {
     "ecm": build_ecm,
     "bags": build_bags,
     "c2am": build_c2am,
+    "seesaw": build_seesaw,
 }
 ROI_REFERENCE = "ce"
 # goal: max ratio to the reference (None: no goal, e.g. naive reference implementations)
 ROI_GOALS = {"sigmoid_bce": 1.5, "sigmoid_bce + bofl weights": 1.5, "eqlv2": 1.5, "ecm": 1.5, "bags": 2.0,
-             "c2am": 3.0}
+             "c2am": 3.0, "seesaw": 1.5}
 
 
 # ------------------------------------------------------------------------------------------- dense rows
@@ -235,14 +248,23 @@ def build_dense_ecm(rows, cols, device, dtype):
     return _step(logits, lambda: m(logits, targets))
 
 
+def build_dense_efl(rows, cols, device, dtype):
+    """EFL (training mode: the backward pass also updates the all-reduced statistics), g_j in [0, 1]."""
+    logits, _, gt, _ = _dense_inputs(rows, cols, device, dtype)
+    m = EqualizedFocalLoss(cols).to(device).train()
+    m.stats.pos_neg.uniform_(0.0, 1.0, generator=torch.Generator(device=device).manual_seed(1))
+    return _step(logits, lambda: m(logits, gt))
+
+
 DENSE_BENCHMARKS = {
     "sigmoid_focal": build_dense_focal,
     "bofl_focal": build_dense_bofl,
     "eqlv2_focal": build_dense_eqlv2,
     "ecm_focal": build_dense_ecm,
+    "efl": build_dense_efl,
 }
 DENSE_REFERENCE = "sigmoid_focal"
-DENSE_GOALS = {"bofl_focal": 1.5, "eqlv2_focal": 1.5, "ecm_focal": 1.5}
+DENSE_GOALS = {"bofl_focal": 1.5, "eqlv2_focal": 1.5, "ecm_focal": 1.5, "efl": 1.3}
 
 # scale -> (roi rows, roi cols incl. background, dense locations, dense channels)
 SCALES = {
@@ -293,6 +315,8 @@ def _shape(builder_name, table, rows, cols):
         from lt_detectron.losses import BAGSLayout
 
         return "%d x %d" % (rows, BAGSLayout(class_counts(cols - 1)).num_logits)
+    if table == "roi" and builder_name == "seesaw":
+        return "%d x %d" % (rows, cols + 1)  # C class logits + 2 objectness logits
     return "%d x %d" % (rows, cols)
 
 

@@ -1,25 +1,31 @@
 #!/usr/bin/env python
 """Benchmark: lvis-api 0.5.3 vs lt_detectron's LTLVISEvaluator on generated LVIS-v1-shaped data.
 
-1203 classes with LVIS v1 train frequencies (shipped csv), N images (default 1k and 5k),
-300 detections per image, box and mask. Each measurement runs in its own subprocess;
-time is wall clock of the evaluation, peak memory is the subprocess's max RSS
-(``resource.getrusage``). The largest |difference| over AP, AP50, AP75, APs/m/l,
-APr/c/f and AR@300 is reported. Output: a markdown table.
+1203 classes with LVIS v1 train frequencies (shipped csv), N images (default 1k and 5k; LVIS v1 val
+has 19,809), 300 detections per image, box and mask. Each measurement runs in its own subprocess;
+time is wall clock, peak memory the subprocess's max RSS (``resource.getrusage``, including the
+benchmark's own input data and imports). The largest |difference| over AP, AP50, AP75, APs/m/l,
+APr/c/f and AR@300 between ours and lvis-api is reported. Output: a markdown table.
 
   python tools/benchmark_lvis_eval.py --images 1000 5000 --tasks bbox segm
+  python tools/benchmark_lvis_eval.py --images 19809 --tasks bbox --skip-lvis-api --protocols standard fixed
+  python tools/benchmark_lvis_eval.py --images 5000 --tasks bbox --skip-lvis-api --profile   # cProfile of ours
 
-"ours" for bbox runs end to end from Detectron2 ``Instances``: ``process()`` (conversion,
-top-300 cap), per-rank file, ``evaluate()`` (evaluation, per-category csv, group table).
-For segm it starts from the same RLE results as lvis-api (mask RLE encoding costs the
-same for every evaluator and happens during inference in Detectron2).
+"ours" runs end to end from Detectron2 ``Instances`` (masks: full-image ``pred_masks``):
+``process()`` of every image (conversion, top-300 cap, mask RLE encoding), ``evaluate()``
+(results json, evaluation, per-category csv, metrics json, group table). Building the ``Instances``
+from the cached data is not timed. "lvis-api" times ``LVIS(gt)``, ``LVISResults`` and
+``LVISEval.run()`` on result dicts (their conversion from ``Instances`` is not timed, which favours
+lvis-api). "hotcoco" is the raw matching call ours makes (load, cap, evaluate, accumulate,
+summarize) on the prepared detection matrix: ours minus hotcoco is our own overhead.
+The cache (``--cache``) holds the ground truth (json), detections (npz, loaded with
+``allow_pickle=False``) and masks (json); nothing is pickled.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import pickle
 import resource
 import subprocess
 import sys
@@ -34,119 +40,193 @@ sys.path.insert(0, ROOT)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR@300")
 
 
-def _data_paths(cache, n, task):
+# ---------------------------------------------------------------------------- cached data
+def _paths(cache, n, task):
     base = os.path.join(cache, f"lvis_like_{n}_{task}")
-    return base + "_gt.json", base + "_dets.pkl"
+    return base + "_gt.json", base + "_dets.npz", base + "_masks.json"
 
 
 def make_data(cache, n, task, seed=0):
-    from lt_detectron.evaluation.synthetic import make_detections, make_lvis_like_gt
+    from lt_detectron.utils.testing import make_detections, make_lvis_like_gt
 
-    gt_path, det_path = _data_paths(cache, n, task)
-    if os.path.isfile(gt_path) and os.path.isfile(det_path):
-        return gt_path, det_path
+    gt_path, det_path, mask_path = _paths(cache, n, task)
     masks = task == "segm"
+    if os.path.isfile(gt_path) and os.path.isfile(det_path) and (not masks or os.path.isfile(mask_path)):
+        return gt_path, det_path, mask_path
     gt = make_lvis_like_gt(n, seed=seed, with_masks=masks)
     dets = make_detections(gt, 300, seed=seed + 1, with_masks=masks)
     with open(gt_path, "w") as f:
         json.dump(gt, f)
-    with open(det_path, "wb") as f:
-        pickle.dump(dets, f, protocol=pickle.HIGHEST_PROTOCOL)
-    return gt_path, det_path
+    ids = np.concatenate([np.full(len(d["scores"]), k, np.int64) for k, d in dets.items()])
+    np.savez(det_path, image_ids=ids, boxes=np.concatenate([d["boxes"] for d in dets.values()]),
+             scores=np.concatenate([d["scores"] for d in dets.values()]),
+             category_ids=np.concatenate([d["category_ids"] for d in dets.values()]))
+    if masks:
+        with open(mask_path, "w") as f:
+            json.dump([{"size": list(m["size"]), "counts": m["counts"].decode("ascii")}
+                       for d in dets.values() for m in d["masks"]], f)
+    return gt_path, det_path, mask_path
 
 
-def worker(which, gt_path, det_path, task):
-    with open(det_path, "rb") as f:
-        dets = pickle.load(f)
+def load_dets(det_path, mask_path, masks):
+    """Per image ``{"boxes" XYXY, "scores", "category_ids", "masks"}`` (as make_detections)."""
+    with np.load(det_path, allow_pickle=False) as z:
+        ids, boxes, scores, cats = z["image_ids"], z["boxes"], z["scores"], z["category_ids"]
+    rles = None
+    if masks:
+        with open(mask_path) as f:
+            rles = [{"size": m["size"], "counts": m["counts"].encode("ascii")} for m in json.load(f)]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    ends = np.r_[starts[1:], len(ids)]
+    return {int(ids[s]): {"boxes": boxes[s:e], "scores": scores[s:e], "category_ids": cats[s:e],
+                          "masks": rles[s:e] if masks else None} for s, e in zip(starts, ends)}
+
+
+# ---------------------------------------------------------------------------- workers
+def _metrics_of(res, scale):
+    return {k: (-1.0 if not np.isfinite(res.get(k, np.nan)) else res[k] / scale) for k in METRICS if k in res}
+
+
+def worker_lvis(gt_path, dets, task):
+    import logging
+
+    from lvis import LVIS, LVISEval, LVISResults
+
+    from lt_detectron.compat import ensure_lvis_numpy_compat
+    from lt_detectron.utils.testing import detections_to_results
+
+    results = detections_to_results(dets, task == "segm")
+    if task == "segm":
+        for r in results:
+            r.pop("bbox")  # as Detectron2's LVISEvaluator
+    del dets
+    ensure_lvis_numpy_compat()
+    logging.disable(logging.WARNING)
+    t = time.perf_counter()
+    gt = LVIS(gt_path)
+    E = LVISEval(gt, LVISResults(gt, results, max_dets=300), task)
+    E.run()
+    return time.perf_counter() - t, {k: float(E.results[k]) for k in METRICS}
+
+
+def worker_hotcoco(gt_path, dets, task, protocol):
+    import logging
+
+    from lt_detectron.evaluation import evaluate_lvis_predictions
+    from lt_detectron.evaluation.common import keep_top_per_group
+
+    logging.disable(logging.WARNING)
+    rows, rles = [], [] if task == "segm" else None
+    for k, d in dets.items():
+        a = np.empty((len(d["scores"]), 7))
+        a[:, 0] = k
+        a[:, 1:5] = d["boxes"]
+        a[:, 3:5] -= a[:, 1:3]
+        a[:, 5] = d["scores"]
+        a[:, 6] = d["category_ids"]
+        rows.append(a)
+        if rles is not None:
+            rles.extend(d["masks"])
+    arr = np.concatenate(rows)
+    del dets, rows
+    t = time.perf_counter()
+    if protocol == "fixed":
+        arr, rles = keep_top_per_group(arr, rles, 6, 10000)
+    m, _, _ = evaluate_lvis_predictions(gt_path, arr, rles, task, 300 if protocol == "standard" else -1, "hotcoco")
+    return time.perf_counter() - t, _metrics_of(m, 1.0)
+
+
+def worker_ours(gt_path, dets, task, protocol, profile=False):
+    import logging
+
+    import torch
+    from detectron2.data import MetadataCatalog
+    from detectron2.structures import Boxes, Instances
+    from pycocotools import mask as mask_util
+
+    from lt_detectron.evaluation import LTLVISEvaluator
+
+    logging.disable(logging.WARNING)
+    with open(gt_path) as f:
+        gt = json.load(f)
+    cats = sorted(c["id"] for c in gt["categories"])
+    H, W = gt["images"][0]["height"], gt["images"][0]["width"]
+    del gt
+    name = "lt_bench_lvis_like"
+    MetadataCatalog.get(name).set(json_file=gt_path, evaluator_type="lvis",
+                                  thing_dataset_id_to_contiguous_id={c: i for i, c in enumerate(cats)})
+    lut = np.zeros(max(cats) + 1, np.int64)
+    lut[cats] = np.arange(len(cats))
+
+    def instances(d):
+        inst = Instances((H, W))
+        inst.pred_boxes = Boxes(torch.from_numpy(d["boxes"]))
+        inst.scores = torch.from_numpy(d["scores"])
+        inst.pred_classes = torch.from_numpy(lut[d["category_ids"]])
+        if d["masks"] is not None:
+            inst.pred_masks = torch.from_numpy(mask_util.decode(d["masks"]).transpose(2, 0, 1).astype(bool))
+        return inst
+
     masks = task == "segm"
-    if which == "lvis":
-        import logging
+    batches = None if masks else [([{"image_id": k}], [{"instances": instances(d)}]) for k, d in dets.items()]
+    out_dir = tempfile.mkdtemp(prefix="lt_bench_")
+    prof = None
+    if profile:
+        import cProfile
 
-        from lt_detectron.evaluation.synthetic import detections_to_results
-
-        results = detections_to_results(dets, masks)
-        del dets
-        if not masks:
-            pass
+        prof = cProfile.Profile()
+    timed = 0.0
+    ev = LTLVISEvaluator(name, ("bbox", "segm") if masks else ("bbox",), distributed=False, output_dir=out_dir,
+                         ap_protocol=protocol)
+    ev.reset()
+    items = list(dets.items())
+    del dets
+    for i, (k, d) in enumerate(items):
+        inp, outp = batches[i] if batches is not None else ([{"image_id": k}], [{"instances": instances(d)}])
         t = time.perf_counter()
-        from lvis import LVIS, LVISEval, LVISResults
+        if prof:
+            prof.enable()
+        ev.process(inp, outp)
+        if prof:
+            prof.disable()
+        timed += time.perf_counter() - t
+        if batches is not None:
+            batches[i] = None
+    del items, batches
+    t = time.perf_counter()
+    if prof:
+        prof.enable()
+    res = ev.evaluate()
+    if prof:
+        prof.disable()
+        import pstats
 
-        from lt_detectron.compat import ensure_lvis_numpy_compat
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
+    timed += time.perf_counter() - t
+    sizes = {f: os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir)}
+    print(f"[ours] evaluate() {time.perf_counter() - t:.2f} s; files {sizes}", file=sys.stderr)
+    return timed, _metrics_of(res[task], 100.0)
 
-        ensure_lvis_numpy_compat()
-        logging.disable(logging.WARNING)
-        gt = LVIS(gt_path)
-        E = LVISEval(gt, LVISResults(gt, results, max_dets=300), task)
-        E.run()
-        metrics = {k: float(E.results[k]) for k in METRICS}
-        dt = time.perf_counter() - t
+
+def worker(which, gt_path, det_path, mask_path, task, protocol, profile):
+    dets = load_dets(det_path, mask_path, task == "segm")
+    if which == "lvis":
+        dt, metrics = worker_lvis(gt_path, dets, task)
+    elif which == "hotcoco":
+        dt, metrics = worker_hotcoco(gt_path, dets, task, protocol)
     else:
-        import logging
-
-        logging.disable(logging.WARNING)
-        if masks:
-            from lt_detectron.evaluation.lvis_evaluation import evaluate_lvis_predictions
-            from lt_detectron.evaluation.common import per_category_ap
-
-            arr = []
-            rles = []
-            for img_id, d in dets.items():
-                b = d["boxes"].copy()
-                b[:, 2:] -= b[:, :2]
-                a = np.empty((len(b), 7))
-                a[:, 0] = img_id
-                a[:, 1:5] = b
-                a[:, 5] = d["scores"]
-                a[:, 6] = d["category_ids"]
-                arr.append(a)
-                rles.extend(d["masks"])
-            arr = np.concatenate(arr)
-            del dets
-            t = time.perf_counter()
-            m, precision, _ = evaluate_lvis_predictions(gt_path, arr, rles, "segm", 300, "hotcoco")
-            per_category_ap(precision)
-            metrics = {k: (-1.0 if not np.isfinite(v) else v) for k, v in m.items()}
-            dt = time.perf_counter() - t
-        else:
-            import torch
-            from detectron2.data import MetadataCatalog
-            from detectron2.structures import Boxes, Instances
-
-            from lt_detectron.evaluation import LTLVISEvaluator
-
-            with open(gt_path) as f:
-                cats = sorted(c["id"] for c in json.load(f)["categories"])
-            name = "lt_bench_lvis_like"
-            MetadataCatalog.get(name).set(json_file=gt_path, thing_dataset_id_to_contiguous_id={c: i for i, c in enumerate(cats)},
-                                          evaluator_type="lvis")
-            to_contig = {c: i for i, c in enumerate(cats)}
-            lut = np.zeros(max(cats) + 1, np.int64)
-            for c, i in to_contig.items():
-                lut[c] = i
-            batches = []
-            for img_id, d in dets.items():
-                inst = Instances((480, 640))
-                inst.pred_boxes = Boxes(torch.from_numpy(d["boxes"]))
-                inst.scores = torch.from_numpy(d["scores"])
-                inst.pred_classes = torch.from_numpy(lut[d["category_ids"]])
-                batches.append(([{"image_id": img_id}], [{"instances": inst}]))
-            del dets
-            out_dir = tempfile.mkdtemp(prefix="lt_bench_")
-            t = time.perf_counter()
-            ev = LTLVISEvaluator(name, ("bbox",), distributed=False, output_dir=out_dir)
-            ev.reset()
-            for inp, outp in batches:
-                ev.process(inp, outp)
-            res = ev.evaluate()["bbox"]
-            dt = time.perf_counter() - t
-            metrics = {k: (-1.0 if not np.isfinite(res[k]) else res[k] / 100.0) for k in METRICS}
+        dt, metrics = worker_ours(gt_path, dets, task, protocol, profile)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     print("RESULT " + json.dumps({"time": dt, "peak_gib": peak, "metrics": metrics}))
 
 
-def run_worker(which, gt_path, det_path, task):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", which, "--gt", gt_path, "--dets", det_path, "--tasks", task]
+def run_worker(which, paths, task, protocol, profile=False):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", which, "--paths", *paths, "--tasks", task,
+           "--protocols", protocol] + (["--profile"] if profile else [])
     p = subprocess.run(cmd, capture_output=True, text=True)
+    if profile or which == "ours":
+        sys.stderr.write("\n".join(line for line in p.stderr.splitlines() if "Warning" not in line
+                                   and "warnings.warn" not in line) + "\n")
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -157,36 +237,51 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, nargs="+", default=[1000, 5000])
     ap.add_argument("--tasks", nargs="+", default=["bbox", "segm"], choices=["bbox", "segm"])
+    ap.add_argument("--protocols", nargs="+", default=["standard"], choices=["standard", "fixed"])
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lt_bench_lvis_eval"))
-    ap.add_argument("--skip-lvis-api", action="store_true", help="only run ours")
-    ap.add_argument("--worker", choices=["lvis", "ours"], help=argparse.SUPPRESS)
-    ap.add_argument("--gt", help=argparse.SUPPRESS)
-    ap.add_argument("--dets", help=argparse.SUPPRESS)
+    ap.add_argument("--skip-lvis-api", action="store_true", help="only run ours (and the raw hotcoco call)")
+    ap.add_argument("--repeats", type=int, default=1, help="measure each row this many times (median)")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of ours (stderr)")
+    ap.add_argument("--worker", choices=["lvis", "ours", "hotcoco"], help=argparse.SUPPRESS)
+    ap.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, args.gt, args.dets, args.tasks[0])
+        worker(args.worker, *args.paths, args.tasks[0], args.protocols[0], args.profile)
         return
     os.makedirs(args.cache, exist_ok=True)
     rows = []
     for n in args.images:
         for task in args.tasks:
             t = time.perf_counter()
-            gt_path, det_path = make_data(args.cache, n, task)
+            paths = make_data(args.cache, n, task)
             print(f"[data] {n} images {task}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            ours = run_worker("ours", gt_path, det_path, task)
-            print(f"[ours] {n} {task}: {ours['time']:.2f} s {ours['peak_gib']:.2f} GiB", file=sys.stderr)
-            ref = None if args.skip_lvis_api else run_worker("lvis", gt_path, det_path, task)
-            if ref:
-                print(f"[lvis-api] {n} {task}: {ref['time']:.2f} s {ref['peak_gib']:.2f} GiB", file=sys.stderr)
-            diff = max(abs(ours["metrics"][k] - ref["metrics"][k]) for k in METRICS) if ref else float("nan")
-            rows.append((n, task, ref, ours, diff))
-    print("| images x 300 dets | task | lvis-api time | lvis-api peak RSS | ours time | ours peak RSS | speed-up | max abs metric diff |")
-    print("|---|---|---|---|---|---|---|---|")
-    for n, task, ref, ours, diff in rows:
+            for protocol in args.protocols:
+                runs = {"ours": [], "hotcoco": [], "lvis": []}
+                for _ in range(args.repeats):
+                    runs["ours"].append(run_worker("ours", paths, task, protocol, args.profile))
+                    runs["hotcoco"].append(run_worker("hotcoco", paths, task, protocol))
+                    if not args.skip_lvis_api and protocol == "standard":
+                        runs["lvis"].append(run_worker("lvis", paths, task, protocol))
+                    for k, v in runs.items():
+                        if v:
+                            print(f"[{k}] {n} {task} {protocol}: {v[-1]['time']:.2f} s {v[-1]['peak_gib']:.2f} GiB",
+                                  file=sys.stderr)
+                med = {k: sorted(v, key=lambda r: r["time"])[len(v) // 2] if v else None for k, v in runs.items()}
+                ref, ours = med["lvis"], med["ours"]
+                diff = max(abs(ours["metrics"][k] - ref["metrics"][k]) for k in METRICS) if ref else float("nan")
+                rows.append((n, task, protocol, ref, ours, med["hotcoco"], diff, runs))
+    print("| images x 300 dets | task | protocol | lvis-api | lvis-api peak | ours | ours peak | speed-up "
+          "| raw hotcoco | max metric diff vs lvis-api |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for n, task, protocol, ref, ours, hot, diff, runs in rows:
         rt = f"{ref['time']:.1f} s" if ref else "-"
         rm = f"{ref['peak_gib']:.2f} GiB" if ref else "-"
         sp = f"{ref['time'] / ours['time']:.0f}x" if ref else "-"
-        print(f"| {n} | {task} | {rt} | {rm} | {ours['time']:.2f} s | {ours['peak_gib']:.2f} GiB | {sp} | {diff:.1e} |")
+        print(f"| {n} | {task} | {protocol} | {rt} | {rm} | {ours['time']:.2f} s | {ours['peak_gib']:.2f} GiB | {sp} "
+              f"| {hot['time']:.2f} s | {diff:.1e} |")
+        if args.repeats > 1:
+            all_times = {k: [round(r["time"], 2) for r in v] for k, v in runs.items() if v}
+            print(f"<!-- {n} {task} {protocol} all runs (s): {all_times} -->")
 
 
 if __name__ == "__main__":

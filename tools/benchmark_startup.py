@@ -113,7 +113,7 @@ def child_lt(out_dir):
     args = train_net.argument_parser().parse_args(
         ["--config-file", LT_CONFIG] + COMMON_OPTS + ["OUTPUT_DIR", out_dir, "DATASETS.TEST", "()"])
     train_net.register_from_args(args)
-    train_net.prepare_datasets(args.config_file, args.opts)
+    train_net.prepare_datasets(train_net.load_config(args))
     cfg = train_net.setup(args)
     trainer = train_net.Trainer(cfg)
     next(trainer._trainer._data_loader_iter)

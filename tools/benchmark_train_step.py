@@ -72,12 +72,12 @@ class _Method:
     def __init__(self, name, cfg, batch):
         from detectron2.utils.events import EventStorage
 
+        from lt_detectron.data.epochs import with_iters_per_epoch
         from lt_detectron.engine import LTTrainer
-        from lt_detectron.engine.progress import iters_per_epoch, set_epoch_length
 
         torch.manual_seed(cfg.SEED if cfg.SEED >= 0 else 0)
         self.name = name
-        set_epoch_length(iters_per_epoch(cfg))  # BOFL's epoch length, as LTTrainer sets it
+        cfg = with_iters_per_epoch(cfg, None)  # BOFL's epoch length, as LTTrainer fills it
         self.model = LTTrainer.build_model(cfg)
         self.model.train()
         self.optimizer = LTTrainer.build_optimizer(cfg, self.model)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Run every shipped config for a few iterations plus evaluation, through ``tools/train_net.py``, on
-the real-format fixtures (``lt_detectron/utils/testing.py``), registered both ways.
+the real-format fixtures (``lt_detectron/utils/testing/real_formats.py``), registered both ways.
 
     python tools/check_configs.py                       # every config under configs/{lvis_v1,coco_lt,dense}
     python tools/check_configs.py --families -j 2       # one config per (architecture x loss) family (CI)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Write the real-format fixtures (LVIS v1, COCO 2017, COCO-LT, ImageNet R-50 .pkl) under a folder
-laid out as ``$DETECTRON2_DATASETS`` (see ``lt_detectron/utils/testing.py`` for what is real).
+laid out as ``$DETECTRON2_DATASETS`` (see ``lt_detectron/utils/testing/real_formats.py`` for what is real).
 
     python tools/make_fixtures.py /tmp/lt_fixtures
     DETECTRON2_DATASETS=/tmp/lt_fixtures python tools/train_net.py \

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Write the plots the papers use to explain the methods, for a trained model or a config.
 
-    # classifier weight norms per class (every box predictor / cascade stage) and, for EQL v2
-    # heads, the accumulated positive/negative gradient ratio per class:
+    # classifier weight norms per class (every box predictor / cascade stage) and, for the losses
+    # with per-class gradient statistics (EQL v2, EFL), the accumulated positive/negative ratio:
     python tools/plot_methods.py --config-file configs/lt_shapes/faster_rcnn_tiny_eqlv2.yaml \\
         --output plots/ MODEL.WEIGHTS output/lt_shapes/faster_rcnn_tiny_eqlv2/model_final.pth
 
@@ -10,9 +10,13 @@
     python tools/plot_methods.py --config-file configs/dense/bofl_fcos_R_50_FPN_1x_coco_lt.yaml \\
         --bofl-schedule --output plots/
 
+    # an evaluation's per-category AP: AP vs training instances and per-category bars
+    python tools/plot_methods.py --output plots/ \\
+        --results output/lt_shapes/faster_rcnn_tiny_eqlv2/inference/lt_shapes_val/lvis_per_category_bbox.csv
+
 Classes are sorted by training instance count from the class-statistics registry of
 ``DATASETS.TRAIN`` (LVIS statistics ship with the package; other datasets are counted from
-their json). The same plots are written during training with ``LT_HOOKS.PLOT_PERIOD N``.
+their json). The same plots are written during training with ``LT_HOOKS.PLOT_PERIOD N`` (and into TensorBoard).
 """
 import argparse
 import os
@@ -29,10 +33,13 @@ from lt_detectron.engine.hooks import bofl_settings, write_bofl_schedule, write_
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--config-file", metavar="FILE", help="required unless only --results is given")
     p.add_argument("--output", default="plots", metavar="DIR", help="folder for the PNGs (default: plots)")
     p.add_argument("--bofl-schedule", action="store_true",
                    help="only plot BOFL's weight schedule of the config (no model, no weights)")
+    p.add_argument("--results", action="append", metavar="CSV", default=[],
+                   help="a per-category AP csv written by an evaluator ({lvis,coco}_per_category_{task}.csv); "
+                   "repeatable")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path.pth")
     return p.parse_args(argv)
 
@@ -46,12 +53,31 @@ def setup(args):
     return cfg
 
 
+def write_results(csvs, out_dir):
+    from lt_detectron.engine.result_plots import write_result_plots
+
+    paths = []
+    for c in csvs:
+        if not os.path.isfile(c):
+            raise SystemExit("--results %s does not exist" % os.path.abspath(c))
+        run = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(c)), "..", ".."))
+        paths += write_result_plots(c, out_dir, os.path.basename(run), os.path.basename(os.path.dirname(c)))
+    return paths
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.results and not args.config_file:
+        paths = write_results(args.results, args.output)
+        for p in paths:
+            print(p)
+        return paths
+    if not args.config_file:
+        raise SystemExit("--config-file is required (or --results CSV for the result plots alone)")
     cfg = setup(args)
     if not cfg.DATASETS.TRAIN:
         raise SystemExit("DATASETS.TRAIN is empty: the plots sort classes by their training instance counts")
-    prepare_datasets(cfg=cfg)
+    prepare_datasets(cfg)
     stats = get_class_stats(cfg.DATASETS.TRAIN)
     os.makedirs(args.output, exist_ok=True)
     if args.bofl_schedule:
@@ -71,7 +97,9 @@ def main(argv=None):
         paths = write_model_plots(model, args.output, stats.instance_counts, stats.class_names,
                                   title_suffix=" (%s)" % os.path.basename(cfg.MODEL.WEIGHTS))
         if not paths:
-            raise SystemExit("the model has no Fast R-CNN box predictor and no EQL v2 statistics to plot")
+            raise SystemExit("the model has no Fast R-CNN box predictor and no loss with per-class statistics "
+                             "(plot_data: EQL v2, EFL) to plot")
+    paths += write_results(args.results, args.output)
     for p in paths:
         print(p)
     return paths

@@ -78,7 +78,8 @@ def main(args):
     register_from_args(args)  # in every worker process too
     cfg = setup(args)
     if args.eval_only:
-        prepare_training_data(cfg)  # checks; statistics and BOFL's epoch length from one parse
+        # checks; statistics and BOFL's epoch length (MODEL.LT.BOFL.ITERS_PER_EPOCH) from one parse
+        cfg = prepare_training_data(cfg)[0]
         model = Trainer.build_model(cfg)
         LTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, reinit_cls=cfg.MODEL.LT.REINIT_CLS).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume

@@ -7,7 +7,7 @@ length (RFS-expanded) too, before the model is built. The startup path is::
     dicts = load_train_dicts(cfg)                       # DatasetCatalog.get, once per name
     stats = get_class_stats(cfg.DATASETS.TRAIN, dataset_dicts=dicts)
     train = train_dataset_dicts(cfg, dicts)             # what get_detection_dataset_dicts returns
-    set_epoch_length(iters_per_epoch(cfg, train), cfg)  # BOFL's schedule
+    cfg = with_iters_per_epoch(cfg, train)              # MODEL.LT.BOFL.ITERS_PER_EPOCH (epochs.py)
     model = build_model(cfg)
     loader = build_detection_train_loader(cfg, dataset=train, mapper=LTDatasetMapper(cfg, True))
 

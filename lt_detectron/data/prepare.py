@@ -152,17 +152,10 @@ def ensure_embedded_generated(cfg):
         get_lt_shapes()
 
 
-def prepare_datasets(config_file=None, opts=(), cfg=None):
-    """Validate ``DATASETS.TRAIN/TEST``, generate ``lt_shapes_*`` if used, check files and class lists."""
-    if cfg is None:
-        from detectron2.config import get_cfg
-
-        from ..config import add_lt_config
-
-        cfg = get_cfg()
-        add_lt_config(cfg)
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
+def prepare_datasets(cfg):
+    """Validate ``DATASETS.TRAIN/TEST`` of a merged config, generate ``lt_shapes_*`` if used, check
+    files and class lists. Returns ``cfg``. (The caller parses the config: ``tools/train_net.py``'s
+    ``load_config``.)"""
     ensure_embedded_generated(cfg)
     check_dataset_files(cfg)
     check_class_lists(cfg)

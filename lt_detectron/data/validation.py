@@ -279,9 +279,9 @@ def check_json_boxes(json_file: str, data: Optional[dict] = None) -> BoxCheckRep
     only counted (real COCO/LVIS contain a few and evaluate fine). Parses the json once.
     """
     if data is None:
-        from .datasets import _read_json  # names the file and the fix for a missing / invalid json
+        from .json_categories import read_json  # names the file and the fix for a missing / invalid json
 
-        data = _read_json(json_file)
+        data = read_json(json_file)
     anns = data.get("annotations") or []
     n = len(anns)
     report = BoxCheckReport(source=json_file, num_boxes=n)

@@ -67,9 +67,9 @@ def launch_cpu(
     if world_size == 1:
         return main_func(*args)
     if dist_url in (None, "", "auto"):
-        from detectron2.engine.launch import _find_free_port
+        from ..compat import find_free_port
 
-        dist_url = "tcp://127.0.0.1:%d" % _find_free_port()
+        dist_url = "tcp://127.0.0.1:%d" % find_free_port()
     if num_machines > 1 and dist_url.startswith("file://"):
         logging.getLogger(__name__).warning("file:// is not a reliable init_method across machines; prefer tcp://")
     mp.spawn(

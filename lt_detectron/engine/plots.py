@@ -1,4 +1,5 @@
 """The plots the papers use to explain the methods, as pure functions (matplotlib, Agg backend).
+The plots of evaluation results (AP vs training instances) are in :mod:`.result_plots`.
 
 Each ``plot_*`` function writes one PNG and returns its path; the numbers it draws come from
 a matching ``*_data`` function (plain numpy in, dict of numpy arrays out), so they can be
@@ -10,11 +11,10 @@ order.
 function               what it shows                                paper
 =====================  ===========================================  ===============================
 plot_weight_norms      classifier weight norm ``||w_j||`` per class  BAGS Fig. 1, C2AM Fig. 1(a)
-plot_eqlv2_ratios      accumulated positive/negative gradient       EQL v2 Fig. 1 (and Fig. 2 when
-                       ratio ``g_j`` and the weights ``q_j, r_j``     written during training)
+plot_class_statistics  a loss' accumulated positive/negative       EQL v2 Fig. 1 (and Fig. 2 when
+                       gradient ratio and its factors (EQL v2:      written during training); EFL
+                       ``q_j, r_j``; EFL: ``gamma_j, w_j``)
 plot_bofl_schedule     BOFL weight ``alpha_hat_i`` over epochs       BOFL Fig. 1 / Fig. 2
-plot_ap_vs_instances   per-class AP vs training instances, several  (benchmark summary)
-                       methods, with binned means
 =====================  ===========================================  ===============================
 """
 import math
@@ -23,19 +23,19 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+
 __all__ = [
     "sort_by_count",
     "weight_norm_data",
     "plot_weight_norms",
+    "class_statistics_data",
+    "plot_class_statistics",
     "eqlv2_ratio_data",
     "plot_eqlv2_ratios",
     "bofl_schedule_data",
     "plot_bofl_schedule",
-    "ap_vs_instances_data",
-    "plot_ap_vs_instances",
 ]
 
-DEFAULT_BIN_EDGES = (10, 100, 1000)  # BAGS' instance-count bins [0,10) [10,100) [100,1000) [1000,inf)
 _MAX_TICK_LABELS = 40  # class names on the x axis only up to this many classes
 
 
@@ -149,20 +149,62 @@ def plot_weight_norms(weight, instance_counts, class_names: Optional[Sequence[st
     return _save(fig, path)
 
 
-# ---------------------------------------------------------------------- EQL v2
-def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free
+# ---------------------------------------------------------------------- gradient statistics (EQL v2, EFL)
+def class_statistics_data(stats: Mapping, instance_counts) -> Dict[str, object]:
+    """A loss' per-class statistics (its ``plot_data()``: ``ratio`` (C,), ``factors`` {label: (C,)}),
+    sorted by instance count (descending). Returns ``order``, ``counts``, ``ratio`` and ``factors``
+    (label -> values), all in that order."""
+    counts = _np(instance_counts)
+    ratio = _np(stats["ratio"]).reshape(-1)
+    factors = {k: _np(v).reshape(-1) for k, v in stats.get("factors", {}).items()}
+    for k, v in [("ratio", ratio)] + list(factors.items()):
+        if v.shape != counts.shape:
+            raise ValueError("%s has %d entries for %d classes (instance_counts)" % (k, v.shape[0], counts.shape[0]))
+    o = sort_by_count(counts)
+    return {"order": o, "counts": counts[o], "ratio": ratio[o], "factors": {k: v[o] for k, v in factors.items()}}
+
+
+def plot_class_statistics(stats: Mapping, instance_counts, path: str = "class_statistics.png",
+                          class_names: Optional[Sequence[str]] = None, title: Optional[str] = None) -> str:
+    """A loss' accumulated gradient ratio per class and the factors it maps it to (EQL v2 Fig. 1; EFL).
+
+    ``stats`` is the loss' ``plot_data()`` (``title``, ``ratio``, ``ratio_label``, ``factors``,
+    ``factors_label``, ``params``). Top panel: the ratio (and the counts on a log axis); bottom panel: the
+    factors. Classes sorted by training instances. Returns ``path``.
+    """
+    d = class_statistics_data(stats, instance_counts)
+    n = len(d["order"])
+    fig, (a1, a2) = _figure(2, 1, figsize=(max(6.0, min(14.0, 0.25 * n + 3)), 6.5), sharex=True)
+    x = np.arange(n)
+    marker = "." if n <= 200 else None
+    a1.plot(x, d["ratio"], color="tab:green", marker=marker, lw=1.2, label=stats.get("ratio_label", "ratio"))
+    a1.axhline(1.0, color="0.6", ls=":", lw=1)
+    a1.set_ylabel("pos/neg gradient ratio")
+    a1.legend(loc="upper right", fontsize=8)
+    _count_axis(a1, d["counts"])
+    a1.set_title(title or stats.get("title", "Gradient ratio per class"))
+    colors = ["tab:blue", "tab:orange"] + _colors()
+    for k, (label, v) in enumerate(d["factors"].items()):
+        a2.plot(x, v, color=colors[k % len(colors)], marker=marker, lw=1.2, label=label)
+    a2.set_ylabel(stats.get("factors_label", "factor"))
+    a2.legend(loc="best", fontsize=8, title=stats.get("params"), title_fontsize=8)
+    _class_ticks(a2, d["order"], class_names)
+    return _save(fig, path)
 
 
 def eqlv2_ratio_data(pos_grad, neg_grad, instance_counts, gamma: float = 12.0, mu: float = 0.8,
                      alpha: float = 4.0) -> Dict[str, np.ndarray]:
-    """EQL v2 accumulated gradient ratio per class, sorted by instance count (descending).
+    """EQL v2 accumulated gradient ratio per class from raw statistics, sorted by instance count.
 
     ``ratio = pos_grad / (neg_grad + 1e-10)`` (the loss' own formula), ``r = f(ratio)`` the
     negative weight and ``q = 1 + alpha (1 - r)`` the positive weight, ``f(x) =
-    sigmoid(gamma (x - mu))``. Returns ``order``, ``counts``, ``pos_grad``, ``neg_grad``,
-    ``ratio``, ``q``, ``r`` (all in that order).
+    sigmoid(gamma (x - mu))`` (:func:`lt_detectron.losses.eqlv2.eqlv2_map`). Returns ``order``,
+    ``counts``, ``pos_grad``, ``neg_grad``, ``ratio``, ``q``, ``r`` (all in that order).
     """
+    import torch
+
+    from ..losses.eqlv2 import eqlv2_map
+
     pos = _np(pos_grad).reshape(-1)
     neg = _np(neg_grad).reshape(-1)
     counts = _np(instance_counts)
@@ -170,7 +212,7 @@ def eqlv2_ratio_data(pos_grad, neg_grad, instance_counts, gamma: float = 12.0, m
         raise ValueError("pos_grad %s, neg_grad %s and instance_counts %s must all be (C,)"
                          % (pos.shape, neg.shape, counts.shape))
     ratio = pos / (neg + 1e-10)
-    r = _sigmoid(gamma * (ratio - mu))
+    r = eqlv2_map(torch.from_numpy(ratio), gamma, mu).numpy()
     q = 1.0 + alpha * (1.0 - r)
     o = sort_by_count(counts)
     return {"order": o, "counts": counts[o], "pos_grad": pos[o], "neg_grad": neg[o], "ratio": ratio[o],
@@ -180,29 +222,18 @@ def eqlv2_ratio_data(pos_grad, neg_grad, instance_counts, gamma: float = 12.0, m
 def plot_eqlv2_ratios(pos_grad, neg_grad, instance_counts, path: str = "eqlv2_ratios.png",
                       class_names: Optional[Sequence[str]] = None, gamma: float = 12.0, mu: float = 0.8,
                       alpha: float = 4.0, title: Optional[str] = None) -> str:
-    """EQL v2 Fig. 1: accumulated positive/negative gradient ratio per class, sorted by instances.
+    """EQL v2 Fig. 1 from raw ``pos_grad``/``neg_grad`` (C,): :func:`plot_class_statistics` of an
+    :class:`~lt_detectron.losses.EQLv2Loss` holding them. Returns ``path``."""
+    import torch
 
-    Top panel: the ratio ``g_j`` (and the counts on a log axis); bottom panel: the weights
-    ``q_j`` (positives) and ``r_j`` (negatives) EQL v2 maps it to. Returns ``path``.
-    """
-    d = eqlv2_ratio_data(pos_grad, neg_grad, instance_counts, gamma, mu, alpha)
-    n = len(d["order"])
-    fig, (a1, a2) = _figure(2, 1, figsize=(max(6.0, min(14.0, 0.25 * n + 3)), 6.5), sharex=True)
-    x = np.arange(n)
-    a1.plot(x, d["ratio"], color="tab:green", marker="." if n <= 200 else None, lw=1.2,
-            label="accumulated pos/neg gradient ratio g_j")
-    a1.axhline(1.0, color="0.6", ls=":", lw=1)
-    a1.set_ylabel("g_j = pos_grad / neg_grad")
-    a1.legend(loc="upper right", fontsize=8)
-    _count_axis(a1, d["counts"])
-    a1.set_title(title or "EQL v2: gradient ratio per class (EQL v2 Fig. 1)")
-    a2.plot(x, d["q"], color="tab:blue", lw=1.2, label="q_j (positive weight) = 1 + alpha (1 - f(g_j))")
-    a2.plot(x, d["r"], color="tab:orange", lw=1.2, label="r_j (negative weight) = f(g_j)")
-    a2.set_ylabel("EQL v2 weight")
-    a2.set_ylim(-0.05, 1.0 + alpha + 0.2)
-    a2.legend(loc="upper left", fontsize=8)
-    _class_ticks(a2, d["order"], class_names)
-    return _save(fig, path)
+    from ..losses.eqlv2 import EQLv2Loss
+
+    pos = torch.as_tensor(_np(pos_grad).reshape(-1), dtype=torch.float32)
+    loss = EQLv2Loss(pos.numel(), gamma, mu, alpha)
+    loss.pos_grad.copy_(pos)
+    loss.neg_grad.copy_(torch.as_tensor(_np(neg_grad).reshape(-1), dtype=torch.float32))
+    loss.pos_neg.copy_(loss.pos_grad / (loss.neg_grad + 1e-10))
+    return plot_class_statistics(loss.plot_data(), instance_counts, path, class_names, title)
 
 
 # ---------------------------------------------------------------------- BOFL
@@ -228,9 +259,10 @@ def bofl_schedule_data(instance_counts, total_epochs: float, deferred_epochs: fl
     ``alpha_i = n / (C n_i)`` and ``lambda(e)`` are the loss' own
     (:func:`lt_detectron.losses.bofl.bofl_dataset_weights`, :class:`~lt_detectron.losses.bofl.BOFLSchedule`).
     ``classes`` default: head, mid and tail class (by instance count). The epochs sampled are
-    ``0, 1, ..., ceil(T)`` (``lambda`` changes only at epoch boundaries), or ``steps_per_epoch``
-    points per epoch with ``per_iteration``. Returns ``epochs`` (E,), ``lam`` (E,), ``classes``
-    (K,), ``alpha`` (K,) and ``alpha_hat`` (K, E).
+    ``0, 1, ..., max(1, ceil(T))`` (``lambda`` changes only at epoch boundaries; T = 0 is the constant
+    schedule of ``LINEAR_SCHEDULE False``, lambda = 1), or ``steps_per_epoch`` points per epoch with
+    ``per_iteration``. The settings come from :func:`lt_detectron.data.epochs.bofl_settings`.
+    Returns ``epochs`` (E,), ``lam`` (E,), ``classes`` (K,), ``alpha`` (K,) and ``alpha_hat`` (K, E).
     """
     import torch
 
@@ -239,7 +271,7 @@ def bofl_schedule_data(instance_counts, total_epochs: float, deferred_epochs: fl
     counts = _np(instance_counts)
     classes = _default_bofl_classes(counts) if classes is None else [int(c) for c in classes]
     sched = BOFLSchedule(total_epochs, deferred_epochs, per_iteration)
-    end = int(math.ceil(total_epochs))
+    end = max(1, int(math.ceil(total_epochs)))
     if per_iteration:
         epochs = np.linspace(0.0, float(end), end * steps_per_epoch + 1)
     else:
@@ -289,75 +321,10 @@ def plot_bofl_schedule(instance_counts, total_epochs: float, deferred_epochs: fl
     return _save(fig, path)
 
 
-# ---------------------------------------------------------------------- AP vs instances
-def _bin_index(counts: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    return np.searchsorted(np.asarray(edges, dtype=np.float64), counts, side="right")
+def __getattr__(name):
+    """The AP plots moved to :mod:`.result_plots` (they use the helpers above); importable from here too."""
+    if name in ("ap_vs_instances_data", "plot_ap_vs_instances"):
+        from . import result_plots
 
-
-def ap_vs_instances_data(per_class_ap: Mapping[str, Sequence[float]], instance_counts,
-                         bin_edges: Sequence[float] = DEFAULT_BIN_EDGES) -> Dict[str, object]:
-    """Per-class AP sorted by instance count and the mean AP per instance-count bin, per method.
-
-    Bins are ``[0, e0) [e0, e1) ... [e_k, inf)`` (BAGS' default 10/100/1000). NaN APs (classes
-    absent from the evaluation set) are left out of the means; an empty bin has mean NaN.
-    Returns ``order``, ``counts`` (sorted), ``ap`` (method -> AP in that order), ``bins``
-    (list of ``(lo, hi)``), ``bin_counts`` (classes per bin) and ``bin_mean`` (method -> (B,)).
-    """
-    counts = _np(instance_counts)
-    edges = [float(e) for e in bin_edges]
-    if any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError("bin_edges must be strictly increasing, got %r" % (list(bin_edges),))
-    order = sort_by_count(counts)
-    idx = _bin_index(counts, edges)
-    bounds = [0.0] + edges + [float("inf")]
-    B = len(bounds) - 1
-    ap_sorted, means = {}, {}
-    for m, ap in per_class_ap.items():
-        ap = _np(ap).reshape(-1)
-        if ap.shape != counts.shape:
-            raise ValueError("per_class_ap[%r] has %d entries for %d classes" % (m, ap.shape[0], counts.shape[0]))
-        ap_sorted[m] = ap[order]
-        mean = np.full(B, np.nan)
-        for b in range(B):
-            v = ap[(idx == b) & ~np.isnan(ap)]
-            if len(v):
-                mean[b] = v.mean()
-        means[m] = mean
-    return {"order": order, "counts": counts[order], "ap": ap_sorted,
-            "bins": list(zip(bounds[:-1], bounds[1:])), "bin_counts": np.bincount(idx, minlength=B),
-            "bin_mean": means}
-
-
-def plot_ap_vs_instances(per_class_ap: Mapping[str, Sequence[float]], instance_counts,
-                         path: str = "ap_vs_instances.png", bin_edges: Sequence[float] = DEFAULT_BIN_EDGES,
-                         title: Optional[str] = None, ylabel: str = "AP") -> str:
-    """Per-class AP vs training instance count for several methods (scatter + binned means).
-
-    x: instance count (log; zero-count classes drawn at 0.8); one colour per method; the
-    line joins each method's mean AP per instance bin, drawn at the bin's geometric centre.
-    Returns ``path``.
-    """
-    d = ap_vs_instances_data(per_class_ap, instance_counts, bin_edges)
-    fig, ax = _figure(figsize=(7.5, 4.8))
-    colors = _colors()
-    x = np.maximum(d["counts"], 0.8)
-    centres = []
-    for lo, hi in d["bins"]:
-        lo_ = max(lo, 1.0)
-        hi_ = hi if math.isfinite(hi) else max(float(np.max(d["counts"])) if len(x) else 10.0, lo_ * 10.0)
-        centres.append(math.sqrt(lo_ * max(hi_, lo_)))
-    n_methods = max(1, len(d["ap"]))
-    for k, (m, ap) in enumerate(d["ap"].items()):
-        col = colors[k % len(colors)]
-        jitter = 1.0 + 0.04 * (k - (n_methods - 1) / 2.0)  # spread overlapping points a little
-        ax.scatter(x * jitter, ap, s=14, alpha=0.55, color=col, edgecolors="none")
-        ok = ~np.isnan(d["bin_mean"][m])
-        ax.plot(np.asarray(centres)[ok], d["bin_mean"][m][ok], color=col, lw=2, marker="o", label=m)
-    for lo, _ in d["bins"][1:]:
-        ax.axvline(lo, color="0.8", lw=0.8, ls=":")
-    ax.set_xscale("log")
-    ax.set_xlabel("#training instances of the class (log)")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(title or "Per-class AP vs training instances (dots: classes, lines: bin means)")
-    return _save(fig, path)
+        return getattr(result_plots, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

@@ -4,7 +4,8 @@
   federated protocol with APr/APc/APf and AP by instance group; ``coco_lt``/``coco`` -> COCO
   metrics plus AP by training-instance bins), with training statistics from the registry.
 - Startup builds the class statistics (logged), checks the class count of the config against
-  the data, and tells the progress module how long an epoch is (BOFL's schedule).
+  the data, and fills ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` (the epoch length of BOFL's schedule) from
+  the same parse before the model is built; the run's ``config.yaml`` records it.
 - Checkpoints are plain data, loaded with ``weights_only=True``, written atomically, and resume
   falls back to the newest intact one (``LTCheckpointer``). Every rank's RNG states are saved
   (gathered to rank 0) and each rank resumes its own; the training sampler (``TrainingSampler``
@@ -31,22 +32,25 @@ from ..data import load_train_dicts, train_dataset_dicts
 from .checkpoint import LTCheckpointer, gather_rng_states, get_rng_state, reseed_from, rng_state_for_rank, set_rng_state
 from .logger import setup_lt_logger
 from .solver import build_lt_optimizer
-from .progress import iters_per_epoch, set_epoch_length
 
-__all__ = ["LTTrainer", "check_config_against_data", "freeze_all_but_classifier", "prepare_training_data"]
+__all__ = ["LTTrainer", "check_config_against_data", "freeze_all_but_classifier", "prepare_training_data", "record_config"]
 
 logger = logging.getLogger("lt_detectron")
 
 
 def prepare_training_data(cfg):
-    """Startup checks, then the training data read once: ``(class_stats, train_dicts)``.
+    """Startup checks, then the training data read once: ``(cfg, class_stats, train_dicts)``.
 
     Every dataset file must exist and the test sets must share the training class list (cheap
     checks, before any json is parsed); then the training json is parsed once per process and the
     class statistics, the epoch length (RFS-expanded, for BOFL) and the data loader all use the
-    same dicts. ``(None, None)`` without training datasets. ``--eval-only`` calls it too, so that
-    the heads' statistics and BOFL schedule come from the same single parse.
+    same dicts. The returned ``cfg`` is a clone with ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` set from them
+    when it was 0 (:func:`lt_detectron.data.epochs.with_iters_per_epoch`): build the model from it.
+    ``(cfg, None, None)`` without training datasets. ``--eval-only`` calls it too, so that the heads'
+    statistics and BOFL schedule come from the same single parse.
     """
+    from ..data.epochs import with_iters_per_epoch
+
     from ..data import check_class_lists, check_dataset_files, ensure_embedded_generated
 
     ensure_embedded_generated(cfg)  # a no-op unless lt_shapes_* is used and not yet generated
@@ -54,12 +58,23 @@ def prepare_training_data(cfg):
     check_dataset_files(cfg, check_test_boxes=False)
     check_class_lists(cfg)
     if not cfg.DATASETS.TRAIN:
-        return None, None
+        return cfg, None, None
     by_name = load_train_dicts(cfg)
     stats = check_config_against_data(cfg, by_name)
     train_dicts = train_dataset_dicts(cfg, by_name)
-    set_epoch_length(iters_per_epoch(cfg, train_dicts), cfg)
-    return stats, train_dicts
+    return with_iters_per_epoch(cfg, train_dicts), stats, train_dicts
+
+
+def record_config(cfg, previous=None):
+    """Rewrite ``OUTPUT_DIR/config.yaml`` (written by ``default_setup``) with ``cfg`` when it differs from
+    ``previous`` (the keys the trainer filled in), on the main process; a missing file is left missing."""
+    if not comm.is_main_process() or not cfg.OUTPUT_DIR or (previous is not None and previous.dump() == cfg.dump()):
+        return
+    path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    if os.path.isfile(path):
+        with open(path, "w") as f:
+            f.write(cfg.dump())
+        logger.info("config with the values filled from the training data written to %s", path)
 
 
 def check_config_against_data(cfg, dataset_dicts=None):
@@ -71,7 +86,7 @@ def check_config_against_data(cfg, dataset_dicts=None):
     """
     if not cfg.DATASETS.TRAIN:
         return None
-    stats = get_class_stats(cfg.DATASETS.TRAIN, dataset_dicts=dataset_dicts)
+    stats = get_class_stats(cfg.DATASETS.TRAIN, dataset_dicts=dataset_dicts, group_edges=cfg.MODEL.LT.GROUP_EDGES)
     arch = cfg.MODEL.META_ARCHITECTURE
     key = {"FCOS": "FCOS", "CenterNet": "CENTERNET"}.get(arch, "RETINANET" if "RetinaNet" in arch else None)
     if key is not None:
@@ -110,7 +125,9 @@ class LTTrainer(DefaultTrainer):
         # process that builds several trainers does not write one run's lines into another's log
         setup_lt_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        self.class_stats, train_dicts = prepare_training_data(cfg)
+        given = cfg
+        cfg, self.class_stats, train_dicts = prepare_training_data(cfg)
+        record_config(cfg, given)  # MODEL.LT.BOFL.ITERS_PER_EPOCH, so config.yaml rebuilds the same model
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         if "dataset" in inspect.signature(self.build_train_loader).parameters:
@@ -264,9 +281,10 @@ class LTTrainer(DefaultTrainer):
         return (period > 0 and (self.iter + 1) % period == 0) or self.iter >= self.max_iter - 1
 
     def build_hooks(self):
-        from .hooks import build_lt_hooks
+        from .hooks import build_lt_hooks, insert_before_writers
 
-        return super().build_hooks() + build_lt_hooks(self.cfg, self)
+        # before detectron2's PeriodicWriter, so that the plot images reach TensorBoard
+        return insert_before_writers(super().build_hooks(), build_lt_hooks(self.cfg, self))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -287,10 +305,12 @@ class LTTrainer(DefaultTrainer):
                 max_dets_per_image=cfg.TEST.LT.MAX_DETS,
                 class_stats=stats,
                 backend=cfg.TEST.LT.BACKEND,
+                group_edges=cfg.MODEL.LT.GROUP_EDGES,
             )
         if evaluator_type in ("coco", "coco_lt"):
             return LTCOCOEvaluator(
-                dataset_name, tasks=tasks, distributed=True, output_dir=output_folder, class_stats=stats
+                dataset_name, tasks=tasks, distributed=True, output_dir=output_folder, class_stats=stats,
+                group_edges=cfg.MODEL.LT.GROUP_EDGES,
             )
         raise NotImplementedError(
             "no evaluator for dataset %r (evaluator_type=%r): lt_detectron evaluates 'lvis', 'coco_lt' "

@@ -1,10 +1,11 @@
-"""Pieces shared by the LVIS and COCO-LT evaluators.
+"""Functions shared by the LVIS and COCO-LT protocols and evaluators.
 
 - :func:`instances_to_arrays`: Detectron2 ``Instances`` -> one ``(N, 7)`` float64 array
   ``[image_id, x, y, w, h, score, category_id]`` (the "detection matrix" the fast
-  backends read without building a dict per detection) plus RLE masks.
-- :class:`RankPredictionStore`: each rank writes its predictions to a file; rank 0
-  reads them all. Nothing is gathered through ``comm.gather``.
+  backends read without building a dict per detection) plus RLE masks;
+  :func:`detections_to_dicts`: that matrix as the result dicts of lvis-api / pycocotools.
+- :func:`resolve_backend`: hotcoco when installed, else the reference implementation.
+- :func:`keep_top_per_group`: the per-image cap / the top-k per class of a detection matrix.
 - per-category AP and group AP from a COCO/LVIS ``precision`` array, the csv writer and
   the log table.
 """
@@ -13,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,12 +22,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "instances_to_arrays",
-    "RankPredictionStore",
+    "detections_to_dicts",
+    "mask_boxes_and_areas",
+    "resolve_backend",
+    "keep_top_per_group",
     "load_gt_json",
     "category_sums",
     "precision_ap",
     "per_category_ap",
-    "instance_bins",
     "write_per_category_csv",
     "format_table",
 ]
@@ -112,80 +113,75 @@ def instances_to_arrays(
     return out, rles
 
 
-class RankPredictionStore:
-    """Per-rank prediction files in a folder shared by the ranks of one machine (or a shared FS).
-
-    ``directory``: where to write (e.g. ``output_dir/lt_predictions``); ``None`` makes a
-    temporary folder on rank 0 whose path is broadcast (a few bytes) to the other ranks and
-    removed after reading.
-    """
-
-    def __init__(self, directory: Optional[str], prefix: str):
-        self._dir = directory
-        self._prefix = prefix
-        self._tmp = directory is None
-
-    def _resolve_dir(self) -> str:
-        from detectron2.utils import comm
-
-        if self._dir is None:
-            path = tempfile.mkdtemp(prefix="lt_eval_") if comm.get_rank() == 0 else None
-            if comm.get_world_size() > 1:
-                path = comm.all_gather(path)[0]
-            self._dir = path
-        os.makedirs(self._dir, exist_ok=True)
-        return self._dir
-
-    def write(self, dets: np.ndarray, rles: Optional[List[dict]]) -> None:
-        """Every rank calls this (collective when the folder is temporary)."""
-        from detectron2.utils import comm
-
-        d = self._resolve_dir()
-        rank = comm.get_rank()
-        path = os.path.join(d, f"{self._prefix}_rank{rank}.npy")
-        np.save(path + ".part.npy", dets)
-        os.replace(path + ".part.npy", path)
+def detections_to_dicts(dets: np.ndarray, rles: Optional[List[dict]]) -> List[dict]:
+    """Result dicts (``image_id``, ``category_id``, ``bbox`` XYWH, ``score`` [, ``segmentation``]) of a
+    detection matrix, for the reference implementations (lvis-api, pycocotools)."""
+    out = []
+    ids = dets[:, 0].astype(np.int64).tolist()
+    cats = dets[:, 6].astype(np.int64).tolist()
+    boxes = dets[:, 1:5].tolist()
+    scores = dets[:, 5].tolist()
+    for i in range(len(dets)):
+        r = {"image_id": ids[i], "category_id": cats[i], "bbox": boxes[i], "score": scores[i]}
         if rles is not None:
-            # json, not pickle: reading a prediction file never runs code
-            rpath = os.path.join(d, f"{self._prefix}_rank{rank}_segm.json")
-            with open(rpath + ".part", "w") as f:
-                json.dump([_rle_to_json(r) for r in rles], f)
-            os.replace(rpath + ".part", rpath)
+            r["segmentation"] = rles[i]
+        out.append(r)
+    return out
 
-    def read_all(self, world_size: int, with_masks: bool) -> Tuple[np.ndarray, Optional[List[dict]]]:
-        """On rank 0, after a barrier: every rank's predictions, concatenated in rank order."""
-        arrs, rles = [], [] if with_masks else None
-        for r in range(world_size):
-            path = os.path.join(self._dir, f"{self._prefix}_rank{r}.npy")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(
-                    f"Predictions of rank {r} not found at {path}: in multi-machine runs output_dir "
-                    "must be on a file system shared by all ranks."
-                )
-            arrs.append(np.load(path))
-            if with_masks:
-                with open(os.path.join(self._dir, f"{self._prefix}_rank{r}_segm.json")) as f:
-                    rles.extend(_rle_from_json(x) for x in json.load(f))
-        dets = np.concatenate(arrs, 0) if arrs else np.zeros((0, 7))
+
+def mask_boxes_and_areas(rles: List[dict]) -> Tuple[np.ndarray, np.ndarray]:
+    """``(N, 4)`` XYWH boxes and ``(N,)`` areas of RLE masks: what lvis-api / pycocotools give a mask
+    result without a box, and what Detectron2's evaluators evaluate (they drop the box of mask results),
+    so small/medium/large use the mask's area."""
+    from pycocotools import mask as mask_util
+
+    enc = [r if isinstance(r["counts"], bytes) else {"size": r["size"], "counts": r["counts"].encode("ascii")}
+           for r in rles]
+    if not enc:
+        return np.zeros((0, 4)), np.zeros(0)
+    # pycocotools' area() of a list sizes a uint8 array by the list length: at most 255 masks per call
+    areas = np.concatenate([np.asarray(mask_util.area(enc[i:i + 255]), np.float64) for i in range(0, len(enc), 255)])
+    return np.asarray(mask_util.toBbox(enc), np.float64).reshape(-1, 4), areas
+
+
+def resolve_backend(backend: str, reference: str) -> str:
+    """``"hotcoco"`` for ``"auto"``/``"hotcoco"`` when hotcoco is installed, else ``reference``
+    (the protocol's reference implementation: ``"lvis"`` or ``"pycocotools"``)."""
+    if backend not in ("auto", "hotcoco", reference):
+        raise ValueError(f"backend must be 'auto', 'hotcoco' or {reference!r}, got {backend!r}")
+    if backend in ("auto", "hotcoco"):
+        try:
+            import hotcoco  # noqa: F401
+
+            return "hotcoco"
+        except ImportError:
+            if backend == "hotcoco":
+                raise
+            logger.warning("hotcoco is not installed; evaluation falls back to the slower %s.", reference)
+    return reference
+
+
+def keep_top_per_group(dets: np.ndarray, rles: Optional[List[dict]], column: int, k: int):
+    """The ``k`` highest-scoring detections of every group of a detection matrix, in their order.
+
+    ``column``: 0 groups by image (the per-image cap of the LVIS protocol: lvis-api's
+    ``LVISResults(max_dets=k)``), 6 by category (Fixed AP's top-k per class over the dataset).
+    Ties are broken by position, like a stable sort (:func:`~lt_detectron.modeling.topk_inference.
+    topk_per_group_mask`). ``k < 0`` keeps everything.
+    """
+    import torch
+
+    from ..modeling.topk_inference import topk_per_group_mask
+
+    if k < 0 or len(dets) == 0:
         return dets, rles
-
-    def cleanup(self) -> None:
-        if self._tmp and self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-
-
-def _rle_to_json(rle: dict) -> dict:
-    """A COCO RLE as json: bytes ``counts`` (pycocotools' output) become text, flagged."""
-    counts = rle["counts"]
-    if isinstance(counts, bytes):
-        return {"size": list(rle["size"]), "counts": counts.decode("ascii"), "bytes": True}
-    return {"size": list(rle["size"]), "counts": counts}
-
-
-def _rle_from_json(d: dict) -> dict:
-    counts = d["counts"].encode("ascii") if d.get("bytes") else d["counts"]
-    return {"size": d["size"], "counts": counts}
+    groups = dets[:, column].astype(np.int64)
+    counts = np.bincount(groups - groups.min())
+    if counts.max() <= k:
+        return dets, rles
+    keep = topk_per_group_mask(torch.from_numpy(dets[:, 5]), torch.from_numpy(groups), k).numpy()
+    idx = np.nonzero(keep)[0]
+    return dets[idx], ([rles[i] for i in idx] if rles is not None else None)
 
 
 def category_sums(precision: np.ndarray, area_idx: int = 0) -> Tuple[np.ndarray, np.ndarray]:
@@ -219,21 +215,6 @@ def per_category_ap(precision) -> np.ndarray:
     sums, counts = precision if isinstance(precision, tuple) else category_sums(precision)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
-def instance_bins(counts: np.ndarray, edges: Sequence[int] = (10, 100, 1000), lo0: int = 0):
-    """[(lo, hi, contiguous ids)] for bins [lo0, e0), [e0, e1), ..., [e_last, inf); empty bins kept."""
-    counts = np.asarray(counts)
-    bounds = [lo0] + list(edges) + [np.inf]
-    out = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        ids = np.nonzero((counts >= lo) & (counts < hi))[0]
-        out.append((int(lo), hi if hi == np.inf else int(hi), ids))
-    return out
-
-
-def bin_label(lo, hi) -> str:
-    return f"[{int(lo)},{'inf' if hi == np.inf else int(hi)})"
 
 
 def write_per_category_csv(path: str, rows: Iterable[dict]) -> None:

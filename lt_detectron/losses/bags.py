@@ -1,6 +1,6 @@
 """Balanced Group Softmax (BAGS, Li et al., CVPR 2020) for a Detectron2 softmax ROI classifier.
 
-Pure torch; no Detectron2 config objects.  See METHODS.md section 2.
+Pure torch; no Detectron2 config objects.  See docs/methods.md#bags.
 
 Conventions
 -----------
@@ -36,16 +36,22 @@ Groups without positives contribute 0.  Sampling is done on the logits' device w
 
 Inference: ``bags_scores`` -> ``(R, C + 1)``: ``P_bg-group(fg) * P_{G_n}(c)`` for each class, background
 column ``P_bg-group(bg)`` last; "others" probabilities are discarded and nothing is renormalised.
+
+Registered as ``bags`` in ``ROI_LOSS_REGISTRY`` (:class:`BAGSLoss`, from ``MODEL.LT.BAGS.*`` and the
+training instance counts). Its classifier is a linear layer of ``K`` logits, normal(std 0.01) weights and
+zero bias, as the official code.
 """
 from __future__ import annotations
 
-import bisect
 import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..class_stats import check_group_edges, instance_bin_index
+from .base import ROI_LOSS_REGISTRY, ClassifierSpec, ROIBatch, ROILoss, class_counts
 
 __all__ = ["BAGSLayout", "BAGSLoss", "bags_scores", "group_softmax"]
 
@@ -88,11 +94,9 @@ class BAGSLayout(nn.Module):
             raise ValueError("instance_counts must be non-empty")
         if any((c < 0) or (isinstance(c, float) and math.isnan(c)) for c in counts):
             raise ValueError("instance_counts must be non-negative")
-        edges = [float(e) for e in bin_edges]
-        if any(b <= a for a, b in zip(edges, edges[1:])) or (edges and edges[0] <= 0):
-            raise ValueError(f"bin_edges must be positive and strictly increasing, got {bin_edges}")
+        edges = list(check_group_edges(bin_edges, "bin_edges"))
         C = len(counts)
-        bins = [bisect.bisect_right(edges, float(c)) for c in counts]  # [lo, hi) bins
+        bins = instance_bin_index(counts, edges, "bin_edges").tolist()  # [lo, hi) bins
         kept = sorted(set(bins))
         N = len(kept)
         bin_to_group = {b: g for g, b in enumerate(kept)}
@@ -199,15 +203,17 @@ class _GroupSoftmaxCE(torch.autograd.Function):
         return grad, None, None, None
 
 
-class BAGSLoss(nn.Module):
+@ROI_LOSS_REGISTRY.register("bags")
+class BAGSLoss(ROILoss):
     """BAGS classification loss.
 
     Args:
         instance_counts: (C,) training instance counts per contiguous class id.
         bin_edges: instance-count bin edges (default ``(10, 100, 1000)``); empty bins are dropped.
         beta: "others" sampling ratio, ``m_n = floor(beta * |P_n|)`` (default 8).
+        prior_prob (keyword-only): > 0 sets the classifier bias prior (default: zero bias).
 
-    ``forward(logits, gt_classes, generator=None) -> scalar``:
+    ``forward(logits, gt_classes, batch=None, generator=None) -> scalar``:
         logits (R, K=C+N+2) in the layout of :class:`BAGSLayout`; gt_classes (R,) long in [0, C]
         (C = background).  Returns ``CE_bg + sum_n L_n`` (see module docstring).  There is no
         ``reduction`` argument: each group is averaged over its own selected ROIs, as in the paper.
@@ -216,17 +222,35 @@ class BAGSLoss(nn.Module):
         R = 0 returns a zero connected to the graph.
     """
 
-    def __init__(self, instance_counts, bin_edges: Sequence[float] = (10, 100, 1000), beta: float = 8.0):
-        super().__init__()
+    needs_class_stats = True
+
+    def __init__(self, instance_counts, bin_edges: Sequence[float] = (10, 100, 1000), beta: float = 8.0, *,
+                 prior_prob: float = -1.0):
         if not beta >= 0:
             raise ValueError("beta must be >= 0")
-        self.layout = BAGSLayout(instance_counts, bin_edges)
+        layout = BAGSLayout(instance_counts, bin_edges)
+        super().__init__(layout.num_classes, prior_prob=prior_prob)
+        self.layout = layout
         self.beta = float(beta)
         self._bounds = _group_bounds(self.layout)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, class_stats=None) -> dict:
+        lt = cfg.MODEL.LT
+        if str(lt.CLASSIFIER).lower() != "linear":
+            raise ValueError(
+                "MODEL.LT.ROI_LOSS bags trains a grouped linear classifier; MODEL.LT.CLASSIFIER %r is not supported. "
+                "Set MODEL.LT.CLASSIFIER linear." % (lt.CLASSIFIER,)
+            )
+        return dict(instance_counts=class_counts(class_stats), bin_edges=tuple(lt.BAGS.BIN_EDGES), beta=lt.BAGS.BETA,
+                    prior_prob=lt.PRIOR_PROB)
 
     @property
     def num_logits(self) -> int:
         return self.layout.num_logits
+
+    def classifier_spec(self) -> ClassifierSpec:
+        return ClassifierSpec(self.num_logits, kind="linear", bias=True, prior_prob=self.prior_prob, init_std=0.01)
 
     def sample_selection(self, gt_classes: torch.Tensor,
                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -279,13 +303,18 @@ class BAGSLoss(nn.Module):
         tcols = lay.target_columns(gt_classes)
         return _GroupSoftmaxCE.apply(logits, tcols, coef, self._bounds)
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor,
+    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return self.group_losses(logits, gt_classes, generator).sum()
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Inference scores (R, C+1); see :func:`bags_scores`."""
         return bags_scores(logits, self.layout)
+
+    predict_probs = scores
+
+    def extra_repr(self) -> str:
+        return "num_classes=%d, num_logits=%d, beta=%g" % (self.num_classes, self.num_logits, self.beta)
 
 
 def group_softmax(logits: torch.Tensor, layout: BAGSLayout) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""C2AM: Category-Aware Angular Margin loss (Wang et al., CVPR 2022). See METHODS.md section 5.
+"""C2AM: Category-Aware Angular Margin loss (Wang et al., CVPR 2022). See docs/methods.md#c2am.
 
 Pure torch; no Detectron2 config objects.  The paper has no public code.
 
@@ -14,7 +14,7 @@ cosine classifier, see :class:`lt_detectron.modeling.classifiers.CosineClassifie
 * ``L = CE(softmax(logits), i)``, averaged over ROIs (``reduction='mean'``).
 
 Background [interp, the paper is silent]: background is the (C+1)-th cosine class and, with
-``background_margin=True`` (default, METHODS.md recommendation), margins apply to every pair including
+``background_margin=True`` (default, see docs/methods.md#c2am), margins apply to every pair including
 background.  ``background_margin=False``: no margin on any pair involving the background row (background
 ROIs and background column get plain ``s * cos``).  Inference (not here): plain ``softmax(s * cos)``.
 
@@ -25,6 +25,10 @@ the raw cosine, so ``alpha = 0`` is exactly a cosine-softmax CE.  This equals
 ``cos(min(acos(clamp(c)) + m, pi))`` and its gradient exactly.  A custom autograd Function processes
 ROIs in row chunks with reused scratch buffers
 and stores one (R, K) gradient buffer.
+
+Registered as ``c2am`` in ``ROI_LOSS_REGISTRY``: :class:`C2AMROILoss` (from ``MODEL.LT.C2AM.*``) asks for
+a bias-free cosine classifier returning raw cosines and reads its weight norms from
+``ROIBatch.classifier``; ``predict_probs`` is ``softmax(s * cos)``.
 """
 from __future__ import annotations
 
@@ -33,8 +37,11 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-__all__ = ["C2AMLoss", "c2am_margins", "c2am_loss"]
+from .base import ROI_LOSS_REGISTRY, ClassifierSpec, ROIBatch, ROILoss
+
+__all__ = ["C2AMLoss", "C2AMROILoss", "c2am_margins", "c2am_loss"]
 
 
 def _log_norms(weight_norms: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -165,7 +172,7 @@ def c2am_loss(cos_logits: torch.Tensor, weight_norms: torch.Tensor, gt_classes: 
         z = cos_logits.sum() * 0.0
         return cos_logits.new_zeros(0) + z if reduction == "none" else z
     if cos_logits.dtype in (torch.float16, torch.bfloat16):
-        cos_logits = cos_logits.float()  # margins / acos in fp32 (METHODS.md 5g)
+        cos_logits = cos_logits.float()  # margins / acos in fp32 (docs/methods.md#c2am)
     gt = gt_classes.to(device=cos_logits.device, dtype=torch.long)
     dtype = cos_logits.dtype
     logn = _log_norms(weight_norms, dtype).to(cos_logits.device)
@@ -231,3 +238,49 @@ class C2AMLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"scale={self.scale}, alpha={self.alpha}, background_margin={self.background_margin}, "
                 f"eps={self.eps}, reduction={self.reduction}")
+
+
+@ROI_LOSS_REGISTRY.register("c2am")
+class C2AMROILoss(ROILoss):
+    """C2AM as a protocol ROI loss: ``forward(cos_logits (R, C+1), gt_classes (R,), batch) -> scalar`` (mean).
+
+    The classifier (``classifier_spec``) is a bias-free cosine layer returning RAW cosines; ``batch.classifier``
+    must be that layer (its ``weight_norms()`` give the margins). ``MODEL.LT.CLASSIFIER`` / ``COSINE_SCALE``
+    / ``PRIOR_PROB`` do not apply: the scale is ``MODEL.LT.C2AM.SCALE``.
+    """
+
+    def __init__(self, num_classes: int, scale: float = 30.0, alpha: float = 0.5, background_margin: bool = True,
+                 eps: float = 1e-6):
+        super().__init__(num_classes)
+        if not 0.0 < eps < 0.5:
+            raise ValueError("eps must be in (0, 0.5)")
+        self.scale = float(scale)
+        self.alpha = float(alpha)
+        self.background_margin = bool(background_margin)
+        self.eps = float(eps)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, class_stats=None) -> dict:
+        c = cfg.MODEL.LT.C2AM
+        return dict(num_classes=num_classes, scale=c.SCALE, alpha=c.ALPHA, background_margin=c.BACKGROUND_MARGIN)
+
+    def classifier_spec(self) -> ClassifierSpec:
+        return ClassifierSpec(self.num_classes + 1, kind="cosine", scale=None, bias=False)
+
+    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+        self._check_logits(logits)
+        classifier = None if batch is None else batch.classifier
+        if classifier is None or not hasattr(classifier, "weight_norms"):
+            raise ValueError(
+                "C2AM's margins need the classifier's weight norms: pass ROIBatch(classifier=<the cosine layer built "
+                "from classifier_spec()>) (LongTailFastRCNNOutputLayers does)"
+            )
+        return c2am_loss(logits, classifier.weight_norms(), gt_classes, self.scale, self.alpha,
+                         self.background_margin, self.eps, "mean")
+
+    def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.scale * logits, dim=-1)
+
+    def extra_repr(self) -> str:
+        return "num_classes=%d, scale=%g, alpha=%g, background_margin=%s" % (
+            self.num_classes, self.scale, self.alpha, self.background_margin)

@@ -33,17 +33,25 @@ One-stage form, :class:`ECMFocalLoss`: C channels, no background column and no b
 (n_c^- = sum_{c'} n_c' - n_c), s_hat = sigma(2z + delta) plugged into the sigmoid focal loss
 (gamma 2, alpha 0.25), reduction = sum (the detector divides by its own normaliser). Following the
 supplement ("apply the focal weights to our ECM loss") the per-class weights m_c multiply the focal loss
-as they multiply the BCE in the two-stage form.
+as they multiply the BCE in the two-stage form. :class:`ECMDenseLoss` is the registered dense loss
+(labels in, the same maths); its heat-map form (CenterNet, [interp]) is the penalty-reduced focal loss
+on 2z + delta times m_c.
+
+Registered as ``ecm`` in ``ROI_LOSS_REGISTRY`` (:class:`ECMLoss`, from ``MODEL.LT.ECM.*`` and the
+training instance counts) and ``DENSE_LOSS_REGISTRY`` (:class:`ECMDenseLoss`).
 """
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
+from .base import DENSE_LOSS_REGISTRY, ROI_LOSS_REGISTRY, DenseBatch, DenseLoss, ROIBatch, ROILoss, class_counts
 from .distributed import all_reduce_sum, warn_nonfinite_skip
 from .eqlv2 import objectness_scores
-from .focal import sigmoid_focal_loss
+from .focal import labels_to_targets, penalty_reduced_focal_loss, sigmoid_focal_loss
 from .sigmoid import fused_weighted_bce
 
-__all__ = ["ecm_margins_and_weights", "objectness_scores", "ECMLoss", "ECMFocalLoss"]
+__all__ = ["ecm_margins_and_weights", "objectness_scores", "ECMLoss", "ECMFocalLoss", "ECMDenseLoss", "ecm_focal_loss"]
 
 DEFAULT_BG_FG_RATIO = 6.3313
 
@@ -67,20 +75,26 @@ def ecm_margins_and_weights(instance_counts, bg_fg_ratio=DEFAULT_BG_FG_RATIO, wi
     return delta, m
 
 
-class ECMLoss(nn.Module):
-    """ECM ROI loss. ``forward(logits (R, C+1), gt_classes (R,)) -> scalar`` (sum over all C+1 columns / R).
+@ROI_LOSS_REGISTRY.register("ecm")
+class ECMLoss(ROILoss):
+    """ECM ROI loss. ``forward(logits (R, C+1), gt_classes (R,), batch=None) -> scalar`` (sum over all C+1
+    columns / R). ``predict_probs``: :func:`objectness_scores`.
 
     Args:
         instance_counts: (C,) training instance counts per class (before RFS).
         bg_fg_ratio: r constant (#bg / #fg ROIs); 6.3313 = authors' LVIS v1 value.
         measure_iters: K > 0 measures r over the first K training calls, then freezes it (module docstring).
+        classifier, cosine_scale, prior_prob (keyword-only): the classifier options of
+            :class:`~lt_detectron.losses.base.ROILoss` (the authors: cosine, temperature 20, with bias).
     Buffers ``margins`` (delta) and ``weights`` (m), (C+1,) float32, are the values in use.
     """
 
-    def __init__(self, instance_counts, bg_fg_ratio: float = DEFAULT_BG_FG_RATIO, measure_iters: int = 0):
-        super().__init__()
+    needs_class_stats = True
+
+    def __init__(self, instance_counts, bg_fg_ratio: float = DEFAULT_BG_FG_RATIO, measure_iters: int = 0, *,
+                 classifier: str = "linear", cosine_scale: float = 20.0, prior_prob: float = -1.0):
         counts = torch.as_tensor(instance_counts, dtype=torch.float64).flatten()
-        self.num_classes = int(counts.numel())
+        super().__init__(int(counts.numel()), classifier=classifier, cosine_scale=cosine_scale, prior_prob=prior_prob)
         self.measure_iters = int(measure_iters)
         self.register_buffer("instance_counts", counts)
         self.register_buffer("bg_fg_ratio", torch.tensor(float(bg_fg_ratio), dtype=torch.float64))
@@ -91,6 +105,13 @@ class ECMLoss(nn.Module):
         self.register_buffer("weights", torch.zeros(self.num_classes + 1, dtype=torch.float32))
         self.num_nonfinite_skips = 0  # measuring batches dropped for non-finite logits (not checkpointed)
         self._recompute()
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, class_stats=None) -> dict:
+        ret = super().from_config(cfg, num_classes, class_stats)
+        del ret["num_classes"]  # from the counts
+        e = cfg.MODEL.LT.ECM
+        return dict(ret, instance_counts=class_counts(class_stats), bg_fg_ratio=e.BG_FG_RATIO, measure_iters=e.MEASURE_ITERS)
 
     def _recompute(self):
         delta, m = ecm_margins_and_weights(self.instance_counts, float(self.bg_fg_ratio), True)
@@ -122,9 +143,8 @@ class ECMLoss(nn.Module):
             self.bg_fg_ratio.fill_(float(self.measured_bg) / float(self.measured_fg))
             self._recompute()
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        if logits.dim() != 2 or logits.shape[1] != self.num_classes + 1:
-            raise ValueError(f"expected logits (R, {self.num_classes + 1}), got {tuple(logits.shape)}")
+    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+        self._check_logits(logits)
         # loss with the margins in force *before* this batch's measurement
         loss, _, _ = fused_weighted_bce(
             logits, gt_classes, self.weights, input_scale=2.0, input_bias=self.margins
@@ -132,6 +152,24 @@ class ECMLoss(nn.Module):
         if self.training and self.measuring:
             self._measure(gt_classes, logits)
         return loss
+
+    def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return objectness_scores(logits)
+
+    def extra_repr(self) -> str:
+        return "num_classes=%d, bg_fg_ratio=%.6g, measure_iters=%d" % (
+            self.num_classes, float(self.bg_fg_ratio), self.measure_iters)
+
+
+def ecm_focal_loss(logits, targets, margins, weights=None, alpha: float = 0.25, gamma: float = 2.0):
+    """One-stage ECM: sum of the sigmoid focal loss on 2z + delta (targets (M, C)), times m_c when
+    ``weights`` is given. ``logits`` (M, C); fp16/bf16 are computed in float32; M = 0 gives 0."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    x = 2.0 * z + margins.to(z.dtype)
+    return sigmoid_focal_loss(x, targets, alpha, gamma, reduction="sum",
+                              weight=None if weights is None else weights.to(z.dtype))
 
 
 class ECMFocalLoss(nn.Module):
@@ -155,11 +193,40 @@ class ECMFocalLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"expected logits (M, {self.num_classes}), got {tuple(logits.shape)}")
-        if logits.shape[0] == 0:
-            return logits.sum() * 0.0
+        return ecm_focal_loss(logits, targets, self.margins, self.weights if self.use_class_weights else None,
+                              self.alpha, self.gamma)
+
+
+@DENSE_LOSS_REGISTRY.register("ecm")
+class ECMDenseLoss(DenseLoss):
+    """One-stage ECM for the dense heads: labels in (the protocol), the maths of :class:`ECMFocalLoss`.
+
+    ``forward(logits (M, C), labels (M,) in [0, C], batch=None) -> scalar`` (sum); :meth:`heatmap`: the
+    penalty-reduced focal loss on 2z + delta times m_c [interp]. Inference: sigma(z) (authors' code: no
+    factor 2, no margins). Buffers ``margins``, ``weights`` (C,) are constants of the instance counts.
+    """
+
+    needs_class_stats = True
+
+    def __init__(self, instance_counts, *, focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+        delta, m = ecm_margins_and_weights(instance_counts, with_background=False)
+        super().__init__(int(delta.numel()), focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+        self.register_buffer("margins", delta.float())
+        self.register_buffer("weights", m.float())
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25,
+                    focal_gamma: float = 2.0) -> dict:
+        return dict(instance_counts=class_counts(class_stats), focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None) -> torch.Tensor:
+        self._check_logits(logits)
+        target = labels_to_targets(labels, self.num_classes, logits.dtype)
+        return ecm_focal_loss(logits, target, self.margins, self.weights, self.focal_alpha, self.focal_gamma)
+
+    def heatmap(self, logits: torch.Tensor, heat: torch.Tensor, batch: Optional[DenseBatch] = None,
+                alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+        C = self.num_classes
         z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-        x = 2.0 * z + self.margins.to(z.dtype)
-        return sigmoid_focal_loss(
-            x, targets, self.alpha, self.gamma, reduction="sum",
-            weight=self.weights.to(z.dtype) if self.use_class_weights else None,
-        )
+        x = 2.0 * z + self.margins.view(1, C, 1, 1).to(z.dtype)
+        return penalty_reduced_focal_loss(x, heat, alpha, beta, weight=self.weights.view(1, C, 1, 1))

@@ -24,21 +24,33 @@ Two-stage (ROI) form, :class:`EQLv2Loss`:
     Buffers ``pos_grad``, ``neg_grad``, ``pos_neg`` (float32, length C) are persistent (in state_dict).
     The statistics are always accumulated in float32 (the loss runs in float32 for fp16/bf16 logits).
 
-Dense form, :class:`EQLv2FocalLoss` (**our extension; untested in the literature**; EFL is the published
-dense successor and is not implemented here): C sigmoid channels, no objectness column, background
+Dense form, :class:`EQLv2FocalLoss` (**our extension; untested in the literature**; EFL, the published
+dense successor, is :mod:`lt_detectron.losses.efl`): C sigmoid channels, no objectness column, background
 locations have an all-zero target; the same q/r re-weighting multiplies the sigmoid focal loss
 (alpha_t, gamma) elementwise, reduction = sum (the detector applies its own normaliser). The statistics use
-the EQL v2 (BCE) gradient magnitude |sigma - y| times the EQL weight (as in the EQL v2 / EFL code), over
-all valid locations given, all-reduced like the ROI version.
+the EQL v2 (BCE) gradient magnitude |sigma - y| times the EQL weight (as the EQL v2 code collects them; EFL
+instead uses the true gradient of its own final loss), over all valid locations given, all-reduced like the
+ROI version.
 
-Inference: :func:`objectness_scores` = [sigma(z_fg) * (1 - sigma(z_bg)), sigma(z_bg)] (``test_with_obj``).
+Heat-map form (CenterNet), :meth:`EQLv2FocalLoss.heatmap` (**our extension**, [interp]): the same q/r
+channel weights from the same buffers multiply the penalty-reduced focal loss, q on the heat-map peaks
+(heat == 1), r elsewhere; the statistics are those of the re-weighted BCE gradients, |sigma - y| with
+y = peak, summed over images and pixels and accumulated through the same all-reduced, guarded update.
+
+Inference: :func:`objectness_scores` = [sigma(z_fg) * (1 - sigma(z_bg)), sigma(z_bg)] (``test_with_obj``);
+the dense forms use sigma(z).
+
+Registered as ``eqlv2`` in ``ROI_LOSS_REGISTRY`` (:class:`EQLv2Loss`, bias prior 0.001 by default) and
+``DENSE_LOSS_REGISTRY`` (:class:`EQLv2FocalLoss`), built from ``MODEL.LT.EQLV2.{GAMMA, MU, ALPHA}``.
 """
+from typing import Optional
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from .distributed import all_reduce_sum, warn_nonfinite_skip
-from .focal import sigmoid_focal_loss
+from .base import DENSE_LOSS_REGISTRY, ROI_LOSS_REGISTRY, DenseBatch, DenseLoss, ROIBatch, ROILoss
+from .focal import penalty_reduced_focal_loss, sigmoid_focal_loss
+from .grad_stats import GradientStats
 from .sigmoid import fused_weighted_bce
 
 __all__ = ["eqlv2_map", "objectness_scores", "EQLv2Loss", "EQLv2FocalLoss"]
@@ -60,19 +72,15 @@ def objectness_scores(logits: torch.Tensor) -> torch.Tensor:
     return torch.cat([fg, bg], dim=1)
 
 
-class _EQLv2Stats(nn.Module):
-    """Shared EQL v2 state: gradient accumulators and the q/r weight mapping (length C, float32)."""
+class _EQLv2Stats(GradientStats):
+    """Shared EQL v2 state: the all-reduced gradient accumulators of :class:`GradientStats` (``pos_neg``
+    starts at 100, no clamp) and the q/r weight mapping (length C, float32)."""
 
     def __init__(self, num_classes: int, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0):
-        super().__init__()
-        self.num_classes = int(num_classes)
+        super().__init__(num_classes, init_ratio=100.0, what="EQL v2 statistics (pos_grad/neg_grad/pos_neg)")
         self.gamma = float(gamma)
         self.mu = float(mu)
         self.alpha = float(alpha)
-        self.register_buffer("pos_grad", torch.zeros(self.num_classes, dtype=torch.float32))
-        self.register_buffer("neg_grad", torch.zeros(self.num_classes, dtype=torch.float32))
-        self.register_buffer("pos_neg", torch.full((self.num_classes,), 100.0, dtype=torch.float32))
-        self.num_nonfinite_skips = 0  # batches whose statistics were dropped (this process; not checkpointed)
 
     def class_weights(self):
         """(neg_w, pos_w) for the C foreground classes: r = f(g), q = 1 + alpha (1 - f(g)), float32."""
@@ -80,44 +88,50 @@ class _EQLv2Stats(nn.Module):
         q = 1.0 + self.alpha * (1.0 - r)
         return r, q
 
-    @torch.no_grad()
-    def _update(self, pos_inc: torch.Tensor, neg_inc: torch.Tensor) -> bool:
-        """Add this step's increments (all-reduced first); returns False when the update was skipped."""
-        # one collective for both vectors; every rank must call this on every training step
-        C = self.num_classes
-        inc = torch.cat([pos_inc, neg_inc]).to(dtype=self.pos_grad.dtype, device=self.pos_grad.device)
-        all_reduce_sum(inc)
-        pos_grad = self.pos_grad + inc[:C]
-        neg_grad = self.neg_grad + inc[C:]
-        pos_neg = pos_grad / (neg_grad + 1e-10)
-        # both decisions use the reduced increments and the (identical) buffers, so every rank takes the
-        # same branch; one host sync for both
-        observed, finite = torch.stack(
-            [inc.ne(0).any(), torch.isfinite(torch.cat([pos_grad, neg_grad, pos_neg])).all()]
-        ).tolist()
-        if not observed:
-            # no ROI on any rank (global R = 0): nothing observed; keep g instead of letting 0 / 1e-10
-            # reset the initial g = 100 to 0
-            return False
-        if not finite:
-            # a NaN logit on any rank (an overflowing fp16 step that AMP will skip, a diverging batch):
-            # keeping the sums would make every later weight NaN, so this batch's statistics are dropped
-            warn_nonfinite_skip(self, "EQL v2 statistics (pos_grad/neg_grad/pos_neg)")
-            return False
-        self.pos_grad.copy_(pos_grad)
-        self.neg_grad.copy_(neg_grad)
-        self.pos_neg.copy_(pos_neg)
-        return True
+    def plot_data(self) -> dict:
+        """The per-class statistics the method plots draw (EQL v2 Fig. 1; the loss protocol's
+        ``plot_data``, :func:`lt_detectron.engine.plots.plot_class_statistics`): the ratio g_j and the
+        weights q_j, r_j the loss uses next, each (C,)."""
+        r, q = self.class_weights()
+        return {
+            "name": "eqlv2_ratios",
+            "title": "EQL v2 gradient ratio per class (EQL v2 Fig. 1)",
+            "ratio": self.pos_neg.detach().float().cpu(),
+            "ratio_label": "g_j = pos_grad / neg_grad",
+            "factors": {"q_j (positive weight) = 1 + alpha (1 - f(g_j))": q.detach().cpu(),
+                        "r_j (negative weight) = f(g_j)": r.detach().cpu()},
+            "factors_label": "EQL v2 weight",
+            "params": "gamma=%g, mu=%g, alpha=%g" % (self.gamma, self.mu, self.alpha),
+        }
 
     def extra_repr(self):
         return f"num_classes={self.num_classes}, gamma={self.gamma}, mu={self.mu}, alpha={self.alpha}"
 
 
-class EQLv2Loss(_EQLv2Stats):
-    """EQL v2 ROI classification loss. ``forward(logits (R, C+1), gt_classes (R,)) -> scalar`` (sum / R).
+def _eqlv2_kwargs(cfg) -> dict:
+    e = cfg.MODEL.LT.EQLV2
+    return dict(gamma=e.GAMMA, mu=e.MU, alpha=e.ALPHA)
+
+
+@ROI_LOSS_REGISTRY.register("eqlv2")
+class EQLv2Loss(ROILoss, _EQLv2Stats):
+    """EQL v2 ROI classification loss. ``forward(logits (R, C+1), gt_classes (R,), batch=None) -> scalar``
+    (sum / R). ``predict_probs``: :func:`objectness_scores`.
 
     See the module docstring for the exact math. Statistics update only when ``self.training``.
+    Keyword-only: the classifier options of :class:`~lt_detectron.losses.base.ROILoss`.
     """
+
+    default_prior_prob = 0.001
+
+    def __init__(self, num_classes: int, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0, *,
+                 classifier: str = "linear", cosine_scale: float = 20.0, prior_prob: float = -1.0):
+        _EQLv2Stats.__init__(self, num_classes, gamma, mu, alpha)
+        self._set_roi_options(num_classes, classifier, cosine_scale, prior_prob)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, class_stats=None) -> dict:
+        return dict(super().from_config(cfg, num_classes, class_stats), **_eqlv2_kwargs(cfg))
 
     def get_weights(self, dtype=torch.float32):
         """(neg_w, pos_w), each (C+1,), with weight 1 for the background/objectness column."""
@@ -125,9 +139,8 @@ class EQLv2Loss(_EQLv2Stats):
         one = r.new_ones(1)
         return torch.cat([r, one]).to(dtype), torch.cat([q, one]).to(dtype)
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
-        if logits.dim() != 2 or logits.shape[1] != self.num_classes + 1:
-            raise ValueError(f"expected logits (R, {self.num_classes + 1}), got {tuple(logits.shape)}")
+    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+        self._check_logits(logits)
         neg_w, pos_w = self.get_weights()
         loss, pos_stat, neg_stat = fused_weighted_bce(
             logits, gt_classes, neg_w, pos_w, with_stats=self.training
@@ -137,24 +150,34 @@ class EQLv2Loss(_EQLv2Stats):
             self._update(pos_stat[:C], neg_stat[:C])
         return loss
 
+    def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return objectness_scores(logits)
 
-class EQLv2FocalLoss(_EQLv2Stats):
+    extra_repr = _EQLv2Stats.extra_repr
+
+
+@DENSE_LOSS_REGISTRY.register("eqlv2")
+class EQLv2FocalLoss(DenseLoss, _EQLv2Stats):
     """Dense EQL v2 on a sigmoid focal head (extension; see module docstring).
 
-    ``forward(logits (M, C), gt_classes (M,) in [0, C], C = background) -> scalar``, reduction = sum of
-    w * focal(z, onehot) over all entries (no normalisation). Rows must already exclude ignored locations.
-    Defaults: focal gamma 2, alpha 0.25; EQL gamma 12, mu 0.8, alpha 4.
+    ``forward(logits (M, C), gt_classes (M,) in [0, C], C = background, batch=None) -> scalar``, reduction =
+    sum of w * focal(z, onehot) over all entries (no normalisation). Rows must already exclude ignored
+    locations. :meth:`heatmap`: the CenterNet form. Defaults: focal gamma 2, alpha 0.25; EQL gamma 12,
+    mu 0.8, alpha 4.
     """
 
     def __init__(self, num_classes, gamma=12.0, mu=0.8, alpha=4.0, focal_gamma=2.0, focal_alpha=0.25):
-        super().__init__(num_classes, gamma, mu, alpha)
-        self.focal_gamma = float(focal_gamma)
-        self.focal_alpha = float(focal_alpha)
+        _EQLv2Stats.__init__(self, num_classes, gamma, mu, alpha)
+        self._set_dense_options(num_classes, focal_alpha, focal_gamma)
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25,
+                    focal_gamma: float = 2.0) -> dict:
+        return dict(num_classes=num_classes, focal_alpha=focal_alpha, focal_gamma=focal_gamma, **_eqlv2_kwargs(cfg))
+
+    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[DenseBatch] = None) -> torch.Tensor:
         C = self.num_classes
-        if logits.dim() != 2 or logits.shape[1] != C:
-            raise ValueError(f"expected logits (M, {C}), got {tuple(logits.shape)}")
+        self._check_logits(logits)
         z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         r, q = self.class_weights()
         r = r.to(z.dtype)
@@ -175,3 +198,25 @@ class EQLv2FocalLoss(_EQLv2Stats):
                 neg_inc = ((1 - y) * w * s).sum(0)
             self._update(pos_inc, neg_inc)
         return loss
+
+    def heatmap(self, logits: torch.Tensor, heat: torch.Tensor, batch: Optional[DenseBatch] = None,
+                alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+        """Summed penalty-reduced focal loss of (N, C, H, W) logits vs heat maps with the q/r channel
+        weights: q on the peaks (heat == 1), r elsewhere; statistics updated in training (module docstring)."""
+        C = self.num_classes
+        if logits.dim() != 4 or logits.shape[1] != C:
+            raise ValueError("EQLv2FocalLoss.heatmap expects logits (N, %d, H, W), got %s" % (C, tuple(logits.shape)))
+        r, q = self.class_weights()
+        y = heat.eq(1).float()
+        w = (y * q.view(1, C, 1, 1) + (1 - y) * r.view(1, C, 1, 1)).detach()
+        loss = penalty_reduced_focal_loss(logits, heat, alpha, beta, weight=w)
+        if self.training:
+            with torch.no_grad():
+                z = logits.detach().float()
+                pos_inc = (y * w * torch.sigmoid(-z)).sum(dim=(0, 2, 3))
+                neg_inc = ((1 - y) * w * torch.sigmoid(z)).sum(dim=(0, 2, 3))
+            self._update(pos_inc, neg_inc)
+        return loss
+
+    def extra_repr(self):
+        return _EQLv2Stats.extra_repr(self) + ", focal_alpha=%g, focal_gamma=%g" % (self.focal_alpha, self.focal_gamma)

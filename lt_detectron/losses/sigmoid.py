@@ -18,18 +18,28 @@ EQL v2 gradient statistics (per column j, summed over rows, **no 1/R**):
 
 Numerically safe for any finite logit (softplus / sigmoid forms only, never exp(z)); positive-entry terms
 use softplus(-x) and sigmoid(-x) so there is no 1 - sigma cancellation.
+
+Registered as ``sigmoid`` in ``ROI_LOSS_REGISTRY`` (also chosen by Detectron2's
+``MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE``): :class:`SigmoidROILoss`, with the federated loss
+(``MODEL.ROI_BOX_HEAD.USE_FED_LOSS``) and BOFL's channel weights (``MODEL.LT.BOFL.ENABLED``, an extension)
+as options; ``predict_probs`` is sigmoid(z_fg) with a zero background column.
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .base import ROI_LOSS_REGISTRY, ROIBatch, ROILoss, class_counts
+from .bofl import BOFLWeighting, bofl_from_config
+from .federated import fed_loss_class_weights, fed_loss_mask
 
 __all__ = [
     "fused_weighted_bce",
     "FusedWeightedBCEFunction",
     "sigmoid_bce_loss",
     "SigmoidBCELoss",
+    "SigmoidROILoss",
 ]
 
 
@@ -214,3 +224,86 @@ class SigmoidBCELoss(nn.Module):
         if logits.shape[1] != self.num_classes + 1:
             raise ValueError(f"expected {self.num_classes + 1} logits, got {logits.shape[1]}")
         return sigmoid_bce_loss(logits, gt_classes, class_weights)
+
+
+@ROI_LOSS_REGISTRY.register("sigmoid")
+class SigmoidROILoss(ROILoss):
+    """Detectron2's sigmoid BCE ROI loss (:func:`sigmoid_bce_loss`), optionally on the federated class subset
+    and/or with BOFL's per-class weights. ``forward(logits (R, C+1), gt_classes (R,), batch) -> scalar``.
+
+    Args (keyword-only, besides ``num_classes`` and the classifier options; bias prior 0.01 by default):
+        use_fed_loss, fed_loss_num_classes: train each iteration on the batch's GT classes plus sampled ones
+            (:func:`~lt_detectron.losses.federated.fed_loss_mask`), with the (C,) ``fed_loss_weights``.
+        bofl: the keyword arguments of :class:`~lt_detectron.losses.bofl.BOFLWeighting` (incl.
+            ``instance_counts``), or None. Per-image weights are repeated over each image's ROIs
+            (``batch.rois_per_image``); the batch-wise factor counts the GT objects of
+            ``batch.gt_classes_per_image``, not the sampled ROIs.
+    """
+
+    default_prior_prob = 0.01
+    supported_options = frozenset({"MODEL.ROI_BOX_HEAD.USE_FED_LOSS", "MODEL.LT.BOFL.ENABLED"})
+
+    def __init__(self, num_classes: int, *, use_fed_loss: bool = False, fed_loss_num_classes: int = 50,
+                 fed_loss_weights: Optional[Sequence[float]] = None, bofl: Optional[dict] = None,
+                 classifier: str = "linear", cosine_scale: float = 20.0, prior_prob: float = -1.0):
+        super().__init__(num_classes, classifier=classifier, cosine_scale=cosine_scale, prior_prob=prior_prob)
+        C = self.num_classes
+        self.use_fed_loss = bool(use_fed_loss)
+        if self.use_fed_loss:
+            if fed_loss_weights is None or len(fed_loss_weights) != C:
+                raise ValueError("the federated loss needs (C,) = (%d,) sampling weights (from the class statistics)" % C)
+            self.fed_loss_num_classes = int(fed_loss_num_classes)
+            self.register_buffer("fed_loss_weights", torch.as_tensor(fed_loss_weights, dtype=torch.float32),
+                                 persistent=False)
+        self.bofl = None
+        if bofl:
+            self.bofl = BOFLWeighting(**bofl)
+            if self.bofl.num_classes != C:
+                raise ValueError("BOFL got %d instance counts for %d classes" % (self.bofl.num_classes, C))
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, class_stats=None) -> dict:
+        ret = super().from_config(cfg, num_classes, class_stats)
+        head = cfg.MODEL.ROI_BOX_HEAD
+        use_fed = bool(head.get("USE_FED_LOSS", False))
+        use_bofl = bool(cfg.MODEL.LT.BOFL.ENABLED)
+        for key, on in (("MODEL.ROI_BOX_HEAD.USE_FED_LOSS", use_fed), ("MODEL.LT.BOFL.ENABLED", use_bofl)):
+            if on and class_stats is None:
+                raise ValueError("%s needs the training class statistics: set DATASETS.TRAIN (or pass class_stats)" % key)
+        if use_fed:
+            ret.update(use_fed_loss=True, fed_loss_num_classes=head.FED_LOSS_NUM_CLASSES,
+                       fed_loss_weights=fed_loss_class_weights(class_counts(class_stats, "image_counts"),
+                                                               head.FED_LOSS_FREQ_WEIGHT_POWER).tolist())
+        if use_bofl:
+            ret["bofl"] = bofl_from_config(cfg, class_stats)
+        return ret
+
+    @classmethod
+    def uses_epoch_schedule(cls, cfg) -> bool:
+        return bool(cfg.MODEL.LT.BOFL.ENABLED)
+
+    def _bofl_weights(self, R: int, batch: ROIBatch) -> torch.Tensor:
+        """(R, C) BOFL weights of the ROIs (per image or per local batch)."""
+        w, _ = self.bofl(batch.gt_classes_per_image, batch.iteration)
+        if w.shape[0] == 1:
+            return w.expand(R, self.num_classes)
+        sizes = list(batch.rois_per_image)
+        if len(sizes) != w.shape[0] or sum(sizes) != R:
+            raise ValueError("BOFL per-image weights need ROIBatch.rois_per_image (%s) summing to R = %d for %d images"
+                             % (sizes, R, w.shape[0]))
+        return torch.repeat_interleave(w, torch.as_tensor(sizes, device=w.device), dim=0)
+
+    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+        self._check_logits(logits)
+        batch = batch or ROIBatch()
+        weights = None
+        if self.bofl is not None:
+            weights = self._bofl_weights(logits.shape[0], batch)
+        if self.use_fed_loss:
+            mask = fed_loss_mask(gt_classes, self.fed_loss_num_classes, self.num_classes, self.fed_loss_weights)
+            weights = mask.to(logits.dtype) if weights is None else weights * mask
+        return sigmoid_bce_loss(logits, gt_classes, class_weights=weights)
+
+    def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.sigmoid(logits)
+        return torch.cat([probs[:, :-1], torch.zeros_like(probs[:, -1:])], dim=1)

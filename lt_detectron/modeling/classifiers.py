@@ -9,6 +9,10 @@
   - ``weight_norms()`` returns the (out_features,) row norms ``||W_j||`` (C2AM margins; the loss
     detaches them).
 * :func:`init_prior_bias` sets ``bias = -log((1 - p) / p)`` (e.g. EQLv2 / sigmoid heads, p = 0.001).
+* :func:`build_classifier` builds the layer a loss asks for (its
+  :class:`~lt_detectron.losses.base.ClassifierSpec`): ``linear`` -> ``nn.Linear`` with Detectron2's
+  Fast R-CNN init (normal std 0.01, zero bias) unless the spec gives ``init_std``; ``cosine`` ->
+  :class:`CosineClassifier` (``scale``, ``bias``); then the bias prior when ``prior_prob > 0``.
 
 Shapes: input ``(R, in_features)`` (extra trailing dims are flattened), output ``(R, out_features)``;
 for a Detectron2 ROI head ``out_features = C + 1`` with background last.
@@ -22,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CosineClassifier", "NormedLinear", "init_prior_bias"]
+__all__ = ["CosineClassifier", "NormedLinear", "init_prior_bias", "build_classifier"]
 
 
 class CosineClassifier(nn.Module):
@@ -104,3 +108,21 @@ def init_prior_bias(module: nn.Module, prior_prob: float) -> nn.Module:
     with torch.no_grad():
         bias.fill_(-math.log((1.0 - p) / p))
     return module
+
+
+def build_classifier(spec, in_features: int) -> nn.Module:
+    """The classification layer of a :class:`~lt_detectron.losses.base.ClassifierSpec` on ``in_features``
+    inputs: ``(R, in_features) -> (R, spec.num_logits)``."""
+    std = 0.01 if spec.init_std is None else float(spec.init_std)
+    if spec.kind == "linear":
+        layer = nn.Linear(in_features, spec.num_logits, bias=spec.bias)
+        nn.init.normal_(layer.weight, std=std)  # Detectron2's FastRCNNOutputLayers init
+        if layer.bias is not None:
+            nn.init.constant_(layer.bias, 0.0)
+    elif spec.kind == "cosine":
+        layer = CosineClassifier(in_features, spec.num_logits, scale=spec.scale, bias=spec.bias, init_std=std)
+    else:
+        raise ValueError("unknown classifier kind %r; choose linear or cosine" % (spec.kind,))
+    if spec.prior_prob > 0 and getattr(layer, "bias", None) is not None:
+        init_prior_bias(layer, spec.prior_prob)
+    return layer

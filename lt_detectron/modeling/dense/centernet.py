@@ -9,12 +9,18 @@
   ``max(0, int(gaussian_radius((ceil h, ceil w), MIN_OVERLAP=0.7)))`` (CenterNet's formula) and a
   Gaussian of diameter 2r+1, sigma = (2r+1)/6, drawn with an elementwise max into its class channel
   (value exactly 1 at floor(c)); size target (w, h) and offset c - floor(c) at floor(c).
-* Losses: penalty-reduced focal loss (alpha 2, beta 4) / number of peak pixels (max 1), with the
-  per-channel weights of ``MODEL.LT.DENSE_LOSS`` (BOFL: w_{i,k}, k = one image, eta 0.8; see
-  ``cls_loss.py``); L1 size and offset losses at the centres / (2 x objects), weights 1 / 0.1 / 1.
-* Inference (:func:`centernet_decode`): sigmoid heat map, 3x3 max-pool NMS (keep local maxima), top K
+* Losses: penalty-reduced focal loss (alpha 2, beta 4) / number of peak pixels (max 1): the heat-map
+  form of the protocol loss of ``MODEL.LT.DENSE_LOSS``, ``cls_loss.heatmap(...)`` (BOFL: w_{i,k},
+  k = one image, eta 0.8); L1 size and offset losses at the centres / (2 x objects), weights 1 / 0.1 / 1.
+* Inference (:func:`centernet_decode`): heat-map probabilities (``cls_loss.predict_probs``, sigmoid), 3x3 max-pool NMS (keep local maxima), top K
   over all classes and pixels, boxes ((x + dx) +- w/2, (y + dy) +- h/2) * s; ``Instances`` with
   ``pred_boxes``, ``scores``, ``pred_classes``; ``detector_postprocess`` to the original size.
+
+Detectron2 v0.6 has no CenterNet. It provides ``DenseDetector`` (preprocessing, forward dispatch,
+``detector_postprocess``; used here as the base class), ``Boxes`` and ``Instances``; it lacks the Gaussian
+heat-map targets, the penalty-reduced focal loss and the max-pool peak decoding (ours). Its dense decode
+(``_decode_per_level_predictions``: threshold, top-k per level, anchor deltas) and ``batched_nms`` do not
+apply: CenterNet takes the top K peaks over all classes and pixels and needs no box NMS.
 """
 import math
 from typing import List, Optional, Tuple
@@ -30,7 +36,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
-from .cls_loss import DenseClassificationLoss, build_dense_cls_loss
+from ...losses import DenseBatch, DenseLoss, FocalDenseLoss, build_dense_loss, train_class_stats
 
 __all__ = [
     "CenterNet",
@@ -123,14 +129,15 @@ def centernet_targets(gt_instances: List[Instances], num_classes: int, output_si
 
 @torch.no_grad()
 def centernet_decode(heat_logits, wh, offset, stride: int, k: int = 100, kernel: int = 3, score_thresh: float = 0.0,
-                     image_size=None) -> Instances:
+                     image_size=None, predict_probs=torch.sigmoid) -> Instances:
     """Peaks of one image's (C, H, W) heat-map logits -> ``Instances`` (boxes in input pixels).
 
-    Keeps the local maxima of sigmoid(heat) under a ``kernel`` x ``kernel`` max-pool, the top ``k`` over
-    all classes and pixels with score > ``score_thresh``; box = ((x + dx) +- w / 2, (y + dy) +- h / 2) * s.
+    Keeps the local maxima of ``predict_probs(heat)`` (the loss's; sigmoid) under a ``kernel`` x ``kernel``
+    max-pool, the top ``k`` over all classes and pixels with score > ``score_thresh``;
+    box = ((x + dx) +- w / 2, (y + dy) +- h / 2) * s.
     """
     C, H, W = heat_logits.shape
-    heat = torch.sigmoid(heat_logits.float())
+    heat = predict_probs(heat_logits.float())
     hmax = F.max_pool2d(heat[None], kernel, stride=1, padding=(kernel - 1) // 2)[0]
     heat = heat * (hmax == heat).to(heat.dtype)
     k = min(int(k), C * H * W)
@@ -199,7 +206,7 @@ class CenterNet(DenseDetector):
         head: CenterNetHead,
         in_feature: str,
         num_classes: int,
-        cls_loss: Optional[DenseClassificationLoss] = None,
+        cls_loss: Optional[DenseLoss] = None,
         min_overlap: float = 0.7,
         hm_alpha: float = 2.0,
         hm_beta: float = 4.0,
@@ -216,7 +223,7 @@ class CenterNet(DenseDetector):
         super().__init__(backbone, head, [in_feature], pixel_mean=pixel_mean, pixel_std=pixel_std)
         self.stride = int(backbone.output_shape()[in_feature].stride)
         self.num_classes = num_classes
-        self.cls_loss = cls_loss if cls_loss is not None else DenseClassificationLoss("focal", num_classes)
+        self.cls_loss = cls_loss if cls_loss is not None else FocalDenseLoss(num_classes)
         if self.cls_loss.num_classes != num_classes:
             raise ValueError("cls_loss has %d classes, CenterNet %d" % (self.cls_loss.num_classes, num_classes))
         self.min_overlap = min_overlap
@@ -239,7 +246,7 @@ class CenterNet(DenseDetector):
             "head": CenterNetHead(cfg, shapes[c.IN_FEATURE]),
             "in_feature": c.IN_FEATURE,
             "num_classes": c.NUM_CLASSES,
-            "cls_loss": build_dense_cls_loss(cfg, c.NUM_CLASSES, "MODEL.CENTERNET.NUM_CLASSES"),
+            "cls_loss": build_dense_loss(cfg, c.NUM_CLASSES, train_class_stats(cfg, c.NUM_CLASSES, "MODEL.CENTERNET.NUM_CLASSES")),
             "min_overlap": c.MIN_OVERLAP,
             "hm_alpha": c.HM_ALPHA,
             "hm_beta": c.HM_BETA,
@@ -264,9 +271,8 @@ class CenterNet(DenseDetector):
             get_event_storage().put_scalar("num_centers", num_pos / max(len(gt_instances), 1))
         except AssertionError:
             pass
-        loss_hm = self.cls_loss.heatmap(
-            heat_logits, heat, [x.gt_classes for x in gt_instances], self.hm_alpha, self.hm_beta
-        ) / max(num_pos, 1.0)
+        batch = DenseBatch(gt_classes_per_image=[x.gt_classes for x in gt_instances])
+        loss_hm = self.cls_loss.heatmap(heat_logits, heat, batch, self.hm_alpha, self.hm_beta) / max(num_pos, 1.0)
         M = b.numel()
         if M > 0:
             pred_wh = wh[b, :, ys, xs]  # (M, 2)
@@ -287,7 +293,8 @@ class CenterNet(DenseDetector):
         k = min(self.test_topk, self.max_detections_per_image)
         return [
             centernet_decode(
-                heat_logits[i], wh[i], off[i], self.stride, k, self.nms_kernel, self.test_score_thresh, image_size
+                heat_logits[i], wh[i], off[i], self.stride, k, self.nms_kernel, self.test_score_thresh, image_size,
+                predict_probs=self.cls_loss.predict_probs,
             )
             for i, image_size in enumerate(images.image_sizes)
         ]

@@ -1,20 +1,40 @@
-"""FCOS (Tian et al., ICCV 2019), anchor-free, in Detectron2's style (v0.6 has none).
+"""FCOS (Tian et al., ICCV 2019) with the yacs config ``MODEL.FCOS.*``, on Detectron2 v0.6's FCOS.
 
-* Head: shared cls / box towers (``NUM_CONVS`` 3x3 convs + GN + ReLU), a C-channel classifier with the
-  prior-probability bias (0.01), ltrb distances (``relu(Scale_l(x)) * stride`` with ``NORM_REG_TARGETS``,
-  else ``exp(Scale_l(x))``) and a centerness logit on the box tower (``CENTERNESS_ON_REG``).
-* Targets (:meth:`FCOS.compute_targets`): location (x, y) = (j s + s//2, i s + s//2) on each level; a
-  location is a candidate for a GT box if it lies inside the box, or, with center sampling (radius r
-  = 1.5), strictly inside the box's centre region [c - r s, c + r s] clipped to the box; and if
-  max(l, t, r, b) is in the level's size range [S_{i-1}, S_i] (``SIZES_OF_INTEREST``, S_{-1} = 0,
-  S_L = inf). Ambiguous locations take the GT box of smallest area. Centerness target
-  sqrt(min(l, r)/max(l, r) * min(t, b)/max(t, b)).
-* Losses: classification = ``MODEL.LT.DENSE_LOSS`` (focal | bofl | eqlv2 | ecm) summed over all
-  locations / num_pos (all-reduced mean over processes, >= 1); box = GIoU (or -log IoU) weighted by
-  the centerness targets / their (all-reduced mean) sum; centerness = BCE / num_pos.
-* Inference: per level, probabilities > ``SCORE_THRESH_TEST``, top ``TOPK_CANDIDATES_TEST`` by
-  sqrt(cls * ctr), which is the reported score; class-wise ``batched_nms``; ``TEST.DETECTIONS_PER_IMAGE``;
-  ``detector_postprocess`` to the original size (in ``DenseDetector.forward``).
+Detectron2 v0.6 ships FCOS (``modeling/meta_arch/fcos.py``: ``FCOS``, ``FCOSHead``; LazyConfig only).
+:class:`FCOS` subclasses it and uses its pieces where they give the same numbers (up to float rounding;
+``tests/test_fcos_detectron2_parity.py`` checks each piece against detectron2's):
+
+* used as they are: ``DenseDetector`` (preprocessing, forward, ``detector_postprocess``,
+  ``_transpose_dense_predictions``), ``label_anchors`` (labels in [0, C], C = background, and matched
+  boxes, from :meth:`FCOS.match_anchors`; called per image, as it fails on an image without boxes),
+  ``compute_ctrness_targets`` (sqrt(min(l, r)/max(l, r) * min(t, b)/max(t, b)) of the matched
+  boxes), ``Box2BoxTransformLinear`` (ltrb <-> boxes; here in input pixels, ``normalize_by_size=False``),
+  ``_decode_per_level_predictions`` (threshold, top ``TOPK_CANDIDATES_TEST`` per level, decode),
+  ``pairwise_point_box_distance``, and the points: ``anchor_generator`` gives one stride-sized box per
+  location, centred on the point (j s + s/2, i s + s/2).
+* ours, because detectron2's differs from the FCOS reference implementation:
+
+  - head (:class:`FCOSHead`): ltrb = ``relu(Scale_l(x)) * stride`` (``NORM_REG_TARGETS``) else
+    ``exp(Scale_l(x))``, with a learnable Scale per level; centerness on the box or the cls tower
+    (``CENTERNESS_ON_REG``); GN with gcd(32, C) groups after bias-free convs, one BN shared by the levels.
+    Detectron2's FCOSHead is RetinaNetHead's (no Scale, deltas in strides, centerness on the box tower,
+    GroupNorm(32, C), per-level BN) and has other parameter names.
+  - assignment (:meth:`FCOS.match_anchors`): a location is a candidate for a GT box if it is strictly
+    inside it and, with center sampling (``CENTER_SAMPLING_RADIUS`` r > 0), strictly inside its centre
+    region [c - r s, c + r s]; and if max(l, t, r, b) is in the closed range [S_{i-1}, S_i] of its level
+    (``SIZES_OF_INTEREST``, S_{-1} = 0, S_L = inf). Ambiguous locations take the GT box of smallest
+    area. Detectron2's has fixed open ranges (4 s, 8 s), no positives at r = 0 and fails on an image
+    without boxes.
+  - losses (:meth:`FCOS.losses`): classification = the protocol loss of ``MODEL.LT.DENSE_LOSS``
+    (``cls_loss``) summed over all locations / num_pos (all-reduced mean over processes, >= 1); box =
+    GIoU (or -log IoU, ``BOX_LOSS``) weighted by the centerness targets / their (all-reduced mean)
+    sum; centerness = BCE / num_pos. Detectron2's: sigmoid focal loss, unweighted GIoU, all three over
+    an EMA of num_pos.
+  - inference (:meth:`FCOS.inference_single_image`): per level, probabilities
+    (``cls_loss.predict_probs``) > ``SCORE_THRESH_TEST``, top ``TOPK_CANDIDATES_TEST`` by sqrt(cls * ctr),
+    which is the reported score; boxes clipped to the image, class-wise ``batched_nms``,
+    ``TEST.DETECTIONS_PER_IMAGE``. Detectron2's thresholds sqrt(sigmoid(cls) * ctr) itself and clips
+    only after NMS (in ``detector_postprocess``).
 """
 import math
 from typing import List, Optional
@@ -27,14 +47,15 @@ from fvcore.nn import giou_loss
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
-from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.structures import Boxes, Instances
+from detectron2.modeling.box_regression import Box2BoxTransformLinear
+from detectron2.modeling.meta_arch.fcos import FCOS as Detectron2FCOS
+from detectron2.structures import Boxes, Instances, pairwise_point_box_distance
 from detectron2.utils.events import get_event_storage
 
+from ...losses import DenseBatch, DenseLoss, FocalDenseLoss, build_dense_loss, train_class_stats
 from ...losses.distributed import all_reduce_sum, get_world_size
-from .cls_loss import DenseClassificationLoss, build_dense_cls_loss
 
-__all__ = ["FCOS", "FCOSHead", "Scale", "fcos_centerness"]
+__all__ = ["FCOS", "FCOSHead", "Scale"]
 
 INF = 1e8
 
@@ -58,16 +79,6 @@ def _norm(norm: str, channels: int):
     if norm == "BN":
         return nn.BatchNorm2d(channels)
     raise ValueError("MODEL.FCOS.HEAD_NORM must be GN, BN or empty, got %r" % (norm,))
-
-
-def fcos_centerness(reg_targets: torch.Tensor) -> torch.Tensor:
-    """sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) of (M, 4) ltrb targets."""
-    lr = reg_targets[:, [0, 2]]
-    tb = reg_targets[:, [1, 3]]
-    c = (lr.min(-1).values / lr.max(-1).values.clamp(min=1e-12)) * (
-        tb.min(-1).values / tb.max(-1).values.clamp(min=1e-12)
-    )
-    return torch.sqrt(c.clamp(min=0))
 
 
 class FCOSHead(nn.Module):
@@ -137,31 +148,8 @@ class FCOSHead(nn.Module):
         return [logits, regs, ctrs]
 
 
-def _ltrb_to_boxes(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
-    return torch.stack(
-        [points[:, 0] - ltrb[:, 0], points[:, 1] - ltrb[:, 1], points[:, 0] + ltrb[:, 2], points[:, 1] + ltrb[:, 3]],
-        dim=1,
-    )
-
-
-def _iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Per-location loss of (M, 4) ltrb predictions vs targets (same location): giou | iou (-log IoU)."""
-    if kind == "giou":
-        zero = pred.new_zeros(pred.shape[0], 2)
-        return giou_loss(_ltrb_to_boxes(zero, pred), _ltrb_to_boxes(zero, target), reduction="none")
-    if kind == "iou":
-        pred_area = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
-        tgt_area = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
-        w = torch.min(pred[:, 0], target[:, 0]) + torch.min(pred[:, 2], target[:, 2])
-        h = torch.min(pred[:, 1], target[:, 1]) + torch.min(pred[:, 3], target[:, 3])
-        inter = w * h
-        iou = (inter + 1.0) / (pred_area + tgt_area - inter + 1.0)
-        return -torch.log(iou)
-    raise ValueError("MODEL.FCOS.BOX_LOSS must be giou or iou, got %r" % (kind,))
-
-
 @META_ARCH_REGISTRY.register()
-class FCOS(DenseDetector):
+class FCOS(Detectron2FCOS):
     """FCOS meta-architecture (see the module docstring). ``cls_loss`` holds the classification loss."""
 
     @configurable
@@ -172,7 +160,7 @@ class FCOS(DenseDetector):
         head: FCOSHead,
         head_in_features: List[str],
         num_classes: int,
-        cls_loss: Optional[DenseClassificationLoss] = None,
+        cls_loss: Optional[DenseLoss] = None,
         sizes_of_interest=(64, 128, 256, 512),
         center_sampling_radius: float = 1.5,
         box_loss: str = "giou",
@@ -183,9 +171,22 @@ class FCOS(DenseDetector):
         pixel_mean,
         pixel_std,
     ):
-        super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
-        self.num_classes = num_classes
-        self.cls_loss = cls_loss if cls_loss is not None else DenseClassificationLoss("focal", num_classes)
+        super().__init__(
+            backbone=backbone,
+            head=head,
+            head_in_features=head_in_features,
+            box2box_transform=Box2BoxTransformLinear(normalize_by_size=False),  # the head predicts pixels
+            num_classes=num_classes,
+            center_sampling_radius=center_sampling_radius,
+            test_score_thresh=test_score_thresh,
+            test_topk_candidates=test_topk_candidates,
+            test_nms_thresh=test_nms_thresh,
+            max_detections_per_image=max_detections_per_image,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+        )
+        self.strides = list(head.strides)
+        self.cls_loss = cls_loss if cls_loss is not None else FocalDenseLoss(num_classes)
         if self.cls_loss.num_classes != num_classes:
             raise ValueError("cls_loss has %d classes, FCOS %d" % (self.cls_loss.num_classes, num_classes))
         n_levels = len(head_in_features)
@@ -194,15 +195,11 @@ class FCOS(DenseDetector):
                 "MODEL.FCOS.SIZES_OF_INTEREST needs %d edges for the %d levels %s, got %s"
                 % (n_levels - 1, n_levels, list(head_in_features), list(sizes_of_interest))
             )
+        if box_loss not in ("giou", "iou"):
+            raise ValueError("MODEL.FCOS.BOX_LOSS must be giou or iou, got %r" % (box_loss,))
         edges = [0.0] + [float(s) for s in sizes_of_interest] + [INF]
         self.size_ranges = [(edges[i], edges[i + 1]) for i in range(n_levels)]
-        self.strides = list(head.strides)
-        self.center_sampling_radius = float(center_sampling_radius)
         self.box_loss = box_loss
-        self.test_score_thresh = test_score_thresh
-        self.test_topk_candidates = test_topk_candidates
-        self.test_nms_thresh = test_nms_thresh
-        self.max_detections_per_image = max_detections_per_image
 
     @classmethod
     def from_config(cls, cfg):
@@ -218,8 +215,9 @@ class FCOS(DenseDetector):
             "head": FCOSHead(cfg, feature_shapes),
             "head_in_features": list(f.IN_FEATURES),
             "num_classes": f.NUM_CLASSES,
-            "cls_loss": build_dense_cls_loss(
-                cfg, f.NUM_CLASSES, "MODEL.FCOS.NUM_CLASSES", f.FOCAL_LOSS_ALPHA, f.FOCAL_LOSS_GAMMA
+            "cls_loss": build_dense_loss(
+                cfg, f.NUM_CLASSES, train_class_stats(cfg, f.NUM_CLASSES, "MODEL.FCOS.NUM_CLASSES"),
+                focal_alpha=f.FOCAL_LOSS_ALPHA, focal_gamma=f.FOCAL_LOSS_GAMMA,
             ),
             "sizes_of_interest": list(f.SIZES_OF_INTEREST),
             "center_sampling_radius": f.CENTER_SAMPLING_RADIUS,
@@ -232,82 +230,92 @@ class FCOS(DenseDetector):
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
-    # ------------------------------------------------------------------ locations and targets
-    @staticmethod
-    def compute_locations(h: int, w: int, stride: int, device=None) -> torch.Tensor:
-        """(h*w, 2) image coordinates (x, y) = (j s + s//2, i s + s//2), row-major like the predictions."""
-        xs = torch.arange(w, dtype=torch.float32, device=device) * stride + stride // 2
-        ys = torch.arange(h, dtype=torch.float32, device=device) * stride + stride // 2
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        return torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1)
-
+    # ------------------------------------------------------------------ targets
     @torch.no_grad()
-    def compute_targets(self, locations: List[torch.Tensor], gt_instances: List[Instances]):
-        """Labels and ltrb targets of every location.
+    def match_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]) -> List[torch.Tensor]:
+        """Detectron2's interface with FCOS' rule (module docstring).
 
         Args:
-            locations: per level (L_i, 2) points (x, y), levels in ``self.head_in_features`` order.
-            gt_instances: per image, with ``gt_boxes`` (XYXY, input pixels) and ``gt_classes``.
+            anchors: per level (R_i,) ``Boxes`` of the locations (centre = the point, width = the stride),
+                levels in ``self.head_in_features`` order.
+            gt_instances: per image, with ``gt_boxes`` (XYXY, input pixels).
         Returns:
-            labels (N, L) long in [0, C] (C = background) and reg_targets (N, L, 4) ltrb (undefined where
-            the label is background), L = sum L_i.
+            per image, (R,) long: the index of the matched GT box, -1 for background; R = sum R_i.
         """
-        C = self.num_classes
-        points = cat(locations, dim=0)
-        L = points.shape[0]
-        lo = cat([points.new_full((len(p),), self.size_ranges[i][0]) for i, p in enumerate(locations)])
-        hi = cat([points.new_full((len(p),), self.size_ranges[i][1]) for i, p in enumerate(locations)])
-        stride = cat([points.new_full((len(p),), float(self.strides[i])) for i, p in enumerate(locations)])
+        points = Boxes.cat(anchors).get_centers()  # (R, 2)
+        R = len(points)
+        lo = cat([points.new_full((len(a),), self.size_ranges[i][0]) for i, a in enumerate(anchors)])
+        hi = cat([points.new_full((len(a),), self.size_ranges[i][1]) for i, a in enumerate(anchors)])
         xs, ys = points[:, 0:1], points[:, 1:2]
-        labels, reg_targets = [], []
+        radius = cat([a.tensor[:, 2] - a.tensor[:, 0] for a in anchors])[:, None] * self.center_sampling_radius
+        matched = []
         for inst in gt_instances:
-            boxes = inst.gt_boxes.tensor.to(points)
-            classes = inst.gt_classes.to(points.device)
-            if len(boxes) == 0:
-                labels.append(torch.full((L,), C, dtype=torch.long, device=points.device))
-                reg_targets.append(points.new_zeros(L, 4))
+            gt = Boxes(inst.gt_boxes.tensor.to(points))
+            if len(gt) == 0:
+                matched.append(torch.full((R,), -1, dtype=torch.long, device=points.device))
                 continue
-            x0, y0, x1, y1 = boxes.unbind(1)  # (G,)
-            reg = torch.stack([xs - x0, ys - y0, x1 - xs, y1 - ys], dim=2)  # (L, G, 4)
+            reg = pairwise_point_box_distance(points, gt)  # (R, G, 4) ltrb
+            candidate = reg.min(dim=2).values > 0
             if self.center_sampling_radius > 0:
-                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-                rad = stride[:, None] * self.center_sampling_radius  # (L, 1)
-                cx0 = torch.max(cx - rad, x0)
-                cy0 = torch.max(cy - rad, y0)
-                cx1 = torch.min(cx + rad, x1)
-                cy1 = torch.min(cy + rad, y1)
-                inside = (xs > cx0) & (ys > cy0) & (xs < cx1) & (ys < cy1)
-            else:
-                inside = reg.min(dim=2).values > 0
+                cx, cy = gt.get_centers().unbind(dim=1)  # (G,)
+                candidate &= (xs > cx - radius) & (xs < cx + radius) & (ys > cy - radius) & (ys < cy + radius)
             max_reg = reg.max(dim=2).values
-            in_range = (max_reg >= lo[:, None]) & (max_reg <= hi[:, None])
-            area = ((x1 - x0) * (y1 - y0))[None].expand(L, -1).clone()
-            area[~(inside & in_range)] = INF
+            candidate &= (max_reg >= lo[:, None]) & (max_reg <= hi[:, None])
+            area = gt.area()[None].expand(R, -1).clone()
+            area[~candidate] = INF
             min_area, idx = area.min(dim=1)
-            lab = classes[idx].long()
-            lab[min_area >= INF] = C
-            labels.append(lab)
-            reg_targets.append(reg[torch.arange(L, device=points.device), idx])
-        return torch.stack(labels), torch.stack(reg_targets)
+            idx[min_area >= INF] = -1
+            matched.append(idx)
+        return matched
 
-    def _locations(self, features):
-        return [
-            self.compute_locations(f.shape[2], f.shape[3], s, f.device) for f, s in zip(features, self.strides)
-        ]
+    @torch.no_grad()
+    def label_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]):
+        """Detectron2's (per image (R,) labels in [0, C], C = background, and (R,) matched ``Boxes``), also
+        for an image without boxes (all background, zero boxes), where detectron2's fails."""
+        R = sum(len(a) for a in anchors)
+        labels, boxes = [], []
+        for inst in gt_instances:
+            if len(inst.gt_boxes) == 0:
+                labels.append(torch.full((R,), self.num_classes, dtype=torch.long, device=anchors[0].device))
+                boxes.append(Boxes(anchors[0].tensor.new_zeros(R, 4)))
+                continue
+            (label,), (box,) = super().label_anchors(anchors, [inst])
+            labels.append(label)
+            boxes.append(box)
+        return labels, boxes
 
     # ------------------------------------------------------------------ training
     def forward_training(self, images, features, predictions, gt_instances):
-        logits, regs, ctrs = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
-        locations = self._locations(features)
-        labels, reg_targets = self.compute_targets(locations, gt_instances)
+        pred_logits, pred_deltas, pred_ctrs = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.losses(
-            cat(logits, dim=1), cat(regs, dim=1), cat(ctrs, dim=1), labels, reg_targets,
-            [x.gt_classes for x in gt_instances],
+            anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctrs,
+            gt_classes_list=[x.gt_classes for x in gt_instances],
         )
 
-    def losses(self, logits, regs, ctrs, labels, reg_targets, gt_classes_list):
-        """logits (N, L, C), regs (N, L, 4), ctrs (N, L, 1), labels (N, L), reg_targets (N, L, 4)."""
-        N, L, C = logits.shape
+    def box_loss_per_location(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(M,) loss of (M, 4) ltrb predictions vs targets of the same locations: GIoU of the two boxes
+        placed at a common origin (translation-invariant, so equal to the GIoU of the decoded boxes), or
+        -log((I + 1) / (U + 1)) (``iou``, UnitBox as the FCOS reference)."""
+        if self.box_loss == "giou":
+            origin = pred.new_zeros(pred.shape[0], 4)
+            to_box = self.box2box_transform.apply_deltas
+            return giou_loss(to_box(pred, origin), to_box(target, origin), reduction="none")
+        pred_area = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
+        tgt_area = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
+        w = torch.min(pred[:, 0], target[:, 0]) + torch.min(pred[:, 2], target[:, 2])
+        h = torch.min(pred[:, 1], target[:, 1]) + torch.min(pred[:, 3], target[:, 3])
+        inter = w * h
+        return -torch.log((inter + 1.0) / (pred_area + tgt_area - inter + 1.0))
+
+    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness,
+               gt_classes_list=None):
+        """Detectron2's signature: per level (N, R_i, C) logits, (N, R_i, 4) ltrb, (N, R_i, 1) centerness
+        logits; per image (R,) labels and (R,) matched ``Boxes``; plus the images' GT classes (``DenseBatch``)."""
+        labels = torch.stack(gt_labels)  # (N, R)
+        logits = cat(pred_logits, dim=1)
+        N, R, C = logits.shape
         pos = (labels >= 0) & (labels < C)
         num_pos = pos.sum()
         num_pos_avg = max(all_reduce_sum(num_pos.detach().float().clone()).item() / get_world_size(), 1.0)
@@ -315,17 +323,20 @@ class FCOS(DenseDetector):
             get_event_storage().put_scalar("num_pos_locations", num_pos.item() / N)
         except AssertionError:
             pass
-        image_index = torch.arange(N, device=logits.device)[:, None].expand(N, L).reshape(-1)
-        loss_cls = self.cls_loss.focal(logits.reshape(-1, C), labels.reshape(-1), image_index, gt_classes_list)
+        image_index = torch.arange(N, device=logits.device)[:, None].expand(N, R).reshape(-1)
+        batch = DenseBatch(image_index=image_index, gt_classes_per_image=gt_classes_list)
+        loss_cls = self.cls_loss(logits.reshape(-1, C), labels.reshape(-1), batch)
 
-        reg_pos = regs[pos]
-        tgt_pos = reg_targets[pos]
-        ctr_pos = ctrs[pos].reshape(-1)
-        ctr_targets = fcos_centerness(tgt_pos)
+        regs = cat(pred_anchor_deltas, dim=1)
+        ctrs = cat(pred_centerness, dim=1)
+        anchors_t = Boxes.cat(anchors).tensor
+        reg_targets = torch.stack([self.box2box_transform.get_deltas(anchors_t, b.tensor) for b in gt_boxes])[pos]
+        ctr_targets = self.compute_ctrness_targets(anchors, gt_boxes)[pos]  # (M,)
         ctr_sum = max(all_reduce_sum(ctr_targets.sum().detach().clone()).item() / get_world_size(), 1e-6)
-        if reg_pos.shape[0] > 0:
-            loss_box = (_iou_loss(reg_pos, tgt_pos, self.box_loss) * ctr_targets).sum() / ctr_sum
-            loss_ctr = F.binary_cross_entropy_with_logits(ctr_pos, ctr_targets, reduction="sum") / num_pos_avg
+        if reg_targets.shape[0] > 0:
+            loss_box = (self.box_loss_per_location(regs[pos], reg_targets) * ctr_targets).sum() / ctr_sum
+            loss_ctr = F.binary_cross_entropy_with_logits(ctrs[pos].reshape(-1), ctr_targets, reduction="sum")
+            loss_ctr = loss_ctr / num_pos_avg
         else:  # keep the graph (DDP) with zero losses
             loss_box = regs.sum() * 0.0
             loss_ctr = ctrs.sum() * 0.0
@@ -333,33 +344,30 @@ class FCOS(DenseDetector):
 
     # ------------------------------------------------------------------ inference
     def forward_inference(self, images, features, predictions):
-        logits, regs, ctrs = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
-        locations = self._locations(features)
-        results = []
-        for i, image_size in enumerate(images.image_sizes):
-            results.append(
-                self.inference_single_image(
-                    locations, [x[i] for x in logits], [x[i] for x in regs], [x[i] for x in ctrs], image_size
+        pred_logits, pred_deltas, pred_ctrs = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
+        anchors = self.anchor_generator(features)
+        return [
+            self.inference_single_image(
+                anchors, [x[i] for x in pred_logits], [x[i] for x in pred_deltas], [x[i] for x in pred_ctrs], image_size
+            )
+            for i, image_size in enumerate(images.image_sizes)
+        ]
+
+    def inference_single_image(self, anchors, logits, deltas, ctrs, image_size):
+        """One image's per-level (R_i, C) logits, (R_i, 4) ltrb, (R_i, 1) centerness logits -> ``Instances``
+        (``pred_boxes``, ``scores``, ``pred_classes``) in input pixels."""
+        per_level = []
+        for anchors_i, logits_i, deltas_i, ctrs_i in zip(anchors, logits, deltas, ctrs):
+            prob = self.cls_loss.predict_probs(logits_i)
+            # the threshold is on the probability, the ranking on sqrt(prob * ctr); detectron2's decode
+            # thresholds what it ranks, so the scores below the threshold are set to -1 and it keeps > -1
+            scores = torch.where(prob > self.test_score_thresh, torch.sqrt(prob * torch.sigmoid(ctrs_i)), -1.0)
+            per_level.append(
+                self._decode_per_level_predictions(
+                    anchors_i, scores, deltas_i, -1.0, self.test_topk_candidates, image_size
                 )
             )
-        return results
-
-    def inference_single_image(self, locations, logits, regs, ctrs, image_size):
-        boxes_all, scores_all, classes_all = [], [], []
-        for pts, lg, rg, ct in zip(locations, logits, regs, ctrs):
-            prob = self.cls_loss.predict_probs(lg)  # (L_i, C)
-            keep = prob > self.test_score_thresh
-            scores = torch.sqrt(prob * torch.sigmoid(ct))[keep]
-            idx = torch.nonzero(keep)
-            k = min(self.test_topk_candidates, scores.numel())
-            scores, order = scores.sort(descending=True)
-            scores, idx = scores[:k], idx[order[:k]]
-            loc, cls = idx.unbind(1)
-            boxes_all.append(_ltrb_to_boxes(pts[loc], rg[loc]))
-            scores_all.append(scores)
-            classes_all.append(cls)
-        boxes = Boxes(cat(boxes_all))
-        boxes.clip(image_size)
-        scores, classes = cat(scores_all), cat(classes_all)
-        keep = batched_nms(boxes.tensor, scores, classes, self.test_nms_thresh)[: self.max_detections_per_image]
-        return Instances(image_size, pred_boxes=boxes[keep], scores=scores[keep], pred_classes=classes[keep])
+        pred = Instances.cat(per_level)
+        pred.pred_boxes.clip(image_size)
+        keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
+        return pred[keep[: self.max_detections_per_image]]

@@ -1,19 +1,21 @@
 """``LongTailRetinaNet``: Detectron2's RetinaNet with the classification loss from ``MODEL.LT.DENSE_LOSS``.
 
-Everything but ``losses()`` is Detectron2's (anchors, matcher, head with prior-0.01 bias
-``MODEL.RETINANET.PRIOR_PROB``, smooth-L1/GIoU box loss, inference). The classification term is
-:class:`~lt_detectron.modeling.dense.cls_loss.DenseClassificationLoss` (focal | bofl | eqlv2 | ecm), summed
-over the valid anchors and divided by the detector's own normaliser (the EMA of positive anchors).
+Everything but the classification term is Detectron2's (anchors, matcher, head with prior-0.01 bias
+``MODEL.RETINANET.PRIOR_PROB``, smooth-L1/GIoU box loss, inference). The classification term is the
+protocol loss ``cls_loss`` (:class:`~lt_detectron.losses.base.DenseLoss`, ``MODEL.LT.DENSE_LOSS``):
+``cls_loss(logits (M, C), labels (M,), DenseBatch(image_index, gt_classes_per_image))``, summed over the
+valid anchors and divided by the detector's own normaliser (the EMA of positive anchors). Inference
+scores are ``cls_loss.predict_probs(logits)``.
 """
 import torch
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
-from detectron2.modeling.box_regression import _dense_box_regression_loss
 from detectron2.utils.events import get_event_storage
 
-from .cls_loss import DenseClassificationLoss, build_dense_cls_loss
+from ...compat import dense_box_regression_loss
+from ...losses import DenseBatch, DenseLoss, FocalDenseLoss, build_dense_loss, train_class_stats
 
 __all__ = ["LongTailRetinaNet"]
 
@@ -23,12 +25,10 @@ class LongTailRetinaNet(RetinaNet):
     """RetinaNet with a configurable long-tail classification loss (``cls_loss`` submodule)."""
 
     @configurable
-    def __init__(self, *, cls_loss: DenseClassificationLoss = None, **kwargs):
+    def __init__(self, *, cls_loss: DenseLoss = None, **kwargs):
         super().__init__(**kwargs)
         if cls_loss is None:
-            cls_loss = DenseClassificationLoss(
-                "focal", self.num_classes, focal_alpha=self.focal_loss_alpha, focal_gamma=self.focal_loss_gamma
-            )
+            cls_loss = FocalDenseLoss(self.num_classes, focal_alpha=self.focal_loss_alpha, focal_gamma=self.focal_loss_gamma)
         if cls_loss.num_classes != self.num_classes:
             raise ValueError("cls_loss has %d classes, the detector %d" % (cls_loss.num_classes, self.num_classes))
         self.cls_loss = cls_loss
@@ -36,12 +36,10 @@ class LongTailRetinaNet(RetinaNet):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        ret["cls_loss"] = build_dense_cls_loss(
-            cfg,
-            cfg.MODEL.RETINANET.NUM_CLASSES,
-            "MODEL.RETINANET.NUM_CLASSES",
-            focal_alpha=cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
-            focal_gamma=cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
+        r = cfg.MODEL.RETINANET
+        ret["cls_loss"] = build_dense_loss(
+            cfg, r.NUM_CLASSES, train_class_stats(cfg, r.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES"),
+            focal_alpha=r.FOCAL_LOSS_ALPHA, focal_gamma=r.FOCAL_LOSS_GAMMA,
         )
         return ret
 
@@ -66,12 +64,10 @@ class LongTailRetinaNet(RetinaNet):
 
         logits = cat(pred_logits, dim=1)  # (N, R, C)
         image_index = torch.arange(num_images, device=logits.device)[:, None].expand_as(gt_labels)[valid_mask]
-        if gt_classes_list is None:  # called with Detectron2's signature: BOFL cannot count GT objects
-            if self.cls_loss.name == "bofl":
-                raise ValueError("LongTailRetinaNet.losses needs gt_classes_list for BOFL")
-        loss_cls = self.cls_loss.focal(logits[valid_mask], gt_labels[valid_mask], image_index, gt_classes_list)
+        batch = DenseBatch(image_index=image_index, gt_classes_per_image=gt_classes_list)
+        loss_cls = self.cls_loss(logits[valid_mask], gt_labels[valid_mask], batch)
 
-        loss_box_reg = _dense_box_regression_loss(
+        loss_box_reg = dense_box_regression_loss(
             anchors,
             self.box2box_transform,
             pred_anchor_deltas,
@@ -81,3 +77,14 @@ class LongTailRetinaNet(RetinaNet):
             smooth_l1_beta=self.smooth_l1_beta,
         )
         return {"loss_cls": loss_cls / normalizer, "loss_box_reg": loss_box_reg / normalizer}
+
+    def forward_inference(self, images, features, predictions):
+        """Detectron2's, with the scores from ``cls_loss.predict_probs``."""
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
+        anchors = self.anchor_generator(features)
+        results = []
+        for img_idx, image_size in enumerate(images.image_sizes):
+            scores_per_image = [self.cls_loss.predict_probs(x[img_idx]) for x in pred_logits]
+            deltas_per_image = [x[img_idx] for x in pred_anchor_deltas]
+            results.append(self.inference_single_image(anchors, scores_per_image, deltas_per_image, image_size))
+        return results

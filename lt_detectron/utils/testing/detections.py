@@ -9,50 +9,43 @@ categories from the image's positive, negative and unrelated sets.
 """
 from __future__ import annotations
 
-import csv
-import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["lvis_v1_like_categories", "make_lvis_like_gt", "make_detections", "detections_to_results"]
+from ...class_stats import lvis_frequency
+from ...data.lvis_stats import load_shipped_stats
 
-_LVIS_V1_CSV = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "stats", "lvis_v1_train.csv")
+__all__ = [
+    "lvis_v1_like_categories",
+    "make_lvis_like_gt",
+    "make_detections",
+    "detections_to_results",
+    "detections_to_instances",
+]
 
 
 def lvis_v1_like_categories(num_classes: int = 1203, seed: int = 0) -> List[dict]:
     """LVIS-v1-like category records (id, name, frequency, image_count, instance_count).
 
-    Uses the shipped LVIS v1 train statistics when present (``lt_detectron/data/stats/
-    lvis_v1_train.csv``, LVIS annotations CC BY 4.0), else a Zipf-like long tail with
-    the same r/c/f proportions (337/461/405 of 1203).
+    1203 classes: the shipped LVIS v1 train statistics (``lt_detectron/data/stats/
+    lvis_v1_train.csv``, LVIS annotations CC BY 4.0). Otherwise a Zipf-like long tail of image
+    counts, banded by LVIS' rule (:func:`lt_detectron.class_stats.lvis_frequency`).
     """
-    if num_classes == 1203 and os.path.isfile(_LVIS_V1_CSV):
-        try:
-            with open(_LVIS_V1_CSV, newline="") as f:
-                rows = [r for r in csv.DictReader(line for line in f if not line.startswith("#"))]
-            cats = [
-                {
-                    "id": int(r["id"]),
-                    "name": r["name"],
-                    "frequency": r["frequency"],
-                    "image_count": int(r["image_count"]),
-                    "instance_count": int(r["instance_count"]),
-                }
-                for r in rows
-            ]
-            if len(cats) == 1203:
-                return cats
-        except (KeyError, ValueError):
-            pass
+    if num_classes == 1203:
+        st = load_shipped_stats("lvis_v1_train")
+        return [
+            {"id": int(i), "name": str(n), "frequency": str(f), "image_count": int(ic), "instance_count": int(nc)}
+            for i, n, f, ic, nc in zip(st["id"], st["name"], st["frequency"], st["image_count"], st["instance_count"])
+        ]
     rng = np.random.default_rng(seed)
     ranks = rng.permutation(num_classes) + 1
     image_counts = np.maximum(1, np.round(20000.0 / ranks**0.95)).astype(np.int64)
+    freq = lvis_frequency(image_counts)
     cats = []
     for i in range(num_classes):
         ic = int(image_counts[i])
-        freq = "r" if ic <= 10 else ("c" if ic <= 100 else "f")
-        cats.append({"id": i + 1, "name": f"class_{i + 1}", "frequency": freq, "image_count": ic,
+        cats.append({"id": i + 1, "name": f"class_{i + 1}", "frequency": str(freq[i]), "image_count": ic,
                      "instance_count": int(ic * (1 + rng.integers(0, 3)))})
     return cats
 

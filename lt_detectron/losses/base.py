@@ -1,0 +1,381 @@
+"""The loss protocol: what a detection head needs to know about a classification loss.
+
+A head never switches on a loss's name. It builds the loss through :func:`build_roi_loss` /
+:func:`build_dense_loss` (from the config and the class statistics) and then asks it:
+
+ROI heads (:class:`ROILoss`, registered in ``ROI_LOSS_REGISTRY`` under ``MODEL.LT.ROI_LOSS``):
+    - ``classifier_spec()``: the classification layer to build (:class:`ClassifierSpec`: number of
+      logits K, linear or cosine, bias, bias prior);
+    - ``forward(logits (R, K), gt_classes (R,), batch: ROIBatch) -> scalar``; ``gt_classes`` in
+      [0, C], C = background (Detectron2's layout);
+    - ``predict_probs(logits (R, K)) -> (R, C+1)`` probabilities, background LAST, so Detectron2's
+      ``fast_rcnn_inference``, Mask R-CNN and Cascade R-CNN work unchanged;
+    - ``accuracy_logits(logits) -> (R, C+1)`` what ``fast_rcnn/cls_accuracy`` is logged from.
+
+Dense heads (:class:`DenseLoss`, ``DENSE_LOSS_REGISTRY``, ``MODEL.LT.DENSE_LOSS``): C sigmoid
+channels, background = an all-zero target row.
+    - ``forward(logits (M, C), labels (M,) in [0, C], batch: DenseBatch) -> scalar`` (SUM: each
+      detector divides by its own normaliser);
+    - ``heatmap(logits (N, C, H, W), heat (N, C, H, W), batch, alpha, beta) -> scalar`` (SUM), the
+      CenterNet (penalty-reduced focal) form;
+    - ``predict_probs(logits) -> sigmoid(logits)`` unless the method says otherwise.
+
+Every loss builds itself: ``from_config(cfg, num_classes, class_stats, **head_kwargs) -> dict`` of
+its ``__init__`` keyword arguments (a flat mapping, as Detectron2's ``from_config``), so the heads,
+``examples/custom_meta_arch.py`` and user code build the same loss from the same config. State
+that lives across iterations is kept in registered buffers (checkpointed with the model).
+
+What a loss supports is declared on its class, and checked by :func:`build_roi_loss` /
+:func:`build_dense_loss` with errors that name the config key and the fix:
+    - ``needs_class_stats``: the loss needs the training :class:`~lt_detectron.class_stats.ClassStats`
+      (instance counts); building it without them is an error;
+    - ``supported_options`` (ROI): the optional config switches the loss honours, among
+      :data:`ROI_OPTIONS` (``MODEL.ROI_BOX_HEAD.USE_FED_LOSS``, ``MODEL.LT.BOFL.ENABLED``); a config
+      that turns on another one is an error naming the losses that support it;
+    - ``uses_epoch_schedule(cfg)``: the loss follows BOFL's schedule in epochs (``MODEL.LT.BOFL.*``),
+      so the BOFL plots apply and the epoch length (``MODEL.LT.BOFL.ITERS_PER_EPOCH``) is needed;
+    - ``plot_data()`` (optional): the per-class statistics the method plots draw (a dict: ``name``,
+      ``title``, ``ratio`` (C,), ``ratio_label``, ``factors`` {label: (C,)}, ``factors_label``, ``params``;
+      EQL v2, EFL), read by :func:`lt_detectron.engine.hooks.plot_sources`;
+    - ``exact_gradient``: False when the method detaches terms that depend on the logits (e.g. Seesaw's
+      compensation factor from the detached scores): autograd then gives the authors' surrogate
+      gradient, not d(loss)/d(logits), and a numerical gradient check does not apply.
+
+Registering a new method is one file under ``lt_detectron/losses/``::
+
+    @ROI_LOSS_REGISTRY.register("mine")
+    class MyLoss(ROILoss):
+        ...
+
+and one import line in ``lt_detectron/losses/__init__.py``.
+"""
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+from fvcore.common.registry import Registry
+
+__all__ = [
+    "LossRegistry",
+    "ROI_LOSS_REGISTRY",
+    "DENSE_LOSS_REGISTRY",
+    "ClassifierSpec",
+    "ROIBatch",
+    "DenseBatch",
+    "ROILoss",
+    "DenseLoss",
+    "build_roi_loss",
+    "build_dense_loss",
+    "roi_loss_name",
+    "ROI_OPTIONS",
+    "train_class_stats",
+    "class_counts",
+    "storage_iteration",
+    "log_scalar",
+]
+
+
+class LossRegistry(Registry):
+    """fvcore's ``Registry`` keyed by the (lower-case) config value instead of the class name.
+
+    ``@REGISTRY.register("name")`` registers a class under ``name``; :meth:`get` of an unknown name
+    raises a ``KeyError`` that lists the registered names and the config key.
+    """
+
+    def __init__(self, name: str, config_key: str):
+        super().__init__(name)
+        self.config_key = config_key
+
+    def register(self, name: str):  # type: ignore[override]
+        if not isinstance(name, str):
+            raise TypeError("register a loss with a name: @%s.register('name')" % self._name)
+
+        def deco(cls):
+            self._do_register(name.lower(), cls)
+            cls.name = name.lower()
+            return cls
+
+        return deco
+
+    def names(self):
+        return sorted(k for k, _ in self)
+
+    def get(self, name: str):
+        key = str(name).lower()
+        if key not in self:
+            raise KeyError(
+                "unknown %s %r; registered: %s (a new method registers itself in a module imported by "
+                "lt_detectron.losses)" % (self.config_key, name, ", ".join(self.names()))
+            )
+        return super().get(key)
+
+
+ROI_LOSS_REGISTRY = LossRegistry("ROI_LOSS", "MODEL.LT.ROI_LOSS")
+ROI_LOSS_REGISTRY.__doc__ = "Classification losses of the ROI box predictor, by MODEL.LT.ROI_LOSS."
+DENSE_LOSS_REGISTRY = LossRegistry("DENSE_LOSS", "MODEL.LT.DENSE_LOSS")
+DENSE_LOSS_REGISTRY.__doc__ = "Classification losses of RetinaNet / FCOS / CenterNet, by MODEL.LT.DENSE_LOSS."
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """The classification layer a loss needs.
+
+    Attributes:
+        num_logits: K, the layer's outputs (C+1 for most ROI losses, background last).
+        kind: ``"linear"`` or ``"cosine"``.
+        scale: cosine only: the temperature s of ``s * cos``; None gives raw cosines in [-1, 1]
+            (the loss applies its own scale, as C2AM).
+        bias: whether the layer has a bias.
+        prior_prob: > 0 sets the bias to ``-log((1 - p) / p)``; 0 keeps the head's default init.
+        init_std: std of a normal weight init; None keeps the head's default init.
+    """
+
+    num_logits: int
+    kind: str = "linear"
+    scale: Optional[float] = None
+    bias: bool = True
+    prior_prob: float = 0.0
+    init_std: Optional[float] = None
+
+
+@dataclass
+class ROIBatch:
+    """What an ROI loss may use besides the logits and labels (filled by the box predictor).
+
+    Attributes:
+        rois_per_image: number of sampled ROIs of each image (the rows of the logits, in order).
+        gt_classes_per_image: the GT objects' classes of each image (not the ROIs'), or None.
+        classifier: the classification layer (e.g. C2AM reads its weight norms).
+        iteration: the training iteration; None reads Detectron2's event storage.
+    """
+
+    rois_per_image: Sequence[int] = ()
+    gt_classes_per_image: Optional[Sequence[torch.Tensor]] = None
+    classifier: Optional[nn.Module] = None
+    iteration: Optional[int] = None
+
+
+@dataclass
+class DenseBatch:
+    """What a dense loss may use besides the logits and labels (filled by the detector).
+
+    Attributes:
+        image_index: (M,) the image of each location of (M, C) logits, or None.
+        gt_classes_per_image: the GT objects' classes of each image, or None.
+        iteration: the training iteration; None reads Detectron2's event storage.
+    """
+
+    image_index: Optional[torch.Tensor] = None
+    gt_classes_per_image: Optional[Sequence[torch.Tensor]] = None
+    iteration: Optional[int] = None
+
+
+def storage_iteration(iteration: Optional[int] = None) -> int:
+    """``iteration`` if given, else the iteration of Detectron2's event storage (0 outside training)."""
+    if iteration is not None:
+        return int(iteration)
+    try:
+        from detectron2.utils.events import get_event_storage
+
+        return int(get_event_storage().iter)
+    except (AssertionError, ImportError):  # no storage: not inside a training loop
+        return 0
+
+
+def log_scalar(name: str, value: float) -> None:
+    """``put_scalar`` into Detectron2's event storage when inside a training loop; else nothing."""
+    try:
+        from detectron2.utils.events import get_event_storage
+
+        get_event_storage().put_scalar(name, float(value), smoothing_hint=False)
+    except (AssertionError, ImportError):
+        pass
+
+
+# Optional config switches of the ROI heads: key -> whether the config turns it on. A loss lists the
+# keys it honours in ``supported_options``; :func:`build_roi_loss` refuses the others.
+ROI_OPTIONS = {
+    "MODEL.ROI_BOX_HEAD.USE_FED_LOSS": lambda cfg: bool(cfg.MODEL.ROI_BOX_HEAD.get("USE_FED_LOSS", False)),
+    "MODEL.LT.BOFL.ENABLED": lambda cfg: bool(cfg.MODEL.LT.BOFL.ENABLED),
+}
+
+
+class ROILoss(nn.Module):
+    """Base of the ROI classification losses (see the module docstring).
+
+    The common classifier options of ``MODEL.LT`` (``CLASSIFIER``, ``COSINE_SCALE``,
+    ``PRIOR_PROB``) are handled here; a subclass adds its own keyword arguments and extends
+    :meth:`from_config`. ``default_prior_prob`` is the bias prior used when ``PRIOR_PROB < 0``.
+    """
+
+    name = "roi_loss"
+    default_prior_prob = 0.0
+    needs_class_stats = False
+    supported_options = frozenset()
+    exact_gradient = True
+
+    def __init__(self, num_classes: int, *, classifier: str = "linear", cosine_scale: float = 20.0,
+                 prior_prob: float = -1.0):
+        super().__init__()
+        self._set_roi_options(num_classes, classifier, cosine_scale, prior_prob)
+
+    def _set_roi_options(self, num_classes: int, classifier: str = "linear", cosine_scale: float = 20.0,
+                         prior_prob: float = -1.0) -> None:
+        """What ``__init__`` sets; for a subclass that also derives from a module with its own
+        ``__init__`` (e.g. EQL v2's statistics): it calls that one, then this."""
+        if classifier not in ("linear", "cosine"):
+            raise ValueError("unknown MODEL.LT.CLASSIFIER %r; choose linear or cosine" % (classifier,))
+        self.num_classes = int(num_classes)
+        self.classifier_kind = classifier
+        self.cosine_scale = float(cosine_scale)
+        self.prior_prob = float(self.default_prior_prob if prior_prob < 0 else prior_prob)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, class_stats=None) -> dict:
+        lt = cfg.MODEL.LT
+        return dict(num_classes=num_classes, classifier=lt.CLASSIFIER, cosine_scale=lt.COSINE_SCALE,
+                    prior_prob=lt.PRIOR_PROB)
+
+    @classmethod
+    def uses_epoch_schedule(cls, cfg) -> bool:
+        """Whether this loss, built from ``cfg``, follows BOFL's schedule in epochs."""
+        return False
+
+    def classifier_spec(self) -> ClassifierSpec:
+        cosine = self.classifier_kind == "cosine"
+        return ClassifierSpec(self.num_classes + 1, kind=self.classifier_kind,
+                              scale=self.cosine_scale if cosine else None, bias=True, prior_prob=self.prior_prob)
+
+    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def accuracy_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """(R, C+1) scores whose argmax is the predicted class (for ``fast_rcnn/cls_accuracy``)."""
+        if logits.shape[-1] == self.num_classes + 1:
+            return logits
+        return self.predict_probs(logits.detach())
+
+    def _check_logits(self, logits: torch.Tensor, num_logits: Optional[int] = None) -> None:
+        K = self.num_classes + 1 if num_logits is None else num_logits
+        if logits.dim() != 2 or logits.shape[1] != K:
+            raise ValueError("%s expects logits (R, %d), got %s" % (type(self).__name__, K, tuple(logits.shape)))
+
+    def extra_repr(self) -> str:
+        return "num_classes=%d" % self.num_classes
+
+
+class DenseLoss(nn.Module):
+    """Base of the dense (RetinaNet / FCOS / CenterNet) classification losses.
+
+    ``focal_alpha`` / ``focal_gamma`` are the detector's focal parameters (its own config keys),
+    passed by the detector to :func:`build_dense_loss`.
+    """
+
+    name = "dense_loss"
+    needs_class_stats = False
+    exact_gradient = True
+
+    def __init__(self, num_classes: int, *, focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+        super().__init__()
+        self._set_dense_options(num_classes, focal_alpha, focal_gamma)
+
+    def _set_dense_options(self, num_classes: int, focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> None:
+        """What ``__init__`` sets (see :meth:`ROILoss._set_roi_options`)."""
+        self.num_classes = int(num_classes)
+        self.focal_alpha = float(focal_alpha)
+        self.focal_gamma = float(focal_gamma)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25,
+                    focal_gamma: float = 2.0) -> dict:
+        return dict(num_classes=num_classes, focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+
+    @classmethod
+    def uses_epoch_schedule(cls, cfg) -> bool:
+        """Whether this loss, built from ``cfg``, follows BOFL's schedule in epochs."""
+        return False
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def heatmap(self, logits: torch.Tensor, heat: torch.Tensor, batch: Optional[DenseBatch] = None,
+                alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+    def _check_logits(self, logits: torch.Tensor) -> None:
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError("%s expects logits (M, %d), got %s"
+                             % (type(self).__name__, self.num_classes, tuple(logits.shape)))
+
+    def extra_repr(self) -> str:
+        return "num_classes=%d, focal_alpha=%g, focal_gamma=%g" % (self.num_classes, self.focal_alpha, self.focal_gamma)
+
+
+def roi_loss_name(cfg) -> str:
+    """``MODEL.LT.ROI_LOSS``, with Detectron2's ``MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE`` meaning sigmoid
+    when the loss is left at its default (softmax)."""
+    name = str(cfg.MODEL.LT.ROI_LOSS).lower()
+    if cfg.MODEL.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False) and name == "softmax":
+        return "sigmoid"
+    return name
+
+
+def train_class_stats(cfg, num_classes: int, num_classes_key: str):
+    """The training :class:`~lt_detectron.class_stats.ClassStats` of ``cfg.DATASETS.TRAIN`` (the
+    class-statistics registry), checked against ``num_classes`` (the config key ``num_classes_key``);
+    None without training datasets."""
+    if not cfg.DATASETS.TRAIN:
+        return None
+    from ..class_stats import check_num_classes, get_class_stats
+
+    stats = get_class_stats(cfg.DATASETS.TRAIN)
+    check_num_classes(num_classes, stats, num_classes_key)
+    return stats
+
+
+def class_counts(class_stats, field: str = "instance_counts") -> torch.Tensor:
+    """A (C,) float64 copy of a count array of a ``ClassStats`` (``instance_counts`` or ``image_counts``)."""
+    return torch.tensor(getattr(class_stats, field), dtype=torch.float64)
+
+
+def _check_class_stats(cls, registry: LossRegistry, class_stats) -> None:
+    if cls.needs_class_stats and class_stats is None:
+        raise ValueError(
+            "%s %s needs the training class statistics (per-class instance counts): set DATASETS.TRAIN to the "
+            "training dataset(s), or pass class_stats= (a lt_detectron.ClassStats) when building the loss"
+            % (registry.config_key, cls.name)
+        )
+
+
+def build_roi_loss(cfg, num_classes: int, class_stats=None) -> ROILoss:
+    """The :class:`ROILoss` named by ``MODEL.LT.ROI_LOSS`` for ``num_classes`` classes.
+
+    ``class_stats``: the training :class:`~lt_detectron.class_stats.ClassStats` (needed by the
+    methods that use class frequencies; they raise a clear error without it). A config that turns
+    on an option of :data:`ROI_OPTIONS` the loss does not support is an error naming the key.
+    """
+    cls = ROI_LOSS_REGISTRY.get(roi_loss_name(cfg))
+    for key, enabled in ROI_OPTIONS.items():
+        if enabled(cfg) and key not in cls.supported_options:
+            able = [n for n, c in sorted(ROI_LOSS_REGISTRY) if key in c.supported_options]
+            raise ValueError(
+                "%s is on, but MODEL.LT.ROI_LOSS %s does not support it (losses that do: %s). Set MODEL.LT.ROI_LOSS "
+                "to one of them, or turn %s off." % (key, cls.name, ", ".join(able) or "none", key)
+            )
+    _check_class_stats(cls, ROI_LOSS_REGISTRY, class_stats)
+    return cls(**cls.from_config(cfg, num_classes, class_stats))
+
+
+def build_dense_loss(cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25,
+                     focal_gamma: float = 2.0) -> DenseLoss:
+    """The :class:`DenseLoss` named by ``MODEL.LT.DENSE_LOSS`` for ``num_classes`` channels."""
+    cls = DENSE_LOSS_REGISTRY.get(cfg.MODEL.LT.DENSE_LOSS)
+    _check_class_stats(cls, DENSE_LOSS_REGISTRY, class_stats)
+    return cls(**cls.from_config(cfg, num_classes, class_stats, focal_alpha=focal_alpha, focal_gamma=focal_gamma))

@@ -1,0 +1,41 @@
+"""Test data (in the spirit of ``detectron2/utils/testing.py``), not part of the training path.
+
+- :mod:`.real_formats`: files in the exact on-disk formats of LVIS v1, COCO 2017 and COCO-LT,
+  small enough to train on a CPU (:func:`make_fixtures`).
+- :mod:`.weights`: a random-weight R-50 in detectron2's MSRA ``.pkl`` format.
+- :mod:`.detections`: generated LVIS-like ground truth and detections for evaluator tests and
+  benchmarks.
+"""
+from .detections import (
+    detections_to_instances,
+    detections_to_results,
+    lvis_v1_like_categories,
+    make_detections,
+    make_lvis_like_gt,
+)
+from .real_formats import (
+    COCO_SUPERCATEGORIES,
+    coco_categories,
+    fixture_paths,
+    lvis_v1_categories,
+    make_coco_lt_fixture,
+    make_fixtures,
+    make_lvis_coco_fixtures,
+)
+from .weights import make_r50_msra_pkl
+
+__all__ = [
+    "COCO_SUPERCATEGORIES",
+    "coco_categories",
+    "lvis_v1_categories",
+    "make_lvis_coco_fixtures",
+    "make_coco_lt_fixture",
+    "make_r50_msra_pkl",
+    "make_fixtures",
+    "fixture_paths",
+    "lvis_v1_like_categories",
+    "make_lvis_like_gt",
+    "make_detections",
+    "detections_to_results",
+    "detections_to_instances",
+]
