@@ -29,6 +29,7 @@ LVIS v0.5 per-category training instance counts are read from the shipped table
 ``lt_detectron/data/stats/lvis_v0.5_train.csv`` (LVIS annotations, CC BY 4.0,
 https://www.lvisdataset.org; see that folder's README).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-LVIS_V05_COUNTS_CSV = os.path.join(_HERE, os.pardir, "lt_detectron", "data", "stats", "lvis_v0.5_train.csv")
+LVIS_V05_COUNTS_CSV = os.path.join(
+    _HERE, os.pardir, "lt_detectron", "data", "stats", "lvis_v0.5_train.csv"
+)
 
 __all__ = ["load_lvis_counts", "compute_targets", "build_coco_lt", "check_coco_input", "main"]
 
@@ -57,10 +60,16 @@ class InputError(ValueError):
 
 def check_coco_input(coco, path: str = "<json>") -> None:
     """``coco`` must be COCO instances json: 80 categories with COCO's ids, no LVIS fields."""
-    if not isinstance(coco, dict) or not all(k in coco for k in ("images", "annotations", "categories")):
-        raise InputError(f"{path} is not a COCO instances json (needs 'images', 'annotations' and 'categories')")
+    if not isinstance(coco, dict) or not all(
+        k in coco for k in ("images", "annotations", "categories")
+    ):
+        raise InputError(
+            f"{path} is not a COCO instances json (needs 'images', 'annotations' and 'categories')"
+        )
     cats = coco["categories"]
-    if any("frequency" in c for c in cats) or any("neg_category_ids" in im for im in coco["images"][:100]):
+    if any("frequency" in c for c in cats) or any(
+        "neg_category_ids" in im for im in coco["images"][:100]
+    ):
         raise InputError(
             f"{path} is an LVIS-format json ({len(cats)} categories with 'frequency'): COCO-LT is built from "
             f"COCO's instances_train2017.json (80 classes). Pass --coco-json "
@@ -95,7 +104,9 @@ def compute_targets(coco_counts: Dict[int, int], lvis_counts: Sequence[int]):
     C, L = len(coco_sorted), len(lvis_sorted)
     out = {}
     for i, cid in enumerate(coco_sorted):
-        j = int(round(i * (L - 1) / (C - 1)))  # Python's round: ties to even; never a tie for 80/1230
+        j = int(
+            round(i * (L - 1) / (C - 1))
+        )  # Python's round: ties to even; never a tie for 80/1230
         out[cid] = (i, j, int(lvis_sorted[j]))
     return out
 
@@ -110,7 +121,9 @@ def build_coco_lt(coco: dict, lvis_counts: Sequence[int], seed: int = 0):
         if a.get("iscrowd", 0):
             continue
         if a["category_id"] not in available:
-            raise ValueError(f"annotation {a.get('id')} has category_id {a['category_id']} missing from categories")
+            raise ValueError(
+                f"annotation {a.get('id')} has category_id {a['category_id']} missing from categories"
+            )
         anns_by_img[a["image_id"]].append(a)
         imgs_by_cat[a["category_id"]].add(a["image_id"])
         available[a["category_id"]] += 1
@@ -151,13 +164,25 @@ def build_coco_lt(coco: dict, lvis_counts: Sequence[int], seed: int = 0):
         cc["image_count"] = len(img_count[c["id"]])
         out_cats.append(cc)
         rank, lrank, target = targets[c["id"]]
-        report.append({"id": c["id"], "name": c["name"], "coco_rank": rank, "lvis_rank": lrank,
-                       "target": target, "achieved": counts[c["id"]], "available": available[c["id"]],
-                       "images": cc["image_count"]})
+        report.append(
+            {
+                "id": c["id"],
+                "name": c["name"],
+                "coco_rank": rank,
+                "lvis_rank": lrank,
+                "target": target,
+                "achieved": counts[c["id"]],
+                "available": available[c["id"]],
+                "images": cc["image_count"],
+            }
+        )
     report.sort(key=lambda r: r["coco_rank"])
     out = {
-        "info": dict(coco.get("info", {}), description="COCO-LT train (BAGS recipe) built by datasets/prepare_coco_lt.py",
-                     coco_lt_seed=seed),
+        "info": dict(
+            coco.get("info", {}),
+            description="COCO-LT train (BAGS recipe) built by datasets/prepare_coco_lt.py",
+            coco_lt_seed=seed,
+        ),
         "licenses": coco.get("licenses", []),
         "images": [images_by_id[i] for i in img_ids],
         "annotations": out_anns,
@@ -169,9 +194,15 @@ def build_coco_lt(coco: dict, lvis_counts: Sequence[int], seed: int = 0):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--coco-json", required=True, help="COCO instances_train2017.json")
-    ap.add_argument("--output", required=True, help="output json (e.g. coco/annotations/coco_lt_train.json)")
+    ap.add_argument(
+        "--output", required=True, help="output json (e.g. coco/annotations/coco_lt_train.json)"
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--lvis-counts", default=LVIS_V05_COUNTS_CSV, help="csv with an instance_count column (LVIS v0.5 train)")
+    ap.add_argument(
+        "--lvis-counts",
+        default=LVIS_V05_COUNTS_CSV,
+        help="csv with an instance_count column (LVIS v0.5 train)",
+    )
     args = ap.parse_args(argv)
     src = os.path.abspath(args.coco_json)
     if not os.path.isfile(src):
@@ -180,14 +211,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"them into $DETECTRON2_DATASETS/coco/ (giving coco/annotations/instances_train2017.json)."
         )
     if not os.path.isfile(args.lvis_counts):
-        raise SystemExit(f"error: --lvis-counts {os.path.abspath(args.lvis_counts)} does not exist (the shipped "
-                         f"lt_detectron/data/stats/lvis_v0.5_train.csv is the default)")
+        raise SystemExit(
+            f"error: --lvis-counts {os.path.abspath(args.lvis_counts)} does not exist (the shipped "
+            f"lt_detectron/data/stats/lvis_v0.5_train.csv is the default)"
+        )
     try:
         with open(src) as f:
             coco = json.load(f)
         check_coco_input(coco, src)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SystemExit(f"error: {src} is not valid json ({e}); re-download it ({COCO_ANNOTATIONS_URL})")
+        raise SystemExit(
+            f"error: {src} is not valid json ({e}); re-download it ({COCO_ANNOTATIONS_URL})"
+        )
     except InputError as e:
         raise SystemExit(f"error: {e}")
     out, report = build_coco_lt(coco, load_lvis_counts(args.lvis_counts), seed=args.seed)
@@ -201,10 +236,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         w.writerows(report)
     print(f"{'rank':>4} {'lvis':>5} {'target':>7} {'achieved':>8} {'available':>9}  name")
     for r in report:
-        print(f"{r['coco_rank']:>4} {r['lvis_rank']:>5} {r['target']:>7} {r['achieved']:>8} {r['available']:>9}  {r['name']}")
+        print(
+            f"{r['coco_rank']:>4} {r['lvis_rank']:>5} {r['target']:>7} {r['achieved']:>8} "
+            f"{r['available']:>9}  {r['name']}"
+        )
     tt = sum(r["target"] for r in report)
     ta = sum(r["achieved"] for r in report)
-    print(f"images: {len(out['images'])}  instances: achieved {ta} / target {tt}  -> {args.output}\ncounts: {stats_path}")
+    print(
+        f"images: {len(out['images'])}  instances: achieved {ta} / target {tt}  -> {args.output}\ncounts: {stats_path}"
+    )
     return 0
 
 

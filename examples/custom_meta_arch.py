@@ -25,6 +25,7 @@ config in code. Train it for a few iterations on the embedded dataset (CPU)::
 
 The losses also work without any config: ``EQLv2Loss(C)(logits (R, C+1), gt_classes (R,))``.
 """
+
 import argparse
 import logging
 import os
@@ -52,7 +53,9 @@ def add_example_config(cfg):
     """The example's own keys (a meta-architecture may add its own sub-node, as here)."""
     if "LT_EXAMPLE" not in cfg.MODEL:
         cfg.MODEL.LT_EXAMPLE = CN()
-        cfg.MODEL.LT_EXAMPLE.HEAD = "loss"  # loss: own classifier + lt loss | predictor: LongTailFastRCNNOutputLayers
+        cfg.MODEL.LT_EXAMPLE.HEAD = (
+            "loss"  # loss: own classifier + lt loss | predictor: LongTailFastRCNNOutputLayers
+        )
         cfg.MODEL.LT_EXAMPLE.IN_FEATURE = "t3"  # backbone feature the boxes are pooled from
         cfg.MODEL.LT_EXAMPLE.HIDDEN_DIM = 128  # width of the box head's FC layer
         cfg.MODEL.LT_EXAMPLE.BG_BOXES_PER_IMAGE = 16  # random background boxes per training image
@@ -64,9 +67,21 @@ class LTExampleBoxClassifier(nn.Module):
     """Box classifier: backbone -> ROIAlign -> FC -> classifier, trained with an lt_detectron loss."""
 
     @configurable
-    def __init__(self, *, backbone, in_feature, cls_loss: ROILoss, head="loss", hidden_dim=128,
-                 bg_boxes_per_image=16, pixel_mean, pixel_std, test_score_thresh=0.05, test_nms_thresh=0.5,
-                 test_topk_per_image=100):
+    def __init__(
+        self,
+        *,
+        backbone,
+        in_feature,
+        cls_loss: ROILoss,
+        head="loss",
+        hidden_dim=128,
+        bg_boxes_per_image=16,
+        pixel_mean,
+        pixel_std,
+        test_score_thresh=0.05,
+        test_nms_thresh=0.5,
+        test_topk_per_image=100,
+    ):
         super().__init__()
         self.backbone = backbone
         self.in_feature = in_feature
@@ -75,11 +90,17 @@ class LTExampleBoxClassifier(nn.Module):
         self.bg_boxes_per_image = int(bg_boxes_per_image)
         self.test_args = (test_score_thresh, test_nms_thresh, test_topk_per_image)
         shape = backbone.output_shape()[in_feature]
-        self.pooler = ROIPooler((7, 7), scales=(1.0 / shape.stride,), sampling_ratio=0, pooler_type="ROIAlignV2")
-        self.box_head = nn.Sequential(nn.Flatten(), nn.Linear(shape.channels * 49, hidden_dim), nn.ReLU(inplace=True))
+        self.pooler = ROIPooler(
+            (7, 7), scales=(1.0 / shape.stride,), sampling_ratio=0, pooler_type="ROIAlignV2"
+        )
+        self.box_head = nn.Sequential(
+            nn.Flatten(), nn.Linear(shape.channels * 49, hidden_dim), nn.ReLU(inplace=True)
+        )
         if head == "loss":
             # 1) an lt_detectron LOSS on our own logits: the classifier it asks for, (R, K) logits, (R,) labels
-            self.cls_loss = cls_loss  # a submodule: its state (e.g. EQL v2's statistics) is checkpointed
+            self.cls_loss = (
+                cls_loss  # a submodule: its state (e.g. EQL v2's statistics) is checkpointed
+            )
             self.cls_score = build_classifier(cls_loss.classifier_spec(), hidden_dim)
         elif head == "predictor":
             # 2) lt_detectron's box HEAD, built from keyword arguments (no config object)
@@ -100,12 +121,16 @@ class LTExampleBoxClassifier(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         C = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        stats = train_class_stats(cfg, C, "MODEL.ROI_HEADS.NUM_CLASSES")  # the class-statistics registry
+        stats = train_class_stats(
+            cfg, C, "MODEL.ROI_HEADS.NUM_CLASSES"
+        )  # the class-statistics registry
         ex = cfg.MODEL.LT_EXAMPLE
         return dict(
             backbone=build_backbone(cfg),
             in_feature=ex.IN_FEATURE,
-            cls_loss=build_roi_loss(cfg, C, stats),  # MODEL.LT.ROI_LOSS and its keys, as the heads do
+            cls_loss=build_roi_loss(
+                cfg, C, stats
+            ),  # MODEL.LT.ROI_LOSS and its keys, as the heads do
             head=ex.HEAD,
             hidden_dim=ex.HIDDEN_DIM,
             bg_boxes_per_image=ex.BG_BOXES_PER_IMAGE,
@@ -141,7 +166,9 @@ class LTExampleBoxClassifier(nn.Module):
         boxes.clip((h, w))
         out.proposal_boxes = boxes
         out.gt_boxes = Boxes(torch.cat([gt, bg]))  # background rows are ignored by the box loss
-        out.gt_classes = torch.cat([inst.gt_classes, torch.full((len(bg),), self.num_classes, device=gt.device)])
+        out.gt_classes = torch.cat(
+            [inst.gt_classes, torch.full((len(bg),), self.num_classes, device=gt.device)]
+        )
         return out
 
     @staticmethod
@@ -150,8 +177,11 @@ class LTExampleBoxClassifier(nn.Module):
         h, w = image_size
         rows = []
         for s in sizes:
-            ys, xs = torch.meshgrid(torch.arange(0, max(h - s, 0) + 1, stride), torch.arange(0, max(w - s, 0) + 1, stride),
-                                    indexing="ij")
+            ys, xs = torch.meshgrid(
+                torch.arange(0, max(h - s, 0) + 1, stride),
+                torch.arange(0, max(w - s, 0) + 1, stride),
+                indexing="ij",
+            )
             xy = torch.stack([xs.flatten(), ys.flatten()], dim=1).float()
             rows.append(torch.cat([xy, xy + s], dim=1))
         out = Instances((h, w))
@@ -160,30 +190,49 @@ class LTExampleBoxClassifier(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs):
-        images = [(x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device).float() - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
         images = ImageList.from_tensors(images, max(self.backbone.size_divisibility, 32))
         feature = self.backbone(images.tensor)[self.in_feature]
         if self.training:
             boxes = [self._training_boxes(x["instances"].to(self.device)) for x in batched_inputs]
         else:
-            boxes = [x["proposals"].to(self.device) if "proposals" in x else self._grid_boxes(s).to(self.device)
-                     for x, s in zip(batched_inputs, images.image_sizes)]
+            boxes = [
+                x["proposals"].to(self.device)
+                if "proposals" in x
+                else self._grid_boxes(s).to(self.device)
+                for x, s in zip(batched_inputs, images.image_sizes)
+            ]
         x = self.box_head(self.pooler([feature], [b.proposal_boxes for b in boxes]))
         if self.training:
-            gt_per_image = [x["instances"].gt_classes.to(self.device) for x in batched_inputs]  # GT objects
+            gt_per_image = [
+                x["instances"].gt_classes.to(self.device) for x in batched_inputs
+            ]  # GT objects
             if self.head == "predictor":
-                return self.predictor.losses(self.predictor(x), boxes, gt_classes_per_image=gt_per_image)
+                return self.predictor.losses(
+                    self.predictor(x), boxes, gt_classes_per_image=gt_per_image
+                )
             gt_classes = torch.cat([b.gt_classes for b in boxes])
-            batch = ROIBatch(rois_per_image=[len(b) for b in boxes], gt_classes_per_image=gt_per_image,
-                             classifier=self.cls_score)
-            return {"loss_cls": self.cls_loss(self.cls_score(x), gt_classes, batch)}  # tensors in, scalar out
+            batch = ROIBatch(
+                rois_per_image=[len(b) for b in boxes],
+                gt_classes_per_image=gt_per_image,
+                classifier=self.cls_score,
+            )
+            return {
+                "loss_cls": self.cls_loss(self.cls_score(x), gt_classes, batch)
+            }  # tensors in, scalar out
         if self.head == "predictor":
             results, _ = self.predictor.inference(self.predictor(x), boxes)
         else:
             probs = self.cls_loss.predict_probs(self.cls_score(x))  # (R, C+1), background last
             results, _ = fast_rcnn_inference(
-                [b.proposal_boxes.tensor for b in boxes], probs.split([len(b) for b in boxes]),
-                [b.image_size for b in boxes], *self.test_args)
+                [b.proposal_boxes.tensor for b in boxes],
+                probs.split([len(b) for b in boxes]),
+                [b.image_size for b in boxes],
+                *self.test_args,
+            )
         return [
             {"instances": detector_postprocess(r, x.get("height", s[0]), x.get("width", s[1]))}
             for r, x, s in zip(results, batched_inputs, images.image_sizes)
@@ -220,7 +269,7 @@ def example_cfg(loss="eqlv2", head="loss", dataset="lt_shapes_train", num_classe
     cfg.SOLVER.WARMUP_ITERS = 10
     cfg.SOLVER.MAX_ITER = 100
     cfg.SOLVER.STEPS = ()
-    cfg.SOLVER.CHECKPOINT_PERIOD = 10 ** 9
+    cfg.SOLVER.CHECKPOINT_PERIOD = 10**9
     cfg.OUTPUT_DIR = os.path.join("output", "example_%s_%s" % (loss, head))
     return cfg
 
@@ -232,11 +281,15 @@ def main(argv=None):
     from lt_detectron.engine import LTTrainer
     from lt_detectron.engine.hooks import write_model_plots
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--loss", default="eqlv2", help="MODEL.LT.ROI_LOSS (any registered ROI loss)")
     p.add_argument("--head", default="loss", choices=("loss", "predictor"))
     p.add_argument("--iters", type=int, default=100)
-    p.add_argument("--output", default=None, help="output folder (default output/example_<loss>_<head>)")
+    p.add_argument(
+        "--output", default=None, help="output folder (default output/example_<loss>_<head>)"
+    )
     args = p.parse_args(argv)
     setup_logger()
     setup_logger(name="lt_detectron")
@@ -250,8 +303,12 @@ def main(argv=None):
     trainer.resume_or_load(resume=False)
     trainer.train()
     stats = get_class_stats(cfg.DATASETS.TRAIN)
-    for path in write_model_plots(trainer.model, os.path.join(cfg.OUTPUT_DIR, "plots"), stats.instance_counts,
-                                  stats.class_names):
+    for path in write_model_plots(
+        trainer.model,
+        os.path.join(cfg.OUTPUT_DIR, "plots"),
+        stats.instance_counts,
+        stats.class_names,
+    ):
         logging.getLogger("lt_detectron").info("wrote %s", path)
 
 

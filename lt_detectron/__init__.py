@@ -5,6 +5,7 @@
 ``CenterNet``), the tiny backbone and the datasets (LVIS statistics, COCO-LT, the embedded
 ``lt_shapes``). ``add_lt_config(cfg)`` adds the config keys.
 """
+
 from .config import add_lt_config
 from .class_stats import ClassStats, get_class_stats
 from . import data  # noqa: F401  (dataset registration)

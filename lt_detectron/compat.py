@@ -20,14 +20,19 @@ site-packages or setting ``np.float`` globally (which would hide the same bug in
 other code), :func:`ensure_lvis_numpy_compat` gives the ``lvis.eval`` module its
 own numpy proxy: every attribute is numpy's, plus the removed aliases.
 """
+
 from __future__ import annotations
 
 import types
 
 import numpy as np
 from detectron2.engine.launch import _find_free_port as find_free_port
-from detectron2.modeling.box_regression import _dense_box_regression_loss as dense_box_regression_loss
-from detectron2.modeling.roi_heads.fast_rcnn import _log_classification_stats as log_classification_stats
+from detectron2.modeling.box_regression import (
+    _dense_box_regression_loss as dense_box_regression_loss,
+)
+from detectron2.modeling.roi_heads.fast_rcnn import (
+    _log_classification_stats as log_classification_stats,
+)
 
 __all__ = [
     "ensure_lvis_numpy_compat",

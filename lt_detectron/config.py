@@ -4,6 +4,7 @@ Detectron2 main's key names are kept where they exist (``MODEL.ROI_BOX_HEAD.USE_
 ``USE_FED_LOSS``, ...); our method keys live under ``MODEL.LT``; our FCOS and CenterNet get ``MODEL.FCOS.*``
 and ``MODEL.CENTERNET.*`` (Detectron2 v0.6 has no yacs keys for either). This file owns every key.
 """
+
 from detectron2.config import CfgNode as CN
 
 
@@ -62,7 +63,9 @@ def _add_lt_keys(cfg):
     # Seesaw (MODEL.LT.ROI_LOSS seesaw; C + 2 logits: classes, then [object, background])
     _C.MODEL.LT.SEESAW = CN()
     _C.MODEL.LT.SEESAW.P = 0.8  # mitigation factor (N_j / N_i)^p when N_j < N_i (0: off)
-    _C.MODEL.LT.SEESAW.Q = 2.0  # compensation factor (sigma_j / sigma_i)^q when sigma_j > sigma_i (0: off)
+    _C.MODEL.LT.SEESAW.Q = (
+        2.0  # compensation factor (sigma_j / sigma_i)^q when sigma_j > sigma_i (0: off)
+    )
     _C.MODEL.LT.SEESAW.EPS = 0.01  # lower bound of sigma_i in the compensation ratio
     _C.MODEL.LT.SEESAW.LOSS_WEIGHT = 1.0  # weight of both terms (classes and objectness)
 
@@ -70,12 +73,16 @@ def _add_lt_keys(cfg):
     _C.MODEL.LT.BOFL = CN()
     _C.MODEL.LT.BOFL.ENABLED = False
     _C.MODEL.LT.BOFL.KAPPA = 1.0  # intensity of the dataset-level weight (0.05 for COCO-LT/LVIS)
-    _C.MODEL.LT.BOFL.ETA = 0.999  # batch-wise factor (0.8 CenterNet per image, 0.999 FCOS per batch)
+    _C.MODEL.LT.BOFL.ETA = (
+        0.999  # batch-wise factor (0.8 CenterNet per image, 0.999 FCOS per batch)
+    )
     _C.MODEL.LT.BOFL.BATCH_COUNTS = "batch"  # "image" (CenterNet) | "batch" (FCOS) | "none"
     _C.MODEL.LT.BOFL.DEFERRED_EPOCHS = 3  # lambda = 0 for the first d epochs (DRW)
     _C.MODEL.LT.BOFL.TOTAL_EPOCHS = 0  # 0: derived from SOLVER.MAX_ITER and the dataset length
     _C.MODEL.LT.BOFL.PER_ITERATION = False  # ablation: update lambda every iteration
-    _C.MODEL.LT.BOFL.LINEAR_SCHEDULE = True  # False: lambda = 1 from the start (ablation "WF" without LS)
+    _C.MODEL.LT.BOFL.LINEAR_SCHEDULE = (
+        True  # False: lambda = 1 from the start (ablation "WF" without LS)
+    )
     # Iterations per epoch (the schedule's unit). 0: derived from DATASETS.TRAIN when the model is built
     # (the training dicts are loaded); the trainer fills it from its single parse, so config.yaml records it
     _C.MODEL.LT.BOFL.ITERS_PER_EPOCH = 0.0
@@ -106,12 +113,20 @@ def _add_lt_keys(cfg):
     _C.TEST.LT.AP_PROTOCOL = "standard"
     _C.TEST.LT.TOPK_PER_CLASS = 10000  # "fixed": detections kept per class over the dataset
     _C.TEST.LT.POOLED_AP = False  # also report pooled AP (APpool, APpool-r/c/f; LVIS datasets)
-    _C.TEST.LT.BOUNDARY_AP = False  # masks: also report Boundary AP (task "boundary"; needs faster-coco-eval)
-    _C.TEST.LT.BOUNDARY_DILATION = 0.02  # Boundary IoU dilation, as a fraction of the image diagonal
-    _C.TEST.LT.SAVE_RESULTS = True  # write {lvis,coco}_instances_results.json into the evaluator's output folder
+    _C.TEST.LT.BOUNDARY_AP = (
+        False  # masks: also report Boundary AP (task "boundary"; needs faster-coco-eval)
+    )
+    _C.TEST.LT.BOUNDARY_DILATION = (
+        0.02  # Boundary IoU dilation, as a fraction of the image diagonal
+    )
+    _C.TEST.LT.SAVE_RESULTS = (
+        True  # write {lvis,coco}_instances_results.json into the evaluator's output folder
+    )
     # ---------------------------------------------------------------------------------------------
     _C.LT_HOOKS = CN()
-    _C.LT_HOOKS.PLOT_PERIOD = 0  # > 0: write method plots (weight norms, EQL v2 ratios) every N iters
+    _C.LT_HOOKS.PLOT_PERIOD = (
+        0  # > 0: write method plots (weight norms, EQL v2 ratios) every N iters
+    )
 
 
 def _add_dense_keys(cfg):
@@ -149,6 +164,8 @@ def _add_dense_keys(cfg):
         _C.MODEL.CENTERNET.WH_WEIGHT = 0.1
         _C.MODEL.CENTERNET.OFF_WEIGHT = 1.0
         _C.MODEL.CENTERNET.NMS_KERNEL = 3  # max-pool peak extraction
-        _C.MODEL.CENTERNET.TOPK_TEST = 100  # peaks kept per image (capped by TEST.DETECTIONS_PER_IMAGE)
+        _C.MODEL.CENTERNET.TOPK_TEST = (
+            100  # peaks kept per image (capped by TEST.DETECTIONS_PER_IMAGE)
+        )
         _C.MODEL.CENTERNET.SCORE_THRESH_TEST = 0.0
     return cfg

@@ -1,4 +1,5 @@
 """Small COCO/LVIS-format datasets written by tests."""
+
 import json
 import os
 import uuid
@@ -6,7 +7,16 @@ import uuid
 import numpy as np
 
 
-def write_coco_json(path, counts, images_per_class=None, lvis=False, seed=0, image_size=64, num_images=None, write_images=False):
+def write_coco_json(
+    path,
+    counts,
+    images_per_class=None,
+    lvis=False,
+    seed=0,
+    image_size=64,
+    num_images=None,
+    write_images=False,
+):
     """A json whose class ``c`` (id ``10 + 3c``, non-contiguous on purpose) has ``counts[c]``
     annotations spread over ``images_per_class[c]`` images (default: one image each)."""
     rng = np.random.default_rng(seed)
@@ -25,7 +35,9 @@ def write_coco_json(path, counts, images_per_class=None, lvis=False, seed=0, ima
     images, anns = [], []
     aid = 1
     for i in range(1, total + 1):
-        images.append({"id": i, "file_name": "%06d.png" % i, "height": image_size, "width": image_size})
+        images.append(
+            {"id": i, "file_name": "%06d.png" % i, "height": image_size, "width": image_size}
+        )
         if lvis:
             present = {10 + 3 * c for c in per_image.get(i, [])}
             images[-1]["neg_category_ids"] = [c["id"] for c in cats if c["id"] not in present][:3]
@@ -33,8 +45,17 @@ def write_coco_json(path, counts, images_per_class=None, lvis=False, seed=0, ima
         for c in per_image.get(i, []):
             x, y = rng.uniform(0, image_size / 2, 2)
             w, h = rng.uniform(4, image_size / 2, 2)
-            anns.append({"id": aid, "image_id": i, "category_id": 10 + 3 * c, "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
-                         "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+            anns.append(
+                {
+                    "id": aid,
+                    "image_id": i,
+                    "category_id": 10 + 3 * c,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                    "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]],
+                }
+            )
             aid += 1
     data = {"images": images, "annotations": anns, "categories": cats}
     with open(path, "w") as f:

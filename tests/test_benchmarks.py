@@ -1,5 +1,6 @@
 """Quick checks of the benchmark tools (no training): loss benchmark at a tiny scale, the lt benchmark's
 parsing / table / plot on fake run folders, and (slow) one train step for two methods."""
+
 import csv
 import importlib.util
 import json
@@ -51,23 +52,42 @@ def _fake_run(root, method, ap, counts, group_aps, train_s=61):
         w = csv.writer(f)
         w.writerow(["category_id", "name", "frequency", "train_instances", "train_images", "AP"])
         for i, (n, a) in enumerate(zip(counts, ap)):
-            w.writerow([i + 1, "c%d" % i, "rcf"[min(i, 2)], n, n, "nan" if a is None else "%.4f" % a])
-    lines = [{"iteration": 19, "total_loss": 1.0},
-             {"iteration": 19, "bbox/AP": 1.0, "bbox/AP50": 2.0},  # an earlier evaluation
-             {"iteration": 39, "total_loss": 0.5},
-             dict({"iteration": 39, "bbox/AP": 10.0, "bbox/AP50": 20.0, "bbox/APr": float("nan"), "bbox/APc": 5.0,
-                   "bbox/APf": 12.5}, **{"bbox/" + k: v for k, v in group_aps.items()})]
+            w.writerow(
+                [i + 1, "c%d" % i, "rcf"[min(i, 2)], n, n, "nan" if a is None else "%.4f" % a]
+            )
+    lines = [
+        {"iteration": 19, "total_loss": 1.0},
+        {"iteration": 19, "bbox/AP": 1.0, "bbox/AP50": 2.0},  # an earlier evaluation
+        {"iteration": 39, "total_loss": 0.5},
+        dict(
+            {
+                "iteration": 39,
+                "bbox/AP": 10.0,
+                "bbox/AP50": 20.0,
+                "bbox/APr": float("nan"),
+                "bbox/APc": 5.0,
+                "bbox/APf": 12.5,
+            },
+            **{"bbox/" + k: v for k, v in group_aps.items()},
+        ),
+    ]
     (run / "metrics.json").write_text("\n".join(json.dumps(d) for d in lines) + "\n")
-    (run / "log.txt").write_text("[d2.utils.events]: Overall training speed: 38 iterations in 0:01:%02d (1.6 s / it)\n"
-                                 % (train_s - 60))
+    (run / "log.txt").write_text(
+        "[d2.utils.events]: Overall training speed: 38 iterations in 0:01:%02d (1.6 s / it)\n"
+        % (train_s - 60)
+    )
     return run
 
 
 def test_benchmark_lt_parsing_table_and_plot(tmp_path):
     lt = _load("benchmark_lt")
     counts = [100, 20, 3]
-    _fake_run(tmp_path, "softmax", [30.0, 10.0, None], counts, {"AP[0,10)": 1.5, "AP[100,1000)": 30.0})
-    _fake_run(tmp_path, "fcos_focal", [25.0, 12.0, 4.0], counts, {"AP[0,10)": 4.0, "AP[10,100)": 12.0})
+    _fake_run(
+        tmp_path, "softmax", [30.0, 10.0, None], counts, {"AP[0,10)": 1.5, "AP[100,1000)": 30.0}
+    )
+    _fake_run(
+        tmp_path, "fcos_focal", [25.0, 12.0, 4.0], counts, {"AP[0,10)": 4.0, "AP[10,100)": 12.0}
+    )
     res = {m: lt.collect_run(tmp_path / m) for m in ("softmax", "fcos_focal")}
     r = res["softmax"]
     assert r["metrics"]["AP"] == 10.0 and r["metrics"]["AP50"] == 20.0  # the LAST evaluation
@@ -77,10 +97,14 @@ def test_benchmark_lt_parsing_table_and_plot(tmp_path):
 
     table = lt.format_table(res)
     lines = table.splitlines()
-    assert lines[0].startswith("| method | AP | AP50 | APr | APc | APf | AP[0,10) | AP[10,100) | AP[100,1000) |")
+    assert lines[0].startswith(
+        "| method | AP | AP50 | APr | APc | APf | AP[0,10) | AP[10,100) | AP[100,1000) |"
+    )
     assert lines[0].endswith("| train time |")
     assert len(lines) == 4
-    assert lines[2].startswith("| softmax | 10.00 | 20.00 | nan | 5.00 | 12.50 | 1.50 | - | 30.00 | 1:01 |")
+    assert lines[2].startswith(
+        "| softmax | 10.00 | 20.00 | nan | 5.00 | 12.50 | 1.50 | - | 30.00 | 1:01 |"
+    )
 
     aps, cnt = lt.per_class_ap_arrays(res)
     assert list(cnt) == counts and aps["fcos_focal"][2] == 4.0 and math.isnan(aps["softmax"][2])

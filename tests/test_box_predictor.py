@@ -1,5 +1,6 @@
 """LongTailFastRCNNOutputLayers: the loss protocol (classifier, loss, predict_probs contract), BOFL ROI
 weights, federated loss, errors."""
+
 import math
 
 import numpy as np
@@ -21,8 +22,15 @@ from lt_detectron.modeling import LongTailFastRCNNOutputLayers
 COUNTS = [100, 10, 1]
 C = len(COUNTS)
 ROI_LOSSES = ["softmax", "sigmoid", "eqlv2", "ecm", "bags", "c2am"]
-STATS = ClassStats(("fake",), tuple("c%d" % i for i in range(C)), tuple(range(C)), COUNTS, [50, 8, 1], 60,
-                   np.array(["f", "c", "r"]))
+STATS = ClassStats(
+    ("fake",),
+    tuple("c%d" % i for i in range(C)),
+    tuple(range(C)),
+    COUNTS,
+    [50, 8, 1],
+    60,
+    np.array(["f", "c", "r"]),
+)
 
 
 def lt_cfg(loss, *opts):
@@ -44,7 +52,14 @@ def make(loss, *opts):
 
 
 def bofl_opts(**kw):
-    b = dict(KAPPA=1.0, ETA=0.9, BATCH_COUNTS="batch", TOTAL_EPOCHS=2, DEFERRED_EPOCHS=0, ITERS_PER_EPOCH=10.0)
+    b = dict(
+        KAPPA=1.0,
+        ETA=0.9,
+        BATCH_COUNTS="batch",
+        TOTAL_EPOCHS=2,
+        DEFERRED_EPOCHS=0,
+        ITERS_PER_EPOCH=10.0,
+    )
     b.update(kw)
     out = ["MODEL.LT.BOFL.ENABLED", True]
     for k, v in b.items():
@@ -77,8 +92,12 @@ def test_every_loss_trains_and_predicts_background_last(loss):
     expected_logits = C + 1 + (m.cls_loss.layout.num_groups + 1 if loss == "bags" else 0)
     assert scores.shape == (8, expected_logits) == (8, m.cls_loss.classifier_spec().num_logits)
     with EventStorage(0) as storage:
-        losses = m.losses((scores, deltas), props, gt_classes_per_image=[torch.tensor([0, 1]), torch.tensor([2])])
-        assert "fast_rcnn/cls_accuracy" in storage.latest()  # every loss logs the accuracy (BAGS included)
+        losses = m.losses(
+            (scores, deltas), props, gt_classes_per_image=[torch.tensor([0, 1]), torch.tensor([2])]
+        )
+        assert (
+            "fast_rcnn/cls_accuracy" in storage.latest()
+        )  # every loss logs the accuracy (BAGS included)
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
@@ -103,11 +122,17 @@ def test_classifier_init_as_before():
     assert isinstance(m.cls_score, torch.nn.Linear) and torch.all(m.cls_score.bias == 0)
     assert m.cls_score.out_features == m.cls_loss.layout.num_logits
     m = make("c2am")
-    assert isinstance(m.cls_score, CosineClassifier) and m.cls_score.scale is None and m.cls_score.bias is None
+    assert (
+        isinstance(m.cls_score, CosineClassifier)
+        and m.cls_score.scale is None
+        and m.cls_score.bias is None
+    )
     m = make("ecm", "MODEL.LT.CLASSIFIER", "cosine")
     assert isinstance(m.cls_score, CosineClassifier) and float(m.cls_score.scale) == 20.0
     assert m.cls_score.bias is not None
-    torch.testing.assert_close(make("sigmoid").cls_score.bias, torch.full((C + 1,), -math.log(99.0)))
+    torch.testing.assert_close(
+        make("sigmoid").cls_score.bias, torch.full((C + 1,), -math.log(99.0))
+    )
 
 
 def test_predict_probs_formulas():
@@ -130,8 +155,11 @@ def test_eqlv2_default_prior_bias_and_unknown_loss():
     torch.testing.assert_close(m.cls_score.bias, torch.full((C + 1,), -math.log(999.0)))
     with pytest.raises(KeyError, match="unknown MODEL.LT.ROI_LOSS 'focal'; registered: bags, c2am"):
         make("focal")
-    with pytest.raises(ValueError, match="MODEL.LT.BOFL.ENABLED is on, but MODEL.LT.ROI_LOSS softmax does not "
-                                         "support it .losses that do: sigmoid"):
+    with pytest.raises(
+        ValueError,
+        match="MODEL.LT.BOFL.ENABLED is on, but MODEL.LT.ROI_LOSS softmax does not "
+        "support it .losses that do: sigmoid",
+    ):
         make("softmax", *bofl_opts())
 
 
@@ -139,18 +167,32 @@ def test_user_loss_instance_and_class_checks():
     from lt_detectron.losses import EQLv2Loss
 
     loss = EQLv2Loss(C)
-    m = LongTailFastRCNNOutputLayers(ShapeSpec(channels=8), box2box_transform=Box2BoxTransform((1.0, 1.0, 1.0, 1.0)),
-                                     num_classes=C, cls_loss=loss)
+    m = LongTailFastRCNNOutputLayers(
+        ShapeSpec(channels=8),
+        box2box_transform=Box2BoxTransform((1.0, 1.0, 1.0, 1.0)),
+        num_classes=C,
+        cls_loss=loss,
+    )
     assert m.cls_loss is loss
     with pytest.raises(ValueError, match="cls_loss has 4 classes but the predictor has 3"):
-        LongTailFastRCNNOutputLayers(ShapeSpec(channels=8), box2box_transform=Box2BoxTransform((1.0, 1.0, 1.0, 1.0)),
-                                     num_classes=C, cls_loss=EQLv2Loss(4))
-    with pytest.raises(ValueError, match="MODEL.LT.ROI_LOSS ecm needs the training class statistics.*DATASETS.TRAIN"):
+        LongTailFastRCNNOutputLayers(
+            ShapeSpec(channels=8),
+            box2box_transform=Box2BoxTransform((1.0, 1.0, 1.0, 1.0)),
+            num_classes=C,
+            cls_loss=EQLv2Loss(4),
+        )
+    with pytest.raises(
+        ValueError,
+        match="MODEL.LT.ROI_LOSS ecm needs the training class statistics.*DATASETS.TRAIN",
+    ):
         build_roi_loss(lt_cfg("ecm"), C, None)
 
 
 def test_bofl_roi_weights_per_image_against_the_formula():
-    m = make("sigmoid", *bofl_opts(KAPPA=0.5, ETA=0.9, BATCH_COUNTS="image", TOTAL_EPOCHS=4, DEFERRED_EPOCHS=1))
+    m = make(
+        "sigmoid",
+        *bofl_opts(KAPPA=0.5, ETA=0.9, BATCH_COUNTS="image", TOTAL_EPOCHS=4, DEFERRED_EPOCHS=1),
+    )
     # iteration 25 at 10 iterations per epoch -> epoch 2.5 -> e = 2 -> lambda = (2 - 1) / (4 - 1)
     gt_objects = [torch.tensor([0, 0, 1]), torch.tensor([2])]
     props = proposals_for([[0, 1], [2]], rois_per_image=3)
@@ -160,7 +202,9 @@ def test_bofl_roi_weights_per_image_against_the_formula():
         loss = m.cls_loss(z, gt, ROIBatch(rois_per_image=[3, 3], gt_classes_per_image=gt_objects))
         assert storage.latest()["bofl/lambda"][0] == pytest.approx(1 / 3)
         # the predictor passes the same batch
-        m_loss = m.losses((z, torch.zeros(6, 4 * C)), props, gt_classes_per_image=gt_objects)["loss_cls"]
+        m_loss = m.losses((z, torch.zeros(6, 4 * C)), props, gt_classes_per_image=gt_objects)[
+            "loss_cls"
+        ]
     torch.testing.assert_close(m_loss, loss)
     lam = 1 / 3
     n = sum(COUNTS)
@@ -170,12 +214,17 @@ def test_bofl_roi_weights_per_image_against_the_formula():
     w_img = [a_hat * eta_hat ** torch.bincount(g, minlength=C).double() for g in gt_objects]
     w = torch.stack([w_img[0]] * 3 + [w_img[1]] * 3)
     target = F.one_hot(gt, C + 1)[:, :C].double()
-    ref = (w * F.binary_cross_entropy_with_logits(z[:, :C].double(), target, reduction="none")).sum() / 6
+    ref = (
+        w * F.binary_cross_entropy_with_logits(z[:, :C].double(), target, reduction="none")
+    ).sum() / 6
     torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
 
 
 def test_bofl_roi_weights_are_one_while_deferred():
-    m = make("sigmoid", *bofl_opts(KAPPA=1.0, ETA=0.5, BATCH_COUNTS="batch", TOTAL_EPOCHS=4, DEFERRED_EPOCHS=2))
+    m = make(
+        "sigmoid",
+        *bofl_opts(KAPPA=1.0, ETA=0.5, BATCH_COUNTS="batch", TOTAL_EPOCHS=4, DEFERRED_EPOCHS=2),
+    )
     plain = make("sigmoid")
     z = torch.randn(4, C + 1)
     gt = proposals_for([[0, 2]])[0].gt_classes
@@ -197,8 +246,17 @@ def test_bofl_needs_the_batch_gt_classes_and_the_epoch_length():
 
 
 def test_federated_loss_trains_only_the_subset_columns():
-    loss = build_roi_loss(lt_cfg("sigmoid", "MODEL.ROI_BOX_HEAD.USE_FED_LOSS", True,
-                                 "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES", 2), C, STATS)
+    loss = build_roi_loss(
+        lt_cfg(
+            "sigmoid",
+            "MODEL.ROI_BOX_HEAD.USE_FED_LOSS",
+            True,
+            "MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES",
+            2,
+        ),
+        C,
+        STATS,
+    )
     loss.fed_loss_weights.copy_(torch.tensor([0.0, 0.0, 1.0]))  # only class 2 can be sampled
     gt = proposals_for([[0]], rois_per_image=4)[0].gt_classes
     z = torch.randn(4, C + 1, requires_grad=True)
@@ -208,5 +266,8 @@ def test_federated_loss_trains_only_the_subset_columns():
     # the sampling weights come from the image counts: image_count ** FED_LOSS_FREQ_WEIGHT_POWER
     fresh = build_roi_loss(lt_cfg("sigmoid", "MODEL.ROI_BOX_HEAD.USE_FED_LOSS", True), C, STATS)
     torch.testing.assert_close(fresh.fed_loss_weights, torch.tensor([50.0, 8.0, 1.0]) ** 0.5)
-    with pytest.raises(ValueError, match="MODEL.ROI_BOX_HEAD.USE_FED_LOSS is on, but MODEL.LT.ROI_LOSS eqlv2 does not"):
+    with pytest.raises(
+        ValueError,
+        match="MODEL.ROI_BOX_HEAD.USE_FED_LOSS is on, but MODEL.LT.ROI_LOSS eqlv2 does not",
+    ):
         make("eqlv2", "MODEL.ROI_BOX_HEAD.USE_FED_LOSS", True)

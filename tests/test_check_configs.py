@@ -1,4 +1,5 @@
 """tools/check_configs.py (every shipped config on the real-format fixtures) and tools/gpu_check.sh."""
+
 import importlib.util
 import os
 import subprocess
@@ -10,7 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_checker():
-    spec = importlib.util.spec_from_file_location("check_configs", os.path.join(ROOT, "tools", "check_configs.py"))
+    spec = importlib.util.spec_from_file_location(
+        "check_configs", os.path.join(ROOT, "tools", "check_configs.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -21,9 +24,19 @@ cc = _load_checker()
 
 def test_families_and_selection():
     assert cc.family("configs/lvis_v1/eqlv2_mask_rcnn_R_50_FPN_1x.yaml") == ("mask_rcnn", "eqlv2")
-    assert cc.family("configs/lvis_v1/eqlv2_cascade_mask_rcnn_R_50_FPN_1x.yaml") == ("cascade_mask_rcnn", "eqlv2")
-    assert cc.family("configs/dense/bofl_centernet_R_50_FPN_140e_coco_lt.yaml") == ("centernet", "bofl")
-    assert cc.family("configs/dense/focal_fcos_R_50_FPN_gn_scratch_3x_lvis_v1.yaml") == ("fcos", "focal", "gn_scratch")
+    assert cc.family("configs/lvis_v1/eqlv2_cascade_mask_rcnn_R_50_FPN_1x.yaml") == (
+        "cascade_mask_rcnn",
+        "eqlv2",
+    )
+    assert cc.family("configs/dense/bofl_centernet_R_50_FPN_140e_coco_lt.yaml") == (
+        "centernet",
+        "bofl",
+    )
+    assert cc.family("configs/dense/focal_fcos_R_50_FPN_gn_scratch_3x_lvis_v1.yaml") == (
+        "fcos",
+        "focal",
+        "gn_scratch",
+    )
     configs = cc.list_configs()
     on_disk = [
         os.path.join("configs", d, f)
@@ -49,14 +62,23 @@ def test_commands_weights_registration_and_dependency(tmp_path):
     fx = str(tmp_path / "fx")
     argv, env = cc.build_command(dep, soft, fx, "builtin", str(tmp_path / "out"))
     assert env["DETECTRON2_DATASETS"] == fx
-    assert argv[1] == cc.TRAIN_NET and "SOLVER.MAX_ITER" in argv and argv[argv.index("SOLVER.MAX_ITER") + 1] == "3"
+    assert (
+        argv[1] == cc.TRAIN_NET
+        and "SOLVER.MAX_ITER" in argv
+        and argv[argv.index("SOLVER.MAX_ITER") + 1] == "3"
+    )
     if soft.MODEL.WEIGHTS.startswith("detectron2://ImageNetPretrained/"):
-        assert argv[argv.index("MODEL.WEIGHTS") + 1] == os.path.join(fx, "ImageNetPretrained", "MSRA", "R-50.pkl")
+        assert argv[argv.index("MODEL.WEIGHTS") + 1] == os.path.join(
+            fx, "ImageNetPretrained", "MSRA", "R-50.pkl"
+        )
     argv, _ = cc.build_command(dep, soft, fx, "detectron2", str(tmp_path / "out"))
     assert argv[argv.index("DATASETS.TRAIN") + 1] == "('my_lvis_v1_train',)"
     assert argv[argv.index("DATASETS.TEST") + 1] == "('my_lvis_v1_val',)"
     joined = " ".join(argv)
-    assert os.path.join(fx, "lvis/lvis_v1_train.json") in joined and os.path.join(fx, "coco/") in joined
+    assert (
+        os.path.join(fx, "lvis/lvis_v1_train.json") in joined
+        and os.path.join(fx, "coco/") in joined
+    )
     argv, _ = cc.build_command("x.yaml", cfg, fx, "builtin", "o", weights="/w/model_final.pth")
     assert argv[argv.index("MODEL.WEIGHTS") + 1] == "/w/model_final.pth"
 
@@ -64,10 +86,22 @@ def test_commands_weights_registration_and_dependency(tmp_path):
 def test_failure_is_reported_with_log_tail(tmp_path):
     """A run that fails (here: a missing fixture folder) gives rc != 0, the log tail, exit 1."""
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "check_configs.py"), "--configs",
-         "dense/focal_fcos_R_50_FPN_1x_coco.yaml", "--registration", "builtin", "--fixtures",
-         str(tmp_path / "missing"), "--output", str(tmp_path / "work")],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "check_configs.py"),
+            "--configs",
+            "dense/focal_fcos_R_50_FPN_1x_coco.yaml",
+            "--registration",
+            "builtin",
+            "--fixtures",
+            str(tmp_path / "missing"),
+            "--output",
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert "FAILED" in out.stdout and "---- tail of" in out.stdout
@@ -80,8 +114,13 @@ def test_failure_is_reported_with_log_tail(tmp_path):
 def test_gpu_check_script_syntax_and_dry_run(tmp_path):
     script = os.path.join(ROOT, "tools", "gpu_check.sh")
     assert subprocess.run(["bash", "-n", script]).returncode == 0
-    out = subprocess.run(["bash", script, "--dry-run"], capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, WORK=str(tmp_path)))
+    out = subprocess.run(
+        ["bash", script, "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, WORK=str(tmp_path)),
+    )
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stdout.splitlines() if "tools/train_net.py" in ln]
     assert len(lines) == 14  # 7 ROI methods x AMP off/on
@@ -91,18 +130,37 @@ def test_gpu_check_script_syntax_and_dry_run(tmp_path):
     assert all("softmax_amp_" in ln and "model_final.pth" in ln for ln in bags)
     bad = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown argument" in bad.stderr
-    bad = subprocess.run(["bash", script, "--dry-run"], capture_output=True, text=True,
-                         env=dict(os.environ, METHODS="nosuch", WORK=str(tmp_path)))
+    bad = subprocess.run(
+        ["bash", script, "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, METHODS="nosuch", WORK=str(tmp_path)),
+    )
     assert bad.returncode != 0 and "unknown method nosuch" in bad.stderr
 
 
 @pytest.mark.slow
 def test_gpu_check_runs_on_cpu(tmp_path):
     """The script end to end in its CPU mode: one method, AMP off, 3 iterations, small inputs."""
-    env = dict(os.environ, DEVICE="cpu", ITERS="3", AMP="off", METHODS="sigmoid", SMALL="1", WORK=str(tmp_path),
-               BATCH="2", OMP_NUM_THREADS="1", PYTHON=sys.executable)
-    out = subprocess.run(["bash", os.path.join(ROOT, "tools", "gpu_check.sh")], capture_output=True, text=True,
-                         timeout=600, env=env)
+    env = dict(
+        os.environ,
+        DEVICE="cpu",
+        ITERS="3",
+        AMP="off",
+        METHODS="sigmoid",
+        SMALL="1",
+        WORK=str(tmp_path),
+        BATCH="2",
+        OMP_NUM_THREADS="1",
+        PYTHON=sys.executable,
+    )
+    out = subprocess.run(
+        ["bash", os.path.join(ROOT, "tools", "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     row = [ln for ln in out.stdout.splitlines() if ln.startswith("| sigmoid |")][-1].split("|")
     assert row[4].strip() == "0" and float(row[5]) > 0  # rc, s/iter
@@ -122,14 +180,26 @@ def test_check_configs_families(tmp_path):
     tool = os.path.join(ROOT, "tools", "check_configs.py")
     runs = [
         ["--families", "--exclude", "*gn_scratch*", "--registration", "builtin"],
-        ["--configs", "lvis_v1/softmax_mask_rcnn_R_50_FPN_1x.yaml", "coco_lt/softmax_faster_rcnn_R_50_FPN_1x.yaml",
-         "dense/ecm_centernet_R_50_FPN_140e_coco_lt.yaml", "dense/focal_retinanet_R_50_FPN_1x_coco.yaml",
-         "dense/focal_fcos_R_50_FPN_gn_scratch_3x_lvis_v1.yaml", "--registration", "detectron2"],
+        [
+            "--configs",
+            "lvis_v1/softmax_mask_rcnn_R_50_FPN_1x.yaml",
+            "coco_lt/softmax_faster_rcnn_R_50_FPN_1x.yaml",
+            "dense/ecm_centernet_R_50_FPN_140e_coco_lt.yaml",
+            "dense/focal_retinanet_R_50_FPN_1x_coco.yaml",
+            "dense/focal_fcos_R_50_FPN_gn_scratch_3x_lvis_v1.yaml",
+            "--registration",
+            "detectron2",
+        ],
     ]
     for i, extra in enumerate(runs):
         work = tmp_path / ("work%d" % i)
-        out = subprocess.run([sys.executable, tool, "-j", "2", "--fixtures", fx, "--output", str(work)] + extra,
-                             capture_output=True, text=True, timeout=900, env=env)
+        out = subprocess.run(
+            [sys.executable, tool, "-j", "2", "--fixtures", fx, "--output", str(work)] + extra,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=env,
+        )
         assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
         with open(work / "check_configs.csv") as f:
             lines = f.read().splitlines()[1:]

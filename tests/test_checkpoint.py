@@ -3,6 +3,7 @@ and run no code, whichever way they are given), detectron2's .pkl formats load, 
 atomic, resume falls back to the newest intact checkpoint, RNG states are plain data,
 MODEL.LT.REINIT_CLS re-initialises only a classifier that does not fit, and an offline
 MODEL.WEIGHTS URL is a clear error."""
+
 import importlib.util
 import logging
 import os
@@ -54,7 +55,9 @@ def _crafted_files(folder):
         pickle.dump({"model": {}, "x": _Evil(marker)}, f, protocol=2)
     pkl = os.path.join(folder, "crafted.pkl")
     with open(pkl, "wb") as f:
-        pickle.dump({"model": {"w": np.ones(2, np.float32)}, "__author__": _Evil(marker)}, f, protocol=2)
+        pickle.dump(
+            {"model": {"w": np.ones(2, np.float32)}, "__author__": _Evil(marker)}, f, protocol=2
+        )
     return marker, [zip_pth, raw_pth, pkl]
 
 
@@ -124,21 +127,34 @@ def test_crafted_weights_refused_by_eval_only_and_plot_methods(tmp_path):
     marker, files = _crafted_files(str(tmp_path))
 
     def load_tool(name):
-        spec = importlib.util.spec_from_file_location("tool_" + name, os.path.join(ROOT, "tools", name + ".py"))
+        spec = importlib.util.spec_from_file_location(
+            "tool_" + name, os.path.join(ROOT, "tools", name + ".py")
+        )
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
 
     train_net = load_tool("train_net")
     args = train_net.argument_parser().parse_args(
-        ["--config-file", BASE, "--eval-only", "MODEL.WEIGHTS", files[0], "OUTPUT_DIR", str(tmp_path / "eval"),
-         "DATASETS.TEST", "()"]
+        [
+            "--config-file",
+            BASE,
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            files[0],
+            "OUTPUT_DIR",
+            str(tmp_path / "eval"),
+            "DATASETS.TEST",
+            "()",
+        ]
     )
     with pytest.raises(UnsafeCheckpointError, match="refusing to load %s" % files[0]):
         train_net.main(args)
     plot_methods = load_tool("plot_methods")
     with pytest.raises(UnsafeCheckpointError, match="refusing to load %s" % files[2]):
-        plot_methods.main(["--config-file", BASE, "--output", str(tmp_path / "plots"), "MODEL.WEIGHTS", files[2]])
+        plot_methods.main(
+            ["--config-file", BASE, "--output", str(tmp_path / "plots"), "MODEL.WEIGHTS", files[2]]
+        )
     assert not os.path.exists(marker)
 
 
@@ -158,7 +174,11 @@ def test_detectron2_model_zoo_pkl_loads(tmp_path, protocol):
     blobs = {k: v.numpy().copy() for k, v in src.state_dict().items()}
     path = tmp_path / "zoo.pkl"
     with open(path, "wb") as f:
-        pickle.dump({"model": blobs, "__author__": "MSRA", "matching_heuristics": True}, f, protocol=protocol)
+        pickle.dump(
+            {"model": blobs, "__author__": "MSRA", "matching_heuristics": True},
+            f,
+            protocol=protocol,
+        )
     dst = _tiny()
     dst[0].weight.data.zero_()
     LTCheckpointer(dst).load(str(path))
@@ -180,14 +200,23 @@ def test_caffe2_pkl_without_model_key_loads_into_a_resnet(tmp_path):
     w = rng.standard_normal((64, 3, 7, 7)).astype(np.float32)
     s = rng.standard_normal(64).astype(np.float32)
     b2a = rng.standard_normal((64, 64, 1, 1)).astype(np.float32)
-    raw = {"conv1_w": w, "conv1_w_momentum": np.zeros_like(w), "res_conv1_bn_s": s, "res2_0_branch2a_w": b2a}
+    raw = {
+        "conv1_w": w,
+        "conv1_w_momentum": np.zeros_like(w),
+        "res_conv1_bn_s": s,
+        "res2_0_branch2a_w": b2a,
+    }
     for name, data in (("raw.pkl", raw), ("blobs.pkl", {"blobs": raw})):
         with open(tmp_path / name, "wb") as f:
             pickle.dump(data, f, protocol=2)
         ck = LTCheckpointer(backbone)
         loaded = ck._load_file(str(tmp_path / name))
         assert loaded["__author__"] == "Caffe2" and loaded["matching_heuristics"] is True
-        assert set(loaded["model"]) == {"conv1_w", "res_conv1_bn_s", "res2_0_branch2a_w"}  # momentum dropped
+        assert set(loaded["model"]) == {
+            "conv1_w",
+            "res_conv1_bn_s",
+            "res2_0_branch2a_w",
+        }  # momentum dropped
         ck.load(str(tmp_path / name))
         sd = backbone.state_dict()
         assert torch.equal(sd["stem.conv1.weight"], torch.from_numpy(w))
@@ -205,9 +234,19 @@ def test_rng_state_is_plain_and_round_trips(tmp_path):
     path = tmp_path / "rng.pth"
     torch.save(state, path)
     loaded = torch.load(path, weights_only=True)  # nothing but tensors and plain types
-    draws = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)], np.random.randn(1))
+    draws = (
+        torch.rand(3),
+        np.random.rand(3),
+        [random.random() for _ in range(3)],
+        np.random.randn(1),
+    )
     set_rng_state(loaded)
-    again = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)], np.random.randn(1))
+    again = (
+        torch.rand(3),
+        np.random.rand(3),
+        [random.random() for _ in range(3)],
+        np.random.randn(1),
+    )
     assert torch.equal(draws[0], again[0])
     np.testing.assert_array_equal(draws[1], again[1])
     assert draws[2] == again[2]
@@ -231,7 +270,11 @@ def test_rng_state_for_rank():
     st, note = rng_state_for_rank(per, 1, 4)
     assert st is per[1] and "rank 1 restores the saved state of rank 1" in note
     st, note = rng_state_for_rank(per, 3, 4)
-    assert st is None and "re-seeded from rank 0's saved state" in note and "2 process(es), this run has 4" in note
+    assert (
+        st is None
+        and "re-seeded from rank 0's saved state" in note
+        and "2 process(es), this run has 4" in note
+    )
     # re-seeding is deterministic and differs per rank
     saved = get_rng_state()
     draws = []
@@ -250,7 +293,9 @@ def test_save_refuses_non_plain_values_and_keeps_previous_file(tmp_path):
     ck.save("model_0000001")
     before = (tmp_path / "model_0000001.pth").read_bytes()
     bad = LTCheckpointer(_tiny(), str(tmp_path), extra=Bad())
-    with pytest.raises(TypeError, match=r"checkpoint model_0000001.pth\['extra'\]\['arr'\] is a numpy.ndarray"):
+    with pytest.raises(
+        TypeError, match=r"checkpoint model_0000001.pth\['extra'\]\['arr'\] is a numpy.ndarray"
+    ):
         bad.save("model_0000001")
     assert (tmp_path / "model_0000001.pth").read_bytes() == before
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
@@ -262,10 +307,21 @@ def test_atomic_write_order_and_failure(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace " + os.path.basename(b)), real_replace(a, b))[1])
+    monkeypatch.setattr(
+        os,
+        "replace",
+        lambda a, b: (events.append("replace " + os.path.basename(b)), real_replace(a, b))[1],
+    )
     ck.save("model_0000002")
     # data fsync'ed then renamed, then last_checkpoint written the same way (the folder fsync'ed after each)
-    assert events == ["fsync", "replace model_0000002.pth", "fsync", "fsync", "replace last_checkpoint", "fsync"]
+    assert events == [
+        "fsync",
+        "replace model_0000002.pth",
+        "fsync",
+        "fsync",
+        "replace last_checkpoint",
+        "fsync",
+    ]
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
     monkeypatch.setattr(os, "replace", real_replace)
     # a write that fails half way: the previous files are intact, no temporary file is left
@@ -280,9 +336,15 @@ def test_atomic_write_order_and_failure(tmp_path, monkeypatch):
         ck.save("model_0000002")
     assert (tmp_path / "model_0000002.pth").read_bytes() == before
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000001.pth", "model_0000002.pth"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint",
+        "model_0000001.pth",
+        "model_0000002.pth",
+    ]
     with pytest.raises(ValueError):
-        atomic_write(str(tmp_path / "x.txt"), lambda f: (_ for _ in ()).throw(ValueError("boom")), mode="w")
+        atomic_write(
+            str(tmp_path / "x.txt"), lambda f: (_ for _ in ()).throw(ValueError("boom")), mode="w"
+        )
     assert not os.path.exists(tmp_path / "x.txt") and len(os.listdir(tmp_path)) == 3
 
 
@@ -324,7 +386,10 @@ def test_resume_without_any_intact_checkpoint_is_a_clear_error(tmp_path):
     ck = LTCheckpointer(_tiny(), str(tmp_path), extra=_Stateful())
     ck.save("model_0000001")
     (tmp_path / "model_0000001.pth").write_bytes(b"\x00" * 10)
-    with pytest.raises(CorruptCheckpointError, match=r"(?s)no intact checkpoint.*model_0000001.pth.*truncated or corrupt.*Remove .*last_checkpoint"):
+    with pytest.raises(
+        CorruptCheckpointError,
+        match=r"(?s)no intact checkpoint.*model_0000001.pth.*truncated or corrupt.*Remove .*last_checkpoint",
+    ):
         LTCheckpointer(_tiny(), str(tmp_path), extra=_Stateful()).resume_or_load("", resume=True)
 
 
@@ -354,7 +419,9 @@ def test_offline_weights_url_is_a_clear_error(tmp_path, monkeypatch):
     assert "Temporary failure in name resolution" in msg
     assert "set MODEL.WEIGHTS to the local file" in msg and "from-scratch config" in msg
     # a local path that does not exist names itself
-    with pytest.raises(FileNotFoundError, match="checkpoint %s does not exist" % (tmp_path / "nope.pth")):
+    with pytest.raises(
+        FileNotFoundError, match="checkpoint %s does not exist" % (tmp_path / "nope.pth")
+    ):
         LTCheckpointer(_tiny()).load(str(tmp_path / "nope.pth"))
 
 
@@ -387,7 +454,10 @@ def test_reinit_cls_only_when_the_classifier_does_not_fit(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="lt_detectron.engine.checkpoint"):
         LTCheckpointer(m, reinit_cls=True).load(str(tmp_path / "other.pth"))
     assert torch.equal(m.cls_score.weight, init)  # the misfit layer is not loaded
-    assert "does not fit the model (cls_score.weight [5, 4] in the checkpoint, [7, 4] in the model" in caplog.text
+    assert (
+        "does not fit the model (cls_score.weight [5, 4] in the checkpoint, [7, 4] in the model"
+        in caplog.text
+    )
     assert "re-initialised: not loading cls_score.weight, cls_score.bias" in caplog.text
 
 
@@ -405,14 +475,23 @@ class _Reduce:
     "payload",
     [
         # a void dtype whose state declares an object field: arrays of it read raw bytes as pointers
-        _Reduce(np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0)),
+        _Reduce(
+            np.dtype,
+            ("V8", False, True),
+            (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0),
+        ),
         # a float32 dtype rebuilt with the "holds objects" flag (no object dtype anywhere in the file)
         _Reduce(np.dtype, ("f4", False, False), (3, "<", None, None, None, -1, -1, 1)),
         # byte order flipped on numpy's own float32 singleton: would corrupt every later float32
         _Reduce(np.dtype, ("f4", False, False), (3, ">", None, None, None, -1, -1, 0)),
-        _Reduce(bytearray, (10 ** 12,)),  # a 1 TB allocation
+        _Reduce(bytearray, (10**12,)),  # a 1 TB allocation
     ],
-    ids=["void-with-object-field", "float32-object-flag", "float32-singleton-byteorder", "huge-bytearray"],
+    ids=[
+        "void-with-object-field",
+        "float32-object-flag",
+        "float32-singleton-byteorder",
+        "huge-bytearray",
+    ],
 )
 def test_pkl_forged_numpy_state_is_refused_before_it_is_applied(tmp_path, payload):
     path = str(tmp_path / "forged.pkl")
@@ -438,6 +517,8 @@ def test_torch_zip_with_a_refused_opcode_is_unsafe_not_corrupt(tmp_path):
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zo:
         for item in zin.infolist():
             data = zin.read(item.filename)
-            zo.writestr(item, b"\x80\x02\x82\x01." if item.filename.endswith("data.pkl") else data)  # EXT1
+            zo.writestr(
+                item, b"\x80\x02\x82\x01." if item.filename.endswith("data.pkl") else data
+            )  # EXT1
     with pytest.raises(UnsafeCheckpointError, match="crafted.pth"):
         load_checkpoint_file(out)

@@ -1,4 +1,5 @@
 """The class-statistics registry: shipped LVIS figures, counting, groups, cache, errors."""
+
 import os
 import time
 
@@ -45,7 +46,14 @@ def test_lvis_v05_shipped_statistics():
 
 
 def test_lvis_frequency_thresholds():
-    assert lvis_frequency(np.array([0, 1, 10, 11, 100, 101])).tolist() == ["r", "r", "r", "c", "c", "f"]
+    assert lvis_frequency(np.array([0, 1, 10, 11, 100, 101])).tolist() == [
+        "r",
+        "r",
+        "r",
+        "c",
+        "c",
+        "f",
+    ]
 
 
 def _naive_counts(dicts, C):
@@ -69,7 +77,14 @@ def test_count_from_dicts_equals_naive_count():
     dicts = []
     for _ in range(500):
         n = rng.integers(0, 12)
-        dicts.append({"annotations": [{"category_id": int(rng.zipf(1.5) % C), "iscrowd": int(rng.random() < 0.05)} for _ in range(n)]})
+        dicts.append(
+            {
+                "annotations": [
+                    {"category_id": int(rng.zipf(1.5) % C), "iscrowd": int(rng.random() < 0.05)}
+                    for _ in range(n)
+                ]
+            }
+        )
     inst, img, n = count_from_dicts(dicts, C)
     ref_inst, ref_img = _naive_counts(dicts, C)
     assert n == 500
@@ -85,20 +100,37 @@ def test_count_from_dicts_rejects_out_of_range_ids():
 def _stats(counts, images=None):
     C = len(counts)
     images = counts if images is None else images
-    return ClassStats(("x",), tuple("c%d" % i for i in range(C)), tuple(range(C)), counts, images, 100, lvis_frequency(np.array(images)))
+    return ClassStats(
+        ("x",),
+        tuple("c%d" % i for i in range(C)),
+        tuple(range(C)),
+        counts,
+        images,
+        100,
+        lvis_frequency(np.array(images)),
+    )
 
 
 def test_group_edges_and_empty_group_dropping():
     s = _stats([0, 5, 9, 10, 99, 100, 5000])
     groups = s.instance_groups()
-    assert [(lo, hi) for lo, hi, _ in groups] == [(0, 10), (10, 100), (100, 1000), (1000, float("inf"))]
+    assert [(lo, hi) for lo, hi, _ in groups] == [
+        (0, 10),
+        (10, 100),
+        (100, 1000),
+        (1000, float("inf")),
+    ]
     # empty [100, 1000) is kept with drop_empty=False only
     s2 = _stats([1, 2, 50, 5000])
     assert [ids.tolist() for _, _, ids in s2.instance_groups()] == [[0, 1], [2], [3]]
     assert len(s2.instance_groups(drop_empty=False)) == 4
     assert s2.group_index().tolist() == [0, 0, 1, 2]
     # custom edges
-    assert [ids.tolist() for _, _, ids in s.instance_groups(edges=(6, 100))] == [[0, 1], [2, 3, 4], [5, 6]]
+    assert [ids.tolist() for _, _, ids in s.instance_groups(edges=(6, 100))] == [
+        [0, 1],
+        [2, 3, 4],
+        [5, 6],
+    ]
     with pytest.raises(ValueError, match="strictly increasing"):
         s.instance_groups(edges=(100, 10))
 
@@ -106,16 +138,22 @@ def test_group_edges_and_empty_group_dropping():
 def _naive_bins(counts, edges, lo0):
     """Independent reference: bin b holds the classes with bounds[b] <= n < bounds[b + 1]."""
     bounds = [lo0] + list(edges) + [float("inf")]
-    return [[i for i, n in enumerate(counts) if lo <= n < hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [
+        [i for i, n in enumerate(counts) if lo <= n < hi] for lo, hi in zip(bounds[:-1], bounds[1:])
+    ]
 
 
 @pytest.mark.parametrize("edges", [(10, 100, 1000), (6, 100), (1.5,), ()])
 def test_one_binning_rule_equals_naive_bins(edges):
     rng = np.random.default_rng(1)
-    counts = np.concatenate([[0, 1, 5, 6, 9, 10, 99, 100, 999, 1000, 5000, -1], rng.integers(0, 3000, 200)])
+    counts = np.concatenate(
+        [[0, 1, 5, 6, 9, 10, 99, 100, 999, 1000, 5000, -1], rng.integers(0, 3000, 200)]
+    )
     for lo0 in (0, 1):
         got = instance_bins(counts, edges, min_count=lo0)
-        assert [ids.tolist() for _, _, ids in got] == _naive_bins(counts, edges, lo0)  # -1 (unknown) in no bin
+        assert [ids.tolist() for _, _, ids in got] == _naive_bins(
+            counts, edges, lo0
+        )  # -1 (unknown) in no bin
         assert [lo for lo, _, _ in got] == [float(lo0)] + [float(e) for e in edges]
     idx = instance_bin_index(counts[counts >= 0], edges)
     ref = [sum(e <= n for e in edges) for n in counts[counts >= 0]]
@@ -238,5 +276,8 @@ def test_unknown_dataset_name_is_a_clear_error():
 def test_num_classes_mismatch_message():
     s = _stats([1, 2, 3])
     check_num_classes(3, s, "MODEL.ROI_HEADS.NUM_CLASSES")
-    with pytest.raises(ClassStatsError, match=r"MODEL.ROI_HEADS.NUM_CLASSES = 80 but the training data x has 3 classes"):
+    with pytest.raises(
+        ClassStatsError,
+        match=r"MODEL.ROI_HEADS.NUM_CLASSES = 80 but the training data x has 3 classes",
+    ):
         check_num_classes(80, s, "MODEL.ROI_HEADS.NUM_CLASSES")

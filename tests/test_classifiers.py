@@ -1,4 +1,5 @@
 """Tests for lt_detectron.modeling.classifiers."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """datasets/prepare_coco_lt.py on a small COCO-format json built here."""
+
 import json
 import os
 import subprocess
@@ -24,8 +25,16 @@ def _coco(num_cats=8, num_images=400, seed=0, real_ids=False):
         images.append({"id": im, "file_name": f"{im}.jpg", "height": 100, "width": 100})
         for c in rng.choice(num_cats, size=rng.integers(1, 4), replace=False, p=w / w.sum()):
             for _ in range(rng.integers(1, 6)):
-                anns.append({"id": aid, "image_id": im, "category_id": cats[c]["id"], "bbox": [1, 1, 5, 5],
-                             "area": 25, "iscrowd": int(rng.random() < 0.03)})
+                anns.append(
+                    {
+                        "id": aid,
+                        "image_id": im,
+                        "category_id": cats[c]["id"],
+                        "bbox": [1, 1, 5, 5],
+                        "area": 25,
+                        "iscrowd": int(rng.random() < 0.03),
+                    }
+                )
                 aid += 1
     return {"images": images, "annotations": anns, "categories": cats}
 
@@ -37,7 +46,9 @@ def test_targets_follow_aligned_lvis_ranks_and_are_monotone():
     coco_counts = {1: 50, 2: 500, 3: 200, 4: 10}
     t = P.compute_targets(coco_counts, LVIS)
     # COCO ranks: 2 (500), 3 (200), 1 (50), 4 (10); LVIS ranks round(i*19/3) = 0, 6, 13, 19
-    assert t[2] == (0, 0, 3000) and t[3] == (1, 6, 120) and t[1] == (2, 13, 12) and t[4] == (3, 19, 1)
+    assert (
+        t[2] == (0, 0, 3000) and t[3] == (1, 6, 120) and t[1] == (2, 13, 12) and t[4] == (3, 19, 1)
+    )
     full = P.compute_targets({i: 1000 - i for i in range(80)}, P.load_lvis_counts())
     targets = [v[2] for v in sorted(full.values())]
     assert all(a >= b for a, b in zip(targets, targets[1:]))  # monotone in rank
@@ -75,11 +86,27 @@ def test_cli_writes_json_and_counts(tmp_path):
     src = tmp_path / "instances_train2017.json"
     src.write_text(json.dumps(coco))
     dst = tmp_path / "coco_lt_train.json"
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "datasets", "prepare_coco_lt.py"), "--coco-json", str(src),
-                        "--output", str(dst), "--seed", "0"], capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "datasets", "prepare_coco_lt.py"),
+            "--coco-json",
+            str(src),
+            "--output",
+            str(dst),
+            "--seed",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr
     assert "achieved" in p.stdout and dst.is_file()
-    assert (tmp_path / "coco_lt_train_counts.csv").read_text().startswith("id,name,coco_rank,lvis_rank,target,achieved")
+    assert (
+        (tmp_path / "coco_lt_train_counts.csv")
+        .read_text()
+        .startswith("id,name,coco_rank,lvis_rank,target,achieved")
+    )
 
 
 def test_bad_category_is_clear_error():
@@ -90,13 +117,18 @@ def test_bad_category_is_clear_error():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "datasets", "prepare_coco_lt.py"), *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "datasets", "prepare_coco_lt.py"), *args],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_cli_rejects_lvis_and_non_coco_input_and_names_missing_files(tmp_path):
     lvis = _coco(num_images=5, real_ids=True)
-    lvis["categories"] = [dict(c, frequency="f", image_count=1, instance_count=1) for c in lvis["categories"]]
+    lvis["categories"] = [
+        dict(c, frequency="f", image_count=1, instance_count=1) for c in lvis["categories"]
+    ]
     (tmp_path / "lvis.json").write_text(json.dumps(lvis))
     (tmp_path / "eight.json").write_text(json.dumps(_coco(num_images=5)))
     out = tmp_path / "out.json"
@@ -106,5 +138,8 @@ def test_cli_rejects_lvis_and_non_coco_input_and_names_missing_files(tmp_path):
     assert p.returncode != 0 and "has 8 categories" in p.stderr and "Traceback" not in p.stderr
     p = _cli("--coco-json", "nope/instances_train2017.json", "--output", str(out))
     assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert os.path.abspath("nope/instances_train2017.json") in p.stderr and "annotations_trainval2017.zip" in p.stderr
+    assert (
+        os.path.abspath("nope/instances_train2017.json") in p.stderr
+        and "annotations_trainval2017.zip" in p.stderr
+    )
     assert not out.exists()

@@ -7,6 +7,7 @@ with and without RFS), and the config says so in a comment. "1x" = 12 epochs, "2
 36, "140e" = 140 (the mmdetection convention the papers used); multi-step schedules decay the LR
 at the papers' epochs, cosine schedules have no steps. Everything within 2%.
 """
+
 import glob
 import os
 import re
@@ -19,7 +20,9 @@ from lt_detectron import add_lt_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
-    p for folder in ("lvis_v1", "coco_lt", "dense") for p in glob.glob(os.path.join(ROOT, "configs", folder, "*.yaml"))
+    p
+    for folder in ("lvis_v1", "coco_lt", "dense")
+    for p in glob.glob(os.path.join(ROOT, "configs", folder, "*.yaml"))
 )
 IDS = [os.path.relpath(p, os.path.join(ROOT, "configs")) for p in CONFIGS]
 
@@ -54,7 +57,9 @@ def stated_epochs(rel):
     if rel in DECLARED_EPOCHS:
         assert not found, "%s: schedule both in the name and in DECLARED_EPOCHS" % rel
         return DECLARED_EPOCHS[rel]
-    assert len(found) == 1, "%s: the name states no schedule (1x/2x/3x/<N>e); add it to DECLARED_EPOCHS" % rel
+    assert len(found) == 1, (
+        "%s: the name states no schedule (1x/2x/3x/<N>e); add it to DECLARED_EPOCHS" % rel
+    )
     return found[0]
 
 
@@ -99,21 +104,35 @@ def test_schedule_matches_stated_epochs(path):
     trained = epoch_of(cfg.SOLVER.MAX_ITER)
     assert abs(trained / epochs - 1) <= TOLERANCE, (
         "%s: SOLVER.MAX_ITER %d x IMS_PER_BATCH %d / %d images = %.2f epochs, the name/paper states %d "
-        "(MAX_ITER should be %d)" % (rel, cfg.SOLVER.MAX_ITER, batch, images, trained, epochs, round(epochs * images / batch))
+        "(MAX_ITER should be %d)"
+        % (rel, cfg.SOLVER.MAX_ITER, batch, images, trained, epochs, round(epochs * images / batch))
     )
     sched = cfg.SOLVER.LR_SCHEDULER_NAME
     if sched == "WarmupMultiStepLR":
         expected = STEP_EPOCHS[epochs]
         got = tuple(epoch_of(s) for s in cfg.SOLVER.STEPS)
-        assert len(got) == len(expected), "%s: SOLVER.STEPS %s, expected steps at epochs %s" % (rel, cfg.SOLVER.STEPS, expected)
+        assert len(got) == len(expected), "%s: SOLVER.STEPS %s, expected steps at epochs %s" % (
+            rel,
+            cfg.SOLVER.STEPS,
+            expected,
+        )
         for g, e in zip(got, expected):
             assert abs(g / e - 1) <= TOLERANCE, (
                 "%s: SOLVER.STEPS %s are at epochs %s, the paper's are %s (iterations %s)"
-                % (rel, cfg.SOLVER.STEPS, ["%.2f" % x for x in got], expected, [round(x * images / batch) for x in expected])
+                % (
+                    rel,
+                    cfg.SOLVER.STEPS,
+                    ["%.2f" % x for x in got],
+                    expected,
+                    [round(x * images / batch) for x in expected],
+                )
             )
     else:
         assert sched == "WarmupCosineLR", "%s: unexpected LR_SCHEDULER_NAME %s" % (rel, sched)
-        assert tuple(cfg.SOLVER.STEPS) == (), "%s: a cosine schedule ignores SOLVER.STEPS %s" % (rel, cfg.SOLVER.STEPS)
+        assert tuple(cfg.SOLVER.STEPS) == (), "%s: a cosine schedule ignores SOLVER.STEPS %s" % (
+            rel,
+            cfg.SOLVER.STEPS,
+        )
     assert cfg.SOLVER.WARMUP_ITERS < cfg.SOLVER.MAX_ITER / 2, rel
 
     # BOFL's own epoch count, when given, is the schedule's
@@ -124,14 +143,23 @@ def test_schedule_matches_stated_epochs(path):
     # the file itself states the epoch count, and what an epoch is under RFS
     with open(path) as f:
         text = f.read()
-    assert re.search(r"\b%d epochs\b" % epochs, text), "%s: no comment stating '%d epochs'" % (rel, epochs)
+    assert re.search(r"\b%d epochs\b" % epochs, text), "%s: no comment stating '%d epochs'" % (
+        rel,
+        epochs,
+    )
     if cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
-        assert "un-expanded" in text, "%s: RFS config must say that epochs count the un-expanded split" % rel
+        assert "un-expanded" in text, (
+            "%s: RFS config must say that epochs count the un-expanded split" % rel
+        )
 
 
 def test_known_bad_schedules_fail():
     """The check catches what the configs used to have."""
     images, batch = SPLIT_IMAGES["coco_lt_train"], 128
     assert 129360 * batch / images > 140 * 10  # the old "140e" CenterNet on COCO-LT
-    assert abs(180000 * 16 / SPLIT_IMAGES["lvis_v1_train"] / 24 - 1) > TOLERANCE  # the old C2AM "2x"
-    assert abs(90000 * 16 / SPLIT_IMAGES["coco_2017_train"] / 12 - 1) > TOLERANCE  # detectron2's 90k "1x"
+    assert (
+        abs(180000 * 16 / SPLIT_IMAGES["lvis_v1_train"] / 24 - 1) > TOLERANCE
+    )  # the old C2AM "2x"
+    assert (
+        abs(90000 * 16 / SPLIT_IMAGES["coco_2017_train"] / 12 - 1) > TOLERANCE
+    )  # detectron2's 90k "1x"

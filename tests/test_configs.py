@@ -1,4 +1,5 @@
 """Every config under configs/ loads (with _BASE_) and builds its model on CPU."""
+
 import glob
 import os
 import re
@@ -25,6 +26,8 @@ def _needs_fake(name):
 
     json_file = MetadataCatalog.get(name).get("json_file", None)
     return name in _NEEDS_FILES or (json_file is not None and not os.path.isfile(json_file))
+
+
 _FAKES = {}
 
 
@@ -32,7 +35,11 @@ def _fake_dataset(num_classes, tmp_dir):
     if num_classes not in _FAKES:
         name = unique_name("fake%d" % num_classes)
         path = os.path.join(tmp_dir, name + ".json")
-        write_coco_json(path, [max(1, 2000 // (i + 1)) % 997 + 1 for i in range(num_classes)], images_per_class=[1] * num_classes)
+        write_coco_json(
+            path,
+            [max(1, 2000 // (i + 1)) % 997 + 1 for i in range(num_classes)],
+            images_per_class=[1] * num_classes,
+        )
         register_lt_dataset(name, path, tmp_dir)
         _FAKES[num_classes] = name
     return _FAKES[num_classes]
@@ -50,14 +57,21 @@ def test_there_are_configs():
     assert any("lt_shapes" in n for n in names) and any("lvis_v1" in n for n in names)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[os.path.relpath(p, os.path.join(ROOT, "configs")) for p in CONFIGS])
+@pytest.mark.parametrize(
+    "path", CONFIGS, ids=[os.path.relpath(p, os.path.join(ROOT, "configs")) for p in CONFIGS]
+)
 def test_config_loads_and_builds(path, tmp_path_factory):
     cfg = load_cfg(path)
     if os.path.basename(path).startswith("Base-") and not cfg.DATASETS.TRAIN:
         return
     cfg.MODEL.DEVICE = "cpu"
     arch = cfg.MODEL.META_ARCHITECTURE
-    head = {"FCOS": "FCOS", "CenterNet": "CENTERNET", "LongTailRetinaNet": "RETINANET", "RetinaNet": "RETINANET"}
+    head = {
+        "FCOS": "FCOS",
+        "CenterNet": "CENTERNET",
+        "LongTailRetinaNet": "RETINANET",
+        "RetinaNet": "RETINANET",
+    }
     C = cfg.MODEL[head[arch]].NUM_CLASSES if arch in head else cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if any(_needs_fake(n) for n in cfg.DATASETS.TRAIN):
         cfg.DATASETS.TRAIN = (_fake_dataset(C, str(tmp_path_factory.getbasetemp())),)
@@ -68,7 +82,15 @@ def test_config_loads_and_builds(path, tmp_path_factory):
     if "lt_shapes" in path:
         model.eval()
         with torch.no_grad():
-            out = model([{"image": torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8).float(), "height": 128, "width": 128}])
+            out = model(
+                [
+                    {
+                        "image": torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8).float(),
+                        "height": 128,
+                        "width": 128,
+                    }
+                ]
+            )
         assert "instances" in out[0]
 
 
@@ -88,11 +110,21 @@ def test_every_config_has_its_own_output_dir():
         rel = _rel(path)
         folder, name = os.path.split(rel)
         expected = "/".join(x for x in ("output", folder, os.path.splitext(name)[0]) if x)
-        assert cfg.OUTPUT_DIR == expected, "%s: OUTPUT_DIR %r, expected %r" % (rel, cfg.OUTPUT_DIR, expected)
+        assert cfg.OUTPUT_DIR == expected, "%s: OUTPUT_DIR %r, expected %r" % (
+            rel,
+            cfg.OUTPUT_DIR,
+            expected,
+        )
         with open(path) as f:
-            assert 'OUTPUT_DIR: "%s"' % expected in f.read(), "%s sets no OUTPUT_DIR of its own" % rel
+            assert 'OUTPUT_DIR: "%s"' % expected in f.read(), (
+                "%s sets no OUTPUT_DIR of its own" % rel
+            )
         assert os.path.normpath(cfg.OUTPUT_DIR) != "output"
-        assert cfg.OUTPUT_DIR not in seen, "%s and %s share OUTPUT_DIR %s" % (rel, seen.get(cfg.OUTPUT_DIR), cfg.OUTPUT_DIR)
+        assert cfg.OUTPUT_DIR not in seen, "%s and %s share OUTPUT_DIR %s" % (
+            rel,
+            seen.get(cfg.OUTPUT_DIR),
+            cfg.OUTPUT_DIR,
+        )
         seen[cfg.OUTPUT_DIR] = rel
     assert len(seen) == len(CONFIGS)
 
@@ -104,7 +136,9 @@ def test_every_dataset_name_is_registered():
     for path in CONFIGS:
         cfg = load_cfg(path)
         for name in tuple(cfg.DATASETS.TRAIN) + tuple(cfg.DATASETS.TEST):
-            assert name in registered, "%s: dataset %r is not registered by lt_detectron/detectron2" % (_rel(path), name)
+            assert name in registered, (
+                "%s: dataset %r is not registered by lt_detectron/detectron2" % (_rel(path), name)
+            )
 
 
 def _r50_configs():
@@ -138,7 +172,12 @@ def test_r50_weights_are_imagenet_scratch_or_a_trained_baseline():
             assert cfg.MODEL.FPN.NORM == "GN", rel
             if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
                 box = cfg.MODEL.ROI_BOX_HEAD
-                assert (box.NAME, box.NUM_CONV, box.NUM_FC, box.NORM) == ("FastRCNNConvFCHead", 4, 1, "GN"), rel
+                assert (box.NAME, box.NUM_CONV, box.NUM_FC, box.NORM) == (
+                    "FastRCNNConvFCHead",
+                    4,
+                    1,
+                    "GN",
+                ), rel
                 assert not cfg.MODEL.MASK_ON or cfg.MODEL.ROI_MASK_HEAD.NORM == "GN", rel
             elif cfg.MODEL.META_ARCHITECTURE == "FCOS":
                 assert cfg.MODEL.FCOS.HEAD_NORM == "GN", rel
@@ -147,7 +186,10 @@ def test_r50_weights_are_imagenet_scratch_or_a_trained_baseline():
             kinds["baseline"] += 1
             folder = rel.split(os.sep)[0]
             m = re.fullmatch(r"output/%s/([^/]+)/model_final\.pth" % folder, weights)
-            assert m and "%s/%s" % (folder, m.group(1)) in names, "%s: MODEL.WEIGHTS %r" % (rel, weights)
+            assert m and "%s/%s" % (folder, m.group(1)) in names, "%s: MODEL.WEIGHTS %r" % (
+                rel,
+                weights,
+            )
             assert cfg.MODEL.LT.REINIT_CLS and cfg.MODEL.LT.FREEZE_ALL_BUT_CLS, rel
     assert kinds["imagenet"] > 30 and kinds["scratch"] >= 9 and kinds["baseline"] == 2, kinds
 
@@ -169,7 +211,9 @@ def test_global_gradient_clipping_where_the_papers_clip():
             assert clip.ENABLED and clip.CLIP_TYPE == "full_model", _rel(path)
             assert clip.CLIP_VALUE == {"ecm": 5.0, "bags": 35.0}[loss], _rel(path)
         if clip.ENABLED:
-            assert clip.CLIP_TYPE == "full_model", "%s: per-parameter clipping is not the papers'" % _rel(path)
+            assert clip.CLIP_TYPE == "full_model", (
+                "%s: per-parameter clipping is not the papers'" % _rel(path)
+            )
 
 
 def test_model_zoo_configs_are_installed():

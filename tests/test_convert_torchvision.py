@@ -1,4 +1,5 @@
 """tools/convert_torchvision_to_detectron2.py on a randomly initialised torchvision ResNet-50."""
+
 import importlib.util
 import os
 import pickle
@@ -17,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _tool():
     spec = importlib.util.spec_from_file_location(
-        "convert_torchvision_to_detectron2", os.path.join(ROOT, "tools", "convert_torchvision_to_detectron2.py")
+        "convert_torchvision_to_detectron2",
+        os.path.join(ROOT, "tools", "convert_torchvision_to_detectron2.py"),
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -68,10 +70,12 @@ def test_converted_weights_give_torchvisions_features(resnet50, tmp_path):
         np.testing.assert_array_equal(state[k].numpy(), v, err_msg=k)
 
     # the same RGB uint8 image: torchvision's ToTensor + Normalize vs detectron2's PIXEL_MEAN/STD
-    img = torch.randint(0, 256, (2, 3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
-    tv_in = (img.float() / 255.0 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor(
-        [0.229, 0.224, 0.225]
-    )[:, None, None]
+    img = torch.randint(
+        0, 256, (2, 3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(2)
+    )
+    tv_in = (
+        img.float() / 255.0 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    ) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
     assert cfg.INPUT.FORMAT == "RGB"
     mean = torch.tensor(cfg.MODEL.PIXEL_MEAN)[:, None, None]
     std = torch.tensor(cfg.MODEL.PIXEL_STD)[:, None, None]
@@ -127,6 +131,9 @@ def test_key_mapping():
     assert tool._rename("layer1.0.downsample.0.weight") == "res2.0.shortcut.weight"
     assert tool._rename("layer3.5.bn2.bias") == "res4.5.conv2.norm.bias"
     assert tool._rename("layer4.2.downsample.1.running_mean") == "res5.2.shortcut.norm.running_mean"
-    assert tool._rename("fc.weight") is None and tool._rename("layer1.0.bn1.num_batches_tracked") is None
+    assert (
+        tool._rename("fc.weight") is None
+        and tool._rename("layer1.0.bn1.num_batches_tracked") is None
+    )
     with pytest.raises(tool.ConversionError, match="unexpected key 'layer1.0.se.weight'"):
         tool._rename("layer1.0.se.weight")

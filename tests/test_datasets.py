@@ -1,4 +1,5 @@
 """Dataset registration and loading: formats and clear errors."""
+
 import json
 
 import pytest
@@ -13,7 +14,15 @@ from tests._data import unique_name, unregister, write_coco_json
 
 def test_builtin_names_are_registered():
     names = DatasetCatalog.list()
-    for n in ("lvis_v1_train", "lvis_v1_val", "lvis_v0.5_train", "coco_lt_train", "coco_lt_val", "lt_shapes_train", "lt_shapes_val"):
+    for n in (
+        "lvis_v1_train",
+        "lvis_v1_val",
+        "lvis_v0.5_train",
+        "coco_lt_train",
+        "coco_lt_val",
+        "lt_shapes_train",
+        "lt_shapes_val",
+    ):
         assert n in names
     assert MetadataCatalog.get("lvis_v1_val").thing_dataset_id_to_contiguous_id[1] == 0
     assert MetadataCatalog.get("coco_lt_val").evaluator_type == "coco_lt"
@@ -29,7 +38,10 @@ def test_load_maps_ids_and_keeps_lvis_fields(tmp_path):
         assert len(dicts) == 3
         d0 = dicts[0]
         assert d0["file_name"] == "/imgs/000001.png"
-        assert d0["annotations"][0]["category_id"] == 0 and d0["annotations"][0]["bbox_mode"] == BoxMode.XYWH_ABS
+        assert (
+            d0["annotations"][0]["category_id"] == 0
+            and d0["annotations"][0]["bbox_mode"] == BoxMode.XYWH_ABS
+        )
         assert dicts[2]["annotations"][0]["category_id"] == 1  # json id 13 -> contiguous 1
         assert d0["neg_category_ids"] == data["images"][0]["neg_category_ids"]
         meta = MetadataCatalog.get(name)
@@ -78,7 +90,9 @@ def test_category_missing_from_categories(tmp_path):
     data = write_coco_json(p, [1, 1])
     data["annotations"][1]["category_id"] = 999
     json.dump(data, open(p, "w"))
-    with pytest.raises(DatasetFormatError, match="category_id 999, which is missing from 'categories'"):
+    with pytest.raises(
+        DatasetFormatError, match="category_id 999, which is missing from 'categories'"
+    ):
         load_lt_json(p, str(tmp_path))
 
 

@@ -1,6 +1,7 @@
 """tools/demo.py: a checkpoint saved by the project's checkpointer is loaded safely, run on embedded
 images and its detections drawn (input size, boxes drawn where the model put them, nothing else
 changed); missing inputs, unreadable images, missing and crafted checkpoints are clear errors."""
+
 import importlib.util
 import os
 import subprocess
@@ -25,7 +26,9 @@ OPTS = ["MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "3"]
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("lt_demo_tool", os.path.join(ROOT, "tools", "demo.py"))
+    spec = importlib.util.spec_from_file_location(
+        "lt_demo_tool", os.path.join(ROOT, "tools", "demo.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -54,34 +57,75 @@ def _png(path):
 def test_demo_draws_the_models_boxes(run_dir, tmp_path):
     out_dir, val = run_dir
     tool = _load_tool()
-    images = [os.path.join(val, "000001.jpg"), os.path.join(val, "00000[2].jpg")]  # a file and a glob
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "demo.py"), "--config-file", CFG, "--input", *images,
-           "--output", str(tmp_path / "vis"), "--confidence-threshold", "0", "--opts", "OUTPUT_DIR", out_dir, *OPTS]
+    images = [
+        os.path.join(val, "000001.jpg"),
+        os.path.join(val, "00000[2].jpg"),
+    ]  # a file and a glob
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "demo.py"),
+        "--config-file",
+        CFG,
+        "--input",
+        *images,
+        "--output",
+        str(tmp_path / "vis"),
+        "--confidence-threshold",
+        "0",
+        "--opts",
+        "OUTPUT_DIR",
+        out_dir,
+        *OPTS,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-3000:]
     written = [str(tmp_path / "vis" / "000001.png"), str(tmp_path / "vis" / "000002.png")]
     assert res.stdout.split() == written  # stdout: the paths, one per line
 
     # the same predictions in this process, from the same checkpoint (default: OUTPUT_DIR/model_final.pth)
-    cfg = tool.setup_cfg(tool.parse_args(["--config-file", CFG, "--input", "x", "--output", "y",
-                                          "--opts", "OUTPUT_DIR", out_dir, *OPTS]))
+    cfg = tool.setup_cfg(
+        tool.parse_args(
+            [
+                "--config-file",
+                CFG,
+                "--input",
+                "x",
+                "--output",
+                "y",
+                "--opts",
+                "OUTPUT_DIR",
+                out_dir,
+                *OPTS,
+            ]
+        )
+    )
     assert cfg.MODEL.WEIGHTS == os.path.join(out_dir, "model_final.pth")
     predictor = tool.LTPredictor(cfg)
-    for src, dst in zip([os.path.join(val, "000001.jpg"), os.path.join(val, "000002.jpg")], written):
+    for src, dst in zip(
+        [os.path.join(val, "000001.jpg"), os.path.join(val, "000002.jpg")], written
+    ):
         rgb = read_image(src, format="RGB").astype(np.int64)
         vis = _png(dst)
         assert vis.shape == rgb.shape  # the input size
         boxes = predictor(rgb[:, :, ::-1].astype(np.uint8))["instances"].pred_boxes.tensor.numpy()
         assert len(boxes) == 3
-        changed = np.abs(vis - rgb).max(axis=2) > 0  # nothing drawn leaves the input exact (next test)
+        changed = (
+            np.abs(vis - rgb).max(axis=2) > 0
+        )  # nothing drawn leaves the input exact (next test)
         H, W = changed.shape
         for x0, y0, x1, y1 in boxes:  # each box outline is drawn: most pixels on its edges changed
             xs = np.clip(np.arange(int(np.ceil(x0)), int(x1)), 0, W - 1)
             ys = np.clip(np.arange(int(np.ceil(y0)), int(y1)), 0, H - 1)
-            ring = [changed[max(int(y0) - 1, 0):int(y0) + 2, xs].any(axis=0),
-                    changed[max(int(y1) - 1, 0):int(y1) + 2, xs].any(axis=0) if y1 < H - 1 else np.ones(1, bool),
-                    changed[ys, max(int(x0) - 1, 0):int(x0) + 2].any(axis=1),
-                    changed[ys, max(int(x1) - 1, 0):int(x1) + 2].any(axis=1) if x1 < W - 1 else np.ones(1, bool)]
+            ring = [
+                changed[max(int(y0) - 1, 0) : int(y0) + 2, xs].any(axis=0),
+                changed[max(int(y1) - 1, 0) : int(y1) + 2, xs].any(axis=0)
+                if y1 < H - 1
+                else np.ones(1, bool),
+                changed[ys, max(int(x0) - 1, 0) : int(x0) + 2].any(axis=1),
+                changed[ys, max(int(x1) - 1, 0) : int(x1) + 2].any(axis=1)
+                if x1 < W - 1
+                else np.ones(1, bool),
+            ]
             assert np.concatenate(ring).mean() > 0.8, (src, (x0, y0, x1, y1))
 
 
@@ -89,18 +133,79 @@ def test_nothing_drawn_is_the_input_and_scale(run_dir, tmp_path):
     out_dir, val = run_dir
     tool = _load_tool()
     src = os.path.join(val, "000003.jpg")
-    [path] = tool.main(["--config-file", CFG, "--input", src, "--output", str(tmp_path),
-                        "--confidence-threshold", "1.01", "--opts", "OUTPUT_DIR", out_dir, *OPTS])
-    np.testing.assert_array_equal(_png(path), read_image(src, format="RGB"))  # PNG: lossless, nothing drawn
-    [path] = tool.main(["--config-file", CFG, "--input", src, "--output", str(tmp_path / "x2"), "--scale", "2",
-                        "--confidence-threshold", "0", "--opts", "OUTPUT_DIR", out_dir, *OPTS])
+    [path] = tool.main(
+        [
+            "--config-file",
+            CFG,
+            "--input",
+            src,
+            "--output",
+            str(tmp_path),
+            "--confidence-threshold",
+            "1.01",
+            "--opts",
+            "OUTPUT_DIR",
+            out_dir,
+            *OPTS,
+        ]
+    )
+    np.testing.assert_array_equal(
+        _png(path), read_image(src, format="RGB")
+    )  # PNG: lossless, nothing drawn
+    [path] = tool.main(
+        [
+            "--config-file",
+            CFG,
+            "--input",
+            src,
+            "--output",
+            str(tmp_path / "x2"),
+            "--scale",
+            "2",
+            "--confidence-threshold",
+            "0",
+            "--opts",
+            "OUTPUT_DIR",
+            out_dir,
+            *OPTS,
+        ]
+    )
     assert _png(path).shape == (256, 256, 3)
     # the first images of a registered dataset, with its class names
-    paths = tool.main(["--config-file", CFG, "--dataset", "lt_shapes_val", "--max-images", "2", "--output",
-                       str(tmp_path / "ds"), "--opts", "OUTPUT_DIR", out_dir, *OPTS])
+    paths = tool.main(
+        [
+            "--config-file",
+            CFG,
+            "--dataset",
+            "lt_shapes_val",
+            "--max-images",
+            "2",
+            "--output",
+            str(tmp_path / "ds"),
+            "--opts",
+            "OUTPUT_DIR",
+            out_dir,
+            *OPTS,
+        ]
+    )
     assert [os.path.basename(p) for p in paths] == ["000001.png", "000002.png"]
-    meta = tool.class_metadata(tool.setup_cfg(tool.parse_args(
-        ["--config-file", CFG, "--input", "x", "--output", "y", "--opts", "OUTPUT_DIR", out_dir])))
+    meta = tool.class_metadata(
+        tool.setup_cfg(
+            tool.parse_args(
+                [
+                    "--config-file",
+                    CFG,
+                    "--input",
+                    "x",
+                    "--output",
+                    "y",
+                    "--opts",
+                    "OUTPUT_DIR",
+                    out_dir,
+                ]
+            )
+        )
+    )
     assert len(meta.thing_classes) == 24 and meta.thing_classes[0] != "0"
 
 
@@ -116,9 +221,22 @@ def test_clear_errors(run_dir, tmp_path):
     good = os.path.join(val, "000001.jpg")
     base = ["--config-file", CFG, "--output", str(tmp_path / "out")]
     # missing inputs: every one named, before any model is built
-    msg = _error(tool, base + ["--input", good, str(tmp_path / "nope.jpg"), str(tmp_path / "*.png"),
-                               "--opts", "OUTPUT_DIR", out_dir])
-    assert str(tmp_path / "nope.jpg") in msg and "does not exist" in msg and "matches no file" in msg
+    msg = _error(
+        tool,
+        base
+        + [
+            "--input",
+            good,
+            str(tmp_path / "nope.jpg"),
+            str(tmp_path / "*.png"),
+            "--opts",
+            "OUTPUT_DIR",
+            out_dir,
+        ],
+    )
+    assert (
+        str(tmp_path / "nope.jpg") in msg and "does not exist" in msg and "matches no file" in msg
+    )
     assert "is a folder" in _error(tool, base + ["--input", val, "--opts", "OUTPUT_DIR", out_dir])
     # an unreadable image is named; the readable ones are still drawn
     bad = tmp_path / "corrupt.jpg"
@@ -127,10 +245,14 @@ def test_clear_errors(run_dir, tmp_path):
     assert "cannot read image %s" % bad in msg
     assert os.path.isfile(tmp_path / "out" / "000001.png")
     # no trained model: OUTPUT_DIR/model_final.pth missing and no MODEL.WEIGHTS
-    msg = _error(tool, base + ["--input", good, "--opts", "OUTPUT_DIR", str(tmp_path / "empty_run")])
+    msg = _error(
+        tool, base + ["--input", good, "--opts", "OUTPUT_DIR", str(tmp_path / "empty_run")]
+    )
     assert "no trained model" in msg and "MODEL.WEIGHTS" in msg and "model_final.pth" in msg
     # a MODEL.WEIGHTS that does not exist
-    msg = _error(tool, base + ["--input", good, "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth")])
+    msg = _error(
+        tool, base + ["--input", good, "--opts", "MODEL.WEIGHTS", str(tmp_path / "missing.pth")]
+    )
     assert "cannot load MODEL.WEIGHTS" in msg and str(tmp_path / "missing.pth") in msg
     # a crafted checkpoint is refused and nothing in it runs
     marker = tmp_path / "marker"
@@ -140,7 +262,9 @@ def test_clear_errors(run_dir, tmp_path):
     assert "cannot load MODEL.WEIGHTS" in msg and str(crafted) in msg
     assert not marker.exists()
     # an unregistered --dataset
-    assert "not registered" in _error(tool, base + ["--dataset", "no_such_set", "--opts", "OUTPUT_DIR", out_dir])
+    assert "not registered" in _error(
+        tool, base + ["--dataset", "no_such_set", "--opts", "OUTPUT_DIR", out_dir]
+    )
 
 
 class _Evil:

@@ -1,5 +1,6 @@
 """Two CPU processes (gloo): FCOS with dense EQL v2 keeps identical, all-reduced statistics on both ranks
 and BOFL's lambda is the same on both (it depends on the iteration only)."""
+
 import os
 
 import pytest
@@ -10,7 +11,9 @@ import torch.multiprocessing as mp
 
 def _worker(rank, out_dir):
     # file:// rendezvous: no TCP port that another test could grab in between
-    dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"), rank=rank, world_size=2)
+    dist.init_process_group(
+        "gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"), rank=rank, world_size=2
+    )
     torch.set_num_threads(1)
     from detectron2.utils.events import EventStorage
 
@@ -24,8 +27,10 @@ def _worker(rank, out_dir):
         sum(losses.values()).backward()
     bofl = _build("FCOS", "bofl")
     torch.save(
-        {"buffers": {k: v for k, v in model.state_dict().items() if k.startswith("cls_loss.")},
-         "lam": [bofl.cls_loss.current_lambda(i) for i in (0, 19, 20, 35)]},
+        {
+            "buffers": {k: v for k, v in model.state_dict().items() if k.startswith("cls_loss.")},
+            "lam": [bofl.cls_loss.current_lambda(i) for i in (0, 19, 20, 35)],
+        },
         os.path.join(out_dir, "rank%d.pt" % rank),
     )
     dist.destroy_process_group()

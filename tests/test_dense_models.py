@@ -1,6 +1,7 @@
 """Dense meta-architectures (LongTailRetinaNet, FCOS, CenterNet) x losses (focal, bofl, eqlv2, ecm):
 configs load, models build and train/infer on random CPU images, BOFL lambda=0 equals focal, BOFL epoch
 boundaries, resume, and hypothesis property tests."""
+
 import glob
 import os
 
@@ -34,7 +35,11 @@ def _register():
         DatasetCatalog.register(DATASET, lambda: [])
         MetadataCatalog.get(DATASET).set(
             thing_classes=["c%d" % i for i in range(C)],
-            class_stats={"instance_counts": COUNTS, "image_counts": [40, 20, 5, 2, 0], "num_images": 50},
+            class_stats={
+                "instance_counts": COUNTS,
+                "image_counts": [40, 20, 5, 2, 0],
+                "num_images": 50,
+            },
         )
 
 
@@ -80,7 +85,11 @@ def make_inputs(n=2, h=64, w=64, with_boxes=True, seed=0, out_hw=None):
     for i in range(n):
         inst = Instances((h, w))
         if with_boxes:
-            inst.gt_boxes = Boxes(torch.tensor([[4.0, 6.0, 30.0, 28.0], [20.0, 10.0, 60.0, 58.0], [40.0, 2.0, 52.0, 14.0]]))
+            inst.gt_boxes = Boxes(
+                torch.tensor(
+                    [[4.0, 6.0, 30.0, 28.0], [20.0, 10.0, 60.0, 58.0], [40.0, 2.0, 52.0, 14.0]]
+                )
+            )
             inst.gt_classes = torch.tensor([0, 1 + i, 3])
         else:
             inst.gt_boxes = Boxes(torch.zeros(0, 4))
@@ -136,7 +145,11 @@ def test_dense_config_loads(path):
         assert num_classes == 1203 and cfg.DATASETS.TRAIN == ("lvis_v1_train",)
         assert cfg.DATASETS.TEST == ("lvis_v1_val",) and cfg.TEST.DETECTIONS_PER_IMAGE == 300
     elif name.endswith("_coco_lt.yaml"):
-        assert num_classes == 80 and cfg.DATASETS.TRAIN == ("coco_lt_train",) and cfg.DATASETS.TEST == ("coco_lt_val",)
+        assert (
+            num_classes == 80
+            and cfg.DATASETS.TRAIN == ("coco_lt_train",)
+            and cfg.DATASETS.TEST == ("coco_lt_val",)
+        )
     else:
         assert num_classes == 80 and cfg.DATASETS.TRAIN == ("coco_2017_train",)
     if loss == "bofl":
@@ -166,10 +179,19 @@ def _check_finite_step(model, inputs):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_dense_model_trains_and_infers(arch, loss):
     model = _build(arch, loss)
-    assert isinstance(model, {"LongTailRetinaNet": LongTailRetinaNet, "FCOS": FCOS, "CenterNet": CenterNet}[arch])
-    assert isinstance(model.cls_loss, DenseLoss) and type(model.cls_loss) is DENSE_LOSS_REGISTRY.get(loss)
+    assert isinstance(
+        model, {"LongTailRetinaNet": LongTailRetinaNet, "FCOS": FCOS, "CenterNet": CenterNet}[arch]
+    )
+    assert isinstance(model.cls_loss, DenseLoss) and type(
+        model.cls_loss
+    ) is DENSE_LOSS_REGISTRY.get(loss)
     with_boxes = _check_finite_step(model, make_inputs(with_boxes=True))
-    assert with_boxes[{"LongTailRetinaNet": "loss_cls", "FCOS": "loss_fcos_cls", "CenterNet": "loss_hm"}[arch]] > 0
+    assert (
+        with_boxes[
+            {"LongTailRetinaNet": "loss_cls", "FCOS": "loss_fcos_cls", "CenterNet": "loss_hm"}[arch]
+        ]
+        > 0
+    )
     _check_finite_step(model, make_inputs(with_boxes=False))
     model.eval()
     with torch.no_grad():
@@ -239,7 +261,17 @@ def test_bofl_weights_change_only_at_epoch_boundaries():
     loss = model.cls_loss
     gt = [torch.tensor([0, 1, 1]), torch.tensor([3])]
     # T = 4, d = 1: lambda(e) = clip((floor(e) - 1) / 3, 0, 1)
-    expected = {0: 0.0, 9: 0.0, 19: 0.0, 20: 1 / 3, 29: 1 / 3, 30: 2 / 3, 39: 2 / 3, 40: 1.0, 500: 1.0}
+    expected = {
+        0: 0.0,
+        9: 0.0,
+        19: 0.0,
+        20: 1 / 3,
+        29: 1 / 3,
+        30: 2 / 3,
+        39: 2 / 3,
+        40: 1.0,
+        500: 1.0,
+    }
     for it, lam in expected.items():
         assert loss.current_lambda(it) == pytest.approx(lam), it
     w = {it: loss.class_weights(gt, it)[0] for it in (19, 20, 25, 29, 30)}
@@ -262,9 +294,13 @@ def test_bofl_weights_change_only_at_epoch_boundaries():
 
 def test_centernet_bofl_weights_are_per_image():
     model = _build("CenterNet", "bofl")
-    w, lam = model.cls_loss.class_weights([torch.tensor([0, 0]), torch.tensor([], dtype=torch.long)], 100)
+    w, lam = model.cls_loss.class_weights(
+        [torch.tensor([0, 0]), torch.tensor([], dtype=torch.long)], 100
+    )
     assert lam == 1.0 and w.shape == (2, C)
-    assert torch.allclose(w[0, 0] / w[1, 0], torch.tensor(0.8 ** 2))  # eta^{n_{i,k}} with k = one image
+    assert torch.allclose(
+        w[0, 0] / w[1, 0], torch.tensor(0.8**2)
+    )  # eta^{n_{i,k}} with k = one image
     assert torch.allclose(w[0, 1:], w[1, 1:])
 
 
@@ -310,7 +346,7 @@ def _cached(arch, loss):
     loss=st.sampled_from(LOSSES),
     scale=st.floats(0.0, 80.0),
     n_pos=st.integers(0, 6),
-    seed=st.integers(0, 2 ** 16),
+    seed=st.integers(0, 2**16),
     zero_class=st.booleans(),
 )
 def test_property_fcos_losses_finite(loss, scale, n_pos, seed, zero_class):
@@ -328,7 +364,9 @@ def test_property_fcos_losses_finite(loss, scale, n_pos, seed, zero_class):
     labels.view(-1)[idx] = 4 if zero_class else torch.randint(0, C, (n_pos,), generator=g)
     reg_t = torch.rand(N, L, 4, generator=g) * 30 + 0.5
     gt = [labels[i][labels[i] < C] for i in range(N)]
-    anchors = [Boxes(torch.zeros(L, 4))]  # points at the origin: the matched boxes are at the ltrb reg_t
+    anchors = [
+        Boxes(torch.zeros(L, 4))
+    ]  # points at the origin: the matched boxes are at the ltrb reg_t
     matched = [Boxes(torch.cat([-reg_t[i, :, :2], reg_t[i, :, 2:]], dim=1)) for i in range(N)]
     with EventStorage(0):
         out = model.losses(anchors, [logits], list(labels), [regs], matched, [ctrs], gt)
@@ -344,7 +382,7 @@ def test_property_fcos_losses_finite(loss, scale, n_pos, seed, zero_class):
     loss=st.sampled_from(LOSSES),
     scale=st.floats(0.0, 80.0),
     n_boxes=st.integers(0, 3),
-    seed=st.integers(0, 2 ** 16),
+    seed=st.integers(0, 2**16),
 )
 def test_property_centernet_heatmap_loss_finite(loss, scale, n_boxes, seed):
     """CenterNet heat-map loss of every method: logits in [-80, 80], 0..3 objects (incl. the zero-count
@@ -365,7 +403,9 @@ def test_property_centernet_heatmap_loss_finite(loss, scale, n_boxes, seed):
     heat = centernet_targets(insts, C, (16, 16), 4)[0]
     logits = ((torch.rand(2, C, 16, 16, generator=g) * 2 - 1) * scale).requires_grad_()
     with EventStorage(0):
-        val = model.cls_loss.heatmap(logits, heat, DenseBatch(gt_classes_per_image=[i.gt_classes for i in insts]))
+        val = model.cls_loss.heatmap(
+            logits, heat, DenseBatch(gt_classes_per_image=[i.gt_classes for i in insts])
+        )
     assert torch.isfinite(val)
     val.backward()
     assert torch.isfinite(logits.grad).all()

@@ -1,5 +1,6 @@
 """FCOS targets and CenterNet heat maps on hand-made boxes, checked against hand values and an
 independent brute-force (loop) implementation; CenterNet peak extraction on a synthetic heat map."""
+
 import math
 
 import pytest
@@ -7,7 +8,11 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from lt_detectron.modeling.dense.centernet import centernet_decode, centernet_targets, gaussian_radius
+from lt_detectron.modeling.dense.centernet import (
+    centernet_decode,
+    centernet_targets,
+    gaussian_radius,
+)
 from lt_detectron.modeling.dense.fcos import FCOS
 from tests.test_dense_models import tiny_cfg
 
@@ -30,7 +35,9 @@ def _fcos(in_features=("p3", "p4", "p5"), sizes=(16, 32), radius=1.5):
 
 
 def _anchors(model, hw=(64, 64)):
-    return model.anchor_generator([torch.zeros(1, 1, hw[0] // s, hw[1] // s) for s in model.strides])
+    return model.anchor_generator(
+        [torch.zeros(1, 1, hw[0] // s, hw[1] // s) for s in model.strides]
+    )
 
 
 def _targets(model, boxes, classes, hw=(64, 64)):
@@ -67,7 +74,14 @@ def _brute_force(locs, strides, ranges, boxes, classes, radius, C):
 def test_fcos_locations():
     model = _fcos()
     anchors = model.anchor_generator([torch.zeros(1, 1, h, w) for h, w in ((2, 3), (1, 2), (1, 1))])
-    assert anchors[0].get_centers().tolist() == [[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12]]
+    assert anchors[0].get_centers().tolist() == [
+        [4, 4],
+        [12, 4],
+        [20, 4],
+        [4, 12],
+        [12, 12],
+        [20, 12],
+    ]
     assert anchors[1].get_centers().tolist() == [[8, 8], [24, 8]]
     assert anchors[0].tensor[0].tolist() == [0, 0, 8, 8]  # stride-sized: width = the stride
     assert anchors[2].tensor[0].tolist() == [0, 0, 32, 32]
@@ -129,10 +143,19 @@ def test_fcos_ambiguous_location_takes_smallest_box():
 def test_fcos_centerness_values():
     """FCOS.compute_ctrness_targets (detectron2's) of boxes at ltrb distances from points (x, y)."""
     model = _fcos()
-    reg = [[12.0, 12.0, 20.0, 20.0], [5.0, 1.0, 5.0, 3.0], [2.0, 8.0, 6.0, 8.0], [4.0, 4.0, 4.0, 4.0]]
+    reg = [
+        [12.0, 12.0, 20.0, 20.0],
+        [5.0, 1.0, 5.0, 3.0],
+        [2.0, 8.0, 6.0, 8.0],
+        [4.0, 4.0, 4.0, 4.0],
+    ]
     pts = [[20.0, 28.0], [4.0, 4.0], [100.0, 12.0], [36.0, 36.0]]
     anchors = [Boxes(torch.tensor([[x - 4, y - 4, x + 4, y + 4] for x, y in pts]))]
-    gt = [Boxes(torch.tensor([[x - l, y - t, x + r, y + b] for (x, y), (l, t, r, b) in zip(pts, reg)]))]
+    gt = [
+        Boxes(
+            torch.tensor([[x - l, y - t, x + r, y + b] for (x, y), (l, t, r, b) in zip(pts, reg)])
+        )
+    ]
     expect = [math.sqrt((min(l, r) / max(l, r)) * (min(t, b) / max(t, b))) for l, t, r, b in reg]
     assert expect[0] == pytest.approx(0.6) and expect[3] == 1.0
     assert model.compute_ctrness_targets(anchors, gt)[0].tolist() == pytest.approx(expect)
@@ -160,7 +183,9 @@ def test_fcos_no_boxes_is_all_background():
 # ------------------------------------------------------------------ CenterNet
 def test_gaussian_radius_hand_values():
     # h=8, w=10, overlap 0.7: r3 = (-25.2 + sqrt(25.2^2 + 4 * 2.8 * 24)) / 2 = 2.4320 is the smallest
-    assert gaussian_radius((8, 10), 0.7) == pytest.approx((-25.2 + math.sqrt(25.2 ** 2 + 4 * 2.8 * 24)) / 2)
+    assert gaussian_radius((8, 10), 0.7) == pytest.approx(
+        (-25.2 + math.sqrt(25.2**2 + 4 * 2.8 * 24)) / 2
+    )
     assert gaussian_radius((8, 10), 0.7) == pytest.approx(2.432, abs=1e-3)
     # h=w=10: r3 = (-28 + sqrt(28^2 + 4 * 2.8 * 30)) / 2 = 2.7332
     assert gaussian_radius((10, 10), 0.7) == pytest.approx(2.7332, abs=1e-4)
@@ -177,7 +202,9 @@ def test_centernet_heatmap_single_box():
         for dx in range(-3, 4):
             v = heat[0, 2, 6 + dy, 7 + dx].item()
             if max(abs(dx), abs(dy)) <= 2:
-                assert v == pytest.approx(math.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)), rel=1e-5)
+                assert v == pytest.approx(
+                    math.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)), rel=1e-5
+                )
             else:
                 assert v == 0.0
     assert (b.tolist(), ys.tolist(), xs.tolist()) == ([0], [6], [7])
@@ -218,11 +245,17 @@ def test_centernet_peak_extraction():
     wh[:, 4, 5] = torch.tensor([4.0, 6.0])
     off[:, 4, 5] = torch.tensor([0.25, 0.5])
     wh[:, 10, 12] = torch.tensor([2.0, 2.0])
-    inst = centernet_decode(logits, wh, off, s, k=10, kernel=3, score_thresh=0.1, image_size=(64, 64))
+    inst = centernet_decode(
+        logits, wh, off, s, k=10, kernel=3, score_thresh=0.1, image_size=(64, 64)
+    )
     assert inst.pred_classes.tolist() == [1, 2, 0]  # sorted by score
-    assert inst.scores.tolist() == pytest.approx(torch.sigmoid(torch.tensor([3.0, 1.0, 0.5])).tolist())
+    assert inst.scores.tolist() == pytest.approx(
+        torch.sigmoid(torch.tensor([3.0, 1.0, 0.5])).tolist()
+    )
     cx, cy = 5.25, 4.5
-    assert inst.pred_boxes.tensor[0].tolist() == pytest.approx([(cx - 2) * s, (cy - 3) * s, (cx + 2) * s, (cy + 3) * s])
+    assert inst.pred_boxes.tensor[0].tolist() == pytest.approx(
+        [(cx - 2) * s, (cy - 3) * s, (cx + 2) * s, (cy + 3) * s]
+    )
     assert inst.pred_boxes.tensor[1].tolist() == pytest.approx([11 * s, 9 * s, 13 * s, 11 * s])
     assert inst.pred_boxes.tensor[2].tolist() == inst.pred_boxes.tensor[0].tolist()  # same pixel
     # k limits the number of peaks

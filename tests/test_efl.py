@@ -1,5 +1,6 @@
 """EFL (Equalized Focal Loss): parity with an independent transcription of the authors' code (loss, gradient
 and statistics over several steps), hand-checked values, the heat-map extension, state handling, two ranks."""
+
 import logging
 import math
 import os
@@ -66,7 +67,7 @@ def naive_heatmap_efl(z, heat, pos_neg, alpha=2.0, beta=4.0, s=8.0):
     p = torch.sigmoid(z)
     pos = heat == 1
     pos_loss = -torch.log(p) * (1 - p) ** gamma * w
-    neg_loss = -torch.log(1 - p) * p ** gamma * (1 - heat) ** beta * w
+    neg_loss = -torch.log(1 - p) * p**gamma * (1 - heat) ** beta * w
     return torch.where(pos, pos_loss, neg_loss).sum()
 
 
@@ -86,13 +87,20 @@ def _state(m):
 @pytest.mark.parametrize("alpha", [0.25, -1.0])
 def test_parity_with_authors_over_steps(alpha):
     C = 6
-    batches = [_batch(1, 64, C), _batch(2, 48, C), (_batch(3, 40, C)[0], torch.full((40,), C)),  # all background
-               (torch.zeros(0, C, dtype=D), torch.zeros(0, dtype=torch.long)),  # empty
-               _batch(4, 80, C, fg=0.6), _batch(5, 30, C)]
+    batches = [
+        _batch(1, 64, C),
+        _batch(2, 48, C),
+        (_batch(3, 40, C)[0], torch.full((40,), C)),  # all background
+        (torch.zeros(0, C, dtype=D), torch.zeros(0, dtype=torch.long)),  # empty
+        _batch(4, 80, C, fg=0.6),
+        _batch(5, 30, C),
+    ]
     ours = EqualizedFocalLoss(C, focal_alpha=alpha).train()
     ref = AuthorsEFL(C, focal_alpha=alpha)
     for step, (z, labels) in enumerate(batches):
-        normalizer = max(1.0, float((labels < C).sum()))  # the detector's normaliser (number of positives)
+        normalizer = max(
+            1.0, float((labels < C).sum())
+        )  # the detector's normaliser (number of positives)
         z1 = z.clone().requires_grad_(True)
         loss = ours(z1, labels) / normalizer
         loss.backward()  # updates the statistics: the next step's weights
@@ -100,8 +108,12 @@ def test_parity_with_authors_over_steps(alpha):
         z2.register_hook(ref.collect_grad)  # the authors' hook on the logits
         ref_loss = ref.loss(z2, labels) / normalizer
         ref_loss.backward()
-        torch.testing.assert_close(loss.detach(), ref_loss.detach(), rtol=1e-5, atol=1e-12, msg="loss, step %d" % step)
-        torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-5, atol=1e-12, msg="grad, step %d" % step)
+        torch.testing.assert_close(
+            loss.detach(), ref_loss.detach(), rtol=1e-5, atol=1e-12, msg="loss, step %d" % step
+        )
+        torch.testing.assert_close(
+            z1.grad, z2.grad, rtol=1e-5, atol=1e-12, msg="grad, step %d" % step
+        )
         torch.testing.assert_close(ours.stats.pos_grad, ref.pos_grad, rtol=1e-5, atol=1e-10)
         torch.testing.assert_close(ours.stats.neg_grad, ref.neg_grad, rtol=1e-5, atol=1e-10)
         torch.testing.assert_close(ours.stats.pos_neg, ref.pos_neg, rtol=1e-5, atol=1e-7)
@@ -133,14 +145,14 @@ def test_hand_checked_tiny_case():
     m.stats.pos_neg.copy_(torch.tensor([0.5, 0.0]))
     gamma, w = m.class_factors()
     assert gamma.tolist() == [6.0, 10.0] and w.tolist() == [3.0, 5.0]
-    expected = 0.25 * 3 * 0.5 ** 6 * ln2 + 0.75 * 5 * 0.5 ** 10 * ln2
+    expected = 0.25 * 3 * 0.5**6 * ln2 + 0.75 * 5 * 0.5**10 * ln2
     z1 = z.clone().requires_grad_(True)
     loss = m.train()(z1, labels)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     loss.backward()
     # d/dz of a w (1 - p_t)^gamma (-log p_t) at z = 0: -/+ a w 0.5^gamma (gamma 0.5 ln 2 + 0.5)
-    g_pos = -0.25 * 3 * 0.5 ** 6 * (6 * 0.5 * ln2 + 0.5)
-    g_neg = 0.75 * 5 * 0.5 ** 10 * (10 * 0.5 * ln2 + 0.5)
+    g_pos = -0.25 * 3 * 0.5**6 * (6 * 0.5 * ln2 + 0.5)
+    g_neg = 0.75 * 5 * 0.5**10 * (10 * 0.5 * ln2 + 0.5)
     torch.testing.assert_close(z1.grad, torch.tensor([[g_pos, g_neg]], dtype=D), rtol=1e-12, atol=0)
     # statistics of this step: |grad| of class 0 is positive, of class 1 negative; g = clamp(pos / (neg + 1e-10), max=1)
     torch.testing.assert_close(m.stats.pos_grad, torch.tensor([-g_pos, 0.0], dtype=torch.float32))
@@ -198,7 +210,9 @@ def test_heatmap_with_balanced_statistics_is_centernet_loss():
     heat[0, 0, 2, 2] = 1.0
     p = torch.sigmoid(z)
     pos = heat.eq(1).to(D)
-    centernet = (-torch.log(p) * (1 - p) ** 2 * pos - torch.log(1 - p) * p ** 2 * (1 - heat) ** 4 * (1 - pos)).sum()
+    centernet = (
+        -torch.log(p) * (1 - p) ** 2 * pos - torch.log(1 - p) * p**2 * (1 - heat) ** 4 * (1 - pos)
+    ).sum()
     torch.testing.assert_close(m.heatmap(z, heat, alpha=2.0, beta=4.0), centernet)
 
 
@@ -249,7 +263,11 @@ def test_nonfinite_batch_leaves_state_unchanged():
     for k, v in _state(m).items():
         assert torch.equal(v, before[k]), k
     assert m.stats.num_nonfinite_skips == 1
-    assert len(rec.records) == 1 and "EFL statistics" in rec.records[0] and "non-finite" in rec.records[0]
+    assert (
+        len(rec.records) == 1
+        and "EFL statistics" in rec.records[0]
+        and "non-finite" in rec.records[0]
+    )
     # the next good batch updates as if the bad one never happened
     ref = EqualizedFocalLoss(C).train()
     for zz in (z, _batch(2, 40, C)[0]):
@@ -264,7 +282,9 @@ def test_no_update_in_eval_without_grad_or_for_an_empty_first_batch():
     m = EqualizedFocalLoss(C).train()
     start = _state(m)
     z, labels = _batch(1, 20, C)
-    m(torch.zeros(0, C, requires_grad=True), torch.zeros(0, dtype=torch.long)).backward()  # nothing observed
+    m(
+        torch.zeros(0, C, requires_grad=True), torch.zeros(0, dtype=torch.long)
+    ).backward()  # nothing observed
     m(z.clone().requires_grad_(True), labels)  # forward only: the update happens in backward
     with torch.no_grad():
         m(z, labels)
@@ -313,8 +333,15 @@ def test_built_from_config():
     cfg.MODEL.LT.DENSE_LOSS = "efl"
     cfg.MODEL.LT.EFL.SCALE_FACTOR = 4.0
     loss = build_dense_loss(cfg, 7, focal_alpha=0.5, focal_gamma=1.5)
-    assert DENSE_LOSS_REGISTRY.get("EFL") is EqualizedFocalLoss and isinstance(loss, EqualizedFocalLoss)
-    assert (loss.num_classes, loss.focal_alpha, loss.focal_gamma, loss.scale_factor) == (7, 0.5, 1.5, 4.0)
+    assert DENSE_LOSS_REGISTRY.get("EFL") is EqualizedFocalLoss and isinstance(
+        loss, EqualizedFocalLoss
+    )
+    assert (loss.num_classes, loss.focal_alpha, loss.focal_gamma, loss.scale_factor) == (
+        7,
+        0.5,
+        1.5,
+        4.0,
+    )
     z = torch.randn(3, 7)
     assert torch.equal(loss.predict_probs(z), torch.sigmoid(z))
 
@@ -328,7 +355,9 @@ def _rank_batch(rank, step, C):
 
 
 def _worker(rank, out_dir, C):
-    rendezvous = "file://" + os.path.join(out_dir, "rendezvous")  # no TCP port another test could grab
+    rendezvous = "file://" + os.path.join(
+        out_dir, "rendezvous"
+    )  # no TCP port another test could grab
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
     torch.set_num_threads(1)
     m = EqualizedFocalLoss(C).train()
@@ -376,11 +405,32 @@ def test_tiny_detector_trains_with_efl(tmp_path, name):
 
     cfg = get_cfg()
     add_lt_config(cfg)
-    cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                                     "lt_shapes", name + ".yaml"))
-    cfg.merge_from_list(["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
-                         "SOLVER.CHECKPOINT_PERIOD", "100", "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()",
-                         "OUTPUT_DIR", str(tmp_path)])
+    cfg.merge_from_file(
+        os.path.join(
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "configs",
+            "lt_shapes",
+            name + ".yaml",
+        )
+    )
+    cfg.merge_from_list(
+        [
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "DATASETS.TEST",
+            "()",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ]
+    )
     trainer = LTTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -388,8 +438,12 @@ def test_tiny_detector_trains_with_efl(tmp_path, name):
     assert len(losses) == 1
     stats = losses[0].stats
     # two steps were accumulated: every class saw negatives, the state is finite, g in [0, 1]
-    assert (stats.neg_grad > 0).all() and stats.pos_grad.sum() > 0 and stats.num_nonfinite_skips == 0
-    assert torch.isfinite(stats.pos_neg).all() and ((stats.pos_neg >= 0) & (stats.pos_neg <= 1)).all()
+    assert (
+        (stats.neg_grad > 0).all() and stats.pos_grad.sum() > 0 and stats.num_nonfinite_skips == 0
+    )
+    assert (
+        torch.isfinite(stats.pos_neg).all() and ((stats.pos_neg >= 0) & (stats.pos_neg <= 1)).all()
+    )
     assert (stats.pos_neg < 1).any()
     sd = trainer.model.state_dict()
     assert any(k.endswith("cls_loss.stats.pos_neg") for k in sd), [k for k in sd if "cls_loss" in k]

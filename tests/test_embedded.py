@@ -1,4 +1,5 @@
 """Tests of the shipped LVIS statistics and the embedded ``lt_shapes`` dataset."""
+
 import hashlib
 import json
 import os
@@ -19,7 +20,9 @@ from lt_detectron.data.embedded import (
 from lt_detectron.data.lvis_stats import load_shipped_stats
 
 # a small variant, fast to render (the default is 1000 + 200 images)
-SMALL = dict(num_train_images=60, num_val_images=40, image_size=96, val_instances_per_class=8, max_size=32)
+SMALL = dict(
+    num_train_images=60, num_val_images=40, image_size=96, val_instances_per_class=8, max_size=32
+)
 
 
 def _band(n):
@@ -135,7 +138,14 @@ def test_json_valid_lvis_and_coco(small):
         for a in d["annotations"]:
             x, y, w, h = a["bbox"]
             im = lv.imgs[a["image_id"]]
-            assert 0 <= x and 0 <= y and x + w <= im["width"] and y + h <= im["height"] and w > 0 and h > 0
+            assert (
+                0 <= x
+                and 0 <= y
+                and x + w <= im["width"]
+                and y + h <= im["height"]
+                and w > 0
+                and h > 0
+            )
             (poly,) = a["segmentation"]
             xs, ys = np.array(poly[0::2]), np.array(poly[1::2])
             assert xs.min() >= x - 1e-6 and xs.max() <= x + w + 1e-6
@@ -160,7 +170,10 @@ def test_small_statistics_match_annotations(small):
     va = json.load(open(p["val_json"]))
     inst, imgs = _naive_counts(tr)
     for c in tr["categories"]:
-        assert (c["image_count"], c["instance_count"]) == (imgs.get(c["id"], 0), inst.get(c["id"], 0))
+        assert (c["image_count"], c["instance_count"]) == (
+            imgs.get(c["id"], 0),
+            inst.get(c["id"], 0),
+        )
         assert c["frequency"] == _band(c["image_count"])
     assert {a["category_id"] for a in va["annotations"]} == {c["id"] for c in tr["categories"]}
     rows = lt_shapes_summary(small)

@@ -1,6 +1,7 @@
 """The standard results json and tools/evaluate_results.py: evaluating in process, saving the results
 file, then evaluating that file in a subprocess gives identical metrics and csv; bad inputs give errors
 that name the file and the fix."""
+
 import json
 import os
 import subprocess
@@ -10,8 +11,18 @@ import uuid
 import numpy as np
 import pytest
 
-from lt_detectron.evaluation import LTCOCOEvaluator, LTLVISEvaluator, load_results_json, write_results_json
-from lt_detectron.utils.testing import detections_to_instances, detections_to_results, make_detections, make_lvis_like_gt
+from lt_detectron.evaluation import (
+    LTCOCOEvaluator,
+    LTLVISEvaluator,
+    load_results_json,
+    write_results_json,
+)
+from lt_detectron.utils.testing import (
+    detections_to_instances,
+    detections_to_results,
+    make_detections,
+    make_lvis_like_gt,
+)
 
 from .test_evaluation_coco_lt import _coco_gt
 from .test_evaluation_lvis import IMAGE_SIZE, _categories
@@ -22,8 +33,13 @@ TOOL = os.path.join(ROOT, "tools", "evaluate_results.py")
 
 def _tool(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, TOOL, *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, TOOL, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def _evaluate(cls, tmp_path, gt, dets, tasks, evaluator_type, **kw):
@@ -34,14 +50,19 @@ def _evaluate(cls, tmp_path, gt, dets, tasks, evaluator_type, **kw):
     gt_path.write_text(json.dumps(gt))
     ids = sorted(c["id"] for c in gt["categories"])
     id_map = {d: i for i, d in enumerate(ids)}
-    MetadataCatalog.get(name).set(json_file=str(gt_path), evaluator_type=evaluator_type,
-                                  thing_dataset_id_to_contiguous_id=id_map)
+    MetadataCatalog.get(name).set(
+        json_file=str(gt_path),
+        evaluator_type=evaluator_type,
+        thing_dataset_id_to_contiguous_id=id_map,
+    )
     try:
         ev = cls(name, tasks, distributed=False, output_dir=str(tmp_path / "inproc"), **kw)
         ev.reset()
         for k, d in dets.items():
-            ev.process([{"image_id": k}],
-                       [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map, "segm" in tasks)}])
+            ev.process(
+                [{"image_id": k}],
+                [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map, "segm" in tasks)}],
+            )
         return ev.evaluate(), gt_path
     finally:
         MetadataCatalog.remove(name)
@@ -57,16 +78,22 @@ def _same(a, b):
 @pytest.mark.parametrize("masks", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_lvis_round_trip_through_the_results_file(tmp_path, masks):
     cats = _categories()
-    gt = make_lvis_like_gt(12, cats, seed=0, with_masks=masks, image_size=IMAGE_SIZE, sampling_power=0.2)
+    gt = make_lvis_like_gt(
+        12, cats, seed=0, with_masks=masks, image_size=IMAGE_SIZE, sampling_power=0.2
+    )
     dets = make_detections(gt, 300, seed=1, with_masks=masks, extra_over_cap=30)
     tasks = ("bbox", "segm") if masks else ("bbox",)
     inproc, gt_path = _evaluate(LTLVISEvaluator, tmp_path, gt, dets, tasks, "lvis", pooled_ap=True)
     results_file = tmp_path / "inproc" / "lvis_instances_results.json"
     with open(results_file) as f:
         saved = json.load(f)
-    assert len(saved) == 300 * len(dets) and all(r["category_id"] in {c["id"] for c in cats} for r in saved)
+    assert len(saved) == 300 * len(dets) and all(
+        r["category_id"] in {c["id"] for c in cats} for r in saved
+    )
     assert ("segmentation" in saved[0]) == masks and "bbox" in saved[0]
-    p = _tool(results_file, "--gt", gt_path, "--output", tmp_path / "tool", "TEST.LT.POOLED_AP", "True")
+    p = _tool(
+        results_file, "--gt", gt_path, "--output", tmp_path / "tool", "TEST.LT.POOLED_AP", "True"
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "APr" in p.stdout and "AP[0,10)" in p.stdout  # the tables are printed
     with open(tmp_path / "inproc" / "lvis_metrics.json") as f:
@@ -77,8 +104,10 @@ def test_lvis_round_trip_through_the_results_file(tmp_path, masks):
     for task in tasks:
         _same(a[task], b[task])
         assert a[task] == {k: (None if np.isnan(v) else v) for k, v in inproc[task].items()}
-        with open(tmp_path / "inproc" / f"lvis_per_category_{task}.csv") as f1, \
-                open(tmp_path / "tool" / f"lvis_per_category_{task}.csv") as f2:
+        with (
+            open(tmp_path / "inproc" / f"lvis_per_category_{task}.csv") as f1,
+            open(tmp_path / "tool" / f"lvis_per_category_{task}.csv") as f2,
+        ):
             assert f1.read() == f2.read()
 
 
@@ -86,17 +115,34 @@ def test_fixed_ap_round_trip(tmp_path):
     cats = _categories()
     gt = make_lvis_like_gt(10, cats, seed=2, image_size=IMAGE_SIZE, sampling_power=0.2)
     dets = make_detections(gt, 300, seed=3, extra_over_cap=100)
-    inproc, gt_path = _evaluate(LTLVISEvaluator, tmp_path, gt, dets, ("bbox",), "lvis", ap_protocol="fixed",
-                                topk_per_class=30)
+    inproc, gt_path = _evaluate(
+        LTLVISEvaluator,
+        tmp_path,
+        gt,
+        dets,
+        ("bbox",),
+        "lvis",
+        ap_protocol="fixed",
+        topk_per_class=30,
+    )
     cfg = tmp_path / "fixed.yaml"
     cfg.write_text("TEST:\n  LT:\n    AP_PROTOCOL: fixed\n    TOPK_PER_CLASS: 30\n")
-    p = _tool(tmp_path / "inproc" / "lvis_instances_results.json", "--gt", gt_path, "--config-file", cfg,
-              "--output", tmp_path / "tool")
+    p = _tool(
+        tmp_path / "inproc" / "lvis_instances_results.json",
+        "--gt",
+        gt_path,
+        "--config-file",
+        cfg,
+        "--output",
+        tmp_path / "tool",
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     with open(tmp_path / "tool" / "lvis_metrics.json") as f:
         b = json.load(f)
     assert b["ap_protocol"] == "fixed" and b["max_dets_per_image"] == -1
-    _same({k: (None if np.isnan(v) else v) for k, v in inproc["bbox"].items()}, b["results"]["bbox"])
+    _same(
+        {k: (None if np.isnan(v) else v) for k, v in inproc["bbox"].items()}, b["results"]["bbox"]
+    )
 
 
 def test_coco_lt_round_trip_with_training_counts(tmp_path):
@@ -106,8 +152,16 @@ def test_coco_lt_round_trip_with_training_counts(tmp_path):
     aid = 1
     for c in cats:  # the training counts: c["instance_count"] boxes of each class
         for i in range(min(c["instance_count"], 1200)):
-            train["annotations"].append({"id": aid, "image_id": 1001 + i % 10, "category_id": c["id"],
-                                         "bbox": [1, 1, 10, 10], "area": 100, "iscrowd": 0})
+            train["annotations"].append(
+                {
+                    "id": aid,
+                    "image_id": 1001 + i % 10,
+                    "category_id": c["id"],
+                    "bbox": [1, 1, 10, 10],
+                    "area": 100,
+                    "iscrowd": 0,
+                }
+            )
             aid += 1
     train_path = tmp_path / "train.json"
     train_path.write_text(json.dumps(train))
@@ -118,13 +172,22 @@ def test_coco_lt_round_trip_with_training_counts(tmp_path):
         instance_counts = np.array([min(c["instance_count"], 1200) for c in cats])
         image_counts = np.array([min(10, max(min(c["instance_count"], 1200), 0)) for c in cats])
 
-    inproc, gt_path = _evaluate(LTCOCOEvaluator, tmp_path, gt, dets, ("bbox",), "coco_lt", class_stats=Stats())
+    inproc, gt_path = _evaluate(
+        LTCOCOEvaluator, tmp_path, gt, dets, ("bbox",), "coco_lt", class_stats=Stats()
+    )
     assert {"AP1", "AP2", "AP4"} <= set(inproc["bbox"])
     env_cache = tmp_path / "cache"
     os.environ["LT_DETECTRON_CACHE"] = str(env_cache)
     try:
-        p = _tool(tmp_path / "inproc" / "coco_instances_results.json", "--gt", gt_path, "--train-json", train_path,
-                  "--output", tmp_path / "tool")
+        p = _tool(
+            tmp_path / "inproc" / "coco_instances_results.json",
+            "--gt",
+            gt_path,
+            "--train-json",
+            train_path,
+            "--output",
+            tmp_path / "tool",
+        )
     finally:
         os.environ.pop("LT_DETECTRON_CACHE")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -143,7 +206,9 @@ def _small_gt(tmp_path):
 
 def test_errors_name_the_file_and_the_fix(tmp_path):
     gt, gt_path = _small_gt(tmp_path)
-    res = [{k: v for k, v in r.items()} for r in detections_to_results(make_detections(gt, 5, seed=1))]
+    res = [
+        {k: v for k, v in r.items()} for r in detections_to_results(make_detections(gt, 5, seed=1))
+    ]
     cat_ids = [c["id"] for c in gt["categories"]]
     img_ids = [im["id"] for im in gt["images"]]
 
@@ -178,14 +243,21 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
     assert p.returncode == 2 and "--gt" in p.stderr
 
 
-def test_results_json_is_exact_and_escapes_rle_text(tmp_path):
+@pytest.mark.parametrize("writer", ["orjson", "stdlib"])
+def test_results_json_is_exact_and_escapes_rle_text(tmp_path, monkeypatch, writer):
+    if writer == "stdlib":
+        monkeypatch.setitem(sys.modules, "orjson", None)  # import orjson -> ImportError
+    else:
+        pytest.importorskip("orjson")
     rng = np.random.default_rng(0)
     dets = np.zeros((50, 7))
     dets[:, 0] = rng.integers(1, 4, 50)
     dets[:, 1:5] = rng.random((50, 4)).astype(np.float32) * 300
     dets[:, 5] = rng.random(50).astype(np.float32)
     dets[:, 6] = rng.integers(1, 9, 50)
-    rles = [{"size": [5, 7], "counts": "\\\\3\"a" + str(i)} for i in range(50)]  # backslashes, quotes
+    rles = [
+        {"size": [5, 7], "counts": "\\\\3\"a" + str(i)} for i in range(50)
+    ]  # backslashes, quotes
     path = str(tmp_path / "x.json")
     write_results_json(path, dets, rles, chunk=7)
     back, back_rles = load_results_json(path)

@@ -1,6 +1,7 @@
 """Boundary AP (task "boundary", faster-coco-eval) against an independent transcription of the
 reference (Cheng et al. 2021, boundary-iou-api): lvis-api's LVISEval with its IoU replaced by
 min(mask IoU, boundary IoU), boundaries from an OpenCV erosion of each mask."""
+
 import copy
 import json
 import logging
@@ -11,7 +12,12 @@ import pytest
 
 from lt_detectron.compat import ensure_lvis_numpy_compat
 from lt_detectron.evaluation import LTLVISEvaluator
-from lt_detectron.utils.testing import detections_to_instances, detections_to_results, make_detections, make_lvis_like_gt
+from lt_detectron.utils.testing import (
+    detections_to_instances,
+    detections_to_results,
+    make_detections,
+    make_lvis_like_gt,
+)
 
 from .test_evaluation_lvis import IMAGE_SIZE, _categories
 
@@ -52,7 +58,11 @@ def _reference(gt_path, results, ratio=0.02):
             ious = np.asarray(mask_util.iou(d, g, crowd))
             if len(g) == 0 or len(d) == 0:
                 return ious
-            b_ious = np.asarray(mask_util.iou([rle_of_boundary(x) for x in d], [rle_of_boundary(x) for x in g], crowd))
+            b_ious = np.asarray(
+                mask_util.iou(
+                    [rle_of_boundary(x) for x in d], [rle_of_boundary(x) for x in g], crowd
+                )
+            )
             return np.minimum(ious, b_ious)
 
     gt = LVIS(gt_path)
@@ -64,23 +74,34 @@ def _reference(gt_path, results, ratio=0.02):
 def test_boundary_ap_equals_an_independent_transcription(tmp_path):
     from detectron2.data import MetadataCatalog
 
-    gt = make_lvis_like_gt(6, _categories(), seed=0, with_masks=True, image_size=IMAGE_SIZE, sampling_power=0.2)
+    gt = make_lvis_like_gt(
+        6, _categories(), seed=0, with_masks=True, image_size=IMAGE_SIZE, sampling_power=0.2
+    )
     dets = make_detections(gt, 40, seed=1, with_masks=True)
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(gt))
     ids = sorted(c["id"] for c in gt["categories"])
     id_map = {d: i for i, d in enumerate(ids)}
     name = f"lt_test_boundary_{uuid.uuid4().hex[:8]}"
-    MetadataCatalog.get(name).set(json_file=str(path), evaluator_type="lvis", thing_dataset_id_to_contiguous_id=id_map)
+    MetadataCatalog.get(name).set(
+        json_file=str(path), evaluator_type="lvis", thing_dataset_id_to_contiguous_id=id_map
+    )
     try:
-        ev = LTLVISEvaluator(name, ("segm", "boundary"), distributed=False, output_dir=str(tmp_path / "out"))
+        ev = LTLVISEvaluator(
+            name, ("segm", "boundary"), distributed=False, output_dir=str(tmp_path / "out")
+        )
         ev.reset()
         for k, d in dets.items():
-            ev.process([{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map, True)}])
+            ev.process(
+                [{"image_id": k}],
+                [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map, True)}],
+            )
         out = ev.evaluate()
     finally:
         MetadataCatalog.remove(name)
-    results = [{k: v for k, v in r.items() if k != "bbox"} for r in detections_to_results(dets, True)]
+    results = [
+        {k: v for k, v in r.items() if k != "bbox"} for r in detections_to_results(dets, True)
+    ]
     ref = _reference(str(path), results)
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"):
         r, o = float(ref[key]), out["boundary"][key] / 100.0

@@ -1,5 +1,6 @@
 """LTCOCOEvaluator: parity with pycocotools (box, mask), AP1-AP4 bins against independent
 pycocotools runs restricted to each bin's classes, empty bins named, per-category csv."""
+
 import contextlib
 import copy
 import csv
@@ -11,7 +12,12 @@ import numpy as np
 import pytest
 
 from lt_detectron.evaluation import LTCOCOEvaluator
-from lt_detectron.utils.testing import detections_to_instances, detections_to_results, make_detections, make_lvis_like_gt
+from lt_detectron.utils.testing import (
+    detections_to_instances,
+    detections_to_results,
+    make_detections,
+    make_lvis_like_gt,
+)
 
 from .test_evaluation_lvis import IMAGE_SIZE, FakeStats
 
@@ -21,10 +27,25 @@ COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 def _coco_gt(num_images=16, with_masks=False):
     # training counts: bins [1,10) 3 classes, [10,100) 4, [100,1000) 0 (empty), [1000,inf) 3, 0 instances: 1
     inst = [2, 5, 9, 10, 40, 60, 99, 1000, 4000, 20000, 0]
-    cats = [{"id": 10 + i, "name": f"c{i}", "supercategory": "x", "image_count": max(1, n // 2), "instance_count": n}
-            for i, n in enumerate(inst)]
-    gt = make_lvis_like_gt(num_images, cats, seed=4, with_masks=with_masks, image_size=IMAGE_SIZE,
-                           sampling_power=0.0, mean_classes_per_image=3)
+    cats = [
+        {
+            "id": 10 + i,
+            "name": f"c{i}",
+            "supercategory": "x",
+            "image_count": max(1, n // 2),
+            "instance_count": n,
+        }
+        for i, n in enumerate(inst)
+    ]
+    gt = make_lvis_like_gt(
+        num_images,
+        cats,
+        seed=4,
+        with_masks=with_masks,
+        image_size=IMAGE_SIZE,
+        sampling_power=0.0,
+        mean_classes_per_image=3,
+    )
     for im in gt["images"]:  # plain COCO format
         im.pop("neg_category_ids")
         im.pop("not_exhaustive_category_ids")
@@ -61,14 +82,21 @@ def test_coco_lt_parity_bins_and_csv(tmp_path, with_masks):
     path.write_text(json.dumps(gt))
     ids = sorted(c["id"] for c in cats)
     id_map = {d: i for i, d in enumerate(ids)}
-    MetadataCatalog.get(name).set(json_file=str(path), evaluator_type="coco_lt", thing_dataset_id_to_contiguous_id=id_map)
+    MetadataCatalog.get(name).set(
+        json_file=str(path), evaluator_type="coco_lt", thing_dataset_id_to_contiguous_id=id_map
+    )
     tasks = ("bbox", "segm") if with_masks else ("bbox",)
     try:
         stats = FakeStats(cats)
-        ev = LTCOCOEvaluator(name, tasks, distributed=False, output_dir=str(tmp_path / "out"), class_stats=stats)
+        ev = LTCOCOEvaluator(
+            name, tasks, distributed=False, output_dir=str(tmp_path / "out"), class_stats=stats
+        )
         ev.reset()
         for k, d in dets.items():
-            ev.process([{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map, with_masks)}])
+            ev.process(
+                [{"image_id": k}],
+                [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map, with_masks)}],
+            )
         out = ev.evaluate()
     finally:
         MetadataCatalog.remove(name)
@@ -76,7 +104,9 @@ def test_coco_lt_parity_bins_and_csv(tmp_path, with_masks):
     counts = np.array([c["instance_count"] for c in cats])
     bins = [(1, 10), (10, 100), (100, 1000), (1000, np.inf)]
     for task in tasks:
-        drop = "bbox" if task == "segm" else "segmentation"  # Detectron2 drops the box of mask results
+        drop = (
+            "bbox" if task == "segm" else "segmentation"
+        )  # Detectron2 drops the box of mask results
         res = [{k: v for k, v in r.items() if k != drop} for r in results]
         ref = _pycoco(str(path), res, task)
         for i, k in enumerate(COCO_METRICS):
@@ -109,7 +139,12 @@ def test_pycocotools_backend_matches(tmp_path):
 
     gt, _ = _coco_gt(num_images=6)
     dets = make_detections(gt, 40, seed=2)
-    arr = np.array([[r["image_id"], *r["bbox"], r["score"], r["category_id"]] for r in detections_to_results(dets)])
+    arr = np.array(
+        [
+            [r["image_id"], *r["bbox"], r["score"], r["category_id"]]
+            for r in detections_to_results(dets)
+        ]
+    )
     a, pa, _ = evaluate_coco_predictions(gt, arr, None, "bbox", backend="hotcoco")
     b, pb, _ = evaluate_coco_predictions(gt, arr, None, "bbox", backend="pycocotools")
     for k in a:

@@ -1,10 +1,10 @@
 """LTLVISEvaluator: parity with lvis-api 0.5.3 (box and mask), cap, per-category / per-group
 values against independent lvis-api runs, distributed == single process, clear errors."""
+
 import copy
 import csv
 import json
 import logging
-import os
 import uuid
 
 import numpy as np
@@ -31,7 +31,15 @@ def _categories():
         freq = "rcf"[i % 3]
         img = {"r": 5, "c": 50, "f": 500}[freq] + int(rng.integers(0, 5))
         inst = int(img * (1 + (i % 4)) + (2000 if i % 7 == 0 else 0))
-        cats.append({"id": i * 2, "name": f"cls{i}", "frequency": freq, "image_count": img, "instance_count": inst})
+        cats.append(
+            {
+                "id": i * 2,
+                "name": f"cls{i}",
+                "frequency": freq,
+                "image_count": img,
+                "instance_count": inst,
+            }
+        )
     return cats
 
 
@@ -57,8 +65,15 @@ class FakeStats:
 
 def _make(num_images=24, with_masks=False, seed=0):
     cats = _categories()
-    gt = make_lvis_like_gt(num_images, cats, seed=seed, with_masks=with_masks, image_size=IMAGE_SIZE,
-                           empty_class_ids=[cats[i]["id"] for i in EMPTY], sampling_power=0.2)
+    gt = make_lvis_like_gt(
+        num_images,
+        cats,
+        seed=seed,
+        with_masks=with_masks,
+        image_size=IMAGE_SIZE,
+        empty_class_ids=[cats[i]["id"] for i in EMPTY],
+        sampling_power=0.2,
+    )
     # 300-per-image cap exercised: 340 detections per image
     dets = make_detections(gt, 300, seed=seed + 1, with_masks=with_masks, extra_over_cap=40)
     return gt, dets
@@ -71,9 +86,12 @@ def _register(tmp_path, gt, evaluator_type="lvis"):
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(gt))
     ids = sorted(c["id"] for c in gt["categories"])
-    MetadataCatalog.get(name).set(json_file=str(path), evaluator_type=evaluator_type,
-                                  thing_classes=[str(i) for i in ids],
-                                  thing_dataset_id_to_contiguous_id={d: i for i, d in enumerate(ids)})
+    MetadataCatalog.get(name).set(
+        json_file=str(path),
+        evaluator_type=evaluator_type,
+        thing_classes=[str(i) for i in ids],
+        thing_dataset_id_to_contiguous_id={d: i for i, d in enumerate(ids)},
+    )
     return name, str(path), {d: i for i, d in enumerate(ids)}
 
 
@@ -106,16 +124,30 @@ def _lvis_api(gt_path, results, iou_type, cat_ids=None):
     return {k: float(v) for k, v in ev.results.items()}
 
 
-def _run_evaluator(name, gt, dets, tasks, out_dir, id_map, class_stats=None, backend="auto", distributed=False):
-    ev = LTLVISEvaluator(name, tasks, distributed=distributed, output_dir=out_dir, class_stats=class_stats,
-                         backend=backend)
+def _run_evaluator(
+    name, gt, dets, tasks, out_dir, id_map, class_stats=None, backend="auto", distributed=False
+):
+    ev = LTLVISEvaluator(
+        name,
+        tasks,
+        distributed=distributed,
+        output_dir=out_dir,
+        class_stats=class_stats,
+        backend=backend,
+    )
     ev.reset()
     imgs = {im["id"]: im for im in gt["images"]}
     items = list(dets.items())
     for i in range(0, len(items), 2):  # batches of 2 images
-        batch = items[i:i + 2]
-        inputs = [{"image_id": k, "height": imgs[k]["height"], "width": imgs[k]["width"]} for k, _ in batch]
-        outputs = [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map, "segm" in tasks)} for _, d in batch]
+        batch = items[i : i + 2]
+        inputs = [
+            {"image_id": k, "height": imgs[k]["height"], "width": imgs[k]["width"]}
+            for k, _ in batch
+        ]
+        outputs = [
+            {"instances": detections_to_instances(d, IMAGE_SIZE, id_map, "segm" in tasks)}
+            for _, d in batch
+        ]
         ev.process(inputs, outputs)
     return ev.evaluate()
 
@@ -140,7 +172,9 @@ def test_numpy_compat_is_local():
     assert "float" not in np.__dict__  # numpy itself untouched
 
 
-@pytest.mark.parametrize("tasks", [("bbox",), pytest.param(("bbox", "segm"), marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "tasks", [("bbox",), pytest.param(("bbox", "segm"), marks=pytest.mark.slow)]
+)
 def test_parity_with_lvis_api_through_instances(tmp_path, registered, tasks):
     with_masks = "segm" in tasks
     gt, dets = _make(with_masks=with_masks)
@@ -213,7 +247,9 @@ def test_groups_fall_back_to_gt_json_counts(tmp_path, registered):
 def _feed(ev, dets, id_map):
     ev.reset()
     for k, d in dets.items():
-        ev.process([{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map)}])
+        ev.process(
+            [{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map)}]
+        )
     return ev.evaluate()
 
 
@@ -232,15 +268,21 @@ def test_group_edges_from_the_config(tmp_path, registered):
     cfg.MODEL.LT.GROUP_EDGES = [100, 2000]
     counts = {c["id"]: c["instance_count"] for c in gt["categories"]}
     groups = {"[0,100)": (0, 100), "[100,2000)": (100, 2000), "[2000,inf)": (2000, float("inf"))}
-    results = [{k: v for k, v in r.items() if k != "segmentation"} for r in detections_to_results(dets)]
+    results = [
+        {k: v for k, v in r.items() if k != "segmentation"} for r in detections_to_results(dets)
+    ]
     name, gt_path, id_map = registered(gt)
     out = _feed(LTTrainer.build_evaluator(cfg, name, str(tmp_path / "lvis")), dets, id_map)["bbox"]
     assert [k for k in out if k.startswith("AP[")] == ["AP" + g for g in groups]
     for g, (lo, hi) in groups.items():
-        ref = _lvis_api(gt_path, results, "bbox", cat_ids=[c for c, n in counts.items() if lo <= n < hi])["AP"]
+        ref = _lvis_api(
+            gt_path, results, "bbox", cat_ids=[c for c, n in counts.items() if lo <= n < hi]
+        )["AP"]
         assert abs(out["AP" + g] / 100 - ref) <= 1e-4, g
     coco_name, _, _ = registered(gt, evaluator_type="coco_lt")
-    out = _feed(LTTrainer.build_evaluator(cfg, coco_name, str(tmp_path / "coco")), dets, id_map)["bbox"]
+    out = _feed(LTTrainer.build_evaluator(cfg, coco_name, str(tmp_path / "coco")), dets, id_map)[
+        "bbox"
+    ]
     assert [k for k in out if k in ("AP1", "AP2", "AP3", "AP4")] == ["AP1", "AP2", "AP3"]
     cfg.MODEL.LT.GROUP_EDGES = [100, 10]
     with pytest.raises(ValueError, match=r"MODEL.LT.GROUP_EDGES.*strictly increasing"):
@@ -298,15 +340,19 @@ def _dist_worker(rank, world, init_file, gt, dets, out_json, out_dir):
     comm._LOCAL_PROCESS_GROUP = dist.new_group([0, 1])  # detectron2 expects it after init
     ids = sorted(c["id"] for c in gt["categories"])
     name = "lt_test_dist"
-    MetadataCatalog.get(name).set(json_file=out_json + ".gt.json",
-                                  thing_dataset_id_to_contiguous_id={d: i for i, d in enumerate(ids)})
+    MetadataCatalog.get(name).set(
+        json_file=out_json + ".gt.json",
+        thing_dataset_id_to_contiguous_id={d: i for i, d in enumerate(ids)},
+    )
     id_map = {d: i for i, d in enumerate(ids)}
     all_res = {}
     for variant, directory in (("output_dir", out_dir), ("tempdir", None)):
         ev = LTLVISEvaluator(name, ("bbox",), distributed=True, output_dir=directory)
         ev.reset()
         for k, d in list(dets.items())[rank::world]:
-            ev.process([{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map)}])
+            ev.process(
+                [{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map)}]
+            )
         res = ev.evaluate()
         if rank != 0:
             assert res == {}
@@ -329,7 +375,12 @@ def test_distributed_two_processes_equals_single(tmp_path, registered):
     with open(out_json + ".gt.json", "w") as f:
         json.dump(gt, f)
     out_dir = str(tmp_path / "dist_out")
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), gt, dets, out_json, out_dir), nprocs=2, join=True)
+    mp.spawn(
+        _dist_worker,
+        args=(2, str(tmp_path / "init"), gt, dets, out_json, out_dir),
+        nprocs=2,
+        join=True,
+    )
     with open(out_json) as f:
         dist_res = json.load(f)
     for variant in ("output_dir", "tempdir"):

@@ -1,6 +1,7 @@
 """The user-guide example (examples/custom_meta_arch.py): a meta-architecture of one's own that
 reuses an lt_detectron loss (tensors in/out) or the box head, built from Detectron2's registry and
 trained for a few iterations on the embedded dataset."""
+
 import math
 import os
 import sys
@@ -98,7 +99,9 @@ def test_eqlv2_loss_head_trains(batch):
     assert inst.pred_classes.max() < model.num_classes and torch.isfinite(inst.scores).all()
 
 
-@pytest.mark.parametrize("loss,head", [("eqlv2", "predictor"), ("bags", "predictor"), ("c2am", "loss")])
+@pytest.mark.parametrize(
+    "loss,head", [("eqlv2", "predictor"), ("bags", "predictor"), ("c2am", "loss")]
+)
 def test_other_heads_train(batch, loss, head):
     torch.manual_seed(0)
     model = build_model(example.example_cfg(loss, head))

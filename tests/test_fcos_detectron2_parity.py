@@ -3,6 +3,7 @@ inputs. The pieces ours takes from Detectron2 (points, labels, centerness target
 decode) give the numbers of the FCOS rule computed here independently; the pieces we keep (assignment,
 loss normalisers and centerness weighting, inference threshold and clipping) differ from Detectron2's
 exactly as lt_detectron/modeling/dense/fcos.py's docstring says, and agree where the rules coincide."""
+
 import math
 
 import pytest
@@ -32,7 +33,9 @@ def _model(sizes=(64, 128), radius=1.5):
 
 
 def _anchors(model, hw=HW):
-    return model.anchor_generator([torch.zeros(1, 1, hw[0] // s, hw[1] // s) for s in model.strides])
+    return model.anchor_generator(
+        [torch.zeros(1, 1, hw[0] // s, hw[1] // s) for s in model.strides]
+    )
 
 
 def _inst(boxes, classes):
@@ -53,18 +56,32 @@ def test_fcos_subclasses_detectron2s_and_keeps_its_checkpoint_keys():
     model = _model()
     assert isinstance(model, Detectron2FCOS)
     assert FCOS.compute_ctrness_targets is Detectron2FCOS.compute_ctrness_targets
-    assert not [k for k in model.state_dict() if not k.startswith(("backbone.", "head."))]  # no anchor buffers
+    assert not [
+        k for k in model.state_dict() if not k.startswith(("backbone.", "head."))
+    ]  # no anchor buffers
 
 
 def test_points_are_detectron2s_at_the_cell_centres():
     model = _model()
-    d2 = Detectron2FCOS(backbone=model.backbone, head=model.head, head_in_features=["p3", "p4", "p5"],
-                        num_classes=C, pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3)
+    d2 = Detectron2FCOS(
+        backbone=model.backbone,
+        head=model.head,
+        head_in_features=["p3", "p4", "p5"],
+        num_classes=C,
+        pixel_mean=[0.0] * 3,
+        pixel_std=[1.0] * 3,
+    )
     feats = [torch.zeros(1, 1, 3, 4) for _ in model.strides]
-    for s, ours, theirs in zip(model.strides, model.anchor_generator(feats), d2.anchor_generator(feats)):
-        expect = [[(j + 0.5) * s, (i + 0.5) * s] for i in range(3) for j in range(4)]  # FCOS: j s + s // 2
+    for s, ours, theirs in zip(
+        model.strides, model.anchor_generator(feats), d2.anchor_generator(feats)
+    ):
+        expect = [
+            [(j + 0.5) * s, (i + 0.5) * s] for i in range(3) for j in range(4)
+        ]  # FCOS: j s + s // 2
         assert ours.get_centers().tolist() == expect
-        assert (ours.tensor[:, 2] - ours.tensor[:, 0]).eq(s).all()  # width = stride (unit of the radius)
+        assert (
+            (ours.tensor[:, 2] - ours.tensor[:, 0]).eq(s).all()
+        )  # width = stride (unit of the radius)
         assert torch.equal(theirs.tensor, ours.tensor)
 
 
@@ -95,9 +112,13 @@ def test_assignment_differs_from_detectron2s_where_documented():
     model0 = _model(radius=0.0)
     gt = [_inst([[10, 10, 50, 40]], [1])]
     ours = model0.match_anchors(anchors, gt)[0]
-    centers = Boxes.cat(anchors).get_centers()[:32 * 32]  # p3: max(l, t, r, b) < 40 <= 64 everywhere inside
-    inside = (centers[:, 0] > 10) & (centers[:, 0] < 50) & (centers[:, 1] > 10) & (centers[:, 1] < 40)
-    assert torch.equal(ours[:32 * 32] == 0, inside) and inside.sum() == 20
+    centers = Boxes.cat(anchors).get_centers()[
+        : 32 * 32
+    ]  # p3: max(l, t, r, b) < 40 <= 64 everywhere inside
+    inside = (
+        (centers[:, 0] > 10) & (centers[:, 0] < 50) & (centers[:, 1] > 10) & (centers[:, 1] < 40)
+    )
+    assert torch.equal(ours[: 32 * 32] == 0, inside) and inside.sum() == 20
     assert (Detectron2FCOS.match_anchors(model0, anchors, gt)[0] == -1).all()
     # 3. an image without boxes: all background here, detectron2's cannot reduce over zero boxes
     empty = [_inst([], [])]
@@ -129,7 +150,9 @@ def test_labels_ltrb_and_centerness_targets_from_detectron2_equal_the_fcos_rule(
         l, t, rr, b = x - x0, y - y0, x1 - x, y1 - y
         assert labels[0][r] == classes[i]
         assert ltrb[r].tolist() == pytest.approx([l, t, rr, b], rel=1e-6)
-        assert ctr[r].item() == pytest.approx(math.sqrt(min(l, rr) / max(l, rr) * min(t, b) / max(t, b)), rel=1e-5)
+        assert ctr[r].item() == pytest.approx(
+            math.sqrt(min(l, rr) / max(l, rr) * min(t, b) / max(t, b)), rel=1e-5
+        )
     assert n_pos > 10
 
 
@@ -167,14 +190,22 @@ def test_losses_against_detectron2s(seed):
     pred = torch.cat([pts - d[:, :2], pts + d[:, 2:]], dim=1)
     tgt = torch.stack([m.tensor for m in matched])[pos]
     t = torch.cat([pts - tgt[:, :2], tgt[:, 2:] - pts], dim=1)
-    w = torch.sqrt(t[:, [0, 2]].min(1).values / t[:, [0, 2]].max(1).values
-                   * t[:, [1, 3]].min(1).values / t[:, [1, 3]].max(1).values)
+    w = torch.sqrt(
+        t[:, [0, 2]].min(1).values
+        / t[:, [0, 2]].max(1).values
+        * t[:, [1, 3]].min(1).values
+        / t[:, [1, 3]].max(1).values
+    )
     per_loc = giou_loss(pred, tgt, reduction="none")
     torch.testing.assert_close(theirs["loss_fcos_loc"] * ema, per_loc.sum(), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(ours["loss_fcos_loc"], (per_loc * w).sum() / w.sum(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ours["loss_fcos_loc"], (per_loc * w).sum() / w.sum(), rtol=1e-5, atol=1e-6
+    )
     # and the focal sum is fvcore's sigmoid focal loss of the one-hot targets (background column dropped)
     onehot = F.one_hot(torch.stack(labels), C + 1)[..., :C].float()
-    focal = sigmoid_focal_loss(torch.cat(logits, dim=1), onehot, alpha=0.25, gamma=2.0, reduction="sum")
+    focal = sigmoid_focal_loss(
+        torch.cat(logits, dim=1), onehot, alpha=0.25, gamma=2.0, reduction="sum"
+    )
     torch.testing.assert_close(ours["loss_fcos_cls"] * num_pos, focal)
 
 
@@ -216,8 +247,17 @@ def test_inference_is_the_reference_rule(thresh, topk):
     model.test_score_thresh, model.test_topk_candidates = thresh, topk
     anchors, logits, deltas, ctrs, hw = _inference_inputs(model, 3)
     out = model.inference_single_image(anchors, logits, deltas, ctrs, hw)
-    boxes, scores, classes = _reference_inference(anchors, logits, deltas, ctrs, hw, thresh, topk,
-                                                  model.test_nms_thresh, model.max_detections_per_image)
+    boxes, scores, classes = _reference_inference(
+        anchors,
+        logits,
+        deltas,
+        ctrs,
+        hw,
+        thresh,
+        topk,
+        model.test_nms_thresh,
+        model.max_detections_per_image,
+    )
     assert len(out) == len(scores) > 5
     torch.testing.assert_close(out.pred_boxes.tensor, boxes)
     torch.testing.assert_close(out.scores, scores)
@@ -228,7 +268,9 @@ def test_inference_equals_detectron2s_without_threshold_and_clipping_and_differs
     model = _model()
     model.test_score_thresh = 0.0
     anchors, logits, deltas, ctrs, hw = _inference_inputs(model, 4, hw=(256, 256))
-    deltas = [d.clamp(max=3.0) for d in deltas]  # every box inside the image: clipping changes nothing
+    deltas = [
+        d.clamp(max=3.0) for d in deltas
+    ]  # every box inside the image: clipping changes nothing
     scores = [torch.sqrt(lg.sigmoid() * ct.sigmoid()) for lg, ct in zip(logits, ctrs)]
     ours = model.inference_single_image(anchors, logits, deltas, ctrs, hw)
     theirs = Detectron2FCOS.inference_single_image(model, anchors, scores, deltas, hw)
@@ -244,4 +286,6 @@ def test_inference_equals_detectron2s_without_threshold_and_clipping_and_differs
     ctrs = [torch.full_like(ct, 10.0) for ct in ctrs]
     scores = [torch.sqrt(lg.sigmoid() * ct.sigmoid()) for lg, ct in zip(logits, ctrs)]
     assert len(model.inference_single_image(anchors, logits, deltas, ctrs, hw)) == 0
-    assert Detectron2FCOS.inference_single_image(model, anchors, scores, deltas, hw).pred_classes.tolist() == [2]
+    assert Detectron2FCOS.inference_single_image(
+        model, anchors, scores, deltas, hw
+    ).pred_classes.tolist() == [2]

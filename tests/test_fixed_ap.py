@@ -7,6 +7,7 @@ lvis-api 0.5.3: the top-k per class is Python's ``sorted(..., reverse=True)[:k]`
 ``LVISResults(max_dets=-1)`` and ``params.max_dets = -1``; pooled AP ranks the detections of a pool
 after lvis-api's own per-image, per-category matching.
 """
+
 import copy
 import json
 import logging
@@ -19,8 +20,17 @@ import torch
 
 from lt_detectron.compat import ensure_lvis_numpy_compat
 from lt_detectron.evaluation import LTLVISEvaluator, evaluate_lvis_predictions
-from lt_detectron.modeling.topk_inference import ClassTopKThresholds, topk_per_class_inference, topk_per_group_mask
-from lt_detectron.utils.testing import detections_to_instances, detections_to_results, make_detections, make_lvis_like_gt
+from lt_detectron.modeling.topk_inference import (
+    ClassTopKThresholds,
+    topk_per_class_inference,
+    topk_per_group_mask,
+)
+from lt_detectron.utils.testing import (
+    detections_to_instances,
+    detections_to_results,
+    make_detections,
+    make_lvis_like_gt,
+)
 
 from .test_evaluation_lvis import IMAGE_SIZE, _categories
 
@@ -47,7 +57,10 @@ def _lvis_eval(gt_path, results, iou_type, max_dets=-1, only_all_area=False):
     ev = LVISEval(gt, LVISResults(gt, copy.deepcopy(results), max_dets=max_dets), iou_type)
     ev.params.max_dets = max_dets
     if only_all_area:
-        ev.params.area_rng, ev.params.area_rng_lbl = ev.params.area_rng[:1], ev.params.area_rng_lbl[:1]
+        ev.params.area_rng, ev.params.area_rng_lbl = (
+            ev.params.area_rng[:1],
+            ev.params.area_rng_lbl[:1],
+        )
     return ev
 
 
@@ -65,7 +78,9 @@ def _reference_pooled(ev, pool_idx):
     if num_gt == 0:
         return float("nan")
     tps = np.cumsum(np.logical_and(dt_m, np.logical_not(dt_ig)), axis=1).astype(float)
-    fps = np.cumsum(np.logical_and(np.logical_not(dt_m), np.logical_not(dt_ig)), axis=1).astype(float)
+    fps = np.cumsum(np.logical_and(np.logical_not(dt_m), np.logical_not(dt_ig)), axis=1).astype(
+        float
+    )
     prec = []
     for tp, fp in zip(tps, fps):
         rc = tp / num_gt
@@ -85,8 +100,15 @@ def _reference_pooled(ev, pool_idx):
 # ---------------------------------------------------------------- data
 def _make(num_images=10, with_masks=False, seed=0):
     cats = _categories()
-    gt = make_lvis_like_gt(num_images, cats, seed=seed, with_masks=with_masks, image_size=IMAGE_SIZE,
-                           empty_class_ids=[cats[5]["id"]], sampling_power=0.2)
+    gt = make_lvis_like_gt(
+        num_images,
+        cats,
+        seed=seed,
+        with_masks=with_masks,
+        image_size=IMAGE_SIZE,
+        empty_class_ids=[cats[5]["id"]],
+        sampling_power=0.2,
+    )
     # 420 per image (> the 300 cap), many per image and class, quantized scores (ties)
     dets = make_detections(gt, 300, seed=seed + 1, with_masks=with_masks, extra_over_cap=120)
     return gt, dets
@@ -104,7 +126,9 @@ def registered(tmp_path):
         path.write_text(json.dumps(gt))
         ids = sorted(c["id"] for c in gt["categories"])
         id_map = {d: i for i, d in enumerate(ids)}
-        MetadataCatalog.get(name).set(json_file=str(path), evaluator_type="lvis", thing_dataset_id_to_contiguous_id=id_map)
+        MetadataCatalog.get(name).set(
+            json_file=str(path), evaluator_type="lvis", thing_dataset_id_to_contiguous_id=id_map
+        )
         names.append(name)
         return name, str(path), id_map
 
@@ -117,7 +141,10 @@ def _run(name, dets, id_map, tasks=("bbox",), out_dir=None, **kw):
     ev = LTLVISEvaluator(name, tasks, distributed=False, output_dir=out_dir, **kw)
     ev.reset()
     for k, d in dets.items():
-        ev.process([{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map, "segm" in tasks)}])
+        ev.process(
+            [{"image_id": k}],
+            [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map, "segm" in tasks)}],
+        )
     return ev, ev.evaluate()
 
 
@@ -175,17 +202,27 @@ def test_inference_without_thresholds_is_detectron2s():
     from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 
     g = torch.Generator().manual_seed(2)
-    boxes = [torch.rand(30, 12, generator=g) * 40 + torch.tensor([0, 0, 40, 40] * 3) for _ in range(2)]
+    boxes = [
+        torch.rand(30, 12, generator=g) * 40 + torch.tensor([0, 0, 40, 40] * 3) for _ in range(2)
+    ]
     scores = [torch.softmax(torch.randn(30, 4, generator=g), 1) for _ in range(2)]
     ours, ours_idx = topk_per_class_inference(boxes, scores, [(90, 90)] * 2, 0.05, 0.5)
     ref, ref_idx = fast_rcnn_inference(boxes, scores, [(90, 90)] * 2, 0.05, 0.5, -1)
     for a, b, ia, ib in zip(ours, ref, ours_idx, ref_idx):
-        assert torch.equal(a.scores, b.scores) and torch.equal(a.pred_classes, b.pred_classes) and torch.equal(ia, ib)
+        assert (
+            torch.equal(a.scores, b.scores)
+            and torch.equal(a.pred_classes, b.pred_classes)
+            and torch.equal(ia, ib)
+        )
     thr = torch.tensor([0.2, 0.0, 1.1])
-    cut, _ = topk_per_class_inference(boxes, scores, [(90, 90)] * 2, 0.05, 0.5, class_thresholds=thr)
+    cut, _ = topk_per_class_inference(
+        boxes, scores, [(90, 90)] * 2, 0.05, 0.5, class_thresholds=thr
+    )
     for a, b in zip(cut, ref):
         sel = b.scores >= thr[b.pred_classes]
-        assert torch.equal(a.scores, b.scores[sel]) and torch.equal(a.pred_classes, b.pred_classes[sel])
+        assert torch.equal(a.scores, b.scores[sel]) and torch.equal(
+            a.pred_classes, b.pred_classes[sel]
+        )
     capped, _ = topk_per_class_inference(boxes, scores, [(90, 90)] * 2, 0.05, 0.5, topk_per_class=2)
     assert all(int(torch.bincount(i.pred_classes).max()) <= 2 for i in capped)
     with pytest.raises(ValueError, match="TOPK_PER_CLASS"):
@@ -197,14 +234,23 @@ def test_inference_without_thresholds_is_detectron2s():
 def test_fixed_ap_equals_authors_procedure_on_lvis_api(tmp_path, registered, backend):
     gt, dets = _make()
     name, gt_path, id_map = registered(gt)
-    results = [{k: v for k, v in r.items() if k != "segmentation"} for r in detections_to_results(dets)]
+    results = [
+        {k: v for k, v in r.items() if k != "segmentation"} for r in detections_to_results(dets)
+    ]
     per_cat = defaultdict(int)
     for r in results:
         per_cat[r["category_id"]] += 1
     assert max(per_cat.values()) > K and min(per_cat.values()) < K  # both regimes
     assert max(len(d["scores"]) for d in dets.values()) > 300  # no per-image cap in Fixed AP
-    _, out = _run(name, dets, id_map, ap_protocol="fixed", topk_per_class=K, backend=backend,
-                  out_dir=str(tmp_path / "out"))
+    _, out = _run(
+        name,
+        dets,
+        id_map,
+        ap_protocol="fixed",
+        topk_per_class=K,
+        backend=backend,
+        out_dir=str(tmp_path / "out"),
+    )
     ref_ev = _lvis_eval(gt_path, _authors_topk(results, K), "bbox", max_dets=-1)
     ref_ev.run()
     ref = ref_ev.results
@@ -223,13 +269,19 @@ def test_fixed_ap_differs_from_standard_and_prunes_exactly(registered):
     name, _, id_map = registered(gt)
     _, std = _run(name, dets, id_map)
     ev, fixed = _run(name, dets, id_map, ap_protocol="fixed", topk_per_class=K)
-    assert std["bbox"]["AP"] != fixed["bbox"]["AP"] and "AR@300" in std["bbox"] and "AR" in fixed["bbox"]
+    assert (
+        std["bbox"]["AP"] != fixed["bbox"]["AP"]
+        and "AR@300" in std["bbox"]
+        and "AR" in fixed["bbox"]
+    )
     # pruning while collecting (forced after every image) gives the same result
     ev2 = LTLVISEvaluator(name, ("bbox",), distributed=False, ap_protocol="fixed", topk_per_class=K)
     ev2.reset()
     for k, d in dets.items():
         ev2._prune_at = 1
-        ev2.process([{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map)}])
+        ev2.process(
+            [{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map)}]
+        )
     assert ev2._num_rows <= K * len(gt["categories"])
     assert ev2.evaluate()["bbox"] == fixed["bbox"]
 
@@ -239,7 +291,9 @@ def test_fixed_ap_masks_equal_authors_procedure(registered):
     gt, dets = _make(num_images=6, with_masks=True)
     name, gt_path, id_map = registered(gt)
     _, out = _run(name, dets, id_map, tasks=("bbox", "segm"), ap_protocol="fixed", topk_per_class=K)
-    results = [{k: v for k, v in r.items() if k != "bbox"} for r in detections_to_results(dets, True)]
+    results = [
+        {k: v for k, v in r.items() if k != "bbox"} for r in detections_to_results(dets, True)
+    ]
     ref_ev = _lvis_eval(gt_path, _authors_topk(results, K), "segm", max_dets=-1)
     ref_ev.run()
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"):
@@ -264,9 +318,13 @@ def test_pooled_ap_equals_authors_accumulation(registered, backend, protocol):
     name, gt_path, id_map = registered(gt)
     kw = dict(ap_protocol="fixed", topk_per_class=K) if protocol == "fixed" else {}
     _, out = _run(name, dets, id_map, backend=backend, pooled_ap=True, **kw)
-    results = [{k: v for k, v in r.items() if k != "segmentation"} for r in detections_to_results(dets)]
+    results = [
+        {k: v for k, v in r.items() if k != "segmentation"} for r in detections_to_results(dets)
+    ]
     if protocol == "fixed":
-        ref_ev = _lvis_eval(gt_path, _authors_topk(results, K), "bbox", max_dets=-1, only_all_area=True)
+        ref_ev = _lvis_eval(
+            gt_path, _authors_topk(results, K), "bbox", max_dets=-1, only_all_area=True
+        )
     else:
         ref_ev = _lvis_eval(gt_path, results, "bbox", max_dets=300, only_all_area=True)
     ref_ev.evaluate()
@@ -282,14 +340,35 @@ def test_pooled_ap_equals_authors_accumulation(registered, backend, protocol):
 
 def test_pooled_ap_on_a_hand_computed_case(tmp_path):
     """Two classes, one image each: pooling ranks class b's FP above class a's TP."""
-    gt = {"images": [{"id": 1, "height": 50, "width": 50, "neg_category_ids": [2], "not_exhaustive_category_ids": []}],
-          "categories": [{"id": 1, "name": "a", "frequency": "f"}, {"id": 2, "name": "b", "frequency": "r"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100}]}
+    gt = {
+        "images": [
+            {
+                "id": 1,
+                "height": 50,
+                "width": 50,
+                "neg_category_ids": [2],
+                "not_exhaustive_category_ids": [],
+            }
+        ],
+        "categories": [
+            {"id": 1, "name": "a", "frequency": "f"},
+            {"id": 2, "name": "b", "frequency": "r"},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "area": 100}
+        ],
+    }
     dets = np.array([[1, 0, 0, 10, 10, 0.5, 1], [1, 20, 20, 10, 10, 0.9, 2]], np.float64)
     m, _, _ = evaluate_lvis_predictions(gt, dets, None, "bbox", pooled=True)
-    assert abs(m["AP"] - 1.0) < 1e-12  # class a: its only detection is a TP; class b has no GT (not averaged)
+    assert (
+        abs(m["AP"] - 1.0) < 1e-12
+    )  # class a: its only detection is a TP; class b has no GT (not averaged)
     # pooled: FP (0.9) then TP (0.5): recall 1 at precision 1/2 -> interpolated precision 0.5 everywhere
-    assert abs(m["APpool"] - 0.5) < 1e-12 and abs(m["APpool-f"] - 1.0) < 1e-12 and np.isnan(m["APpool-r"])
+    assert (
+        abs(m["APpool"] - 0.5) < 1e-12
+        and abs(m["APpool-f"] - 1.0) < 1e-12
+        and np.isnan(m["APpool-r"])
+    )
 
 
 # ---------------------------------------------------------------- wiring into the ROI box predictor
@@ -331,3 +410,49 @@ def test_box_predictor_keeps_topk_per_class_with_the_fixed_protocol():
     fixed.train()
     fixed.eval()  # a new evaluation: thresholds forgotten
     assert fixed.class_topk.thresholds is None and fixed.class_topk._scores is None
+
+
+def test_build_lt_evaluator_reads_the_protocol_keys(tmp_path, registered):
+    from detectron2.config import get_cfg
+    from detectron2.data import MetadataCatalog
+
+    from lt_detectron import add_lt_config
+    from lt_detectron.evaluation import LTCOCOEvaluator, build_lt_evaluator
+
+    gt, dets = _make(num_images=3)
+    name, _, id_map = registered(gt)
+    cfg = get_cfg()
+    add_lt_config(cfg)
+    cfg.DATASETS.TRAIN = ()
+    cfg.TEST.LT.AP_PROTOCOL, cfg.TEST.LT.TOPK_PER_CLASS, cfg.TEST.LT.POOLED_AP = "fixed", 7, True
+    cfg.TEST.LT.SAVE_RESULTS = False
+    ev = build_lt_evaluator(cfg, name, str(tmp_path / "out"))
+    assert (
+        isinstance(ev, LTLVISEvaluator) and ev.eval_max_dets == -1 and ev._topk == 7 and ev._pooled
+    )
+    ev.reset()
+    for k, d in dets.items():
+        ev.process(
+            [{"image_id": k}], [{"instances": detections_to_instances(d, IMAGE_SIZE, id_map)}]
+        )
+    res = ev.evaluate()["bbox"]
+    assert "APpool-r" in res and "AR" in res
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "lvis_metrics.json",
+        "lvis_per_category_bbox.csv",
+    ]
+    cfg.TEST.LT.BOUNDARY_AP = True
+    with pytest.raises(ValueError, match="MODEL.MASK_ON"):
+        build_lt_evaluator(cfg, name)
+    cfg.TEST.LT.BOUNDARY_AP = False
+    name = registered(gt)[0]
+    meta = MetadataCatalog.get(name)
+    MetadataCatalog.remove(name)
+    MetadataCatalog.get(name).set(**dict(meta.as_dict(), evaluator_type="coco_lt"))
+    with pytest.raises(ValueError, match="TEST.LT.AP_PROTOCOL standard"):
+        build_lt_evaluator(cfg, name)
+    cfg.TEST.LT.AP_PROTOCOL = "standard"
+    with pytest.raises(ValueError, match="TEST.LT.POOLED_AP False"):
+        build_lt_evaluator(cfg, name)
+    cfg.TEST.LT.POOLED_AP = False
+    assert isinstance(build_lt_evaluator(cfg, name), LTCOCOEvaluator)

@@ -1,5 +1,6 @@
 """The real-format fixtures (lt_detectron/utils/testing/real_formats.py) parse with the reference APIs and
 carry the real category tables."""
+
 import csv
 import filecmp
 import json
@@ -45,7 +46,12 @@ def test_lvis_parses_and_matches_shipped_table(fx):
         assert [c["id"] for c in cats] == list(range(1, 1204))
         for c, r in zip(cats, rows):
             assert (c["id"], c["name"], c["frequency"], c["image_count"], c["instance_count"]) == (
-                int(r["id"]), r["name"], r["frequency"], int(r["image_count"]), int(r["instance_count"]))
+                int(r["id"]),
+                r["name"],
+                r["frequency"],
+                int(r["image_count"]),
+                int(r["instance_count"]),
+            )
             assert c["synonyms"] and c["synset"] and c["def"]
         # the other fields are the real ones (detectron2 ships them, without the counts)
         real = {c["id"]: c for c in D2_LVIS_CATEGORIES}
@@ -58,15 +64,35 @@ def test_lvis_parses_and_matches_shipped_table(fx):
             assert name == "%012d.jpg" % img["id"]
             assert img["coco_url"] == "http://images.cocodataset.org/%s/%s" % (split_folder, name)
             assert os.path.isfile(os.path.join(fx["lvis_image_root"], split_folder, name))
-            for k in ("height", "width", "license", "flickr_url", "date_captured", "neg_category_ids",
-                      "not_exhaustive_category_ids"):
+            for k in (
+                "height",
+                "width",
+                "license",
+                "flickr_url",
+                "date_captured",
+                "neg_category_ids",
+                "not_exhaustive_category_ids",
+            ):
                 assert k in img, k
-            assert not set(img["neg_category_ids"]) & {a["category_id"] for a in api.img_ann_map[img["id"]]}
+            assert not set(img["neg_category_ids"]) & {
+                a["category_id"] for a in api.img_ann_map[img["id"]]
+            }
         for a in api.load_anns():
             img = api.imgs[a["image_id"]]
             x, y, w, h = a["bbox"]
-            assert w > 0 and h > 0 and x >= 0 and y >= 0 and x + w <= img["width"] and y + h <= img["height"]
-            assert a["area"] > 0 and isinstance(a["segmentation"], list) and len(a["segmentation"][0]) >= 6
+            assert (
+                w > 0
+                and h > 0
+                and x >= 0
+                and y >= 0
+                and x + w <= img["width"]
+                and y + h <= img["height"]
+            )
+            assert (
+                a["area"] > 0
+                and isinstance(a["segmentation"], list)
+                and len(a["segmentation"][0]) >= 6
+            )
     # LVIS v1 val draws from train2017 and val2017; train from train2017 only
     val_folders = {im["coco_url"].split("/")[-2] for im in _load(fx["lvis_v1_val"])["images"]}
     train_folders = {im["coco_url"].split("/")[-2] for im in _load(fx["lvis_v1_train"])["images"]}
@@ -86,12 +112,22 @@ def test_coco_parses_with_real_ids(fx):
     from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
     real = [(c["id"], c["name"]) for c in COCO_CATEGORIES if c["isthing"]]
-    for key, folder in (("coco_train", "train2017"), ("coco_val", "val2017"), ("coco_lt_train", "train2017")):
+    for key, folder in (
+        ("coco_train", "train2017"),
+        ("coco_val", "val2017"),
+        ("coco_lt_train", "train2017"),
+    ):
         api = COCO(fx[key])
         cats = api.loadCats(api.getCatIds())
         assert [(c["id"], c["name"]) for c in cats] == real
         assert max(c["id"] for c in cats) == 90 and len(cats) == 80
-        assert {c["supercategory"] for c in cats} >= {"person", "vehicle", "animal", "food", "indoor"}
+        assert {c["supercategory"] for c in cats} >= {
+            "person",
+            "vehicle",
+            "animal",
+            "food",
+            "indoor",
+        }
         assert next(c for c in cats if c["id"] == 90)["name"] == "toothbrush"
         assert next(c for c in cats if c["id"] == 1)["supercategory"] == "person"
         for img in api.loadImgs(api.getImgIds()):
@@ -111,7 +147,9 @@ def test_coco_parses_with_real_ids(fx):
     counted = {}
     for a in lt["annotations"]:
         counted[a["category_id"]] = counted.get(a["category_id"], 0) + 1
-    assert {c["id"]: c["instance_count"] for c in lt["categories"] if c["instance_count"]} == counted
+    assert {
+        c["id"]: c["instance_count"] for c in lt["categories"] if c["instance_count"]
+    } == counted
 
 
 def test_fixtures_are_deterministic(tmp_path):
@@ -123,8 +161,14 @@ def test_fixtures_are_deterministic(tmp_path):
         assert not filecmp.cmp(a[k], c[k], shallow=False), k
     names = sorted(os.listdir(a["coco_train_images"]))
     assert names == sorted(os.listdir(b["coco_train_images"]))
-    assert all(filecmp.cmp(os.path.join(a["coco_train_images"], n), os.path.join(b["coco_train_images"], n),
-                           shallow=False) for n in names)
+    assert all(
+        filecmp.cmp(
+            os.path.join(a["coco_train_images"], n),
+            os.path.join(b["coco_train_images"], n),
+            shallow=False,
+        )
+        for n in names
+    )
 
 
 def test_r50_pkl_loads_into_detectron2_backbone(fx):
@@ -135,7 +179,9 @@ def test_r50_pkl_loads_into_detectron2_backbone(fx):
 
     with open(fx["r50_pkl"], "rb") as f:
         blobs = pickle.load(f, encoding="latin1")
-    assert "model" not in blobs and "conv1_w" in blobs and "res5_2_branch2c_bn_s" in blobs  # MSRA blob names
+    assert (
+        "model" not in blobs and "conv1_w" in blobs and "res5_2_branch2c_bn_s" in blobs
+    )  # MSRA blob names
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in blobs.values())
 
     cfg = get_cfg()
@@ -158,9 +204,21 @@ def test_r50_pkl_loads_into_detectron2_backbone(fx):
         if k.startswith("stem.") or k.endswith(("running_mean", "running_var")):
             continue
         stage, block, conv, rest = k.split(".", 3)
-        branch = {"shortcut": "branch1", "conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c"}[conv]
-        expected[k] = "%s_%s_%s_%s" % (stage, block, branch, {"weight": "w", "norm.weight": "bn_s", "norm.bias": "bn_b"}[rest])
-    assert len(expected) == len(blobs) == 3 * (1 + 16 * 3 + 4)  # 53 convs of R-50, each w, bn_s, bn_b
+        branch = {
+            "shortcut": "branch1",
+            "conv1": "branch2a",
+            "conv2": "branch2b",
+            "conv3": "branch2c",
+        }[conv]
+        expected[k] = "%s_%s_%s_%s" % (
+            stage,
+            block,
+            branch,
+            {"weight": "w", "norm.weight": "bn_s", "norm.bias": "bn_b"}[rest],
+        )
+    assert (
+        len(expected) == len(blobs) == 3 * (1 + 16 * 3 + 4)
+    )  # 53 convs of R-50, each w, bn_s, bn_b
     for k, blob in expected.items():
         assert torch.equal(bottom_up[k], torch.from_numpy(blobs[blob])), k
     # folded statistics keep activations finite and of moderate scale under FrozenBN
@@ -171,8 +229,15 @@ def test_r50_pkl_loads_into_detectron2_backbone(fx):
 
 def test_make_fixtures_cli(tmp_path):
     out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tools", "make_fixtures.py"), str(tmp_path), "--no-weights"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            os.path.join(ROOT, "tools", "make_fixtures.py"),
+            str(tmp_path),
+            "--no-weights",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     paths = json.loads(out.stdout)

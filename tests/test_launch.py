@@ -1,5 +1,6 @@
 """Launching CPU (gloo) runs: several "machines" form one world, MODEL.DEVICE cpu is read from the
 merged config (YAML or command line), and the lt_detectron logs reach log.txt of a real run."""
+
 import importlib.util
 import json
 import os
@@ -62,14 +63,31 @@ def test_two_machines_form_one_gloo_world(tmp_path):
     script.write_text(_MACHINE % ROOT)
     url = "tcp://127.0.0.1:%d" % _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(script), str(r), url, str(tmp_path)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), url, str(tmp_path)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     infos = [json.load(open(tmp_path / ("rank%d.json" % r))) for r in (0, 1)]
     for r, info in enumerate(infos):
-        assert info == dict(rank=r, world=2, local_rank=0, local_size=1, backend="gloo", reduced=3.0, heavy_imports=[])
+        assert info == dict(
+            rank=r,
+            world=2,
+            local_rank=0,
+            local_size=1,
+            backend="gloo",
+            reduced=3.0,
+            heavy_imports=[],
+        )
 
 
 def test_default_timeout_is_detectron2s():
@@ -85,8 +103,12 @@ def test_world_checks_name_the_flag():
         launch_cpu(print, 1, num_machines=2, machine_rank=2, dist_url="tcp://127.0.0.1:1")
     with pytest.raises(ValueError, match=r"pass the same --dist-url tcp://"):
         launch_cpu(print, 1, num_machines=2, machine_rank=0, dist_url="auto")
-    with pytest.raises(ValueError, match=r"num_machines \(--num-machines\) must be an integer >= 1"):
-        launch_cpu(print, 1, "tcp://127.0.0.1:1")  # the old positional dist_url is refused, not misread
+    with pytest.raises(
+        ValueError, match=r"num_machines \(--num-machines\) must be an integer >= 1"
+    ):
+        launch_cpu(
+            print, 1, "tcp://127.0.0.1:1"
+        )  # the old positional dist_url is refused, not misread
 
 
 def test_single_process_runs_in_this_process():
@@ -96,7 +118,9 @@ def test_single_process_runs_in_this_process():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_cuda_is_a_clear_error():
-    with pytest.raises(RuntimeError, match="MODEL.DEVICE is 'cuda' but CUDA is not available.*MODEL.DEVICE cpu"):
+    with pytest.raises(
+        RuntimeError, match="MODEL.DEVICE is 'cuda' but CUDA is not available.*MODEL.DEVICE cpu"
+    ):
         launch_on_device("cuda", print, 2)
 
 
@@ -109,25 +133,49 @@ def train_net():
 
 
 @pytest.mark.parametrize(
-    "opts, device", [([], "cpu"), (["MODEL.DEVICE", "cpu"], "cpu"), (["MODEL.DEVICE", "cuda"], "cuda")]
+    "opts, device",
+    [([], "cpu"), (["MODEL.DEVICE", "cpu"], "cpu"), (["MODEL.DEVICE", "cuda"], "cuda")],
 )
 def test_device_comes_from_the_merged_config(train_net, monkeypatch, opts, device):
     """The YAML says cpu; the command line may override it. The launcher gets the machines flags."""
     calls = []
     monkeypatch.setattr(train_net, "launch_on_device", lambda *a, **k: calls.append((a, k)))
     args = train_net.argument_parser().parse_args(
-        ["--config-file", BASE, "--num-gpus", "2", "--num-machines", "3", "--machine-rank", "1",
-         "--dist-url", "tcp://10.0.0.1:1234"] + opts
+        [
+            "--config-file",
+            BASE,
+            "--num-gpus",
+            "2",
+            "--num-machines",
+            "3",
+            "--machine-rank",
+            "1",
+            "--dist-url",
+            "tcp://10.0.0.1:1234",
+        ]
+        + opts
     )
     train_net.launch_from_args(args)
-    (a, k), = calls
+    ((a, k),) = calls
     assert a[:3] == (device, train_net.main, 2)
     assert k == dict(num_machines=3, machine_rank=1, dist_url="tcp://10.0.0.1:1234", args=(args,))
 
 
 # ------------------------------------------------------------------------------------------ end to end
-_TINY = ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "1",
-         "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.DETECTIONS_PER_IMAGE", "20"]
+_TINY = [
+    "SOLVER.MAX_ITER",
+    "2",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "100",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "20",
+]
 
 
 def _small_val(tmp_path):
@@ -149,11 +197,21 @@ def test_yaml_cpu_two_processes_and_lt_logs_in_log_txt(tmp_path):
     """--num-gpus 2 with MODEL.DEVICE cpu only in the YAML: 2 gloo processes (was: CUDA assertion).
     The class-statistics table and the LVIS evaluator's AP-group table / csv path reach log.txt."""
     out_dir = tmp_path / "out"
-    cmd = [sys.executable, TRAIN_NET, "--config-file", BASE, "--num-gpus", "2"] + _small_val(tmp_path) + _TINY + [
-        "DATASETS.TEST", "('val8',)", "OUTPUT_DIR", str(out_dir)]
+    cmd = (
+        [sys.executable, TRAIN_NET, "--config-file", BASE, "--num-gpus", "2"]
+        + _small_val(tmp_path)
+        + _TINY
+        + ["DATASETS.TEST", "('val8',)", "OUTPUT_DIR", str(out_dir)]
+    )
     assert "MODEL.DEVICE" not in cmd
-    res = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    res = subprocess.run(
+        cmd,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     log = (out_dir / "log.txt").read_text()
     assert "Rank of current process: 0. World size: 2" in log
@@ -174,9 +232,27 @@ def test_train_net_two_machines_cpu(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [
         subprocess.Popen(
-            [sys.executable, TRAIN_NET, "--config-file", BASE, "--num-gpus", "1", "--num-machines", "2",
-             "--machine-rank", str(r), "--dist-url", url] + _TINY + ["DATASETS.TEST", "()", "OUTPUT_DIR", str(out_dir)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                TRAIN_NET,
+                "--config-file",
+                BASE,
+                "--num-gpus",
+                "1",
+                "--num-machines",
+                "2",
+                "--machine-rank",
+                str(r),
+                "--dist-url",
+                url,
+            ]
+            + _TINY
+            + ["DATASETS.TEST", "()", "OUTPUT_DIR", str(out_dir)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for r in (0, 1)
     ]

@@ -1,5 +1,6 @@
 """setup_lt_logger: the lt_detectron loggers write into Detectron2's log (stdout on rank 0, log.txt),
 once, however often it is called."""
+
 import logging
 
 import pytest
@@ -26,18 +27,26 @@ def lt_logger():
 def test_messages_reach_stdout_and_log_txt_once(tmp_path, capsys, lt_logger):
     out = tmp_path / "out"
     setup_lt_logger(str(out), distributed_rank=0, color=False)
-    setup_lt_logger(str(out), distributed_rank=0, color=False)  # LTTrainer calls it again after train_net
+    setup_lt_logger(
+        str(out), distributed_rank=0, color=False
+    )  # LTTrainer calls it again after train_net
     setup_lt_logger(str(out) + "/", distributed_rank=0, color=False)  # same file, other spelling
     assert len(_ours(lt_logger)) == 2  # one stdout, one log.txt
     # any lt_detectron.* module logger (getLogger(__name__)) propagates to it
-    logging.getLogger("lt_detectron.class_stats").info("class statistics built in 0.001s:\nTABLE-ROW")
-    logging.getLogger("lt_detectron.evaluation.lvis_evaluation").info("Per-category bbox AP written to X.csv")
+    logging.getLogger("lt_detectron.class_stats").info(
+        "class statistics built in 0.001s:\nTABLE-ROW"
+    )
+    logging.getLogger("lt_detectron.evaluation.lvis_evaluation").info(
+        "Per-category bbox AP written to X.csv"
+    )
     logging.getLogger("lt_detectron.engine.trainer").debug("debug line")
     for h in _ours(lt_logger):
         h.flush()
     text = (out / "log.txt").read_text()
     assert text.count("TABLE-ROW") == 1 and text.count("Per-category bbox AP written to X.csv") == 1
-    assert "lt_detectron.class_stats INFO: class statistics built" in text  # detectron2's file format
+    assert (
+        "lt_detectron.class_stats INFO: class statistics built" in text
+    )  # detectron2's file format
     printed = capsys.readouterr().out
     assert printed.count("TABLE-ROW") == 1 and printed.count("X.csv") == 1
 

@@ -20,6 +20,7 @@ is then only asked through the protocol: ``classifier_spec``, ``forward(logits, 
   and the same next loss);
 * two gloo ranks fed different data keep identical state (``all_reduce_sum`` where the method says).
 """
+
 import os
 
 import numpy as np
@@ -45,9 +46,23 @@ COUNTS = [200, 30, 5, 0]  # class 3 has no training instance
 C = len(COUNTS)
 D = 6  # feature width of the classifier built from the spec
 ITER = 12  # iteration given to the losses: BOFL's lambda = (floor(12 / 5) - 1) / 3 = 1/3 > 0
-STATS = ClassStats(("contract",), tuple("c%d" % i for i in range(C)), tuple(range(C)), COUNTS, [90, 20, 4, 0], 100,
-                   np.array(["f", "c", "r", "r"]))
-BOFL_OPTS = ("MODEL.LT.BOFL.ENABLED", True, "MODEL.LT.BOFL.BATCH_COUNTS", "image", "MODEL.LT.BOFL.ETA", 0.8)
+STATS = ClassStats(
+    ("contract",),
+    tuple("c%d" % i for i in range(C)),
+    tuple(range(C)),
+    COUNTS,
+    [90, 20, 4, 0],
+    100,
+    np.array(["f", "c", "r", "r"]),
+)
+BOFL_OPTS = (
+    "MODEL.LT.BOFL.ENABLED",
+    True,
+    "MODEL.LT.BOFL.BATCH_COUNTS",
+    "image",
+    "MODEL.LT.BOFL.ETA",
+    0.8,
+)
 ROI_CASES = [(n, ()) for n in ROI_LOSS_REGISTRY.names()]
 if "sigmoid" in ROI_LOSS_REGISTRY.names():
     ROI_CASES.append(("sigmoid", BOFL_OPTS))  # the BOFL-on-ROI extension
@@ -80,10 +95,12 @@ def build_dense(name):
 
 def _seeded(fn, seed=0):
     """fn with the global RNG re-seeded on every call (sampling losses become a function of the logits)."""
+
     def call(*args):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             return fn(*args)
+
     return call
 
 
@@ -101,8 +118,12 @@ def roi_inputs(loss, R, seed=0, scale=2.0, dtype=torch.float32, labels=None):
     gt_objects = [torch.unique(x[x < C]) for x in per_image]
     torch.manual_seed(seed)
     classifier = build_classifier(spec, D).to(dtype)
-    batch = ROIBatch(rois_per_image=[r0, R - r0], gt_classes_per_image=gt_objects, classifier=classifier,
-                     iteration=ITER)
+    batch = ROIBatch(
+        rois_per_image=[r0, R - r0],
+        gt_classes_per_image=gt_objects,
+        classifier=classifier,
+        iteration=ITER,
+    )
     return z.to(dtype), gt, batch
 
 
@@ -143,7 +164,12 @@ def test_roi_descent_raises_the_gt_probability(case):
 @pytest.mark.parametrize("case", ROI_CASES, ids=ROI_IDS)
 def test_roi_finite_on_edge_cases(case):
     loss = build_roi(case).train()
-    for R, scale, labels in ((0, 1.0, None), (6, 2.0, torch.full((6,), C)), (8, 1e4, None), (8, -1e4, None)):
+    for R, scale, labels in (
+        (0, 1.0, None),
+        (6, 2.0, torch.full((6,), C)),
+        (8, 1e4, None),
+        (8, -1e4, None),
+    ):
         z, gt, batch = roi_inputs(loss, R, seed=R, labels=labels)
         if abs(scale) > 100:
             z = torch.sign(torch.randn(z.shape, generator=torch.Generator().manual_seed(1))) * scale
@@ -151,7 +177,10 @@ def test_roi_finite_on_edge_cases(case):
         value = loss(z, gt, batch)
         assert value.dim() == 0 and torch.isfinite(value), (R, scale)
         value.backward()
-        assert z.grad is not None and z.grad.shape == z.shape and torch.isfinite(z.grad).all(), (R, scale)
+        assert z.grad is not None and z.grad.shape == z.shape and torch.isfinite(z.grad).all(), (
+            R,
+            scale,
+        )
         assert torch.isfinite(loss.predict_probs(z.detach())).all()
     for name, buf in loss.named_buffers():
         assert torch.isfinite(buf.float()).all(), name
@@ -162,10 +191,15 @@ def test_roi_gradcheck(case):
     """Numerical gradient in float64 at frozen state (eval mode) and fixed RNG (see the module docstring)."""
     loss = build_roi(case).double().eval()
     if not loss.exact_gradient:
-        pytest.skip("%s detaches logit-dependent terms (exact_gradient = False): no numerical check" % case[0])
+        pytest.skip(
+            "%s detaches logit-dependent terms (exact_gradient = False): no numerical check"
+            % case[0]
+        )
     z, gt, batch = roi_inputs(loss, 5, seed=3, scale=1.0, dtype=torch.float64)
     z.requires_grad_(True)
-    assert torch.autograd.gradcheck(_seeded(lambda x: loss(x, gt, batch)), (z,), eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(
+        _seeded(lambda x: loss(x, gt, batch)), (z,), eps=1e-6, atol=1e-5, rtol=1e-4
+    )
 
 
 def _train_roi(loss, steps, seed=0):
@@ -245,7 +279,12 @@ def test_dense_descent_raises_the_gt_probability(name):
 @pytest.mark.parametrize("name", DENSE_CASES)
 def test_dense_finite_on_edge_cases(name):
     loss = build_dense(name).train()
-    for M, scale, labels in ((0, 1.0, None), (6, 2.0, torch.full((6,), C)), (8, 1e4, None), (8, -1e4, None)):
+    for M, scale, labels in (
+        (0, 1.0, None),
+        (6, 2.0, torch.full((6,), C)),
+        (8, 1e4, None),
+        (8, -1e4, None),
+    ):
         z, labels, batch = dense_inputs(M, seed=M, scale=scale, labels=labels)
         z.requires_grad_(True)
         value = loss(z, labels, batch)
@@ -268,16 +307,21 @@ def test_dense_gradcheck(name):
     """Focal and heat-map forms, float64, frozen state (eval mode), fixed RNG."""
     loss = build_dense(name).double().eval()
     if not loss.exact_gradient:
-        pytest.skip("%s detaches logit-dependent terms (exact_gradient = False): no numerical check" % name)
+        pytest.skip(
+            "%s detaches logit-dependent terms (exact_gradient = False): no numerical check" % name
+        )
     z, labels, batch = dense_inputs(6, seed=4, scale=1.0, dtype=torch.float64)
     z.requires_grad_(True)
-    assert torch.autograd.gradcheck(_seeded(lambda x: loss(x, labels, batch)), (z,), eps=1e-6, atol=1e-5, rtol=1e-4)
+    assert torch.autograd.gradcheck(
+        _seeded(lambda x: loss(x, labels, batch)), (z,), eps=1e-6, atol=1e-5, rtol=1e-4
+    )
     hz, heat, hb = heat_inputs(seed=5, scale=1.0, dtype=torch.float64)
     hz = hz[:, :, :3, :3].contiguous().requires_grad_(True)
     heat = heat[:, :, :3, :3].contiguous()
     heat[0, 0, 1, 1] = 1.0
-    assert torch.autograd.gradcheck(_seeded(lambda x: loss.heatmap(x, heat, hb)), (hz,), eps=1e-6, atol=1e-5,
-                                    rtol=1e-4)
+    assert torch.autograd.gradcheck(
+        _seeded(lambda x: loss.heatmap(x, heat, hb)), (hz,), eps=1e-6, atol=1e-5, rtol=1e-4
+    )
 
 
 def _train_dense(loss, steps, seed=0):
@@ -298,7 +342,9 @@ def test_dense_state_dict_round_trip(name):
     for buf_name, buf in a.named_buffers():
         assert torch.equal(buf, bufs_b[buf_name]), buf_name
     z, labels, batch = dense_inputs(16, seed=99)
-    assert torch.equal(_seeded(lambda x: a(x, labels, batch))(z), _seeded(lambda x: b(x, labels, batch))(z))
+    assert torch.equal(
+        _seeded(lambda x: a(x, labels, batch))(z), _seeded(lambda x: b(x, labels, batch))(z)
+    )
     for buf_name, buf in a.named_buffers():
         assert torch.equal(buf, bufs_b[buf_name]), buf_name
 
@@ -312,7 +358,9 @@ def _dist_worker(rank, init_file, out_dir):
     torch.set_num_threads(1)
     try:
         out = {}
-        for case, tag in zip(ROI_CASES, ROI_IDS):  # same order on both ranks: the collectives pair up
+        for case, tag in zip(
+            ROI_CASES, ROI_IDS
+        ):  # same order on both ranks: the collectives pair up
             loss = build_roi(case).train()
             _train_roi(loss, 3, seed=100 * rank)  # different data per rank
             out["roi:" + tag] = {k: v.clone() for k, v in loss.named_buffers()}

@@ -1,4 +1,5 @@
 """Tests for lt_detectron.losses.bags (expected values computed independently in this file)."""
+
 import math
 
 import pytest
@@ -54,7 +55,7 @@ def naive_group_losses(logits, gt, counts, selection, edges=(10, 100, 1000)):
     return torch.stack(out)
 
 
-COUNTS_EMPTY_BIN = [2, 50, 2000, 7]      # bins 0, 1, 3, 0 -> bin [100,1000) is empty and dropped
+COUNTS_EMPTY_BIN = [2, 50, 2000, 7]  # bins 0, 1, 3, 0 -> bin [100,1000) is empty and dropped
 COUNTS_ALL = [0, 5, 10, 99, 100, 999, 1000, 5000, 3]  # edges hit exactly; a zero-count class
 
 
@@ -100,7 +101,9 @@ def test_layout_lvis_like_sizes_from_instance_counts():
     g = torch.Generator().manual_seed(0)
     sizes = [200, 412, 334, 257]  # LVIS v1 group sizes
     lo_hi = [(0, 10), (10, 100), (100, 1000), (1000, 50000)]
-    counts = torch.cat([torch.randint(lo, hi, (n,), generator=g) for (lo, hi), n in zip(lo_hi, sizes)])
+    counts = torch.cat(
+        [torch.randint(lo, hi, (n,), generator=g) for (lo, hi), n in zip(lo_hi, sizes)]
+    )
     counts = counts[torch.randperm(len(counts), generator=g)]
     lay = BAGSLayout(counts)
     assert lay.num_classes == 1203 and lay.num_logits == 1209
@@ -121,15 +124,17 @@ def test_layout_rejects_bad_input():
 def test_label_remapping():
     lay = BAGSLayout(COUNTS_EMPTY_BIN)
     gt = torch.tensor([0, 1, 2, 3, 4, 4, 3])
-    want = torch.tensor([
-        [1, 0, 0, 0],  # class 0: slot 1 of G0, others elsewhere, fg in bg group
-        [0, 1, 0, 0],
-        [0, 0, 1, 0],
-        [2, 0, 0, 0],
-        [0, 0, 0, 1],  # background: others everywhere, bg slot in the bg group
-        [0, 0, 0, 1],
-        [2, 0, 0, 0],
-    ])
+    want = torch.tensor(
+        [
+            [1, 0, 0, 0],  # class 0: slot 1 of G0, others elsewhere, fg in bg group
+            [0, 1, 0, 0],
+            [0, 0, 1, 0],
+            [2, 0, 0, 0],
+            [0, 0, 0, 1],  # background: others everywhere, bg slot in the bg group
+            [0, 0, 0, 1],
+            [2, 0, 0, 0],
+        ]
+    )
     assert torch.equal(lay.remap_labels(gt), want)
     assert torch.equal(lay.target_columns(gt), want + torch.tensor([0, 3, 5, 7]))
 
@@ -158,8 +163,8 @@ def test_loss_matches_naive_when_all_others_selected():
     assert per_group[2].item() == 0.0  # no positives -> skipped
     loss = loss_fn(logits, gt)
     torch.testing.assert_close(loss, ref.sum())
-    g1, = torch.autograd.grad(loss, logits)
-    g2, = torch.autograd.grad(ref.sum(), logits)
+    (g1,) = torch.autograd.grad(loss, logits)
+    (g2,) = torch.autograd.grad(ref.sum(), logits)
     torch.testing.assert_close(g1, g2)
     # skipped group's columns get no gradient
     assert torch.all(g1[:, loss_fn.layout.group_slices[2]] == 0)
@@ -176,8 +181,8 @@ def test_loss_matches_naive_with_sampled_selection():
     torch.testing.assert_close(loss, ref.sum())
     # same selection through the explicit override
     torch.testing.assert_close(loss_fn.group_losses(logits, gt, selection=sel), ref)
-    g1, = torch.autograd.grad(loss, logits)
-    g2, = torch.autograd.grad(ref.sum(), logits)
+    (g1,) = torch.autograd.grad(loss, logits)
+    (g2,) = torch.autograd.grad(ref.sum(), logits)
     torch.testing.assert_close(g1, g2)
 
 
@@ -208,7 +213,9 @@ def test_sampling_count_and_membership(beta):
 def test_sampling_is_uniform_over_bg_and_other_groups():
     counts = COUNTS_EMPTY_BIN
     C = 4
-    gt = torch.tensor([1] + [0, 3, 2] + [C] * 6)  # G1 has 1 positive, 9 non-members (3 fg of other groups)
+    gt = torch.tensor(
+        [1] + [0, 3, 2] + [C] * 6
+    )  # G1 has 1 positive, 9 non-members (3 fg of other groups)
     loss_fn = BAGSLoss(counts, beta=3)  # m = 3 of 9
     gen = torch.Generator().manual_seed(0)
     hits = torch.zeros(len(gt))
@@ -234,9 +241,11 @@ def test_all_background_batch_only_bg_group():
     per = loss_fn.group_losses(logits, gt)
     assert torch.all(per[:-1] == 0)
     bg = loss_fn.layout.group_slices[-1]
-    torch.testing.assert_close(per[-1], F.cross_entropy(logits[:, bg], torch.ones(12, dtype=torch.long)))
-    g, = torch.autograd.grad(per.sum(), logits)
-    assert torch.all(g[:, :bg.start] == 0)
+    torch.testing.assert_close(
+        per[-1], F.cross_entropy(logits[:, bg], torch.ones(12, dtype=torch.long))
+    )
+    (g,) = torch.autograd.grad(per.sum(), logits)
+    assert torch.all(g[:, : bg.start] == 0)
 
 
 def test_empty_batch_zero_loss_connected():
@@ -271,8 +280,13 @@ def test_scores_hand_computation():
     p_fg = e[7] / (e[7] + e[8])
     p_bg = e[8] / (e[7] + e[8])
     g0 = e[0] + e[1] + e[2]
-    want = [p_fg * e[1] / g0, p_fg * e[4] / (e[3] + e[4]), p_fg * e[6] / (e[5] + e[6]),
-            p_fg * e[2] / g0, p_bg]
+    want = [
+        p_fg * e[1] / g0,
+        p_fg * e[4] / (e[3] + e[4]),
+        p_fg * e[6] / (e[5] + e[6]),
+        p_fg * e[2] / g0,
+        p_bg,
+    ]
     out = bags_scores(logits, lay)
     assert out.shape == (1, 5)
     torch.testing.assert_close(out, torch.tensor([want], dtype=torch.float64))
@@ -281,9 +295,14 @@ def test_scores_hand_computation():
 
 # ----------------------------------------------------------------------------- properties
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), R=st.integers(0, 40), bg_frac=st.sampled_from([0.0, 0.5, 1.0]),
-       extreme=st.booleans(), beta=st.sampled_from([0.5, 1.0, 8.0]),
-       counts=st.lists(st.sampled_from([0, 1, 9, 10, 99, 100, 1000, 10**6]), min_size=1, max_size=12))
+@given(
+    seed=st.integers(0, 10_000),
+    R=st.integers(0, 40),
+    bg_frac=st.sampled_from([0.0, 0.5, 1.0]),
+    extreme=st.booleans(),
+    beta=st.sampled_from([0.5, 1.0, 8.0]),
+    counts=st.lists(st.sampled_from([0, 1, 9, 10, 99, 100, 1000, 10**6]), min_size=1, max_size=12),
+)
 def test_property_finite_and_matches_naive(seed, R, bg_frac, extreme, beta, counts):
     g = torch.Generator().manual_seed(seed)
     loss_fn = BAGSLoss(counts, beta=beta)
@@ -291,7 +310,7 @@ def test_property_finite_and_matches_naive(seed, R, bg_frac, extreme, beta, coun
     gt = torch.randint(0, C, (R,), generator=g)
     gt[torch.rand(R, generator=g) < bg_frac] = C
     if extreme:  # logits at +-80
-        logits = (torch.randint(0, 2, (R, K), generator=g).float() * 160 - 80)
+        logits = torch.randint(0, 2, (R, K), generator=g).float() * 160 - 80
     else:
         logits = torch.empty(R, K).uniform_(-80, 80, generator=g)
     logits.requires_grad_()

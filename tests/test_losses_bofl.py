@@ -1,4 +1,5 @@
 """BOFL (docs/methods.md#bofl): dataset weights, schedule, class weights, focal wrapper."""
+
 import pytest
 import torch
 
@@ -17,7 +18,9 @@ from lt_detectron.losses import (
 def test_dataset_weights():
     a = bofl_dataset_weights([10, 30, 60, 0], dtype=torch.float64)
     # n = 100, C = 4: 100/(4*10), 100/(4*30), 100/(4*60); zero count -> 1
-    torch.testing.assert_close(a, torch.tensor([2.5, 100 / 120, 100 / 240, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        a, torch.tensor([2.5, 100 / 120, 100 / 240, 1.0], dtype=torch.float64)
+    )
     assert torch.equal(bofl_dataset_weights([7, 7, 7]), torch.ones(3))
 
 
@@ -49,19 +52,26 @@ def test_class_weights_known_values():
     # deferred: exactly one
     assert torch.equal(bofl_class_weights(alpha, 0.0), torch.ones(1, 3, dtype=torch.float64))
     # mid: lam = 0.5 -> 1 + 0.5 * (alpha - 1)
-    torch.testing.assert_close(bofl_class_weights(alpha, 0.5), torch.tensor([[1.75, 0.75, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        bofl_class_weights(alpha, 0.5), torch.tensor([[1.75, 0.75, 1.0]], dtype=torch.float64)
+    )
     # end: alpha itself
     torch.testing.assert_close(bofl_class_weights(alpha, 1.0), alpha[None])
     # kappa = 0.05 at the end: 1 + 0.05 * (alpha - 1)
-    torch.testing.assert_close(bofl_class_weights(alpha, 1.0, kappa=0.05),
-                               torch.tensor([[1.075, 0.975, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        bofl_class_weights(alpha, 1.0, kappa=0.05),
+        torch.tensor([[1.075, 0.975, 1.0]], dtype=torch.float64),
+    )
     # eta with per-image counts, lam = 0.5: eta_hat = 1 + 0.5 * (0.8 - 1) = 0.9
     counts = torch.tensor([[2, 0, 1], [0, 3, 0]])
     w = bofl_class_weights(alpha, 0.5, eta=0.8, batch_counts=counts)
     ref = torch.tensor([[1.75 * 0.81, 0.75, 0.9], [1.75, 0.75 * 0.729, 1.0]], dtype=torch.float64)
     torch.testing.assert_close(w, ref)
     # lam = 0 with eta: still exactly one
-    assert torch.equal(bofl_class_weights(alpha, 0.0, eta=0.8, batch_counts=counts), torch.ones(2, 3, dtype=torch.float64))
+    assert torch.equal(
+        bofl_class_weights(alpha, 0.0, eta=0.8, batch_counts=counts),
+        torch.ones(2, 3, dtype=torch.float64),
+    )
     with pytest.raises(ValueError):
         bofl_class_weights(alpha, 0.5, eta=0.8)
 
@@ -98,7 +108,9 @@ def test_lambda_zero_is_plain_focal_exactly():
 def test_weights_apply_per_channel_per_image():
     z, t = _dense_batch(1)
     alpha = bofl_dataset_weights([5, 100, 3, 1])
-    w = bofl_class_weights(alpha, 0.7, eta=0.8, batch_counts=torch.tensor([[1, 0, 2, 0], [0, 4, 0, 1]]))
+    w = bofl_class_weights(
+        alpha, 0.7, eta=0.8, batch_counts=torch.tensor([[1, 0, 2, 0], [0, 4, 0, 1]])
+    )
     loss = bofl_focal_loss(z, t, w)
     # loop reference: image k, channel i weighted by w[k, i] on positive and negative terms alike
     ref = 0.0
@@ -108,7 +120,9 @@ def test_weights_apply_per_channel_per_image():
     torch.testing.assert_close(loss, ref)
     # flattened (M, C) rows with image_index give the same value
     idx = torch.arange(2).repeat_interleave(z.shape[1])
-    torch.testing.assert_close(bofl_focal_loss(z.reshape(-1, 4), t.reshape(-1, 4), w, image_index=idx), loss)
+    torch.testing.assert_close(
+        bofl_focal_loss(z.reshape(-1, 4), t.reshape(-1, 4), w, image_index=idx), loss
+    )
 
 
 def test_roi_extension_shares_weights():
@@ -119,5 +133,7 @@ def test_roi_extension_shares_weights():
     z = torch.randn(10, 4, generator=g)
     gt = torch.randint(0, 4, (10,), generator=g)
     y = torch.nn.functional.one_hot(gt, 4)[:, :3].float()
-    ref = (torch.nn.functional.binary_cross_entropy_with_logits(z[:, :3], y, reduction="none") * w).sum() / 10
+    ref = (
+        torch.nn.functional.binary_cross_entropy_with_logits(z[:, :3], y, reduction="none") * w
+    ).sum() / 10
     torch.testing.assert_close(sigmoid_bce_loss(z, gt, w), ref)

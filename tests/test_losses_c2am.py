@@ -1,4 +1,5 @@
 """Tests for lt_detectron.losses.c2am (expected values computed independently in this file)."""
+
 import math
 
 import pytest
@@ -10,7 +11,9 @@ from lt_detectron.losses.c2am import C2AMLoss, c2am_loss, c2am_margins
 from lt_detectron.modeling.classifiers import CosineClassifier
 
 
-def naive_c2am(cos, norms, gt, scale=30.0, alpha=0.5, background_margin=True, eps=1e-6, reduction="mean"):
+def naive_c2am(
+    cos, norms, gt, scale=30.0, alpha=0.5, background_margin=True, eps=1e-6, reduction="mean"
+):
     """Straightforward acos-based reference."""
     K = cos.shape[1]
     n = norms.detach()
@@ -28,9 +31,9 @@ def naive_c2am(cos, norms, gt, scale=30.0, alpha=0.5, background_margin=True, ep
 def test_margin_values_for_known_ratios():
     norms = torch.tensor([100.0, 10.0, 2.0, 1.0])
     m = c2am_margins(norms, alpha=0.5)
-    assert m[2, 3].item() == pytest.approx(0.11, abs=0.005)   # ratio 2
-    assert m[1, 3].item() == pytest.approx(0.37, abs=0.005)   # ratio 10
-    assert m[0, 3].item() == pytest.approx(0.73, abs=0.005)   # ratio 100
+    assert m[2, 3].item() == pytest.approx(0.11, abs=0.005)  # ratio 2
+    assert m[1, 3].item() == pytest.approx(0.37, abs=0.005)  # ratio 10
+    assert m[0, 3].item() == pytest.approx(0.73, abs=0.005)  # ratio 100
     assert m[0, 3].item() == pytest.approx(0.5 / math.pi * math.log(100), rel=1e-6)
     # only the larger-norm target gets margins against smaller-norm classes
     assert torch.all(m[3] == 0) and torch.all(torch.diag(m) == 0)
@@ -69,13 +72,13 @@ def test_alpha_zero_is_cosine_softmax_ce():
     loss = C2AMLoss(scale=30.0, alpha=0.0)(cos, norms, gt)
     ref = F.cross_entropy(30.0 * cos, gt)
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
-    g1, = torch.autograd.grad(loss, cos)
-    g2, = torch.autograd.grad(ref, cos)
+    (g1,) = torch.autograd.grad(loss, cos)
+    (g2,) = torch.autograd.grad(ref, cos)
     torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-12)
     assert g1[0, 0] != 0 or gt[0] == 0  # cos = 1 still has a gradient (no clamp at alpha = 0)
 
 
-@pytest.mark.parametrize("R", [5, 40])          # R < K: per-row margins; R >= K: table path
+@pytest.mark.parametrize("R", [5, 40])  # R < K: per-row margins; R >= K: table path
 @pytest.mark.parametrize("bg_margin", [True, False])
 def test_matches_naive_acos(R, bg_margin):
     g = torch.Generator().manual_seed(R)
@@ -91,8 +94,8 @@ def test_matches_naive_acos(R, bg_margin):
         torch.testing.assert_close(loss, ref)
     loss = C2AMLoss(background_margin=bg_margin)(cos, norms, gt)
     ref = naive_c2am(cos, norms, gt, background_margin=bg_margin)
-    g1, = torch.autograd.grad(loss, cos)
-    g2, = torch.autograd.grad(ref, cos)
+    (g1,) = torch.autograd.grad(loss, cos)
+    (g2,) = torch.autograd.grad(ref, cos)
     torch.testing.assert_close(g1, g2)
     other = C2AMLoss(background_margin=not bg_margin)(cos, norms, gt)
     assert not torch.allclose(loss, other)  # the switch changes something
@@ -107,8 +110,8 @@ def test_float32_matches_naive():
     loss = C2AMLoss()(cos, norms, gt)
     ref = naive_c2am(cos, norms, gt)
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
-    g1, = torch.autograd.grad(loss, cos)
-    g2, = torch.autograd.grad(ref, cos)
+    (g1,) = torch.autograd.grad(loss, cos)
+    (g2,) = torch.autograd.grad(ref, cos)
     torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
 
 
@@ -119,7 +122,9 @@ def test_gradcheck_float64():
     cos = (torch.rand(R, K, generator=g, dtype=torch.float64) * 1.7 - 0.8).requires_grad_()
     norms = torch.rand(K, generator=g, dtype=torch.float64) * 2 + 1
     gt = torch.randint(0, K, (R,), generator=g)
-    assert torch.autograd.gradcheck(lambda c: c2am_loss(c, norms, gt, 30.0, 0.5, True, reduction="none"), (cos,))
+    assert torch.autograd.gradcheck(
+        lambda c: c2am_loss(c, norms, gt, 30.0, 0.5, True, reduction="none"), (cos,)
+    )
     assert torch.autograd.gradcheck(lambda c: c2am_loss(c, norms, gt, 30.0, 0.5, False), (cos,))
 
 
@@ -127,7 +132,9 @@ def test_norms_detached():
     torch.manual_seed(0)
     clf = CosineClassifier(16, 5, scale=None, bias=False)
     with torch.no_grad():
-        clf.weight.mul_(torch.tensor([1.0, 5.0, 0.5, 2.0, 3.0])[:, None])  # distinct norms -> margins
+        clf.weight.mul_(
+            torch.tensor([1.0, 5.0, 0.5, 2.0, 3.0])[:, None]
+        )  # distinct norms -> margins
     x = torch.randn(20, 16)
     gt = torch.randint(0, 5, (20,))
     loss_fn = C2AMLoss()
@@ -136,10 +143,10 @@ def test_norms_detached():
     loss = loss_fn(clf(x), norms, gt)
     (gn,) = torch.autograd.grad(loss, norms, allow_unused=True, retain_graph=True)
     assert gn is None  # no gradient flows through the margins
-    gw, = torch.autograd.grad(loss, clf.weight)
-    gw2, = torch.autograd.grad(loss_fn(clf(x), clf.weight_norms().detach(), gt), clf.weight)
+    (gw,) = torch.autograd.grad(loss, clf.weight)
+    (gw2,) = torch.autograd.grad(loss_fn(clf(x), clf.weight_norms().detach(), gt), clf.weight)
     torch.testing.assert_close(gw, gw2)
-    gw3, = torch.autograd.grad(naive_c2am(clf(x), clf.weight_norms(), gt), clf.weight)
+    (gw3,) = torch.autograd.grad(naive_c2am(clf(x), clf.weight_norms(), gt), clf.weight)
     torch.testing.assert_close(gw, gw3, rtol=1e-4, atol=1e-7)
 
 
@@ -152,13 +159,21 @@ def test_empty_batch_zero_loss_connected():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), R=st.integers(0, 30), K=st.integers(2, 9),
-       bg_frac=st.sampled_from([0.0, 0.5, 1.0]), bg_margin=st.booleans(),
-       log_norm_spread=st.sampled_from([0.0, 1.0, 10.0, 40.0]), extreme=st.booleans())
+@given(
+    seed=st.integers(0, 10_000),
+    R=st.integers(0, 30),
+    K=st.integers(2, 9),
+    bg_frac=st.sampled_from([0.0, 0.5, 1.0]),
+    bg_margin=st.booleans(),
+    log_norm_spread=st.sampled_from([0.0, 1.0, 10.0, 40.0]),
+    extreme=st.booleans(),
+)
 def test_property_finite(seed, R, K, bg_frac, bg_margin, log_norm_spread, extreme):
     g = torch.Generator().manual_seed(seed)
     if extreme:  # cosines exactly at -1, 0, 1 (and slightly outside from rounding)
-        cos = torch.tensor([-1.0000001, -1.0, 0.0, 1.0, 1.0000001])[torch.randint(0, 5, (R, K), generator=g)]
+        cos = torch.tensor([-1.0000001, -1.0, 0.0, 1.0, 1.0000001])[
+            torch.randint(0, 5, (R, K), generator=g)
+        ]
     else:
         cos = torch.rand(R, K, generator=g) * 2 - 1
     cos.requires_grad_()

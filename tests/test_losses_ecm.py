@@ -1,4 +1,5 @@
 """ECM loss (docs/methods.md#ecm): margins/weights, loss vs the probability-form reference, measured r."""
+
 import io
 
 import pytest
@@ -12,7 +13,7 @@ D = torch.float64
 
 def supplement_weights(n_pos, n_neg):
     """gamma+ = n+^(-1/4) / (n+^(-1/4) + n-^(-1/4)), w+- = 1/gamma+- (supplement Eqs. 2-11)."""
-    gp = n_pos ** -0.25 / (n_pos ** -0.25 + n_neg ** -0.25)
+    gp = n_pos**-0.25 / (n_pos**-0.25 + n_neg**-0.25)
     return 1.0 / gp, 1.0 / (1.0 - gp)
 
 
@@ -60,8 +61,8 @@ def test_loss_matches_naive():
     loss = ECMLoss(counts, bg_fg_ratio=3.0)(z, gt)
     ref = naive_ecm(z, gt, counts, 3.0)
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)  # buffers are float32
-    g1, = torch.autograd.grad(loss, z)
-    g2, = torch.autograd.grad(ref, z)
+    (g1,) = torch.autograd.grad(loss, z)
+    (g2,) = torch.autograd.grad(ref, z)
     torch.testing.assert_close(g1, g2, rtol=1e-6, atol=1e-8)
 
 
@@ -105,9 +106,11 @@ def test_measured_ratio_freezes():
     m = ECMLoss(counts, bg_fg_ratio=6.3313, measure_iters=3).train()
     const_margins = m.margins.clone()
     z = torch.zeros(8, C + 1)
-    batches = [torch.tensor([C, C, C, 0, 1, C, C, 2]),  # 5 bg / 3 fg
-               torch.tensor([C, 0, 0, 0, 1, C, 2, 2]),  # 2 / 6
-               torch.tensor([C, C, C, C, C, C, C, 1])]  # 7 / 1
+    batches = [
+        torch.tensor([C, C, C, 0, 1, C, C, 2]),  # 5 bg / 3 fg
+        torch.tensor([C, 0, 0, 0, 1, C, 2, 2]),  # 2 / 6
+        torch.tensor([C, C, C, C, C, C, C, 1]),
+    ]  # 7 / 1
     for i, gt in enumerate(batches):
         m(z, gt)
         if i < 2:
@@ -159,7 +162,9 @@ def test_inference_scores_plain_sigmoid():
     z = torch.tensor([[1.0, -2.0, 0.5]])
     s = objectness_scores(z)
     p = torch.sigmoid(z)
-    torch.testing.assert_close(s, torch.stack([p[0, 0] * (1 - p[0, 2]), p[0, 1] * (1 - p[0, 2]), p[0, 2]])[None])
+    torch.testing.assert_close(
+        s, torch.stack([p[0, 0] * (1 - p[0, 2]), p[0, 1] * (1 - p[0, 2]), p[0, 2]])[None]
+    )
 
 
 def test_focal_variant():
@@ -179,8 +184,8 @@ def test_focal_variant():
     p_t = s * t + (1 - s) * (1 - t)
     ref = (mc * (0.25 * t + 0.75 * (1 - t)) * (1 - p_t) ** 2 * -torch.log(p_t)).sum()
     torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-8)
-    g1, = torch.autograd.grad(loss, z)
-    g2, = torch.autograd.grad(ref, z)
+    (g1,) = torch.autograd.grad(loss, z)
+    (g2,) = torch.autograd.grad(ref, z)
     torch.testing.assert_close(g1, g2, rtol=1e-6, atol=1e-8)
     big = torch.tensor([[80.0, -80.0, 80.0]], requires_grad=True)
     lb = m(big, torch.tensor([[1.0, 0.0, 0.0]]))

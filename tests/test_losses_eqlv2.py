@@ -1,4 +1,5 @@
 """EQL v2 (ROI and dense) against a naive transcription of the authors' eqlv2.py (docs/methods.md#eql-v2)."""
+
 import io
 import math
 import os
@@ -47,7 +48,10 @@ class NaiveEQLv2:
         target[torch.arange(n_i), gt] = 1
         pos_w, neg_w = self.weights(n_i)
         weight = pos_w * target + neg_w * (1 - target)
-        loss = torch.sum(F.binary_cross_entropy_with_logits(z, target, reduction="none") * weight) / n_i
+        loss = (
+            torch.sum(F.binary_cross_entropy_with_logits(z, target, reduction="none") * weight)
+            / n_i
+        )
         if update:
             prob = torch.sigmoid(z.detach().double())
             grad = torch.abs(target * (prob - 1) + (1 - target) * prob)
@@ -261,7 +265,12 @@ def test_distributed_stats_two_ranks(tmp_path):
     C = 6
     g = torch.Generator().manual_seed(6)
     batches = [_batch(g, 64, C) for _ in range(4)]
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path), C, batches), nprocs=2, join=True)
+    mp.spawn(
+        _dist_worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path), C, batches),
+        nprocs=2,
+        join=True,
+    )
     s0 = torch.load(tmp_path / "rank0.pt")
     s1 = torch.load(tmp_path / "rank1.pt")
     single = EQLv2Loss(C).train()

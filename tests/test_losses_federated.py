@@ -1,5 +1,5 @@
 """Federated loss subsets: GT classes always in, sampled classes by image_count ** power."""
-import pytest
+
 import torch
 import torch.nn.functional as F
 
@@ -8,7 +8,9 @@ from lt_detectron.losses.sigmoid import sigmoid_bce_loss
 
 
 def test_weights_are_image_count_power():
-    torch.testing.assert_close(fed_loss_class_weights([4, 9, 0], 0.5), torch.tensor([2.0, 3.0, 0.0]))
+    torch.testing.assert_close(
+        fed_loss_class_weights([4, 9, 0], 0.5), torch.tensor([2.0, 3.0, 0.0])
+    )
 
 
 def test_subset_has_gt_classes_and_the_right_size():
@@ -23,7 +25,9 @@ def test_subset_has_gt_classes_and_the_right_size():
     # more GT classes than the target size: exactly the GT classes
     assert sorted(fed_loss_classes(torch.tensor([0, 1, 2, 3]), 2, C, w).tolist()) == [0, 1, 2, 3]
     # fewer samplable classes than missing: all of them, no error
-    assert sorted(fed_loss_classes(torch.tensor([0]), 10, 3, torch.tensor([1.0, 1.0, 0.0])).tolist()) == [0, 1]
+    assert sorted(
+        fed_loss_classes(torch.tensor([0]), 10, 3, torch.tensor([1.0, 1.0, 0.0])).tolist()
+    ) == [0, 1]
 
 
 def test_sampling_follows_the_weights():
@@ -41,7 +45,9 @@ def test_masked_loss_equals_bce_on_the_subset():
     C = 6
     z = torch.randn(5, C + 1, dtype=torch.float64, requires_grad=True)
     gt = torch.tensor([0, 2, C, C, 2])
-    mask = fed_loss_mask(gt, 4, C, torch.ones(C), generator=torch.Generator().manual_seed(1)).double()
+    mask = fed_loss_mask(
+        gt, 4, C, torch.ones(C), generator=torch.Generator().manual_seed(1)
+    ).double()
     loss = sigmoid_bce_loss(z, gt, class_weights=mask)
     target = F.one_hot(gt, C + 1)[:, :C].double()
     ref = (F.binary_cross_entropy_with_logits(z[:, :C], target, reduction="none") * mask).sum() / 5

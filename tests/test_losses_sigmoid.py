@@ -1,4 +1,5 @@
 """Fused weighted sigmoid BCE core, Detectron2 sigmoid CE loss, focal loss, distributed helpers."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,12 +61,14 @@ def test_fused_matches_naive(a, with_bias, per_row):
     torch.testing.assert_close(loss, rl, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(pos, rp, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(neg, rn, rtol=1e-12, atol=1e-14)
-    g1, = torch.autograd.grad(2.5 * loss, z)
-    g2, = torch.autograd.grad(2.5 * rl, z)
+    (g1,) = torch.autograd.grad(2.5 * loss, z)
+    (g2,) = torch.autograd.grad(2.5 * rl, z)
     torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("a,with_bias,per_row", [(1.0, False, False), (2.0, True, False), (1.0, False, True)])
+@pytest.mark.parametrize(
+    "a,with_bias,per_row", [(1.0, False, False), (2.0, True, False), (1.0, False, True)]
+)
 def test_fused_gradcheck(a, with_bias, per_row):
     g = torch.Generator().manual_seed(1)
     R, K = 5, 4
@@ -85,13 +88,17 @@ def test_sigmoid_bce_matches_detectron2():
     z = (torch.randn(R, C + 1, generator=g, dtype=D) * 4).requires_grad_()
     gt = torch.randint(0, C + 1, (R,), generator=g)
     gt[:5] = C
-    for w in [None, torch.rand(C, generator=g, dtype=D), (torch.rand(C, generator=g) > 0.5).to(D),
-              torch.rand(R, C, generator=g, dtype=D)]:
+    for w in [
+        None,
+        torch.rand(C, generator=g, dtype=D),
+        (torch.rand(C, generator=g) > 0.5).to(D),
+        torch.rand(R, C, generator=g, dtype=D),
+    ]:
         loss = sigmoid_bce_loss(z, gt, w)
         ref = naive_d2_sigmoid_ce(z, gt, w)
         torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
-        g1, = torch.autograd.grad(loss, z)
-        g2, = torch.autograd.grad(ref, z)
+        (g1,) = torch.autograd.grad(loss, z)
+        (g2,) = torch.autograd.grad(ref, z)
         torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-15)
         assert torch.all(g1[:, C] == 0)  # background column never trained
 
@@ -107,8 +114,8 @@ def test_float32_close_to_float64_for_extreme_logits():
     l64 = sigmoid_bce_loss(z64, gt)
     assert torch.isfinite(l32)
     torch.testing.assert_close(l32.double(), l64, rtol=1e-5, atol=1e-5)
-    g32, = torch.autograd.grad(l32, z32)
-    g64, = torch.autograd.grad(l64, z64)
+    (g32,) = torch.autograd.grad(l32, z32)
+    (g64,) = torch.autograd.grad(l64, z64)
     torch.testing.assert_close(g32.double(), g64, rtol=1e-5, atol=1e-7)
 
 
@@ -159,8 +166,10 @@ def test_focal_matches_fvcore_and_weight():
     w = torch.rand(5, generator=g)
     ref = fvcore.sigmoid_focal_loss(z, t, alpha=0.25, gamma=2.0, reduction="none") * w
     torch.testing.assert_close(sigmoid_focal_loss(z, t, weight=w), ref)
-    assert torch.equal(sigmoid_focal_loss(z, t, weight=torch.ones(5), reduction="sum"),
-                       sigmoid_focal_loss(z, t, reduction="sum"))
+    assert torch.equal(
+        sigmoid_focal_loss(z, t, weight=torch.ones(5), reduction="sum"),
+        sigmoid_focal_loss(z, t, reduction="sum"),
+    )
 
 
 def test_distributed_helpers_noop():
@@ -174,14 +183,22 @@ def test_distributed_helpers_noop():
 def batches(draw):
     R = draw(st.integers(0, 6))
     C = draw(st.integers(1, 5))
-    vals = draw(st.lists(st.floats(-80, 80, allow_nan=False, width=32), min_size=R * (C + 1), max_size=R * (C + 1)))
+    vals = draw(
+        st.lists(
+            st.floats(-80, 80, allow_nan=False, width=32),
+            min_size=R * (C + 1),
+            max_size=R * (C + 1),
+        )
+    )
     gt = draw(st.lists(st.integers(0, C), min_size=R, max_size=R))
     all_bg = draw(st.booleans())
     z = torch.tensor(vals, dtype=torch.float32).reshape(R, C + 1)
     gt = torch.tensor(gt, dtype=torch.long).reshape(R)
     if all_bg:
         gt[:] = C
-    counts = draw(st.lists(st.integers(0, 1000), min_size=C, max_size=C))  # zero-count classes allowed
+    counts = draw(
+        st.lists(st.integers(0, 1000), min_size=C, max_size=C)
+    )  # zero-count classes allowed
     return z, gt, C, counts
 
 
@@ -192,8 +209,12 @@ def test_property_finite(batch):
     R = z.shape[0]
     eql = EQLv2Loss(C).train()
     ecm = ECMLoss(counts, measure_iters=1).train()
-    for name, fn in [("bce", lambda x: sigmoid_bce_loss(x, gt)), ("eql", lambda x: eql(x, gt)),
-                     ("eql2", lambda x: eql(x, gt)), ("ecm", lambda x: ecm(x, gt))]:
+    for name, fn in [
+        ("bce", lambda x: sigmoid_bce_loss(x, gt)),
+        ("eql", lambda x: eql(x, gt)),
+        ("eql2", lambda x: eql(x, gt)),
+        ("ecm", lambda x: ecm(x, gt)),
+    ]:
         x = z.clone().requires_grad_()
         loss = fn(x)
         assert loss.dim() == 0 and torch.isfinite(loss), name

@@ -1,5 +1,6 @@
 """Stateful losses drop a non-finite batch's statistics (EQL v2 ROI / focal / heat-map, ECM's measured
 ratio), warn at a limited rate, and decide identically on every rank."""
+
 import logging
 import multiprocessing
 import os
@@ -103,7 +104,11 @@ def test_eqlv2_nan_batch_is_skipped_with_a_warning():
         torch.testing.assert_close(getattr(m, k).double(), v, rtol=1e-5, atol=1e-6)
     assert m.num_nonfinite_skips == 1 and ref.num_nonfinite_skips == 0
     assert len(rec.records) == 1
-    assert "EQLv2Loss" in rec.records[0] and "non-finite" in rec.records[0] and "pos_grad" in rec.records[0]
+    assert (
+        "EQLv2Loss" in rec.records[0]
+        and "non-finite" in rec.records[0]
+        and "pos_grad" in rec.records[0]
+    )
 
 
 def test_eqlv2_nan_run_midway_and_rate_limited_warning():
@@ -206,7 +211,9 @@ def test_ecm_measurement_skips_a_nonfinite_batch():
     with _Records("lt_detectron.losses.ecm") as rec:
         m(z, b1)
         m(_poison(z), bad_gt)
-        assert int(m.measured_iters) == 1 and m.measuring  # the bad batch did not use up a measuring step
+        assert (
+            int(m.measured_iters) == 1 and m.measuring
+        )  # the bad batch did not use up a measuring step
         m(z, b2)
     assert int(m.measured_iters) == 2 and int(m.measured_bg) == 7 and int(m.measured_fg) == 9
     assert m.bg_fg_ratio.item() == 7 / 9
@@ -253,11 +260,19 @@ def test_two_ranks_skip_together(tmp_path):
     one process that saw only the good batches."""
     C = 4
     batches = [_batch(20 + i, 32, C) for i in range(3)]
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path), C, batches, 1), nprocs=2, join=True)
+    mp.spawn(
+        _dist_worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path), C, batches, 1),
+        nprocs=2,
+        join=True,
+    )
     s0, s1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for k in s0:
         assert torch.equal(s0[k], s1[k]), k
-    assert s0["skips"].tolist() == [1, 1]  # rank 0 saw only finite logits, yet skipped and warned too
+    assert s0["skips"].tolist() == [
+        1,
+        1,
+    ]  # rank 0 saw only finite logits, yet skipped and warned too
     good = [batches[0], batches[2]]
     single_eql = EQLv2Loss(C).train()
     single_ecm = ECMLoss([5.0] * C, measure_iters=2).train()

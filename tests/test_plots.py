@@ -1,6 +1,7 @@
 """Method plots: each function writes a PNG, and the data it plots (sorted by training instance
 count, descending) equals an independent computation; the training hook and tools/plot_methods.py
 write the plots for the model's box predictors (cascade stages, BAGS layout, DDP wrapper)."""
+
 import importlib.util
 import os
 import types
@@ -16,7 +17,12 @@ from PIL import Image
 
 import lt_detectron  # noqa: F401
 from lt_detectron.engine import plots, result_plots
-from lt_detectron.engine.hooks import LTPlotHook, build_lt_hooks, insert_before_writers, plot_sources
+from lt_detectron.engine.hooks import (
+    LTPlotHook,
+    build_lt_hooks,
+    insert_before_writers,
+    plot_sources,
+)
 from lt_detectron.losses import EQLv2Loss
 from lt_detectron.modeling import LongTailFastRCNNOutputLayers
 
@@ -61,7 +67,9 @@ def test_weight_norms(tmp_path):
     np.testing.assert_allclose(d2["norms"], [float(w[rows[i]].norm()) for i in order], rtol=1e-6)
     with pytest.raises(ValueError):
         plots.weight_norm_data(w[:3], COUNTS)
-    path = plots.plot_weight_norms(w, COUNTS, ["c%d" % i for i in range(C)], str(tmp_path / "a" / "wn.png"))
+    path = plots.plot_weight_norms(
+        w, COUNTS, ["c%d" % i for i in range(C)], str(tmp_path / "a" / "wn.png")
+    )
     assert path == str(tmp_path / "a" / "wn.png")
     _is_png(path)
 
@@ -81,7 +89,9 @@ def test_eqlv2_ratios_from_a_real_loss(tmp_path):
     d = plots.eqlv2_ratio_data(loss.pos_grad, loss.neg_grad, COUNTS)
     np.testing.assert_array_equal(d["order"], order)
     np.testing.assert_allclose(d["ratio"], ratio[order], rtol=1e-5)
-    np.testing.assert_allclose(d["ratio"], loss.pos_neg.double().numpy()[order], rtol=1e-5)  # the loss' own g
+    np.testing.assert_allclose(
+        d["ratio"], loss.pos_neg.double().numpy()[order], rtol=1e-5
+    )  # the loss' own g
     np.testing.assert_allclose(d["r"], r[order], rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(d["q"], q[order], rtol=1e-5)
     # the weights the loss uses next step are the plotted ones
@@ -129,7 +139,9 @@ def test_efl_statistics_are_plotted_as_efl():
     model.head = nn.Module()
     model.head.cls_loss = efl
     src = plot_sources(model)
-    assert src["weight_norms"] == [] and [(t, m) for t, m in src["statistics"]] == [("head_cls_loss", efl)]
+    assert src["weight_norms"] == [] and [(t, m) for t, m in src["statistics"]] == [
+        ("head_cls_loss", efl)
+    ]
 
 
 def test_bofl_schedule(tmp_path):
@@ -149,14 +161,22 @@ def test_bofl_schedule(tmp_path):
     # per-iteration: lambda is linear in the fractional epoch
     d3 = plots.bofl_schedule_data(counts, 5, 1, 0.5, per_iteration=True)
     np.testing.assert_allclose(d3["lam"], np.clip((d3["epochs"] - 1) / 4, 0, 1))
-    _is_png(plots.plot_bofl_schedule(counts, 5, 1, 0.5, str(tmp_path / "bofl.png"),
-                                     class_names=["a", "b", "c", "d"]))
+    _is_png(
+        plots.plot_bofl_schedule(
+            counts, 5, 1, 0.5, str(tmp_path / "bofl.png"), class_names=["a", "b", "c", "d"]
+        )
+    )
 
 
 def test_ap_vs_instances(tmp_path):
-    assert plots.plot_ap_vs_instances is result_plots.plot_ap_vs_instances  # still importable from plots
+    assert (
+        plots.plot_ap_vs_instances is result_plots.plot_ap_vs_instances
+    )  # still importable from plots
     counts = np.array([5, 2000, 50, 0, 500, 20])
-    ap = {"softmax": np.array([0.0, 0.6, 0.2, np.nan, 0.5, 0.1]), "eqlv2": np.array([0.3, 0.6, 0.4, 0.1, 0.5, np.nan])}
+    ap = {
+        "softmax": np.array([0.0, 0.6, 0.2, np.nan, 0.5, 0.1]),
+        "eqlv2": np.array([0.3, 0.6, 0.4, 0.1, 0.5, np.nan]),
+    }
     d = result_plots.ap_vs_instances_data(ap, counts)
     order = _expected_order(counts)
     np.testing.assert_array_equal(d["order"], order)
@@ -164,7 +184,9 @@ def test_ap_vs_instances(tmp_path):
     np.testing.assert_allclose(d["ap"]["eqlv2"], ap["eqlv2"][order])
     assert d["bins"] == [(0.0, 10.0), (10.0, 100.0), (100.0, 1000.0), (1000.0, float("inf"))]
     np.testing.assert_array_equal(d["bin_counts"], [2, 2, 1, 1])
-    np.testing.assert_allclose(d["bin_mean"]["softmax"], [0.0, 0.15, 0.5, 0.6])  # NaN class left out
+    np.testing.assert_allclose(
+        d["bin_mean"]["softmax"], [0.0, 0.15, 0.5, 0.6]
+    )  # NaN class left out
     np.testing.assert_allclose(d["bin_mean"]["eqlv2"], [0.2, 0.4, 0.5, 0.6])
     d2 = result_plots.ap_vs_instances_data({"m": np.array([0.1, 0.2])}, np.array([5, 7]))
     assert np.isnan(d2["bin_mean"]["m"][1:]).all()  # empty bins
@@ -175,24 +197,48 @@ def _write_eval_csv(path):
     """A per-category csv written by the evaluators' own writer; returns the rows."""
     from lt_detectron.evaluation.common import write_per_category_csv
 
-    rows = [dict(category_id=1, name="disk", frequency="f", train_instances=1500, train_images=400, AP=71.25),
-            dict(category_id=2, name="star", frequency="r", train_instances=3, train_images=3, AP=12.5),
-            dict(category_id=3, name="ring", frequency="c", train_instances=40, train_images=30, AP=float("nan")),
-            dict(category_id=4, name="bar", frequency="c", train_instances=0, train_images=0, AP=0.0)]
+    rows = [
+        dict(
+            category_id=1,
+            name="disk",
+            frequency="f",
+            train_instances=1500,
+            train_images=400,
+            AP=71.25,
+        ),
+        dict(category_id=2, name="star", frequency="r", train_instances=3, train_images=3, AP=12.5),
+        dict(
+            category_id=3,
+            name="ring",
+            frequency="c",
+            train_instances=40,
+            train_images=30,
+            AP=float("nan"),
+        ),
+        dict(category_id=4, name="bar", frequency="c", train_instances=0, train_images=0, AP=0.0),
+    ]
     write_per_category_csv(str(path), rows)
     return rows
 
 
 def test_result_plots_from_the_evaluators_csv(tmp_path):
     rows = _write_eval_csv(tmp_path / "inference" / "ds" / "lvis_per_category_bbox.csv")
-    d = result_plots.read_per_category_csv(str(tmp_path / "inference" / "ds" / "lvis_per_category_bbox.csv"))
+    d = result_plots.read_per_category_csv(
+        str(tmp_path / "inference" / "ds" / "lvis_per_category_bbox.csv")
+    )
     assert d["name"] == [r["name"] for r in rows] and d["frequency"] == ["f", "r", "c", "c"]
     np.testing.assert_array_equal(d["train_instances"], [1500, 3, 40, 0])
     np.testing.assert_allclose(d["AP"], [71.25, 12.5, np.nan, 0.0])
-    paths = result_plots.write_result_plots(str(tmp_path / "inference" / "ds" / "lvis_per_category_bbox.csv"),
-                                            str(tmp_path / "plots"), label="softmax", suffix="final")
-    assert [os.path.basename(p) for p in paths] == ["ap_vs_instances_lvis_bbox_final.png",
-                                                    "ap_per_category_lvis_bbox_final.png"]
+    paths = result_plots.write_result_plots(
+        str(tmp_path / "inference" / "ds" / "lvis_per_category_bbox.csv"),
+        str(tmp_path / "plots"),
+        label="softmax",
+        suffix="final",
+    )
+    assert [os.path.basename(p) for p in paths] == [
+        "ap_vs_instances_lvis_bbox_final.png",
+        "ap_per_category_lvis_bbox_final.png",
+    ]
     for p in paths:
         _is_png(p)
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
@@ -205,8 +251,12 @@ def _predictor(loss, C, counts=None):
     from lt_detectron.losses import ROI_LOSS_REGISTRY
 
     cls_loss = ROI_LOSS_REGISTRY.get(loss)(C if counts is None else counts)
-    return LongTailFastRCNNOutputLayers(ShapeSpec(channels=8), box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
-                                        num_classes=C, cls_loss=cls_loss)
+    return LongTailFastRCNNOutputLayers(
+        ShapeSpec(channels=8),
+        box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
+        num_classes=C,
+        cls_loss=cls_loss,
+    )
 
 
 class _FakeDDP(nn.Module):
@@ -219,9 +269,14 @@ def test_plot_sources_cascade_bags_and_ddp():
     C = len(COUNTS)
     model = nn.Module()
     model.roi_heads = nn.Module()
-    model.roi_heads.box_predictor = nn.ModuleList([_predictor("eqlv2", C), _predictor("bags", C, COUNTS)])
+    model.roi_heads.box_predictor = nn.ModuleList(
+        [_predictor("eqlv2", C), _predictor("bags", C, COUNTS)]
+    )
     src = plot_sources(_FakeDDP(model))
-    assert [t for t, _, _ in src["weight_norms"]] == ["box_predictor_stage0", "box_predictor_stage1"]
+    assert [t for t, _, _ in src["weight_norms"]] == [
+        "box_predictor_stage0",
+        "box_predictor_stage1",
+    ]
     assert src["weight_norms"][0][2] is None
     layout = model.roi_heads.box_predictor[1].cls_loss.layout
     np.testing.assert_array_equal(src["weight_norms"][1][2], layout.column_of_label[:C])
@@ -233,8 +288,15 @@ def test_hook_writes_periodic_and_final_plots(tmp_path):
     from lt_detectron.class_stats import ClassStats
 
     C = len(COUNTS)
-    stats = ClassStats(("fake",), tuple("c%d" % i for i in range(C)), tuple(range(C)), COUNTS, COUNTS, 10,
-                       np.array(["f"] * C))
+    stats = ClassStats(
+        ("fake",),
+        tuple("c%d" % i for i in range(C)),
+        tuple(range(C)),
+        COUNTS,
+        COUNTS,
+        10,
+        np.array(["f"] * C),
+    )
     model = nn.Module()
     model.roi_heads = nn.Module()
     model.roi_heads.box_predictor = _predictor("eqlv2", C)
@@ -247,26 +309,36 @@ def test_hook_writes_periodic_and_final_plots(tmp_path):
     hook.before_train()
     for it in range(4):
         hook.trainer.iter = storage.iter = it
-        if it == 2:  # an evaluation (TEST.EVAL_PERIOD; EvalHook runs before this hook) writes its csv
+        if (
+            it == 2
+        ):  # an evaluation (TEST.EVAL_PERIOD; EvalHook runs before this hook) writes its csv
             _write_eval_csv(tmp_path / "inference" / "val" / "lvis_per_category_bbox.csv")
         hook.after_step()
     hook.after_train()
     names = sorted(os.listdir(tmp_path / "plots"))
-    assert names == sorted([
-        "bofl_schedule.png",
-        "weight_norms_box_predictor_iter0000002.png", "eqlv2_ratios_box_predictor_iter0000002.png",
-        "weight_norms_box_predictor_final.png", "eqlv2_ratios_box_predictor_final.png",
-        "ap_vs_instances_lvis_bbox_val_iter0000003.png", "ap_per_category_lvis_bbox_val_iter0000003.png",
-    ])
+    assert names == sorted(
+        [
+            "bofl_schedule.png",
+            "weight_norms_box_predictor_iter0000002.png",
+            "eqlv2_ratios_box_predictor_iter0000002.png",
+            "weight_norms_box_predictor_final.png",
+            "eqlv2_ratios_box_predictor_final.png",
+            "ap_vs_instances_lvis_bbox_val_iter0000003.png",
+            "ap_per_category_lvis_bbox_val_iter0000003.png",
+        ]
+    )
     for n in names:
         _is_png(str(tmp_path / "plots" / n))
     # each PNG also went into the event storage (TensorBoard), tagged without its <when>, at its step
     put = [(name, step) for name, _, step in storage._vis_data]
     assert put == [
         ("lt_plots/bofl_schedule", 0),
-        ("lt_plots/weight_norms_box_predictor", 1), ("lt_plots/eqlv2_ratios_box_predictor", 1),
-        ("lt_plots/ap_vs_instances_lvis_bbox_val", 2), ("lt_plots/ap_per_category_lvis_bbox_val", 2),
-        ("lt_plots/weight_norms_box_predictor", 3), ("lt_plots/eqlv2_ratios_box_predictor", 3),
+        ("lt_plots/weight_norms_box_predictor", 1),
+        ("lt_plots/eqlv2_ratios_box_predictor", 1),
+        ("lt_plots/ap_vs_instances_lvis_bbox_val", 2),
+        ("lt_plots/ap_per_category_lvis_bbox_val", 2),
+        ("lt_plots/weight_norms_box_predictor", 3),
+        ("lt_plots/eqlv2_ratios_box_predictor", 3),
     ]
     img = storage._vis_data[0][1]
     png = np.asarray(Image.open(tmp_path / "plots" / "bofl_schedule.png").convert("RGB"))
@@ -301,7 +373,9 @@ def test_build_lt_hooks():
 
 # ---------------------------------------------------------------------- tool
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("plot_methods", os.path.join(ROOT, "tools", "plot_methods.py"))
+    spec = importlib.util.spec_from_file_location(
+        "plot_methods", os.path.join(ROOT, "tools", "plot_methods.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -326,16 +400,38 @@ def test_plot_methods_tool(tmp_path):
     torch.save({"model": model.state_dict()}, ckpt)
     out = tmp_path / "plots"
     paths = tool.main(["--config-file", cfg_file, "--output", str(out), "MODEL.WEIGHTS", ckpt])
-    assert sorted(os.path.basename(p) for p in paths) == ["eqlv2_ratios_box_predictor.png", "weight_norms_box_predictor.png"]
+    assert sorted(os.path.basename(p) for p in paths) == [
+        "eqlv2_ratios_box_predictor.png",
+        "weight_norms_box_predictor.png",
+    ]
     for p in paths:
         _is_png(p)
     # config-only BOFL schedule
-    paths = tool.main(["--config-file", os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_sigmoid.yaml"),
-                       "--bofl-schedule", "--output", str(out), "MODEL.LT.BOFL.ENABLED", "True"])
+    paths = tool.main(
+        [
+            "--config-file",
+            os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_sigmoid.yaml"),
+            "--bofl-schedule",
+            "--output",
+            str(out),
+            "MODEL.LT.BOFL.ENABLED",
+            "True",
+        ]
+    )
     assert [os.path.basename(p) for p in paths] == ["bofl_schedule.png"]
     _is_png(paths[0])
     with pytest.raises(SystemExit):
         tool.main(["--config-file", cfg_file, "--output", str(out)])  # no weights
+    # an evaluation's csv alone: the result plots, labelled with the run folder
+    csv_path = tmp_path / "run_x" / "inference" / "val" / "lvis_per_category_bbox.csv"
+    _write_eval_csv(csv_path)
+    paths = tool.main(["--output", str(out), "--results", str(csv_path)])
+    assert [os.path.basename(p) for p in paths] == [
+        "ap_vs_instances_lvis_bbox_val.png",
+        "ap_per_category_lvis_bbox_val.png",
+    ]
+    with pytest.raises(SystemExit, match="does not exist"):
+        tool.main(["--output", str(out), "--results", str(tmp_path / "missing.csv")])
 
 
 def test_bofl_schedule_settings_follow_the_config():
@@ -375,3 +471,90 @@ def test_eqlv2_ratio_data_uses_the_loss_mapping():
     r = eqlv2_map(pos.double() / (neg.double() + 1e-10), 12.0, 0.8).numpy()
     np.testing.assert_allclose(d["r"], r, rtol=1e-12)  # counts already sorted descending
     np.testing.assert_allclose(d["q"], 1 + 4.0 * (1 - r), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------- TensorBoard, end to end
+@pytest.mark.slow
+def test_training_writes_plots_into_tensorboard(tmp_path):
+    """A short training with LT_HOOKS.PLOT_PERIOD: the PNGs are written and detectron2's
+    TensorboardXWriter writes them as image summaries, the final ones and the evaluation's included."""
+    import json
+
+    from detectron2.config import get_cfg
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lt_detectron import add_lt_config
+    from lt_detectron.data import register_lt_dataset
+    from lt_detectron.data.embedded import get_lt_shapes, lt_shapes_paths
+    from lt_detectron.engine import LTTrainer
+    from tests._data import unique_name, unregister
+
+    paths = lt_shapes_paths(get_lt_shapes())
+    data = json.load(open(paths["val_json"]))
+    keep = {im["id"] for im in data["images"][:6]}
+    data["images"] = [im for im in data["images"] if im["id"] in keep]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    json.dump(data, open(tmp_path / "val6.json", "w"))
+    name = unique_name("lt_shapes_val6")
+    register_lt_dataset(
+        name, str(tmp_path / "val6.json"), paths["val_images"], evaluator_type="lvis"
+    )
+    try:
+        cfg = get_cfg()
+        add_lt_config(cfg)
+        cfg.merge_from_file(
+            os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_eqlv2.yaml")
+        )
+        cfg.merge_from_list(
+            [
+                "SOLVER.MAX_ITER",
+                "4",
+                "SOLVER.IMS_PER_BATCH",
+                "2",
+                "SOLVER.WARMUP_ITERS",
+                "1",
+                "SOLVER.CHECKPOINT_PERIOD",
+                "100",
+                "DATALOADER.NUM_WORKERS",
+                "0",
+                "DATASETS.TEST",
+                "('%s',)" % name,
+                "OUTPUT_DIR",
+                str(tmp_path / "run"),
+                "LT_HOOKS.PLOT_PERIOD",
+                "2",
+                "TEST.DETECTIONS_PER_IMAGE",
+                "20",
+            ]
+        )
+        trainer = LTTrainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+    finally:
+        unregister(name)
+    plot_dir = tmp_path / "run" / "plots"
+    expected = {
+        "weight_norms_box_predictor_iter0000002.png",
+        "eqlv2_ratios_box_predictor_iter0000002.png",
+        "weight_norms_box_predictor_final.png",
+        "eqlv2_ratios_box_predictor_final.png",
+        "ap_vs_instances_lvis_bbox_%s_final.png" % name,
+        "ap_per_category_lvis_bbox_%s_final.png" % name,
+    }
+    assert set(os.listdir(plot_dir)) == expected
+    for n in expected:
+        _is_png(str(plot_dir / n))
+    [events] = [f for f in os.listdir(tmp_path / "run") if f.startswith("events.out.tfevents")]
+    acc = EventAccumulator(str(tmp_path / "run" / events), size_guidance={"images": 0})
+    acc.Reload()
+    images = {
+        tag: [(e.step, e.width, e.height) for e in acc.Images(tag)] for tag in acc.Tags()["images"]
+    }
+    final = Image.open(plot_dir / "weight_norms_box_predictor_final.png")
+    assert images["lt_plots/weight_norms_box_predictor"][-1][1:] == final.size
+    assert len(images["lt_plots/weight_norms_box_predictor"]) == 2  # iteration 2 and final
+    assert len(images["lt_plots/eqlv2_ratios_box_predictor"]) == 2
+    assert (
+        len(images["lt_plots/ap_vs_instances_lvis_bbox_%s" % name]) == 1
+    )  # after the final evaluation
+    assert len(images["lt_plots/ap_per_category_lvis_bbox_%s" % name]) == 1

@@ -2,6 +2,7 @@
 
 Jsons in the exact LVIS v1 (1203 real categories) and COCO (80 real, non-contiguous ids) formats.
 """
+
 import json
 import logging
 import os
@@ -58,7 +59,13 @@ def _cfg(train, test=(), sampler="TrainingSampler"):
     return cfg
 
 
-PER_IMAGE_LVIS = [[1, 1, 5], [5, 162], [1203], [3, 3, 3, 5], [2]]  # 40 images would do; 5 keep it fast
+PER_IMAGE_LVIS = [
+    [1, 1, 5],
+    [5, 162],
+    [1203],
+    [3, 3, 3, 5],
+    [2],
+]  # 40 images would do; 5 keep it fast
 
 
 def test_register_lvis_instances_subset_gets_its_own_counts(tmp_path, caplog):
@@ -75,11 +82,16 @@ def test_register_lvis_instances_subset_gets_its_own_counts(tmp_path, caplog):
         assert s.dataset_ids == tuple(range(1, 1204))
         inst, imgs = _counts(PER_IMAGE_LVIS, range(1, 1204))
         assert s.instance_counts.tolist() == inst and s.image_counts.tolist() == imgs
-        assert s.instance_counts[0] == 2 and s.instance_counts[4] == 3 and s.instance_counts[1202] == 1
+        assert (
+            s.instance_counts[0] == 2 and s.instance_counts[4] == 3 and s.instance_counts[1202] == 1
+        )
         assert s.num_images == 5 and s.source == "counted"
         assert "probably a subset" in caplog.text
         meta = MetadataCatalog.get(name)
-        assert meta.thing_dataset_id_to_contiguous_id[1] == 0 and meta.thing_dataset_id_to_contiguous_id[1203] == 1202
+        assert (
+            meta.thing_dataset_id_to_contiguous_id[1] == 0
+            and meta.thing_dataset_id_to_contiguous_id[1203] == 1202
+        )
         # detectron2's own names (synonyms[0]); the loader then agrees with them
         assert meta.thing_classes[161] == "horned_cow"
         dicts = DatasetCatalog.get(name)
@@ -120,7 +132,9 @@ def test_register_lt_dataset_knows_classes_at_registration(tmp_path, monkeypatch
     register_lt_dataset(name, json_file, str(tmp_path))
     try:
         meta = MetadataCatalog.get(name)
-        assert len(meta.thing_classes) == 1203 and meta.thing_classes[161] == "bull"  # the json's names
+        assert (
+            len(meta.thing_classes) == 1203 and meta.thing_classes[161] == "bull"
+        )  # the json's names
         assert meta.thing_dataset_id_to_contiguous_id[162] == 161
         assert meta.evaluator_type == "lvis" and meta.json_format == "lvis"
         assert calls == []  # nothing was loaded to learn them
@@ -131,7 +145,9 @@ def test_register_lt_dataset_knows_classes_at_registration(tmp_path, monkeypatch
 def test_lvis_detected_whatever_the_key_order(tmp_path):
     """LVIS keys after the first MiB (annotations first, categories last) are still found."""
     json_file = str(tmp_path / "late.json")
-    per_image = [[1 + (k % 50)] * 40 for k in range(300)]  # 12,000 annotations, > 1 MiB before the rest
+    per_image = [
+        [1 + (k % 50)] * 40 for k in range(300)
+    ]  # 12,000 annotations, > 1 MiB before the rest
     lvis_v1_json(json_file, per_image, order=("annotations", "licenses", "images", "categories"))
     with open(json_file) as f:
         text = f.read()
@@ -150,7 +166,9 @@ def test_lvis_detected_whatever_the_key_order(tmp_path):
 
 def test_read_json_categories_equals_json_load(tmp_path):
     json_file = str(tmp_path / "a.json")
-    data = lvis_v1_json(json_file, [[1]], order=("categories", "images", "annotations", "info", "licenses"))
+    data = lvis_v1_json(
+        json_file, [[1]], order=("categories", "images", "annotations", "info", "licenses")
+    )
     got = read_json_categories(json_file)
     assert list(got.categories) == sorted(data["categories"], key=lambda c: c["id"])
     # the string "categories" elsewhere (here a key inside info): falls back to a full parse, same result
@@ -166,13 +184,18 @@ def test_given_thing_classes_must_agree(tmp_path):
     names = [c["name"] for c in coco_categories()]
     bad = list(names)
     bad[7], bad[8] = bad[8], bad[7]
-    with pytest.raises(DatasetFormatError, match=r"dataset 'x1'.*categories of /.*c\.json .*index 7: 'boat' vs 'truck'"):
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"dataset 'x1'.*categories of /.*c\.json .*index 7: 'boat' vs 'truck'",
+    ):
         register_lt_dataset("x1", json_file, str(tmp_path), thing_classes=bad)
     assert "x1" not in DatasetCatalog.list()  # a failed registration leaves nothing behind
     name = _name("coco_d2")
     register_coco_instances(name, {"thing_classes": bad}, json_file, str(tmp_path))
     try:
-        with pytest.raises(DatasetFormatError, match=r"disagrees with the categories of .*c\.json.*index 7"):
+        with pytest.raises(
+            DatasetFormatError, match=r"disagrees with the categories of .*c\.json.*index 7"
+        ):
             ensure_dataset_metadata(name)
     finally:
         unregister(name)
@@ -228,7 +251,11 @@ def test_train_json_parsed_once(tmp_path, monkeypatch):
     register_lvis_instances(b, {}, lvis_file, str(tmp_path) + "/")
     loads, gets = [], []
     real_load, real_get = json.load, DatasetCatalog.get
-    monkeypatch.setattr(json, "load", lambda f, *args, **kw: loads.append(getattr(f, "name", f)) or real_load(f, *args, **kw))
+    monkeypatch.setattr(
+        json,
+        "load",
+        lambda f, *args, **kw: loads.append(getattr(f, "name", f)) or real_load(f, *args, **kw),
+    )
     monkeypatch.setattr(DatasetCatalog, "get", lambda n: gets.append(n) or real_get(n))
     try:
         for train in ([a], [b]):
@@ -241,16 +268,24 @@ def test_train_json_parsed_once(tmp_path, monkeypatch):
             dicts = load_train_dicts(cfg)
             stats = get_class_stats(cfg.DATASETS.TRAIN, dataset_dicts=dicts)
             train_list = train_dataset_dicts(cfg, dicts)
-            cfg = epochs.with_iters_per_epoch(cfg, train_list)  # what the trainer builds the model from
+            cfg = epochs.with_iters_per_epoch(
+                cfg, train_list
+            )  # what the trainer builds the model from
             bofl = epochs.bofl_settings(cfg)  # what the losses call with the config only
             assert get_class_stats(cfg.DATASETS.TRAIN) is stats  # the model builder's call
             assert gets == train and len(loads) == 1, (gets, loads)
-            assert stats.num_instances == sum(map(len, PER_IMAGE_LVIS)) == 11 and len(train_list) == 5
+            assert (
+                stats.num_instances == sum(map(len, PER_IMAGE_LVIS)) == 11 and len(train_list) == 5
+            )
             from detectron2.data.samplers import RepeatFactorTrainingSampler
 
             rf = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(train_list, 0.5)
             assert epochs.iters_per_epoch(cfg) == pytest.approx(float(rf.sum()) / 4)
-            assert bofl["iters_per_epoch"] == cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH == pytest.approx(float(rf.sum()) / 4)
+            assert (
+                bofl["iters_per_epoch"]
+                == cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH
+                == pytest.approx(float(rf.sum()) / 4)
+            )
             assert bofl["total_epochs"] == int(np.ceil(10 / (float(rf.sum()) / 4)))
     finally:
         unregister(a, b)
@@ -263,7 +298,9 @@ def test_bofl_schedule_too_short_names_the_keys():
     cfg = _cfg(["lvis_v1_train"])
     cfg.MODEL.LT.BOFL.TOTAL_EPOCHS = 2
     cfg.MODEL.LT.BOFL.DEFERRED_EPOCHS = 3
-    with pytest.raises(ValueError, match=r"MODEL.LT.BOFL.TOTAL_EPOCHS = 2.*MODEL.LT.BOFL.DEFERRED_EPOCHS = 3"):
+    with pytest.raises(
+        ValueError, match=r"MODEL.LT.BOFL.TOTAL_EPOCHS = 2.*MODEL.LT.BOFL.DEFERRED_EPOCHS = 3"
+    ):
         bofl_settings(cfg)
 
 

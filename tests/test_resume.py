@@ -2,6 +2,7 @@
 ``--eval-only`` and after ``--resume`` (the trained classifier is kept); ``model_final.pth`` loads in
 stock detectron2 with the same predictions; resume falls back past a truncated checkpoint;
 ``RepeatFactorTrainingSampler`` resumes exactly; each of 2 gloo ranks resumes its own RNG state."""
+
 import itertools
 import logging
 import os
@@ -17,7 +18,10 @@ from detectron2.utils.env import seed_all_rng
 
 import lt_detectron  # noqa: F401
 from lt_detectron import add_lt_config
-from lt_detectron.data.samplers import ResumableRepeatFactorTrainingSampler, ResumableTrainingSampler
+from lt_detectron.data.samplers import (
+    ResumableRepeatFactorTrainingSampler,
+    ResumableTrainingSampler,
+)
 from lt_detectron.engine import LTCheckpointer, LTTrainer
 from lt_detectron.engine.checkpoint import get_rng_state
 from tests.test_train import small_val  # noqa: F401  (fixture)
@@ -31,8 +35,22 @@ def _cfg(config, out, *opts):
     add_lt_config(cfg)
     cfg.merge_from_file(os.path.join(CONFIGS, config))
     cfg.merge_from_list(
-        ["SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
-         "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "1", "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)]
+        [
+            "SOLVER.MAX_ITER",
+            "3",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "DATASETS.TEST",
+            "()",
+            "OUTPUT_DIR",
+            str(out),
+        ]
         + list(opts)
     )
     return cfg
@@ -48,7 +66,10 @@ def _predict(model, n=3):
     model.eval()
     with torch.no_grad():
         outs = model(inputs)
-    return [(o["instances"].pred_boxes.tensor, o["instances"].scores, o["instances"].pred_classes) for o in outs]
+    return [
+        (o["instances"].pred_boxes.tensor, o["instances"].scores, o["instances"].pred_classes)
+        for o in outs
+    ]
 
 
 def _assert_same_predictions(a, b):
@@ -81,9 +102,21 @@ def softmax_final(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_bags_decoupled_eval_only_and_resume_keep_the_trained_classifier(tmp_path, small_val, softmax_final, caplog):  # noqa: F811
+def test_bags_decoupled_eval_only_and_resume_keep_the_trained_classifier(
+    tmp_path,
+    small_val,  # noqa: F811  (the fixture imported from tests.test_train)
+    softmax_final,
+    caplog,
+):
     out = tmp_path / "bags"
-    opts = ["MODEL.WEIGHTS", softmax_final[1], "DATASETS.TEST", "('%s',)" % small_val[0], "TEST.EVAL_PERIOD", "0"]
+    opts = [
+        "MODEL.WEIGHTS",
+        softmax_final[1],
+        "DATASETS.TEST",
+        "('%s',)" % small_val[0],
+        "TEST.EVAL_PERIOD",
+        "0",
+    ]
     seed_all_rng(0)
     cfg = _cfg("faster_rcnn_tiny_bags_decoupled.yaml", out, *opts)
     assert cfg.MODEL.LT.REINIT_CLS and cfg.MODEL.LT.FREEZE_ALL_BUT_CLS
@@ -96,15 +129,18 @@ def test_bags_decoupled_eval_only_and_resume_keep_the_trained_classifier(tmp_pat
     in_process = LTTrainer.test(cfg, trainer.model)
     want_pred = _predict(trainer.model)
 
-    for resume in (False, True):  # tools/train_net.py --eval-only [--resume] MODEL.WEIGHTS model_final.pth
+    for resume in (
+        False,
+        True,
+    ):  # tools/train_net.py --eval-only [--resume] MODEL.WEIGHTS model_final.pth
         caplog.clear()
         cfg_eval = _cfg("faster_rcnn_tiny_bags_decoupled.yaml", out, *opts)
         cfg_eval.MODEL.WEIGHTS = str(out / "model_final.pth")
         model = LTTrainer.build_model(cfg_eval)
         with caplog.at_level(logging.INFO, logger="lt_detectron.engine.checkpoint"):
-            LTCheckpointer(model, save_dir=cfg_eval.OUTPUT_DIR, reinit_cls=cfg_eval.MODEL.LT.REINIT_CLS).resume_or_load(
-                cfg_eval.MODEL.WEIGHTS, resume=resume
-            )
+            LTCheckpointer(
+                model, save_dir=cfg_eval.OUTPUT_DIR, reinit_cls=cfg_eval.MODEL.LT.REINIT_CLS
+            ).resume_or_load(cfg_eval.MODEL.WEIGHTS, resume=resume)
         assert "classifier fits the model; it is loaded, not re-initialised" in caplog.text
         assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, trained_cls)
         _assert_same_predictions(_predict(model), want_pred)
@@ -167,7 +203,9 @@ def _state(model):
 def test_resume_falls_back_past_a_truncated_checkpoint_and_continues(tmp_path, caplog):
     opts = ["SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.MAX_ITER", "4"]
     seed_all_rng(0)
-    full = _train(_cfg("faster_rcnn_tiny_softmax.yaml", tmp_path / "full", *opts[:2], "SOLVER.MAX_ITER", "6"))
+    full = _train(
+        _cfg("faster_rcnn_tiny_softmax.yaml", tmp_path / "full", *opts[:2], "SOLVER.MAX_ITER", "6")
+    )
     seed_all_rng(0)
     _train(_cfg("faster_rcnn_tiny_softmax.yaml", tmp_path / "split", *opts))
     split = tmp_path / "split"
@@ -177,7 +215,9 @@ def test_resume_falls_back_past_a_truncated_checkpoint_and_continues(tmp_path, c
     final.write_bytes(data[: len(data) // 3])  # a write cut short
     seed_all_rng(123)
     with caplog.at_level(logging.WARNING):
-        second = LTTrainer(_cfg("faster_rcnn_tiny_softmax.yaml", split, *opts[:2], "SOLVER.MAX_ITER", "6"))
+        second = LTTrainer(
+            _cfg("faster_rcnn_tiny_softmax.yaml", split, *opts[:2], "SOLVER.MAX_ITER", "6")
+        )
         second.resume_or_load(resume=True)
     assert "Cannot resume from %s" % final in caplog.text and "truncated or corrupt" in caplog.text
     assert "Resumed from %s instead of %s" % (split / "model_0000003.pth", final) in caplog.text
@@ -192,18 +232,33 @@ def test_resume_falls_back_past_a_truncated_checkpoint_and_continues(tmp_path, c
 def test_repeat_factor_sampler_resumes_exactly(tmp_path):
     """N + resume + M iterations with RepeatFactorTrainingSampler == N+M straight: the same batches
     and bitwise the same EQL v2 buffers."""
-    opts = ["MODEL.LT.ROI_LOSS", "eqlv2", "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
-            "DATALOADER.REPEAT_THRESHOLD", "0.1"]
+    opts = [
+        "MODEL.LT.ROI_LOSS",
+        "eqlv2",
+        "DATALOADER.SAMPLER_TRAIN",
+        "RepeatFactorTrainingSampler",
+        "DATALOADER.REPEAT_THRESHOLD",
+        "0.1",
+    ]
     seed_all_rng(0)
     want_batches = []
-    full = _train(_cfg("Base-FasterRCNN-Tiny.yaml", tmp_path / "full", *opts, "SOLVER.MAX_ITER", "5"), record=want_batches)
+    full = _train(
+        _cfg("Base-FasterRCNN-Tiny.yaml", tmp_path / "full", *opts, "SOLVER.MAX_ITER", "5"),
+        record=want_batches,
+    )
     assert isinstance(full._trainer.data_loader.lt_sampler, ResumableRepeatFactorTrainingSampler)
     seed_all_rng(0)
     got_batches = []
-    _train(_cfg("Base-FasterRCNN-Tiny.yaml", tmp_path / "split", *opts, "SOLVER.MAX_ITER", "3"), record=got_batches)
+    _train(
+        _cfg("Base-FasterRCNN-Tiny.yaml", tmp_path / "split", *opts, "SOLVER.MAX_ITER", "3"),
+        record=got_batches,
+    )
     seed_all_rng(123)  # a new process
-    second = _train(_cfg("Base-FasterRCNN-Tiny.yaml", tmp_path / "split", *opts, "SOLVER.MAX_ITER", "5"), resume=True,
-                    record=got_batches)
+    second = _train(
+        _cfg("Base-FasterRCNN-Tiny.yaml", tmp_path / "split", *opts, "SOLVER.MAX_ITER", "5"),
+        resume=True,
+        record=got_batches,
+    )
     assert second.start_iter == 3
     assert got_batches == want_batches and len(want_batches) == 5
     assert want_batches[3:] != want_batches[:2]  # a restarted stream would repeat the first batches
@@ -220,19 +275,26 @@ def test_resumable_samplers_continue_detectron2_streams(world_size):
     each with its own stochastic rounding and permutation), sharded by rank."""
     factors = torch.tensor([1.0, 2.5, 1.0, 3.2, 1.7, 1.0, 1.0])
     n = 200  # about 17 RFS epochs
-    ref_rfs = list(itertools.islice(RepeatFactorTrainingSampler(factors, seed=7)._infinite_indices(), 1000))
+    ref_rfs = list(
+        itertools.islice(RepeatFactorTrainingSampler(factors, seed=7)._infinite_indices(), 1000)
+    )
     ref_ts = list(itertools.islice(ResumableTrainingSampler(7, seed=7)._infinite_indices(), 1000))
     for start in (0, 5, 37, 120):
         for rank in range(world_size):
-            for cls, args, ref in ((ResumableRepeatFactorTrainingSampler, (factors,), ref_rfs),
-                                   (ResumableTrainingSampler, (7,), ref_ts)):
+            for cls, args, ref in (
+                (ResumableRepeatFactorTrainingSampler, (factors,), ref_rfs),
+                (ResumableTrainingSampler, (7,), ref_ts),
+            ):
                 s = cls(*args, seed=7)
                 s._rank, s._world_size = rank, world_size
                 s.set_start(start)
                 got = list(itertools.islice(iter(s), n // world_size))
-                assert got == ref[start + rank::world_size][: n // world_size]
+                assert got == ref[start + rank :: world_size][: n // world_size]
     # the seed travels with the checkpoint (SEED -1 draws a new one per run)
-    a, b = ResumableRepeatFactorTrainingSampler(factors, seed=1), ResumableRepeatFactorTrainingSampler(factors, seed=2)
+    a, b = (
+        ResumableRepeatFactorTrainingSampler(factors, seed=1),
+        ResumableRepeatFactorTrainingSampler(factors, seed=2),
+    )
     b.load_state_dict(torch.load(_roundtrip(a.state_dict()), weights_only=True))
     assert list(itertools.islice(iter(a), 50)) == list(itertools.islice(iter(b), 50))
     with pytest.raises(ValueError, match="start must be >= 0"):
@@ -249,20 +311,33 @@ def _roundtrip(obj):
 
 
 def _rng_worker(rank, out_dir):
-    dist.init_process_group("gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"), rank=rank, world_size=2)
+    dist.init_process_group(
+        "gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"), rank=rank, world_size=2
+    )
     torch.set_num_threads(1)
     try:
         run = os.path.join(out_dir, "run")
         seed_all_rng(100 + rank)  # default_setup seeds SEED + rank
-        _train(_cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "2", "MODEL.DEVICE", "cpu"))
+        _train(
+            _cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "2", "MODEL.DEVICE", "cpu")
+        )
         end = get_rng_state()
         dist.barrier()
         seed_all_rng(999)  # a new process
-        t2 = LTTrainer(_cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "3", "MODEL.DEVICE", "cpu"))
+        t2 = LTTrainer(
+            _cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "3", "MODEL.DEVICE", "cpu")
+        )
         t2.resume_or_load(resume=True)
         after = get_rng_state()
-        torch.save({"end": end, "after": after, "torch_pending": t2._torch_rng_to_restore, "start_iter": t2.start_iter},
-                   os.path.join(out_dir, "rank%d.pt" % rank))
+        torch.save(
+            {
+                "end": end,
+                "after": after,
+                "torch_pending": t2._torch_rng_to_restore,
+                "start_iter": t2.start_iter,
+            },
+            os.path.join(out_dir, "rank%d.pt" % rank),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -274,13 +349,19 @@ def test_each_rank_resumes_its_own_rng_state(tmp_path):
     per_rank = ckpt["trainer"]["rng"]["per_rank"]
     assert len(per_rank) == 2
     r = [torch.load(tmp_path / ("rank%d.pt" % i), weights_only=True) for i in range(2)]
-    assert not torch.equal(r[0]["end"]["numpy"]["keys"], r[1]["end"]["numpy"]["keys"])  # ranks differ
+    assert not torch.equal(
+        r[0]["end"]["numpy"]["keys"], r[1]["end"]["numpy"]["keys"]
+    )  # ranks differ
     for i in range(2):
         assert r[i]["start_iter"] == 2
         end, after, saved = r[i]["end"], r[i]["after"], per_rank[i]
         for part in ("numpy", "python"):
             for k, v in end[part].items():
                 for x in (after[part][k], saved[part][k]):
-                    assert torch.equal(x, v) if isinstance(v, torch.Tensor) else x == v, (i, part, k)
+                    assert torch.equal(x, v) if isinstance(v, torch.Tensor) else x == v, (
+                        i,
+                        part,
+                        k,
+                    )
         assert torch.equal(r[i]["torch_pending"], end["torch"])  # restored after the first batch
         assert torch.equal(saved["torch"], end["torch"])

@@ -1,5 +1,6 @@
 """LongTailROIHeads / LongTailCascadeROIHeads inside GeneralizedRCNN: Mask R-CNN and Cascade
 train and infer with every loss; each cascade stage keeps its own EQL v2 state."""
+
 import os
 
 import pytest
@@ -34,7 +35,9 @@ def batch(with_instances=True, n=2, size=96):
             boxes = torch.tensor([[10.0, 10.0, 40.0, 45.0], [50.0, 20.0, 80.0, 70.0]])
             inst.gt_boxes = Boxes(boxes)
             inst.gt_classes = torch.tensor([i, 23])
-            inst.gt_masks = PolygonMasks([[[b[0], b[1], b[2], b[1], b[2], b[3], b[0], b[3]]] for b in boxes.tolist()])
+            inst.gt_masks = PolygonMasks(
+                [[[b[0], b[1], b[2], b[1], b[2], b[3], b[0], b[3]]] for b in boxes.tolist()]
+            )
         else:
             inst.gt_boxes = Boxes(torch.zeros(0, 4))
             inst.gt_classes = torch.zeros(0, dtype=torch.long)
@@ -52,7 +55,9 @@ def train_and_infer(model, data):
     total.backward()
     model.eval()
     with torch.no_grad():
-        out = model([{"image": d["image"], "height": d["height"], "width": d["width"]} for d in data])
+        out = model(
+            [{"image": d["image"], "height": d["height"], "width": d["width"]} for d in data]
+        )
     return losses, out
 
 
@@ -68,7 +73,13 @@ def test_mask_rcnn_with_long_tail_heads(loss):
 
 def test_cascade_stages_keep_their_own_eqlv2_state():
     torch.manual_seed(0)
-    cfg = tiny_cfg("eqlv2", "MODEL.ROI_HEADS.NAME", "LongTailCascadeROIHeads", "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True")
+    cfg = tiny_cfg(
+        "eqlv2",
+        "MODEL.ROI_HEADS.NAME",
+        "LongTailCascadeROIHeads",
+        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
+        "True",
+    )
     model = build_model(cfg)
     predictors = model.roi_heads.box_predictor
     assert len(predictors) == 3
@@ -88,16 +99,30 @@ def test_heads_pass_the_gt_classes_of_every_image(heads):
     """The predictors' losses get the targets' classes as an argument (BOFL's per-image counts need them)."""
     torch.manual_seed(0)
     cfg = tiny_cfg(
-        "sigmoid", "MODEL.ROI_HEADS.NAME", heads, "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True",
-        "MODEL.LT.BOFL.ENABLED", "True", "MODEL.LT.BOFL.BATCH_COUNTS", "image", "MODEL.LT.BOFL.ITERS_PER_EPOCH", "10.0",
-        "MODEL.LT.BOFL.TOTAL_EPOCHS", "2", "MODEL.LT.BOFL.DEFERRED_EPOCHS", "0",
+        "sigmoid",
+        "MODEL.ROI_HEADS.NAME",
+        heads,
+        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG",
+        "True",
+        "MODEL.LT.BOFL.ENABLED",
+        "True",
+        "MODEL.LT.BOFL.BATCH_COUNTS",
+        "image",
+        "MODEL.LT.BOFL.ITERS_PER_EPOCH",
+        "10.0",
+        "MODEL.LT.BOFL.TOTAL_EPOCHS",
+        "2",
+        "MODEL.LT.BOFL.DEFERRED_EPOCHS",
+        "0",
     )
     model = build_model(cfg)
     predictors = model.roi_heads.box_predictor
     predictors = list(predictors) if isinstance(predictors, torch.nn.ModuleList) else [predictors]
     seen = []
     for p in predictors:
-        p.losses = lambda *a, _orig=p.losses, **k: seen.append(k.get("gt_classes_per_image")) or _orig(*a, **k)
+        p.losses = lambda *a, _orig=p.losses, **k: (
+            seen.append(k.get("gt_classes_per_image")) or _orig(*a, **k)
+        )
     losses, _ = train_and_infer(model, batch())
     assert len(seen) == len(predictors)
     for gts in seen:

@@ -1,6 +1,7 @@
 """Seesaw loss: parity with an independent transcription of the authors' (mmdetection) computation, over
 several iterations of the cumulative counts; hand-computed factors; state, non-finite batches, two ranks;
 the protocol (classifier spec, config, inference scores)."""
+
 import math
 import multiprocessing
 import os
@@ -62,13 +63,19 @@ class MMDetSeesawReference:
         avg_factor = max(float(labels.numel()), 1.0)
         pos = labels < self.C
         obj_labels = (labels == self.C).long()
-        loss_classes = self.class_loss(cls_score[:, :-2][pos], labels[pos], self.cum_samples[: self.C])
+        loss_classes = self.class_loss(
+            cls_score[:, :-2][pos], labels[pos], self.cum_samples[: self.C]
+        )
         loss_objectness = F.cross_entropy(cls_score[:, -2:], obj_labels, reduction="none")
-        return self.loss_weight * (loss_classes.sum() / avg_factor + loss_objectness.sum() / avg_factor)
+        return self.loss_weight * (
+            loss_classes.sum() / avg_factor + loss_objectness.sum() / avg_factor
+        )
 
     def get_activation(self, cls_score):
         obj = F.softmax(cls_score[..., -2:], dim=-1)
-        return torch.cat([F.softmax(cls_score[..., :-2], dim=-1) * obj[..., [0]], obj[..., [1]]], dim=-1)
+        return torch.cat(
+            [F.softmax(cls_score[..., :-2], dim=-1) * obj[..., [0]], obj[..., [1]]], dim=-1
+        )
 
 
 def _batch(seed, R, C, fg_frac=0.4, classes=None, scale=4.0):
@@ -90,7 +97,9 @@ def _to_d2(z, gt):
 def _sequence(C):
     """Batches with varied labels: tail classes unseen at first, an all-background batch, an empty batch."""
     return [
-        _batch(1, 40, C, classes=[0, 0, 0, 1]),  # classes 2..C-1 unseen so far (counts clamped to 1)
+        _batch(
+            1, 40, C, classes=[0, 0, 0, 1]
+        ),  # classes 2..C-1 unseen so far (counts clamped to 1)
         _batch(2, 32, C, classes=[0, 1, 2]),
         _batch(3, 24, C, fg_frac=0.0),  # all background
         (torch.zeros(0, C + 2, dtype=D), torch.zeros(0, dtype=torch.long)),  # empty
@@ -99,8 +108,10 @@ def _sequence(C):
     ]
 
 
-@pytest.mark.parametrize("p,q,eps,w", [(0.8, 2.0, 1e-2, 1.0), (0.0, 2.0, 1e-2, 1.0), (0.8, 0.0, 1e-2, 0.5),
-                                       (1.5, 1.0, 0.2, 2.0)])
+@pytest.mark.parametrize(
+    "p,q,eps,w",
+    [(0.8, 2.0, 1e-2, 1.0), (0.0, 2.0, 1e-2, 1.0), (0.8, 0.0, 1e-2, 0.5), (1.5, 1.0, 0.2, 2.0)],
+)
 def test_parity_with_the_authors_computation_over_iterations(p, q, eps, w):
     C = 6
     ours = SeesawLoss(C, p=p, q=q, eps=eps, loss_weight=w).train()
@@ -119,7 +130,9 @@ def test_parity_with_the_authors_computation_over_iterations(p, q, eps, w):
             torch.testing.assert_close(z_d2.grad, z_mm.grad, rtol=1e-5, atol=1e-8)
             fg = gt_mm < C
             if fg.any():  # the factors were really exercised (not all 1)
-                off = seesaw_logit_offsets(z_mm[fg, :C].detach(), gt_mm[fg], ours.cum_samples, p, q, eps)
+                off = seesaw_logit_offsets(
+                    z_mm[fg, :C].detach(), gt_mm[fg], ours.cum_samples, p, q, eps
+                )
                 compensated += int((off.abs() > 1e-3).sum())
         torch.testing.assert_close(ours.cum_samples, ref.cum_samples[:C], rtol=0, atol=0)
     assert compensated > 0
@@ -136,7 +149,10 @@ def test_seesaw_cross_entropy_matches_the_fused_loss():
     for dtype, tol in ((D, 1e-12), (torch.float32, 1e-5)):
         a = z.detach().to(dtype).clone().requires_grad_(True)
         b = a.detach().clone().requires_grad_(True)
-        (seesaw_cross_entropy(a[:, :C], gt, counts) / 30 + F.cross_entropy(a[:, C:], (gt == C).long())).backward()
+        (
+            seesaw_cross_entropy(a[:, :C], gt, counts) / 30
+            + F.cross_entropy(a[:, C:], (gt == C).long())
+        ).backward()
         m(b, gt).backward()
         torch.testing.assert_close(b.grad, a.grad, rtol=tol, atol=tol)
 
@@ -151,7 +167,9 @@ def test_gradcheck_of_the_fused_function():
     z, gt = _batch(8, 10, C, fg_frac=0.6, scale=2.0)
     counts = torch.tensor([30.0, 3.0, 1.0, 0.0], dtype=D)
     z.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: _SeesawFunction.apply(x, gt, counts, 0.8, 0.0, 1e-2), (z,))
+    assert torch.autograd.gradcheck(
+        lambda x: _SeesawFunction.apply(x, gt, counts, 0.8, 0.0, 1e-2), (z,)
+    )
 
 
 def test_hand_computed_factors_on_three_classes():
@@ -160,11 +178,13 @@ def test_hand_computed_factors_on_three_classes():
     L_cls = log(1 + 0.1^0.8 e^2 e^1 + 0.01^0.8 e^4 e^2); for an ROI of the rarest class 2 both factors are 1
     (no rarer class, the largest score) and L_cls = plain CE."""
     m = SeesawLoss(3).train()
-    m.cum_samples.copy_(torch.tensor([99.0, 10.0, 1.0], dtype=D))  # + this batch's class-0 ROI = 100
+    m.cum_samples.copy_(
+        torch.tensor([99.0, 10.0, 1.0], dtype=D)
+    )  # + this batch's class-0 ROI = 100
     z = torch.tensor([[0.0, 1.0, 2.0, 0.5, -0.5]], dtype=D, requires_grad=True)
     loss = m(z, torch.tensor([0]))
     assert m.cum_samples.tolist() == [100.0, 10.0, 1.0]  # counted BEFORE the loss, as the authors
-    l_cls = math.log(1 + 0.1 ** 0.8 * math.e ** 3 + 0.01 ** 0.8 * math.e ** 6)
+    l_cls = math.log(1 + 0.1**0.8 * math.e**3 + 0.01**0.8 * math.e**6)
     l_obj = math.log(1 + math.exp(-0.5 - 0.5))
     assert abs(loss.item() - (l_cls + l_obj)) < 1e-12
     off = seesaw_logit_offsets(z[:, :3], torch.tensor([0]), m.cum_samples)
@@ -179,11 +199,15 @@ def test_hand_computed_factors_on_three_classes():
 
     m.eval()
     tail = m(torch.tensor([[0.0, 1.0, 2.0, 0.0, 0.0]], dtype=D), torch.tensor([2]))
-    assert abs(tail.item() - ((math.log(1 + math.e + math.e ** 2) - 2.0) + math.log(2))) < 1e-12
+    assert abs(tail.item() - ((math.log(1 + math.e + math.e**2) - 2.0) + math.log(2))) < 1e-12
     # eps: the label's score is clamped at eps: class 0 with sigma_0 = 1e-6 < eps = 0.01
     z0 = torch.tensor([[0.0, math.log(1e6 - 1.0), -50.0]], dtype=D)  # sigma ~ (1e-6, 1 - 1e-6, ~0)
-    off = seesaw_logit_offsets(z0, torch.tensor([0]), torch.tensor([1.0, 1.0, 1.0]), p=0.8, q=2.0, eps=0.01)
-    assert abs(off[0, 1].item() - 2.0 * math.log((1 - 1e-6) / 0.01)) < 1e-9 and off[0, 2].item() == 0.0
+    off = seesaw_logit_offsets(
+        z0, torch.tensor([0]), torch.tensor([1.0, 1.0, 1.0]), p=0.8, q=2.0, eps=0.01
+    )
+    assert (
+        abs(off[0, 1].item() - 2.0 * math.log((1 - 1e-6) / 0.01)) < 1e-9 and off[0, 2].item() == 0.0
+    )
 
 
 def test_counts_in_state_dict_and_resume():
@@ -193,7 +217,9 @@ def test_counts_in_state_dict_and_resume():
     for z, gt in batches[:3]:
         m(z, gt)
     sd = m.state_dict()
-    assert set(sd) == {"cum_samples"} and sd["cum_samples"].dtype == D and sd["cum_samples"].sum() > 0
+    assert (
+        set(sd) == {"cum_samples"} and sd["cum_samples"].dtype == D and sd["cum_samples"].sum() > 0
+    )
     resumed = SeesawLoss(C).train()
     resumed.load_state_dict(sd)
     assert torch.equal(resumed.cum_samples, m.cum_samples)
@@ -281,8 +307,16 @@ def test_predict_probs_and_accuracy_logits():
 def test_classifier_spec():
     m = SeesawLoss(10)
     spec = m.classifier_spec()
-    assert (spec.num_logits, spec.kind, spec.bias, spec.init_std, spec.prior_prob) == (12, "linear", True, 0.01, 0.0)
-    assert m.exact_gradient is False  # the surrogate gradient (detached scores): no numerical check applies
+    assert (spec.num_logits, spec.kind, spec.bias, spec.init_std, spec.prior_prob) == (
+        12,
+        "linear",
+        True,
+        0.01,
+        0.0,
+    )
+    assert (
+        m.exact_gradient is False
+    )  # the surrogate gradient (detached scores): no numerical check applies
     spec = SeesawLoss(10, classifier="cosine", cosine_scale=20.0).classifier_spec()
     assert (spec.num_logits, spec.kind, spec.scale, spec.bias) == (12, "cosine", 20.0, True)
 
@@ -294,14 +328,24 @@ def test_built_from_config_and_bad_values():
     from lt_detectron.losses.base import ROI_LOSS_REGISTRY, build_roi_loss
 
     cfg = add_lt_config(get_cfg())
-    assert (cfg.MODEL.LT.SEESAW.P, cfg.MODEL.LT.SEESAW.Q, cfg.MODEL.LT.SEESAW.EPS,
-            cfg.MODEL.LT.SEESAW.LOSS_WEIGHT) == (0.8, 2.0, 0.01, 1.0)
+    assert (
+        cfg.MODEL.LT.SEESAW.P,
+        cfg.MODEL.LT.SEESAW.Q,
+        cfg.MODEL.LT.SEESAW.EPS,
+        cfg.MODEL.LT.SEESAW.LOSS_WEIGHT,
+    ) == (0.8, 2.0, 0.01, 1.0)
     cfg.MODEL.LT.ROI_LOSS = "seesaw"
     cfg.MODEL.LT.SEESAW.P = 0.5
     cfg.MODEL.LT.CLASSIFIER = "cosine"
     loss = build_roi_loss(cfg, 11)
     assert isinstance(loss, SeesawLoss) and ROI_LOSS_REGISTRY.get("Seesaw") is SeesawLoss
-    assert (loss.num_classes, loss.p, loss.q, loss.eps, loss.loss_weight) == (11, 0.5, 2.0, 0.01, 1.0)
+    assert (loss.num_classes, loss.p, loss.q, loss.eps, loss.loss_weight) == (
+        11,
+        0.5,
+        2.0,
+        0.01,
+        1.0,
+    )
     assert loss.classifier_spec().kind == "cosine"
     for key, value in (("P", -0.1), ("Q", float("nan")), ("EPS", 0.0), ("LOSS_WEIGHT", -1.0)):
         with pytest.raises(ValueError, match=r"MODEL\.LT\.SEESAW\.%s" % key):
@@ -318,14 +362,23 @@ def _dist_worker(rank, world, init_file, out_dir, C, batches, bad_step):
         losses = []
         for step, (z, gt) in enumerate(batches):
             half = z.shape[0] // world
-            zr, gtr = z[rank * half:(rank + 1) * half].clone(), gt[rank * half:(rank + 1) * half]
+            zr, gtr = (
+                z[rank * half : (rank + 1) * half].clone(),
+                gt[rank * half : (rank + 1) * half],
+            )
             if step == bad_step and rank == 1:  # only rank 1 sees the non-finite logit
                 zr[0, 0] = float("nan")
             if step == 2 and rank == 0:  # rank 0 gets no ROI at all this step
                 zr, gtr = zr[:0], gtr[:0]
             losses.append(m(zr, gtr).detach())
-        torch.save({"counts": m.cum_samples, "skips": m.num_nonfinite_skips, "losses": torch.stack(losses)},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "counts": m.cum_samples,
+                "skips": m.num_nonfinite_skips,
+                "losses": torch.stack(losses),
+            },
+            os.path.join(out_dir, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
@@ -336,7 +389,12 @@ def test_two_ranks_sum_the_counts(tmp_path):
     counting both halves; rank 1's NaN makes both ranks skip that step; rank 0's empty step still syncs."""
     C = 5
     batches = [_batch(60 + i, 32, C, fg_frac=0.7) for i in range(4)]
-    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path), C, batches, 1), nprocs=2, join=True)
+    mp.spawn(
+        _dist_worker,
+        args=(2, str(tmp_path / "init"), str(tmp_path), C, batches, 1),
+        nprocs=2,
+        join=True,
+    )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(r0["counts"], r1["counts"]) and r0["skips"] == r1["skips"] == 1
     expected = torch.zeros(C, dtype=D)
@@ -367,9 +425,26 @@ def test_tiny_faster_rcnn_trains_two_iterations_on_the_embedded_set(tmp_path, cl
     cfg = add_lt_config(get_cfg())
     root = Path(__file__).resolve().parents[1]
     cfg.merge_from_file(str(root / "configs" / "lt_shapes" / "faster_rcnn_tiny_seesaw.yaml"))
-    cfg.merge_from_list(["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
-                         "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path),
-                         "SOLVER.WARMUP_ITERS", "1", "MODEL.LT.CLASSIFIER", classifier])
+    cfg.merge_from_list(
+        [
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "DATASETS.TEST",
+            "()",
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "SOLVER.WARMUP_ITERS",
+            "1",
+            "MODEL.LT.CLASSIFIER",
+            classifier,
+        ]
+    )
     torch.manual_seed(0)
     trainer = LTTrainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -388,8 +463,15 @@ def test_tiny_faster_rcnn_trains_two_iterations_on_the_embedded_set(tmp_path, cl
     assert torch.equal(saved["roi_heads.box_predictor.cls_loss.cum_samples"], counts)
     model = trainer.model.eval()
     with torch.no_grad():
-        out = model([{"image": torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8).float(), "height": 128,
-                      "width": 128}])
+        out = model(
+            [
+                {
+                    "image": torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8).float(),
+                    "height": 128,
+                    "width": 128,
+                }
+            ]
+        )
     inst = out[0]["instances"]
     assert torch.equal(predictor.cls_loss.cum_samples, counts)  # eval: frozen
     assert len(inst) == 0 or (inst.pred_classes.max() < 24 and (inst.scores <= 1).all())

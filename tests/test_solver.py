@@ -1,4 +1,5 @@
 """Whole-model gradient clipping (SOLVER.CLIP_GRADIENTS.CLIP_TYPE "full_model")."""
+
 import math
 
 import pytest
@@ -15,7 +16,7 @@ GRADS = {
     "bn.weight": [0.0, 0.0],  # norm 0
     "bn.bias": [0.0, 84.0],  # norm 84
 }
-TOTAL_NORM = math.sqrt(5.0 ** 2 + 12.0 ** 2 + 84.0 ** 2)  # = 85
+TOTAL_NORM = math.sqrt(5.0**2 + 12.0**2 + 84.0**2)  # = 85
 
 
 class Tiny(torch.nn.Module):
@@ -56,8 +57,10 @@ def test_full_model_total_norm_equals_clip_value():
     # one common factor 17 / 85 for every parameter, across the optimizer's param groups
     assert len(opt.param_groups) > 1
     for name, g in GRADS.items():
-        torch.testing.assert_close(update[name], torch.tensor(g) * (17.0 / 85.0), rtol=1e-6, atol=1e-6)
-    total = math.sqrt(sum(float((u ** 2).sum()) for u in update.values()))
+        torch.testing.assert_close(
+            update[name], torch.tensor(g) * (17.0 / 85.0), rtol=1e-6, atol=1e-6
+        )
+    total = math.sqrt(sum(float((u**2).sum()) for u in update.values()))
     assert total == pytest.approx(17.0, rel=1e-6)
 
 
@@ -74,7 +77,7 @@ def test_per_parameter_norm_clipping_differs():
     torch.testing.assert_close(per_param["fc.weight"], torch.tensor(GRADS["fc.weight"]))
     torch.testing.assert_close(per_param["fc.bias"], torch.tensor(GRADS["fc.bias"]))
     torch.testing.assert_close(per_param["bn.bias"], torch.tensor([0.0, 17.0]))
-    total = math.sqrt(sum(float((u ** 2).sum()) for u in per_param.values()))
+    total = math.sqrt(sum(float((u**2).sum()) for u in per_param.values()))
     assert total == pytest.approx(math.sqrt(25 + 144 + 289), rel=1e-6)
     _, full = _step(_cfg("full_model", 17.0))
     assert not torch.allclose(full["fc.bias"], per_param["fc.bias"])

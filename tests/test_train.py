@@ -1,5 +1,6 @@
 """End to end on CPU: a few training iterations + evaluation, resume, checkpoint class-count
 errors, and a 2-process (gloo) run through tools/train_net.py."""
+
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 
 import lt_detectron  # noqa: F401
 from lt_detectron import add_lt_config
@@ -30,7 +31,9 @@ def small_val():
     keep = {im["id"] for im in data["images"][:12]}
     data["images"] = [im for im in data["images"] if im["id"] in keep]
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
-    out = os.path.join(os.environ.get("PYTEST_TMP", "/tmp"), "lt_shapes_val12_%d.json" % os.getpid())
+    out = os.path.join(
+        os.environ.get("PYTEST_TMP", "/tmp"), "lt_shapes_val12_%d.json" % os.getpid()
+    )
     json.dump(data, open(out, "w"))
     name = unique_name("lt_shapes_val12")
     register_lt_dataset(name, out, paths["val_images"], evaluator_type="lvis")
@@ -44,9 +47,20 @@ def make_cfg(tmp_path, test_name, *opts):
     cfg.merge_from_file(BASE)
     cfg.merge_from_list(
         [
-            "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "2",
-            "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "('%s',)" % test_name,
-            "OUTPUT_DIR", str(tmp_path), "SOLVER.WARMUP_ITERS", "1",
+            "SOLVER.MAX_ITER",
+            "4",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "DATASETS.TEST",
+            "('%s',)" % test_name,
+            "OUTPUT_DIR",
+            str(tmp_path),
+            "SOLVER.WARMUP_ITERS",
+            "1",
         ]
         + list(opts)
     )
@@ -88,20 +102,30 @@ def test_resume_is_exact_and_class_mismatch_is_clear(tmp_path, small_val):
     ckpt = torch.load(tmp_path / "model_final.pth", weights_only=True)  # plain data only
     w = ckpt["model"]["roi_heads.box_predictor.cls_score.weight"]
     ckpt["model"]["roi_heads.box_predictor.cls_score.weight"] = w[:10]
-    ckpt["model"]["roi_heads.box_predictor.cls_score.bias"] = ckpt["model"]["roi_heads.box_predictor.cls_score.bias"][:10]
+    ckpt["model"]["roi_heads.box_predictor.cls_score.bias"] = ckpt["model"][
+        "roi_heads.box_predictor.cls_score.bias"
+    ][:10]
     torch.save(ckpt, tmp_path / "nine_classes.pth")
-    with pytest.raises(CheckpointClassMismatch, match=r"shape \[10, 128\] but the model expects \[25, 128\]"):
+    with pytest.raises(
+        CheckpointClassMismatch, match=r"shape \[10, 128\] but the model expects \[25, 128\]"
+    ):
         LTCheckpointer(model).load(str(tmp_path / "nine_classes.pth"))
     # ... unless the classifier is re-initialised on purpose (BAGS decoupled recipe)
     before = model.roi_heads.box_predictor.cls_score.weight.clone()
     LTCheckpointer(model, reinit_cls=True).load(str(tmp_path / "nine_classes.pth"))
     assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, before)
-    assert torch.equal(model.roi_heads.box_predictor.bbox_pred.weight, final["roi_heads.box_predictor.bbox_pred.weight"])
+    assert torch.equal(
+        model.roi_heads.box_predictor.bbox_pred.weight,
+        final["roi_heads.box_predictor.bbox_pred.weight"],
+    )
 
 
 def test_num_classes_mismatch_is_a_startup_error(tmp_path, small_val):
     cfg = make_cfg(tmp_path, small_val[0], "MODEL.ROI_HEADS.NUM_CLASSES", "80")
-    with pytest.raises(ClassStatsError, match="MODEL.ROI_HEADS.NUM_CLASSES = 80 but the training data lt_shapes_train has 24"):
+    with pytest.raises(
+        ClassStatsError,
+        match="MODEL.ROI_HEADS.NUM_CLASSES = 80 but the training data lt_shapes_train has 24",
+    ):
         LTTrainer(cfg)
 
 
@@ -110,15 +134,35 @@ def test_two_process_cpu_training(tmp_path):
     """tools/train_net.py --num-gpus 2 MODEL.DEVICE cpu: gloo DDP, distributed evaluation."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", BASE, "--num-gpus", "2",
-        "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
-        "SOLVER.CHECKPOINT_PERIOD", "100", "OUTPUT_DIR", str(tmp_path), "SOLVER.WARMUP_ITERS", "1",
-        "DATASETS.TEST", "('lt_shapes_val',)",
+        sys.executable,
+        os.path.join(ROOT, "tools", "train_net.py"),
+        "--config-file",
+        BASE,
+        "--num-gpus",
+        "2",
+        "MODEL.DEVICE",
+        "cpu",
+        "SOLVER.MAX_ITER",
+        "3",
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100",
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "DATASETS.TEST",
+        "('lt_shapes_val',)",
     ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = out.stdout + out.stderr
-    assert "world_size=2" in log.replace(" ", "") or "Rank of current process: 0. World size: 2" in log
+    assert (
+        "world_size=2" in log.replace(" ", "") or "Rank of current process: 0. World size: 2" in log
+    )
     assert os.path.isfile(tmp_path / "model_final.pth")
     assert "| lt_shapes_val | bbox |" in out.stdout
 
@@ -130,12 +174,38 @@ def test_train_net_on_a_dataset_registered_on_the_command_line(tmp_path):
 
     write_coco_json(str(tmp_path / "train.json"), [6, 3, 1], image_size=64, write_images=True)
     cmd = [
-        sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", BASE,
-        "--register-dataset", "mine_train", str(tmp_path / "train.json"), str(tmp_path),
-        "--register-dataset", "mine_val", str(tmp_path / "train.json"), str(tmp_path),
-        "DATASETS.TRAIN", "('mine_train',)", "DATASETS.TEST", "('mine_val',)", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
-        "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "1",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "OUTPUT_DIR", str(tmp_path / "out"),
+        sys.executable,
+        os.path.join(ROOT, "tools", "train_net.py"),
+        "--config-file",
+        BASE,
+        "--register-dataset",
+        "mine_train",
+        str(tmp_path / "train.json"),
+        str(tmp_path),
+        "--register-dataset",
+        "mine_val",
+        str(tmp_path / "train.json"),
+        str(tmp_path),
+        "DATASETS.TRAIN",
+        "('mine_train',)",
+        "DATASETS.TEST",
+        "('mine_val',)",
+        "MODEL.ROI_HEADS.NUM_CLASSES",
+        "3",
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "SOLVER.WARMUP_ITERS",
+        "1",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -150,7 +220,13 @@ def _method_state(model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("opts", [("MODEL.LT.ROI_LOSS", "eqlv2"), ("MODEL.LT.ROI_LOSS", "ecm", "MODEL.LT.ECM.MEASURE_ITERS", "4")])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ("MODEL.LT.ROI_LOSS", "eqlv2"),
+        ("MODEL.LT.ROI_LOSS", "ecm", "MODEL.LT.ECM.MEASURE_ITERS", "4"),
+    ],
+)
 def test_resume_reproduces_the_uninterrupted_method_state(tmp_path, small_val, opts):
     """N iterations, stop, resume, M more == N+M uninterrupted (EQL v2 buffers, measured ECM ratio)."""
     from detectron2.utils.env import seed_all_rng
@@ -174,13 +250,26 @@ def test_resume_reproduces_the_uninterrupted_method_state(tmp_path, small_val, o
     assert second.start_iter == 3
     second.train()
     got = _method_state(second.model)
-    assert any(not torch.equal(interrupted[k], got[k]) for k in got)  # the state moved after resuming
+    assert any(
+        not torch.equal(interrupted[k], got[k]) for k in got
+    )  # the state moved after resuming
     for k in want:
-        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=lambda m, k=k: k + ": " + m)
+        torch.testing.assert_close(
+            got[k], want[k], rtol=1e-6, atol=1e-7, msg=lambda m, k=k: k + ": " + m
+        )
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, small_val):
-    cfg = make_cfg(tmp_path, small_val[0], "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()")
+    cfg = make_cfg(
+        tmp_path,
+        small_val[0],
+        "SOLVER.MAX_ITER",
+        "6",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "2",
+        "DATASETS.TEST",
+        "()",
+    )
     trainer = LTTrainer(cfg)
     trainer.resume_or_load(resume=False)
     model = trainer._trainer.model
@@ -195,7 +284,10 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, small
         return losses
 
     model.forward = nan_after_three
-    with pytest.raises(FloatingPointError, match=r"iteration 3 because a loss is not finite.*model_0000001.pth.*SOLVER.BASE_LR"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"iteration 3 because a loss is not finite.*model_0000001.pth.*SOLVER.BASE_LR",
+    ):
         trainer.train()
     assert (tmp_path / "model_0000001.pth").is_file()
 
@@ -208,13 +300,25 @@ def test_trainer_parses_the_training_json_once(tmp_path, small_val, monkeypatch,
 
     train_json = lt_shapes_paths(get_lt_shapes())["train_json"]
     cfg = make_cfg(
-        tmp_path, small_val[0], "DATALOADER.SAMPLER_TRAIN", sampler, "MODEL.LT.ROI_LOSS", "sigmoid",
-        "MODEL.LT.BOFL.ENABLED", "True", "MODEL.LT.BOFL.DEFERRED_EPOCHS", "0",
+        tmp_path,
+        small_val[0],
+        "DATALOADER.SAMPLER_TRAIN",
+        sampler,
+        "MODEL.LT.ROI_LOSS",
+        "sigmoid",
+        "MODEL.LT.BOFL.ENABLED",
+        "True",
+        "MODEL.LT.BOFL.DEFERRED_EPOCHS",
+        "0",
     )
     gets, loads = [], []
     real_get, real_load = DatasetCatalog.get, json.load
     monkeypatch.setattr(DatasetCatalog, "get", lambda n: gets.append(n) or real_get(n))
-    monkeypatch.setattr(json, "load", lambda f, *a, **k: loads.append(getattr(f, "name", f)) or real_load(f, *a, **k))
+    monkeypatch.setattr(
+        json,
+        "load",
+        lambda f, *a, **k: loads.append(getattr(f, "name", f)) or real_load(f, *a, **k),
+    )
     (tmp_path / "config.yaml").write_text(cfg.dump())  # as default_setup writes it
     clear_class_stats_cache()
     try:
@@ -240,14 +344,24 @@ def test_eval_only_startup_parses_the_training_json_once(tmp_path, small_val, mo
     from lt_detectron.class_stats import clear_class_stats_cache
     from lt_detectron.engine import prepare_training_data
 
-    cfg = make_cfg(tmp_path, small_val[0], "MODEL.LT.ROI_LOSS", "sigmoid", "MODEL.LT.BOFL.ENABLED", "True",
-                   "MODEL.LT.BOFL.DEFERRED_EPOCHS", "0")
+    cfg = make_cfg(
+        tmp_path,
+        small_val[0],
+        "MODEL.LT.ROI_LOSS",
+        "sigmoid",
+        "MODEL.LT.BOFL.ENABLED",
+        "True",
+        "MODEL.LT.BOFL.DEFERRED_EPOCHS",
+        "0",
+    )
     gets = []
     real_get = DatasetCatalog.get
     monkeypatch.setattr(DatasetCatalog, "get", lambda n: gets.append(n) or real_get(n))
     clear_class_stats_cache()
     try:
-        cfg = prepare_training_data(cfg)[0]  # with MODEL.LT.BOFL.ITERS_PER_EPOCH from the same parse
+        cfg = prepare_training_data(cfg)[
+            0
+        ]  # with MODEL.LT.BOFL.ITERS_PER_EPOCH from the same parse
         assert cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH > 0
         LTTrainer.build_model(cfg)
     finally:

@@ -1,4 +1,5 @@
 """Validation with clear errors: boxes, files, class lists, images, caches."""
+
 import json
 import logging
 import os
@@ -29,7 +30,9 @@ from tests._data import unregister
 from tests._real_formats import coco_categories, coco_json
 
 
-SMALL = dict(num_train_images=60, num_val_images=40, image_size=96, val_instances_per_class=8, max_size=32)
+SMALL = dict(
+    num_train_images=60, num_val_images=40, image_size=96, val_instances_per_class=8, max_size=32
+)
 
 
 def _name(prefix):
@@ -74,8 +77,17 @@ def _bad_json(path):
         ids[img] = a["id"]
     aid = max(a["id"] for a in anns) + 1
     for box in EDGE:
-        anns.append({"id": aid, "image_id": 6, "category_id": 3, "bbox": box, "area": 1.0, "iscrowd": 0,
-                     "segmentation": [[1, 1, 2, 1, 2, 2]]})
+        anns.append(
+            {
+                "id": aid,
+                "image_id": 6,
+                "category_id": 3,
+                "bbox": box,
+                "area": 1.0,
+                "iscrowd": 0,
+                "segmentation": [[1, 1, 2, 1, 2, 2]],
+            }
+        )
         aid += 1
     with open(path, "w") as f:
         json.dump(data, f)  # NaN is written as the NaN literal, which json.load reads back
@@ -116,7 +128,9 @@ def test_bad_boxes_dropped_counted_and_not_in_the_statistics(tmp_path, caplog):
         assert "dropped 4, clipped 0" in caplog.text
         dicts = DatasetCatalog.get(name)
         boxes = [a["bbox"] for d in dicts for a in d["annotations"]]
-        assert all(np.isfinite(b).all() and b[2] > 0 and b[3] > 0 for b in boxes) and len(boxes) == 8
+        assert (
+            all(np.isfinite(b).all() and b[2] > 0 and b[3] > 0 for b in boxes) and len(boxes) == 8
+        )
     finally:
         unregister(name)
 
@@ -130,7 +144,9 @@ def test_bad_boxes_clip(tmp_path):
         dicts = DatasetCatalog.get(name)
         img5 = [d for d in dicts if d["image_id"] == 5][0]
         assert [60, 10, 4, 10] in [list(map(float, a["bbox"])) for a in img5["annotations"]]
-        assert sum(len(d["annotations"]) for d in dicts) == 9  # 3 dropped (nan, w<0, h=0), 1 clipped
+        assert (
+            sum(len(d["annotations"]) for d in dicts) == 9
+        )  # 3 dropped (nan, w<0, h=0), 1 clipped
     finally:
         unregister(name)
     with pytest.raises(ValueError, match="bad_boxes.*'drop', 'error', 'clip'.*'fix'"):
@@ -151,7 +167,9 @@ def test_bad_boxes_of_a_detectron2_registered_dataset(tmp_path, caplog):
         assert "4 degenerate of 12 boxes" in caplog.text
         s = build_class_stats(a, dataset_dicts=dicts)
         assert s.instance_counts[0] == 5  # person
-        with pytest.raises(BadBoxError, match=r"image id 2 \(.*000000000002.jpg\), annotation #0 of the image"):
+        with pytest.raises(
+            BadBoxError, match=r"image id 2 \(.*000000000002.jpg\), annotation #0 of the image"
+        ):
             load_train_dicts(_cfg([b]))
     finally:
         unregister(a, b)
@@ -167,7 +185,10 @@ def test_test_json_with_a_nan_box_is_named_at_startup(tmp_path):
     register_lt_dataset(a, train, str(tmp_path))
     register_lt_dataset(b, test, str(tmp_path))
     try:
-        with pytest.raises(BadBoxError, match=r"test annotation file %s .*image id 2, annotation id 2" % os.path.abspath(test)):
+        with pytest.raises(
+            BadBoxError,
+            match=r"test annotation file %s .*image id 2, annotation id 2" % os.path.abspath(test),
+        ):
             check_dataset_files(_cfg([a], [b]))
     finally:
         unregister(a, b)
@@ -185,8 +206,15 @@ def test_missing_files_listed_with_absolute_paths(tmp_path, monkeypatch):
         with pytest.raises(FileNotFoundError) as e:
             check_dataset_files(_cfg([a], [b, c]))
         msg = str(e.value)
-        assert "test dataset %r: annotation file %s does not exist" % (b, tmp_path / "missing_val.json") in msg
-        assert "test dataset %r: annotation file %s does not exist" % (c, tmp_path / "gone.json") in msg
+        assert (
+            "test dataset %r: annotation file %s does not exist"
+            % (b, tmp_path / "missing_val.json")
+            in msg
+        )
+        assert (
+            "test dataset %r: annotation file %s does not exist" % (c, tmp_path / "gone.json")
+            in msg
+        )
         assert "image folder %s does not exist" % (tmp_path / "no_images") in msg
         assert "DETECTRON2_DATASETS" in msg
         check_dataset_files(_cfg([a]))  # the train set alone is fine
@@ -196,7 +224,10 @@ def test_missing_files_listed_with_absolute_paths(tmp_path, monkeypatch):
 
 def test_builtin_missing_json_named_before_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"'lvis_v1_val': annotation file %s" % (tmp_path / "datasets/lvis/lvis_v1_val.json")):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"'lvis_v1_val': annotation file %s" % (tmp_path / "datasets/lvis/lvis_v1_val.json"),
+    ):
         check_dataset_files(_cfg(["lvis_v1_train"], ["lvis_v1_val"]))
 
 
@@ -217,9 +248,17 @@ def test_class_lists_checked_for_every_registration_path(tmp_path, how):
             register_coco_instances(n, {}, p, str(tmp_path))  # lazy: no class names until checked
     try:
         check_class_lists(_cfg([names[0]], [names[0]]))
-        with pytest.raises(DatasetFormatError, match=r"%r \(80 classes\) and %r \(80 classes\).*index 4: 'airplane' vs 'bus'" % (names[0], names[1])):
+        with pytest.raises(
+            DatasetFormatError,
+            match=r"%r \(80 classes\) and %r \(80 classes\).*index 4: 'airplane' vs 'bus'"
+            % (names[0], names[1]),
+        ):
             check_class_lists(_cfg([names[0]], [names[1]]))
-        with pytest.raises(DatasetFormatError, match=r"%r \(80 classes\) and %r \(3 classes\).*index 3: 'motorcycle' vs '<none>'" % (names[0], names[2])):
+        with pytest.raises(
+            DatasetFormatError,
+            match=r"%r \(80 classes\) and %r \(3 classes\).*index 3: 'motorcycle' vs '<none>'"
+            % (names[0], names[2]),
+        ):
             check_class_lists(_cfg([names[0]], [names[2]]))
     finally:
         unregister(*names)
@@ -249,23 +288,38 @@ def test_missing_and_corrupt_images_are_named(tmp_path):
     mapper = LTDatasetMapper(cfg, False)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "ok.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
-    assert mapper({"file_name": str(tmp_path / "ok.jpg"), "image_id": 1, "height": 16, "width": 16})["image"].shape[1:] == (32, 32)
-    with pytest.raises(ImageReadError, match=r"cannot read image %s \(image id 7\): the file does not exist.*image_root" % (tmp_path / "nope.jpg")):
+    assert mapper(
+        {"file_name": str(tmp_path / "ok.jpg"), "image_id": 1, "height": 16, "width": 16}
+    )["image"].shape[1:] == (32, 32)
+    with pytest.raises(
+        ImageReadError,
+        match=r"cannot read image %s \(image id 7\): the file does not exist.*image_root"
+        % (tmp_path / "nope.jpg"),
+    ):
         mapper({"file_name": str(tmp_path / "nope.jpg"), "image_id": 7, "height": 16, "width": 16})
-    with pytest.raises(ImageReadError, match=r"cannot read image %s \(image id 8\).*corrupt or truncated" % (tmp_path / "bad.jpg")):
+    with pytest.raises(
+        ImageReadError,
+        match=r"cannot read image %s \(image id 8\).*corrupt or truncated" % (tmp_path / "bad.jpg"),
+    ):
         mapper({"file_name": str(tmp_path / "bad.jpg"), "image_id": 8, "height": 16, "width": 16})
 
 
 def test_unwritable_cache_names_lt_detectron_cache(tmp_path, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    monkeypatch.setenv("LT_DETECTRON_CACHE", str(blocker / "cache"))  # a folder under a file: fails even as root
-    with pytest.raises(embedded.CacheDirError, match=r"LT_DETECTRON_CACHE.*export LT_DETECTRON_CACHE="):
+    monkeypatch.setenv(
+        "LT_DETECTRON_CACHE", str(blocker / "cache")
+    )  # a folder under a file: fails even as root
+    with pytest.raises(
+        embedded.CacheDirError, match=r"LT_DETECTRON_CACHE.*export LT_DETECTRON_CACHE="
+    ):
         embedded.generate_lt_shapes(embedded.default_cache_root(5), seed=5, **SMALL)
     assert blocker.read_text() == "x"
 
 
-def test_class_stats_cache_write_failure_is_a_warning_naming_the_variable(tmp_path, monkeypatch, caplog):
+def test_class_stats_cache_write_failure_is_a_warning_naming_the_variable(
+    tmp_path, monkeypatch, caplog
+):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     monkeypatch.setenv("LT_DETECTRON_CACHE", str(blocker))
@@ -302,4 +356,8 @@ def test_stale_temp_folders_are_cleaned(tmp_path):
     # the next generation cleans them up too
     os.utime(fresh_dead, (past, past))
     embedded.generate_lt_shapes(root, seed=0, **SMALL)
-    assert not fresh_dead.exists() and fresh_alive.exists() and (root / "lt_shapes_train.json").is_file()
+    assert (
+        not fresh_dead.exists()
+        and fresh_alive.exists()
+        and (root / "lt_shapes_train.json").is_file()
+    )

@@ -21,6 +21,7 @@ Scales (``--scale``):
     python tools/benchmark_losses.py --scale lvis --repeats 7 [--device cuda] [--only ce,eqlv2,bags]
     python tools/benchmark_losses.py --rows 64 --cols 11 --repeats 1  # smoke test
 """
+
 import argparse
 import os
 import statistics
@@ -108,7 +109,10 @@ def build_sigmoid_bce_naive(rows, cols, device, dtype):
     def loss():
         target = logits.new_zeros(rows, cols)
         target[torch.arange(rows, device=logits.device), gt] = 1
-        return F.binary_cross_entropy_with_logits(logits[:, :-1], target[:, :-1], reduction="sum") / rows
+        return (
+            F.binary_cross_entropy_with_logits(logits[:, :-1], target[:, :-1], reduction="sum")
+            / rows
+        )
 
     return _step(logits, loss)
 
@@ -140,7 +144,9 @@ def build_eqlv2_naive(rows, cols, device, dtype):
         neg_w = torch.cat([torch.sigmoid(12 * (pos_neg - 0.8)), pos_neg.new_ones(1)])
         pos_w = 1 + 4 * (1 - neg_w)
         w = pos_w * target + neg_w * (1 - target)
-        out = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w).sum() / rows
+        out = (
+            F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w
+        ).sum() / rows
         with torch.no_grad():
             p = torch.sigmoid(logits)
             grad = torch.abs(target * (p - 1) + (1 - target) * p)
@@ -163,7 +169,9 @@ def build_bags(rows, cols, device, dtype):
     """BAGS with the group layout of the class counts (LVIS v1: 1203 classes -> 4 groups, 1209 logits)."""
     m = BAGSLoss(class_counts(cols - 1)).to(device).train()
     logits, gt = _inputs(rows, m.num_logits, device, dtype)
-    gt = _inputs(rows, cols, device, dtype)[1]  # labels in [0, C], C = background, as the other rows
+    gt = _inputs(rows, cols, device, dtype)[
+        1
+    ]  # labels in [0, C], C = background, as the other rows
     gen = torch.Generator(device=device).manual_seed(0)
     return _step(logits, lambda: m(logits, gt, generator=gen))
 
@@ -171,7 +179,11 @@ def build_bags(rows, cols, device, dtype):
 def build_c2am(rows, cols, device, dtype):
     """C2AM on raw cosines in [-1, 1] with classifier weight norms varied over classes."""
     g = torch.Generator().manual_seed(0)
-    cos = (torch.rand(rows, cols, generator=g) * 2 - 1).to(device=device, dtype=dtype).requires_grad_(True)
+    cos = (
+        (torch.rand(rows, cols, generator=g) * 2 - 1)
+        .to(device=device, dtype=dtype)
+        .requires_grad_(True)
+    )
     gt = _inputs(rows, cols, device, dtype)[1]
     norms = (0.5 + 1.5 * torch.rand(cols, generator=g)).to(device=device, dtype=dtype)
     m = C2AMLoss()
@@ -184,7 +196,9 @@ def build_seesaw(rows, cols, device, dtype):
     m = SeesawLoss(cols - 1).to(device).train()
     m.cum_samples.copy_(class_counts(cols - 1).to(m.cum_samples))
     logits, gt = _inputs(rows, cols + 1, device, dtype)
-    gt = _inputs(rows, cols, device, dtype)[1]  # labels in [0, C], C = background, as the other rows
+    gt = _inputs(rows, cols, device, dtype)[
+        1
+    ]  # labels in [0, C], C = background, as the other rows
     return _step(logits, lambda: m(logits, gt))
 
 
@@ -203,8 +217,15 @@ BENCHMARKS = {
 }
 ROI_REFERENCE = "ce"
 # goal: max ratio to the reference (None: no goal, e.g. naive reference implementations)
-ROI_GOALS = {"sigmoid_bce": 1.5, "sigmoid_bce + bofl weights": 1.5, "eqlv2": 1.5, "ecm": 1.5, "bags": 2.0,
-             "c2am": 3.0, "seesaw": 1.5}
+ROI_GOALS = {
+    "sigmoid_bce": 1.5,
+    "sigmoid_bce + bofl weights": 1.5,
+    "eqlv2": 1.5,
+    "ecm": 1.5,
+    "bags": 2.0,
+    "c2am": 3.0,
+    "seesaw": 1.5,
+}
 
 
 # ------------------------------------------------------------------------------------------- dense rows
@@ -230,7 +251,9 @@ def build_dense_bofl(rows, cols, device, dtype, images=8):
     """BOFL focal with per-image weights (CenterNet style: eta 0.8 per image, kappa 0.05, lambda 0.5)."""
     logits, targets, gt, image_index = _dense_inputs(rows, cols, device, dtype, images=images)
     alpha = bofl_dataset_weights(class_counts(cols)).to(device)
-    counts = torch.stack([torch.bincount(gt[image_index == k], minlength=cols + 1)[:cols] for k in range(images)])
+    counts = torch.stack(
+        [torch.bincount(gt[image_index == k], minlength=cols + 1)[:cols] for k in range(images)]
+    )
     w = bofl_class_weights(alpha, lam=0.5, kappa=0.05, eta=0.8, batch_counts=counts).to(dtype)
     return _step(logits, lambda: bofl_focal_loss(logits, targets, w, image_index))
 
@@ -307,7 +330,11 @@ def machine_info():
 
         cpu = platform.processor() or cpu
     return "machine: %s, %d logical CPUs, torch threads %d, torch %s" % (
-        cpu, os.cpu_count() or 0, torch.get_num_threads(), torch.__version__)
+        cpu,
+        os.cpu_count() or 0,
+        torch.get_num_threads(),
+        torch.__version__,
+    )
 
 
 def _shape(builder_name, table, rows, cols):
@@ -323,8 +350,12 @@ def _shape(builder_name, table, rows, cols):
 def format_table(title, results, shapes, reference, goals):
     """One markdown table: loss | shape | ms | ratio to the reference | goal (met or not)."""
     ref = results[reference]
-    lines = [title, "", "| loss | shape | ms fwd+bwd (median) | ratio to %s | goal |" % reference,
-             "|---|---|---:|---:|---|"]
+    lines = [
+        title,
+        "",
+        "| loss | shape | ms fwd+bwd (median) | ratio to %s | goal |" % reference,
+        "|---|---|---:|---:|---|",
+    ]
     for name, ms in results.items():
         ratio = ms / ref
         goal = goals.get(name)
@@ -353,18 +384,30 @@ def run_table(kind, rows, cols, args, dtype):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--scale", default="all", choices=["lvis", "embedded", "all"])
     p.add_argument("--rows", type=int, default=None, help="custom ROI rows (replaces --scale)")
-    p.add_argument("--cols", type=int, default=None, help="custom ROI logits per row incl. background")
-    p.add_argument("--dense-rows", type=int, default=None, help="dense locations (lvis default 100000)")
+    p.add_argument(
+        "--cols", type=int, default=None, help="custom ROI logits per row incl. background"
+    )
+    p.add_argument(
+        "--dense-rows", type=int, default=None, help="dense locations (lvis default 100000)"
+    )
     p.add_argument("--no-dense", action="store_true", help="skip the dense (one-stage) table")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"])
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--only", default=None, help="comma-separated subset of rows (the references always run)")
+    p.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64", "float16", "bfloat16"]
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)"
+    )
+    p.add_argument(
+        "--only", default=None, help="comma-separated subset of rows (the references always run)"
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -379,21 +422,37 @@ def main(argv=None):
         if args.dense_rows and "lvis" in scales:
             scales["lvis"] = scales["lvis"][:2] + (args.dense_rows, scales["lvis"][3])
     print(machine_info())
-    print("dtype=%s device=%s repeats=%d warmup=%d (median, rows interleaved round-robin)"
-          % (args.dtype, args.device, args.repeats, args.warmup))
+    print(
+        "dtype=%s device=%s repeats=%d warmup=%d (median, rows interleaved round-robin)"
+        % (args.dtype, args.device, args.repeats, args.warmup)
+    )
     out = {}
     for scale, (rows, cols, drows, dcols) in scales.items():
         res, shapes = run_table("roi", rows, cols, args, dtype)
         out[(scale, "roi")] = res
         print()
-        print(format_table("### %s scale, ROI losses (ratio to F.cross_entropy)" % scale, res, shapes,
-                           ROI_REFERENCE, ROI_GOALS))
+        print(
+            format_table(
+                "### %s scale, ROI losses (ratio to F.cross_entropy)" % scale,
+                res,
+                shapes,
+                ROI_REFERENCE,
+                ROI_GOALS,
+            )
+        )
         if not args.no_dense:
             res, shapes = run_table("dense", drows, dcols, args, dtype)
             out[(scale, "dense")] = res
             print()
-            print(format_table("### %s scale, dense losses (ratio to sigmoid focal)" % scale, res, shapes,
-                               DENSE_REFERENCE, DENSE_GOALS))
+            print(
+                format_table(
+                    "### %s scale, dense losses (ratio to sigmoid focal)" % scale,
+                    res,
+                    shapes,
+                    DENSE_REFERENCE,
+                    DENSE_GOALS,
+                )
+            )
         sys.stdout.flush()
     return out
 

@@ -17,12 +17,12 @@ Methods: ``<m>`` -> configs/lt_shapes/faster_rcnn_tiny_<m>.yaml, ``fcos_<m>`` ->
 ``model_final.pth`` (softmax is trained first, and added if missing). Default: every faster_rcnn_tiny_*
 config except bags_decoupled, plus every fcos_tiny_* config.
 """
+
 import argparse
 import csv
 import glob
 import json
 import math
-import os
 import re
 import shlex
 import subprocess
@@ -48,7 +48,9 @@ def config_for(method: str) -> Path:
 
 def default_methods():
     def stems(prefix):
-        return sorted(Path(p).stem[len(prefix):] for p in glob.glob(str(CONFIG_DIR / (prefix + "*.yaml"))))
+        return sorted(
+            Path(p).stem[len(prefix) :] for p in glob.glob(str(CONFIG_DIR / (prefix + "*.yaml")))
+        )
 
     roi = [m for m in stems("faster_rcnn_tiny_") if m != "bags_decoupled"]
     if "softmax" in roi:
@@ -81,9 +83,16 @@ def method_opts(method, output_root, max_iter=None, extra_opts=()):
         opts += ["MODEL.WEIGHTS", str(Path(output_root) / "softmax" / "model_final.pth")]
     if max_iter:
         # a short run keeps the schedule's shape: warm-up and LR steps scaled into [0, max_iter)
-        opts += ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.WARMUP_ITERS", str(min(100, max(1, max_iter // 10))),
-                 "SOLVER.STEPS", "(%d, %d)" % (int(max_iter * 0.73), int(max_iter * 0.9)),
-                 "SOLVER.CHECKPOINT_PERIOD", str(max_iter)]
+        opts += [
+            "SOLVER.MAX_ITER",
+            str(max_iter),
+            "SOLVER.WARMUP_ITERS",
+            str(min(100, max(1, max_iter // 10))),
+            "SOLVER.STEPS",
+            "(%d, %d)" % (int(max_iter * 0.73), int(max_iter * 0.9)),
+            "SOLVER.CHECKPOINT_PERIOD",
+            str(max_iter),
+        ]
     return opts + list(extra_opts)
 
 
@@ -97,7 +106,8 @@ def run_method(method, output_root, max_iter=None, extra_opts=(), python=sys.exe
     run_dir = Path(output_root) / method
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [python, str(TRAIN_NET), "--config-file", str(config_for(method))] + method_opts(
-        method, output_root, max_iter, extra_opts)
+        method, output_root, max_iter, extra_opts
+    )
     print("[benchmark_lt] %s: %s" % (method, " ".join(shlex.quote(c) for c in cmd)), flush=True)
     t0 = time.time()
     with open(run_dir / "benchmark_stdout.log", "w") as log:
@@ -108,12 +118,23 @@ def run_method(method, output_root, max_iter=None, extra_opts=(), python=sys.exe
         if (run_dir / "model_final.pth").is_file() and result["metrics"] and result["per_category"]:
             # training and the final evaluation finished; the failure came after (e.g. train_net's result
             # printing): keep the results and say so
-            print("[benchmark_lt] WARNING: %s exited with %d after training and evaluation finished; results "
-                  "kept (see %s)" % (method, rc, run_dir / "benchmark_stdout.log"), flush=True)
+            print(
+                "[benchmark_lt] WARNING: %s exited with %d after training and evaluation finished; results "
+                "kept (see %s)" % (method, rc, run_dir / "benchmark_stdout.log"),
+                flush=True,
+            )
         else:
-            raise RuntimeError("%s failed (exit %d); see %s" % (method, rc, run_dir / "benchmark_stdout.log"))
-    result.update(method=method, config=str(config_for(method).relative_to(ROOT)), wall_time_s=wall, exit_code=rc,
-                  max_iter=max_iter, extra_opts=list(extra_opts))
+            raise RuntimeError(
+                "%s failed (exit %d); see %s" % (method, rc, run_dir / "benchmark_stdout.log")
+            )
+    result.update(
+        method=method,
+        config=str(config_for(method).relative_to(ROOT)),
+        wall_time_s=wall,
+        exit_code=rc,
+        max_iter=max_iter,
+        extra_opts=list(extra_opts),
+    )
     if result.get("train_time_s") is None:
         result["train_time_s"] = wall
     (run_dir / RESULT_FILE).write_text(json.dumps(result, indent=1, default=float))
@@ -136,14 +157,16 @@ def read_final_metrics(run_dir, task="bbox"):
             d = json.loads(line)
         except json.JSONDecodeError:
             continue
-        m = {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+        m = {k[len(prefix) :]: v for k, v in d.items() if k.startswith(prefix)}
         if m:
             last = m
     return last
 
 
 def find_per_category_csv(run_dir, task="bbox"):
-    hits = sorted(glob.glob(str(Path(run_dir) / "inference" / "*" / ("*_per_category_%s.csv" % task))))
+    hits = sorted(
+        glob.glob(str(Path(run_dir) / "inference" / "*" / ("*_per_category_%s.csv" % task)))
+    )
     return hits[0] if hits else None
 
 
@@ -154,13 +177,15 @@ def read_per_category_csv(path):
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             ap = r.get("AP", "nan")
-            rows.append({
-                "category_id": int(r["category_id"]),
-                "name": r.get("name", ""),
-                "frequency": r.get("frequency", ""),
-                "train_instances": int(float(r.get("train_instances") or -1)),
-                "AP": float(ap) if ap not in ("", None) else float("nan"),
-            })
+            rows.append(
+                {
+                    "category_id": int(r["category_id"]),
+                    "name": r.get("name", ""),
+                    "frequency": r.get("frequency", ""),
+                    "train_instances": int(float(r.get("train_instances") or -1)),
+                    "AP": float(ap) if ap not in ("", None) else float("nan"),
+                }
+            )
     rows.sort(key=lambda r: r["category_id"])
     return rows
 
@@ -236,7 +261,9 @@ def format_table(results):
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for method, r in results.items():
         m = r.get("metrics", {})
-        cells = [method] + [_fmt(m.get(k)) for k in METRIC_COLUMNS] + [_fmt(m.get(k)) for k in groups]
+        cells = (
+            [method] + [_fmt(m.get(k)) for k in METRIC_COLUMNS] + [_fmt(m.get(k)) for k in groups]
+        )
         cells.append(_fmt_time(r.get("train_time_s")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -275,19 +302,39 @@ def write_report(results, output_root, header=""):
     if aps:
         from lt_detectron.engine.plots import plot_ap_vs_instances
 
-        png = plot_ap_vs_instances(aps, counts, str(output_root / "ap_vs_instances.png"),
-                                   title="lt_shapes: per-class box AP vs training instances")
+        png = plot_ap_vs_instances(
+            aps,
+            counts,
+            str(output_root / "ap_vs_instances.png"),
+            title="lt_shapes: per-class box AP vs training instances",
+        )
     return table, str(md), png
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default=None, help="comma-separated (default: %s)" % ",".join(default_methods()))
-    p.add_argument("--max-iter", type=int, default=None, help="override SOLVER.MAX_ITER (steps/warm-up scaled)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated (default: %s)" % ",".join(default_methods()),
+    )
+    p.add_argument(
+        "--max-iter", type=int, default=None, help="override SOLVER.MAX_ITER (steps/warm-up scaled)"
+    )
     p.add_argument("--output-root", default=str(ROOT / "output" / "lt_benchmark"))
-    p.add_argument("--extra-opts", default="", help='extra config overrides for every run, e.g. "SOLVER.IMS_PER_BATCH 4"')
+    p.add_argument(
+        "--extra-opts",
+        default="",
+        help='extra config overrides for every run, e.g. "SOLVER.IMS_PER_BATCH 4"',
+    )
     p.add_argument("--force", action="store_true", help="re-run methods that already have results")
-    p.add_argument("--report-only", action="store_true", help="only (re)write the table/plot from finished runs")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only (re)write the table/plot from finished runs",
+    )
     args = p.parse_args(argv)
     methods = order_methods(args.methods.split(",") if args.methods else default_methods())
     for m in methods:
@@ -306,10 +353,16 @@ def main(argv=None):
         else:
             results[m] = run_method(m, root, args.max_iter, extra)
     iters = {r.get("max_iter") for r in results.values()}
-    header = ("# lt_shapes benchmark (embedded long-tailed dataset, seed 0, box AP on lt_shapes_val)\n\n"
-              "Schedule: %s; extra opts: %s." % (
-                  "the configs' SOLVER.MAX_ITER" if iters <= {None} else "SOLVER.MAX_ITER %s" % sorted(
-                      str(i) for i in iters), args.extra_opts or "none"))
+    header = (
+        "# lt_shapes benchmark (embedded long-tailed dataset, seed 0, box AP on lt_shapes_val)\n\n"
+        "Schedule: %s; extra opts: %s."
+        % (
+            "the configs' SOLVER.MAX_ITER"
+            if iters <= {None}
+            else "SOLVER.MAX_ITER %s" % sorted(str(i) for i in iters),
+            args.extra_opts or "none",
+        )
+    )
     table, md, png = write_report(results, root, header)
     print(table)
     print("[benchmark_lt] wrote %s%s" % (md, (" and " + png) if png else ""))

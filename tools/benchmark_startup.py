@@ -27,6 +27,7 @@ the first model step is not part of the time. Peak RSS: the child's ``ru_maxrss`
 clock stops. Each side runs ``--repeats`` times (fresh processes, alternating); the table
 shows medians.
 """
+
 import time
 
 T_START = time.perf_counter()  # noqa: E402  (the clock starts before any heavy import)
@@ -42,8 +43,20 @@ import tempfile  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LT_CONFIG = os.path.join(ROOT, "configs", "lvis_v1", "rfs_mask_rcnn_R_50_FPN_1x.yaml")
-COMMON_OPTS = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DATALOADER.NUM_WORKERS", "0", "SOLVER.IMS_PER_BATCH", "2",
-               "DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "DATALOADER.REPEAT_THRESHOLD", "0.001"]
+COMMON_OPTS = [
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.WEIGHTS",
+    "",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "DATALOADER.SAMPLER_TRAIN",
+    "RepeatFactorTrainingSampler",
+    "DATALOADER.REPEAT_THRESHOLD",
+    "0.001",
+]
 
 
 def generate_json(path, num_images, boxes_per_image=12.68, seed=0):
@@ -70,23 +83,52 @@ def generate_json(path, num_images, boxes_per_image=12.68, seed=0):
     for i in range(num_images):
         W, H = int(wh[i, 0]), int(wh[i, 1])
         img_id = i + 1
-        images.append({"id": img_id, "height": H, "width": W, "license": 1, "date_captured": "2013-11-14 11:18:45",
-                       "flickr_url": "", "neg_category_ids": [], "not_exhaustive_category_ids": [],
-                       "coco_url": "http://images.cocodataset.org/train2017/%012d.jpg" % img_id})
+        images.append(
+            {
+                "id": img_id,
+                "height": H,
+                "width": W,
+                "license": 1,
+                "date_captured": "2013-11-14 11:18:45",
+                "flickr_url": "",
+                "neg_category_ids": [],
+                "not_exhaustive_category_ids": [],
+                "coco_url": "http://images.cocodataset.org/train2017/%012d.jpg" % img_id,
+            }
+        )
         for _ in range(int(n_per_img[i])):
             x, y = xy[k, 0] * W, xy[k, 1] * H
             w, h = sz[k, 0] * W, sz[k, 1] * H
             xs = np.round(x + w / 2 + w / 2 * np.cos(t), 2)
             ys = np.round(y + h / 2 + h / 2 * np.sin(t), 2)
-            anns.append({"area": round(float(w * h * 0.7), 2), "id": k + 1, "image_id": img_id,
-                         "bbox": [round(float(x), 2), round(float(y), 2), round(float(w), 2), round(float(h), 2)],
-                         "category_id": int(cat_ids[k]),
-                         "segmentation": [[float(v) for xy_ in zip(xs, ys) for v in xy_]]})
+            anns.append(
+                {
+                    "area": round(float(w * h * 0.7), 2),
+                    "id": k + 1,
+                    "image_id": img_id,
+                    "bbox": [
+                        round(float(x), 2),
+                        round(float(y), 2),
+                        round(float(w), 2),
+                        round(float(h), 2),
+                    ],
+                    "category_id": int(cat_ids[k]),
+                    "segmentation": [[float(v) for xy_ in zip(xs, ys) for v in xy_]],
+                }
+            )
             k += 1
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"info": {"description": "benchmark_startup"}, "annotations": anns, "images": images,
-                   "licenses": [], "categories": cats}, f)
+        json.dump(
+            {
+                "info": {"description": "benchmark_startup"},
+                "annotations": anns,
+                "images": images,
+                "licenses": [],
+                "categories": cats,
+            },
+            f,
+        )
     return num_images, n_total
 
 
@@ -106,12 +148,15 @@ def _blank_mapper():
 def child_lt(out_dir):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "tools", "train_net.py"))
+    spec = importlib.util.spec_from_file_location(
+        "train_net", os.path.join(ROOT, "tools", "train_net.py")
+    )
     train_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_net)
     _blank_mapper()
     args = train_net.argument_parser().parse_args(
-        ["--config-file", LT_CONFIG] + COMMON_OPTS + ["OUTPUT_DIR", out_dir, "DATASETS.TEST", "()"])
+        ["--config-file", LT_CONFIG] + COMMON_OPTS + ["OUTPUT_DIR", out_dir, "DATASETS.TEST", "()"]
+    )
     train_net.register_from_args(args)
     train_net.prepare_datasets(train_net.load_config(args))
     cfg = train_net.setup(args)
@@ -126,14 +171,30 @@ def child_d2(out_dir, json_file, image_root):
     from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 
     _blank_mapper()
-    register_lvis_instances("bench_lvis_v1_train", get_lvis_instances_meta("lvis_v1"), json_file, image_root)
+    register_lvis_instances(
+        "bench_lvis_v1_train", get_lvis_instances_meta("lvis_v1"), json_file, image_root
+    )
     cfg = get_cfg()
     cfg.merge_from_file(os.path.join(ROOT, "configs", "Base-RCNN-FPN.yaml"), allow_unsafe=True)
-    cfg.merge_from_list(COMMON_OPTS + [
-        "OUTPUT_DIR", out_dir, "MODEL.ROI_HEADS.NAME", "StandardROIHeads", "MODEL.MASK_ON", "True",
-        "MODEL.RESNETS.DEPTH", "50", "MODEL.ROI_HEADS.NUM_CLASSES", "1203",
-        "DATASETS.TRAIN", "('bench_lvis_v1_train',)", "DATASETS.TEST", "()",
-    ])
+    cfg.merge_from_list(
+        COMMON_OPTS
+        + [
+            "OUTPUT_DIR",
+            out_dir,
+            "MODEL.ROI_HEADS.NAME",
+            "StandardROIHeads",
+            "MODEL.MASK_ON",
+            "True",
+            "MODEL.RESNETS.DEPTH",
+            "50",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "1203",
+            "DATASETS.TRAIN",
+            "('bench_lvis_v1_train',)",
+            "DATASETS.TEST",
+            "()",
+        ]
+    )
     cfg.freeze()
     default_setup(cfg, default_argument_parser().parse_args([]))
     trainer = DefaultTrainer(cfg)
@@ -142,18 +203,37 @@ def child_d2(out_dir, json_file, image_root):
 
 def run_child(side, root, json_file):
     out_dir = tempfile.mkdtemp(prefix="bench_startup_%s_" % side, dir=root)
-    env = dict(os.environ, DETECTRON2_DATASETS=root, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", side, "--json", json_file, "--out-dir", out_dir]
+    env = dict(
+        os.environ, DETECTRON2_DATASETS=root, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")
+    )
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        side,
+        "--json",
+        json_file,
+        "--out-dir",
+        out_dir,
+    ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode != 0:
-        raise RuntimeError("%s child failed (rc %d):\n%s" % (side, p.returncode, p.stdout[-3000:] + p.stderr[-6000:]))
+        raise RuntimeError(
+            "%s child failed (rc %d):\n%s"
+            % (side, p.returncode, p.stdout[-3000:] + p.stderr[-6000:])
+        )
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("BENCH ")][-1]
-    return json.loads(line[len("BENCH "):])
+    return json.loads(line[len("BENCH ") :])
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--images", type=int, default=100170, help="images in the generated json (LVIS v1 train: 100170)")
+    ap.add_argument(
+        "--images",
+        type=int,
+        default=100170,
+        help="images in the generated json (LVIS v1 train: 100170)",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="fresh processes per side")
     ap.add_argument("--root", help="folder for the generated json (default: temporary)")
     ap.add_argument("--child", choices=("lt", "d2"), help=argparse.SUPPRESS)
@@ -165,7 +245,11 @@ def main(argv=None):
         if args.child == "lt":
             child_lt(args.out_dir)
         else:
-            child_d2(args.out_dir, args.json, os.path.join(os.path.dirname(os.path.dirname(args.json)), "coco"))
+            child_d2(
+                args.out_dir,
+                args.json,
+                os.path.join(os.path.dirname(os.path.dirname(args.json)), "coco"),
+            )
         t = time.perf_counter() - T_START
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB -> MiB
         print("BENCH " + json.dumps({"seconds": t, "peak_rss_mib": rss}), flush=True)
@@ -175,25 +259,42 @@ def main(argv=None):
     json_file = os.path.join(root, "lvis", "lvis_v1_train.json")
     t0 = time.perf_counter()
     n_img, n_box = generate_json(json_file, args.images)
-    os.makedirs(os.path.join(root, "coco", "train2017"), exist_ok=True)  # the image folder exists, empty
-    print("generated %s: %d images, %d boxes, %.0f MiB in %.1f s" % (
-        json_file, n_img, n_box, os.path.getsize(json_file) / 2**20, time.perf_counter() - t0), flush=True)
+    os.makedirs(
+        os.path.join(root, "coco", "train2017"), exist_ok=True
+    )  # the image folder exists, empty
+    print(
+        "generated %s: %d images, %d boxes, %.0f MiB in %.1f s"
+        % (json_file, n_img, n_box, os.path.getsize(json_file) / 2**20, time.perf_counter() - t0),
+        flush=True,
+    )
     res = {"d2": [], "lt": []}
     for _ in range(args.repeats):
         for side in ("d2", "lt"):
             r = run_child(side, root, json_file)
             res[side].append(r)
             print("  %s: %.1f s, %.0f MiB" % (side, r["seconds"], r["peak_rss_mib"]), flush=True)
-    med = {s: {k: statistics.median(r[k] for r in res[s]) for k in ("seconds", "peak_rss_mib")} for s in res}
+    med = {
+        s: {k: statistics.median(r[k] for r in res[s]) for k in ("seconds", "peak_rss_mib")}
+        for s in res
+    }
     print()
     print("| %d images, %d boxes | time to first batch (s) | peak RSS (MiB) |" % (n_img, n_box))
     print("|---|---:|---:|")
-    print("| detectron2 DefaultTrainer + register_lvis_instances | %.1f | %.0f |" % (med["d2"]["seconds"], med["d2"]["peak_rss_mib"]))
-    print("| lt_detectron train_net (LTTrainer) | %.1f | %.0f |" % (med["lt"]["seconds"], med["lt"]["peak_rss_mib"]))
+    print(
+        "| detectron2 DefaultTrainer + register_lvis_instances | %.1f | %.0f |"
+        % (med["d2"]["seconds"], med["d2"]["peak_rss_mib"])
+    )
+    print(
+        "| lt_detectron train_net (LTTrainer) | %.1f | %.0f |"
+        % (med["lt"]["seconds"], med["lt"]["peak_rss_mib"])
+    )
     rt = med["lt"]["seconds"] / med["d2"]["seconds"]
     rm = med["lt"]["peak_rss_mib"] / med["d2"]["peak_rss_mib"]
     print("| ratio lt / detectron2 (goal <= 1.1) | %.2f | %.2f |" % (rt, rm))
-    print("\ncommand: python tools/benchmark_startup.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(
+        "\ncommand: python tools/benchmark_startup.py "
+        + " ".join(argv if argv is not None else sys.argv[1:])
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ The issue's goal for the ROI methods is <= 1.03x the softmax step.
 Method names: ``<m>`` -> configs/lt_shapes/faster_rcnn_tiny_<m>.yaml, ``fcos_<m>`` -> fcos_tiny_<m>.yaml,
 ``centernet_<m>`` -> centernet_tiny_<m>.yaml, ``retinanet_<m>`` -> retinanet_tiny_<m>.yaml, or a yaml path.
 """
+
 import argparse
 import copy
 import glob
@@ -42,7 +43,10 @@ def config_for(method: str) -> str:
 
 def default_methods():
     """Every faster_rcnn_tiny_* method except bags_decoupled (needs a trained baseline), softmax first."""
-    names = sorted(Path(p).stem[len("faster_rcnn_tiny_"):] for p in glob.glob(str(CONFIG_DIR / "faster_rcnn_tiny_*.yaml")))
+    names = sorted(
+        Path(p).stem[len("faster_rcnn_tiny_") :]
+        for p in glob.glob(str(CONFIG_DIR / "faster_rcnn_tiny_*.yaml"))
+    )
     names = [n for n in names if n != "bags_decoupled"]
     return ["softmax"] + [n for n in names if n != "softmax"] if "softmax" in names else names
 
@@ -128,13 +132,21 @@ def format_table(results):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default=None, help="comma-separated; first = baseline (default: softmax + every "
-                   "faster_rcnn_tiny_* except bags_decoupled)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated; first = baseline (default: softmax + every "
+        "faster_rcnn_tiny_* except bags_decoupled)",
+    )
     p.add_argument("--steps", type=int, default=20, help="timed steps per method (median)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every method (KEY VALUE ...)")
+    p.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides for every method (KEY VALUE ...)"
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,8 +155,10 @@ def main(argv=None):
         if not os.path.isfile(config_for(m)):
             p.error("no config for method %r: %s" % (m, config_for(m)))
     results = run(methods, args.steps, args.warmup, args.opts)
-    print("train step on one fixed batch, threads=%d, torch %s, warm-up %d, median of %d steps (round-robin)"
-          % (torch.get_num_threads(), torch.__version__, args.warmup, args.steps))
+    print(
+        "train step on one fixed batch, threads=%d, torch %s, warm-up %d, median of %d steps (round-robin)"
+        % (torch.get_num_threads(), torch.__version__, args.warmup, args.steps)
+    )
     print(format_table(results))
     return results
 

@@ -9,7 +9,8 @@ the real-format fixtures (``lt_detectron/utils/testing/real_formats.py``), regis
 Each run is one ``python tools/train_net.py --config-file C ...`` subprocess (what a user
 launches) at reduced size: ``INPUT.MIN_SIZE_TRAIN (160,)``, ``MAX_SIZE 256``,
 ``MIN_SIZE_TEST 160``, ``SOLVER.IMS_PER_BATCH 2``, ``SOLVER.MAX_ITER 3`` (``--iters``; steps
-and warm-up shrunk; BOFL's deferral set to 0 epochs as 3 iterations are a fraction of one), 10 detections per image, ``MODEL.DEVICE cpu``, ``DATALOADER.NUM_WORKERS 0``,
+and warm-up shrunk; BOFL's deferral set to 0 epochs as 3 iterations are a fraction of one), 10 detections
+per image, ``MODEL.DEVICE cpu``, ``DATALOADER.NUM_WORKERS 0``,
 ``OUTPUT_DIR`` in a temporary folder. A config that asks for detectron2's ImageNet weights
 (``detectron2://ImageNetPretrained/...``) gets the fixture's random-weight ``R-50.pkl``
 instead; a BAGS decoupled config gets ``model_final.pth`` of the softmax config named by its
@@ -23,10 +24,12 @@ Registration:
   train_net process (``--register-lvis`` / ``--register-coco``).
 
 Reported per run: rc, s/iter (``time`` of the last ``metrics.json`` record: detectron2's
-median iteration time, which skips the first 2 iterations), peak RSS of the process (``os.wait4``), wall time; printed and
+median iteration time, which skips the first 2 iterations), peak RSS of the process (``os.wait4``),
+wall time; printed and
 written to ``OUTPUT/check_configs.{csv,md}``. A failure prints the tail of its log.
 Exit status 1 if any run failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,20 +64,34 @@ FIXTURE_DATASETS = {
 }
 
 SMALL = [
-    "MODEL.DEVICE", "cpu",
-    "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.STEPS", "(1,)",
-    "SOLVER.WARMUP_ITERS", "1",
-    "SOLVER.CHECKPOINT_PERIOD", "1000000",
-    "INPUT.MIN_SIZE_TRAIN", "(160,)",
-    "INPUT.MAX_SIZE_TRAIN", "256",
-    "INPUT.MIN_SIZE_TEST", "160",
-    "INPUT.MAX_SIZE_TEST", "256",
-    "TEST.DETECTIONS_PER_IMAGE", "10",
-    "TEST.LT.MAX_DETS", "10",
-    "TEST.EVAL_PERIOD", "0",
+    "MODEL.DEVICE",
+    "cpu",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.STEPS",
+    "(1,)",
+    "SOLVER.WARMUP_ITERS",
+    "1",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "1000000",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(160,)",
+    "INPUT.MAX_SIZE_TRAIN",
+    "256",
+    "INPUT.MIN_SIZE_TEST",
+    "160",
+    "INPUT.MAX_SIZE_TEST",
+    "256",
+    "TEST.DETECTIONS_PER_IMAGE",
+    "10",
+    "TEST.LT.MAX_DETS",
+    "10",
+    "TEST.EVAL_PERIOD",
+    "0",
 ]
+
 
 def load_cfg(config_file: str):
     from detectron2.config import get_cfg
@@ -88,10 +105,16 @@ def load_cfg(config_file: str):
 
 
 def _match(rel, pat):
-    return fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(rel, "configs/" + pat) or fnmatch.fnmatch(os.path.basename(rel), pat)
+    return (
+        fnmatch.fnmatch(rel, pat)
+        or fnmatch.fnmatch(rel, "configs/" + pat)
+        or fnmatch.fnmatch(os.path.basename(rel), pat)
+    )
 
 
-def list_configs(patterns: Optional[List[str]] = None, exclude: Optional[List[str]] = None) -> List[str]:
+def list_configs(
+    patterns: Optional[List[str]] = None, exclude: Optional[List[str]] = None
+) -> List[str]:
     """Shipped configs (relative paths), ``Base-*`` fragments excluded; ``patterns`` select and
     ``exclude`` drop (fnmatch on the path, the path under configs/, or the file name)."""
     out = []
@@ -139,7 +162,9 @@ def softmax_dependency(config: str, cfg) -> Optional[str]:
     name = os.path.basename(os.path.dirname(w))
     cand = os.path.join(os.path.dirname(config), name + ".yaml")
     if not os.path.isfile(os.path.join(ROOT, cand)):
-        raise FileNotFoundError("%s: MODEL.WEIGHTS %s names no config %s to train first" % (config, w, cand))
+        raise FileNotFoundError(
+            "%s: MODEL.WEIGHTS %s names no config %s to train first" % (config, w, cand)
+        )
     return cand
 
 
@@ -147,13 +172,20 @@ def build_command(config, cfg, fixtures, registration, out_dir, weights=None, it
     """argv and environment of one run."""
     opts = list(SMALL) + ["SOLVER.MAX_ITER", str(iters), "OUTPUT_DIR", out_dir]
     if cfg.MODEL.LT.DENSE_LOSS == "bofl" or cfg.MODEL.LT.BOFL.ENABLED:
-        opts += ["MODEL.LT.BOFL.DEFERRED_EPOCHS", "0"]  # a few iterations are a fraction of one epoch
+        opts += [
+            "MODEL.LT.BOFL.DEFERRED_EPOCHS",
+            "0",
+        ]  # a few iterations are a fraction of one epoch
     w = cfg.MODEL.WEIGHTS
     if weights is not None:
         opts += ["MODEL.WEIGHTS", weights]
     elif w.startswith("detectron2://ImageNetPretrained/"):
         opts += ["MODEL.WEIGHTS", os.path.join(fixtures, "ImageNetPretrained", "MSRA", "R-50.pkl")]
-    env = dict(os.environ, DETECTRON2_DATASETS=fixtures, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    env = dict(
+        os.environ,
+        DETECTRON2_DATASETS=fixtures,
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+    )
     train_argv = [TRAIN_NET, "--config-file", os.path.join(ROOT, config)]
     if registration == "detectron2":
         regs = []
@@ -161,7 +193,10 @@ def build_command(config, cfg, fixtures, registration, out_dir, weights=None, it
             names = []
             for n in getattr(cfg.DATASETS, key):
                 if n not in FIXTURE_DATASETS:
-                    raise KeyError("%s: dataset %r has no fixture (known: %s)" % (config, n, ", ".join(FIXTURE_DATASETS)))
+                    raise KeyError(
+                        "%s: dataset %r has no fixture (known: %s)"
+                        % (config, n, ", ".join(FIXTURE_DATASETS))
+                    )
                 fmt, js, img = FIXTURE_DATASETS[n]
                 new = "my_" + n
                 regs.append((fmt, new, os.path.join(fixtures, js), os.path.join(fixtures, img)))
@@ -178,7 +213,9 @@ def run_one(argv, env, log_path, timeout):
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(argv) + "\n")
         log.flush()
-        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+        p = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+        )
         timer = threading.Timer(timeout, lambda: os.killpg(p.pid, signal.SIGKILL))
         timer.start()
         try:
@@ -229,9 +266,17 @@ def check(configs, fixtures, registrations, work, jobs=1, timeout=900, iters=3, 
         try:
             return _task(config, reg)
         except Exception as e:
-            row = {"config": config, "registration": reg, "rc": -1, "s_per_iter": None, "peak_rss_mib": None,
-                   "wall_s": None, "evaluated": False, "note": "checker error: %s: %s" % (type(e).__name__, e),
-                   "output_dir": ""}
+            row = {
+                "config": config,
+                "registration": reg,
+                "rc": -1,
+                "s_per_iter": None,
+                "peak_rss_mib": None,
+                "wall_s": None,
+                "evaluated": False,
+                "note": "checker error: %s: %s" % (type(e).__name__, e),
+                "output_dir": "",
+            }
             with lock:
                 rows.append(row)
                 log("[FAILED (checker error)] %s %s: %s" % (reg, config, row["note"]))
@@ -244,12 +289,23 @@ def check(configs, fixtures, registrations, work, jobs=1, timeout=900, iters=3, 
         out_dir = os.path.join(work, tag)
         weights = None
         dep = deps.get(config)
-        row = {"config": config, "registration": reg, "rc": None, "s_per_iter": None, "peak_rss_mib": None,
-               "wall_s": None, "evaluated": False, "note": "", "output_dir": out_dir}
+        row = {
+            "config": config,
+            "registration": reg,
+            "rc": None,
+            "s_per_iter": None,
+            "peak_rss_mib": None,
+            "wall_s": None,
+            "evaluated": False,
+            "note": "",
+            "output_dir": out_dir,
+        }
         if dep is not None:
             done_events[(dep, reg)].wait()
             with lock:
-                dep_row = next((r for r in rows if r["config"] == dep and r["registration"] == reg), None)
+                dep_row = next(
+                    (r for r in rows if r["config"] == dep and r["registration"] == reg), None
+                )
             weights = os.path.join(dep_row["output_dir"], "model_final.pth") if dep_row else ""
             if dep_row is None or dep_row["rc"] != 0 or not os.path.isfile(weights):
                 row.update(rc=-1, note="skipped: %s failed" % dep)
@@ -261,18 +317,31 @@ def check(configs, fixtures, registrations, work, jobs=1, timeout=900, iters=3, 
         log_path = out_dir + ".log"
         rc, wall, rss = run_one(argv, env, log_path, timeout)
         s_iter, it, evaluated = read_metrics(out_dir)
-        row.update(rc=rc, s_per_iter=s_iter, peak_rss_mib=round(rss, 1), wall_s=round(wall, 1), evaluated=evaluated,
-                   log=log_path)
+        row.update(
+            rc=rc,
+            s_per_iter=s_iter,
+            peak_rss_mib=round(rss, 1),
+            wall_s=round(wall, 1),
+            evaluated=evaluated,
+            log=log_path,
+        )
         if rc == 0 and not evaluated:
             row["rc"] = rc = 2
-            row["note"] = (row["note"] + "; " if row["note"] else "") + "no evaluation results in metrics.json"
+            row["note"] = (
+                row["note"] + "; " if row["note"] else ""
+            ) + "no evaluation results in metrics.json"
         if rc == 0 and iters >= 3 and it != iters - 1:
             row["rc"] = rc = 2
-            row["note"] = (row["note"] + "; " if row["note"] else "") + "last timed iteration %r, expected %d" % (it, iters - 1)
+            row["note"] = (
+                row["note"] + "; " if row["note"] else ""
+            ) + "last timed iteration %r, expected %d" % (it, iters - 1)
         with lock:
             rows.append(row)
             status = "ok" if rc == 0 else "FAILED (rc %s)" % rc
-            log("[%s] %s %s  %.1fs  %s s/iter  %.0f MiB" % (status, reg, config, wall, _fmt(s_iter), rss))
+            log(
+                "[%s] %s %s  %.1fs  %s s/iter  %.0f MiB"
+                % (status, reg, config, wall, _fmt(s_iter), rss)
+            )
             if rc != 0:
                 log("---- tail of %s ----\n%s" % (log_path, tail(log_path)))
         return row
@@ -305,11 +374,23 @@ def write_reports(rows, out_prefix):
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    lines = ["| config | registration | rc | s/iter | peak RSS (MiB) | wall (s) | note |", "|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| config | registration | rc | s/iter | peak RSS (MiB) | wall (s) | note |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
-        lines.append("| %s | %s | %s | %s | %s | %s | %s |" % (
-            r["config"], r["registration"], r["rc"], _fmt(r["s_per_iter"]), _fmt(r["peak_rss_mib"], 0),
-            _fmt(r["wall_s"], 1), r["note"]))
+        lines.append(
+            "| %s | %s | %s | %s | %s | %s | %s |"
+            % (
+                r["config"],
+                r["registration"],
+                r["rc"],
+                _fmt(r["s_per_iter"]),
+                _fmt(r["peak_rss_mib"], 0),
+                _fmt(r["wall_s"], 1),
+                r["note"],
+            )
+        )
     md = "\n".join(lines) + "\n"
     with open(out_prefix + ".md", "w") as f:
         f.write(md)
@@ -318,17 +399,27 @@ def write_reports(rows, out_prefix):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--configs", nargs="+", metavar="GLOB", help="only configs matching (path or file name)")
+    ap.add_argument(
+        "--configs", nargs="+", metavar="GLOB", help="only configs matching (path or file name)"
+    )
     ap.add_argument("--exclude", nargs="+", metavar="GLOB", help="drop configs matching")
-    ap.add_argument("--families", action="store_true", help="one config per (architecture x loss) family")
+    ap.add_argument(
+        "--families", action="store_true", help="one config per (architecture x loss) family"
+    )
     ap.add_argument("--registration", choices=("builtin", "detectron2", "both"), default="both")
     ap.add_argument("-j", "--jobs", type=int, default=1, help="runs in parallel")
     ap.add_argument("--fixtures", help="fixture root (default: generated into the work folder)")
-    ap.add_argument("--output", help="work folder for runs and reports (default: a temporary folder)")
+    ap.add_argument(
+        "--output", help="work folder for runs and reports (default: a temporary folder)"
+    )
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
-    ap.add_argument("--iters", type=int, default=3,
-                    help="SOLVER.MAX_ITER (default 3: detectron2's IterationTimer skips the first 2 iterations, "
-                         "so s/iter is the time of the 3rd; with 2 no s/iter is measured)")
+    ap.add_argument(
+        "--iters",
+        type=int,
+        default=3,
+        help="SOLVER.MAX_ITER (default 3: detectron2's IterationTimer skips the first 2 iterations, "
+        "so s/iter is the time of the 3rd; with 2 no s/iter is measured)",
+    )
     ap.add_argument("--list", action="store_true", help="print the selected configs and exit")
     args = ap.parse_args(argv)
 
@@ -351,15 +442,32 @@ def main(argv=None):
         make_fixtures(fixtures)
     fixtures = os.path.abspath(fixtures)
     regs = ["builtin", "detectron2"] if args.registration == "both" else [args.registration]
-    print("%d configs x %s, fixtures %s, work %s" % (len(configs), "/".join(regs), fixtures, work), flush=True)
+    print(
+        "%d configs x %s, fixtures %s, work %s" % (len(configs), "/".join(regs), fixtures, work),
+        flush=True,
+    )
     t0 = time.perf_counter()
-    rows = check(configs, fixtures, regs, work, jobs=args.jobs, timeout=args.timeout, iters=args.iters,
-                 log=lambda s: print(s, flush=True))
+    rows = check(
+        configs,
+        fixtures,
+        regs,
+        work,
+        jobs=args.jobs,
+        timeout=args.timeout,
+        iters=args.iters,
+        log=lambda s: print(s, flush=True),
+    )
     md = write_reports(rows, os.path.join(work, "check_configs"))
     failed = [r for r in rows if r["rc"] != 0]
     print("\n" + md)
-    print("%d runs, %d failed, %.0f s; %s/check_configs.{csv,md}" % (len(rows), len(failed), time.perf_counter() - t0, work))
-    print("command: python tools/check_configs.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(
+        "%d runs, %d failed, %.0f s; %s/check_configs.{csv,md}"
+        % (len(rows), len(failed), time.perf_counter() - t0, work)
+    )
+    print(
+        "command: python tools/check_configs.py "
+        + " ".join(argv if argv is not None else sys.argv[1:])
+    )
     return 1 if failed else 0
 
 

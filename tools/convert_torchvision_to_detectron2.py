@@ -21,6 +21,7 @@ BatchNorm statistics become detectron2's ``FrozenBN`` (``RESNETS.NORM FrozenBN``
 The input is read by lt_detectron's checkpoint loader (``torch.load(weights_only=True)``):
 tensors only, no code runs.
 """
+
 import argparse
 import os
 import pickle
@@ -80,7 +81,12 @@ def convert_state_dict(state_dict):
     """Return detectron2 names -> float numpy arrays for a torchvision ResNet ``state_dict``."""
     if not isinstance(state_dict, dict) or not state_dict:
         raise ConversionError("expected a non-empty dict of tensors (a torchvision state_dict)")
-    for required in ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight", "layer4.0.conv3.weight"):
+    for required in (
+        "conv1.weight",
+        "bn1.weight",
+        "layer1.0.conv1.weight",
+        "layer4.0.conv3.weight",
+    ):
         if required not in state_dict:
             raise ConversionError(
                 "no %r: this is not a torchvision bottleneck ResNet state_dict (ResNet-50/101/152, "
@@ -104,7 +110,8 @@ def _read_state_dict(path):
         raise ConversionError("%s: no such file" % os.path.abspath(path)) from None
     except Exception as e:
         raise ConversionError(
-            "%s: not a tensors-only torch file (%s: %s)" % (os.path.abspath(path), type(e).__name__, e)
+            "%s: not a tensors-only torch file (%s: %s)"
+            % (os.path.abspath(path), type(e).__name__, e)
         ) from None
     # checkpoints that wrap the weights
     for wrapper in ("state_dict", "model"):
@@ -117,12 +124,16 @@ def convert_file(src, dst):
     """Convert ``src`` (torchvision ``.pth``) to ``dst`` (detectron2 ``.pkl``); returns the
     number of converted arrays. ``dst`` is written atomically and only after a full conversion."""
     if not dst.endswith(".pkl"):
-        raise ConversionError("output %r must end with .pkl (detectron2 reads .pkl as this format)" % dst)
+        raise ConversionError(
+            "output %r must end with .pkl (detectron2 reads .pkl as this format)" % dst
+        )
     try:
         model = convert_state_dict(_read_state_dict(src))
     except ConversionError as e:
         msg = str(e)
-        raise ConversionError(msg if msg.startswith(os.path.abspath(src)) else "%s: %s" % (os.path.abspath(src), msg)) from None
+        raise ConversionError(
+            msg if msg.startswith(os.path.abspath(src)) else "%s: %s" % (os.path.abspath(src), msg)
+        ) from None
     payload = {"model": model, "__author__": "torchvision", "matching_heuristics": True}
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
     atomic_write(dst, lambda f: pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL))
@@ -130,7 +141,9 @@ def convert_file(src, dst):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("input", help="torchvision ResNet state dict (.pth)")
     parser.add_argument("output", help="detectron2 weights file to write (.pkl)")
     args = parser.parse_args(argv)

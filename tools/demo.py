@@ -22,6 +22,7 @@ Inference runs as detectron2's ``DefaultPredictor`` (``INPUT.FORMAT``, the test 
 ``Visualizer`` with the class names of ``DATASETS.TEST[0]`` (or ``DATASETS.TRAIN[0]``), labels kept
 inside the image. On small images (the embedded set's are 128 px) ``--scale 3`` makes the labels readable.
 """
+
 import argparse
 import glob
 import os
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
@@ -51,14 +53,16 @@ class LTPredictor(DefaultPredictor):
     """detectron2's ``DefaultPredictor`` (``__call__``: one BGR image -> the model's outputs) with the
     weights loaded by ``LTCheckpointer`` (safe loading, ``MODEL.LT.REINIT_CLS``)."""
 
-    def __init__(self, cfg):  # noqa: super().__init__ would load with a plain DetectionCheckpointer
+    def __init__(
+        self, cfg
+    ):  # DefaultPredictor.__init__, with LTCheckpointer instead of DetectionCheckpointer
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         self.model.eval()
         LTCheckpointer(self.model, reinit_cls=cfg.MODEL.LT.REINIT_CLS).load(cfg.MODEL.WEIGHTS)
-        from detectron2.data import transforms as T
-
-        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise DemoError("INPUT.FORMAT must be RGB or BGR, got %r" % (self.input_format,))
@@ -71,7 +75,9 @@ class LabelsInsideVisualizer(Visualizer):
     is a light tint of the box colour."""
 
     def draw_text(self, text, position, *, color="g", **kwargs):
-        color = 0.5 + 0.5 * np.asarray(mplc.to_rgb(color))  # light: readable on the dark label background
+        color = 0.5 + 0.5 * np.asarray(
+            mplc.to_rgb(color)
+        )  # light: readable on the dark label background
         out = super().draw_text(text, position, color=color, **kwargs)
         label = out.ax.texts[-1]
         renderer = out.canvas.get_renderer()
@@ -80,8 +86,14 @@ class LabelsInsideVisualizer(Visualizer):
             box = label.get_window_extent(renderer=renderer)  # display pixels, origin bottom-left
             dx = max(0.0, box.x1 + pad - out.fig.bbox.width)
             dy = max(0.0, pad - box.y0)  # > 0: runs over the bottom edge, move up
-            hit = next((o.get_window_extent(renderer=renderer) for o in out.ax.texts[:-1]
-                        if o.get_window_extent(renderer=renderer).overlaps(box)), None)
+            hit = next(
+                (
+                    o.get_window_extent(renderer=renderer)
+                    for o in out.ax.texts[:-1]
+                    if o.get_window_extent(renderer=renderer).overlaps(box)
+                ),
+                None,
+            )
             if hit is not None and not dy:
                 dy = -(box.y1 - hit.y0 + 2 * pad)  # move below the earlier label
             if not (dx or dy):
@@ -94,19 +106,40 @@ class LabelsInsideVisualizer(Visualizer):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config-file", required=True, metavar="FILE")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", nargs="+", metavar="IMG", help="image files or globs ('photos/*.jpg')")
-    src.add_argument("--dataset", metavar="NAME", help="the first --max-images images of a registered dataset")
-    p.add_argument("--max-images", type=int, default=4, metavar="N", help="with --dataset (default 4)")
+    src.add_argument(
+        "--input", nargs="+", metavar="IMG", help="image files or globs ('photos/*.jpg')"
+    )
+    src.add_argument(
+        "--dataset", metavar="NAME", help="the first --max-images images of a registered dataset"
+    )
+    p.add_argument(
+        "--max-images", type=int, default=4, metavar="N", help="with --dataset (default 4)"
+    )
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the drawn images")
-    p.add_argument("--confidence-threshold", type=float, default=0.5,
-                   help="draw detections scoring at least this (default 0.5)")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="Visualizer scale: the output is this many times the input size (default 1)")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                   help="config overrides KEY VALUE ..., e.g. MODEL.WEIGHTS path.pth MODEL.DEVICE cuda")
+    p.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="draw the detections scoring at least this (default 0.5; the model's own test "
+        "thresholds, e.g. MODEL.ROI_HEADS.SCORE_THRESH_TEST, apply first)",
+    )
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="Visualizer scale: the output is this many times the input size (default 1)",
+    )
+    p.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="config overrides KEY VALUE ..., e.g. MODEL.WEIGHTS path.pth MODEL.DEVICE cuda",
+    )
     return p.parse_args(argv)
 
 
@@ -122,8 +155,10 @@ def expand_inputs(patterns):
                 problems.append("--input %r matches no file" % pat)
             files += hits
         elif os.path.isdir(path):
-            problems.append("--input %s is a folder: give image files or a glob such as '%s'"
-                            % (os.path.abspath(path), os.path.join(pat, "*.jpg")))
+            problems.append(
+                "--input %s is a folder: give image files or a glob such as '%s'"
+                % (os.path.abspath(path), os.path.join(pat, "*.jpg"))
+            )
         elif not os.path.isfile(path):
             problems.append("--input %s does not exist" % os.path.abspath(path))
         else:
@@ -145,21 +180,30 @@ def setup_cfg(args):
         raise DemoError("--config-file %s does not exist" % os.path.abspath(args.config_file))
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    given = [args.opts[i + 1] for i in range(0, len(args.opts) - 1, 2) if args.opts[i] == "MODEL.WEIGHTS"]
+    given = [
+        args.opts[i + 1] for i in range(0, len(args.opts) - 1, 2) if args.opts[i] == "MODEL.WEIGHTS"
+    ]
     final = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
     if not given:
         if os.path.isfile(final):
             cfg.MODEL.WEIGHTS = final
         elif cfg.MODEL.WEIGHTS:
-            print("tools/demo.py: %s does not exist; using the config's MODEL.WEIGHTS %s (if that only initialises "
-                  "the backbone, the detections mean nothing)" % (final, cfg.MODEL.WEIGHTS), file=sys.stderr)
+            print(
+                "tools/demo.py: %s does not exist; using the config's MODEL.WEIGHTS %s (if that only initialises "
+                "the backbone, the detections mean nothing)" % (final, cfg.MODEL.WEIGHTS),
+                file=sys.stderr,
+            )
         else:
-            raise DemoError("no trained model: %s does not exist and the config has no MODEL.WEIGHTS. Train the "
-                            "config first (tools/train_net.py) or give one: --opts MODEL.WEIGHTS path/to/model.pth"
-                            % os.path.abspath(final))
+            raise DemoError(
+                "no trained model: %s does not exist and the config has no MODEL.WEIGHTS. Train the "
+                "config first (tools/train_net.py) or give one: --opts MODEL.WEIGHTS path/to/model.pth"
+                % os.path.abspath(final)
+            )
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise DemoError("MODEL.DEVICE is %s but no CUDA device is available: add --opts MODEL.DEVICE cpu"
-                        % cfg.MODEL.DEVICE)
+        raise DemoError(
+            "MODEL.DEVICE is %s but no CUDA device is available: add --opts MODEL.DEVICE cpu"
+            % cfg.MODEL.DEVICE
+        )
     cfg.freeze()
     return cfg
 
@@ -172,7 +216,10 @@ def class_metadata(cfg):
         meta = MetadataCatalog.get(name)
         if meta.get("thing_classes", None):
             return meta
-    print("tools/demo.py: DATASETS.TEST/TRAIN give no class names: labels are class ids", file=sys.stderr)
+    print(
+        "tools/demo.py: DATASETS.TEST/TRAIN give no class names: labels are class ids",
+        file=sys.stderr,
+    )
     return MetadataCatalog.get("__lt_demo_unnamed")
 
 
@@ -182,7 +229,9 @@ def output_paths(files, out_dir):
     for f in files:
         stem = os.path.splitext(os.path.basename(f))[0]
         seen[stem] = seen.get(stem, 0) + 1
-        out.append(os.path.join(out_dir, stem + ("_%d" % seen[stem] if seen[stem] > 1 else "") + ".png"))
+        out.append(
+            os.path.join(out_dir, stem + ("_%d" % seen[stem] if seen[stem] > 1 else "") + ".png")
+        )
     return out
 
 
@@ -190,15 +239,19 @@ def draw(predictor, image_bgr, metadata, threshold: float, scale: float = 1.0):
     """Predict on one BGR image; returns (VisImage, number of detections drawn)."""
     instances = predictor(image_bgr)["instances"].to("cpu")
     instances = instances[instances.scores >= threshold]
-    vis = LabelsInsideVisualizer(image_bgr[:, :, ::-1], metadata, scale=scale, instance_mode=ColorMode.IMAGE)
+    vis = LabelsInsideVisualizer(
+        image_bgr[:, :, ::-1], metadata, scale=scale, instance_mode=ColorMode.IMAGE
+    )
     return vis.draw_instance_predictions(instances), len(instances)
 
 
 def run(args):
     files = expand_inputs(args.input) if args.input else None
     if args.dataset and args.dataset not in DatasetCatalog.list():
-        raise DemoError("--dataset %s is not registered: give a dataset of the config (DATASETS.TEST / TRAIN), e.g. "
-                        "lt_shapes_val" % args.dataset)
+        raise DemoError(
+            "--dataset %s is not registered: give a dataset of the config (DATASETS.TEST / TRAIN), e.g. "
+            "lt_shapes_val" % args.dataset
+        )
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise DemoError("--output %s is a file: give a folder" % os.path.abspath(args.output))
     cfg = setup_cfg(args)
@@ -216,11 +269,16 @@ def run(args):
         try:
             image = read_image(f, format="BGR")
         except Exception as e:  # PIL: UnidentifiedImageError, truncated files, ...
-            unreadable.append("cannot read image %s (%s: %s)" % (os.path.abspath(f), type(e).__name__, e))
+            unreadable.append(
+                "cannot read image %s (%s: %s)" % (os.path.abspath(f), type(e).__name__, e)
+            )
             continue
         vis, n = draw(predictor, image, metadata, args.confidence_threshold, args.scale)
         vis.save(out)
-        print("tools/demo.py: %s: %d detections >= %g" % (f, n, args.confidence_threshold), file=sys.stderr)
+        print(
+            "tools/demo.py: %s: %d detections >= %g" % (f, n, args.confidence_threshold),
+            file=sys.stderr,
+        )
         print(out, flush=True)
         written.append(out)
     if unreadable:

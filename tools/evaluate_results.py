@@ -16,6 +16,7 @@ else from the ground truth's ``instance_count`` fields (LVIS files carry them). 
 ``MODEL.LT.GROUP_EDGES`` come from the config file and the trailing ``KEY VALUE`` pairs.
 With ``--output DIR`` the per-category csv and ``{lvis,coco}_metrics.json`` are written there.
 """
+
 import argparse
 import json
 import logging
@@ -26,19 +27,41 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("results", metavar="RESULTS.json", help="the results file to evaluate")
     gt = p.add_mutually_exclusive_group(required=True)
     gt.add_argument("--dataset", help="a registered dataset name (its json is the ground truth)")
     gt.add_argument("--gt", metavar="GT.json", help="a ground-truth json (LVIS or COCO format)")
     tr = p.add_mutually_exclusive_group()
-    tr.add_argument("--train-json", metavar="TRAIN.json", help="training annotations, for the class statistics")
-    tr.add_argument("--train-dataset", metavar="NAME", help="a registered training dataset, for the class statistics")
-    p.add_argument("--config-file", metavar="CFG", help="a config (TEST.LT.*, MODEL.LT.GROUP_EDGES, DATASETS.TRAIN)")
-    p.add_argument("--output", metavar="DIR", help="write the per-category csv and the metrics json here")
-    p.add_argument("--tasks", nargs="+", choices=["bbox", "segm", "boundary"],
-                   help="default: bbox, plus segm when the results carry masks (plus boundary with TEST.LT.BOUNDARY_AP)")
-    p.add_argument("--evaluator-type", choices=["lvis", "coco_lt", "coco"], help="with --gt: force the protocol")
+    tr.add_argument(
+        "--train-json", metavar="TRAIN.json", help="training annotations, for the class statistics"
+    )
+    tr.add_argument(
+        "--train-dataset",
+        metavar="NAME",
+        help="a registered training dataset, for the class statistics",
+    )
+    p.add_argument(
+        "--config-file",
+        metavar="CFG",
+        help="a config (TEST.LT.*, MODEL.LT.GROUP_EDGES, DATASETS.TRAIN)",
+    )
+    p.add_argument(
+        "--output", metavar="DIR", help="write the per-category csv and the metrics json here"
+    )
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=["bbox", "segm", "boundary"],
+        help="default: bbox, + segm when the results carry masks (+ boundary with TEST.LT.BOUNDARY_AP)",
+    )
+    p.add_argument(
+        "--evaluator-type",
+        choices=["lvis", "coco_lt", "coco"],
+        help="with --gt: force the protocol",
+    )
     p.epilog = "Trailing KEY VALUE pairs override the config (e.g. TEST.LT.AP_PROTOCOL fixed)."
     args, opts = p.parse_known_args(argv)
     bad = [o for o in opts if o.startswith("-")]
@@ -78,29 +101,41 @@ def main(argv=None):
             _fail(f"config overrides come in KEY VALUE pairs, got {args.opts}")
         cfg.merge_from_list(args.opts)
     if not os.path.isfile(args.results):
-        _fail(f"results file not found: {args.results} (evaluating with an output folder writes "
-              "inference/<dataset>/lvis_instances_results.json or coco_instances_results.json)")
+        _fail(
+            f"results file not found: {args.results} (evaluating with an output folder writes "
+            "inference/<dataset>/lvis_instances_results.json or coco_instances_results.json)"
+        )
 
     if args.gt:
         if not os.path.isfile(args.gt):
             _fail(f"ground-truth json not found: {args.gt}")
         name = "evaluate_results_gt"
-        register_lt_dataset(name, os.path.abspath(args.gt), os.path.dirname(os.path.abspath(args.gt)),
-                            evaluator_type=args.evaluator_type)
+        register_lt_dataset(
+            name,
+            os.path.abspath(args.gt),
+            os.path.dirname(os.path.abspath(args.gt)),
+            evaluator_type=args.evaluator_type,
+        )
     else:
         name = args.dataset
         if name not in DatasetCatalog.list():
             _fail(f"dataset {name!r} is not registered; pass its json with --gt GT.json instead")
     meta = MetadataCatalog.get(name)
     if not meta.get("json_file", None) or not os.path.isfile(meta.json_file):
-        _fail(f"dataset {name!r} has no ground-truth json on disk ({meta.get('json_file', None)}); pass --gt GT.json")
+        _fail(
+            f"dataset {name!r} has no ground-truth json on disk ({meta.get('json_file', None)}); pass --gt GT.json"
+        )
 
     stats = None
     if args.train_json:
         if not os.path.isfile(args.train_json):
             _fail(f"training json not found: {args.train_json}")
         train = "evaluate_results_train"
-        register_lt_dataset(train, os.path.abspath(args.train_json), os.path.dirname(os.path.abspath(args.train_json)))
+        register_lt_dataset(
+            train,
+            os.path.abspath(args.train_json),
+            os.path.dirname(os.path.abspath(args.train_json)),
+        )
         stats = get_class_stats((train,), verify_distributed=False)
     elif args.train_dataset:
         stats = get_class_stats((args.train_dataset,), verify_distributed=False)
@@ -121,8 +156,15 @@ def main(argv=None):
         tasks = ("bbox", "segm") if rles is not None else ("bbox",)
         if rles is not None and cfg.TEST.LT.BOUNDARY_AP:
             tasks = tasks + ("boundary",)
-    evaluator = build_lt_evaluator(cfg, name, output_folder=args.output or "", class_stats=stats, distributed=False,
-                                   tasks=tuple(tasks), save_results=False)
+    evaluator = build_lt_evaluator(
+        cfg,
+        name,
+        output_folder=args.output or "",
+        class_stats=stats,
+        distributed=False,
+        tasks=tuple(tasks),
+        save_results=False,
+    )
     results = evaluator.evaluate_arrays(dets, rles)
     print(format_results({name: results}))
     return results

@@ -24,6 +24,7 @@ FAIR's detectron2 v0.6 Python code (Apache-2.0) without its C++ sources, so a pl
 
 No detectron2 source ends up in this repository: the sdist is fetched from PyPI at setup.
 """
+
 import argparse
 import glob
 import os
@@ -147,13 +148,19 @@ def patch_tree(root):
     setup_py = os.path.join(root, "setup.py")
     _replace(setup_py, "ext_modules=get_extensions(),", "ext_modules=[],")
     _replace(setup_py, 'cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},', "")
-    for req in ('"black==21.4b2",', '"future",  # used by caffe2', '"pydot",  # used to save caffe2 SVGs'):
+    for req in (
+        '"black==21.4b2",',
+        '"future",  # used by caffe2',
+        '"pydot",  # used to save caffe2 SVGs',
+    ):
         _replace(setup_py, req, "")
     # setup.py imports torch only for the extension; keep it importable without build isolation
     with open(os.path.join(pkg, "_C.py"), "w") as f:
         f.write(PLACEHOLDER_C.format(patch_version=PATCH_VERSION))
     # 2. Pillow >= 10
-    _replace(os.path.join(pkg, "data", "transforms", "transform.py"), "Image.LINEAR", "Image.BILINEAR")
+    _replace(
+        os.path.join(pkg, "data", "transforms", "transform.py"), "Image.LINEAR", "Image.BILINEAR"
+    )
     # 3. NumPy >= 1.24 aliases (every file, word-bounded; np.int64 etc. are untouched)
     n_total = 0
     for path in glob.glob(os.path.join(pkg, "**", "*.py"), recursive=True):
@@ -172,7 +179,8 @@ def patch_tree(root):
     _replace(mz, "import os\n", "import os\n" + MODEL_ZOO_RESOURCE)
     _replace(
         mz,
-        r'pkg_resources\.resource_filename\(\s*"detectron2\.model_zoo",\s*os\.path\.join\("configs", config_path\)\s*\)',
+        r'pkg_resources\.resource_filename\(\s*"detectron2\.model_zoo",\s*'
+        r'os\.path\.join\("configs", config_path\)\s*\)',
         "_config_path_in_package(config_path)",
         regex=True,
     )
@@ -184,7 +192,9 @@ def patch_tree(root):
         if p.endswith((".yaml", ".py"))
     )
     if not any(c.endswith(".yaml") for c in configs):
-        raise RuntimeError("patch failed: no model-zoo configs under detectron2/model_zoo/configs in %s" % SDIST)
+        raise RuntimeError(
+            "patch failed: no model-zoo configs under detectron2/model_zoo/configs in %s" % SDIST
+        )
     _replace(
         setup_py,
         'package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
@@ -210,8 +220,20 @@ def build_wheel(cache_dir):
             log("downloading %s from PyPI" % SDIST)
             # --no-build-isolation: the sdist's setup.py imports torch to describe itself
             subprocess.check_call(
-                [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                 "--no-build-isolation", "-d", sdist_dir, SDIST]
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "--no-build-isolation",
+                    "-d",
+                    sdist_dir,
+                    SDIST,
+                ]
             )
             tars = glob.glob(os.path.join(sdist_dir, "pb1-detectron2-0.6.tar.gz"))
         with tarfile.open(tars[0]) as tf:
@@ -221,8 +243,18 @@ def build_wheel(cache_dir):
         os.makedirs(wheel_dir, exist_ok=True)
         log("building the wheel (pure Python, no C++ extension)")
         subprocess.check_call(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-             "-w", wheel_dir, root]
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "-q",
+                "--no-deps",
+                "--no-build-isolation",
+                "-w",
+                wheel_dir,
+                root,
+            ]
         )
         return glob.glob(os.path.join(wheel_dir, "pb1_detectron2-*.whl"))[0]
     finally:
@@ -230,8 +262,13 @@ def build_wheel(cache_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache-dir", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache"),
+    )
     parser.add_argument("--force", action="store_true", help="rebuild and reinstall our build")
     args = parser.parse_args()
 

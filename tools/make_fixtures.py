@@ -7,6 +7,7 @@ laid out as ``$DETECTRON2_DATASETS`` (see ``lt_detectron/utils/testing/real_form
         --config-file configs/lvis_v1/softmax_mask_rcnn_R_50_FPN_1x.yaml \
         MODEL.WEIGHTS /tmp/lt_fixtures/ImageNetPretrained/MSRA/R-50.pkl MODEL.DEVICE cpu ...
 """
+
 import argparse
 import json
 import sys

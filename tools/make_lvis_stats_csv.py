@@ -10,6 +10,7 @@ detectron2's ``prepare_cocofied_lvis`` / Detic's ``get_lvis_cat_info.py``) or a 
 annotation json (its ``categories`` are used; ``image_count``/``instance_count`` are
 recomputed from ``annotations`` if missing).
 """
+
 import argparse
 import collections
 import json
@@ -22,7 +23,9 @@ from lt_detectron.data.lvis_stats import shipped_stats_path, write_stats_csv  # 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("path", help="LVIS cat_info json (list of categories) or LVIS annotation json")
     ap.add_argument("--out", default=str(shipped_stats_path("lvis_v1_train")))
     args = ap.parse_args(argv)
@@ -32,15 +35,19 @@ def main(argv=None):
         cats = [dict(c) for c in data["categories"]]
         if any("instance_count" not in c or "image_count" not in c for c in cats):
             inst = collections.Counter(a["category_id"] for a in data["annotations"])
-            imgs = collections.Counter({k: len(v) for k, v in _images_per_cat(data["annotations"]).items()})
+            imgs = collections.Counter(
+                {k: len(v) for k, v in _images_per_cat(data["annotations"]).items()}
+            )
             for c in cats:
                 c["instance_count"], c["image_count"] = inst[c["id"]], imgs[c["id"]]
     else:
         cats = data
     n = write_stats_csv(cats, args.out)
     freq = collections.Counter(c["frequency"] for c in cats)
-    print(f"wrote {args.out}: {n} categories, {sum(int(c['instance_count']) for c in cats)} instances, "
-          f"r/c/f = {freq['r']}/{freq['c']}/{freq['f']}")
+    print(
+        f"wrote {args.out}: {n} categories, {sum(int(c['instance_count']) for c in cats)} instances, "
+        f"r/c/f = {freq['r']}/{freq['c']}/{freq['f']}"
+    )
 
 
 def _images_per_cat(anns):

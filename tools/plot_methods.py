@@ -18,6 +18,7 @@ Classes are sorted by training instance count from the class-statistics registry
 ``DATASETS.TRAIN`` (LVIS statistics ship with the package; other datasets are counted from
 their json). The same plots are written during training with ``LT_HOOKS.PLOT_PERIOD N`` (and into TensorBoard).
 """
+
 import argparse
 import os
 import sys
@@ -32,15 +33,29 @@ from lt_detectron.engine.hooks import bofl_settings, write_bofl_schedule, write_
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config-file", metavar="FILE", help="required unless only --results is given")
-    p.add_argument("--output", default="plots", metavar="DIR", help="folder for the PNGs (default: plots)")
-    p.add_argument("--bofl-schedule", action="store_true",
-                   help="only plot BOFL's weight schedule of the config (no model, no weights)")
-    p.add_argument("--results", action="append", metavar="CSV", default=[],
-                   help="a per-category AP csv written by an evaluator ({lvis,coco}_per_category_{task}.csv); "
-                   "repeatable")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path.pth")
+    p.add_argument(
+        "--output", default="plots", metavar="DIR", help="folder for the PNGs (default: plots)"
+    )
+    p.add_argument(
+        "--bofl-schedule",
+        action="store_true",
+        help="only plot BOFL's weight schedule of the config (no model, no weights)",
+    )
+    p.add_argument(
+        "--results",
+        action="append",
+        metavar="CSV",
+        default=[],
+        help="a per-category AP csv written by an evaluator ({lvis,coco}_per_category_{task}.csv); "
+        "repeatable",
+    )
+    p.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path.pth"
+    )
     return p.parse_args(argv)
 
 
@@ -61,7 +76,9 @@ def write_results(csvs, out_dir):
         if not os.path.isfile(c):
             raise SystemExit("--results %s does not exist" % os.path.abspath(c))
         run = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(c)), "..", ".."))
-        paths += write_result_plots(c, out_dir, os.path.basename(run), os.path.basename(os.path.dirname(c)))
+        paths += write_result_plots(
+            c, out_dir, os.path.basename(run), os.path.basename(os.path.dirname(c))
+        )
     return paths
 
 
@@ -76,29 +93,42 @@ def main(argv=None):
         raise SystemExit("--config-file is required (or --results CSV for the result plots alone)")
     cfg = setup(args)
     if not cfg.DATASETS.TRAIN:
-        raise SystemExit("DATASETS.TRAIN is empty: the plots sort classes by their training instance counts")
+        raise SystemExit(
+            "DATASETS.TRAIN is empty: the plots sort classes by their training instance counts"
+        )
     prepare_datasets(cfg)
     stats = get_class_stats(cfg.DATASETS.TRAIN)
     os.makedirs(args.output, exist_ok=True)
     if args.bofl_schedule:
         bofl = bofl_settings(cfg)
         if bofl is None:
-            raise SystemExit("the config does not use BOFL (MODEL.LT.BOFL.ENABLED or MODEL.LT.DENSE_LOSS bofl)")
+            raise SystemExit(
+                "the config does not use BOFL (MODEL.LT.BOFL.ENABLED or MODEL.LT.DENSE_LOSS bofl)"
+            )
         paths = [write_bofl_schedule(args.output, stats.instance_counts, bofl, stats.class_names)]
     else:
         if not cfg.MODEL.WEIGHTS:
-            raise SystemExit("give the trained model: MODEL.WEIGHTS path/to/model_final.pth "
-                             "(or --bofl-schedule for a config-only plot)")
+            raise SystemExit(
+                "give the trained model: MODEL.WEIGHTS path/to/model_final.pth "
+                "(or --bofl-schedule for a config-only plot)"
+            )
         from detectron2.modeling import build_model
 
         model = build_model(cfg)
         model.eval()
         LTCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-        paths = write_model_plots(model, args.output, stats.instance_counts, stats.class_names,
-                                  title_suffix=" (%s)" % os.path.basename(cfg.MODEL.WEIGHTS))
+        paths = write_model_plots(
+            model,
+            args.output,
+            stats.instance_counts,
+            stats.class_names,
+            title_suffix=" (%s)" % os.path.basename(cfg.MODEL.WEIGHTS),
+        )
         if not paths:
-            raise SystemExit("the model has no Fast R-CNN box predictor and no loss with per-class statistics "
-                             "(plot_data: EQL v2, EFL) to plot")
+            raise SystemExit(
+                "the model has no Fast R-CNN box predictor and no loss with per-class statistics "
+                "(plot_data: EQL v2, EFL) to plot"
+            )
     paths += write_results(args.results, args.output)
     for p in paths:
         print(p)

@@ -13,6 +13,7 @@ With ``MODEL.DEVICE cpu`` (in the config file or on the command line) ``--num-gp
 processes per machine with the gloo backend; ``--num-machines/--machine-rank/--dist-url`` work as with
 GPUs (run the same command on every machine with its own ``--machine-rank``).
 """
+
 import logging
 
 from detectron2.config import get_cfg
@@ -81,9 +82,9 @@ def main(args):
         # checks; statistics and BOFL's epoch length (MODEL.LT.BOFL.ITERS_PER_EPOCH) from one parse
         cfg = prepare_training_data(cfg)[0]
         model = Trainer.build_model(cfg)
-        LTCheckpointer(model, save_dir=cfg.OUTPUT_DIR, reinit_cls=cfg.MODEL.LT.REINIT_CLS).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        LTCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, reinit_cls=cfg.MODEL.LT.REINIT_CLS
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)
@@ -107,16 +108,25 @@ def main(args):
 def argument_parser():
     parser = default_argument_parser()
     parser.add_argument(
-        "--register-dataset", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        "--register-dataset",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO- or LVIS-format dataset under NAME (repeatable); use NAME in DATASETS.*",
     )
     parser.add_argument(
-        "--register-lvis", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        "--register-lvis",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register an LVIS-format dataset with detectron2's register_lvis_instances (repeatable; "
         "IMAGE_ROOT is the folder that holds train2017/ and val2017/)",
     )
     parser.add_argument(
-        "--register-coco", nargs=3, action="append", metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        "--register-coco",
+        nargs=3,
+        action="append",
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO-format dataset with detectron2's register_coco_instances (repeatable)",
     )
     return parser

@@ -37,6 +37,7 @@ Modules: :mod:`.groups` (the banding / binning rules), :mod:`.stats` (:class:`Cl
 :mod:`.counting` (counts of one dataset and their source), :mod:`.registry`
 (:func:`get_class_stats`).
 """
+
 from .counting import count_from_dicts
 from .groups import (
     DEFAULT_GROUP_EDGES,

@@ -6,6 +6,7 @@
 an on-disk cache (``$LT_DETECTRON_CACHE/class_stats``) keyed by the json's path, size, mtime and
 ``bad_boxes`` policy.
 """
+
 import hashlib
 import itertools
 import json
@@ -38,8 +39,14 @@ def count_from_dicts(dataset_dicts, num_classes: int) -> Tuple[np.ndarray, np.nd
     lengths = np.fromiter(map(len, per_image), dtype=np.int64, count=num_images)
     anns = list(itertools.chain.from_iterable(per_image))
     # C-level iteration (map + fromiter): well above 1M annotations/s
-    cats_a = np.fromiter(map(operator.itemgetter("category_id"), anns), dtype=np.int64, count=len(anns))
-    crowd = np.fromiter(map(dict.get, anns, itertools.repeat("iscrowd"), itertools.repeat(0)), dtype=np.int64, count=len(anns))
+    cats_a = np.fromiter(
+        map(operator.itemgetter("category_id"), anns), dtype=np.int64, count=len(anns)
+    )
+    crowd = np.fromiter(
+        map(dict.get, anns, itertools.repeat("iscrowd"), itertools.repeat(0)),
+        dtype=np.int64,
+        count=len(anns),
+    )
     keep = crowd == 0
     cats_a = cats_a[keep]
     imgs_a = np.repeat(np.arange(num_images, dtype=np.int64), lengths)[keep]
@@ -71,7 +78,14 @@ def _cache_key(name: str, json_file: str, num_classes: int, bad_boxes: str) -> O
         st = os.stat(json_file)
     except OSError:
         return None
-    key = "%s|%s|%d|%d|%d|%s|v2" % (name, os.path.abspath(json_file), st.st_size, st.st_mtime_ns, num_classes, bad_boxes)
+    key = "%s|%s|%d|%d|%d|%s|v2" % (
+        name,
+        os.path.abspath(json_file),
+        st.st_size,
+        st.st_mtime_ns,
+        num_classes,
+        bad_boxes,
+    )
     return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
@@ -82,7 +96,11 @@ def _load_cached(key):
     try:
         with open(path) as f:
             d = json.load(f)
-        return np.asarray(d["instance_counts"], np.int64), np.asarray(d["image_counts"], np.int64), int(d["num_images"])
+        return (
+            np.asarray(d["instance_counts"], np.int64),
+            np.asarray(d["image_counts"], np.int64),
+            int(d["num_images"]),
+        )
     except (OSError, ValueError, KeyError):
         return None  # a corrupt cache entry is recounted
 
@@ -96,7 +114,9 @@ def _save_cached(key, inst, img, n):
     except OSError as e:  # a read-only home must not stop training
         logger.warning(
             "could not write the class-statistics cache in %s (%s); training goes on without it. Set "
-            "LT_DETECTRON_CACHE to a writable folder to keep it.", d, e
+            "LT_DETECTRON_CACHE to a writable folder to keep it.",
+            d,
+            e,
         )
 
 
@@ -112,14 +132,23 @@ def _dicts_for(name: str, dataset_dicts):
 def _count(name: str, dicts, C: int):
     t0 = time.perf_counter()
     inst, img, n = count_from_dicts(dicts, C)
-    logger.info("counted class statistics of %s: %d annotations in %.3fs", name, int(inst.sum()), time.perf_counter() - t0)
+    logger.info(
+        "counted class statistics of %s: %d annotations in %.3fs",
+        name,
+        int(inst.sum()),
+        time.perf_counter() - t0,
+    )
     return inst, img, n
 
 
 def _table_arrays(table):
     freq = np.asarray(table["frequency"]) if table.get("frequency") is not None else None
-    return (np.asarray(table["instance_counts"], np.int64), np.asarray(table["image_counts"], np.int64),
-            int(table["num_images"]), freq)
+    return (
+        np.asarray(table["instance_counts"], np.int64),
+        np.asarray(table["image_counts"], np.int64),
+        int(table["num_images"]),
+        freq,
+    )
 
 
 def stats_for_dataset(name: str, dataset_dicts=None):
@@ -145,7 +174,9 @@ def stats_for_dataset(name: str, dataset_dicts=None):
         dicts = load_dataset_dicts(name)  # no json_file: the loader sets thing_classes
     md = meta.as_dict()
     if "thing_classes" not in md:
-        raise ClassStatsError("dataset %r has no metadata.thing_classes; cannot build class statistics" % name)
+        raise ClassStatsError(
+            "dataset %r has no metadata.thing_classes; cannot build class statistics" % name
+        )
     classes = tuple(meta.thing_classes)
     C = len(classes)
     id_map = md.get("thing_dataset_id_to_contiguous_id", {i: i for i in range(C)})
@@ -162,7 +193,15 @@ def stats_for_dataset(name: str, dataset_dicts=None):
     if counted is None and dicts is None and table is not None:
         # the shipped LVIS table (full train split) or counts given at registration: no loading
         inst, img, n, freq = _table_arrays(table)
-        return classes, dataset_ids, inst, img, n, (lvis_frequency(img) if freq is None else freq), "metadata"
+        return (
+            classes,
+            dataset_ids,
+            inst,
+            img,
+            n,
+            (lvis_frequency(img) if freq is None else freq),
+            "metadata",
+        )
     if counted is None:
         if dicts is None:
             dicts = load_dataset_dicts(name)
@@ -179,7 +218,12 @@ def stats_for_dataset(name: str, dataset_dicts=None):
             logger.warning(
                 "dataset %s: metadata.class_stats (%d images, %d instances) disagree with its annotations "
                 "(%d images, %d instances): the json is probably a subset of the full split. Using the "
-                "counts of the annotations.", name, t_n, int(t_inst.sum()), n, int(inst.sum()),
+                "counts of the annotations.",
+                name,
+                t_n,
+                int(t_inst.sum()),
+                n,
+                int(inst.sum()),
             )
     elif cats is not None and cats.count_records() is not None:
         r_img, r_inst = cats.count_records()
@@ -194,7 +238,16 @@ def stats_for_dataset(name: str, dataset_dicts=None):
                 "dataset %s: the image_count/instance_count of the categories in %s disagree with its annotations "
                 "(%d vs %d instances in all; first at class %d %r: %d/%d vs %d/%d instances/images): the file is "
                 "probably a subset of the file those counts describe. Using the counts of the annotations.",
-                name, json_file, int(r_inst.sum()), int(inst.sum()), j, classes[j], r_inst[j], r_img[j], inst[j], img[j],
+                name,
+                json_file,
+                int(r_inst.sum()),
+                int(inst.sum()),
+                j,
+                classes[j],
+                r_inst[j],
+                r_img[j],
+                inst[j],
+                img[j],
             )
     if freq is None:
         freq = lvis_frequency(img)

@@ -9,6 +9,7 @@
 Every user (ClassStats, the evaluators' AP by group and AP1-AP4, the plots, BAGS' layout, the
 embedded dataset's bands) calls these functions.
 """
+
 import math
 from typing import List, Sequence, Tuple
 
@@ -46,15 +47,23 @@ def check_group_edges(edges: Sequence[float], name: str = "group edges") -> Tupl
         out = tuple(float(e) for e in edges)
     except (TypeError, ValueError):
         raise ValueError("%s must be a sequence of numbers, got %r" % (name, edges)) from None
-    if any(not math.isfinite(e) or e <= 0 for e in out) or any(b <= a for a, b in zip(out, out[1:])):
-        raise ValueError("%s must be positive and strictly increasing, got %r" % (name, list(edges)))
+    if any(not math.isfinite(e) or e <= 0 for e in out) or any(
+        b <= a for a, b in zip(out, out[1:])
+    ):
+        raise ValueError(
+            "%s must be positive and strictly increasing, got %r" % (name, list(edges))
+        )
     return out
 
 
-def instance_bin_index(counts, edges: Sequence[float] = DEFAULT_GROUP_EDGES, name: str = "group edges") -> np.ndarray:
+def instance_bin_index(
+    counts, edges: Sequence[float] = DEFAULT_GROUP_EDGES, name: str = "group edges"
+) -> np.ndarray:
     """``(C,)`` int64 bin of each count: ``#{e_i <= n}``, i.e. 0 for ``[0, e_0)`` ... ``k + 1`` for ``[e_k, inf)``."""
     edges = check_group_edges(edges, name)
-    return np.searchsorted(np.asarray(edges, np.float64), np.asarray(counts, np.float64), side="right").astype(np.int64)
+    return np.searchsorted(
+        np.asarray(edges, np.float64), np.asarray(counts, np.float64), side="right"
+    ).astype(np.int64)
 
 
 def instance_bins(
@@ -74,7 +83,9 @@ def instance_bins(
     counts = np.asarray(counts, np.float64).reshape(-1)
     edges = check_group_edges(edges, name)
     if edges and min_count >= edges[0]:
-        raise ValueError("min_count %g must be below the first of the %s %r" % (min_count, name, list(edges)))
+        raise ValueError(
+            "min_count %g must be below the first of the %s %r" % (min_count, name, list(edges))
+        )
     idx = instance_bin_index(counts, edges, name)
     binned = counts >= max(float(min_count), 0.0)
     bounds = (float(min_count),) + edges + (float("inf"),)

@@ -1,5 +1,6 @@
 """The per-process registry: ``get_class_stats(dataset_names)`` builds a :class:`ClassStats` once
 per tuple of training datasets, logs its summary, checks it is equal on every rank, and caches it."""
+
 import logging
 import time
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -30,7 +31,8 @@ def build_class_stats(dataset_names: Union[str, Sequence[str]], dataset_dicts=No
         if p[0] != classes:
             raise ClassStatsError(
                 "training datasets %r and %r have different class lists (%d vs %d classes); "
-                "datasets trained together must share metadata.thing_classes" % (names[0], n, len(classes), len(p[0]))
+                "datasets trained together must share metadata.thing_classes"
+                % (names[0], n, len(classes), len(p[0]))
             )
     inst = sum(p[2] for p in parts)
     img = sum(p[3] for p in parts)
@@ -79,8 +81,10 @@ def get_class_stats(
     ``MODEL.LT.GROUP_EDGES``, checked here on every call, so a bad value fails at startup; default
     10/100/1000). Only the log depends on it.
     """
-    edges = DEFAULT_GROUP_EDGES if group_edges is None else check_group_edges(
-        group_edges, "group_edges (MODEL.LT.GROUP_EDGES)"
+    edges = (
+        DEFAULT_GROUP_EDGES
+        if group_edges is None
+        else check_group_edges(group_edges, "group_edges (MODEL.LT.GROUP_EDGES)")
     )
     key = (dataset_names,) if isinstance(dataset_names, str) else tuple(dataset_names)
     if key not in _CACHE:
@@ -92,7 +96,11 @@ def get_class_stats(
             _verify_across_ranks(stats)
         logger.info(
             "class statistics of %s built in %.3fs, source: %s (%s):\n%s",
-            ", ".join(key), dt, stats.source, _SOURCE_TEXT.get(stats.source, "several sources"), table,
+            ", ".join(key),
+            dt,
+            stats.source,
+            _SOURCE_TEXT.get(stats.source, "several sources"),
+            table,
         )
         _CACHE[key] = stats
     return _CACHE[key]
@@ -108,5 +116,13 @@ def check_num_classes(cfg_value: int, stats: ClassStats, key: str):
         raise ClassStatsError(
             "%s = %d but the training data %s has %d classes. Set %s %d in the config (or on the "
             "command line), or train on a dataset with %d classes."
-            % (key, cfg_value, ", ".join(stats.dataset_names), stats.num_classes, key, stats.num_classes, cfg_value)
+            % (
+                key,
+                cfg_value,
+                ", ".join(stats.dataset_names),
+                stats.num_classes,
+                key,
+                stats.num_classes,
+                cfg_value,
+            )
         )

@@ -1,4 +1,5 @@
 """``ClassStats``: the immutable per-class training statistics every method and evaluator reads."""
+
 import hashlib
 import json
 from dataclasses import dataclass
@@ -55,7 +56,9 @@ class ClassStats:
                     "ClassStats.%s has %d entries but there are %d classes" % (name, len(v), C)
                 )
         if len(self.dataset_ids) != C:
-            raise ClassStatsError("ClassStats.dataset_ids has %d entries for %d classes" % (len(self.dataset_ids), C))
+            raise ClassStatsError(
+                "ClassStats.dataset_ids has %d entries for %d classes" % (len(self.dataset_ids), C)
+            )
         object.__setattr__(self, "instance_counts", _frozen(self.instance_counts, np.int64))
         object.__setattr__(self, "image_counts", _frozen(self.image_counts, np.int64))
         object.__setattr__(self, "frequency", _frozen(self.frequency, "<U1"))
@@ -110,7 +113,9 @@ class ClassStats:
     # ------------------------------------------------------------------ reporting
     def fingerprint(self) -> str:
         h = hashlib.sha1()
-        h.update(json.dumps([list(self.class_names), list(self.dataset_ids), self.num_images]).encode())
+        h.update(
+            json.dumps([list(self.class_names), list(self.dataset_ids), self.num_images]).encode()
+        )
         h.update(self.instance_counts.tobytes())
         h.update(self.image_counts.tobytes())
         h.update("".join(self.frequency.tolist()).encode())
@@ -125,9 +130,14 @@ class ClassStats:
             ("instances", str(self.num_instances)),
             (
                 "instances/class",
-                "min %d, median %d, max %d" % (
-                    self.instance_counts.min(), np.median(self.instance_counts), self.instance_counts.max()
-                ) if self.num_classes else "-",
+                "min %d, median %d, max %d"
+                % (
+                    self.instance_counts.min(),
+                    np.median(self.instance_counts),
+                    self.instance_counts.max(),
+                )
+                if self.num_classes
+                else "-",
             ),
             (
                 "LVIS bands r/c/f",
@@ -136,7 +146,8 @@ class ClassStats:
             (
                 "instance groups",
                 ", ".join(
-                    "[%g,%g): %d" % (lo, hi, len(ids)) for lo, hi, ids in self.instance_groups(edges, drop_empty=False)
+                    "[%g,%g): %d" % (lo, hi, len(ids))
+                    for lo, hi, ids in self.instance_groups(edges, drop_empty=False)
                 ),
             ),
             ("zero-count classes", str(len(self.zero_count_classes()))),

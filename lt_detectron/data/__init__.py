@@ -7,7 +7,12 @@ from .datasets import (
     register_lt_dataset,
 )
 from .loading import load_dataset_dicts, load_train_dicts, train_dataset_dicts
-from .prepare import check_class_lists, check_dataset_files, ensure_embedded_generated, prepare_datasets
+from .prepare import (
+    check_class_lists,
+    check_dataset_files,
+    ensure_embedded_generated,
+    prepare_datasets,
+)
 from .validation import BadBoxError, ImageReadError, LTDatasetMapper
 from .builtin import register_all as _register_all
 

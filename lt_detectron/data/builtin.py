@@ -13,6 +13,7 @@ Nothing is read at import: class names of the COCO-LT / lt_shapes datasets are f
 their jsons by ``ensure_dataset_metadata`` (startup checks, loading), the files' existence is
 checked by ``check_dataset_files``. Their ``bad_boxes`` policy is the default, ``"drop"``.
 """
+
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -62,8 +63,12 @@ def _register_coco_lt():
         if name in DatasetCatalog.list():
             continue
         json_file, image_root = os.path.join(root, json_rel), os.path.join(root, img_rel)
-        DatasetCatalog.register(name, lambda j=json_file, r=image_root, n=name: load_lt_json(j, r, n))
-        MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco_lt")
+        DatasetCatalog.register(
+            name, lambda j=json_file, r=image_root, n=name: load_lt_json(j, r, n)
+        )
+        MetadataCatalog.get(name).set(
+            json_file=json_file, image_root=image_root, evaluator_type="coco_lt"
+        )
 
 
 def _register_embedded():

@@ -12,6 +12,7 @@ Datasets registered with detectron2's own ``register_lvis_instances`` /
 ``register_coco_instances`` work too: :func:`ensure_dataset_metadata` fills (or checks) their
 ``thing_classes`` and ``thing_dataset_id_to_contiguous_id`` from the same cheap read.
 """
+
 import logging
 import os
 import time
@@ -20,8 +21,19 @@ from typing import Dict, List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from .json_categories import JsonCategories, is_lvis_format, read_categories, read_json, read_json_categories
-from .validation import DEFAULT_BAD_BOXES, DatasetFormatError, check_bad_boxes_policy, check_json_annotations
+from .json_categories import (
+    JsonCategories,
+    is_lvis_format,
+    read_categories,
+    read_json,
+    read_json_categories,
+)
+from .validation import (
+    DEFAULT_BAD_BOXES,
+    DatasetFormatError,
+    check_bad_boxes_policy,
+    check_json_annotations,
+)
 
 __all__ = [
     "DatasetFormatError",
@@ -58,7 +70,11 @@ def _apply_categories(name: str, cats: JsonCategories):
     meta = MetadataCatalog.get(name)
     md = meta.as_dict()
     id_map = cats.id_map
-    if name in DatasetCatalog.list() and _uses_detectron2_lvis_loader(name) and "cocofied" not in name:
+    if (
+        name in DatasetCatalog.list()
+        and _uses_detectron2_lvis_loader(name)
+        and "cocofied" not in name
+    ):
         # detectron2's load_lvis_json maps category id -> id - 1 and takes the class names from
         # its builtin LVIS lists, chosen by the dataset's name
         if cats.ids != list(range(1, len(cats.ids) + 1)):
@@ -92,8 +108,16 @@ def _apply_categories(name: str, cats: JsonCategories):
             raise DatasetFormatError(
                 "dataset %r: metadata.thing_classes (%d names) disagrees with the categories of %s (%d, in id "
                 "order) at index %d: %r vs %r. Register the dataset without thing_classes (they are read from "
-                "the json) or fix the list." % (name, len(meta.thing_classes), os.path.abspath(cats.json_file),
-                                               len(cats.names), i, given, in_json)
+                "the json) or fix the list."
+                % (
+                    name,
+                    len(meta.thing_classes),
+                    os.path.abspath(cats.json_file),
+                    len(cats.names),
+                    i,
+                    given,
+                    in_json,
+                )
             )
     else:
         meta.set(thing_classes=cats.names)
@@ -136,7 +160,10 @@ def ensure_dataset_metadata(name: str, missing_ok: bool = False) -> Optional[Jso
 
 
 def load_lt_json(
-    json_file: str, image_root: str, dataset_name: Optional[str] = None, bad_boxes: Optional[str] = None
+    json_file: str,
+    image_root: str,
+    dataset_name: Optional[str] = None,
+    bad_boxes: Optional[str] = None,
 ) -> List[Dict]:
     """Load a COCO- or LVIS-format json into Detectron2 dataset dicts.
 
@@ -149,14 +176,23 @@ def load_lt_json(
     """
     t0 = time.perf_counter()
     if bad_boxes is None:
-        bad_boxes = MetadataCatalog.get(dataset_name).get("bad_boxes", DEFAULT_BAD_BOXES) if dataset_name else DEFAULT_BAD_BOXES
+        bad_boxes = (
+            MetadataCatalog.get(dataset_name).get("bad_boxes", DEFAULT_BAD_BOXES)
+            if dataset_name
+            else DEFAULT_BAD_BOXES
+        )
     check_bad_boxes_policy(bad_boxes)
     data = read_json(json_file)
     cats, id_map = read_categories(data, json_file)
     if dataset_name is not None:
-        is_lvis = any("frequency" in c for c in cats) or any("neg_category_ids" in im for im in data["images"])
+        is_lvis = any("frequency" in c for c in cats) or any(
+            "neg_category_ids" in im for im in data["images"]
+        )
         _apply_categories(dataset_name, JsonCategories(json_file, tuple(cats), is_lvis))
-    image_sizes = {img.get("id"): (img.get("height", float("nan")), img.get("width", float("nan"))) for img in data["images"]}
+    image_sizes = {
+        img.get("id"): (img.get("height", float("nan")), img.get("width", float("nan")))
+        for img in data["images"]
+    }
     annotations, _ = check_json_annotations(data["annotations"], image_sizes, json_file, bad_boxes)
     anns_per_image: Dict[int, list] = {}
     for a in annotations:
@@ -169,7 +205,10 @@ def load_lt_json(
         if file_name is None:
             url = img.get("coco_url")
             if url is None:
-                raise DatasetFormatError("image %s in %s has neither 'file_name' nor 'coco_url'" % (img.get("id"), json_file))
+                raise DatasetFormatError(
+                    "image %s in %s has neither 'file_name' nor 'coco_url'"
+                    % (img.get("id"), json_file)
+                )
             file_name = "/".join(url.split("/")[-2:])  # LVIS v1: train2017/xxx.jpg
         elif file_name.startswith("COCO_") and len(file_name) > 16:
             file_name = file_name[-16:]  # LVIS v0.5: COCO_val2014_000000xxxxxx.jpg
@@ -192,7 +231,10 @@ def load_lt_json(
                 )
             bbox = a.get("bbox")
             if bbox is None or len(bbox) != 4:
-                raise DatasetFormatError("annotation %s in %s has no valid 'bbox' [x, y, w, h]" % (a.get("id"), json_file))
+                raise DatasetFormatError(
+                    "annotation %s in %s has no valid 'bbox' [x, y, w, h]"
+                    % (a.get("id"), json_file)
+                )
             obj = {"bbox": bbox, "bbox_mode": BoxMode.XYWH_ABS, "category_id": id_map[cid]}
             if a.get("iscrowd", 0):
                 obj["iscrowd"] = 1
@@ -213,7 +255,13 @@ def load_lt_json(
             "%d annotation(s) in %s refer to image ids missing from 'images' (e.g. %s)"
             % (sum(len(anns_per_image[i]) for i in orphans), json_file, next(iter(orphans)))
         )
-    logger.info("loaded %d images, %d annotations from %s in %.2fs", len(dicts), len(annotations), json_file, time.perf_counter() - t0)
+    logger.info(
+        "loaded %d images, %d annotations from %s in %.2fs",
+        len(dicts),
+        len(annotations),
+        json_file,
+        time.perf_counter() - t0,
+    )
     return dicts
 
 
@@ -248,7 +296,9 @@ def register_lt_dataset(
         raise ValueError("dataset %r is already registered; pick another name" % name)
     check_bad_boxes_policy(bad_boxes, "register_lt_dataset(..., bad_boxes=...)")
     if evaluator_type is not None and evaluator_type not in ("lvis", "coco_lt", "coco"):
-        raise ValueError("evaluator_type must be 'lvis', 'coco_lt' or 'coco', got %r" % evaluator_type)
+        raise ValueError(
+            "evaluator_type must be 'lvis', 'coco_lt' or 'coco', got %r" % evaluator_type
+        )
     DatasetCatalog.register(name, lambda: load_lt_json(json_file, image_root, name))
     md = dict(json_file=json_file, image_root=image_root, bad_boxes=bad_boxes, **metadata)
     if evaluator_type is not None:

@@ -14,11 +14,18 @@ answer in every process, and the losses read the iteration from Detectron2's eve
 :func:`bofl_settings` is the one translation of ``MODEL.LT.BOFL`` into the settings of BOFL's
 weights (:class:`lt_detectron.losses.bofl.BOFLWeighting`), used by the losses and the plots.
 """
+
 import logging
 import math
 from typing import Dict, List, Optional, Union
 
-__all__ = ["images_per_epoch", "iters_per_epoch", "with_iters_per_epoch", "epochs_total", "bofl_settings"]
+__all__ = [
+    "images_per_epoch",
+    "iters_per_epoch",
+    "with_iters_per_epoch",
+    "epochs_total",
+    "bofl_settings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +48,18 @@ def images_per_epoch(cfg, dataset_dicts: DictsArg = None) -> float:
                 "the epoch length needs the training data: set DATASETS.TRAIN, or MODEL.LT.BOFL.ITERS_PER_EPOCH "
                 "(iterations per epoch) > 0"
             )
-        logger.info("images_per_epoch: no dataset dicts given, loading %s", ", ".join(cfg.DATASETS.TRAIN))
+        logger.info(
+            "images_per_epoch: no dataset dicts given, loading %s", ", ".join(cfg.DATASETS.TRAIN)
+        )
         dataset_dicts = load_train_dicts(cfg)
     if isinstance(dataset_dicts, dict):
         dataset_dicts = train_dataset_dicts(cfg, dataset_dicts)
     if cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
         from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-        rf = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(dataset_dicts, cfg.DATALOADER.REPEAT_THRESHOLD)
+        rf = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
+            dataset_dicts, cfg.DATALOADER.REPEAT_THRESHOLD
+        )
         return float(rf.sum())
     return float(len(dataset_dicts))
 
@@ -68,7 +79,10 @@ def with_iters_per_epoch(cfg, dataset_dicts: DictsArg):
         return cfg
     value = iters_per_epoch(cfg, dataset_dicts)
     if not value > 0:
-        raise ValueError("the training data of %s gives %r iterations per epoch" % (", ".join(cfg.DATASETS.TRAIN), value))
+        raise ValueError(
+            "the training data of %s gives %r iterations per epoch"
+            % (", ".join(cfg.DATASETS.TRAIN), value)
+        )
     frozen = cfg.is_frozen()
     cfg = cfg.clone()
     cfg.defrost()
@@ -98,20 +112,29 @@ def bofl_settings(cfg, dataset_dicts: DictsArg = None) -> dict:
     b = cfg.MODEL.LT.BOFL
     mode = str(b.BATCH_COUNTS).lower()
     if mode not in ("image", "batch", "none"):
-        raise ValueError("MODEL.LT.BOFL.BATCH_COUNTS must be image, batch or none, got %r" % (b.BATCH_COUNTS,))
+        raise ValueError(
+            "MODEL.LT.BOFL.BATCH_COUNTS must be image, batch or none, got %r" % (b.BATCH_COUNTS,)
+        )
     linear = bool(b.LINEAR_SCHEDULE)
     total = epochs_total(cfg, dataset_dicts) if linear else 0
     if linear and total < b.DEFERRED_EPOCHS:
         how = (
-            "MODEL.LT.BOFL.TOTAL_EPOCHS = %d" % b.TOTAL_EPOCHS if b.TOTAL_EPOCHS > 0 else
-            "SOLVER.MAX_ITER = %d at SOLVER.IMS_PER_BATCH = %d on %s (%.1f iterations per epoch; "
+            "MODEL.LT.BOFL.TOTAL_EPOCHS = %d" % b.TOTAL_EPOCHS
+            if b.TOTAL_EPOCHS > 0
+            else "SOLVER.MAX_ITER = %d at SOLVER.IMS_PER_BATCH = %d on %s (%.1f iterations per epoch; "
             "MODEL.LT.BOFL.TOTAL_EPOCHS = 0 means derived from them)"
-            % (cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH, ", ".join(cfg.DATASETS.TRAIN), iters_per_epoch(cfg, dataset_dicts))
+            % (
+                cfg.SOLVER.MAX_ITER,
+                cfg.SOLVER.IMS_PER_BATCH,
+                ", ".join(cfg.DATASETS.TRAIN),
+                iters_per_epoch(cfg, dataset_dicts),
+            )
         )
         raise ValueError(
             "BOFL's linear schedule is %d epoch(s) long (%s), shorter than MODEL.LT.BOFL.DEFERRED_EPOCHS = %d. "
             "Lengthen the schedule (SOLVER.MAX_ITER or MODEL.LT.BOFL.TOTAL_EPOCHS), lower "
-            "MODEL.LT.BOFL.DEFERRED_EPOCHS, or set MODEL.LT.BOFL.LINEAR_SCHEDULE False." % (total, how, b.DEFERRED_EPOCHS)
+            "MODEL.LT.BOFL.DEFERRED_EPOCHS, or set MODEL.LT.BOFL.LINEAR_SCHEDULE False."
+            % (total, how, b.DEFERRED_EPOCHS)
         )
     return dict(
         kappa=float(b.KAPPA),

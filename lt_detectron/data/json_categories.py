@@ -4,6 +4,7 @@
 LVIS keys) and decodes only its value, so class names and the id map are known at registration
 without parsing the annotations. :func:`read_json` parses a whole file with clear errors.
 """
+
 import functools
 import json
 import os
@@ -12,19 +13,32 @@ from typing import Dict, List, Optional, Tuple
 
 from .validation import DatasetFormatError
 
-__all__ = ["JsonCategories", "is_lvis_format", "read_categories", "read_json", "read_json_categories"]
+__all__ = [
+    "JsonCategories",
+    "is_lvis_format",
+    "read_categories",
+    "read_json",
+    "read_json_categories",
+]
 
 
 def _missing_file_error(json_file: str, what: str = "annotation file") -> DatasetFormatError:
     return DatasetFormatError(
         "%s %s does not exist. Check the path given at registration (for the builtin datasets: "
         "$DETECTRON2_DATASETS=%s, see datasets/README.md)"
-        % (what, os.path.abspath(json_file), os.path.abspath(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))))
+        % (
+            what,
+            os.path.abspath(json_file),
+            os.path.abspath(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))),
+        )
     )
 
 
 def read_json(json_file: str) -> dict:
-    """Parse a COCO/LVIS json; :class:`DatasetFormatError` naming the file for a missing file, invalid json or missing keys."""
+    """Parse a COCO/LVIS json.
+
+    Raises :class:`DatasetFormatError` naming the file for a missing file, invalid json or missing keys.
+    """
     if not os.path.isfile(json_file):
         raise _missing_file_error(json_file)
     try:
@@ -32,10 +46,14 @@ def read_json(json_file: str) -> dict:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetFormatError(
-            "annotation file %s is not valid json (%s). Re-download or regenerate it." % (json_file, e)
+            "annotation file %s is not valid json (%s). Re-download or regenerate it."
+            % (json_file, e)
         ) from None
     if not isinstance(data, dict):
-        raise DatasetFormatError("annotation file %s must hold a json object with 'images', 'annotations' and 'categories'" % json_file)
+        raise DatasetFormatError(
+            "annotation file %s must hold a json object with 'images', 'annotations' and 'categories'"
+            % json_file
+        )
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing:
         raise DatasetFormatError(
@@ -48,8 +66,13 @@ def read_json(json_file: str) -> dict:
 def read_categories(data: dict, json_file: str = "<json>"):
     """Sorted categories and the dataset-id -> contiguous-id map."""
     cats = data["categories"]
-    if not isinstance(cats, list) or not all(isinstance(c, dict) and isinstance(c.get("id"), int) for c in cats):
-        raise DatasetFormatError("annotation file %s: 'categories' must be a list of objects with an integer 'id'" % json_file)
+    if not isinstance(cats, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("id"), int) for c in cats
+    ):
+        raise DatasetFormatError(
+            "annotation file %s: 'categories' must be a list of objects with an integer 'id'"
+            % json_file
+        )
     cats = sorted(cats, key=lambda c: c["id"])
     if not cats:
         raise DatasetFormatError("annotation file %s has no categories" % json_file)
@@ -83,7 +106,9 @@ class JsonCategories:
     def count_records(self):
         """``(image_count, instance_count)`` lists when every category carries both, else None."""
         if all("image_count" in c and "instance_count" in c for c in self.categories):
-            return [int(c["image_count"]) for c in self.categories], [int(c["instance_count"]) for c in self.categories]
+            return [int(c["image_count"]) for c in self.categories], [
+                int(c["instance_count"]) for c in self.categories
+            ]
         return None
 
 
@@ -134,7 +159,7 @@ def _decode_value_at(f, pos: int, json_file: str):
                 raise
             text = raw[: e.start].decode("utf-8")
         j = len(text) - len(text.lstrip())
-        if not text[j:j + 1] == ":":
+        if not text[j : j + 1] == ":":
             return None  # the string "categories" is not a key here
         j += 1
         j += len(text[j:]) - len(text[j:].lstrip())
@@ -143,7 +168,9 @@ def _decode_value_at(f, pos: int, json_file: str):
             return value
         except json.JSONDecodeError:
             if at_eof:
-                raise DatasetFormatError("annotation file %s: its 'categories' are not valid json" % json_file) from None
+                raise DatasetFormatError(
+                    "annotation file %s: its 'categories' are not valid json" % json_file
+                ) from None
             size *= 4
 
 

@@ -15,6 +15,7 @@ length (RFS-expanded) too, before the model is built. The startup path is::
 lt_detectron does not own (detectron2's ``register_lvis_instances`` /
 ``register_coco_instances`` and the builtin LVIS splits), so dropped boxes are never counted.
 """
+
 import itertools
 import logging
 import time
@@ -53,7 +54,8 @@ def load_dataset_dicts(name: str) -> List[dict]:
             raise ValueError(
                 "%s. Dataset %r is registered with detectron2's register_lvis_instances, whose loader takes the "
                 "class names from its builtin LVIS lists chosen by the dataset's name. Register the json with "
-                "lt_detectron.data.register_lt_dataset(name, json_file, image_root) instead." % (e, name)
+                "lt_detectron.data.register_lt_dataset(name, json_file, image_root) instead."
+                % (e, name)
             ) from None
         raise
     t1 = time.perf_counter()
@@ -64,8 +66,16 @@ def load_dataset_dicts(name: str) -> List[dict]:
             % (name, type(dicts).__name__)
         )
     if len(dicts) and "annotations" in dicts[0]:
-        check_dicts_boxes(dicts, meta.get("json_file", name), meta.get("bad_boxes", DEFAULT_BAD_BOXES))
-    logger.info("dataset %s: %d images loaded in %.2fs (checks %.2fs)", name, len(dicts), t1 - t0, time.perf_counter() - t1)
+        check_dicts_boxes(
+            dicts, meta.get("json_file", name), meta.get("bad_boxes", DEFAULT_BAD_BOXES)
+        )
+    logger.info(
+        "dataset %s: %d images loaded in %.2fs (checks %.2fs)",
+        name,
+        len(dicts),
+        t1 - t0,
+        time.perf_counter() - t1,
+    )
     return dicts
 
 
@@ -78,7 +88,9 @@ def load_train_dicts(cfg) -> Dict[str, List[dict]]:
     return out
 
 
-def train_dataset_dicts(cfg, dicts_by_name: Dict[str, List[dict]], names: Sequence[str] = None) -> List[dict]:
+def train_dataset_dicts(
+    cfg, dicts_by_name: Dict[str, List[dict]], names: Sequence[str] = None
+) -> List[dict]:
     """What detectron2's ``get_detection_dataset_dicts(cfg.DATASETS.TRAIN, ...)`` returns, from loaded dicts.
 
     Same steps and order: emptiness check, proposals (``MODEL.LOAD_PROPOSALS``), concatenation,

@@ -5,6 +5,7 @@ official frequency band (``r``/``c``/``f``), and the number of train images / in
 It is derived from the LVIS v1 train annotations (CC BY 4.0) by
 ``tools/make_lvis_stats_csv.py``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -65,5 +66,13 @@ def write_stats_csv(categories, path) -> int:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(STATS_COLUMNS)
         for c in cats:
-            w.writerow([int(c["id"]), c["name"], c["frequency"], int(c["image_count"]), int(c["instance_count"])])
+            w.writerow(
+                [
+                    int(c["id"]),
+                    c["name"],
+                    c["frequency"],
+                    int(c["image_count"]),
+                    int(c["instance_count"]),
+                ]
+            )
     return len(cats)

@@ -7,6 +7,7 @@
 - :func:`check_class_lists`: train and test datasets share one class list.
 - :func:`prepare_datasets`: all of the above, after generating ``lt_shapes_*`` if used.
 """
+
 import logging
 import os
 import time
@@ -15,7 +16,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .datasets import DatasetFormatError, ensure_dataset_metadata
 
-__all__ = ["prepare_datasets", "ensure_embedded_generated", "check_dataset_names", "check_dataset_files", "check_class_lists"]
+__all__ = [
+    "prepare_datasets",
+    "ensure_embedded_generated",
+    "check_dataset_names",
+    "check_dataset_files",
+    "check_class_lists",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +35,12 @@ def check_dataset_names(names):
             raise KeyError(
                 "unknown dataset %r in the config. Registered datasets%s. Register your own with "
                 "lt_detectron.data.register_lt_dataset(name, json_file, image_root)."
-                % (n, (" with a similar name: " + ", ".join(hint)) if hint else ": see DatasetCatalog.list()")
+                % (
+                    n,
+                    (" with a similar name: " + ", ".join(hint))
+                    if hint
+                    else ": see DatasetCatalog.list()",
+                )
             )
 
 
@@ -56,14 +68,23 @@ def check_dataset_files(cfg, check_test_boxes: bool = True):
             meta = MetadataCatalog.get(name)
             json_file, image_root = meta.get("json_file", None), meta.get("image_root", None)
             if json_file and not os.path.isfile(json_file):
-                problems.append("%s dataset %r: annotation file %s does not exist" % (role, name, os.path.abspath(json_file)))
+                problems.append(
+                    "%s dataset %r: annotation file %s does not exist"
+                    % (role, name, os.path.abspath(json_file))
+                )
             if image_root and not os.path.isdir(image_root):
-                problems.append("%s dataset %r: image folder %s does not exist" % (role, name, os.path.abspath(image_root)))
+                problems.append(
+                    "%s dataset %r: image folder %s does not exist"
+                    % (role, name, os.path.abspath(image_root))
+                )
     if problems:
         raise FileNotFoundError(
-            "missing dataset files:\n  " + "\n  ".join(problems) + "\nThe builtin datasets live under "
+            "missing dataset files:\n  "
+            + "\n  ".join(problems)
+            + "\nThe builtin datasets live under "
             "$DETECTRON2_DATASETS (now %s; see datasets/README.md); your own datasets at the paths given to "
-            "register_lt_dataset / --register-dataset / detectron2's register_*_instances." % _datasets_root()
+            "register_lt_dataset / --register-dataset / detectron2's register_*_instances."
+            % _datasets_root()
         )
     for name in train + test:
         ensure_dataset_metadata(name)
@@ -84,7 +105,10 @@ def _synonyms(name):
         return None
     from .datasets import read_json_categories
 
-    return [set([c.get("name")] + list(c.get("synonyms") or ())) for c in read_json_categories(json_file).categories]
+    return [
+        set([c.get("name")] + list(c.get("synonyms") or ()))
+        for c in read_json_categories(json_file).categories
+    ]
 
 
 def _first_difference(a, b, syn_a, syn_b):
@@ -120,7 +144,8 @@ def check_class_lists(cfg):
         else:
             logger.warning(
                 "dataset %s has no json_file and no metadata.thing_classes: its class list cannot be compared "
-                "with the other datasets' at startup (set thing_classes in its metadata to have it checked)", n
+                "with the other datasets' at startup (set thing_classes in its metadata to have it checked)",
+                n,
             )
     if not lists:
         return
@@ -138,7 +163,15 @@ def check_class_lists(cfg):
             "datasets %r (%d classes) and %r (%d classes) have different class lists: first difference at "
             "index %d: %r vs %r. Train and test datasets must share the categories (same ids, same order): "
             "register the test json with the training json's categories."
-            % (ref, len(a), n, len(b), i, a[i] if i < len(a) else "<none>", b[i] if i < len(b) else "<none>")
+            % (
+                ref,
+                len(a),
+                n,
+                len(b),
+                i,
+                a[i] if i < len(a) else "<none>",
+                b[i] if i < len(b) else "<none>",
+            )
         )
 
 

@@ -12,6 +12,7 @@ stream's seed from the checkpoint (``state_dict``), so the data order resumes ex
 (augmentation randomness comes from the restored main-process RNG) and one aspect-ratio bucket,
 a resumed run sees exactly the batches of the uninterrupted one.
 """
+
 import itertools
 
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
@@ -38,7 +39,9 @@ class _Resumable:
         self._seed = int(state["seed"])
 
     def __iter__(self):
-        yield from itertools.islice(self._infinite_indices(), self.start + self._rank, None, self._world_size)
+        yield from itertools.islice(
+            self._infinite_indices(), self.start + self._rank, None, self._world_size
+        )
 
 
 class ResumableTrainingSampler(_Resumable, TrainingSampler):

@@ -17,6 +17,7 @@ Test sets: the evaluators read the ground truth from the json itself, so
 Images. :class:`LTDatasetMapper` is detectron2's ``DatasetMapper`` whose image-read failures name
 the file, the dataset's image id and the fix.
 """
+
 import itertools
 import logging
 import os
@@ -48,7 +49,11 @@ OUT_OF_IMAGE_TOLERANCE = 1.0  # pixels
 
 # reason codes
 _OK, _NONFINITE, _EMPTY, _OUTSIDE = 0, 1, 2, 3
-_REASON_TEXT = {_NONFINITE: "non-finite", _EMPTY: "width or height <= 0", _OUTSIDE: "more than 1 px outside the image"}
+_REASON_TEXT = {
+    _NONFINITE: "non-finite",
+    _EMPTY: "width or height <= 0",
+    _OUTSIDE: "more than 1 px outside the image",
+}
 
 
 class DatasetFormatError(ValueError):
@@ -65,11 +70,18 @@ class ImageReadError(OSError):
 
 def check_bad_boxes_policy(policy: str, where: str = "bad_boxes") -> str:
     if policy not in BAD_BOX_POLICIES:
-        raise ValueError("%s must be one of %s, got %r" % (where, ", ".join(map(repr, BAD_BOX_POLICIES)), policy))
+        raise ValueError(
+            "%s must be one of %s, got %r" % (where, ", ".join(map(repr, BAD_BOX_POLICIES)), policy)
+        )
     return policy
 
 
-def bad_box_reasons(xywh: np.ndarray, width: np.ndarray, height: np.ndarray, tolerance: float = OUT_OF_IMAGE_TOLERANCE):
+def bad_box_reasons(
+    xywh: np.ndarray,
+    width: np.ndarray,
+    height: np.ndarray,
+    tolerance: float = OUT_OF_IMAGE_TOLERANCE,
+):
     """Reason code per box: 0 valid, 1 non-finite, 2 width/height <= 0, 3 outside the image.
 
     ``xywh`` is ``(N, 4)``; ``width``/``height`` ``(N,)`` image sizes (NaN: unknown, no check).
@@ -83,7 +95,12 @@ def bad_box_reasons(xywh: np.ndarray, width: np.ndarray, height: np.ndarray, tol
         outside = (
             finite
             & ~empty
-            & ((x < -tolerance) | (y < -tolerance) | (x + w > width + tolerance) | (y + h > height + tolerance))
+            & (
+                (x < -tolerance)
+                | (y < -tolerance)
+                | (x + w > width + tolerance)
+                | (y + h > height + tolerance)
+            )
         )
     out[~finite] = _NONFINITE
     out[empty] = _EMPTY
@@ -109,9 +126,18 @@ class BoxCheckReport:
         return self.num_nonfinite + self.num_empty + self.num_outside
 
     def describe(self) -> str:
-        return "%d degenerate of %d boxes in %s (non-finite: %d, width or height <= 0: %d, more than 1 px outside the image: %d); first: %s" % (
-            self.num_bad, self.num_boxes, self.source, self.num_nonfinite, self.num_empty, self.num_outside,
-            "; ".join(self.examples),
+        return (
+            "%d degenerate of %d boxes in %s (non-finite: %d, width or height <= 0: %d, "
+            "more than 1 px outside the image: %d); first: %s"
+            % (
+                self.num_bad,
+                self.num_boxes,
+                self.source,
+                self.num_nonfinite,
+                self.num_empty,
+                self.num_outside,
+                "; ".join(self.examples),
+            )
         )
 
 
@@ -121,7 +147,9 @@ def _boxes_array(boxes: Sequence) -> Tuple[np.ndarray, np.ndarray]:
     try:
         lengths = np.fromiter(map(len, boxes), dtype=np.int64, count=n)
         if (lengths == 4).all():
-            return np.fromiter(itertools.chain.from_iterable(boxes), dtype=np.float64, count=4 * n).reshape(n, 4), np.ones(n, bool)
+            return np.fromiter(
+                itertools.chain.from_iterable(boxes), dtype=np.float64, count=4 * n
+            ).reshape(n, 4), np.ones(n, bool)
     except (TypeError, ValueError):
         pass
     arr = np.full((n, 4), np.nan)
@@ -141,7 +169,9 @@ def _finish(report: BoxCheckReport, reasons: np.ndarray, describe_one, policy: s
     report.num_empty = int((reasons == _EMPTY).sum())
     report.num_outside = int((reasons == _OUTSIDE).sum())
     bad = np.nonzero(reasons)[0]
-    report.examples = [describe_one(int(i)) + " (%s)" % _REASON_TEXT[int(reasons[i])] for i in bad[:5]]
+    report.examples = [
+        describe_one(int(i)) + " (%s)" % _REASON_TEXT[int(reasons[i])] for i in bad[:5]
+    ]
     if len(bad) and policy == "error":
         raise BadBoxError(
             report.describe() + ". Fix or remove these annotations, or register the dataset with "
@@ -150,7 +180,10 @@ def _finish(report: BoxCheckReport, reasons: np.ndarray, describe_one, policy: s
 
 
 def check_json_annotations(
-    annotations: List[dict], image_sizes: dict, json_file: str, policy: str = DEFAULT_BAD_BOXES,
+    annotations: List[dict],
+    image_sizes: dict,
+    json_file: str,
+    policy: str = DEFAULT_BAD_BOXES,
     tolerance: float = OUT_OF_IMAGE_TOLERANCE,
 ) -> Tuple[List[dict], BoxCheckReport]:
     """Check the boxes of a json's ``annotations`` (``image_sizes``: image id -> (h, w)).
@@ -164,7 +197,9 @@ def check_json_annotations(
     report = BoxCheckReport(source=os.path.abspath(json_file), num_boxes=n)
     if n == 0:
         return annotations, report
-    boxes, ok = _boxes_array([a.get("bbox") if a.get("bbox") is not None else () for a in annotations])
+    boxes, ok = _boxes_array(
+        [a.get("bbox") if a.get("bbox") is not None else () for a in annotations]
+    )
     hw = [image_sizes.get(a.get("image_id"), (np.nan, np.nan)) for a in annotations]
     hw = np.asarray(hw, dtype=np.float64).reshape(n, 2)
     if not ok.all():
@@ -177,7 +212,11 @@ def check_json_annotations(
 
     def one(i):
         a = annotations[i]
-        return "image id %s, annotation id %s, bbox %s" % (a.get("image_id"), a.get("id"), a.get("bbox"))
+        return "image id %s, annotation id %s, bbox %s" % (
+            a.get("image_id"),
+            a.get("id"),
+            a.get("bbox"),
+        )
 
     _finish(report, reasons, one, policy)
     if not report.num_bad:
@@ -202,12 +241,18 @@ def check_json_annotations(
 def _log(report: BoxCheckReport, policy: str):
     logger.warning(
         "bad_boxes=%r: %s -> dropped %d, clipped %d (see lt_detectron.data.validation)",
-        policy, report.describe(), report.num_dropped, report.num_clipped,
+        policy,
+        report.describe(),
+        report.num_dropped,
+        report.num_clipped,
     )
 
 
 def check_dicts_boxes(
-    dataset_dicts: List[dict], source: str, policy: str = DEFAULT_BAD_BOXES, tolerance: float = OUT_OF_IMAGE_TOLERANCE
+    dataset_dicts: List[dict],
+    source: str,
+    policy: str = DEFAULT_BAD_BOXES,
+    tolerance: float = OUT_OF_IMAGE_TOLERANCE,
 ) -> BoxCheckReport:
     """Check the boxes of detectron2 dataset dicts in place (for loaders lt_detectron does not own).
 
@@ -225,24 +270,44 @@ def check_dicts_boxes(
         return report
     boxes, ok = _boxes_array([a.get("bbox") if a.get("bbox") is not None else () for a in anns])
     modes = np.fromiter(
-        map(int, map(dict.get, anns, itertools.repeat("bbox_mode"), itertools.repeat(BoxMode.XYWH_ABS))),
-        dtype=np.int64, count=n,
+        map(
+            int,
+            map(dict.get, anns, itertools.repeat("bbox_mode"), itertools.repeat(BoxMode.XYWH_ABS)),
+        ),
+        dtype=np.int64,
+        count=n,
     )
     xyxy = modes == int(BoxMode.XYXY_ABS)
     boxes[xyxy, 2:] -= boxes[xyxy, :2]
     checked = (modes == int(BoxMode.XYWH_ABS)) | xyxy
-    H = np.repeat(np.fromiter((float(d.get("height", np.nan)) for d in dataset_dicts), np.float64, len(dataset_dicts)), lengths)
-    W = np.repeat(np.fromiter((float(d.get("width", np.nan)) for d in dataset_dicts), np.float64, len(dataset_dicts)), lengths)
+    H = np.repeat(
+        np.fromiter(
+            (float(d.get("height", np.nan)) for d in dataset_dicts), np.float64, len(dataset_dicts)
+        ),
+        lengths,
+    )
+    W = np.repeat(
+        np.fromiter(
+            (float(d.get("width", np.nan)) for d in dataset_dicts), np.float64, len(dataset_dicts)
+        ),
+        lengths,
+    )
     reasons = bad_box_reasons(boxes, W, H, tolerance)
     reasons[~ok] = _NONFINITE
     reasons[~checked & ok] = _OK
     img_of = np.repeat(np.arange(len(dataset_dicts)), lengths)
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if len(lengths) else np.zeros(0, np.int64)
+    starts = (
+        np.concatenate(([0], np.cumsum(lengths)[:-1])) if len(lengths) else np.zeros(0, np.int64)
+    )
 
     def one(i):
         r = int(img_of[i])
         return "image id %s (%s), annotation #%d of the image, bbox %s" % (
-            dataset_dicts[r].get("image_id"), dataset_dicts[r].get("file_name"), i - starts[r], anns[i].get("bbox"))
+            dataset_dicts[r].get("image_id"),
+            dataset_dicts[r].get("file_name"),
+            i - starts[r],
+            anns[i].get("bbox"),
+        )
 
     _finish(report, reasons, one, policy)
     if not report.num_bad:
@@ -279,7 +344,9 @@ def check_json_boxes(json_file: str, data: Optional[dict] = None) -> BoxCheckRep
     only counted (real COCO/LVIS contain a few and evaluate fine). Parses the json once.
     """
     if data is None:
-        from .json_categories import read_json  # names the file and the fix for a missing / invalid json
+        from .json_categories import (
+            read_json,
+        )  # names the file and the fix for a missing / invalid json
 
         data = read_json(json_file)
     anns = data.get("annotations") or []
@@ -296,14 +363,22 @@ def check_json_boxes(json_file: str, data: Optional[dict] = None) -> BoxCheckRep
     report.num_nonfinite = int((~finite).sum())
     report.num_empty = int(negative.sum() + zero.sum())
     if len(bad):
-        ex = ["image id %s, annotation id %s, bbox %s" % (anns[i].get("image_id"), anns[i].get("id"), anns[i].get("bbox")) for i in bad[:5]]
+        ex = [
+            "image id %s, annotation id %s, bbox %s"
+            % (anns[i].get("image_id"), anns[i].get("id"), anns[i].get("bbox"))
+            for i in bad[:5]
+        ]
         raise BadBoxError(
             "test annotation file %s has %d box(es) that are non-finite or have a negative width/height "
             "(first: %s). The evaluator reads this file and cannot score them: fix or remove these "
             "annotations before training." % (os.path.abspath(json_file), len(bad), "; ".join(ex))
         )
     if zero.any():
-        logger.warning("%s: %d ground-truth box(es) with width or height 0 (kept; they match no detection)", json_file, int(zero.sum()))
+        logger.warning(
+            "%s: %d ground-truth box(es) with width or height 0 (kept; they match no detection)",
+            json_file,
+            int(zero.sum()),
+        )
     return report
 
 
@@ -326,11 +401,14 @@ class LTDatasetMapper(DatasetMapper):
                 raise
             missing = file_name is not None and not os.path.isfile(file_name)
             raise ImageReadError(
-                "cannot read image %s (image id %s): %s. %s" % (
-                    os.path.abspath(file_name) if file_name else "<no file_name>", dataset_dict.get("image_id"),
+                "cannot read image %s (image id %s): %s. %s"
+                % (
+                    os.path.abspath(file_name) if file_name else "<no file_name>",
+                    dataset_dict.get("image_id"),
                     "the file does not exist" if missing else "%s: %s" % (type(e).__name__, e),
                     "Check the image_root given at registration ($DETECTRON2_DATASETS for the builtin "
-                    "datasets, see datasets/README.md)" if missing else
-                    "The file is corrupt or truncated: re-download it, or remove the image from the json",
+                    "datasets, see datasets/README.md)"
+                    if missing
+                    else "The file is corrupt or truncated: re-download it, or remove the image from the json",
                 )
             ) from e

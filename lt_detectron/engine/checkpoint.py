@@ -24,6 +24,7 @@
 - **Offline weights.** A ``MODEL.WEIGHTS`` URL (``detectron2://...``, ``https://...``) that cannot
   be downloaded is :class:`WeightsDownloadError`, naming ``MODEL.WEIGHTS``, the URL and the fix.
 """
+
 import collections
 import logging
 import os
@@ -45,7 +46,12 @@ from .rng_state import (
     rng_state_to_plain,
     set_rng_state,
 )
-from .safe_load import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError, load_checkpoint_file
+from .safe_load import (
+    CheckpointError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    load_checkpoint_file,
+)
 
 __all__ = [
     "LTCheckpointer",
@@ -80,7 +86,19 @@ class WeightsDownloadError(CheckpointError):
 # Writing: plain data only
 # ---------------------------------------------------------------------------------------------
 
-_PLAIN_LEAVES = (torch.Tensor, bool, int, float, complex, str, bytes, type(None), torch.Size, torch.dtype, torch.device)
+_PLAIN_LEAVES = (
+    torch.Tensor,
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    type(None),
+    torch.Size,
+    torch.dtype,
+    torch.device,
+)
 
 
 def _check_plain(obj, where: str = "checkpoint"):
@@ -140,7 +158,7 @@ class LTCheckpointer(DetectionCheckpointer):
             return path
         url = path
         if path.startswith(Detectron2Handler.PREFIX):
-            url = Detectron2Handler.S3_DETECTRON2_PREFIX + path[len(Detectron2Handler.PREFIX):]
+            url = Detectron2Handler.S3_DETECTRON2_PREFIX + path[len(Detectron2Handler.PREFIX) :]
         try:
             return self.path_manager.get_local_path(path)
         except Exception as e:
@@ -148,7 +166,8 @@ class LTCheckpointer(DetectionCheckpointer):
                 "MODEL.WEIGHTS = %r could not be downloaded from %s (%s: %s). Without network access, "
                 "download the file on a machine that has it, copy it here and set MODEL.WEIGHTS to the "
                 "local file (e.g. MODEL.WEIGHTS /data/weights/%s); or train from scratch with a "
-                "from-scratch config (MODEL.WEIGHTS \"\")." % (path, url, type(e).__name__, e, path.rsplit("/", 1)[-1])
+                "from-scratch config (MODEL.WEIGHTS \"\")."
+                % (path, url, type(e).__name__, e, path.rsplit("/", 1)[-1])
             ) from None
 
     def load(self, path, checkpointables=None):
@@ -161,7 +180,9 @@ class LTCheckpointer(DetectionCheckpointer):
         if filename.endswith(".pkl"):
             # detectron2's .pkl conventions (DetectionCheckpointer._load_file), minus pickle.load
             if not isinstance(data, dict):
-                raise CorruptCheckpointError("%s: expected a dict of arrays, got a %s" % (filename, type(data).__name__))
+                raise CorruptCheckpointError(
+                    "%s: expected a dict of arrays, got a %s" % (filename, type(data).__name__)
+                )
             if "model" in data and "__author__" in data:
                 self.logger.info("Reading a file from '{}'".format(data["__author__"]))
                 return data
@@ -171,8 +192,15 @@ class LTCheckpointer(DetectionCheckpointer):
             return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
         if filename.endswith(".pyth"):  # pycls
             if not isinstance(data, dict) or "model_state" not in data:
-                raise CorruptCheckpointError("cannot load .pyth file %s: pycls checkpoints must contain 'model_state'" % filename)
-            state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+                raise CorruptCheckpointError(
+                    "cannot load .pyth file %s: pycls checkpoints must contain 'model_state'"
+                    % filename
+                )
+            state = {
+                k: v
+                for k, v in data["model_state"].items()
+                if not k.endswith("num_batches_tracked")
+            }
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
         if not isinstance(data, dict) or "model" not in data:
             data = {"model": data}
@@ -198,7 +226,10 @@ class LTCheckpointer(DetectionCheckpointer):
             logger.info(
                 "MODEL.LT.REINIT_CLS: the checkpoint's classifier does not fit the model (%s); it is "
                 "re-initialised: not loading %s",
-                "; ".join("%s %s in the checkpoint, %s in the model" % (k, list(a), list(b)) for k, a, b in mismatched),
+                "; ".join(
+                    "%s %s in the checkpoint, %s in the model" % (k, list(a), list(b))
+                    for k, a, b in mismatched
+                ),
                 ", ".join(dropped),
             )
         elif mismatched:
@@ -207,7 +238,8 @@ class LTCheckpointer(DetectionCheckpointer):
                 "checkpoint classifier %s has shape %s but the model expects %s: the checkpoint was "
                 "trained for another number of classes (or another classification loss). Set "
                 "MODEL.ROI_HEADS.NUM_CLASSES to match the checkpoint, or set MODEL.LT.REINIT_CLS True "
-                "to re-initialise the classifier (BAGS decoupled training)." % (k, list(got), list(want))
+                "to re-initialise the classifier (BAGS decoupled training)."
+                % (k, list(got), list(want))
             )
         elif self.reinit_cls and any("cls_score" in k for k in ckpt):
             logger.info(
@@ -236,7 +268,9 @@ class LTCheckpointer(DetectionCheckpointer):
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write(
-            os.path.join(self.save_dir, "last_checkpoint"), lambda f: f.write(last_filename_basename), mode="w"
+            os.path.join(self.save_dir, "last_checkpoint"),
+            lambda f: f.write(last_filename_basename),
+            mode="w",
         )
 
     # -- resuming --------------------------------------------------------------------------
@@ -248,8 +282,10 @@ class LTCheckpointer(DetectionCheckpointer):
         files = [
             os.path.join(self.save_dir, f)
             for f in os.listdir(self.save_dir)
-            if _PERIODIC_NAME.match(f) and os.path.abspath(os.path.join(self.save_dir, f)) not in done
+            if _PERIODIC_NAME.match(f)
+            and os.path.abspath(os.path.join(self.save_dir, f)) not in done
         ]
+
         def iteration(p):  # by the iteration in the name (a copy may change file times); final last
             it = _PERIODIC_NAME.match(os.path.basename(p)).group(1)
             return float("inf") if it == "final" else int(it)
@@ -273,14 +309,20 @@ class LTCheckpointer(DetectionCheckpointer):
                 rest = self._fallback_candidates(tried)
                 candidate = rest[0] if rest else None
                 self.logger.warning(
-                    "Cannot resume from %s (%s). %s", tried[-1], e,
-                    ("Falling back to the newest intact checkpoint candidate %s." % candidate) if candidate else "",
+                    "Cannot resume from %s (%s). %s",
+                    tried[-1],
+                    e,
+                    ("Falling back to the newest intact checkpoint candidate %s." % candidate)
+                    if candidate
+                    else "",
                 )
                 continue
             if candidate != named:
                 self.logger.warning(
                     "Resumed from %s instead of %s (named in %s, unreadable)",
-                    candidate, named, os.path.join(self.save_dir, "last_checkpoint"),
+                    candidate,
+                    named,
+                    os.path.join(self.save_dir, "last_checkpoint"),
                 )
             return ret
         raise CorruptCheckpointError(

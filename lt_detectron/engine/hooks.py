@@ -27,6 +27,7 @@ evaluation are written too (``LTTrainer.build_hooks``). The same method plots fo
 checkpoint: ``tools/plot_methods.py``. A plotting error is logged, never raised: plots must not stop
 a training run.
 """
+
 import glob
 import logging
 import os
@@ -60,7 +61,9 @@ logger = logging.getLogger(__name__)
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel (or similar) wrapper."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    return (
+        model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    )
 
 
 def _head_tag(name: str) -> str:
@@ -94,26 +97,47 @@ def plot_sources(model: nn.Module) -> Dict[str, List]:
                 rows = layout.column_of_label[: m.num_classes]
             out["weight_norms"].append((_head_tag(name), weight, rows))
         elif callable(getattr(m, "plot_data", None)):
-            owner = max((p for p in predictor_names if name.startswith(p + ".")), key=len, default=None)
+            owner = max(
+                (p for p in predictor_names if name.startswith(p + ".")), key=len, default=None
+            )
             out["statistics"].append((_head_tag(owner if owner is not None else name), m))
     return out
 
 
-def write_model_plots(model: nn.Module, out_dir: str, instance_counts, class_names: Optional[Sequence[str]] = None,
-                      suffix: str = "", title_suffix: str = "") -> List[str]:
+def write_model_plots(
+    model: nn.Module,
+    out_dir: str,
+    instance_counts,
+    class_names: Optional[Sequence[str]] = None,
+    suffix: str = "",
+    title_suffix: str = "",
+) -> List[str]:
     """Write every applicable plot of ``model`` into ``out_dir``; returns the paths written."""
     src = plot_sources(model)
     paths = []
     sfx = ("_" + suffix) if suffix else ""
     for tag, weight, rows in src["weight_norms"]:
-        paths.append(plots.plot_weight_norms(
-            weight, instance_counts, class_names, os.path.join(out_dir, "weight_norms_%s%s.png" % (tag, sfx)),
-            class_rows=rows, title="Classifier weight norm per class, %s%s" % (tag, title_suffix)))
+        paths.append(
+            plots.plot_weight_norms(
+                weight,
+                instance_counts,
+                class_names,
+                os.path.join(out_dir, "weight_norms_%s%s.png" % (tag, sfx)),
+                class_rows=rows,
+                title="Classifier weight norm per class, %s%s" % (tag, title_suffix),
+            )
+        )
     for tag, m in src["statistics"]:
         data = m.plot_data()
-        paths.append(plots.plot_class_statistics(
-            data, instance_counts, os.path.join(out_dir, "%s_%s%s.png" % (data["name"], tag, sfx)),
-            class_names=class_names, title="%s, %s%s" % (data["title"], tag, title_suffix)))
+        paths.append(
+            plots.plot_class_statistics(
+                data,
+                instance_counts,
+                os.path.join(out_dir, "%s_%s%s.png" % (data["name"], tag, sfx)),
+                class_names=class_names,
+                title="%s, %s%s" % (data["title"], tag, title_suffix),
+            )
+        )
     return paths
 
 
@@ -144,16 +168,22 @@ def bofl_settings(cfg) -> Optional[Dict]:
     from ..losses.base import roi_loss_name
 
     lt = cfg.MODEL.LT
-    uses = ROI_LOSS_REGISTRY.get(roi_loss_name(cfg)).uses_epoch_schedule(cfg) or \
-        DENSE_LOSS_REGISTRY.get(lt.DENSE_LOSS).uses_epoch_schedule(cfg)
+    uses = ROI_LOSS_REGISTRY.get(roi_loss_name(cfg)).uses_epoch_schedule(
+        cfg
+    ) or DENSE_LOSS_REGISTRY.get(lt.DENSE_LOSS).uses_epoch_schedule(cfg)
     return settings(cfg) if uses else None
 
 
 def write_bofl_schedule(out_dir: str, instance_counts, bofl: Dict, class_names=None) -> str:
     return plots.plot_bofl_schedule(
-        instance_counts, bofl["total_epochs"], bofl["deferred_epochs"], bofl["kappa"],
-        os.path.join(out_dir, "bofl_schedule.png"), class_names=class_names,
-        per_iteration=bofl.get("per_iteration", False))
+        instance_counts,
+        bofl["total_epochs"],
+        bofl["deferred_epochs"],
+        bofl["kappa"],
+        os.path.join(out_dir, "bofl_schedule.png"),
+        class_names=class_names,
+        per_iteration=bofl.get("per_iteration", False),
+    )
 
 
 class LTPlotHook(HookBase):
@@ -172,8 +202,15 @@ class LTPlotHook(HookBase):
         group_edges: the instance-count groups shaded in the AP-vs-instances plot.
     """
 
-    def __init__(self, period: int, output_dir: str, class_stats=None, bofl: Optional[Dict] = None,
-                 label: Optional[str] = None, group_edges: Sequence[float] = DEFAULT_GROUP_EDGES):
+    def __init__(
+        self,
+        period: int,
+        output_dir: str,
+        class_stats=None,
+        bofl: Optional[Dict] = None,
+        label: Optional[str] = None,
+        group_edges: Sequence[float] = DEFAULT_GROUP_EDGES,
+    ):
         if int(period) <= 0:
             raise ValueError("LTPlotHook period must be > 0, got %r" % (period,))
         self._period = int(period)
@@ -221,8 +258,14 @@ class LTPlotHook(HookBase):
         try:
             stats = self._class_stats()
             title = " (after training)" if when == "final" else " (iteration %d)" % int(when[4:])
-            paths = write_model_plots(self.trainer.model, self.plot_dir, stats.instance_counts, stats.class_names,
-                                      suffix=when, title_suffix=title)
+            paths = write_model_plots(
+                self.trainer.model,
+                self.plot_dir,
+                stats.instance_counts,
+                stats.class_names,
+                suffix=when,
+                title_suffix=title,
+            )
             self._put_images(paths, when)
         except Exception:  # plots never stop a training run
             logger.warning("LTPlotHook: writing the %s plots failed", when, exc_info=True)
@@ -238,7 +281,9 @@ class LTPlotHook(HookBase):
         for csv_path in self._new_csvs():
             sfx = "%s_%s" % (os.path.basename(os.path.dirname(csv_path)), when)
             try:
-                new = write_result_plots(csv_path, self.plot_dir, self._label, sfx, self._group_edges)
+                new = write_result_plots(
+                    csv_path, self.plot_dir, self._label, sfx, self._group_edges
+                )
                 self._put_images(new, when)
                 paths += new
             except Exception:
@@ -255,15 +300,25 @@ class LTPlotHook(HookBase):
             return
         try:
             stats = self._class_stats()
-            self._put_images([write_bofl_schedule(self.plot_dir, stats.instance_counts, self._bofl, stats.class_names)])
+            self._put_images(
+                [
+                    write_bofl_schedule(
+                        self.plot_dir, stats.instance_counts, self._bofl, stats.class_names
+                    )
+                ]
+            )
         except Exception:
             logger.warning("LTPlotHook: writing the BOFL schedule failed", exc_info=True)
 
     def after_step(self):
         done = self.trainer.iter + 1
-        if done % self._period == 0 and done < self.trainer.max_iter:  # the last one is after_train's
+        if (
+            done % self._period == 0 and done < self.trainer.max_iter
+        ):  # the last one is after_train's
             self._write("iter%07d" % done)
-        self._write_results("iter%07d" % done)  # after an evaluation of TEST.EVAL_PERIOD (EvalHook runs first)
+        self._write_results(
+            "iter%07d" % done
+        )  # after an evaluation of TEST.EVAL_PERIOD (EvalHook runs first)
 
     def after_train(self):
         paths = self._write("final") + self._write_results("final")
@@ -277,6 +332,13 @@ def build_lt_hooks(cfg, trainer=None) -> list:
     if cfg.LT_HOOKS.PLOT_PERIOD > 0:
         stats = getattr(trainer, "class_stats", None) if trainer is not None else None
         bofl = bofl_settings(cfg) if cfg.DATASETS.TRAIN else None
-        hooks.append(LTPlotHook(cfg.LT_HOOKS.PLOT_PERIOD, cfg.OUTPUT_DIR, class_stats=stats, bofl=bofl,
-                                group_edges=cfg.MODEL.LT.GROUP_EDGES))
+        hooks.append(
+            LTPlotHook(
+                cfg.LT_HOOKS.PLOT_PERIOD,
+                cfg.OUTPUT_DIR,
+                class_stats=stats,
+                bofl=bofl,
+                group_edges=cfg.MODEL.LT.GROUP_EDGES,
+            )
+        )
     return hooks

@@ -7,6 +7,7 @@ statistics all-reduce, distributed evaluation) run without a GPU, on one or seve
 (``--num-machines/--machine-rank/--dist-url``, exactly as with Detectron2's ``launch``).
 :func:`launch_on_device` picks one of the two from ``cfg.MODEL.DEVICE``.
 """
+
 import logging
 from datetime import timedelta
 
@@ -28,9 +29,11 @@ def is_cpu_device(device) -> bool:
 
 
 def _check_world(num_processes_per_machine, num_machines, machine_rank, dist_url):
-    for key, value, low in (("num_processes_per_machine (--num-gpus)", num_processes_per_machine, 1),
-                            ("num_machines (--num-machines)", num_machines, 1),
-                            ("machine_rank (--machine-rank)", machine_rank, 0)):
+    for key, value, low in (
+        ("num_processes_per_machine (--num-gpus)", num_processes_per_machine, 1),
+        ("num_machines (--num-machines)", num_machines, 1),
+        ("machine_rank (--machine-rank)", machine_rank, 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError("launch: %s must be an integer >= %d, got %r" % (key, low, value))
     if machine_rank >= num_machines:
@@ -41,7 +44,8 @@ def _check_world(num_processes_per_machine, num_machines, machine_rank, dist_url
     if num_machines > 1 and (dist_url in (None, "", "auto")):
         raise ValueError(
             "launch: %d machines need a rendezvous address reachable by all of them: pass the same "
-            "--dist-url tcp://HOST_OF_MACHINE_0:PORT (or file:///shared/path) on every machine" % num_machines
+            "--dist-url tcp://HOST_OF_MACHINE_0:PORT (or file:///shared/path) on every machine"
+            % num_machines
         )
 
 
@@ -71,11 +75,21 @@ def launch_cpu(
 
         dist_url = "tcp://127.0.0.1:%d" % find_free_port()
     if num_machines > 1 and dist_url.startswith("file://"):
-        logging.getLogger(__name__).warning("file:// is not a reliable init_method across machines; prefer tcp://")
+        logging.getLogger(__name__).warning(
+            "file:// is not a reliable init_method across machines; prefer tcp://"
+        )
     mp.spawn(
         _worker,
         nprocs=num_processes_per_machine,
-        args=(main_func, world_size, num_processes_per_machine, machine_rank, dist_url, args, timeout),
+        args=(
+            main_func,
+            world_size,
+            num_processes_per_machine,
+            machine_rank,
+            dist_url,
+            args,
+            timeout,
+        ),
         daemon=False,
     )
 
@@ -94,32 +108,61 @@ def launch_on_device(
     Detectron2's ``launch`` (NCCL, one process per GPU). A CUDA device on a machine without CUDA is a
     clear error instead of Detectron2's bare ``cuda is not available`` assertion in every worker."""
     if is_cpu_device(device):
-        return launch_cpu(main_func, num_processes_per_machine, num_machines, machine_rank, dist_url, args, timeout)
+        return launch_cpu(
+            main_func,
+            num_processes_per_machine,
+            num_machines,
+            machine_rank,
+            dist_url,
+            args,
+            timeout,
+        )
     if str(device).lower().startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(
             "MODEL.DEVICE is %r but CUDA is not available on this machine: set MODEL.DEVICE cpu in the config "
-            "file or on the command line (--num-gpus N then starts N CPU processes with gloo)" % (device,)
+            "file or on the command line (--num-gpus N then starts N CPU processes with gloo)"
+            % (device,)
         )
     _check_world(num_processes_per_machine, num_machines, machine_rank, dist_url)
     from detectron2.engine.launch import launch as launch_cuda
 
     return launch_cuda(
-        main_func, num_processes_per_machine, num_machines=num_machines, machine_rank=machine_rank,
-        dist_url=dist_url, args=args, timeout=timeout,
+        main_func,
+        num_processes_per_machine,
+        num_machines=num_machines,
+        machine_rank=machine_rank,
+        dist_url=dist_url,
+        args=args,
+        timeout=timeout,
     )
 
 
-def _worker(local_rank, main_func, world_size, num_processes_per_machine, machine_rank, dist_url, args, timeout):
+def _worker(
+    local_rank,
+    main_func,
+    world_size,
+    num_processes_per_machine,
+    machine_rank,
+    dist_url,
+    args,
+    timeout,
+):
     rank = machine_rank * num_processes_per_machine + local_rank
     try:
-        dist.init_process_group("gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
+        dist.init_process_group(
+            "gloo", init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
+        )
     except Exception:
-        logging.getLogger(__name__).error("process group URL: %s (rank %d of %d)", dist_url, rank, world_size)
+        logging.getLogger(__name__).error(
+            "process group URL: %s (rank %d of %d)", dist_url, rank, world_size
+        )
         raise
     # the local process group (ranks on this machine), as Detectron2's launch builds it
     num_machines = world_size // num_processes_per_machine
     for i in range(num_machines):
-        pg = dist.new_group(list(range(i * num_processes_per_machine, (i + 1) * num_processes_per_machine)))
+        pg = dist.new_group(
+            list(range(i * num_processes_per_machine, (i + 1) * num_processes_per_machine))
+        )
         if i == machine_rank:
             comm._LOCAL_PROCESS_GROUP = pg
     comm.synchronize()

@@ -8,6 +8,7 @@ without this the class-statistics table, the AP-by-group tables and the csv path
 stdout, rank k > 0 writes ``log.txt.rank{k}``). It is idempotent: a second call (``tools/train_net.py``
 and ``LTTrainer`` both call it) never adds a second handler writing to the same stream or file.
 """
+
 import logging
 import os
 
@@ -51,7 +52,7 @@ def setup_lt_logger(output=None, distributed_rank=None, *, color=True) -> loggin
     raw_setup = getattr(setup_logger, "__wrapped__", setup_logger)
     raw_setup(output, distributed_rank=rank, color=color, name=LOGGER_NAME)
     seen = {_stream_key(h) for h in before}
-    for h in logger.handlers[len(before):]:
+    for h in logger.handlers[len(before) :]:
         key = _stream_key(h)
         if key in seen:
             logger.removeHandler(h)

@@ -17,6 +17,7 @@ plot_class_statistics  a loss' accumulated positive/negative       EQL v2 Fig. 1
 plot_bofl_schedule     BOFL weight ``alpha_hat_i`` over epochs       BOFL Fig. 1 / Fig. 2
 =====================  ===========================================  ===============================
 """
+
 import math
 import os
 from typing import Dict, Mapping, Optional, Sequence
@@ -129,8 +130,14 @@ def weight_norm_data(weight, instance_counts, class_rows=None) -> Dict[str, np.n
     return {"order": order, "counts": counts[order], "norms": norms[order], "background_norm": bg}
 
 
-def plot_weight_norms(weight, instance_counts, class_names: Optional[Sequence[str]] = None,
-                      path: str = "weight_norms.png", class_rows=None, title: Optional[str] = None) -> str:
+def plot_weight_norms(
+    weight,
+    instance_counts,
+    class_names: Optional[Sequence[str]] = None,
+    path: str = "weight_norms.png",
+    class_rows=None,
+    title: Optional[str] = None,
+) -> str:
     """Classifier weight norm per foreground class sorted by training instances (BAGS / C2AM Fig. 1).
 
     Bars: ``||w_j||``; grey line (log axis on the right): instance counts. Returns ``path``.
@@ -138,9 +145,13 @@ def plot_weight_norms(weight, instance_counts, class_names: Optional[Sequence[st
     d = weight_norm_data(weight, instance_counts, class_rows)
     n = len(d["order"])
     fig, ax = _figure(figsize=(max(6.0, min(14.0, 0.25 * n + 3)), 4.0))
-    ax.bar(np.arange(n), d["norms"], width=1.0 if n > 100 else 0.8, color="tab:blue", label="||w_j||")
+    ax.bar(
+        np.arange(n), d["norms"], width=1.0 if n > 100 else 0.8, color="tab:blue", label="||w_j||"
+    )
     if not math.isnan(d["background_norm"]):
-        ax.axhline(d["background_norm"], color="tab:red", ls="--", lw=1, label="background ||w_bg||")
+        ax.axhline(
+            d["background_norm"], color="tab:red", ls="--", lw=1, label="background ||w_bg||"
+        )
     ax.set_ylabel("classifier weight norm ||w_j||")
     _class_ticks(ax, d["order"], class_names)
     _count_axis(ax, d["counts"])
@@ -159,13 +170,26 @@ def class_statistics_data(stats: Mapping, instance_counts) -> Dict[str, object]:
     factors = {k: _np(v).reshape(-1) for k, v in stats.get("factors", {}).items()}
     for k, v in [("ratio", ratio)] + list(factors.items()):
         if v.shape != counts.shape:
-            raise ValueError("%s has %d entries for %d classes (instance_counts)" % (k, v.shape[0], counts.shape[0]))
+            raise ValueError(
+                "%s has %d entries for %d classes (instance_counts)"
+                % (k, v.shape[0], counts.shape[0])
+            )
     o = sort_by_count(counts)
-    return {"order": o, "counts": counts[o], "ratio": ratio[o], "factors": {k: v[o] for k, v in factors.items()}}
+    return {
+        "order": o,
+        "counts": counts[o],
+        "ratio": ratio[o],
+        "factors": {k: v[o] for k, v in factors.items()},
+    }
 
 
-def plot_class_statistics(stats: Mapping, instance_counts, path: str = "class_statistics.png",
-                          class_names: Optional[Sequence[str]] = None, title: Optional[str] = None) -> str:
+def plot_class_statistics(
+    stats: Mapping,
+    instance_counts,
+    path: str = "class_statistics.png",
+    class_names: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> str:
     """A loss' accumulated gradient ratio per class and the factors it maps it to (EQL v2 Fig. 1; EFL).
 
     ``stats`` is the loss' ``plot_data()`` (``title``, ``ratio``, ``ratio_label``, ``factors``,
@@ -177,7 +201,14 @@ def plot_class_statistics(stats: Mapping, instance_counts, path: str = "class_st
     fig, (a1, a2) = _figure(2, 1, figsize=(max(6.0, min(14.0, 0.25 * n + 3)), 6.5), sharex=True)
     x = np.arange(n)
     marker = "." if n <= 200 else None
-    a1.plot(x, d["ratio"], color="tab:green", marker=marker, lw=1.2, label=stats.get("ratio_label", "ratio"))
+    a1.plot(
+        x,
+        d["ratio"],
+        color="tab:green",
+        marker=marker,
+        lw=1.2,
+        label=stats.get("ratio_label", "ratio"),
+    )
     a1.axhline(1.0, color="0.6", ls=":", lw=1)
     a1.set_ylabel("pos/neg gradient ratio")
     a1.legend(loc="upper right", fontsize=8)
@@ -192,8 +223,9 @@ def plot_class_statistics(stats: Mapping, instance_counts, path: str = "class_st
     return _save(fig, path)
 
 
-def eqlv2_ratio_data(pos_grad, neg_grad, instance_counts, gamma: float = 12.0, mu: float = 0.8,
-                     alpha: float = 4.0) -> Dict[str, np.ndarray]:
+def eqlv2_ratio_data(
+    pos_grad, neg_grad, instance_counts, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0
+) -> Dict[str, np.ndarray]:
     """EQL v2 accumulated gradient ratio per class from raw statistics, sorted by instance count.
 
     ``ratio = pos_grad / (neg_grad + 1e-10)`` (the loss' own formula), ``r = f(ratio)`` the
@@ -209,19 +241,36 @@ def eqlv2_ratio_data(pos_grad, neg_grad, instance_counts, gamma: float = 12.0, m
     neg = _np(neg_grad).reshape(-1)
     counts = _np(instance_counts)
     if not (pos.shape == neg.shape == counts.shape):
-        raise ValueError("pos_grad %s, neg_grad %s and instance_counts %s must all be (C,)"
-                         % (pos.shape, neg.shape, counts.shape))
+        raise ValueError(
+            "pos_grad %s, neg_grad %s and instance_counts %s must all be (C,)"
+            % (pos.shape, neg.shape, counts.shape)
+        )
     ratio = pos / (neg + 1e-10)
     r = eqlv2_map(torch.from_numpy(ratio), gamma, mu).numpy()
     q = 1.0 + alpha * (1.0 - r)
     o = sort_by_count(counts)
-    return {"order": o, "counts": counts[o], "pos_grad": pos[o], "neg_grad": neg[o], "ratio": ratio[o],
-            "q": q[o], "r": r[o]}
+    return {
+        "order": o,
+        "counts": counts[o],
+        "pos_grad": pos[o],
+        "neg_grad": neg[o],
+        "ratio": ratio[o],
+        "q": q[o],
+        "r": r[o],
+    }
 
 
-def plot_eqlv2_ratios(pos_grad, neg_grad, instance_counts, path: str = "eqlv2_ratios.png",
-                      class_names: Optional[Sequence[str]] = None, gamma: float = 12.0, mu: float = 0.8,
-                      alpha: float = 4.0, title: Optional[str] = None) -> str:
+def plot_eqlv2_ratios(
+    pos_grad,
+    neg_grad,
+    instance_counts,
+    path: str = "eqlv2_ratios.png",
+    class_names: Optional[Sequence[str]] = None,
+    gamma: float = 12.0,
+    mu: float = 0.8,
+    alpha: float = 4.0,
+    title: Optional[str] = None,
+) -> str:
     """EQL v2 Fig. 1 from raw ``pos_grad``/``neg_grad`` (C,): :func:`plot_class_statistics` of an
     :class:`~lt_detectron.losses.EQLv2Loss` holding them. Returns ``path``."""
     import torch
@@ -251,9 +300,15 @@ def _default_bofl_classes(counts: np.ndarray):
     return out
 
 
-def bofl_schedule_data(instance_counts, total_epochs: float, deferred_epochs: float = 0, kappa: float = 1.0,
-                       classes: Optional[Sequence[int]] = None, per_iteration: bool = False,
-                       steps_per_epoch: int = 20) -> Dict[str, np.ndarray]:
+def bofl_schedule_data(
+    instance_counts,
+    total_epochs: float,
+    deferred_epochs: float = 0,
+    kappa: float = 1.0,
+    classes: Optional[Sequence[int]] = None,
+    per_iteration: bool = False,
+    steps_per_epoch: int = 20,
+) -> Dict[str, np.ndarray]:
     """BOFL's dataset-level weight ``alpha_hat_i(e) = 1 + kappa * lambda(e) * (alpha_i - 1)`` over epochs.
 
     ``alpha_i = n / (C n_i)`` and ``lambda(e)`` are the loss' own
@@ -279,32 +334,54 @@ def bofl_schedule_data(instance_counts, total_epochs: float, deferred_epochs: fl
     lam = np.array([sched(e) for e in epochs])
     alpha = bofl_dataset_weights(counts, dtype=torch.float64).numpy()[classes]
     alpha_hat = 1.0 + kappa * lam[None, :] * (alpha[:, None] - 1.0)
-    return {"epochs": epochs, "lam": lam, "classes": np.asarray(classes, dtype=np.int64), "alpha": alpha,
-            "alpha_hat": alpha_hat}
+    return {
+        "epochs": epochs,
+        "lam": lam,
+        "classes": np.asarray(classes, dtype=np.int64),
+        "alpha": alpha,
+        "alpha_hat": alpha_hat,
+    }
 
 
-def plot_bofl_schedule(instance_counts, total_epochs: float, deferred_epochs: float = 0, kappa: float = 1.0,
-                       path: str = "bofl_schedule.png", classes: Optional[Sequence[int]] = None,
-                       class_names: Optional[Sequence[str]] = None, per_iteration: bool = False,
-                       title: Optional[str] = None) -> str:
+def plot_bofl_schedule(
+    instance_counts,
+    total_epochs: float,
+    deferred_epochs: float = 0,
+    kappa: float = 1.0,
+    path: str = "bofl_schedule.png",
+    classes: Optional[Sequence[int]] = None,
+    class_names: Optional[Sequence[str]] = None,
+    per_iteration: bool = False,
+    title: Optional[str] = None,
+) -> str:
     """BOFL Fig. 1/2: the weight ``alpha_hat_i`` of a few classes over training.
 
     Solid: linear scheduling after ``deferred_epochs`` (what the loss does); dashed: the
     constant weight without scheduling, ``1 + kappa (alpha_i - 1)``. Top panel: ``lambda(e)``.
     Returns ``path``.
     """
-    d = bofl_schedule_data(instance_counts, total_epochs, deferred_epochs, kappa, classes, per_iteration)
+    d = bofl_schedule_data(
+        instance_counts, total_epochs, deferred_epochs, kappa, classes, per_iteration
+    )
     counts = _np(instance_counts)
-    fig, (a0, a1) = _figure(2, 1, figsize=(7.0, 6.0), sharex=True, gridspec_kw={"height_ratios": [1, 2.2]})
+    fig, (a0, a1) = _figure(
+        2, 1, figsize=(7.0, 6.0), sharex=True, gridspec_kw={"height_ratios": [1, 2.2]}
+    )
     where = None if per_iteration else "post"
-    draw = (lambda ax, x, y, **k: ax.plot(x, y, **k)) if per_iteration else \
-        (lambda ax, x, y, **k: ax.step(x, y, where=where, **k))
+    draw = (
+        (lambda ax, x, y, **k: ax.plot(x, y, **k))
+        if per_iteration
+        else (lambda ax, x, y, **k: ax.step(x, y, where=where, **k))
+    )
     draw(a0, d["epochs"], d["lam"], color="k", lw=1.5)
     a0.set_ylabel("lambda(epoch)")
     a0.set_ylim(-0.05, 1.05)
     a0.axvline(deferred_epochs, color="0.6", ls=":", lw=1)
-    a0.set_title(title or "BOFL weight schedule (T=%g epochs, deferred d=%g, kappa=%g)"
-                 % (total_epochs, deferred_epochs, kappa))
+    a0.set_title(
+        title
+        or "BOFL weight schedule (T=%g epochs, deferred d=%g, kappa=%g)"
+        % (total_epochs, deferred_epochs, kappa)
+    )
     colors = _colors()
     for k, c in enumerate(d["classes"]):
         name = class_names[c] if class_names is not None else "class %d" % c

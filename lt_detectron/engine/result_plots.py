@@ -15,6 +15,7 @@ plot_per_category_ap       per-category AP bars, best first, each class named   
 folder (``OUTPUT_DIR/inference/<dataset>/`` in training); :func:`write_result_plots` draws both
 plots of one csv.
 """
+
 import csv
 import math
 import os
@@ -35,8 +36,11 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- AP vs instances
-def ap_vs_instances_data(per_class_ap: Mapping[str, Sequence[float]], instance_counts,
-                         bin_edges: Sequence[float] = DEFAULT_GROUP_EDGES) -> Dict[str, object]:
+def ap_vs_instances_data(
+    per_class_ap: Mapping[str, Sequence[float]],
+    instance_counts,
+    bin_edges: Sequence[float] = DEFAULT_GROUP_EDGES,
+) -> Dict[str, object]:
     """Per-class AP sorted by instance count and the mean AP per instance-count bin, per method.
 
     Bins are ``[0, e0) [e0, e1) ... [e_k, inf)`` (BAGS' default 10/100/1000;
@@ -46,14 +50,18 @@ def ap_vs_instances_data(per_class_ap: Mapping[str, Sequence[float]], instance_c
     (list of ``(lo, hi)``), ``bin_counts`` (classes per bin) and ``bin_mean`` (method -> (B,)).
     """
     counts = _np(instance_counts)
-    bins = instance_bins(counts, bin_edges, name="bin_edges")  # [(lo, hi, class ids)], empty bins kept
+    bins = instance_bins(
+        counts, bin_edges, name="bin_edges"
+    )  # [(lo, hi, class ids)], empty bins kept
     order = sort_by_count(counts)
     B = len(bins)
     ap_sorted, means = {}, {}
     for m, ap in per_class_ap.items():
         ap = _np(ap).reshape(-1)
         if ap.shape != counts.shape:
-            raise ValueError("per_class_ap[%r] has %d entries for %d classes" % (m, ap.shape[0], counts.shape[0]))
+            raise ValueError(
+                "per_class_ap[%r] has %d entries for %d classes" % (m, ap.shape[0], counts.shape[0])
+            )
         ap_sorted[m] = ap[order]
         mean = np.full(B, np.nan)
         for b, (_, _, ids) in enumerate(bins):
@@ -61,18 +69,28 @@ def ap_vs_instances_data(per_class_ap: Mapping[str, Sequence[float]], instance_c
             if len(v):
                 mean[b] = v.mean()
         means[m] = mean
-    return {"order": order, "counts": counts[order], "ap": ap_sorted,
-            "bins": [(lo, hi) for lo, hi, _ in bins], "bin_counts": np.array([len(ids) for _, _, ids in bins]),
-            "bin_mean": means}
+    return {
+        "order": order,
+        "counts": counts[order],
+        "ap": ap_sorted,
+        "bins": [(lo, hi) for lo, hi, _ in bins],
+        "bin_counts": np.array([len(ids) for _, _, ids in bins]),
+        "bin_mean": means,
+    }
 
 
 def _fmt_count(x: float) -> str:
     return "inf" if not math.isfinite(x) else "%d" % x
 
 
-def plot_ap_vs_instances(per_class_ap: Mapping[str, Sequence[float]], instance_counts,
-                         path: str = "ap_vs_instances.png", bin_edges: Sequence[float] = DEFAULT_GROUP_EDGES,
-                         title: Optional[str] = None, ylabel: str = "AP") -> str:
+def plot_ap_vs_instances(
+    per_class_ap: Mapping[str, Sequence[float]],
+    instance_counts,
+    path: str = "ap_vs_instances.png",
+    bin_edges: Sequence[float] = DEFAULT_GROUP_EDGES,
+    title: Optional[str] = None,
+    ylabel: str = "AP",
+) -> str:
     """Per-class AP vs training instance count for one or several methods (dots + group means).
 
     x: instance count (log; zero-count classes drawn at 0.8); one colour per method; the
@@ -86,7 +104,9 @@ def plot_ap_vs_instances(per_class_ap: Mapping[str, Sequence[float]], instance_c
     x = np.maximum(d["counts"], 0.8)
     finite_edges = [e for e in bin_edges if math.isfinite(e)]
     x_hi = max(float(np.max(x)) if len(x) else 10.0, 1.0) * 2.0
-    x_hi = max(x_hi, 4.0 * finite_edges[-1] if finite_edges else 0.0)  # room for the last group's label
+    x_hi = max(
+        x_hi, 4.0 * finite_edges[-1] if finite_edges else 0.0
+    )  # room for the last group's label
     x_lo = 0.6
     centres = []
     for b, (lo, hi) in enumerate(d["bins"]):
@@ -95,17 +115,37 @@ def plot_ap_vs_instances(per_class_ap: Mapping[str, Sequence[float]], instance_c
         if hi_ > lo_:
             ax.axvspan(lo_, hi_, color="0.92" if b % 2 == 0 else "0.84", zorder=0, lw=0)
             k = d["bin_counts"][b]
-            label = "[%s, %s)\n%d class%s" % (_fmt_count(lo), _fmt_count(hi), k, "" if k == 1 else "es")
-            ax.text(math.sqrt(lo_ * hi_), 0.99, label, transform=ax.get_xaxis_transform(), ha="center", va="top",
-                    fontsize=7.5, color="0.3")
+            label = "[%s, %s)\n%d class%s" % (
+                _fmt_count(lo),
+                _fmt_count(hi),
+                k,
+                "" if k == 1 else "es",
+            )
+            ax.text(
+                math.sqrt(lo_ * hi_),
+                0.99,
+                label,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=7.5,
+                color="0.3",
+            )
     n_methods = max(1, len(d["ap"]))
     for k, (m, ap) in enumerate(d["ap"].items()):
         col = colors[k % len(colors)]
         jitter = 1.0 + 0.04 * (k - (n_methods - 1) / 2.0)  # spread overlapping points a little
         ax.scatter(x * jitter, ap, s=16, alpha=0.7, color=col, edgecolors="none", zorder=3)
         ok = ~np.isnan(d["bin_mean"][m])
-        ax.plot(np.asarray(centres)[ok], d["bin_mean"][m][ok], color=col, lw=2, marker="o", label=m + " (group mean)",
-                zorder=4)
+        ax.plot(
+            np.asarray(centres)[ok],
+            d["bin_mean"][m][ok],
+            color=col,
+            lw=2,
+            marker="o",
+            label=m + " (group mean)",
+            zorder=4,
+        )
     ax.set_xscale("log")
     ax.set_xlim(x_lo, x_hi)
     finite = np.concatenate([a[~np.isnan(a)] for a in d["ap"].values()] + [np.zeros(1)])
@@ -119,8 +159,14 @@ def plot_ap_vs_instances(per_class_ap: Mapping[str, Sequence[float]], instance_c
 
 
 # ---------------------------------------------------------------------- per-category bars (hotcoco)
-def plot_per_category_ap(names: Sequence[str], ap, path: str = "ap_per_category.png", instance_counts=None,
-                         frequency: Optional[Sequence[str]] = None, title: Optional[str] = None) -> str:
+def plot_per_category_ap(
+    names: Sequence[str],
+    ap,
+    path: str = "ap_per_category.png",
+    instance_counts=None,
+    frequency: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> str:
     """Per-category AP bars, best first, drawn by ``hotcoco.plot.per_category_ap``.
 
     ``ap`` in percent (as the evaluators' csv), NaN classes (no ground truth) left out. Each bar is
@@ -144,8 +190,12 @@ def plot_per_category_ap(names: Sequence[str], ap, path: str = "ap_per_category.
         raise ValueError("no category has a finite AP")
     many = len(per_class) > 40
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig, ax = per_category_ap({"per_class": per_class}, top_n=20 if many else len(per_class),
-                              bottom_n=20 if many else 0, paper_mode=True)
+    fig, ax = per_category_ap(
+        {"per_class": per_class},
+        top_n=20 if many else len(per_class),
+        bottom_n=20 if many else 0,
+        paper_mode=True,
+    )
     try:
         ax.set_title(title or "Per-category AP", fontsize=11, pad=10)
         fig.savefig(path, dpi=110, bbox_inches="tight", format="png", facecolor=fig.get_facecolor())
@@ -161,17 +211,28 @@ def read_per_category_csv(path: str) -> Dict[str, object]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"name", "train_instances", "AP"} <= set(rows[0]):
-        raise ValueError("%s is not a per-category AP csv (columns name, train_instances, AP)" % path)
+        raise ValueError(
+            "%s is not a per-category AP csv (columns name, train_instances, AP)" % path
+        )
     return {
         "name": [r["name"] for r in rows],
         "frequency": [r.get("frequency") or "" for r in rows],
-        "train_instances": np.array([int(float(r["train_instances"] or -1)) for r in rows], np.int64),
-        "AP": np.array([float(r["AP"]) if r["AP"] not in ("", "nan") else np.nan for r in rows], np.float64),
+        "train_instances": np.array(
+            [int(float(r["train_instances"] or -1)) for r in rows], np.int64
+        ),
+        "AP": np.array(
+            [float(r["AP"]) if r["AP"] not in ("", "nan") else np.nan for r in rows], np.float64
+        ),
     }
 
 
-def write_result_plots(csv_path: str, out_dir: str, label: str = "", suffix: str = "",
-                       group_edges: Sequence[float] = DEFAULT_GROUP_EDGES) -> List[str]:
+def write_result_plots(
+    csv_path: str,
+    out_dir: str,
+    label: str = "",
+    suffix: str = "",
+    group_edges: Sequence[float] = DEFAULT_GROUP_EDGES,
+) -> List[str]:
     """Both plots of one per-category csv into ``out_dir``: ``ap_vs_instances_<stem><suffix>.png``
     and ``ap_per_category_<stem><suffix>.png`` (``stem``: the csv's name without
     ``_per_category`` and the extension, e.g. ``lvis_bbox``). Classes with an unknown training count
@@ -181,12 +242,24 @@ def write_result_plots(csv_path: str, out_dir: str, label: str = "", suffix: str
     sfx = ("_" + suffix) if suffix else ""
     known = d["train_instances"] >= 0
     what = " of %s" % label if label else ""
-    paths = [plot_ap_vs_instances(
-        {label or "AP": d["AP"][known]}, d["train_instances"][known],
-        os.path.join(out_dir, "ap_vs_instances_%s%s.png" % (stem, sfx)), bin_edges=group_edges,
-        title="Per-class %s AP%s vs training instances" % (stem.split("_")[-1], what))]
-    paths.append(plot_per_category_ap(
-        d["name"], d["AP"], os.path.join(out_dir, "ap_per_category_%s%s.png" % (stem, sfx)),
-        instance_counts=d["train_instances"], frequency=d["frequency"],
-        title="%s%s (%s)" % (stem, what, os.path.basename(os.path.dirname(os.path.abspath(csv_path))))))
+    paths = [
+        plot_ap_vs_instances(
+            {label or "AP": d["AP"][known]},
+            d["train_instances"][known],
+            os.path.join(out_dir, "ap_vs_instances_%s%s.png" % (stem, sfx)),
+            bin_edges=group_edges,
+            title="Per-class %s AP%s vs training instances" % (stem.split("_")[-1], what),
+        )
+    ]
+    paths.append(
+        plot_per_category_ap(
+            d["name"],
+            d["AP"],
+            os.path.join(out_dir, "ap_per_category_%s%s.png" % (stem, sfx)),
+            instance_counts=d["train_instances"],
+            frequency=d["frequency"],
+            title="%s%s (%s)"
+            % (stem, what, os.path.basename(os.path.dirname(os.path.abspath(csv_path)))),
+        )
+    )
     return paths

@@ -1,5 +1,6 @@
 """RNG states of torch (CPU and CUDA), NumPy and Python as tensors and plain types (so a checkpoint
 holding them loads with ``torch.load(weights_only=True)``), per rank, and what a resumed rank restores."""
+
 import random
 from typing import Any, Dict, List
 
@@ -43,7 +44,13 @@ def rng_state_to_plain(torch_state, numpy_state, python_state) -> Dict[str, Any]
 def rng_state_from_plain(d: Dict[str, Any]):
     """Inverse of :func:`rng_state_to_plain`: ``(torch ByteTensor, numpy tuple, python tuple)``."""
     n, p = d["numpy"], d["python"]
-    numpy_state = (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    numpy_state = (
+        n["name"],
+        n["keys"].numpy().astype(np.uint32),
+        n["pos"],
+        n["has_gauss"],
+        n["cached_gaussian"],
+    )
     python_state = (p["version"], tuple(int(x) for x in p["state"].tolist()), p["gauss_next"])
     return d["torch"], numpy_state, python_state
 
@@ -96,6 +103,6 @@ def rng_state_for_rank(per_rank: List[Dict[str, Any]], rank: int, world_size: in
 
 def reseed_from(state: Dict[str, Any], rank: int) -> int:
     """Seed torch / NumPy / Python (detectron2's ``seed_all_rng``) from a saved state plus ``rank``."""
-    seed = (int(state["numpy"]["keys"][state["numpy"]["pos"] % 624]) + rank) % (2 ** 31)
+    seed = (int(state["numpy"]["keys"][state["numpy"]["pos"] % 624]) + rank) % (2**31)
     seed_all_rng(seed)
     return seed

@@ -6,6 +6,7 @@ that builds NumPy arrays, dtypes and plain containers only. Any other object (a 
 ``__reduce__``, a pickled class) is refused with :class:`UnsafeCheckpointError`, naming the file
 and the object, before any of it runs. A truncated or damaged file is :class:`CorruptCheckpointError`.
 """
+
 import codecs
 import collections
 import os
@@ -16,7 +17,12 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "CorruptCheckpointError", "load_checkpoint_file"]
+__all__ = [
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "CorruptCheckpointError",
+    "load_checkpoint_file",
+]
 
 
 class CheckpointError(RuntimeError):
@@ -50,7 +56,9 @@ def _check_dtype(d):
     if not isinstance(d, np.dtype):
         raise UnsafeCheckpointError("a NumPy dtype argument of type %s" % type(d).__name__)
     if d.kind not in _SAFE_KINDS or d.names is not None or d.subdtype is not None or d.hasobject:
-        raise UnsafeCheckpointError("a NumPy dtype of kind %r (structured, void or object)" % d.kind)
+        raise UnsafeCheckpointError(
+            "a NumPy dtype of kind %r (structured, void or object)" % d.kind
+        )
     plain = np.dtype(d.str)
     if d.flags != plain.flags or d.itemsize != plain.itemsize:
         raise UnsafeCheckpointError("a NumPy dtype with altered internal state")
@@ -60,7 +68,9 @@ def _dtype(obj, align=False, copy=False):
     """``numpy.dtype`` for pickles: type strings of plain kinds only."""
     if not isinstance(obj, str):
         raise UnsafeCheckpointError("numpy.dtype(%s)" % type(obj).__name__)
-    d = np.dtype(obj, bool(align), True)  # always a copy: a BUILD must never reach numpy's singletons
+    d = np.dtype(
+        obj, bool(align), True
+    )  # always a copy: a BUILD must never reach numpy's singletons
     _check_dtype(d)
     return d
 
@@ -128,9 +138,13 @@ class _RestrictedUnpickler(pickle._Unpickler):
             _check_dtype(inst)
             # the one state a plain dtype of this type string has (no fields, subarray, flags)
             if state != np.dtype(inst.str, False, True).__reduce__()[2]:
-                raise UnsafeCheckpointError("a NumPy dtype state other than that of a plain %s" % inst.str)
+                raise UnsafeCheckpointError(
+                    "a NumPy dtype state other than that of a plain %s" % inst.str
+                )
         elif isinstance(inst, np.ndarray):
-            if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype)):
+            if not (
+                isinstance(state, tuple) and len(state) == 5 and isinstance(state[2], np.dtype)
+            ):
                 raise UnsafeCheckpointError("a NumPy array state of an unexpected form")
             _check_dtype(state[2])
         else:

@@ -15,6 +15,7 @@ parameters), as DETR and Detic do. ``CLIP_TYPE "full_model"`` selects that here:
 Under AMP, detectron2's ``AMPTrainer`` calls ``GradScaler.step(optimizer)``, which unscales the
 gradients before calling ``optimizer.step``: the clipping sees the true gradients.
 """
+
 import torch
 from detectron2.solver import build_optimizer
 from detectron2.solver.build import get_default_optimizer_params

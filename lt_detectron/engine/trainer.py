@@ -15,6 +15,7 @@
 - A non-finite loss stops training with a message that names the iteration, the losses and
   the last checkpoint written (nothing already written is removed).
 """
+
 import inspect
 import itertools
 import logging
@@ -23,17 +24,36 @@ import weakref
 
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+)
 from detectron2.utils.logger import setup_logger
 from detectron2.utils import comm
 
 from ..class_stats import check_num_classes, get_class_stats
 from ..data import load_train_dicts, train_dataset_dicts
-from .checkpoint import LTCheckpointer, gather_rng_states, get_rng_state, reseed_from, rng_state_for_rank, set_rng_state
+from .checkpoint import (
+    LTCheckpointer,
+    gather_rng_states,
+    get_rng_state,
+    reseed_from,
+    rng_state_for_rank,
+    set_rng_state,
+)
 from .logger import setup_lt_logger
 from .solver import build_lt_optimizer
 
-__all__ = ["LTTrainer", "check_config_against_data", "freeze_all_but_classifier", "prepare_training_data", "record_config"]
+__all__ = [
+    "LTTrainer",
+    "check_config_against_data",
+    "freeze_all_but_classifier",
+    "prepare_training_data",
+    "record_config",
+]
 
 logger = logging.getLogger("lt_detectron")
 
@@ -68,7 +88,11 @@ def prepare_training_data(cfg):
 def record_config(cfg, previous=None):
     """Rewrite ``OUTPUT_DIR/config.yaml`` (written by ``default_setup``) with ``cfg`` when it differs from
     ``previous`` (the keys the trainer filled in), on the main process; a missing file is left missing."""
-    if not comm.is_main_process() or not cfg.OUTPUT_DIR or (previous is not None and previous.dump() == cfg.dump()):
+    if (
+        not comm.is_main_process()
+        or not cfg.OUTPUT_DIR
+        or (previous is not None and previous.dump() == cfg.dump())
+    ):
         return
     path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
     if os.path.isfile(path):
@@ -86,9 +110,13 @@ def check_config_against_data(cfg, dataset_dicts=None):
     """
     if not cfg.DATASETS.TRAIN:
         return None
-    stats = get_class_stats(cfg.DATASETS.TRAIN, dataset_dicts=dataset_dicts, group_edges=cfg.MODEL.LT.GROUP_EDGES)
+    stats = get_class_stats(
+        cfg.DATASETS.TRAIN, dataset_dicts=dataset_dicts, group_edges=cfg.MODEL.LT.GROUP_EDGES
+    )
     arch = cfg.MODEL.META_ARCHITECTURE
-    key = {"FCOS": "FCOS", "CenterNet": "CENTERNET"}.get(arch, "RETINANET" if "RetinaNet" in arch else None)
+    key = {"FCOS": "FCOS", "CenterNet": "CENTERNET"}.get(
+        arch, "RETINANET" if "RetinaNet" in arch else None
+    )
     if key is not None:
         check_num_classes(cfg.MODEL[key].NUM_CLASSES, stats, "MODEL.%s.NUM_CLASSES" % key)
     elif arch == "GeneralizedRCNN":
@@ -105,7 +133,9 @@ def freeze_all_but_classifier(model):
         if keep:
             trainable.append(name)
     if not trainable:
-        raise ValueError("MODEL.LT.FREEZE_ALL_BUT_CLS: the model has no 'cls_score' parameters to train")
+        raise ValueError(
+            "MODEL.LT.FREEZE_ALL_BUT_CLS: the model has no 'cls_score' parameters to train"
+        )
     # frozen BatchNorm statistics too: the decoupled phase trains the classifier only
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -127,13 +157,17 @@ class LTTrainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         given = cfg
         cfg, self.class_stats, train_dicts = prepare_training_data(cfg)
-        record_config(cfg, given)  # MODEL.LT.BOFL.ITERS_PER_EPOCH, so config.yaml rebuilds the same model
+        record_config(
+            cfg, given
+        )  # MODEL.LT.BOFL.ITERS_PER_EPOCH, so config.yaml rebuilds the same model
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         if "dataset" in inspect.signature(self.build_train_loader).parameters:
             data_loader = self.build_train_loader(cfg, dataset=train_dicts)
         else:  # a subclass with detectron2's signature: it reads the training json itself
-            logger.info("%s.build_train_loader(cfg) loads the training data again", type(self).__name__)
+            logger.info(
+                "%s.build_train_loader(cfg) loads the training data again", type(self).__name__
+            )
             data_loader = self.build_train_loader(cfg)
         del train_dicts
         if comm.get_world_size() > 1:
@@ -141,9 +175,14 @@ class LTTrainer(DefaultTrainer):
             # CenterNet reads one FPN level: the other levels' output convs get no gradient
             find_unused = cfg.MODEL.META_ARCHITECTURE == "CenterNet"
             model = create_ddp_model(
-                model, broadcast_buffers=False, device_ids=device_ids, find_unused_parameters=find_unused
+                model,
+                broadcast_buffers=False,
+                device_ids=device_ids,
+                find_unused_parameters=find_unused,
             )
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # safe loading, atomic saving, resume fallback, class-count checks, BAGS classifier re-initialisation
         self.checkpointer = LTCheckpointer(
@@ -241,7 +280,9 @@ class LTTrainer(DefaultTrainer):
         else:
             logger.warning(
                 "Checkpoint at iteration %d outside the periodic schedule: only rank %d's RNG state is "
-                "saved (the other ranks will be re-seeded when resuming from it)", self.iter, comm.get_rank()
+                "saved (the other ranks will be re-seeded when resuming from it)",
+                self.iter,
+                comm.get_rank(),
             )
             per_rank = [get_rng_state()]
         ret["rng"] = {"per_rank": per_rank}
@@ -259,7 +300,9 @@ class LTTrainer(DefaultTrainer):
             sampler.load_state_dict(sampler_state)
         per_rank = rng.get("per_rank") if isinstance(rng, dict) else None
         if not per_rank:
-            logger.warning("The checkpoint holds no RNG states: random augmentation does not resume exactly")
+            logger.warning(
+                "The checkpoint holds no RNG states: random augmentation does not resume exactly"
+            )
             return
         rank = comm.get_rank()
         state, note = rng_state_for_rank(per_rank, rank, comm.get_world_size())
@@ -309,7 +352,11 @@ class LTTrainer(DefaultTrainer):
             )
         if evaluator_type in ("coco", "coco_lt"):
             return LTCOCOEvaluator(
-                dataset_name, tasks=tasks, distributed=True, output_dir=output_folder, class_stats=stats,
+                dataset_name,
+                tasks=tasks,
+                distributed=True,
+                output_dir=output_folder,
+                class_stats=stats,
                 group_edges=cfg.MODEL.LT.GROUP_EDGES,
             )
         raise NotImplementedError(
@@ -324,7 +371,9 @@ class LTTrainer(DefaultTrainer):
             self._torch_rng_to_restore = None
             first = next(self._trainer._data_loader_iter)
             torch.set_rng_state(rng)
-            self._trainer._data_loader_iter = itertools.chain([first], self._trainer._data_loader_iter)
+            self._trainer._data_loader_iter = itertools.chain(
+                [first], self._trainer._data_loader_iter
+            )
         try:
             super().run_step()
             if comm.get_world_size() > 1 and self._checkpoint_due():

@@ -2,6 +2,7 @@
 and COCO-LT (AP1-AP4), siblings on :class:`~.base.LTDatasetEvaluator`; one protocol function each;
 :func:`~.build.build_lt_evaluator` builds either from the config; :mod:`.predictions` reads and writes
 Detectron2's results json."""
+
 from .base import LTDatasetEvaluator
 from .build import build_lt_evaluator
 from .coco_lt_evaluation import LTCOCOEvaluator, evaluate_coco_predictions

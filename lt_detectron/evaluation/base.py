@@ -15,6 +15,7 @@ pruned to the top-k per class as it grows), gathers them from every rank through
 per-category training counts from the ``ClassStats`` (or the GT json's
 ``instance_count``/``image_count``), writes ``{protocol}_per_category_{task}.csv`` and logs the table.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,7 +43,7 @@ from .common import (
     resolve_backend,
     write_per_category_csv,
 )
-from .predictions import RankPredictionStore, results_file_name, write_results_json
+from .predictions import BackgroundWrite, RankPredictionStore, results_file_name
 
 AP_PROTOCOLS = ("standard", "fixed")
 TASKS = ("bbox", "segm", "boundary")
@@ -111,15 +112,23 @@ class LTDatasetEvaluator(DatasetEvaluator):
         self._tasks = tasks
         self._with_masks = "segm" in tasks or "boundary" in tasks
         if ap_protocol not in AP_PROTOCOLS:
-            raise ValueError(f"ap_protocol (TEST.LT.AP_PROTOCOL) must be one of {AP_PROTOCOLS}, got {ap_protocol!r}")
+            raise ValueError(
+                f"ap_protocol (TEST.LT.AP_PROTOCOL) must be one of {AP_PROTOCOLS}, got {ap_protocol!r}"
+            )
         if ap_protocol == "fixed" and not self.supports_fixed_ap:
-            raise ValueError(f"Fixed AP (TEST.LT.AP_PROTOCOL fixed) is defined for LVIS datasets; {dataset_name!r} "
-                             f"uses the {self.protocol.upper()} protocol: set TEST.LT.AP_PROTOCOL standard")
+            raise ValueError(
+                f"Fixed AP (TEST.LT.AP_PROTOCOL fixed) is defined for LVIS datasets; {dataset_name!r} "
+                f"uses the {self.protocol.upper()} protocol: set TEST.LT.AP_PROTOCOL standard"
+            )
         if pooled_ap and not self.supports_pooled_ap:
-            raise ValueError(f"Pooled AP (TEST.LT.POOLED_AP) pools LVIS frequency bands; {dataset_name!r} uses the "
-                             f"{self.protocol.upper()} protocol: set TEST.LT.POOLED_AP False")
+            raise ValueError(
+                f"Pooled AP (TEST.LT.POOLED_AP) pools LVIS frequency bands; {dataset_name!r} uses the "
+                f"{self.protocol.upper()} protocol: set TEST.LT.POOLED_AP False"
+            )
         if ap_protocol == "fixed" and int(topk_per_class) <= 0:
-            raise ValueError(f"topk_per_class (TEST.LT.TOPK_PER_CLASS) must be > 0, got {topk_per_class}")
+            raise ValueError(
+                f"topk_per_class (TEST.LT.TOPK_PER_CLASS) must be > 0, got {topk_per_class}"
+            )
         self._fixed = ap_protocol == "fixed"
         self._topk = int(topk_per_class)
         self._pooled = bool(pooled_ap)
@@ -127,7 +136,9 @@ class LTDatasetEvaluator(DatasetEvaluator):
         self._save_results = bool(save_results)
         self._distributed = distributed
         self._output_dir = output_dir
-        self._max_dets = int(self.default_max_dets if max_dets_per_image is None else max_dets_per_image)
+        self._max_dets = int(
+            self.default_max_dets if max_dets_per_image is None else max_dets_per_image
+        )
         self._class_stats = class_stats
         self._backend = resolve_backend(backend, self.reference_backend)
         self._group_edges = check_group_edges(group_edges, "group_edges (MODEL.LT.GROUP_EDGES)")
@@ -175,8 +186,11 @@ class LTDatasetEvaluator(DatasetEvaluator):
             if "instances" not in out:
                 continue
             dets, rles = instances_to_arrays(
-                out["instances"], int(inp["image_id"]), self._contiguous_to_dataset,
-                max_dets=cap, with_masks=self._with_masks,
+                out["instances"],
+                int(inp["image_id"]),
+                self._contiguous_to_dataset,
+                max_dets=cap,
+                with_masks=self._with_masks,
             )
             self._chunks.append(dets)
             self._num_rows += len(dets)
@@ -196,7 +210,9 @@ class LTDatasetEvaluator(DatasetEvaluator):
         t0 = time.perf_counter()
         world = comm.get_world_size()
         if self._distributed and world > 1:
-            pred_dir = os.path.join(self._output_dir, "lt_predictions") if self._output_dir else None
+            pred_dir = (
+                os.path.join(self._output_dir, "lt_predictions") if self._output_dir else None
+            )
             store = RankPredictionStore(pred_dir, self._prefix)
             store.write(*self._local())
             comm.synchronize()
@@ -212,15 +228,19 @@ class LTDatasetEvaluator(DatasetEvaluator):
             dets, rles = self._select_fixed(dets, rles)
         if len(dets) == 0:
             logger.warning(f"[{type(self).__name__}] no predictions for {self._dataset_name}.")
-        if self._output_dir and self._save_results:
-            path = os.path.join(self._output_dir, results_file_name(self.protocol))
-            write_results_json(path, dets, rles)
-            logger.info(f"Results ({len(dets)} detections) written to {path}")
+        writer = None
+        main = comm.is_main_process()
+        if self._output_dir and self._save_results and main:
+            writer = BackgroundWrite(
+                os.path.join(self._output_dir, results_file_name(self.protocol)), dets, rles
+            )
         results = OrderedDict()
         for task in self._tasks:
             results[task] = self._evaluate_task(task, dets, rles if task != "bbox" else None)
-        if self._output_dir:
+        if self._output_dir and main:
             self._write_metrics(results)
+        if writer is not None:
+            logger.info(f"Results ({len(dets)} detections) written to {writer.wait()}")
         logger.info(
             f"{self.protocol.upper()} evaluation of {self._dataset_name} ({self._backend}, "
             f"{'Fixed AP' if self._fixed else 'standard'}) took {time.perf_counter() - t0:.2f} s"
@@ -245,11 +265,15 @@ class LTDatasetEvaluator(DatasetEvaluator):
         """Evaluate a detection matrix ``(N, 7)`` (+ RLEs) as if it had come from :meth:`process` of every
         image (``tools/evaluate_results.py``): the same protocol, tables and files."""
         if self._with_masks and rles is None:
-            raise ValueError(f"tasks {self._tasks} need masks; the results carry none (evaluate 'bbox' only)")
+            raise ValueError(
+                f"tasks {self._tasks} need masks; the results carry none (evaluate 'bbox' only)"
+            )
         self.reset()
         dets = np.ascontiguousarray(dets, dtype=np.float64).reshape(-1, 7)
         if self.caps_per_image and not self._fixed:
-            dets, rles = keep_top_per_group(dets, rles if self._with_masks else None, 0, self._max_dets)
+            dets, rles = keep_top_per_group(
+                dets, rles if self._with_masks else None, 0, self._max_dets
+            )
         self._chunks, self._num_rows = [dets], len(dets)
         self._rles = list(rles) if self._with_masks else None
         distributed, self._distributed = self._distributed, False
@@ -264,7 +288,13 @@ class LTDatasetEvaluator(DatasetEvaluator):
             from .boundary import evaluate_boundary_predictions
 
             metrics, precision, cat_ids = evaluate_boundary_predictions(
-                self._json_file, dets, rles, self.eval_max_dets, self.protocol == "lvis", self._boundary_dilation)
+                self._json_file,
+                dets,
+                rles,
+                self.eval_max_dets,
+                self.protocol == "lvis",
+                self._boundary_dilation,
+            )
         else:
             metrics, precision, cat_ids = self.run_protocol(task, dets, rles)
         results = OrderedDict((k, 100.0 * v) for k, v in metrics.items())
@@ -272,12 +302,17 @@ class LTDatasetEvaluator(DatasetEvaluator):
         sums = category_sums(precision)  # (sums, counts) per category: cheap group / category AP
         results.update(self.group_results(task, inst, sums))
         self._write_per_category(task, cat_ids, names, freq, inst, imgs, sums)
-        logger.info(format_table(
-            results, f"{self.protocol.upper()} {task} results of {self._dataset_name} (AP in %, nan = {self.nan_means}):"
-        ))
+        logger.info(
+            format_table(
+                results,
+                f"{self.protocol.upper()} {task} results of {self._dataset_name} (AP in %, nan = {self.nan_means}):",
+            )
+        )
         return results
 
-    def _category_info(self, cat_ids: List[int]) -> Tuple[List[str], List[str], np.ndarray, np.ndarray]:
+    def _category_info(
+        self, cat_ids: List[int]
+    ) -> Tuple[List[str], List[str], np.ndarray, np.ndarray]:
         """Per sorted dataset category id: name, frequency band, train instances, train images (-1: unknown).
 
         Names and bands from the GT json (the protocol's own), else from the ``ClassStats``; counts
@@ -295,8 +330,14 @@ class LTDatasetEvaluator(DatasetEvaluator):
         for k, c in enumerate(cat_ids):
             g = gt_by_id.get(c, {})
             i = pos.get(int(c))
-            names.append(g.get("name") or (str(st_names[i]) if i is not None and st_names is not None else str(c)))
-            freq.append(g.get("frequency") or (str(st_freq[i]) if i is not None and st_freq is not None else ""))
+            names.append(
+                g.get("name")
+                or (str(st_names[i]) if i is not None and st_names is not None else str(c))
+            )
+            freq.append(
+                g.get("frequency")
+                or (str(st_freq[i]) if i is not None and st_freq is not None else "")
+            )
             if st is not None:
                 if i is not None:
                     inst[k] = st.instance_counts[i]
@@ -309,12 +350,23 @@ class LTDatasetEvaluator(DatasetEvaluator):
     def _write_metrics(self, results) -> None:
         """``{protocol}_metrics.json``: ``{task: {metric: AP in %}}``, nan written as null."""
         path = os.path.join(self._output_dir, f"{self.protocol}_metrics.json")
-        clean = {t: {k: (None if not np.isfinite(v) else float(v)) for k, v in m.items()} for t, m in results.items()}
+        clean = {
+            t: {k: (None if not np.isfinite(v) else float(v)) for k, v in m.items()}
+            for t, m in results.items()
+        }
         os.makedirs(self._output_dir, exist_ok=True)
         with open(path + ".part", "w") as f:
-            json.dump({"dataset": self._dataset_name, "ap_protocol": "fixed" if self._fixed else "standard",
-                       "max_dets_per_image": self.eval_max_dets, "topk_per_class": self._topk if self._fixed else None,
-                       "results": clean}, f, indent=1)
+            json.dump(
+                {
+                    "dataset": self._dataset_name,
+                    "ap_protocol": "fixed" if self._fixed else "standard",
+                    "max_dets_per_image": self.eval_max_dets,
+                    "topk_per_class": self._topk if self._fixed else None,
+                    "results": clean,
+                },
+                f,
+                indent=1,
+            )
         os.replace(path + ".part", path)
 
     def _write_per_category(self, task, cat_ids, names, freq, inst, imgs, sums):
@@ -323,7 +375,18 @@ class LTDatasetEvaluator(DatasetEvaluator):
             return
         ap_cat = per_category_ap(sums)
         path = os.path.join(self._output_dir, f"{self.protocol}_per_category_{task}.csv")
-        write_per_category_csv(path, (
-            {"category_id": c, "name": names[k], "frequency": freq[k], "train_instances": int(inst[k]),
-             "train_images": int(imgs[k]), "AP": 100.0 * ap_cat[k]} for k, c in enumerate(cat_ids)))
+        write_per_category_csv(
+            path,
+            (
+                {
+                    "category_id": c,
+                    "name": names[k],
+                    "frequency": freq[k],
+                    "train_instances": int(inst[k]),
+                    "train_images": int(imgs[k]),
+                    "AP": 100.0 * ap_cat[k],
+                }
+                for k, c in enumerate(cat_ids)
+            ),
+        )
         logger.info(f"Per-category {task} AP written to {path}")

@@ -10,6 +10,7 @@ COCO). The reference implementation (``bowenc0221/boundary-iou-api``) is not on 
 independent transcription of the reference (``tests/test_evaluation_boundary.py``). hotcoco, our main
 backend, has no boundary IoU.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["evaluate_boundary_predictions"]
 
-_KEYS = (("AP", "AP_all"), ("AP50", "AP_50"), ("AP75", "AP_75"), ("APs", "AP_small"), ("APm", "AP_medium"),
-         ("APl", "AP_large"))
+_KEYS = (
+    ("AP", "AP_all"),
+    ("AP50", "AP_50"),
+    ("AP75", "AP_75"),
+    ("APs", "AP_small"),
+    ("APm", "AP_medium"),
+    ("APl", "AP_large"),
+)
 
 
 def _faster_coco_eval():
@@ -64,7 +71,9 @@ def evaluate_boundary_predictions(
         raise ValueError("boundary evaluation needs masks (pred_masks)")
     COCO, COCOeval_faster = _faster_coco_eval()
     if lvis_style:
-        dets, rles = keep_top_per_group(np.asarray(dets, np.float64).reshape(-1, 7), rles, 0, max_dets)
+        dets, rles = keep_top_per_group(
+            np.asarray(dets, np.float64).reshape(-1, 7), rles, 0, max_dets
+        )
     results = detections_to_dicts(np.asarray(dets, np.float64).reshape(-1, 7), rles)
     for r in results:
         r.pop("bbox")  # area and box from the mask (as Detectron2 does for mask results)
@@ -74,8 +83,14 @@ def evaluate_boundary_predictions(
     G = COCO(gt)
     D = G.loadRes(results) if results else G.loadRes([])
     quiet = lambda *a, **k: None  # noqa: E731
-    E = COCOeval_faster(G, D, "boundary", lvis_style=lvis_style, boundary_dilation_ratio=dilation_ratio,
-                        print_function=quiet)
+    E = COCOeval_faster(
+        G,
+        D,
+        "boundary",
+        lvis_style=lvis_style,
+        boundary_dilation_ratio=dilation_ratio,
+        print_function=quiet,
+    )
     if lvis_style:
         E.params.maxDets = [max_dets if max_dets >= 0 else max(len(results), 1)]
     else:

@@ -7,6 +7,7 @@
 ``MODEL.LT.GROUP_EDGES``, ``TEST.LT.{BACKEND, MAX_DETS, AP_PROTOCOL, TOPK_PER_CLASS, POOLED_AP,
 BOUNDARY_AP, BOUNDARY_DILATION, SAVE_RESULTS}``.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,15 @@ def evaluation_kwargs(cfg) -> dict:
     )
 
 
-def build_lt_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = None, class_stats="auto",
-                       distributed: bool = True, tasks: Optional[Sequence[str]] = None, **overrides):
+def build_lt_evaluator(
+    cfg,
+    dataset_name: str,
+    output_folder: Optional[str] = None,
+    class_stats="auto",
+    distributed: bool = True,
+    tasks: Optional[Sequence[str]] = None,
+    **overrides,
+):
     """The evaluator of ``dataset_name``.
 
     Args:
@@ -57,14 +65,26 @@ def build_lt_evaluator(cfg, dataset_name: str, output_folder: Optional[str] = No
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         if cfg.TEST.LT.BOUNDARY_AP:
             if not cfg.MODEL.MASK_ON:
-                raise ValueError("TEST.LT.BOUNDARY_AP needs masks: set MODEL.MASK_ON True or TEST.LT.BOUNDARY_AP False")
+                raise ValueError(
+                    "TEST.LT.BOUNDARY_AP needs masks: set MODEL.MASK_ON True or TEST.LT.BOUNDARY_AP False"
+                )
             tasks = tasks + ("boundary",)
     evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
-    common = dict(tasks=tasks, distributed=distributed, output_dir=output_folder, class_stats=class_stats,
-                  group_edges=cfg.MODEL.LT.GROUP_EDGES, **{**evaluation_kwargs(cfg), **overrides})
+    common = dict(
+        tasks=tasks,
+        distributed=distributed,
+        output_dir=output_folder,
+        class_stats=class_stats,
+        group_edges=cfg.MODEL.LT.GROUP_EDGES,
+        **{**evaluation_kwargs(cfg), **overrides},
+    )
     if evaluator_type == "lvis":
-        return LTLVISEvaluator(dataset_name, max_dets_per_image=cfg.TEST.LT.MAX_DETS, backend=cfg.TEST.LT.BACKEND,
-                               **common)
+        return LTLVISEvaluator(
+            dataset_name,
+            max_dets_per_image=cfg.TEST.LT.MAX_DETS,
+            backend=cfg.TEST.LT.BACKEND,
+            **common,
+        )
     if evaluator_type in ("coco", "coco_lt"):
         return LTCOCOEvaluator(dataset_name, **common)
     raise NotImplementedError(

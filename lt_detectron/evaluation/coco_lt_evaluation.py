@@ -6,6 +6,7 @@ no bin. An empty bin (no class with that many training instances, or none of its
 validation GT) reports ``nan`` and is named in the log.
 Matching runs in hotcoco (pycocotools-exact); ``backend="pycocotools"`` is the reference.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,8 +28,14 @@ __all__ = ["LTCOCOEvaluator", "evaluate_coco_predictions", "COCO_METRICS"]
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def evaluate_coco_predictions(gt, dets: np.ndarray, rles: Optional[List[dict]], iou_type: str,
-                              max_dets: int = 100, backend: str = "auto"):
+def evaluate_coco_predictions(
+    gt,
+    dets: np.ndarray,
+    rles: Optional[List[dict]],
+    iou_type: str,
+    max_dets: int = 100,
+    backend: str = "auto",
+):
     """COCO protocol. Returns (metrics in [0,1] with nan for undefined, precision (T,R,K,A), cat ids)."""
     backend = resolve_backend(backend, "pycocotools")
     dets = np.ascontiguousarray(dets, dtype=np.float64).reshape(-1, 7)
@@ -71,13 +78,19 @@ def evaluate_coco_predictions(gt, dets: np.ndarray, rles: Optional[List[dict]], 
     if len(dets) == 0:
         logger.warning("No detections: every AP is 0.")
         k = len(G.getCatIds())
-        return OrderedDict((m, 0.0) for m in COCO_METRICS), np.zeros((10, 101, k, 4)), sorted(G.getCatIds())
+        return (
+            OrderedDict((m, 0.0) for m in COCO_METRICS),
+            np.zeros((10, 101, k, 4)),
+            sorted(G.getCatIds()),
+        )
     with contextlib.redirect_stdout(io.StringIO()):
         E.evaluate()
         E.accumulate()
         E.summarize()
     stats = np.asarray(E.stats, dtype=np.float64)
-    metrics = OrderedDict((k, float("nan") if stats[i] < 0 else float(stats[i])) for i, k in enumerate(COCO_METRICS))
+    metrics = OrderedDict(
+        (k, float("nan") if stats[i] < 0 else float(stats[i])) for i, k in enumerate(COCO_METRICS)
+    )
     precision = np.asarray(E.eval["precision"])[..., -1]  # (T, R, K, A) at the largest maxDets
     cat_ids = list(E.params.catIds)
     return metrics, precision, cat_ids
@@ -103,23 +116,34 @@ class LTCOCOEvaluator(LTDatasetEvaluator):
         self.empty_bins: List[str] = []
 
     def run_protocol(self, task, dets, rles):
-        return evaluate_coco_predictions(self._json_file, dets, rles, task, self._max_dets, self._backend)
+        return evaluate_coco_predictions(
+            self._json_file, dets, rles, task, self._max_dets, self._backend
+        )
 
     def group_results(self, task, train_instances, sums) -> Dict[str, float]:
         """``AP1``.. ``AP{k+1}`` over ``[1, e_0) ... [e_k, inf)``, nan (and named in ``empty_bins``) when empty."""
         out = OrderedDict()
         self.empty_bins = []
         if (train_instances < 0).all():
-            logger.warning(f"No training instance counts for {self._dataset_name}: AP1-AP4 are not reported "
-                           "(pass class_stats=...).")
+            logger.warning(
+                f"No training instance counts for {self._dataset_name}: AP1-AP4 are not reported "
+                "(pass class_stats=...)."
+            )
             return out
-        for i, (lo, hi, idx) in enumerate(instance_bins(train_instances, self._group_edges, min_count=1), start=1):
+        for i, (lo, hi, idx) in enumerate(
+            instance_bins(train_instances, self._group_edges, min_count=1), start=1
+        ):
             ap = precision_ap(sums, idx) if len(idx) else float("nan")
             out[f"AP{i}"] = 100.0 * ap
             if len(idx) == 0:
                 self.empty_bins.append(f"AP{i} {group_label(lo, hi)}: no class")
             elif not np.isfinite(ap):
-                self.empty_bins.append(f"AP{i} {group_label(lo, hi)}: no validation GT for its {len(idx)} classes")
+                self.empty_bins.append(
+                    f"AP{i} {group_label(lo, hi)}: no validation GT for its {len(idx)} classes"
+                )
         if self.empty_bins:
-            logger.warning(f"Empty instance bins for {self._dataset_name} ({task}): " + "; ".join(self.empty_bins))
+            logger.warning(
+                f"Empty instance bins for {self._dataset_name} ({task}): "
+                + "; ".join(self.empty_bins)
+            )
         return out

@@ -17,6 +17,7 @@ AP by training-instance group: ``AP[lo,hi)`` for every non-empty group of
 ``MODEL.LT.GROUP_EDGES`` (default ``AP[0,10) AP[10,100) AP[100,1000) AP[1000,inf)``; classes
 without training instances are in the first group, classes of unknown count in none).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,7 +32,13 @@ import numpy as np
 
 from ..class_stats import group_label, instance_bins
 from .base import LTDatasetEvaluator
-from .common import detections_to_dicts, mask_boxes_and_areas, precision_ap, resolve_backend
+from .common import (
+    detections_to_dicts,
+    gc_paused,
+    mask_boxes_and_areas,
+    precision_ap,
+    resolve_backend,
+)
 from .pooled import pooled_ap
 
 logger = logging.getLogger(__name__)
@@ -39,6 +46,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["LTLVISEvaluator", "evaluate_lvis_predictions", "LVIS_METRICS", "ar_key"]
 
 LVIS_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+POOLED_METRICS = ("APpool", "APpool-r", "APpool-c", "APpool-f")
 
 
 def ar_key(max_dets: int) -> str:
@@ -91,8 +99,11 @@ def evaluate_lvis_predictions(
         E.evaluate()
         E.accumulate()
         quiet = not logger.isEnabledFor(logging.DEBUG)
-        with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*max_dets differ", category=UserWarning)  # Fixed AP: no cap
+        out = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
+        with out, warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=".*max_dets differ", category=UserWarning
+            )  # Fixed AP: no cap
             E.summarize()
         res = E.get_results()
         precision = np.asarray(E.eval["precision"])
@@ -100,7 +111,9 @@ def evaluate_lvis_predictions(
             precision = precision[..., -1]
         cat_ids = list(E.params.cat_ids)
         params, cats = E.params, G.cats
-        eval_imgs = (lambda: [e for e in E.eval_imgs if e is not None and list(e["aRng"]) == list(params.area_rng[0])])
+        eval_imgs = lambda: [
+            e for e in E.eval_imgs if e is not None and list(e["aRng"]) == list(params.area_rng[0])
+        ]
     else:
         from lvis import LVIS, LVISEval, LVISResults
 
@@ -117,8 +130,12 @@ def evaluate_lvis_predictions(
         if len(dets) == 0:  # lvis-api cannot evaluate an empty result list
             logger.warning("No detections: every AP is 0.")
             k = len(lvis_gt.get_cat_ids())
-            keys = LVIS_METRICS + (ar_key(max_dets),) + (("APpool", "APpool-r", "APpool-c", "APpool-f") if pooled else ())
-            return OrderedDict((m, 0.0) for m in keys), np.zeros((10, 101, k, 4)), sorted(lvis_gt.get_cat_ids())
+            keys = LVIS_METRICS + (ar_key(max_dets),) + (POOLED_METRICS if pooled else ())
+            return (
+                OrderedDict((m, 0.0) for m in keys),
+                np.zeros((10, 101, k, 4)),
+                sorted(lvis_gt.get_cat_ids()),
+            )
         results = detections_to_dicts(dets, masks)
         if masks is not None:
             for r in results:
@@ -131,7 +148,11 @@ def evaluate_lvis_predictions(
         precision = np.asarray(E.eval["precision"])
         cat_ids = list(E.params.cat_ids)
         params, cats = E.params, lvis_gt.cats
-        eval_imgs = (lambda: [e for e in E.eval_imgs if e is not None and list(e["area_rng"]) == list(params.area_rng[0])])
+        eval_imgs = lambda: [
+            e
+            for e in E.eval_imgs
+            if e is not None and list(e["area_rng"]) == list(params.area_rng[0])
+        ]
     metrics = OrderedDict()
     for k in LVIS_METRICS:
         metrics[k] = float(res.get(k, -1))
@@ -140,7 +161,9 @@ def evaluate_lvis_predictions(
         metrics[k] = float("nan") if v < 0 else v
     if pooled:
         freq = {int(c): cats[c].get("frequency", "") for c in cats}
-        metrics.update(pooled_ap(eval_imgs(), freq, len(params.iou_thrs), np.asarray(params.rec_thrs)))
+        with gc_paused():  # millions of per-image records
+            entries = eval_imgs()
+        metrics.update(pooled_ap(entries, freq, len(params.iou_thrs), np.asarray(params.rec_thrs)))
     return metrics, precision, cat_ids
 
 
@@ -161,7 +184,13 @@ class LTLVISEvaluator(LTDatasetEvaluator):
 
     def run_protocol(self, task, dets, rles):
         return evaluate_lvis_predictions(
-            self._json_file, dets, rles, task, self.eval_max_dets, self._backend, pooled=self._pooled
+            self._json_file,
+            dets,
+            rles,
+            task,
+            self.eval_max_dets,
+            self._backend,
+            pooled=self._pooled,
         )
 
     def group_results(self, task, train_instances, sums) -> Dict[str, float]:

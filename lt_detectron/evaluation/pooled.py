@@ -14,12 +14,15 @@ which per-class AP does not.
 Ties in score are ranked in (image id, category id) order, then in the order the protocol lists the
 detections of one image and category (score-sorted), as the authors' accumulation does.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
+
+from .common import gc_paused
 
 __all__ = ["POOLS", "pooled_precision", "pooled_ap", "eval_img_arrays"]
 
@@ -32,7 +35,9 @@ def eval_img_arrays(entry: Mapping) -> tuple:
     ``eval_imgs`` item or hotcoco's ``eval_imgs`` item)."""
     if "dtScores" in entry:  # hotcoco (pycocotools spelling)
         scores, ignore, gt_ignore = entry["dtScores"], entry["dtIgnore"], entry["gtIgnore"]
-        matched = entry["dtMatched"] if "dtMatched" in entry else np.asarray(entry["dtMatches"]) != 0
+        matched = (
+            entry["dtMatched"] if "dtMatched" in entry else np.asarray(entry["dtMatches"]) != 0
+        )
     else:  # lvis-api
         scores, ignore, gt_ignore = entry["dt_scores"], entry["dt_ignore"], entry["gt_ignore"]
         matched = np.asarray(entry["dt_matches"]) != 0
@@ -40,11 +45,19 @@ def eval_img_arrays(entry: Mapping) -> tuple:
     d = scores.size
     matched = np.asarray(matched, dtype=bool).reshape(-1, d) if d else np.zeros((0, 0), bool)
     ignore = np.asarray(ignore, dtype=bool).reshape(-1, d) if d else np.zeros((0, 0), bool)
-    return (int(entry["image_id"]), int(entry["category_id"]), scores, matched, ignore,
-            np.asarray(gt_ignore, dtype=bool).reshape(-1))
+    return (
+        int(entry["image_id"]),
+        int(entry["category_id"]),
+        scores,
+        matched,
+        ignore,
+        np.asarray(gt_ignore, dtype=bool).reshape(-1),
+    )
 
 
-def pooled_precision(records: Sequence[tuple], num_iou_thrs: int, rec_thrs: np.ndarray) -> np.ndarray:
+def pooled_precision(
+    records: Sequence[tuple], num_iou_thrs: int, rec_thrs: np.ndarray
+) -> np.ndarray:
     """``(T, R)`` interpolated precision of one pool; all ``-1`` when the pool has no ground truth.
 
     ``records``: the pool's :func:`eval_img_arrays` tuples (area "all"), any order.
@@ -91,10 +104,9 @@ def pooled_ap(
         pools: which of ``("all", "r", "c", "f")``.
     """
     by_pool: Dict[str, List[tuple]] = {p: [] for p in pools}
-    for e in entries:
-        if e is None:
-            continue
-        rec = eval_img_arrays(e)
+    with gc_paused():
+        records = [eval_img_arrays(e) for e in entries if e is not None]
+    for rec in records:
         if "all" in by_pool:
             by_pool["all"].append(rec)
         band = frequency_by_cat.get(rec[1])
@@ -104,5 +116,7 @@ def pooled_ap(
     for p in pools:
         prec = pooled_precision(by_pool[p], num_iou_thrs, rec_thrs)
         valid = prec > -1
-        out["APpool" if p == "all" else f"APpool-{p}"] = float(prec[valid].mean()) if valid.any() else float("nan")
+        out["APpool" if p == "all" else f"APpool-{p}"] = (
+            float(prec[valid].mean()) if valid.any() else float("nan")
+        )
     return out

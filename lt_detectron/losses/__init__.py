@@ -10,6 +10,7 @@ implements it in ``ROI_LOSS_REGISTRY`` (``MODEL.LT.ROI_LOSS``) and/or ``DENSE_LO
 :func:`build_roi_loss` / :func:`build_dense_loss`. The functional forms and the plain modules
 (tensors in, scalar out) stay usable without any config.
 """
+
 from .base import (  # noqa: F401
     DENSE_LOSS_REGISTRY,
     ROI_LOSS_REGISTRY,

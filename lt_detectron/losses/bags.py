@@ -41,6 +41,7 @@ Registered as ``bags`` in ``ROI_LOSS_REGISTRY`` (:class:`BAGSLoss`, from ``MODEL
 training instance counts). Its classifier is a linear layer of ``K`` logits, normal(std 0.01) weights and
 zero bias, as the official code.
 """
+
 from __future__ import annotations
 
 import math
@@ -130,12 +131,19 @@ class BAGSLayout(nn.Module):
         label_to_slot[N, C] = 1
         group_of_label = torch.tensor(group_of_class + [N], dtype=torch.long)
         starts_t = torch.tensor(starts, dtype=torch.long)
-        column_of_label = starts_t[group_of_label] + torch.tensor(slot_of_class + [1], dtype=torch.long)
+        column_of_label = starts_t[group_of_label] + torch.tensor(
+            slot_of_class + [1], dtype=torch.long
+        )
         column_group = torch.repeat_interleave(
-            torch.arange(N + 1), torch.tensor(self.group_sizes, dtype=torch.long))
+            torch.arange(N + 1), torch.tensor(self.group_sizes, dtype=torch.long)
+        )
 
-        self.register_buffer("group_of_class", torch.tensor(group_of_class, dtype=torch.long), persistent=False)
-        self.register_buffer("slot_of_class", torch.tensor(slot_of_class, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "group_of_class", torch.tensor(group_of_class, dtype=torch.long), persistent=False
+        )
+        self.register_buffer(
+            "slot_of_class", torch.tensor(slot_of_class, dtype=torch.long), persistent=False
+        )
         self.register_buffer("group_of_label", group_of_label, persistent=False)
         self.register_buffer("column_of_label", column_of_label, persistent=False)
         self.register_buffer("label_to_slot", label_to_slot, persistent=False)
@@ -158,8 +166,10 @@ class BAGSLayout(nn.Module):
         return self.remap_labels(gt_classes) + self.group_start.to(gt_classes.device)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, num_groups={self.num_groups}, "
-                f"num_logits={self.num_logits}, group_sizes={self.group_sizes}")
+        return (
+            f"num_classes={self.num_classes}, num_groups={self.num_groups}, "
+            f"num_logits={self.num_logits}, group_sizes={self.group_sizes}"
+        )
 
 
 def _group_bounds(layout: BAGSLayout) -> List[Tuple[int, int]]:
@@ -176,12 +186,11 @@ class _GroupSoftmaxCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target_cols, coef, bounds):
-        R = logits.shape[0]
         # per-group max for stability (logits may span [-80, 80] across groups)
         gmax = torch.stack([logits[:, a:b].amax(dim=1) for a, b in bounds], dim=1)  # (R, G)
         e = torch.empty_like(logits)
         for n, (a, b) in enumerate(bounds):
-            torch.sub(logits[:, a:b], gmax[:, n:n + 1], out=e[:, a:b])
+            torch.sub(logits[:, a:b], gmax[:, n : n + 1], out=e[:, a:b])
         e.exp_()
         gsum = torch.stack([e[:, a:b].sum(dim=1) for a, b in bounds], dim=1)  # (R, G), >= 1
         lse = gmax + gsum.log()
@@ -198,7 +207,7 @@ class _GroupSoftmaxCE(torch.autograd.Function):
         fs = f / gsum
         grad = torch.empty_like(e)
         for n, (a, b) in enumerate(ctx.bounds):
-            torch.mul(e[:, a:b], fs[:, n:n + 1], out=grad[:, a:b])
+            torch.mul(e[:, a:b], fs[:, n : n + 1], out=grad[:, a:b])
         grad.scatter_add_(1, target_cols, -f)
         return grad, None, None, None
 
@@ -224,8 +233,14 @@ class BAGSLoss(ROILoss):
 
     needs_class_stats = True
 
-    def __init__(self, instance_counts, bin_edges: Sequence[float] = (10, 100, 1000), beta: float = 8.0, *,
-                 prior_prob: float = -1.0):
+    def __init__(
+        self,
+        instance_counts,
+        bin_edges: Sequence[float] = (10, 100, 1000),
+        beta: float = 8.0,
+        *,
+        prior_prob: float = -1.0,
+    ):
         if not beta >= 0:
             raise ValueError("beta must be >= 0")
         layout = BAGSLayout(instance_counts, bin_edges)
@@ -242,18 +257,25 @@ class BAGSLoss(ROILoss):
                 "MODEL.LT.ROI_LOSS bags trains a grouped linear classifier; MODEL.LT.CLASSIFIER %r is not supported. "
                 "Set MODEL.LT.CLASSIFIER linear." % (lt.CLASSIFIER,)
             )
-        return dict(instance_counts=class_counts(class_stats), bin_edges=tuple(lt.BAGS.BIN_EDGES), beta=lt.BAGS.BETA,
-                    prior_prob=lt.PRIOR_PROB)
+        return dict(
+            instance_counts=class_counts(class_stats),
+            bin_edges=tuple(lt.BAGS.BIN_EDGES),
+            beta=lt.BAGS.BETA,
+            prior_prob=lt.PRIOR_PROB,
+        )
 
     @property
     def num_logits(self) -> int:
         return self.layout.num_logits
 
     def classifier_spec(self) -> ClassifierSpec:
-        return ClassifierSpec(self.num_logits, kind="linear", bias=True, prior_prob=self.prior_prob, init_std=0.01)
+        return ClassifierSpec(
+            self.num_logits, kind="linear", bias=True, prior_prob=self.prior_prob, init_std=0.01
+        )
 
-    def sample_selection(self, gt_classes: torch.Tensor,
-                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def sample_selection(
+        self, gt_classes: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
         """ROIs that enter each group's loss: (R,) -> bool (R, N+1).
 
         Column ``n < N``: positives of group n plus ``min(floor(beta*|P_n|), #non-members)``
@@ -276,13 +298,19 @@ class BAGSLoss(ROILoss):
         order = keys.argsort(dim=1)
         rank = torch.empty_like(order)
         rank.scatter_(1, order, torch.arange(R, device=device).expand(N, R))
-        sel = pos | (rank < m.unsqueeze(1))  # positives ranked last, so rank < m picks non-members only
+        sel = pos | (
+            rank < m.unsqueeze(1)
+        )  # positives ranked last, so rank < m picks non-members only
         sel = torch.cat([sel, torch.ones(1, R, dtype=torch.bool, device=device)], dim=0)
         return sel.t()
 
-    def group_losses(self, logits: torch.Tensor, gt_classes: torch.Tensor,
-                     generator: Optional[torch.Generator] = None,
-                     selection: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def group_losses(
+        self,
+        logits: torch.Tensor,
+        gt_classes: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        selection: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Per-group losses (N+1,) (foreground groups, then the background group); sum = the loss.
 
         ``selection`` (R, N+1) bool overrides the random sampling (for testing / analysis).
@@ -299,12 +327,19 @@ class BAGSLoss(ROILoss):
         if selection is None:
             selection = self.sample_selection(gt_classes, generator)
         w = selection.to(logits.dtype)
-        coef = w / w.sum(dim=0, keepdim=True).clamp_min(1.0)  # groups w/o positives -> all-zero column
+        coef = w / w.sum(dim=0, keepdim=True).clamp_min(
+            1.0
+        )  # groups w/o positives -> all-zero column
         tcols = lay.target_columns(gt_classes)
         return _GroupSoftmaxCE.apply(logits, tcols, coef, self._bounds)
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(
+        self,
+        logits: torch.Tensor,
+        gt_classes: torch.Tensor,
+        batch: Optional[ROIBatch] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
         return self.group_losses(logits, gt_classes, generator).sum()
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
@@ -314,7 +349,11 @@ class BAGSLoss(ROILoss):
     predict_probs = scores
 
     def extra_repr(self) -> str:
-        return "num_classes=%d, num_logits=%d, beta=%g" % (self.num_classes, self.num_logits, self.beta)
+        return "num_classes=%d, num_logits=%d, beta=%g" % (
+            self.num_classes,
+            self.num_logits,
+            self.beta,
+        )
 
 
 def group_softmax(logits: torch.Tensor, layout: BAGSLayout) -> torch.Tensor:
@@ -335,6 +374,6 @@ def bags_scores(logits: torch.Tensor, layout: BAGSLayout) -> torch.Tensor:
         raise ValueError(f"expected (R, {layout.num_logits}) logits, got {tuple(logits.shape)}")
     probs = group_softmax(logits, layout)
     bg0 = layout.group_slices[-1].start
-    p_fg = probs[:, bg0:bg0 + 1]
+    p_fg = probs[:, bg0 : bg0 + 1]
     cols = layout.column_of_label[:-1].to(logits.device)
-    return torch.cat([probs.index_select(1, cols) * p_fg, probs[:, bg0 + 1:bg0 + 2]], dim=1)
+    return torch.cat([probs.index_select(1, cols) * p_fg, probs[:, bg0 + 1 : bg0 + 2]], dim=1)

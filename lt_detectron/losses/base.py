@@ -49,6 +49,7 @@ Registering a new method is one file under ``lt_detectron/losses/``::
 
 and one import line in ``lt_detectron/losses/__init__.py``.
 """
+
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -114,7 +115,9 @@ class LossRegistry(Registry):
 ROI_LOSS_REGISTRY = LossRegistry("ROI_LOSS", "MODEL.LT.ROI_LOSS")
 ROI_LOSS_REGISTRY.__doc__ = "Classification losses of the ROI box predictor, by MODEL.LT.ROI_LOSS."
 DENSE_LOSS_REGISTRY = LossRegistry("DENSE_LOSS", "MODEL.LT.DENSE_LOSS")
-DENSE_LOSS_REGISTRY.__doc__ = "Classification losses of RetinaNet / FCOS / CenterNet, by MODEL.LT.DENSE_LOSS."
+DENSE_LOSS_REGISTRY.__doc__ = (
+    "Classification losses of RetinaNet / FCOS / CenterNet, by MODEL.LT.DENSE_LOSS."
+)
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,9 @@ def log_scalar(name: str, value: float) -> None:
 # Optional config switches of the ROI heads: key -> whether the config turns it on. A loss lists the
 # keys it honours in ``supported_options``; :func:`build_roi_loss` refuses the others.
 ROI_OPTIONS = {
-    "MODEL.ROI_BOX_HEAD.USE_FED_LOSS": lambda cfg: bool(cfg.MODEL.ROI_BOX_HEAD.get("USE_FED_LOSS", False)),
+    "MODEL.ROI_BOX_HEAD.USE_FED_LOSS": lambda cfg: bool(
+        cfg.MODEL.ROI_BOX_HEAD.get("USE_FED_LOSS", False)
+    ),
     "MODEL.LT.BOFL.ENABLED": lambda cfg: bool(cfg.MODEL.LT.BOFL.ENABLED),
 }
 
@@ -215,17 +220,30 @@ class ROILoss(nn.Module):
     supported_options = frozenset()
     exact_gradient = True
 
-    def __init__(self, num_classes: int, *, classifier: str = "linear", cosine_scale: float = 20.0,
-                 prior_prob: float = -1.0):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        classifier: str = "linear",
+        cosine_scale: float = 20.0,
+        prior_prob: float = -1.0,
+    ):
         super().__init__()
         self._set_roi_options(num_classes, classifier, cosine_scale, prior_prob)
 
-    def _set_roi_options(self, num_classes: int, classifier: str = "linear", cosine_scale: float = 20.0,
-                         prior_prob: float = -1.0) -> None:
+    def _set_roi_options(
+        self,
+        num_classes: int,
+        classifier: str = "linear",
+        cosine_scale: float = 20.0,
+        prior_prob: float = -1.0,
+    ) -> None:
         """What ``__init__`` sets; for a subclass that also derives from a module with its own
         ``__init__`` (e.g. EQL v2's statistics): it calls that one, then this."""
         if classifier not in ("linear", "cosine"):
-            raise ValueError("unknown MODEL.LT.CLASSIFIER %r; choose linear or cosine" % (classifier,))
+            raise ValueError(
+                "unknown MODEL.LT.CLASSIFIER %r; choose linear or cosine" % (classifier,)
+            )
         self.num_classes = int(num_classes)
         self.classifier_kind = classifier
         self.cosine_scale = float(cosine_scale)
@@ -234,8 +252,12 @@ class ROILoss(nn.Module):
     @classmethod
     def from_config(cls, cfg, num_classes: int, class_stats=None) -> dict:
         lt = cfg.MODEL.LT
-        return dict(num_classes=num_classes, classifier=lt.CLASSIFIER, cosine_scale=lt.COSINE_SCALE,
-                    prior_prob=lt.PRIOR_PROB)
+        return dict(
+            num_classes=num_classes,
+            classifier=lt.CLASSIFIER,
+            cosine_scale=lt.COSINE_SCALE,
+            prior_prob=lt.PRIOR_PROB,
+        )
 
     @classmethod
     def uses_epoch_schedule(cls, cfg) -> bool:
@@ -244,10 +266,17 @@ class ROILoss(nn.Module):
 
     def classifier_spec(self) -> ClassifierSpec:
         cosine = self.classifier_kind == "cosine"
-        return ClassifierSpec(self.num_classes + 1, kind=self.classifier_kind,
-                              scale=self.cosine_scale if cosine else None, bias=True, prior_prob=self.prior_prob)
+        return ClassifierSpec(
+            self.num_classes + 1,
+            kind=self.classifier_kind,
+            scale=self.cosine_scale if cosine else None,
+            bias=True,
+            prior_prob=self.prior_prob,
+        )
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -262,7 +291,9 @@ class ROILoss(nn.Module):
     def _check_logits(self, logits: torch.Tensor, num_logits: Optional[int] = None) -> None:
         K = self.num_classes + 1 if num_logits is None else num_logits
         if logits.dim() != 2 or logits.shape[1] != K:
-            raise ValueError("%s expects logits (R, %d), got %s" % (type(self).__name__, K, tuple(logits.shape)))
+            raise ValueError(
+                "%s expects logits (R, %d), got %s" % (type(self).__name__, K, tuple(logits.shape))
+            )
 
     def extra_repr(self) -> str:
         return "num_classes=%d" % self.num_classes
@@ -283,15 +314,24 @@ class DenseLoss(nn.Module):
         super().__init__()
         self._set_dense_options(num_classes, focal_alpha, focal_gamma)
 
-    def _set_dense_options(self, num_classes: int, focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> None:
+    def _set_dense_options(
+        self, num_classes: int, focal_alpha: float = 0.25, focal_gamma: float = 2.0
+    ) -> None:
         """What ``__init__`` sets (see :meth:`ROILoss._set_roi_options`)."""
         self.num_classes = int(num_classes)
         self.focal_alpha = float(focal_alpha)
         self.focal_gamma = float(focal_gamma)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25,
-                    focal_gamma: float = 2.0) -> dict:
+    def from_config(
+        cls,
+        cfg,
+        num_classes: int,
+        class_stats=None,
+        *,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> dict:
         return dict(num_classes=num_classes, focal_alpha=focal_alpha, focal_gamma=focal_gamma)
 
     @classmethod
@@ -299,11 +339,19 @@ class DenseLoss(nn.Module):
         """Whether this loss, built from ``cfg``, follows BOFL's schedule in epochs."""
         return False
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None
+    ) -> torch.Tensor:
         raise NotImplementedError
 
-    def heatmap(self, logits: torch.Tensor, heat: torch.Tensor, batch: Optional[DenseBatch] = None,
-                alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    def heatmap(
+        self,
+        logits: torch.Tensor,
+        heat: torch.Tensor,
+        batch: Optional[DenseBatch] = None,
+        alpha: float = 2.0,
+        beta: float = 4.0,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
@@ -311,11 +359,17 @@ class DenseLoss(nn.Module):
 
     def _check_logits(self, logits: torch.Tensor) -> None:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError("%s expects logits (M, %d), got %s"
-                             % (type(self).__name__, self.num_classes, tuple(logits.shape)))
+            raise ValueError(
+                "%s expects logits (M, %d), got %s"
+                % (type(self).__name__, self.num_classes, tuple(logits.shape))
+            )
 
     def extra_repr(self) -> str:
-        return "num_classes=%d, focal_alpha=%g, focal_gamma=%g" % (self.num_classes, self.focal_alpha, self.focal_gamma)
+        return "num_classes=%d, focal_alpha=%g, focal_gamma=%g" % (
+            self.num_classes,
+            self.focal_alpha,
+            self.focal_gamma,
+        )
 
 
 def roi_loss_name(cfg) -> str:
@@ -373,9 +427,14 @@ def build_roi_loss(cfg, num_classes: int, class_stats=None) -> ROILoss:
     return cls(**cls.from_config(cfg, num_classes, class_stats))
 
 
-def build_dense_loss(cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25,
-                     focal_gamma: float = 2.0) -> DenseLoss:
+def build_dense_loss(
+    cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25, focal_gamma: float = 2.0
+) -> DenseLoss:
     """The :class:`DenseLoss` named by ``MODEL.LT.DENSE_LOSS`` for ``num_classes`` channels."""
     cls = DENSE_LOSS_REGISTRY.get(cfg.MODEL.LT.DENSE_LOSS)
     _check_class_stats(cls, DENSE_LOSS_REGISTRY, class_stats)
-    return cls(**cls.from_config(cfg, num_classes, class_stats, focal_alpha=focal_alpha, focal_gamma=focal_gamma))
+    return cls(
+        **cls.from_config(
+            cfg, num_classes, class_stats, focal_alpha=focal_alpha, focal_gamma=focal_gamma
+        )
+    )

@@ -22,13 +22,21 @@ epoch (the iteration from Detectron2's event storage, the epoch length given at 
 shared by the dense loss registered as ``bofl`` (:class:`BOFLDenseLoss`, focal and heat-map forms) and
 the sigmoid ROI loss with ``MODEL.LT.BOFL.ENABLED``.
 """
+
 import math
 from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from .base import DENSE_LOSS_REGISTRY, DenseBatch, DenseLoss, class_counts, log_scalar, storage_iteration
+from .base import (
+    DENSE_LOSS_REGISTRY,
+    DenseBatch,
+    DenseLoss,
+    class_counts,
+    log_scalar,
+    storage_iteration,
+)
 from .focal import labels_to_targets, penalty_reduced_focal_loss, sigmoid_focal_loss
 
 __all__ = [
@@ -68,7 +76,9 @@ class BOFLSchedule:
     If T == d, lambda is 0 before epoch d and 1 from epoch d on.
     """
 
-    def __init__(self, total_epochs: float, deferred_epochs: float = 0, per_iteration: bool = False):
+    def __init__(
+        self, total_epochs: float, deferred_epochs: float = 0, per_iteration: bool = False
+    ):
         if total_epochs < deferred_epochs:
             raise ValueError("total_epochs must be >= deferred_epochs")
         self.total_epochs = float(total_epochs)
@@ -116,7 +126,9 @@ def bofl_class_weights(
     return a_hat.reshape(1, -1) * torch.pow(torch.as_tensor(eta_hat, dtype=alpha.dtype), counts)
 
 
-def batch_class_counts(gt_classes_list: Sequence[torch.Tensor], num_classes: int, per_image: bool = True):
+def batch_class_counts(
+    gt_classes_list: Sequence[torch.Tensor], num_classes: int, per_image: bool = True
+):
     """GT-object counts per class: (K, C) for K images (``per_image``) or (1, C) summed over the local batch.
 
     Labels outside [0, num_classes) (background / ignore) are not counted. Counts are local: never
@@ -172,10 +184,22 @@ class BOFLFocalLoss(nn.Module):
     weights are per image (give (K, A, C) inputs or ``image_index``), else per local batch.
     """
 
-    def __init__(self, instance_counts, total_epochs, deferred_epochs=0, kappa=1.0, eta=None,
-                 per_image=True, per_iteration=False, alpha=0.25, gamma=2.0):
+    def __init__(
+        self,
+        instance_counts,
+        total_epochs,
+        deferred_epochs=0,
+        kappa=1.0,
+        eta=None,
+        per_image=True,
+        per_iteration=False,
+        alpha=0.25,
+        gamma=2.0,
+    ):
         super().__init__()
-        self.register_buffer("dataset_weights", bofl_dataset_weights(instance_counts), persistent=False)
+        self.register_buffer(
+            "dataset_weights", bofl_dataset_weights(instance_counts), persistent=False
+        )
         self.num_classes = int(self.dataset_weights.numel())
         self.schedule = BOFLSchedule(total_epochs, deferred_epochs, per_iteration)
         self.kappa, self.eta, self.per_image = float(kappa), eta, bool(per_image)
@@ -192,7 +216,9 @@ class BOFLFocalLoss(nn.Module):
 
     def forward(self, logits, targets, epoch, gt_classes_list=None, image_index=None):
         w = self.class_weights(epoch, gt_classes_list)
-        return bofl_focal_loss(logits, targets, w, image_index, self.alpha, self.gamma, reduction="sum")
+        return bofl_focal_loss(
+            logits, targets, w, image_index, self.alpha, self.gamma, reduction="sum"
+        )
 
 
 class BOFLWeighting(nn.Module):
@@ -208,20 +234,34 @@ class BOFLWeighting(nn.Module):
     The keyword arguments are the dict of :func:`lt_detectron.data.epochs.bofl_settings`.
     """
 
-    def __init__(self, instance_counts, *, kappa: float = 1.0, eta: Optional[float] = None, batch_counts: str = "batch",
-                 total_epochs: float = 1, deferred_epochs: float = 0, per_iteration: bool = False,
-                 iters_per_epoch: Optional[float] = None):
+    def __init__(
+        self,
+        instance_counts,
+        *,
+        kappa: float = 1.0,
+        eta: Optional[float] = None,
+        batch_counts: str = "batch",
+        total_epochs: float = 1,
+        deferred_epochs: float = 0,
+        per_iteration: bool = False,
+        iters_per_epoch: Optional[float] = None,
+    ):
         super().__init__()
         if batch_counts not in ("image", "batch", "none"):
-            raise ValueError("MODEL.LT.BOFL.BATCH_COUNTS must be image, batch or none, got %r" % (batch_counts,))
-        self.register_buffer("dataset_weights", bofl_dataset_weights(instance_counts), persistent=False)
+            raise ValueError(
+                "MODEL.LT.BOFL.BATCH_COUNTS must be image, batch or none, got %r" % (batch_counts,)
+            )
+        self.register_buffer(
+            "dataset_weights", bofl_dataset_weights(instance_counts), persistent=False
+        )
         self.num_classes = int(self.dataset_weights.numel())
         self.schedule = BOFLSchedule(total_epochs, deferred_epochs, per_iteration)
         constant = self.schedule.total_epochs == 0 and self.schedule.deferred_epochs == 0
         if not constant and not (iters_per_epoch is not None and iters_per_epoch > 0):
             raise ValueError(
                 "BOFL's schedule is in epochs and needs the epoch length: set MODEL.LT.BOFL.ITERS_PER_EPOCH > 0 "
-                "(the trainer fills it from the training data) or DATASETS.TRAIN; got %r" % (iters_per_epoch,)
+                "(the trainer fills it from the training data) or DATASETS.TRAIN; got %r"
+                % (iters_per_epoch,)
             )
         self.iters_per_epoch = None if iters_per_epoch is None else float(iters_per_epoch)
         self.kappa = float(kappa)
@@ -240,7 +280,11 @@ class BOFLWeighting(nn.Module):
     def current_lambda(self, iteration: Optional[int] = None) -> float:
         return float(self.schedule(self.epoch(iteration)))
 
-    def forward(self, gt_classes_per_image: Optional[Sequence[torch.Tensor]] = None, iteration: Optional[int] = None):
+    def forward(
+        self,
+        gt_classes_per_image: Optional[Sequence[torch.Tensor]] = None,
+        iteration: Optional[int] = None,
+    ):
         """``(w, lam)``: w (K, C) per image (``batch_counts`` image), else (1, C), float32 on the weights'
         device. Logs ``bofl/lambda`` in training."""
         lam = self.current_lambda(iteration)
@@ -251,17 +295,31 @@ class BOFLWeighting(nn.Module):
             if gt_classes_per_image is None:
                 raise ValueError(
                     "BOFL's batch-wise factor (MODEL.LT.BOFL.BATCH_COUNTS %s) needs the GT classes of every image: "
-                    "pass gt_classes_per_image in the loss's batch (the lt_detectron heads do)" % self.batch_counts
+                    "pass gt_classes_per_image in the loss's batch (the lt_detectron heads do)"
+                    % self.batch_counts
                 )
-            counts = batch_class_counts([g.detach() for g in gt_classes_per_image], self.num_classes,
-                                        per_image=self.batch_counts == "image")
+            counts = batch_class_counts(
+                [g.detach() for g in gt_classes_per_image],
+                self.num_classes,
+                per_image=self.batch_counts == "image",
+            )
         return bofl_class_weights(self.dataset_weights, lam, self.kappa, self.eta, counts), lam
 
     def extra_repr(self) -> str:
         s = self.schedule
-        return "kappa=%g, eta=%s, batch_counts=%s, total_epochs=%g, deferred_epochs=%g, per_iteration=%s, " \
-               "iters_per_epoch=%s" % (self.kappa, self.eta, self.batch_counts, s.total_epochs, s.deferred_epochs,
-                                      s.per_iteration, self.iters_per_epoch)
+        return (
+            "kappa=%g, eta=%s, batch_counts=%s, total_epochs=%g, deferred_epochs=%g, per_iteration=%s, "
+            "iters_per_epoch=%s"
+            % (
+                self.kappa,
+                self.eta,
+                self.batch_counts,
+                s.total_epochs,
+                s.deferred_epochs,
+                s.per_iteration,
+                self.iters_per_epoch,
+            )
+        )
 
 
 def bofl_from_config(cfg, class_stats) -> dict:
@@ -282,15 +340,26 @@ class BOFLDenseLoss(DenseLoss):
 
     needs_class_stats = True
 
-    def __init__(self, instance_counts, *, focal_alpha: float = 0.25, focal_gamma: float = 2.0, **bofl):
+    def __init__(
+        self, instance_counts, *, focal_alpha: float = 0.25, focal_gamma: float = 2.0, **bofl
+    ):
         weighting = BOFLWeighting(instance_counts, **bofl)
         super().__init__(weighting.num_classes, focal_alpha=focal_alpha, focal_gamma=focal_gamma)
         self.weighting = weighting
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25,
-                    focal_gamma: float = 2.0) -> dict:
-        return dict(bofl_from_config(cfg, class_stats), focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+    def from_config(
+        cls,
+        cfg,
+        num_classes: int,
+        class_stats=None,
+        *,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> dict:
+        return dict(
+            bofl_from_config(cfg, class_stats), focal_alpha=focal_alpha, focal_gamma=focal_gamma
+        )
 
     @classmethod
     def uses_epoch_schedule(cls, cfg) -> bool:
@@ -304,16 +373,32 @@ class BOFLDenseLoss(DenseLoss):
         """``(w, lam)``: the weights of :class:`BOFLWeighting` for this batch."""
         return self.weighting(gt_classes_per_image, iteration)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None
+    ) -> torch.Tensor:
         self._check_logits(logits)
         batch = batch or DenseBatch()
         w, _ = self.class_weights(batch.gt_classes_per_image, batch.iteration)
         w = w.to(device=logits.device, dtype=logits.dtype)
         target = labels_to_targets(labels, self.num_classes, logits.dtype)
-        return bofl_focal_loss(logits, target, w, batch.image_index, self.focal_alpha, self.focal_gamma, reduction="sum")
+        return bofl_focal_loss(
+            logits,
+            target,
+            w,
+            batch.image_index,
+            self.focal_alpha,
+            self.focal_gamma,
+            reduction="sum",
+        )
 
-    def heatmap(self, logits: torch.Tensor, heat: torch.Tensor, batch: Optional[DenseBatch] = None,
-                alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    def heatmap(
+        self,
+        logits: torch.Tensor,
+        heat: torch.Tensor,
+        batch: Optional[DenseBatch] = None,
+        alpha: float = 2.0,
+        beta: float = 4.0,
+    ) -> torch.Tensor:
         batch = batch or DenseBatch()
         w, _ = self.class_weights(batch.gt_classes_per_image, batch.iteration)
         w = w.to(device=logits.device, dtype=torch.float32)

@@ -30,6 +30,7 @@ Registered as ``c2am`` in ``ROI_LOSS_REGISTRY``: :class:`C2AMROILoss` (from ``MO
 a bias-free cosine classifier returning raw cosines and reads its weight norms from
 ``ROIBatch.classifier``; ``predict_probs`` is ``softmax(s * cos)``.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,9 +50,12 @@ def _log_norms(weight_norms: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return n.clamp_min(torch.finfo(dtype).tiny).log()
 
 
-def c2am_margins(weight_norms: torch.Tensor, alpha: float = 0.5,
-                 gt_classes: Optional[torch.Tensor] = None,
-                 background_margin: bool = True) -> torch.Tensor:
+def c2am_margins(
+    weight_norms: torch.Tensor,
+    alpha: float = 0.5,
+    gt_classes: Optional[torch.Tensor] = None,
+    background_margin: bool = True,
+) -> torch.Tensor:
     """Angular margins ``m_ij = clamp((alpha/pi) * log(||W_i|| / ||W_j||), 0, pi)`` (detached).
 
     Args:
@@ -60,7 +64,9 @@ def c2am_margins(weight_norms: torch.Tensor, alpha: float = 0.5,
             otherwise the full (K, K) matrix.
         background_margin: if False, zero every margin whose row or column is the background (K-1).
     """
-    logn = _log_norms(weight_norms, weight_norms.dtype if weight_norms.is_floating_point() else torch.float32)
+    logn = _log_norms(
+        weight_norms, weight_norms.dtype if weight_norms.is_floating_point() else torch.float32
+    )
     rows = logn if gt_classes is None else logn[gt_classes]
     m = ((alpha / math.pi) * (rows.unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi)
     if not background_margin:
@@ -117,21 +123,22 @@ def _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch):
         r1 = min(R, r0 + ch)
         n = r1 - r0
         if bufs is None or bufs[0].shape[0] != n:
-            bufs = [cos.new_empty(n, K) for _ in range(6)] + \
-                   [torch.empty(n, K, dtype=torch.bool, device=cos.device) for _ in range(2)]
+            bufs = [cos.new_empty(n, K) for _ in range(6)] + [
+                torch.empty(n, K, dtype=torch.bool, device=cos.device) for _ in range(2)
+            ]
         cosm, sinm, cc, st, sn, z, act, tmpb = bufs
         c = cos[r0:r1]
         y = gt[r0:r1].unsqueeze(1)
-        fill_rows(r0, r1, cosm, sinm, act)            # cos m, sin m, m > 0 for these ROIs
+        fill_rows(r0, r1, cosm, sinm, act)  # cos m, sin m, m > 0 for these ROIs
         torch.clamp(c, lo, hi, out=cc)
         torch.mul(cc, cc, out=st)
-        st.neg_().add_(1.0).sqrt_()                   # sin(theta) > 0
+        st.neg_().add_(1.0).sqrt_()  # sin(theta) > 0
         torch.mul(st, cosm, out=sn)
-        sn.addcmul_(cc, sinm)                         # sin(theta + m)
+        sn.addcmul_(cc, sinm)  # sin(theta + m)
         cosm.mul_(cc).addcmul_(st, sinm, value=-1.0)  # cos(theta + m)
-        torch.lt(sn, 0.0, out=tmpb)                   # theta + m > pi -> cos = -1
+        torch.lt(sn, 0.0, out=tmpb)  # theta + m > pi -> cos = -1
         cosm.masked_fill_(tmpb, -1.0)
-        torch.where(act, cosm, c, out=z)              # margin only where m > 0
+        torch.where(act, cosm, c, out=z)  # margin only where m > 0
         z.mul_(scale)
         lse = torch.logsumexp(z, dim=1)
         loss[r0:r1] = lse - z.gather(1, y).squeeze(1)
@@ -142,15 +149,22 @@ def _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch):
             sn.masked_fill_(tmpb, 0.0)
             torch.logical_not(act, out=tmpb)
             sn.masked_fill_(tmpb, 1.0)
-            z.sub_(lse.unsqueeze(1)).exp_()           # softmax
+            z.sub_(lse.unsqueeze(1)).exp_()  # softmax
             z.scatter_add_(1, y, torch.full_like(lse, -1.0).unsqueeze(1))
             torch.mul(z, sn, out=G[r0:r1])
             G[r0:r1].mul_(scale)
 
 
-def c2am_loss(cos_logits: torch.Tensor, weight_norms: torch.Tensor, gt_classes: torch.Tensor,
-              scale: float = 30.0, alpha: float = 0.5, background_margin: bool = True,
-              eps: float = 1e-6, reduction: str = "mean") -> torch.Tensor:
+def c2am_loss(
+    cos_logits: torch.Tensor,
+    weight_norms: torch.Tensor,
+    gt_classes: torch.Tensor,
+    scale: float = 30.0,
+    alpha: float = 0.5,
+    background_margin: bool = True,
+    eps: float = 1e-6,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Functional C2AM loss.
 
     Args:
@@ -191,6 +205,7 @@ def c2am_loss(cos_logits: torch.Tensor, weight_norms: torch.Tensor, gt_classes: 
             torch.index_select(tabs[1], 0, y, out=sinm)
             torch.index_select(tabs[2], 0, y, out=act)
     else:  # only the rows of the labels in the batch
+
         def fill_rows(r0, r1, cosm, sinm, act):
             y = gt[r0:r1]
             m = (a * (logn[y].unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi)
@@ -215,8 +230,14 @@ class C2AMLoss(nn.Module):
     ``forward(cos_logits (R, C+1), weight_norms (C+1,), gt_classes (R,)) -> scalar`` (for 'mean'/'sum').
     """
 
-    def __init__(self, scale: float = 30.0, alpha: float = 0.5, background_margin: bool = True,
-                 eps: float = 1e-6, reduction: str = "mean"):
+    def __init__(
+        self,
+        scale: float = 30.0,
+        alpha: float = 0.5,
+        background_margin: bool = True,
+        eps: float = 1e-6,
+        reduction: str = "mean",
+    ):
         super().__init__()
         if not 0.0 < eps < 0.5:
             raise ValueError("eps must be in (0, 0.5)")
@@ -226,18 +247,31 @@ class C2AMLoss(nn.Module):
         self.eps = float(eps)
         self.reduction = reduction
 
-    def margins(self, weight_norms: torch.Tensor, gt_classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def margins(
+        self, weight_norms: torch.Tensor, gt_classes: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """(K, K) or (R, K) margins used by the loss (detached)."""
         return c2am_margins(weight_norms, self.alpha, gt_classes, self.background_margin)
 
-    def forward(self, cos_logits: torch.Tensor, weight_norms: torch.Tensor,
-                gt_classes: torch.Tensor) -> torch.Tensor:
-        return c2am_loss(cos_logits, weight_norms, gt_classes, self.scale, self.alpha,
-                         self.background_margin, self.eps, self.reduction)
+    def forward(
+        self, cos_logits: torch.Tensor, weight_norms: torch.Tensor, gt_classes: torch.Tensor
+    ) -> torch.Tensor:
+        return c2am_loss(
+            cos_logits,
+            weight_norms,
+            gt_classes,
+            self.scale,
+            self.alpha,
+            self.background_margin,
+            self.eps,
+            self.reduction,
+        )
 
     def extra_repr(self) -> str:
-        return (f"scale={self.scale}, alpha={self.alpha}, background_margin={self.background_margin}, "
-                f"eps={self.eps}, reduction={self.reduction}")
+        return (
+            f"scale={self.scale}, alpha={self.alpha}, background_margin={self.background_margin}, "
+            f"eps={self.eps}, reduction={self.reduction}"
+        )
 
 
 @ROI_LOSS_REGISTRY.register("c2am")
@@ -249,8 +283,14 @@ class C2AMROILoss(ROILoss):
     / ``PRIOR_PROB`` do not apply: the scale is ``MODEL.LT.C2AM.SCALE``.
     """
 
-    def __init__(self, num_classes: int, scale: float = 30.0, alpha: float = 0.5, background_margin: bool = True,
-                 eps: float = 1e-6):
+    def __init__(
+        self,
+        num_classes: int,
+        scale: float = 30.0,
+        alpha: float = 0.5,
+        background_margin: bool = True,
+        eps: float = 1e-6,
+    ):
         super().__init__(num_classes)
         if not 0.0 < eps < 0.5:
             raise ValueError("eps must be in (0, 0.5)")
@@ -262,12 +302,19 @@ class C2AMROILoss(ROILoss):
     @classmethod
     def from_config(cls, cfg, num_classes: int, class_stats=None) -> dict:
         c = cfg.MODEL.LT.C2AM
-        return dict(num_classes=num_classes, scale=c.SCALE, alpha=c.ALPHA, background_margin=c.BACKGROUND_MARGIN)
+        return dict(
+            num_classes=num_classes,
+            scale=c.SCALE,
+            alpha=c.ALPHA,
+            background_margin=c.BACKGROUND_MARGIN,
+        )
 
     def classifier_spec(self) -> ClassifierSpec:
         return ClassifierSpec(self.num_classes + 1, kind="cosine", scale=None, bias=False)
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None
+    ) -> torch.Tensor:
         self._check_logits(logits)
         classifier = None if batch is None else batch.classifier
         if classifier is None or not hasattr(classifier, "weight_norms"):
@@ -275,12 +322,24 @@ class C2AMROILoss(ROILoss):
                 "C2AM's margins need the classifier's weight norms: pass ROIBatch(classifier=<the cosine layer built "
                 "from classifier_spec()>) (LongTailFastRCNNOutputLayers does)"
             )
-        return c2am_loss(logits, classifier.weight_norms(), gt_classes, self.scale, self.alpha,
-                         self.background_margin, self.eps, "mean")
+        return c2am_loss(
+            logits,
+            classifier.weight_norms(),
+            gt_classes,
+            self.scale,
+            self.alpha,
+            self.background_margin,
+            self.eps,
+            "mean",
+        )
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
         return F.softmax(self.scale * logits, dim=-1)
 
     def extra_repr(self) -> str:
         return "num_classes=%d, scale=%g, alpha=%g, background_margin=%s" % (
-            self.num_classes, self.scale, self.alpha, self.background_margin)
+            self.num_classes,
+            self.scale,
+            self.alpha,
+            self.background_margin,
+        )

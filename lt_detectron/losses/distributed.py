@@ -4,6 +4,7 @@ All helpers are safe to call in a single process: when ``torch.distributed`` is 
 not initialised they are no-ops (world size 1). :func:`warn_nonfinite_skip` is the shared, rate-limited
 warning of the stateful losses (EQL v2, ECM) when they drop a non-finite batch's statistics.
 """
+
 import logging
 
 import torch
@@ -45,9 +46,12 @@ def warn_nonfinite_skip(module, what: str, every: int = 100) -> int:
     if n == 1 or n % every == 0:
         logging.getLogger(type(module).__module__).warning(
             "%s: skipped the update of %s for a batch with non-finite values (NaN logits, or non-finite "
-            "statistics, on at least one rank); %d batch(es) skipped so far, the state stays as before them. The loss of such a "
+            "statistics, on at least one rank); %d batch(es) skipped so far, the state stays as before them. "
+            "The loss of such a "
             "batch is not finite either: AMP's grad scaler skips that step; without AMP, lower the "
             "learning rate or enable SOLVER.CLIP_GRADIENTS.",
-            type(module).__name__, what, n,
+            type(module).__name__,
+            what,
+            n,
         )
     return n

@@ -25,7 +25,8 @@ on each of those K steps) and accumulate them; after the K-th call r = total_bg 
 into the ``bg_fg_ratio`` buffer and the margins/weights are recomputed (if no foreground ROI was seen the
 constant is kept). Until then the constant is used. A measuring batch with a non-finite logit on any
 rank (a step that AMP skips) is not counted, on every rank alike (the flag is all-reduced with the
-counts), with a rate-limited warning: it does not use up one of the K measuring iterations. All of this is state in persistent buffers
+counts), with a rate-limited warning: it does not use up one of the K measuring iterations. All of this
+is state in persistent buffers
 (``bg_fg_ratio``, ``measured_iters``, ``measured_bg``, ``measured_fg``, ``margins``, ``weights``), so
 resuming from a checkpoint is exact.
 
@@ -40,18 +41,34 @@ on 2z + delta times m_c.
 Registered as ``ecm`` in ``ROI_LOSS_REGISTRY`` (:class:`ECMLoss`, from ``MODEL.LT.ECM.*`` and the
 training instance counts) and ``DENSE_LOSS_REGISTRY`` (:class:`ECMDenseLoss`).
 """
+
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from .base import DENSE_LOSS_REGISTRY, ROI_LOSS_REGISTRY, DenseBatch, DenseLoss, ROIBatch, ROILoss, class_counts
+from .base import (
+    DENSE_LOSS_REGISTRY,
+    ROI_LOSS_REGISTRY,
+    DenseBatch,
+    DenseLoss,
+    ROIBatch,
+    ROILoss,
+    class_counts,
+)
 from .distributed import all_reduce_sum, warn_nonfinite_skip
 from .eqlv2 import objectness_scores
 from .focal import labels_to_targets, penalty_reduced_focal_loss, sigmoid_focal_loss
 from .sigmoid import fused_weighted_bce
 
-__all__ = ["ecm_margins_and_weights", "objectness_scores", "ECMLoss", "ECMFocalLoss", "ECMDenseLoss", "ecm_focal_loss"]
+__all__ = [
+    "ecm_margins_and_weights",
+    "objectness_scores",
+    "ECMLoss",
+    "ECMFocalLoss",
+    "ECMDenseLoss",
+    "ecm_focal_loss",
+]
 
 DEFAULT_BG_FG_RATIO = 6.3313
 
@@ -91,10 +108,23 @@ class ECMLoss(ROILoss):
 
     needs_class_stats = True
 
-    def __init__(self, instance_counts, bg_fg_ratio: float = DEFAULT_BG_FG_RATIO, measure_iters: int = 0, *,
-                 classifier: str = "linear", cosine_scale: float = 20.0, prior_prob: float = -1.0):
+    def __init__(
+        self,
+        instance_counts,
+        bg_fg_ratio: float = DEFAULT_BG_FG_RATIO,
+        measure_iters: int = 0,
+        *,
+        classifier: str = "linear",
+        cosine_scale: float = 20.0,
+        prior_prob: float = -1.0,
+    ):
         counts = torch.as_tensor(instance_counts, dtype=torch.float64).flatten()
-        super().__init__(int(counts.numel()), classifier=classifier, cosine_scale=cosine_scale, prior_prob=prior_prob)
+        super().__init__(
+            int(counts.numel()),
+            classifier=classifier,
+            cosine_scale=cosine_scale,
+            prior_prob=prior_prob,
+        )
         self.measure_iters = int(measure_iters)
         self.register_buffer("instance_counts", counts)
         self.register_buffer("bg_fg_ratio", torch.tensor(float(bg_fg_ratio), dtype=torch.float64))
@@ -103,7 +133,9 @@ class ECMLoss(ROILoss):
         self.register_buffer("measured_fg", torch.tensor(0, dtype=torch.long))
         self.register_buffer("margins", torch.zeros(self.num_classes + 1, dtype=torch.float32))
         self.register_buffer("weights", torch.zeros(self.num_classes + 1, dtype=torch.float32))
-        self.num_nonfinite_skips = 0  # measuring batches dropped for non-finite logits (not checkpointed)
+        self.num_nonfinite_skips = (
+            0  # measuring batches dropped for non-finite logits (not checkpointed)
+        )
         self._recompute()
 
     @classmethod
@@ -111,7 +143,12 @@ class ECMLoss(ROILoss):
         ret = super().from_config(cfg, num_classes, class_stats)
         del ret["num_classes"]  # from the counts
         e = cfg.MODEL.LT.ECM
-        return dict(ret, instance_counts=class_counts(class_stats), bg_fg_ratio=e.BG_FG_RATIO, measure_iters=e.MEASURE_ITERS)
+        return dict(
+            ret,
+            instance_counts=class_counts(class_stats),
+            bg_fg_ratio=e.BG_FG_RATIO,
+            measure_iters=e.MEASURE_ITERS,
+        )
 
     def _recompute(self):
         delta, m = ecm_margins_and_weights(self.instance_counts, float(self.bg_fg_ratio), True)
@@ -134,7 +171,9 @@ class ECMLoss(ROILoss):
         cnt = cnt.to(self.measured_bg.device)
         if int(cnt[2]) > 0:
             # decided on the reduced flag, so every rank skips together and the ranks' buffers stay equal
-            warn_nonfinite_skip(self, "the measured bg:fg ROI ratio (measured_bg/measured_fg/measured_iters)")
+            warn_nonfinite_skip(
+                self, "the measured bg:fg ROI ratio (measured_bg/measured_fg/measured_iters)"
+            )
             return
         self.measured_bg += cnt[0]
         self.measured_fg += cnt[1]
@@ -143,7 +182,9 @@ class ECMLoss(ROILoss):
             self.bg_fg_ratio.fill_(float(self.measured_bg) / float(self.measured_fg))
             self._recompute()
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None
+    ) -> torch.Tensor:
         self._check_logits(logits)
         # loss with the margins in force *before* this batch's measurement
         loss, _, _ = fused_weighted_bce(
@@ -158,7 +199,10 @@ class ECMLoss(ROILoss):
 
     def extra_repr(self) -> str:
         return "num_classes=%d, bg_fg_ratio=%.6g, measure_iters=%d" % (
-            self.num_classes, float(self.bg_fg_ratio), self.measure_iters)
+            self.num_classes,
+            float(self.bg_fg_ratio),
+            self.measure_iters,
+        )
 
 
 def ecm_focal_loss(logits, targets, margins, weights=None, alpha: float = 0.25, gamma: float = 2.0):
@@ -168,8 +212,14 @@ def ecm_focal_loss(logits, targets, margins, weights=None, alpha: float = 0.25, 
         return logits.sum() * 0.0
     z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     x = 2.0 * z + margins.to(z.dtype)
-    return sigmoid_focal_loss(x, targets, alpha, gamma, reduction="sum",
-                              weight=None if weights is None else weights.to(z.dtype))
+    return sigmoid_focal_loss(
+        x,
+        targets,
+        alpha,
+        gamma,
+        reduction="sum",
+        weight=None if weights is None else weights.to(z.dtype),
+    )
 
 
 class ECMFocalLoss(nn.Module):
@@ -180,7 +230,13 @@ class ECMFocalLoss(nn.Module):
     m_c (margins only), in case the supplement is read as "focal loss on s_hat" without the weights.
     """
 
-    def __init__(self, instance_counts, gamma: float = 2.0, alpha: float = 0.25, use_class_weights: bool = True):
+    def __init__(
+        self,
+        instance_counts,
+        gamma: float = 2.0,
+        alpha: float = 0.25,
+        use_class_weights: bool = True,
+    ):
         super().__init__()
         self.use_class_weights = bool(use_class_weights)
         delta, m = ecm_margins_and_weights(instance_counts, with_background=False)
@@ -193,8 +249,14 @@ class ECMFocalLoss(nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:
             raise ValueError(f"expected logits (M, {self.num_classes}), got {tuple(logits.shape)}")
-        return ecm_focal_loss(logits, targets, self.margins, self.weights if self.use_class_weights else None,
-                              self.alpha, self.gamma)
+        return ecm_focal_loss(
+            logits,
+            targets,
+            self.margins,
+            self.weights if self.use_class_weights else None,
+            self.alpha,
+            self.gamma,
+        )
 
 
 @DENSE_LOSS_REGISTRY.register("ecm")
@@ -215,18 +277,41 @@ class ECMDenseLoss(DenseLoss):
         self.register_buffer("weights", m.float())
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25,
-                    focal_gamma: float = 2.0) -> dict:
-        return dict(instance_counts=class_counts(class_stats), focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+    def from_config(
+        cls,
+        cfg,
+        num_classes: int,
+        class_stats=None,
+        *,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> dict:
+        return dict(
+            instance_counts=class_counts(class_stats),
+            focal_alpha=focal_alpha,
+            focal_gamma=focal_gamma,
+        )
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None
+    ) -> torch.Tensor:
         self._check_logits(logits)
         target = labels_to_targets(labels, self.num_classes, logits.dtype)
-        return ecm_focal_loss(logits, target, self.margins, self.weights, self.focal_alpha, self.focal_gamma)
+        return ecm_focal_loss(
+            logits, target, self.margins, self.weights, self.focal_alpha, self.focal_gamma
+        )
 
-    def heatmap(self, logits: torch.Tensor, heat: torch.Tensor, batch: Optional[DenseBatch] = None,
-                alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    def heatmap(
+        self,
+        logits: torch.Tensor,
+        heat: torch.Tensor,
+        batch: Optional[DenseBatch] = None,
+        alpha: float = 2.0,
+        beta: float = 4.0,
+    ) -> torch.Tensor:
         C = self.num_classes
         z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         x = 2.0 * z + self.margins.view(1, C, 1, 1).to(z.dtype)
-        return penalty_reduced_focal_loss(x, heat, alpha, beta, weight=self.weights.view(1, C, 1, 1))
+        return penalty_reduced_focal_loss(
+            x, heat, alpha, beta, weight=self.weights.view(1, C, 1, 1)
+        )

@@ -38,6 +38,7 @@ and negative increments alike (as with the authors' hooks). The gradient is comp
 pass, in float32 for fp16/bf16 logits, numerically safe for any finite logit (-log p_t and log(1 - p_t)
 from max(u, 0) + log(1 + exp(-|u|)), never log(p)), and saved for backward, which is a single multiply.
 """
+
 import functools
 from typing import Optional
 
@@ -94,7 +95,9 @@ def _focal_form(z, labels, gamma, coef_neg, coef_pos, need_grad, need_stats):
         if need_stats:
             grad[rows, cols] = 0.0
             neg_abs = grad.sum(0)
-            pos_abs = torch.zeros_like(neg_abs).index_add_(0, cols, grad_pos)  # |dL/dz| = dL/du >= 0
+            pos_abs = torch.zeros_like(neg_abs).index_add_(
+                0, cols, grad_pos
+            )  # |dL/dz| = dL/du >= 0
         grad[rows, cols] = grad_pos.neg_()  # dL/dz = -dL/du for positives
     return loss, grad, pos_abs, neg_abs
 
@@ -103,7 +106,9 @@ def _heatmap_form(z, heat, gamma, weight, beta, need_grad, need_stats):
     """Penalty-reduced EFL of (N, C, H, W) logits; returns (loss, grad, pos_abs, neg_abs)."""
     pos = heat.eq(1)
     u = torch.where(pos, z.neg(), z)
-    coef = torch.where(pos, torch.ones_like(heat), (1 - heat).pow(beta)).mul_(weight.view(1, -1, 1, 1))
+    coef = torch.where(pos, torch.ones_like(heat), (1 - heat).pow(beta)).mul_(
+        weight.view(1, -1, 1, 1)
+    )
     loss, g = _focal_terms(u, gamma.view(1, -1, 1, 1), coef, need_grad)
     pos_abs = neg_abs = None
     if need_grad:
@@ -120,7 +125,9 @@ class _EFLFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, form, stats):
         need_grad = ctx.needs_input_grad[0]
-        loss, grad, pos_abs, neg_abs = form(z, need_grad=need_grad, need_stats=need_grad and stats is not None)
+        loss, grad, pos_abs, neg_abs = form(
+            z, need_grad=need_grad, need_stats=need_grad and stats is not None
+        )
         if need_grad:
             ctx.save_for_backward(grad)
             ctx.stats = stats
@@ -149,30 +156,56 @@ class EqualizedFocalLoss(DenseLoss):
         scale_factor: s, the range of the class-dependent focusing factor (``MODEL.LT.EFL.SCALE_FACTOR``, 8.0).
     """
 
-    def __init__(self, num_classes: int, *, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
-                 scale_factor: float = 8.0):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        scale_factor: float = 8.0,
+    ):
         super().__init__(num_classes, focal_alpha=focal_alpha, focal_gamma=focal_gamma)
         if not self.focal_gamma > 0:
-            raise ValueError("EFL divides by the base focusing factor gamma_b = the detector's focal gamma "
-                             "(e.g. MODEL.RETINANET.FOCAL_LOSS_GAMMA / MODEL.FCOS.FOCAL_LOSS_GAMMA), got %g; "
-                             "set it > 0 (the paper: 2.0)" % self.focal_gamma)
+            raise ValueError(
+                "EFL divides by the base focusing factor gamma_b = the detector's focal gamma "
+                "(e.g. MODEL.RETINANET.FOCAL_LOSS_GAMMA / MODEL.FCOS.FOCAL_LOSS_GAMMA), got %g; "
+                "set it > 0 (the paper: 2.0)" % self.focal_gamma
+            )
         if not scale_factor >= 0:
-            raise ValueError("MODEL.LT.EFL.SCALE_FACTOR must be >= 0 (the paper: 8.0), got %r" % (scale_factor,))
+            raise ValueError(
+                "MODEL.LT.EFL.SCALE_FACTOR must be >= 0 (the paper: 8.0), got %r" % (scale_factor,)
+            )
         self.scale_factor = float(scale_factor)
-        self.stats = GradientStats(self.num_classes, init_ratio=1.0, max_ratio=1.0,
-                                   what="EFL statistics (pos_grad/neg_grad/pos_neg)")
+        self.stats = GradientStats(
+            self.num_classes,
+            init_ratio=1.0,
+            max_ratio=1.0,
+            what="EFL statistics (pos_grad/neg_grad/pos_neg)",
+        )
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25,
-                    focal_gamma: float = 2.0) -> dict:
-        ret = super().from_config(cfg, num_classes, class_stats, focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+    def from_config(
+        cls,
+        cfg,
+        num_classes: int,
+        class_stats=None,
+        *,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> dict:
+        ret = super().from_config(
+            cfg, num_classes, class_stats, focal_alpha=focal_alpha, focal_gamma=focal_gamma
+        )
         ret["scale_factor"] = cfg.MODEL.LT.EFL.SCALE_FACTOR
         return ret
 
     def class_factors(self, gamma_b: Optional[float] = None):
         """(gamma_j, w_j), each (C,) float32, from the current statistics (``gamma_b``: the focal gamma)."""
-        return efl_factors(self.stats.pos_neg.float(), self.focal_gamma if gamma_b is None else float(gamma_b),
-                           self.scale_factor)
+        return efl_factors(
+            self.stats.pos_neg.float(),
+            self.focal_gamma if gamma_b is None else float(gamma_b),
+            self.scale_factor,
+        )
 
     def plot_data(self) -> dict:
         """The per-class statistics the method plots draw (the loss protocol's ``plot_data``,
@@ -184,42 +217,67 @@ class EqualizedFocalLoss(DenseLoss):
             "title": "EFL gradient ratio per class",
             "ratio": self.stats.pos_neg.detach().float().cpu(),
             "ratio_label": "g_j = min(pos_grad / neg_grad, 1)",
-            "factors": {"gamma_j (focusing factor) = gamma_b + s (1 - g_j)": gamma.detach().cpu(),
-                        "w_j (weighting factor) = gamma_j / gamma_b": w.detach().cpu()},
+            "factors": {
+                "gamma_j (focusing factor) = gamma_b + s (1 - g_j)": gamma.detach().cpu(),
+                "w_j (weighting factor) = gamma_j / gamma_b": w.detach().cpu(),
+            },
             "factors_label": "EFL factor",
             "params": "gamma_b=%g, s=%g" % (self.focal_gamma, self.scale_factor),
         }
 
     def _tracked_stats(self, logits):
-        return self.stats if (self.training and torch.is_grad_enabled() and logits.requires_grad) else None
+        return (
+            self.stats
+            if (self.training and torch.is_grad_enabled() and logits.requires_grad)
+            else None
+        )
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None
+    ) -> torch.Tensor:
         """Summed EFL of (M, C) logits with labels (M,) in [0, C] (C = background)."""
         self._check_logits(logits)
         C = self.num_classes
         if labels.shape != logits.shape[:1]:
-            raise ValueError("EFL expects labels (M,) = (%d,), got %s" % (logits.shape[0], tuple(labels.shape)))
+            raise ValueError(
+                "EFL expects labels (M,) = (%d,), got %s" % (logits.shape[0], tuple(labels.shape))
+            )
         labels = labels.to(device=logits.device, dtype=torch.long)
         if labels.numel() and bool(((labels < 0) | (labels > C)).any()):
-            raise ValueError("EFL labels must be in [0, %d] (%d = background); remove ignored locations first" % (C, C))
+            raise ValueError(
+                "EFL labels must be in [0, %d] (%d = background); remove ignored locations first"
+                % (C, C)
+            )
         z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         gamma, w = (t.to(device=z.device, dtype=z.dtype) for t in self.class_factors())
         a = self.focal_alpha
         coef_neg, coef_pos = (w * (1 - a), w * a) if a >= 0 else (w, w)
-        form = functools.partial(_focal_form, labels=labels, gamma=gamma, coef_neg=coef_neg, coef_pos=coef_pos)
+        form = functools.partial(
+            _focal_form, labels=labels, gamma=gamma, coef_neg=coef_neg, coef_pos=coef_pos
+        )
         with torch.autocast(device_type=z.device.type, enabled=False):
             return _EFLFunction.apply(z.contiguous(), form, self._tracked_stats(logits))
 
-    def heatmap(self, logits: torch.Tensor, heat: torch.Tensor, batch: Optional[DenseBatch] = None,
-                alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    def heatmap(
+        self,
+        logits: torch.Tensor,
+        heat: torch.Tensor,
+        batch: Optional[DenseBatch] = None,
+        alpha: float = 2.0,
+        beta: float = 4.0,
+    ) -> torch.Tensor:
         """Summed penalty-reduced EFL of (N, C, H, W) logits vs Gaussian heat maps (extension; module
         docstring): CenterNet's exponent ``alpha`` is gamma_b here, ``beta`` the penalty reduction."""
         if logits.dim() != 4 or logits.shape[1] != self.num_classes or heat.shape != logits.shape:
-            raise ValueError("EFL heatmap expects logits and heat (N, %d, H, W) of one shape, got %s and %s"
-                             % (self.num_classes, tuple(logits.shape), tuple(heat.shape)))
+            raise ValueError(
+                "EFL heatmap expects logits and heat (N, %d, H, W) of one shape, got %s and %s"
+                % (self.num_classes, tuple(logits.shape), tuple(heat.shape))
+            )
         if not alpha > 0:
-            raise ValueError("EFL's heat-map form divides by CenterNet's focusing exponent alpha "
-                             "(MODEL.CENTERNET.HM_ALPHA), got %r; set it > 0 (CenterNet: 2)" % (alpha,))
+            raise ValueError(
+                "EFL's heat-map form divides by CenterNet's focusing exponent alpha "
+                "(MODEL.CENTERNET.HM_ALPHA), got %r; set it > 0 (CenterNet: 2)" % (alpha,)
+            )
         z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         gamma, w = (t.to(device=z.device, dtype=z.dtype) for t in self.class_factors(gamma_b=alpha))
         heat = heat.detach().to(device=z.device, dtype=z.dtype)

@@ -43,6 +43,7 @@ the dense forms use sigma(z).
 Registered as ``eqlv2`` in ``ROI_LOSS_REGISTRY`` (:class:`EQLv2Loss`, bias prior 0.001 by default) and
 ``DENSE_LOSS_REGISTRY`` (:class:`EQLv2FocalLoss`), built from ``MODEL.LT.EQLV2.{GAMMA, MU, ALPHA}``.
 """
+
 from typing import Optional
 
 import torch
@@ -77,7 +78,9 @@ class _EQLv2Stats(GradientStats):
     starts at 100, no clamp) and the q/r weight mapping (length C, float32)."""
 
     def __init__(self, num_classes: int, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0):
-        super().__init__(num_classes, init_ratio=100.0, what="EQL v2 statistics (pos_grad/neg_grad/pos_neg)")
+        super().__init__(
+            num_classes, init_ratio=100.0, what="EQL v2 statistics (pos_grad/neg_grad/pos_neg)"
+        )
         self.gamma = float(gamma)
         self.mu = float(mu)
         self.alpha = float(alpha)
@@ -98,14 +101,18 @@ class _EQLv2Stats(GradientStats):
             "title": "EQL v2 gradient ratio per class (EQL v2 Fig. 1)",
             "ratio": self.pos_neg.detach().float().cpu(),
             "ratio_label": "g_j = pos_grad / neg_grad",
-            "factors": {"q_j (positive weight) = 1 + alpha (1 - f(g_j))": q.detach().cpu(),
-                        "r_j (negative weight) = f(g_j)": r.detach().cpu()},
+            "factors": {
+                "q_j (positive weight) = 1 + alpha (1 - f(g_j))": q.detach().cpu(),
+                "r_j (negative weight) = f(g_j)": r.detach().cpu(),
+            },
             "factors_label": "EQL v2 weight",
             "params": "gamma=%g, mu=%g, alpha=%g" % (self.gamma, self.mu, self.alpha),
         }
 
     def extra_repr(self):
-        return f"num_classes={self.num_classes}, gamma={self.gamma}, mu={self.mu}, alpha={self.alpha}"
+        return (
+            f"num_classes={self.num_classes}, gamma={self.gamma}, mu={self.mu}, alpha={self.alpha}"
+        )
 
 
 def _eqlv2_kwargs(cfg) -> dict:
@@ -124,8 +131,17 @@ class EQLv2Loss(ROILoss, _EQLv2Stats):
 
     default_prior_prob = 0.001
 
-    def __init__(self, num_classes: int, gamma: float = 12.0, mu: float = 0.8, alpha: float = 4.0, *,
-                 classifier: str = "linear", cosine_scale: float = 20.0, prior_prob: float = -1.0):
+    def __init__(
+        self,
+        num_classes: int,
+        gamma: float = 12.0,
+        mu: float = 0.8,
+        alpha: float = 4.0,
+        *,
+        classifier: str = "linear",
+        cosine_scale: float = 20.0,
+        prior_prob: float = -1.0,
+    ):
         _EQLv2Stats.__init__(self, num_classes, gamma, mu, alpha)
         self._set_roi_options(num_classes, classifier, cosine_scale, prior_prob)
 
@@ -139,7 +155,9 @@ class EQLv2Loss(ROILoss, _EQLv2Stats):
         one = r.new_ones(1)
         return torch.cat([r, one]).to(dtype), torch.cat([q, one]).to(dtype)
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None
+    ) -> torch.Tensor:
         self._check_logits(logits)
         neg_w, pos_w = self.get_weights()
         loss, pos_stat, neg_stat = fused_weighted_bce(
@@ -166,16 +184,32 @@ class EQLv2FocalLoss(DenseLoss, _EQLv2Stats):
     mu 0.8, alpha 4.
     """
 
-    def __init__(self, num_classes, gamma=12.0, mu=0.8, alpha=4.0, focal_gamma=2.0, focal_alpha=0.25):
+    def __init__(
+        self, num_classes, gamma=12.0, mu=0.8, alpha=4.0, focal_gamma=2.0, focal_alpha=0.25
+    ):
         _EQLv2Stats.__init__(self, num_classes, gamma, mu, alpha)
         self._set_dense_options(num_classes, focal_alpha, focal_gamma)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, class_stats=None, *, focal_alpha: float = 0.25,
-                    focal_gamma: float = 2.0) -> dict:
-        return dict(num_classes=num_classes, focal_alpha=focal_alpha, focal_gamma=focal_gamma, **_eqlv2_kwargs(cfg))
+    def from_config(
+        cls,
+        cfg,
+        num_classes: int,
+        class_stats=None,
+        *,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> dict:
+        return dict(
+            num_classes=num_classes,
+            focal_alpha=focal_alpha,
+            focal_gamma=focal_gamma,
+            **_eqlv2_kwargs(cfg),
+        )
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[DenseBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[DenseBatch] = None
+    ) -> torch.Tensor:
         C = self.num_classes
         self._check_logits(logits)
         z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -190,7 +224,9 @@ class EQLv2FocalLoss(DenseLoss, _EQLv2Stats):
         if M == 0:
             loss = logits.sum() * 0.0
         else:
-            loss = sigmoid_focal_loss(z, y, self.focal_alpha, self.focal_gamma, reduction="none", weight=w).sum()
+            loss = sigmoid_focal_loss(
+                z, y, self.focal_alpha, self.focal_gamma, reduction="none", weight=w
+            ).sum()
         if self.training:
             with torch.no_grad():
                 s = torch.sigmoid(z.detach())
@@ -199,13 +235,22 @@ class EQLv2FocalLoss(DenseLoss, _EQLv2Stats):
             self._update(pos_inc, neg_inc)
         return loss
 
-    def heatmap(self, logits: torch.Tensor, heat: torch.Tensor, batch: Optional[DenseBatch] = None,
-                alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    def heatmap(
+        self,
+        logits: torch.Tensor,
+        heat: torch.Tensor,
+        batch: Optional[DenseBatch] = None,
+        alpha: float = 2.0,
+        beta: float = 4.0,
+    ) -> torch.Tensor:
         """Summed penalty-reduced focal loss of (N, C, H, W) logits vs heat maps with the q/r channel
         weights: q on the peaks (heat == 1), r elsewhere; statistics updated in training (module docstring)."""
         C = self.num_classes
         if logits.dim() != 4 or logits.shape[1] != C:
-            raise ValueError("EQLv2FocalLoss.heatmap expects logits (N, %d, H, W), got %s" % (C, tuple(logits.shape)))
+            raise ValueError(
+                "EQLv2FocalLoss.heatmap expects logits (N, %d, H, W), got %s"
+                % (C, tuple(logits.shape))
+            )
         r, q = self.class_weights()
         y = heat.eq(1).float()
         w = (y * q.view(1, C, 1, 1) + (1 - y) * r.view(1, C, 1, 1)).detach()
@@ -219,4 +264,7 @@ class EQLv2FocalLoss(DenseLoss, _EQLv2Stats):
         return loss
 
     def extra_repr(self):
-        return _EQLv2Stats.extra_repr(self) + ", focal_alpha=%g, focal_gamma=%g" % (self.focal_alpha, self.focal_gamma)
+        return _EQLv2Stats.extra_repr(self) + ", focal_alpha=%g, focal_gamma=%g" % (
+            self.focal_alpha,
+            self.focal_gamma,
+        )

@@ -6,6 +6,7 @@ classes of the local batch plus classes sampled without replacement with probabi
 proportional to ``image_count ** power`` until ``|S| = num_fed_classes``. The mask is used as
 the per-column weights of :func:`lt_detectron.losses.sigmoid.sigmoid_bce_loss` (sum / R).
 """
+
 import torch
 
 __all__ = ["fed_loss_class_weights", "fed_loss_classes", "fed_loss_mask"]
@@ -16,7 +17,13 @@ def fed_loss_class_weights(image_counts, power: float = 0.5) -> torch.Tensor:
     return torch.as_tensor(image_counts, dtype=torch.float32).clamp_min(0) ** power
 
 
-def fed_loss_classes(gt_classes: torch.Tensor, num_fed_classes: int, num_classes: int, weights: torch.Tensor, generator=None):
+def fed_loss_classes(
+    gt_classes: torch.Tensor,
+    num_fed_classes: int,
+    num_classes: int,
+    weights: torch.Tensor,
+    generator=None,
+):
     """The class subset S: GT foreground classes of the batch, then sampled classes.
 
     Args:
@@ -40,7 +47,9 @@ def fed_loss_classes(gt_classes: torch.Tensor, num_fed_classes: int, num_classes
     return torch.cat([gt, sampled])
 
 
-def fed_loss_mask(gt_classes, num_fed_classes, num_classes, weights, generator=None) -> torch.Tensor:
+def fed_loss_mask(
+    gt_classes, num_fed_classes, num_classes, weights, generator=None
+) -> torch.Tensor:
     """(C,) 0/1 column weights selecting :func:`fed_loss_classes`."""
     mask = torch.zeros(num_classes, device=gt_classes.device)
     mask[fed_loss_classes(gt_classes, num_fed_classes, num_classes, weights, generator)] = 1.0

@@ -4,6 +4,7 @@ penalty-reduced focal loss, and the plain dense loss ``focal`` of ``MODEL.LT.DEN
 The weighted forms are used by BOFL (per-channel class weights on top of alpha_t) and by the dense
 (one-stage) variants of EQL v2 and ECM.
 """
+
 from typing import Optional
 
 import torch
@@ -11,7 +12,12 @@ import torch.nn.functional as F
 
 from .base import DENSE_LOSS_REGISTRY, DenseBatch, DenseLoss
 
-__all__ = ["sigmoid_focal_loss", "penalty_reduced_focal_loss", "labels_to_targets", "FocalDenseLoss"]
+__all__ = [
+    "sigmoid_focal_loss",
+    "penalty_reduced_focal_loss",
+    "labels_to_targets",
+    "FocalDenseLoss",
+]
 
 
 def sigmoid_focal_loss(
@@ -94,11 +100,21 @@ class FocalDenseLoss(DenseLoss):
     """The plain sigmoid focal loss of RetinaNet / FCOS (alpha_t, gamma), and CenterNet's penalty-reduced
     focal loss for heat maps. Stateless; every form is a sum."""
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None
+    ) -> torch.Tensor:
         self._check_logits(logits)
         target = labels_to_targets(labels, self.num_classes, logits.dtype)
-        return sigmoid_focal_loss(logits, target, self.focal_alpha, self.focal_gamma, reduction="sum")
+        return sigmoid_focal_loss(
+            logits, target, self.focal_alpha, self.focal_gamma, reduction="sum"
+        )
 
-    def heatmap(self, logits: torch.Tensor, heat: torch.Tensor, batch: Optional[DenseBatch] = None,
-                alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    def heatmap(
+        self,
+        logits: torch.Tensor,
+        heat: torch.Tensor,
+        batch: Optional[DenseBatch] = None,
+        alpha: float = 2.0,
+        beta: float = 4.0,
+    ) -> torch.Tensor:
         return penalty_reduced_focal_loss(logits, heat, alpha, beta)

@@ -21,6 +21,7 @@ branch:
   :func:`~lt_detectron.losses.distributed.warn_nonfinite_skip`, so one bad step does not poison every
   later weight.
 """
+
 from typing import Optional
 
 import torch
@@ -41,16 +42,25 @@ class GradientStats(nn.Module):
         what: how the warning of a skipped non-finite step names these statistics.
     """
 
-    def __init__(self, num_classes: int, init_ratio: float, max_ratio: Optional[float] = None,
-                 what: str = "gradient statistics (pos_grad/neg_grad/pos_neg)"):
+    def __init__(
+        self,
+        num_classes: int,
+        init_ratio: float,
+        max_ratio: Optional[float] = None,
+        what: str = "gradient statistics (pos_grad/neg_grad/pos_neg)",
+    ):
         super().__init__()
         self.num_classes = int(num_classes)
         self.max_ratio = None if max_ratio is None else float(max_ratio)
         self.what = what
         self.register_buffer("pos_grad", torch.zeros(self.num_classes, dtype=torch.float32))
         self.register_buffer("neg_grad", torch.zeros(self.num_classes, dtype=torch.float32))
-        self.register_buffer("pos_neg", torch.full((self.num_classes,), float(init_ratio), dtype=torch.float32))
-        self.num_nonfinite_skips = 0  # steps whose statistics were dropped (this process; not checkpointed)
+        self.register_buffer(
+            "pos_neg", torch.full((self.num_classes,), float(init_ratio), dtype=torch.float32)
+        )
+        self.num_nonfinite_skips = (
+            0  # steps whose statistics were dropped (this process; not checkpointed)
+        )
 
     @torch.no_grad()
     def update(self, pos_inc: torch.Tensor, neg_inc: torch.Tensor) -> bool:
@@ -58,10 +68,13 @@ class GradientStats(nn.Module):
         C = self.num_classes
         # one collective for both vectors
         inc = torch.cat([pos_inc.reshape(-1), neg_inc.reshape(-1)]).to(
-            dtype=self.pos_grad.dtype, device=self.pos_grad.device)
+            dtype=self.pos_grad.dtype, device=self.pos_grad.device
+        )
         if inc.numel() != 2 * C:
-            raise ValueError("gradient statistics of %d classes got increments of %d and %d entries"
-                             % (C, pos_inc.numel(), neg_inc.numel()))
+            raise ValueError(
+                "gradient statistics of %d classes got increments of %d and %d entries"
+                % (C, pos_inc.numel(), neg_inc.numel())
+            )
         all_reduce_sum(inc)
         pos_grad = self.pos_grad + inc[:C]
         neg_grad = self.neg_grad + inc[C:]

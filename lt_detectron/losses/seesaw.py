@@ -58,6 +58,7 @@ The authors' LVIS recipe builds the classifier as a cosine layer with temperatur
 (mmdetection ``NormedLinear``; ``MODEL.LT.CLASSIFIER cosine``, ``COSINE_SCALE 20``); the layer is
 initialised with a normal(0, 0.01) weight and a zero bias (mmdetection's ``fc_cls`` init, also Detectron2's).
 """
+
 import dataclasses
 import math
 from typing import Optional
@@ -72,8 +73,14 @@ __all__ = ["SeesawLoss", "seesaw_logit_offsets", "seesaw_cross_entropy"]
 
 
 @torch.no_grad()
-def seesaw_logit_offsets(logits: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, p: float = 0.8,
-                         q: float = 2.0, eps: float = 1e-2) -> torch.Tensor:
+def seesaw_logit_offsets(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    counts: torch.Tensor,
+    p: float = 0.8,
+    q: float = 2.0,
+    eps: float = 1e-2,
+) -> torch.Tensor:
     """The detached offsets ``log(M_ij C_rij)`` added to the class logits (0 in each row's label column).
 
     Args:
@@ -88,7 +95,14 @@ def seesaw_logit_offsets(logits: torch.Tensor, labels: torch.Tensor, counts: tor
     z = logits.detach()
     labels = labels.to(device=z.device, dtype=torch.long).reshape(-1, 1)
     if p > 0:
-        log_n = counts.detach().to(device=z.device, dtype=torch.float64).clamp(min=1.0).log().mul_(p).to(z.dtype)
+        log_n = (
+            counts.detach()
+            .to(device=z.device, dtype=torch.float64)
+            .clamp(min=1.0)
+            .log()
+            .mul_(p)
+            .to(z.dtype)
+        )
         out = (log_n.unsqueeze(0) - log_n[labels]).clamp_(max=0.0)
     else:
         out = torch.zeros_like(z)
@@ -99,15 +113,24 @@ def seesaw_logit_offsets(logits: torch.Tensor, labels: torch.Tensor, counts: tor
     return out
 
 
-def seesaw_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, p: float = 0.8,
-                         q: float = 2.0, eps: float = 1e-2, reduction: str = "sum") -> torch.Tensor:
+def seesaw_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    counts: torch.Tensor,
+    p: float = 0.8,
+    q: float = 2.0,
+    eps: float = 1e-2,
+    reduction: str = "sum",
+) -> torch.Tensor:
     """Seesaw cross-entropy of (P, C) class logits with (P,) labels in [0, C) (see the module docstring),
     through autograd (the loss module uses the fused :class:`_SeesawFunction`).
 
     ``reduction``: ``"none"`` (P,), ``"sum"`` or ``"mean"``. P = 0 gives 0 (``"sum"``).
     """
     offsets = seesaw_logit_offsets(logits, labels, counts, p, q, eps)
-    return F.cross_entropy(logits + offsets, labels.to(device=logits.device, dtype=torch.long), reduction=reduction)
+    return F.cross_entropy(
+        logits + offsets, labels.to(device=logits.device, dtype=torch.long), reduction=reduction
+    )
 
 
 class _SeesawFunction(torch.autograd.Function):
@@ -172,21 +195,37 @@ class SeesawLoss(ROILoss):
 
     exact_gradient = False  # the compensation factor uses the detached scores, as the authors'
 
-    def __init__(self, num_classes: int, *, p: float = 0.8, q: float = 2.0, eps: float = 1e-2,
-                 loss_weight: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        p: float = 0.8,
+        q: float = 2.0,
+        eps: float = 1e-2,
+        loss_weight: float = 1.0,
+        **kwargs,
+    ):
         super().__init__(num_classes, **kwargs)
-        for key, value, ok in (("P", p, p >= 0), ("Q", q, q >= 0), ("EPS", eps, 0 < eps <= 1),
-                               ("LOSS_WEIGHT", loss_weight, loss_weight >= 0)):
+        for key, value, ok in (
+            ("P", p, p >= 0),
+            ("Q", q, q >= 0),
+            ("EPS", eps, 0 < eps <= 1),
+            ("LOSS_WEIGHT", loss_weight, loss_weight >= 0),
+        ):
             if not (ok and math.isfinite(value)):
-                raise ValueError("MODEL.LT.SEESAW.%s = %r is invalid: P, Q and LOSS_WEIGHT must be >= 0 and "
-                                 "0 < EPS <= 1 (the authors' values: P 0.8, Q 2.0, EPS 0.01, LOSS_WEIGHT 1.0)"
-                                 % (key, value))
+                raise ValueError(
+                    "MODEL.LT.SEESAW.%s = %r is invalid: P, Q and LOSS_WEIGHT must be >= 0 and "
+                    "0 < EPS <= 1 (the authors' values: P 0.8, Q 2.0, EPS 0.01, LOSS_WEIGHT 1.0)"
+                    % (key, value)
+                )
         self.p = float(p)
         self.q = float(q)
         self.eps = float(eps)
         self.loss_weight = float(loss_weight)
         self.register_buffer("cum_samples", torch.zeros(self.num_classes, dtype=torch.float64))
-        self.num_nonfinite_skips = 0  # batches whose counts were dropped (this process; not checkpointed)
+        self.num_nonfinite_skips = (
+            0  # batches whose counts were dropped (this process; not checkpointed)
+        )
 
     @classmethod
     def from_config(cls, cfg, num_classes: int, class_stats=None) -> dict:
@@ -197,7 +236,9 @@ class SeesawLoss(ROILoss):
 
     def classifier_spec(self) -> ClassifierSpec:
         # C class logits + the 2-way objectness; normal(0, 0.01) weight, zero bias (authors' fc_cls init)
-        return dataclasses.replace(super().classifier_spec(), num_logits=self.num_classes + 2, init_std=0.01)
+        return dataclasses.replace(
+            super().classifier_spec(), num_logits=self.num_classes + 2, init_std=0.01
+        )
 
     @torch.no_grad()
     def _accumulate(self, logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -209,7 +250,11 @@ class SeesawLoss(ROILoss):
         buf = torch.zeros(C + 2, dtype=self.cum_samples.dtype, device=self.cum_samples.device)
         # counts of every label (background in slot C, dropped) and, in slot C+1, a non-finite flag;
         # one collective for both, so every rank takes the same decision
-        buf.index_add_(0, gt.to(buf.device).clamp(0, C), torch.ones(gt.numel(), dtype=buf.dtype, device=buf.device))
+        buf.index_add_(
+            0,
+            gt.to(buf.device).clamp(0, C),
+            torch.ones(gt.numel(), dtype=buf.dtype, device=buf.device),
+        )
         if logits.numel():
             # min and max are finite iff every logit is (NaN propagates); much cheaper than isfinite().all()
             buf[C + 1] = (~torch.isfinite(torch.stack(torch.aminmax(logits)))).any().to(buf.dtype)
@@ -218,22 +263,32 @@ class SeesawLoss(ROILoss):
         self.cum_samples.copy_(torch.where(finite, self.cum_samples + buf[:C], self.cum_samples))
         return finite
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None
+    ) -> torch.Tensor:
         self._check_logits(logits, self.num_classes + 2)
         R = logits.shape[0]
         if gt_classes.shape != (R,):
-            raise ValueError("gt_classes must be (R,) = (%d,), got %s" % (R, tuple(gt_classes.shape)))
+            raise ValueError(
+                "gt_classes must be (R,) = (%d,), got %s" % (R, tuple(gt_classes.shape))
+            )
         z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         gt = gt_classes.to(device=z.device, dtype=torch.long)
-        finite = self._accumulate(z.detach(), gt) if self.training else None  # the authors update first
+        finite = (
+            self._accumulate(z.detach(), gt) if self.training else None
+        )  # the authors update first
         if R == 0:
             loss_cls = loss_obj = z.sum() * 0.0
         else:
-            loss_cls, loss_obj = _SeesawFunction.apply(z, gt, self.cum_samples, self.p, self.q, self.eps).unbind()
+            loss_cls, loss_obj = _SeesawFunction.apply(
+                z, gt, self.cum_samples, self.p, self.q, self.eps
+            ).unbind()
         scale = self.loss_weight / max(R, 1)
         if finite is not None:
             # one host synchronisation: the skip decision (the same on every rank) and the two terms' logs
-            ok, cls_val, obj_val = torch.stack([finite.to(z.dtype), loss_cls.detach(), loss_obj.detach()]).tolist()
+            ok, cls_val, obj_val = torch.stack(
+                [finite.to(z.dtype), loss_cls.detach(), loss_obj.detach()]
+            ).tolist()
             if not ok:
                 warn_nonfinite_skip(self, "the Seesaw cumulative class counts (cum_samples)")
             log_scalar("seesaw/loss_cls_classes", cls_val * scale)
@@ -257,4 +312,9 @@ class SeesawLoss(ROILoss):
 
     def extra_repr(self) -> str:
         return "num_classes=%d, p=%g, q=%g, eps=%g, loss_weight=%g" % (
-            self.num_classes, self.p, self.q, self.eps, self.loss_weight)
+            self.num_classes,
+            self.p,
+            self.q,
+            self.eps,
+            self.loss_weight,
+        )

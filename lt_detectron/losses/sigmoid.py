@@ -10,7 +10,8 @@ The core, :func:`fused_weighted_bce`, evaluates
 
 in one pass with a custom autograd Function: softplus and the sigmoid are computed once, in a single
 R x K buffer that is saved, so backward is one multiply, dL/dz = g_out * (a/R) * neg_w * sigma(x), plus a
-scatter of the R gt entries (a/R) * g_out * q * (sigma(x) - 1). One-hot targets are never materialised: sum_j w_j BCE(x_j, 0) =
+scatter of the R gt entries (a/R) * g_out * q * (sigma(x) - 1). One-hot targets are never materialised:
+sum_j w_j BCE(x_j, 0) =
 sum_j neg_w_j softplus(x_j), corrected only at the R ground-truth entries. Optionally it also returns the
 EQL v2 gradient statistics (per column j, summed over rows, **no 1/R**):
 
@@ -24,6 +25,7 @@ Registered as ``sigmoid`` in ``ROI_LOSS_REGISTRY`` (also chosen by Detectron2's
 (``MODEL.ROI_BOX_HEAD.USE_FED_LOSS``) and BOFL's channel weights (``MODEL.LT.BOFL.ENABLED``, an extension)
 as options; ``predict_probs`` is sigmoid(z_fg) with a zero background column.
 """
+
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -86,7 +88,9 @@ class FusedWeightedBCEFunction(torch.autograd.Function):
         rg = _gather_w(neg_w, gt)
         qg = _gather_w(pos_w, gt)
         # rank-1 correction at the gt entries: + q * BCE(x, 1) - r * BCE(x, 0)
-        loss = (neg_loss + (qg * F.softplus(-xg, 1.0, thr) - rg * F.softplus(xg, 1.0, thr)).sum()) / R
+        loss = (
+            neg_loss + (qg * F.softplus(-xg, 1.0, thr) - rg * F.softplus(xg, 1.0, thr)).sum()
+        ) / R
         # sigma(x) into buf (in place over softplus, or over x)
         if x is z:
             torch.sigmoid(z, out=buf)
@@ -101,7 +105,9 @@ class FusedWeightedBCEFunction(torch.autograd.Function):
                 neg_stat = buf.sum(0).mul_(neg_w)
             else:
                 neg_stat = torch.mul(buf, neg_w).sum(0)
-            pos_stat = torch.zeros(K, dtype=z.dtype, device=z.device).index_add_(0, gt, qg * one_minus_sg)
+            pos_stat = torch.zeros(K, dtype=z.dtype, device=z.device).index_add_(
+                0, gt, qg * one_minus_sg
+            )
         else:
             neg_stat = pos_stat = z.new_zeros(0)
         # buf = sigma(x) off the gt entries; backward forms (a/R) * g * (neg_w * sigma) and writes the
@@ -157,7 +163,11 @@ def fused_weighted_bce(
         pos_weight = neg_weight
     if R == 0:
         zero = torch.zeros(K, dtype=z.dtype, device=z.device)
-        return logits.sum() * 0.0, (zero if with_stats else None), (zero.clone() if with_stats else None)
+        return (
+            logits.sum() * 0.0,
+            (zero if with_stats else None),
+            (zero.clone() if with_stats else None),
+        )
     gt = gt_classes.to(device=z.device, dtype=torch.long)
     # private copies of (K,) weights: callers may update their buffers in place after forward (ECM's
     # measured ratio, EQL v2 statistics) and the saved tensors must stay valid for backward
@@ -197,7 +207,12 @@ def sigmoid_bce_loss(
     R, K = logits.shape
     C = K - 1
     if class_weights is None:
-        w = logits.new_ones(K, dtype=torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype)
+        w = logits.new_ones(
+            K,
+            dtype=torch.float32
+            if logits.dtype in (torch.float16, torch.bfloat16)
+            else logits.dtype,
+        )
         w[C] = 0.0
     else:
         cw = class_weights.detach()
@@ -207,7 +222,9 @@ def sigmoid_bce_loss(
             w = torch.cat([cw, cw.new_zeros(1)])
         else:
             if cw.shape != (R, C):
-                raise ValueError(f"class_weights must be (C,) or (R, C)=({R}, {C}), got {tuple(cw.shape)}")
+                raise ValueError(
+                    f"class_weights must be (C,) or (R, C)=({R}, {C}), got {tuple(cw.shape)}"
+                )
             w = torch.cat([cw, cw.new_zeros(R, 1)], dim=1)
     loss, _, _ = fused_weighted_bce(logits, gt_classes, w)
     return loss
@@ -243,23 +260,42 @@ class SigmoidROILoss(ROILoss):
     default_prior_prob = 0.01
     supported_options = frozenset({"MODEL.ROI_BOX_HEAD.USE_FED_LOSS", "MODEL.LT.BOFL.ENABLED"})
 
-    def __init__(self, num_classes: int, *, use_fed_loss: bool = False, fed_loss_num_classes: int = 50,
-                 fed_loss_weights: Optional[Sequence[float]] = None, bofl: Optional[dict] = None,
-                 classifier: str = "linear", cosine_scale: float = 20.0, prior_prob: float = -1.0):
-        super().__init__(num_classes, classifier=classifier, cosine_scale=cosine_scale, prior_prob=prior_prob)
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        use_fed_loss: bool = False,
+        fed_loss_num_classes: int = 50,
+        fed_loss_weights: Optional[Sequence[float]] = None,
+        bofl: Optional[dict] = None,
+        classifier: str = "linear",
+        cosine_scale: float = 20.0,
+        prior_prob: float = -1.0,
+    ):
+        super().__init__(
+            num_classes, classifier=classifier, cosine_scale=cosine_scale, prior_prob=prior_prob
+        )
         C = self.num_classes
         self.use_fed_loss = bool(use_fed_loss)
         if self.use_fed_loss:
             if fed_loss_weights is None or len(fed_loss_weights) != C:
-                raise ValueError("the federated loss needs (C,) = (%d,) sampling weights (from the class statistics)" % C)
+                raise ValueError(
+                    "the federated loss needs (C,) = (%d,) sampling weights (from the class statistics)"
+                    % C
+                )
             self.fed_loss_num_classes = int(fed_loss_num_classes)
-            self.register_buffer("fed_loss_weights", torch.as_tensor(fed_loss_weights, dtype=torch.float32),
-                                 persistent=False)
+            self.register_buffer(
+                "fed_loss_weights",
+                torch.as_tensor(fed_loss_weights, dtype=torch.float32),
+                persistent=False,
+            )
         self.bofl = None
         if bofl:
             self.bofl = BOFLWeighting(**bofl)
             if self.bofl.num_classes != C:
-                raise ValueError("BOFL got %d instance counts for %d classes" % (self.bofl.num_classes, C))
+                raise ValueError(
+                    "BOFL got %d instance counts for %d classes" % (self.bofl.num_classes, C)
+                )
 
     @classmethod
     def from_config(cls, cfg, num_classes: int, class_stats=None) -> dict:
@@ -267,13 +303,23 @@ class SigmoidROILoss(ROILoss):
         head = cfg.MODEL.ROI_BOX_HEAD
         use_fed = bool(head.get("USE_FED_LOSS", False))
         use_bofl = bool(cfg.MODEL.LT.BOFL.ENABLED)
-        for key, on in (("MODEL.ROI_BOX_HEAD.USE_FED_LOSS", use_fed), ("MODEL.LT.BOFL.ENABLED", use_bofl)):
+        for key, on in (
+            ("MODEL.ROI_BOX_HEAD.USE_FED_LOSS", use_fed),
+            ("MODEL.LT.BOFL.ENABLED", use_bofl),
+        ):
             if on and class_stats is None:
-                raise ValueError("%s needs the training class statistics: set DATASETS.TRAIN (or pass class_stats)" % key)
+                raise ValueError(
+                    "%s needs the training class statistics: set DATASETS.TRAIN (or pass class_stats)"
+                    % key
+                )
         if use_fed:
-            ret.update(use_fed_loss=True, fed_loss_num_classes=head.FED_LOSS_NUM_CLASSES,
-                       fed_loss_weights=fed_loss_class_weights(class_counts(class_stats, "image_counts"),
-                                                               head.FED_LOSS_FREQ_WEIGHT_POWER).tolist())
+            ret.update(
+                use_fed_loss=True,
+                fed_loss_num_classes=head.FED_LOSS_NUM_CLASSES,
+                fed_loss_weights=fed_loss_class_weights(
+                    class_counts(class_stats, "image_counts"), head.FED_LOSS_FREQ_WEIGHT_POWER
+                ).tolist(),
+            )
         if use_bofl:
             ret["bofl"] = bofl_from_config(cfg, class_stats)
         return ret
@@ -289,18 +335,24 @@ class SigmoidROILoss(ROILoss):
             return w.expand(R, self.num_classes)
         sizes = list(batch.rois_per_image)
         if len(sizes) != w.shape[0] or sum(sizes) != R:
-            raise ValueError("BOFL per-image weights need ROIBatch.rois_per_image (%s) summing to R = %d for %d images"
-                             % (sizes, R, w.shape[0]))
+            raise ValueError(
+                "BOFL per-image weights need ROIBatch.rois_per_image (%s) summing to R = %d for %d images"
+                % (sizes, R, w.shape[0])
+            )
         return torch.repeat_interleave(w, torch.as_tensor(sizes, device=w.device), dim=0)
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None
+    ) -> torch.Tensor:
         self._check_logits(logits)
         batch = batch or ROIBatch()
         weights = None
         if self.bofl is not None:
             weights = self._bofl_weights(logits.shape[0], batch)
         if self.use_fed_loss:
-            mask = fed_loss_mask(gt_classes, self.fed_loss_num_classes, self.num_classes, self.fed_loss_weights)
+            mask = fed_loss_mask(
+                gt_classes, self.fed_loss_num_classes, self.num_classes, self.fed_loss_weights
+            )
             weights = mask.to(logits.dtype) if weights is None else weights * mask
         return sigmoid_bce_loss(logits, gt_classes, class_weights=weights)
 

@@ -5,6 +5,7 @@
 is ``softmax(z)``, background last. The classifier is Detectron2's (``MODEL.LT.CLASSIFIER`` linear, or
 cosine with ``COSINE_SCALE``).
 """
+
 from typing import Optional
 
 import torch
@@ -19,7 +20,9 @@ __all__ = ["SoftmaxROILoss"]
 class SoftmaxROILoss(ROILoss):
     """Softmax cross-entropy (Detectron2's default ROI classification loss). Stateless."""
 
-    def forward(self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None
+    ) -> torch.Tensor:
         self._check_logits(logits)
         if logits.shape[0] == 0:
             return logits.sum() * 0.0

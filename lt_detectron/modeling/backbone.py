@@ -4,6 +4,7 @@ Up to four stages of two 3x3 convolutions (BatchNorm, ReLU), strides 4/8/16/32, 
 ``t2``..``t5`` (only the stages up to the last of ``MODEL.TINY.OUT_FEATURES`` are built);
 Detectron2's FPN on top. Registered as ``build_tiny_fpn_backbone``.
 """
+
 import math
 
 import torch.nn as nn
@@ -16,15 +17,28 @@ __all__ = ["TinyNet", "build_tiny_backbone", "build_tiny_fpn_backbone"]
 
 
 class TinyNet(Backbone):
-    def __init__(self, widths=(16, 32, 64, 96), out_features=("t3", "t4", "t5"), norm="BN", in_channels=3):
+    def __init__(
+        self, widths=(16, 32, 64, 96), out_features=("t3", "t4", "t5"), norm="BN", in_channels=3
+    ):
         super().__init__()
         if len(widths) != 4:
             raise ValueError("MODEL.TINY.WIDTHS needs 4 stage widths, got %r" % (widths,))
-        self.stem = Conv2d(in_channels, widths[0], 3, stride=2, padding=1, bias=False, norm=get_norm(norm, widths[0]))
+        self.stem = Conv2d(
+            in_channels,
+            widths[0],
+            3,
+            stride=2,
+            padding=1,
+            bias=False,
+            norm=get_norm(norm, widths[0]),
+        )
         names = ["t2", "t3", "t4", "t5"]
         unknown = set(out_features) - set(names)
         if unknown:
-            raise ValueError("MODEL.TINY.OUT_FEATURES has unknown names %s; choose from %s" % (sorted(unknown), names))
+            raise ValueError(
+                "MODEL.TINY.OUT_FEATURES has unknown names %s; choose from %s"
+                % (sorted(unknown), names)
+            )
         # stages above the last requested output are not built (DDP rejects unused parameters)
         self.stage_names = names[: max(names.index(f) for f in out_features) + 1]
         c_in = widths[0]
@@ -37,7 +51,7 @@ class TinyNet(Backbone):
                 nn.ReLU(inplace=True),
             )
             self.add_module(name, stage)
-            self._out_feature_strides[name] = 4 * 2 ** i
+            self._out_feature_strides[name] = 4 * 2**i
             self._out_feature_channels[name] = w
             c_in = w
         self._out_features = list(out_features)
@@ -56,14 +70,21 @@ class TinyNet(Backbone):
 
     def output_shape(self):
         return {
-            n: ShapeSpec(channels=self._out_feature_channels[n], stride=self._out_feature_strides[n])
+            n: ShapeSpec(
+                channels=self._out_feature_channels[n], stride=self._out_feature_strides[n]
+            )
             for n in self._out_features
         }
 
 
 @BACKBONE_REGISTRY.register()
 def build_tiny_backbone(cfg, input_shape):
-    return TinyNet(cfg.MODEL.TINY.WIDTHS, cfg.MODEL.TINY.OUT_FEATURES, cfg.MODEL.RESNETS.NORM, input_shape.channels)
+    return TinyNet(
+        cfg.MODEL.TINY.WIDTHS,
+        cfg.MODEL.TINY.OUT_FEATURES,
+        cfg.MODEL.RESNETS.NORM,
+        input_shape.channels,
+    )
 
 
 @BACKBONE_REGISTRY.register()

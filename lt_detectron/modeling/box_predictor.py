@@ -34,6 +34,7 @@ image, every detection that can still be among its class's ``TEST.LT.TOPK_PER_CL
 dataset (:mod:`lt_detectron.modeling.topk_inference`; the running thresholds restart each time the
 predictor is put in eval mode, i.e. at every ``inference_on_dataset``).
 """
+
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -60,22 +61,39 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     """
 
     @configurable
-    def __init__(self, input_shape: ShapeSpec, *, cls_loss: Optional[ROILoss] = None, test_topk_per_class: int = 0,
-                 **kwargs):
+    def __init__(
+        self,
+        input_shape: ShapeSpec,
+        *,
+        cls_loss: Optional[ROILoss] = None,
+        test_topk_per_class: int = 0,
+        **kwargs,
+    ):
         super().__init__(input_shape, **kwargs)
         C = self.num_classes
         # per-class running thresholds of Fixed AP inference (state of one evaluation, not checkpointed)
-        self.class_topk = ClassTopKThresholds(C, test_topk_per_class) if test_topk_per_class > 0 else None
+        self.class_topk = (
+            ClassTopKThresholds(C, test_topk_per_class) if test_topk_per_class > 0 else None
+        )
         if cls_loss is None:
             cls_loss = SoftmaxROILoss(C)
         if not isinstance(cls_loss, ROILoss):
-            raise TypeError("cls_loss must be an lt_detectron.losses.ROILoss, got %s" % type(cls_loss).__name__)
+            raise TypeError(
+                "cls_loss must be an lt_detectron.losses.ROILoss, got %s" % type(cls_loss).__name__
+            )
         if cls_loss.num_classes != C:
-            raise ValueError("cls_loss has %d classes but the predictor has %d" % (cls_loss.num_classes, C))
+            raise ValueError(
+                "cls_loss has %d classes but the predictor has %d" % (cls_loss.num_classes, C)
+            )
         self.cls_loss = cls_loss  # a submodule: its buffers are checkpointed with the model
         spec = cls_loss.classifier_spec()
         in_features = self.cls_score.in_features
-        if spec.kind == "linear" and spec.num_logits == C + 1 and spec.bias and spec.init_std is None:
+        if (
+            spec.kind == "linear"
+            and spec.num_logits == C + 1
+            and spec.bias
+            and spec.init_std is None
+        ):
             # Detectron2's own layer (same init, same random stream); only the bias prior may change
             if spec.prior_prob > 0:
                 init_prior_bias(self.cls_score, spec.prior_prob)
@@ -88,11 +106,15 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         C = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         stats = train_class_stats(cfg, C, "MODEL.ROI_HEADS.NUM_CLASSES")
         ret["cls_loss"] = build_roi_loss(cfg, C, stats)
-        ret["test_topk_per_class"] = cfg.TEST.LT.TOPK_PER_CLASS if cfg.TEST.LT.AP_PROTOCOL == "fixed" else 0
+        ret["test_topk_per_class"] = (
+            cfg.TEST.LT.TOPK_PER_CLASS if cfg.TEST.LT.AP_PROTOCOL == "fixed" else 0
+        )
         return ret
 
     # ------------------------------------------------------------------ training
-    def losses(self, predictions, proposals, gt_classes_per_image: Optional[Sequence[torch.Tensor]] = None):
+    def losses(
+        self, predictions, proposals, gt_classes_per_image: Optional[Sequence[torch.Tensor]] = None
+    ):
         """Detectron2's losses with ``loss_cls`` from ``self.cls_loss``.
 
         Args:
@@ -102,14 +124,16 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         """
         scores, proposal_deltas = predictions
         gt_classes = (
-            cat([p.gt_classes for p in proposals], dim=0) if len(proposals)
+            cat([p.gt_classes for p in proposals], dim=0)
+            if len(proposals)
             else torch.empty(0, dtype=torch.long, device=scores.device)
         )
         log_classification_stats(self.cls_loss.accuracy_logits(scores), gt_classes)
         if len(proposals):
             proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)
             gt_boxes = cat(
-                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals], dim=0
+                [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
+                dim=0,
             )
         else:
             proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
@@ -120,12 +144,16 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         )
         losses = {
             "loss_cls": self.cls_loss(scores, gt_classes, batch),
-            "loss_box_reg": self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas, gt_classes),
+            "loss_box_reg": self.box_reg_loss(
+                proposal_boxes, gt_boxes, proposal_deltas, gt_classes
+            ),
         }
         return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
 
     # ------------------------------------------------------------------ inference
-    def predict_probs(self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals) -> List[torch.Tensor]:
+    def predict_probs(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals
+    ) -> List[torch.Tensor]:
         """Per image ``(R_i, C+1)`` probabilities, background last (``cls_loss.predict_probs``)."""
         scores, _ = predictions
         num_inst_per_image = [len(p) for p in proposals]
@@ -143,4 +171,6 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         boxes = self.predict_boxes(predictions, proposals)
         scores = self.predict_probs(predictions, proposals)
         image_shapes = [x.image_size for x in proposals]
-        return self.class_topk.inference(boxes, scores, image_shapes, self.test_score_thresh, self.test_nms_thresh)
+        return self.class_topk.inference(
+            boxes, scores, image_shapes, self.test_score_thresh, self.test_nms_thresh
+        )

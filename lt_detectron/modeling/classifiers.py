@@ -17,6 +17,7 @@
 Shapes: input ``(R, in_features)`` (extra trailing dims are flattened), output ``(R, out_features)``;
 for a Detectron2 ROI head ``out_features = C + 1`` with background last.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,16 @@ class CosineClassifier(nn.Module):
         init_std: std of the normal weight init (mmdet default 0.01).
     """
 
-    def __init__(self, in_features: int, num_classes_plus_bg: int, scale: Optional[float] = None,
-                 bias: bool = False, eps: float = 1e-6, learn_scale: bool = False, init_std: float = 0.01):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes_plus_bg: int,
+        scale: Optional[float] = None,
+        bias: bool = False,
+        eps: float = 1e-6,
+        learn_scale: bool = False,
+        init_std: float = 0.01,
+    ):
         super().__init__()
         self.in_features = int(in_features)
         self.out_features = int(num_classes_plus_bg)
@@ -84,12 +93,19 @@ class CosineClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         s = None if self.scale is None else float(self.scale)
-        return (f"in_features={self.in_features}, out_features={self.out_features}, scale={s}, "
-                f"learn_scale={isinstance(self.scale, nn.Parameter)}, bias={self.bias is not None}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, scale={s}, "
+            f"learn_scale={isinstance(self.scale, nn.Parameter)}, bias={self.bias is not None}"
+        )
 
 
-def NormedLinear(in_features: int, out_features: int, temperature: float = 20.0, bias: bool = True,
-                 eps: float = 1e-6) -> CosineClassifier:
+def NormedLinear(
+    in_features: int,
+    out_features: int,
+    temperature: float = 20.0,
+    bias: bool = True,
+    eps: float = 1e-6,
+) -> CosineClassifier:
     """ECM / mmdet ``NormedLinear`` recipe: ``20 * cos + b`` (fixed temperature, with bias)."""
     return CosineClassifier(in_features, out_features, scale=temperature, bias=bias, eps=eps)
 
@@ -120,7 +136,9 @@ def build_classifier(spec, in_features: int) -> nn.Module:
         if layer.bias is not None:
             nn.init.constant_(layer.bias, 0.0)
     elif spec.kind == "cosine":
-        layer = CosineClassifier(in_features, spec.num_logits, scale=spec.scale, bias=spec.bias, init_std=std)
+        layer = CosineClassifier(
+            in_features, spec.num_logits, scale=spec.scale, bias=spec.bias, init_std=std
+        )
     else:
         raise ValueError("unknown classifier kind %r; choose linear or cosine" % (spec.kind,))
     if spec.prior_prob > 0 and getattr(layer, "bias", None) is not None:

@@ -10,6 +10,7 @@ In training the heads pass the classes of every image's GT objects to the predic
 Detectron2's ``forward`` / ``_forward_box``, whose training branches are repeated here with that
 argument added.
 """
+
 from typing import Dict, List, Optional
 
 import torch
@@ -37,7 +38,9 @@ class LongTailROIHeads(StandardROIHeads):
         ret["box_predictor"] = LongTailFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
         return ret
 
-    def forward(self, images, features: Dict[str, torch.Tensor], proposals: List[Instances], targets=None):
+    def forward(
+        self, images, features: Dict[str, torch.Tensor], proposals: List[Instances], targets=None
+    ):
         if not self.training:
             return super().forward(images, features, proposals, targets)
         assert targets, "'targets' argument is required during training"
@@ -47,15 +50,24 @@ class LongTailROIHeads(StandardROIHeads):
         losses.update(self._forward_keypoint(features, proposals))
         return proposals, losses
 
-    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances], gt_classes_per_image=None):
+    def _forward_box(
+        self,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        gt_classes_per_image=None,
+    ):
         """Detectron2's ``_forward_box``; in training the predictor's losses get ``gt_classes_per_image``."""
         if not self.training:
             return super()._forward_box(features, proposals)
         features = [features[f] for f in self.box_in_features]
-        box_features = self.box_head(self.box_pooler(features, [x.proposal_boxes for x in proposals]))
+        box_features = self.box_head(
+            self.box_pooler(features, [x.proposal_boxes for x in proposals])
+        )
         predictions = self.box_predictor(box_features)
         del box_features
-        losses = self.box_predictor.losses(predictions, proposals, gt_classes_per_image=gt_classes_per_image)
+        losses = self.box_predictor.losses(
+            predictions, proposals, gt_classes_per_image=gt_classes_per_image
+        )
         # proposals is modified in-place below, so losses must be computed first.
         if self.train_on_pred_boxes:
             with torch.no_grad():
@@ -102,6 +114,8 @@ class LongTailCascadeROIHeads(CascadeROIHeads):
         storage = get_event_storage()
         for stage, (predictor, predictions, proposals) in enumerate(head_outputs):
             with storage.name_scope("stage{}".format(stage)):
-                stage_losses = predictor.losses(predictions, proposals, gt_classes_per_image=gt_classes_per_image)
+                stage_losses = predictor.losses(
+                    predictions, proposals, gt_classes_per_image=gt_classes_per_image
+                )
             losses.update({k + "_stage{}".format(stage): v for k, v in stage_losses.items()})
         return losses

@@ -25,6 +25,7 @@ Unlike the authors' script there is no separate threshold-estimation pass: thres
 are processed. State is per :class:`ClassTopKThresholds` instance; the box predictor resets its
 instance whenever it is put in eval mode (each ``inference_on_dataset``).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple
@@ -52,7 +53,9 @@ def topk_per_group_mask(scores: torch.Tensor, groups: torch.Tensor, k: int) -> t
     if n == 0 or k <= 0:
         return keep
     order = torch.sort(scores, descending=True, stable=True).indices
-    order = order[torch.sort(groups[order], stable=True).indices]  # by group, then score desc, then position
+    order = order[
+        torch.sort(groups[order], stable=True).indices
+    ]  # by group, then score desc, then position
     grp_sorted = groups[order]
     pos = torch.arange(n, device=scores.device)
     is_start = torch.ones(n, dtype=torch.bool, device=scores.device)
@@ -130,14 +133,18 @@ class ClassTopKThresholds:
         """Add the ``(N,)`` scores and classes of kept detections."""
         if scores.numel() == 0:
             return
-        self._pending.append((scores.detach().float().reshape(-1), classes.detach().long().reshape(-1)))
+        self._pending.append(
+            (scores.detach().float().reshape(-1), classes.detach().long().reshape(-1))
+        )
         self._num_pending += scores.numel()
         kept = 0 if self._scores is None else self._scores.numel()
         if self._num_pending >= max(self.k, kept):
             self._compact()
 
     def _compact(self) -> None:
-        parts = ([(self._scores, self._classes)] if self._scores is not None else []) + self._pending
+        parts = (
+            [(self._scores, self._classes)] if self._scores is not None else []
+        ) + self._pending
         s = torch.cat([p[0] for p in parts])
         c = torch.cat([p[1].to(s.device) for p in parts])
         keep = topk_per_group_mask(s, c, self.k)
@@ -148,7 +155,9 @@ class ClassTopKThresholds:
             # k-th highest per class: the minimum of the kept scores of a full class
             kth = torch.full((self.num_classes,), float("inf"), device=s.device)
             kth = kth.scatter_reduce(0, self._classes, self._scores, reduce="amin")
-            self.thresholds = torch.where(counts >= self.k, kth, torch.full_like(kth, float("-inf")))
+            self.thresholds = torch.where(
+                counts >= self.k, kth, torch.full_like(kth, float("-inf"))
+            )
 
     def inference(self, boxes, scores, image_shapes, score_thresh: float, nms_thresh: float):
         """:func:`topk_per_class_inference` with these thresholds, then :meth:`update` with its output."""

@@ -1,5 +1,6 @@
 """Atomic file writes: a temporary file in the same folder, flushed, fsync'ed and renamed over the
 target, so a reader sees the old content or the new one, never a partial file."""
+
 import os
 import tempfile
 from typing import Any, Callable

@@ -2,6 +2,7 @@
 
 The embedded dataset (``lt_shapes_*``) and the class-statistics cache live under it.
 """
+
 import os
 from pathlib import Path
 
@@ -14,7 +15,9 @@ class CacheDirError(PermissionError):
 
 def cache_base() -> str:
     """``$LT_DETECTRON_CACHE``, default ``~/.cache/lt_detectron`` (not created here)."""
-    return os.environ.get("LT_DETECTRON_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "lt_detectron")
+    return os.environ.get("LT_DETECTRON_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "lt_detectron"
+    )
 
 
 def cache_dir_error(path, e: OSError) -> CacheDirError:
@@ -23,8 +26,13 @@ def cache_dir_error(path, e: OSError) -> CacheDirError:
     return CacheDirError(
         "cannot write the lt_detectron cache folder %s (%s: %s). The cache is $LT_DETECTRON_CACHE (%s); "
         "point it to a writable folder, e.g. `export LT_DETECTRON_CACHE=/tmp/lt_detectron_cache`, or fix "
-        "the folder's permissions." % (os.path.abspath(str(path)), type(e).__name__, e.strerror or e,
-                                      "set to %r" % env if env else "unset, so ~/.cache/lt_detectron")
+        "the folder's permissions."
+        % (
+            os.path.abspath(str(path)),
+            type(e).__name__,
+            e.strerror or e,
+            "set to %r" % env if env else "unset, so ~/.cache/lt_detectron",
+        )
     )
 
 

@@ -38,8 +38,15 @@ CLI::
 
     python -m lt_detectron.data.embedded [--root DIR] [--seed 0] [--preview] [--force]
 """
+
 from ...utils.cache import CacheDirError, cache_base, ensure_cache_dir
-from .cache import cleanup_stale_temp, default_cache_root, generate_lt_shapes, get_lt_shapes, lt_shapes_paths
+from .cache import (
+    cleanup_stale_temp,
+    default_cache_root,
+    generate_lt_shapes,
+    get_lt_shapes,
+    lt_shapes_paths,
+)
 from .plan import plan_lt_shapes
 from .preview import render_class_strip, render_preview
 from .spec import DEFAULTS, FAMILIES, TEXTURES, VERSION, class_specs, long_tail_targets

@@ -1,5 +1,6 @@
 """Where ``lt_shapes`` lives and how it gets there: the cached folder, atomic generation, and the
 clean-up of temporary folders left by interrupted generations."""
+
 import logging
 import os
 import shutil
@@ -37,7 +38,9 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def cleanup_stale_temp(root, max_age_s: float = STALE_TEMP_AGE_S, min_age_s: float = 60.0) -> List[str]:
+def cleanup_stale_temp(
+    root, max_age_s: float = STALE_TEMP_AGE_S, min_age_s: float = 60.0
+) -> List[str]:
     """Remove temporary siblings ``.{root.name}.tmp-{pid}-{hex}`` left by killed generations.
 
     A folder is stale when its process is gone (and it is older than ``min_age_s``, so a
@@ -54,7 +57,7 @@ def cleanup_stale_temp(root, max_age_s: float = STALE_TEMP_AGE_S, min_age_s: flo
         if not p.name.startswith(prefix) or not p.is_dir():
             continue
         try:
-            pid = int(p.name[len(prefix):].split("-")[0])
+            pid = int(p.name[len(prefix) :].split("-")[0])
         except ValueError:
             pid = -1
         try:
@@ -93,7 +96,9 @@ def is_complete(root: Path) -> bool:
     )
 
 
-def generate_lt_shapes(root, seed: int = 0, overwrite: bool = False, preview: bool = False, **cfg) -> Dict[str, str]:
+def generate_lt_shapes(
+    root, seed: int = 0, overwrite: bool = False, preview: bool = False, **cfg
+) -> Dict[str, str]:
     """Generate the dataset into ``root`` (atomically) and return :func:`lt_shapes_paths`.
 
     Written to a temporary sibling folder, renamed to ``root`` only when complete: an
@@ -106,7 +111,9 @@ def generate_lt_shapes(root, seed: int = 0, overwrite: bool = False, preview: bo
     plan = plan_lt_shapes(seed, **cfg)
     ensure_cache_dir(root.parent)
     for p in cleanup_stale_temp(root):
-        logging.getLogger(__name__).warning("removed the temporary folder of an interrupted generation: %s", p)
+        logging.getLogger(__name__).warning(
+            "removed the temporary folder of an interrupted generation: %s", p
+        )
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         try:
@@ -141,7 +148,9 @@ def get_lt_shapes(root=None, seed: int = 0) -> str:
     if not is_complete(root):
         if root.exists():
             if any(root.iterdir()):
-                raise FileExistsError(f"{root} exists, is not empty and holds no complete lt_shapes dataset")
+                raise FileExistsError(
+                    f"{root} exists, is not empty and holds no complete lt_shapes dataset"
+                )
             root.rmdir()
         generate_lt_shapes(root, seed=seed)
     return str(root)

@@ -5,6 +5,7 @@ number of images, at most ``max_objects`` objects per image), places them withou
 and writes the LVIS-format records; the categories' ``frequency`` follows LVIS' rule on the
 train image counts (:func:`lt_detectron.class_stats.lvis_frequency`).
 """
+
 import math
 from collections import Counter
 from typing import List
@@ -67,7 +68,9 @@ def _place(rng, classes: List[int], specs, size: int, min_size: float, max_size:
         ok = False
         while not ok and s >= 0.5 * min_size:
             for _ in range(60):
-                theta = math.radians(rng.uniform(-20, 20)) + (math.pi / 2 if fam == "bar" and rng.random() < 0.5 else 0)
+                theta = math.radians(rng.uniform(-20, 20)) + (
+                    math.pi / 2 if fam == "bar" and rng.random() < 0.5 else 0
+                )
                 poly = (_UNIT[fam] * (s / 2)) @ _rot(theta).T
                 lo, hi = poly.min(0), poly.max(0)
                 if np.any(hi - lo > size - 2):
@@ -77,7 +80,10 @@ def _place(rng, classes: List[int], specs, size: int, min_size: float, max_size:
                 p = np.round(poly + [cx, cy], 2)
                 x0, y0 = p.min(0)
                 x1, y1 = p.max(0)
-                if all(x0 > bx1 + 1 or x1 < bx0 - 1 or y0 > by1 + 1 or y1 < by0 - 1 for bx0, by0, bx1, by1 in boxes):
+                if all(
+                    x0 > bx1 + 1 or x1 < bx0 - 1 or y0 > by1 + 1 or y1 < by0 - 1
+                    for bx0, by0, bx1, by1 in boxes
+                ):
                     ok = True
                     break
             if not ok:
@@ -113,7 +119,14 @@ def plan_lt_shapes(seed: int = 0, **cfg) -> dict:
     C = cfg["num_classes"]
     specs = class_specs(C)
     targets = long_tail_targets(C, cfg["num_train_images"], cfg["f_max_images"])
-    out = {"config": cfg, "seed": seed, "specs": specs, "targets": targets, "objects": {}, "dropped": 0}
+    out = {
+        "config": cfg,
+        "seed": seed,
+        "specs": specs,
+        "targets": targets,
+        "objects": {},
+        "dropped": 0,
+    }
 
     rng_val_counts = np.random.default_rng([seed, 99])
     vpc = cfg["val_instances_per_class"]
@@ -151,7 +164,12 @@ def plan_lt_shapes(seed: int = 0, **cfg) -> dict:
                         id=len(anns) + 1,
                         image_id=img_id,
                         category_id=cid,
-                        bbox=[float(x0), float(y0), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+                        bbox=[
+                            float(x0),
+                            float(y0),
+                            round(float(x1 - x0), 2),
+                            round(float(y1 - y0), 2),
+                        ],
                         area=round(_poly_area(p), 2),
                         segmentation=[[float(v) for v in p.reshape(-1)]],
                         iscrowd=0,
@@ -166,7 +184,11 @@ def plan_lt_shapes(seed: int = 0, **cfg) -> dict:
                     coco_url=f"lt_shapes/{split}/{img_id:06d}.jpg",
                     height=size,
                     width=size,
-                    neg_category_ids=[s["id"] for s in sorted(specs, key=lambda s: s["id"]) if s["id"] not in present],
+                    neg_category_ids=[
+                        s["id"]
+                        for s in sorted(specs, key=lambda s: s["id"])
+                        if s["id"] not in present
+                    ],
                     not_exhaustive_category_ids=[],
                 )
             )
@@ -176,8 +198,10 @@ def plan_lt_shapes(seed: int = 0, **cfg) -> dict:
 
     missing = {s["id"] for s in specs} - {a["category_id"] for a in per_split["val"][1]}
     if missing:
-        raise ValueError(f"val too small for all classes (missing ids {sorted(missing)}): "
-                         "raise num_val_images or lower val_instances_per_class")
+        raise ValueError(
+            f"val too small for all classes (missing ids {sorted(missing)}): "
+            "raise num_val_images or lower val_instances_per_class"
+        )
     # categories: frequency / image_count / instance_count from the TRAIN annotations
     tr_anns = per_split["train"][1]
     inst_c = Counter(a["category_id"] for a in tr_anns)
@@ -199,8 +223,12 @@ def plan_lt_shapes(seed: int = 0, **cfg) -> dict:
                 family=s["family"],
                 texture=s["texture"],
                 lvis_source=dict(
-                    rank=t["lvis_rank"], id=t["lvis_id"], name=t["lvis_name"], frequency=t["lvis_frequency"],
-                    image_count=t["lvis_image_count"], instance_count=t["lvis_instance_count"],
+                    rank=t["lvis_rank"],
+                    id=t["lvis_id"],
+                    name=t["lvis_name"],
+                    frequency=t["lvis_frequency"],
+                    image_count=t["lvis_image_count"],
+                    instance_count=t["lvis_instance_count"],
                 ),
             )
         )
@@ -215,5 +243,11 @@ def plan_lt_shapes(seed: int = 0, **cfg) -> dict:
     )
     for split in ("train", "val"):
         images, anns = per_split[split]
-        out[split] = dict(info=dict(info, split=split), licenses=[], images=images, annotations=anns, categories=cats)
+        out[split] = dict(
+            info=dict(info, split=split),
+            licenses=[],
+            images=images,
+            annotations=anns,
+            categories=cats,
+        )
     return out

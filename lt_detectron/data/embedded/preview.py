@@ -1,5 +1,6 @@
 """Pictures of a generated ``lt_shapes``: a grid of train images with their boxes, and one row of
 crops per class."""
+
 import json
 import math
 import os
@@ -30,7 +31,11 @@ def render_preview(root, out=None, n: int = 16, cols: int = 4, scale: int = 2) -
     canvas = Image.new("RGB", (cols * (W + 4), rows * (H + 4)), (255, 255, 255))
     colors = {"f": (0, 200, 0), "c": (255, 200, 0), "r": (255, 0, 0)}
     for i, im in enumerate(ims):
-        img = Image.open(os.path.join(p["train_images"], im["file_name"])).convert("RGB").resize((W, H), Image.NEAREST)
+        img = (
+            Image.open(os.path.join(p["train_images"], im["file_name"]))
+            .convert("RGB")
+            .resize((W, H), Image.NEAREST)
+        )
         dr = ImageDraw.Draw(img)
         for a in by_img[im["id"]]:
             x, y, w, h = [v * scale for v in a["bbox"]]
@@ -55,20 +60,28 @@ def render_class_strip(root, out=None, per_class: int = 6, cell: int = 48) -> st
             crops[a["category_id"]].append(a)
     order = sorted(cats, key=lambda c: -cats[c]["instance_count"])
     label_w = 150
-    canvas = Image.new("RGB", (label_w + per_class * (cell + 2), len(order) * (cell + 2)), (255, 255, 255))
+    canvas = Image.new(
+        "RGB", (label_w + per_class * (cell + 2), len(order) * (cell + 2)), (255, 255, 255)
+    )
     dr = ImageDraw.Draw(canvas)
     cache = {}
     for r, cid in enumerate(order):
         c = cats[cid]
         dr.text((2, r * (cell + 2) + cell // 2 - 10), f"{c['name']}", fill=(0, 0, 0))
-        dr.text((2, r * (cell + 2) + cell // 2 + 2), f"{c['frequency']}  {c['image_count']} img", fill=(90, 90, 90))
+        dr.text(
+            (2, r * (cell + 2) + cell // 2 + 2),
+            f"{c['frequency']}  {c['image_count']} img",
+            fill=(90, 90, 90),
+        )
         for j, a in enumerate(crops[cid]):
             fn = files[a["image_id"]]
             if fn not in cache:
                 cache[fn] = Image.open(os.path.join(p["train_images"], fn)).convert("RGB")
             x, y, w, h = a["bbox"]
             m = 2
-            crop = cache[fn].crop((int(x) - m, int(y) - m, int(math.ceil(x + w)) + m, int(math.ceil(y + h)) + m))
+            crop = cache[fn].crop(
+                (int(x) - m, int(y) - m, int(math.ceil(x + w)) + m, int(math.ceil(y + h)) + m)
+            )
             crop = crop.resize((cell, cell), Image.NEAREST)
             canvas.paste(crop, (label_w + j * (cell + 2), r * (cell + 2)))
     out = str(out or os.path.join(p["root"], "classes.png"))

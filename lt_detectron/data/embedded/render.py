@@ -1,5 +1,6 @@
 """The pixels of ``lt_shapes``: one image per plan entry, from its own random generator
 (``seed``, split, image id), so any image can be rendered alone."""
+
 import json
 import math
 from pathlib import Path
@@ -28,7 +29,9 @@ def _background(rng, size: int) -> np.ndarray:
     # smooth low-frequency variation
     lo = rng.normal(0, 14, (4, 4, 3)).astype(np.float32)
     for c in range(3):
-        img[..., c] += np.asarray(Image.fromarray(lo[..., c], mode="F").resize((size, size), Image.BILINEAR))
+        img[..., c] += np.asarray(
+            Image.fromarray(lo[..., c], mode="F").resize((size, size), Image.BILINEAR)
+        )
     # linear illumination gradient
     g = rng.normal(0, 12, 2)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size - 0.5
@@ -117,7 +120,11 @@ def write_dataset(plan: dict, out_dir: Path) -> None:
         d = out_dir / split
         d.mkdir(parents=True, exist_ok=True)
         for im, objs in zip(plan[split]["images"], plan["objects"][split]):
-            arr = _render_image(plan["seed"], split, im["id"], objs, plan["specs"], cfg["image_size"])
-            Image.fromarray(arr).save(d / im["file_name"], quality=cfg["jpeg_quality"], subsampling=0)
+            arr = _render_image(
+                plan["seed"], split, im["id"], objs, plan["specs"], cfg["image_size"]
+            )
+            Image.fromarray(arr).save(
+                d / im["file_name"], quality=cfg["jpeg_quality"], subsampling=0
+            )
         with open(out_dir / f"lt_shapes_{split}.json", "w") as f:
             json.dump(plan[split], f, separators=(",", ":"))

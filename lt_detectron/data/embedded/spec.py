@@ -1,5 +1,6 @@
 """What ``lt_shapes`` holds: its options, the class specs (shape outline, texture, hue) and the
 LVIS-aligned long-tail targets of the training counts."""
+
 import math
 from typing import List
 
@@ -56,7 +57,9 @@ def class_specs(num_classes: int = DEFAULTS["num_classes"]) -> List[dict]:
                 name=f"{TEXTURES[var]}_{FAMILIES[fam]}",
             )
         )
-    for cid, s in enumerate(sorted(specs, key=lambda s: (FAMILIES.index(s["family"]), s["variant"])), 1):
+    for cid, s in enumerate(
+        sorted(specs, key=lambda s: (FAMILIES.index(s["family"]), s["variant"])), 1
+    ):
         s["id"] = cid
     return specs
 
@@ -133,7 +136,20 @@ def _unit_polygon(family: str) -> np.ndarray:
     if family == "cross":
         w = 0.32
         return np.array(
-            [[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w], [w, 1], [-w, 1], [-w, w], [-1, w], [-1, -w], [-w, -w]]
+            [
+                [-w, -1],
+                [w, -1],
+                [w, -w],
+                [1, -w],
+                [1, w],
+                [w, w],
+                [w, 1],
+                [-w, 1],
+                [-w, w],
+                [-1, w],
+                [-1, -w],
+                [-w, -w],
+            ]
         )
     if family == "bar":
         w = 0.38

@@ -1,4 +1,5 @@
 """Per-class and per-band summaries of a generated ``lt_shapes``, recomputed from its jsons."""
+
 import json
 from collections import Counter, defaultdict
 from typing import List
@@ -60,7 +61,8 @@ def band_summary(rows: List[dict]) -> List[dict]:
 
 def format_summary(rows: List[dict], root=None) -> str:
     lines = [
-        f"{'id':>3} {'name':<18} {'family':<9} {'band':<4} {'tr_img':>6} {'tr_inst':>7} {'val_inst':>8}  lvis class (instances)",
+        f"{'id':>3} {'name':<18} {'family':<9} {'band':<4} {'tr_img':>6} {'tr_inst':>7} "
+        f"{'val_inst':>8}  lvis class (instances)",
     ]
     for r in rows:
         lines.append(
@@ -68,10 +70,13 @@ def format_summary(rows: List[dict], root=None) -> str:
             f"{r['train_instances']:>7} {r['val_instances']:>8}  {r['lvis_name']} ({r['lvis_instances']})"
         )
     lines.append("")
-    lines.append(f"{'band':<5} {'classes':>7} {'train_img*':>10} {'train_inst':>10} {'val_inst':>8}")
+    lines.append(
+        f"{'band':<5} {'classes':>7} {'train_img*':>10} {'train_inst':>10} {'val_inst':>8}"
+    )
     for b in band_summary(rows):
         lines.append(
-            f"{b['band']:<5} {b['classes']:>7} {b['train_images']:>10} {b['train_instances']:>10} {b['val_instances']:>8}"
+            f"{b['band']:<5} {b['classes']:>7} {b['train_images']:>10} "
+            f"{b['train_instances']:>10} {b['val_instances']:>8}"
         )
     lines.append("(*train_img: per-class image counts summed over the band's classes)")
     if root is not None:

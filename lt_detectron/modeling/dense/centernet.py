@@ -12,7 +12,8 @@
 * Losses: penalty-reduced focal loss (alpha 2, beta 4) / number of peak pixels (max 1): the heat-map
   form of the protocol loss of ``MODEL.LT.DENSE_LOSS``, ``cls_loss.heatmap(...)`` (BOFL: w_{i,k},
   k = one image, eta 0.8); L1 size and offset losses at the centres / (2 x objects), weights 1 / 0.1 / 1.
-* Inference (:func:`centernet_decode`): heat-map probabilities (``cls_loss.predict_probs``, sigmoid), 3x3 max-pool NMS (keep local maxima), top K
+* Inference (:func:`centernet_decode`): heat-map probabilities (``cls_loss.predict_probs``, sigmoid),
+  3x3 max-pool NMS (keep local maxima), top K
   over all classes and pixels, boxes ((x + dx) +- w/2, (y + dy) +- h/2) * s; ``Instances`` with
   ``pred_boxes``, ``scores``, ``pred_classes``; ``detector_postprocess`` to the original size.
 
@@ -22,6 +23,7 @@ heat-map targets, the penalty-reduced focal loss and the max-pool peak decoding 
 (``_decode_per_level_predictions``: threshold, top-k per level, anchor deltas) and ``batched_nms`` do not
 apply: CenterNet takes the top K peaks over all classes and pixels and needs no box NMS.
 """
+
 import math
 from typing import List, Optional, Tuple
 
@@ -55,15 +57,15 @@ def gaussian_radius(det_size: Tuple[float, float], min_overlap: float = 0.7) -> 
     a1 = 1
     b1 = height + width
     c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
-    r1 = (b1 + math.sqrt(b1 ** 2 - 4 * a1 * c1)) / 2
+    r1 = (b1 + math.sqrt(b1**2 - 4 * a1 * c1)) / 2
     a2 = 4
     b2 = 2 * (height + width)
     c2 = (1 - min_overlap) * width * height
-    r2 = (b2 + math.sqrt(b2 ** 2 - 4 * a2 * c2)) / 2
+    r2 = (b2 + math.sqrt(b2**2 - 4 * a2 * c2)) / 2
     a3 = 4 * min_overlap
     b3 = -2 * min_overlap * (height + width)
     c3 = (min_overlap - 1) * width * height
-    r3 = (b3 + math.sqrt(b3 ** 2 - 4 * a3 * c3)) / 2
+    r3 = (b3 + math.sqrt(b3**2 - 4 * a3 * c3)) / 2
     return min(r1, r2, r3)
 
 
@@ -93,7 +95,9 @@ def draw_gaussian(heatmap: torch.Tensor, center: Tuple[int, int], radius: int) -
 
 
 @torch.no_grad()
-def centernet_targets(gt_instances: List[Instances], num_classes: int, output_size, stride: int, min_overlap=0.7):
+def centernet_targets(
+    gt_instances: List[Instances], num_classes: int, output_size, stride: int, min_overlap=0.7
+):
     """Heat maps and regression targets of a batch.
 
     Returns ``heat`` (N, C, H, W) and, for the M drawn objects: ``batch_idx`` (M,), ``ys`` (M,), ``xs`` (M,)
@@ -128,8 +132,17 @@ def centernet_targets(gt_instances: List[Instances], num_classes: int, output_si
 
 
 @torch.no_grad()
-def centernet_decode(heat_logits, wh, offset, stride: int, k: int = 100, kernel: int = 3, score_thresh: float = 0.0,
-                     image_size=None, predict_probs=torch.sigmoid) -> Instances:
+def centernet_decode(
+    heat_logits,
+    wh,
+    offset,
+    stride: int,
+    k: int = 100,
+    kernel: int = 3,
+    score_thresh: float = 0.0,
+    image_size=None,
+    predict_probs=torch.sigmoid,
+) -> Instances:
     """Peaks of one image's (C, H, W) heat-map logits -> ``Instances`` (boxes in input pixels).
 
     Keeps the local maxima of ``predict_probs(heat)`` (the loss's; sigmoid) under a ``kernel`` x ``kernel``
@@ -162,12 +175,16 @@ class CenterNetHead(nn.Module):
     """Heat-map, size and offset branches on one feature map: ``forward([x]) -> [heat, wh, offset]``."""
 
     @configurable
-    def __init__(self, *, in_channels: int, num_classes: int, head_conv: int = 64, prior_prob: float = 0.1):
+    def __init__(
+        self, *, in_channels: int, num_classes: int, head_conv: int = 64, prior_prob: float = 0.1
+    ):
         super().__init__()
 
         def branch(out):
             return nn.Sequential(
-                nn.Conv2d(in_channels, head_conv, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(head_conv, out, 1)
+                nn.Conv2d(in_channels, head_conv, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(head_conv, out, 1),
             )
 
         self.heat = branch(num_classes)
@@ -225,7 +242,9 @@ class CenterNet(DenseDetector):
         self.num_classes = num_classes
         self.cls_loss = cls_loss if cls_loss is not None else FocalDenseLoss(num_classes)
         if self.cls_loss.num_classes != num_classes:
-            raise ValueError("cls_loss has %d classes, CenterNet %d" % (self.cls_loss.num_classes, num_classes))
+            raise ValueError(
+                "cls_loss has %d classes, CenterNet %d" % (self.cls_loss.num_classes, num_classes)
+            )
         self.min_overlap = min_overlap
         self.hm_alpha, self.hm_beta = hm_alpha, hm_beta
         self.hm_weight, self.wh_weight, self.off_weight = hm_weight, wh_weight, off_weight
@@ -240,13 +259,20 @@ class CenterNet(DenseDetector):
         backbone = build_backbone(cfg)
         shapes = backbone.output_shape()
         if c.IN_FEATURE not in shapes:
-            raise ValueError("MODEL.CENTERNET.IN_FEATURE %r not in the backbone's outputs %s" % (c.IN_FEATURE, sorted(shapes)))
+            raise ValueError(
+                "MODEL.CENTERNET.IN_FEATURE %r not in the backbone's outputs %s"
+                % (c.IN_FEATURE, sorted(shapes))
+            )
         return {
             "backbone": backbone,
             "head": CenterNetHead(cfg, shapes[c.IN_FEATURE]),
             "in_feature": c.IN_FEATURE,
             "num_classes": c.NUM_CLASSES,
-            "cls_loss": build_dense_loss(cfg, c.NUM_CLASSES, train_class_stats(cfg, c.NUM_CLASSES, "MODEL.CENTERNET.NUM_CLASSES")),
+            "cls_loss": build_dense_loss(
+                cfg,
+                c.NUM_CLASSES,
+                train_class_stats(cfg, c.NUM_CLASSES, "MODEL.CENTERNET.NUM_CLASSES"),
+            ),
             "min_overlap": c.MIN_OVERLAP,
             "hm_alpha": c.HM_ALPHA,
             "hm_beta": c.HM_BETA,
@@ -272,7 +298,9 @@ class CenterNet(DenseDetector):
         except AssertionError:
             pass
         batch = DenseBatch(gt_classes_per_image=[x.gt_classes for x in gt_instances])
-        loss_hm = self.cls_loss.heatmap(heat_logits, heat, batch, self.hm_alpha, self.hm_beta) / max(num_pos, 1.0)
+        loss_hm = self.cls_loss.heatmap(
+            heat_logits, heat, batch, self.hm_alpha, self.hm_beta
+        ) / max(num_pos, 1.0)
         M = b.numel()
         if M > 0:
             pred_wh = wh[b, :, ys, xs]  # (M, 2)
@@ -293,7 +321,14 @@ class CenterNet(DenseDetector):
         k = min(self.test_topk, self.max_detections_per_image)
         return [
             centernet_decode(
-                heat_logits[i], wh[i], off[i], self.stride, k, self.nms_kernel, self.test_score_thresh, image_size,
+                heat_logits[i],
+                wh[i],
+                off[i],
+                self.stride,
+                k,
+                self.nms_kernel,
+                self.test_score_thresh,
+                image_size,
                 predict_probs=self.cls_loss.predict_probs,
             )
             for i, image_size in enumerate(images.image_sizes)

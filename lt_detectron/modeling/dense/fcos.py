@@ -36,6 +36,7 @@ Detectron2 v0.6 ships FCOS (``modeling/meta_arch/fcos.py``: ``FCOS``, ``FCOSHead
     ``TEST.DETECTIONS_PER_IMAGE``. Detectron2's thresholds sqrt(sigmoid(cls) * ctr) itself and clips
     only after NMS (in ``detector_postprocess``).
 """
+
 import math
 from typing import List, Optional
 
@@ -100,7 +101,9 @@ class FCOSHead(nn.Module):
         super().__init__()
         channels = {s.channels for s in input_shape}
         if len(channels) != 1:
-            raise ValueError("FCOS needs the same number of channels on every level, got %s" % channels)
+            raise ValueError(
+                "FCOS needs the same number of channels on every level, got %s" % channels
+            )
         c = channels.pop()
         self.strides = [int(s.stride) for s in input_shape]
         self.num_classes = num_classes
@@ -144,7 +147,9 @@ class FCOSHead(nn.Module):
             logits.append(self.cls_logits(cls_t))
             ctrs.append(self.centerness(box_t if self.centerness_on_reg else cls_t))
             reg = scale(self.bbox_pred(box_t))
-            regs.append(F.relu(reg) * stride if self.norm_reg_targets else torch.exp(reg.clamp(max=20.0)))
+            regs.append(
+                F.relu(reg) * stride if self.norm_reg_targets else torch.exp(reg.clamp(max=20.0))
+            )
         return [logits, regs, ctrs]
 
 
@@ -175,7 +180,9 @@ class FCOS(Detectron2FCOS):
             backbone=backbone,
             head=head,
             head_in_features=head_in_features,
-            box2box_transform=Box2BoxTransformLinear(normalize_by_size=False),  # the head predicts pixels
+            box2box_transform=Box2BoxTransformLinear(
+                normalize_by_size=False
+            ),  # the head predicts pixels
             num_classes=num_classes,
             center_sampling_radius=center_sampling_radius,
             test_score_thresh=test_score_thresh,
@@ -188,7 +195,9 @@ class FCOS(Detectron2FCOS):
         self.strides = list(head.strides)
         self.cls_loss = cls_loss if cls_loss is not None else FocalDenseLoss(num_classes)
         if self.cls_loss.num_classes != num_classes:
-            raise ValueError("cls_loss has %d classes, FCOS %d" % (self.cls_loss.num_classes, num_classes))
+            raise ValueError(
+                "cls_loss has %d classes, FCOS %d" % (self.cls_loss.num_classes, num_classes)
+            )
         n_levels = len(head_in_features)
         if len(sizes_of_interest) != n_levels - 1:
             raise ValueError(
@@ -208,7 +217,10 @@ class FCOS(Detectron2FCOS):
         shapes = backbone.output_shape()
         missing = [n for n in f.IN_FEATURES if n not in shapes]
         if missing:
-            raise ValueError("MODEL.FCOS.IN_FEATURES %s not in the backbone's outputs %s" % (missing, sorted(shapes)))
+            raise ValueError(
+                "MODEL.FCOS.IN_FEATURES %s not in the backbone's outputs %s"
+                % (missing, sorted(shapes))
+            )
         feature_shapes = [shapes[n] for n in f.IN_FEATURES]
         return {
             "backbone": backbone,
@@ -216,8 +228,11 @@ class FCOS(Detectron2FCOS):
             "head_in_features": list(f.IN_FEATURES),
             "num_classes": f.NUM_CLASSES,
             "cls_loss": build_dense_loss(
-                cfg, f.NUM_CLASSES, train_class_stats(cfg, f.NUM_CLASSES, "MODEL.FCOS.NUM_CLASSES"),
-                focal_alpha=f.FOCAL_LOSS_ALPHA, focal_gamma=f.FOCAL_LOSS_GAMMA,
+                cfg,
+                f.NUM_CLASSES,
+                train_class_stats(cfg, f.NUM_CLASSES, "MODEL.FCOS.NUM_CLASSES"),
+                focal_alpha=f.FOCAL_LOSS_ALPHA,
+                focal_gamma=f.FOCAL_LOSS_GAMMA,
             ),
             "sizes_of_interest": list(f.SIZES_OF_INTEREST),
             "center_sampling_radius": f.CENTER_SAMPLING_RADIUS,
@@ -232,7 +247,9 @@ class FCOS(Detectron2FCOS):
 
     # ------------------------------------------------------------------ targets
     @torch.no_grad()
-    def match_anchors(self, anchors: List[Boxes], gt_instances: List[Instances]) -> List[torch.Tensor]:
+    def match_anchors(
+        self, anchors: List[Boxes], gt_instances: List[Instances]
+    ) -> List[torch.Tensor]:
         """Detectron2's interface with FCOS' rule (module docstring).
 
         Args:
@@ -244,10 +261,17 @@ class FCOS(Detectron2FCOS):
         """
         points = Boxes.cat(anchors).get_centers()  # (R, 2)
         R = len(points)
-        lo = cat([points.new_full((len(a),), self.size_ranges[i][0]) for i, a in enumerate(anchors)])
-        hi = cat([points.new_full((len(a),), self.size_ranges[i][1]) for i, a in enumerate(anchors)])
+        lo = cat(
+            [points.new_full((len(a),), self.size_ranges[i][0]) for i, a in enumerate(anchors)]
+        )
+        hi = cat(
+            [points.new_full((len(a),), self.size_ranges[i][1]) for i, a in enumerate(anchors)]
+        )
         xs, ys = points[:, 0:1], points[:, 1:2]
-        radius = cat([a.tensor[:, 2] - a.tensor[:, 0] for a in anchors])[:, None] * self.center_sampling_radius
+        radius = (
+            cat([a.tensor[:, 2] - a.tensor[:, 0] for a in anchors])[:, None]
+            * self.center_sampling_radius
+        )
         matched = []
         for inst in gt_instances:
             gt = Boxes(inst.gt_boxes.tensor.to(points))
@@ -258,7 +282,12 @@ class FCOS(Detectron2FCOS):
             candidate = reg.min(dim=2).values > 0
             if self.center_sampling_radius > 0:
                 cx, cy = gt.get_centers().unbind(dim=1)  # (G,)
-                candidate &= (xs > cx - radius) & (xs < cx + radius) & (ys > cy - radius) & (ys < cy + radius)
+                candidate &= (
+                    (xs > cx - radius)
+                    & (xs < cx + radius)
+                    & (ys > cy - radius)
+                    & (ys < cy + radius)
+                )
             max_reg = reg.max(dim=2).values
             candidate &= (max_reg >= lo[:, None]) & (max_reg <= hi[:, None])
             area = gt.area()[None].expand(R, -1).clone()
@@ -276,7 +305,9 @@ class FCOS(Detectron2FCOS):
         labels, boxes = [], []
         for inst in gt_instances:
             if len(inst.gt_boxes) == 0:
-                labels.append(torch.full((R,), self.num_classes, dtype=torch.long, device=anchors[0].device))
+                labels.append(
+                    torch.full((R,), self.num_classes, dtype=torch.long, device=anchors[0].device)
+                )
                 boxes.append(Boxes(anchors[0].tensor.new_zeros(R, 4)))
                 continue
             (label,), (box,) = super().label_anchors(anchors, [inst])
@@ -286,11 +317,18 @@ class FCOS(Detectron2FCOS):
 
     # ------------------------------------------------------------------ training
     def forward_training(self, images, features, predictions, gt_instances):
-        pred_logits, pred_deltas, pred_ctrs = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
+        pred_logits, pred_deltas, pred_ctrs = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1]
+        )
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.losses(
-            anchors, pred_logits, gt_labels, pred_deltas, gt_boxes, pred_ctrs,
+            anchors,
+            pred_logits,
+            gt_labels,
+            pred_deltas,
+            gt_boxes,
+            pred_ctrs,
             gt_classes_list=[x.gt_classes for x in gt_instances],
         )
 
@@ -309,8 +347,16 @@ class FCOS(Detectron2FCOS):
         inter = w * h
         return -torch.log((inter + 1.0) / (pred_area + tgt_area - inter + 1.0))
 
-    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, pred_centerness,
-               gt_classes_list=None):
+    def losses(
+        self,
+        anchors,
+        pred_logits,
+        gt_labels,
+        pred_anchor_deltas,
+        gt_boxes,
+        pred_centerness,
+        gt_classes_list=None,
+    ):
         """Detectron2's signature: per level (N, R_i, C) logits, (N, R_i, 4) ltrb, (N, R_i, 1) centerness
         logits; per image (R,) labels and (R,) matched ``Boxes``; plus the images' GT classes (``DenseBatch``)."""
         labels = torch.stack(gt_labels)  # (N, R)
@@ -318,7 +364,9 @@ class FCOS(Detectron2FCOS):
         N, R, C = logits.shape
         pos = (labels >= 0) & (labels < C)
         num_pos = pos.sum()
-        num_pos_avg = max(all_reduce_sum(num_pos.detach().float().clone()).item() / get_world_size(), 1.0)
+        num_pos_avg = max(
+            all_reduce_sum(num_pos.detach().float().clone()).item() / get_world_size(), 1.0
+        )
         try:
             get_event_storage().put_scalar("num_pos_locations", num_pos.item() / N)
         except AssertionError:
@@ -330,25 +378,43 @@ class FCOS(Detectron2FCOS):
         regs = cat(pred_anchor_deltas, dim=1)
         ctrs = cat(pred_centerness, dim=1)
         anchors_t = Boxes.cat(anchors).tensor
-        reg_targets = torch.stack([self.box2box_transform.get_deltas(anchors_t, b.tensor) for b in gt_boxes])[pos]
+        reg_targets = torch.stack(
+            [self.box2box_transform.get_deltas(anchors_t, b.tensor) for b in gt_boxes]
+        )[pos]
         ctr_targets = self.compute_ctrness_targets(anchors, gt_boxes)[pos]  # (M,)
-        ctr_sum = max(all_reduce_sum(ctr_targets.sum().detach().clone()).item() / get_world_size(), 1e-6)
+        ctr_sum = max(
+            all_reduce_sum(ctr_targets.sum().detach().clone()).item() / get_world_size(), 1e-6
+        )
         if reg_targets.shape[0] > 0:
-            loss_box = (self.box_loss_per_location(regs[pos], reg_targets) * ctr_targets).sum() / ctr_sum
-            loss_ctr = F.binary_cross_entropy_with_logits(ctrs[pos].reshape(-1), ctr_targets, reduction="sum")
+            loss_box = (
+                self.box_loss_per_location(regs[pos], reg_targets) * ctr_targets
+            ).sum() / ctr_sum
+            loss_ctr = F.binary_cross_entropy_with_logits(
+                ctrs[pos].reshape(-1), ctr_targets, reduction="sum"
+            )
             loss_ctr = loss_ctr / num_pos_avg
         else:  # keep the graph (DDP) with zero losses
             loss_box = regs.sum() * 0.0
             loss_ctr = ctrs.sum() * 0.0
-        return {"loss_fcos_cls": loss_cls / num_pos_avg, "loss_fcos_loc": loss_box, "loss_fcos_ctr": loss_ctr}
+        return {
+            "loss_fcos_cls": loss_cls / num_pos_avg,
+            "loss_fcos_loc": loss_box,
+            "loss_fcos_ctr": loss_ctr,
+        }
 
     # ------------------------------------------------------------------ inference
     def forward_inference(self, images, features, predictions):
-        pred_logits, pred_deltas, pred_ctrs = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
+        pred_logits, pred_deltas, pred_ctrs = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4, 1]
+        )
         anchors = self.anchor_generator(features)
         return [
             self.inference_single_image(
-                anchors, [x[i] for x in pred_logits], [x[i] for x in pred_deltas], [x[i] for x in pred_ctrs], image_size
+                anchors,
+                [x[i] for x in pred_logits],
+                [x[i] for x in pred_deltas],
+                [x[i] for x in pred_ctrs],
+                image_size,
             )
             for i, image_size in enumerate(images.image_sizes)
         ]
@@ -361,7 +427,9 @@ class FCOS(Detectron2FCOS):
             prob = self.cls_loss.predict_probs(logits_i)
             # the threshold is on the probability, the ranking on sqrt(prob * ctr); detectron2's decode
             # thresholds what it ranks, so the scores below the threshold are set to -1 and it keeps > -1
-            scores = torch.where(prob > self.test_score_thresh, torch.sqrt(prob * torch.sigmoid(ctrs_i)), -1.0)
+            scores = torch.where(
+                prob > self.test_score_thresh, torch.sqrt(prob * torch.sigmoid(ctrs_i)), -1.0
+            )
             per_level.append(
                 self._decode_per_level_predictions(
                     anchors_i, scores, deltas_i, -1.0, self.test_topk_candidates, image_size
@@ -369,5 +437,7 @@ class FCOS(Detectron2FCOS):
             )
         pred = Instances.cat(per_level)
         pred.pred_boxes.clip(image_size)
-        keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
+        keep = batched_nms(
+            pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
+        )
         return pred[keep[: self.max_detections_per_image]]

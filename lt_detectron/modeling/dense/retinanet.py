@@ -7,6 +7,7 @@ protocol loss ``cls_loss`` (:class:`~lt_detectron.losses.base.DenseLoss`, ``MODE
 valid anchors and divided by the detector's own normaliser (the EMA of positive anchors). Inference
 scores are ``cls_loss.predict_probs(logits)``.
 """
+
 import torch
 from detectron2.config import configurable
 from detectron2.layers import cat
@@ -28,9 +29,16 @@ class LongTailRetinaNet(RetinaNet):
     def __init__(self, *, cls_loss: DenseLoss = None, **kwargs):
         super().__init__(**kwargs)
         if cls_loss is None:
-            cls_loss = FocalDenseLoss(self.num_classes, focal_alpha=self.focal_loss_alpha, focal_gamma=self.focal_loss_gamma)
+            cls_loss = FocalDenseLoss(
+                self.num_classes,
+                focal_alpha=self.focal_loss_alpha,
+                focal_gamma=self.focal_loss_gamma,
+            )
         if cls_loss.num_classes != self.num_classes:
-            raise ValueError("cls_loss has %d classes, the detector %d" % (cls_loss.num_classes, self.num_classes))
+            raise ValueError(
+                "cls_loss has %d classes, the detector %d"
+                % (cls_loss.num_classes, self.num_classes)
+            )
         self.cls_loss = cls_loss
 
     @classmethod
@@ -38,21 +46,32 @@ class LongTailRetinaNet(RetinaNet):
         ret = super().from_config(cfg)
         r = cfg.MODEL.RETINANET
         ret["cls_loss"] = build_dense_loss(
-            cfg, r.NUM_CLASSES, train_class_stats(cfg, r.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES"),
-            focal_alpha=r.FOCAL_LOSS_ALPHA, focal_gamma=r.FOCAL_LOSS_GAMMA,
+            cfg,
+            r.NUM_CLASSES,
+            train_class_stats(cfg, r.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES"),
+            focal_alpha=r.FOCAL_LOSS_ALPHA,
+            focal_gamma=r.FOCAL_LOSS_GAMMA,
         )
         return ret
 
     def forward_training(self, images, features, predictions, gt_instances):
-        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4]
+        )
         anchors = self.anchor_generator(features)
         gt_labels, gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.losses(
-            anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
+            anchors,
+            pred_logits,
+            gt_labels,
+            pred_anchor_deltas,
+            gt_boxes,
             gt_classes_list=[x.gt_classes for x in gt_instances],
         )
 
-    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, gt_classes_list=None):
+    def losses(
+        self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, gt_classes_list=None
+    ):
         """Detectron2's RetinaNet losses with ``loss_cls`` from ``self.cls_loss`` (same normaliser)."""
         num_images = len(gt_labels)
         gt_labels = torch.stack(gt_labels)  # (N, R)
@@ -63,7 +82,9 @@ class LongTailRetinaNet(RetinaNet):
         normalizer = self._ema_update("loss_normalizer", max(num_pos_anchors, 1), 100)
 
         logits = cat(pred_logits, dim=1)  # (N, R, C)
-        image_index = torch.arange(num_images, device=logits.device)[:, None].expand_as(gt_labels)[valid_mask]
+        image_index = torch.arange(num_images, device=logits.device)[:, None].expand_as(gt_labels)[
+            valid_mask
+        ]
         batch = DenseBatch(image_index=image_index, gt_classes_per_image=gt_classes_list)
         loss_cls = self.cls_loss(logits[valid_mask], gt_labels[valid_mask], batch)
 
@@ -80,11 +101,15 @@ class LongTailRetinaNet(RetinaNet):
 
     def forward_inference(self, images, features, predictions):
         """Detectron2's, with the scores from ``cls_loss.predict_probs``."""
-        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
+        pred_logits, pred_anchor_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4]
+        )
         anchors = self.anchor_generator(features)
         results = []
         for img_idx, image_size in enumerate(images.image_sizes):
             scores_per_image = [self.cls_loss.predict_probs(x[img_idx]) for x in pred_logits]
             deltas_per_image = [x[img_idx] for x in pred_anchor_deltas]
-            results.append(self.inference_single_image(anchors, scores_per_image, deltas_per_image, image_size))
+            results.append(
+                self.inference_single_image(anchors, scores_per_image, deltas_per_image, image_size)
+            )
         return results

@@ -6,6 +6,7 @@
 - :mod:`.detections`: generated LVIS-like ground truth and detections for evaluator tests and
   benchmarks.
 """
+
 from .detections import (
     detections_to_instances,
     detections_to_results,

@@ -7,6 +7,7 @@ boxes of all three COCO area ranges and (optionally) polygon masks. Detections a
 jittered copies of ground truth (right or confused class) plus random boxes, with
 categories from the image's positive, negative and unrelated sets.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -35,8 +36,16 @@ def lvis_v1_like_categories(num_classes: int = 1203, seed: int = 0) -> List[dict
     if num_classes == 1203:
         st = load_shipped_stats("lvis_v1_train")
         return [
-            {"id": int(i), "name": str(n), "frequency": str(f), "image_count": int(ic), "instance_count": int(nc)}
-            for i, n, f, ic, nc in zip(st["id"], st["name"], st["frequency"], st["image_count"], st["instance_count"])
+            {
+                "id": int(i),
+                "name": str(n),
+                "frequency": str(f),
+                "image_count": int(ic),
+                "instance_count": int(nc),
+            }
+            for i, n, f, ic, nc in zip(
+                st["id"], st["name"], st["frequency"], st["image_count"], st["instance_count"]
+            )
         ]
     rng = np.random.default_rng(seed)
     ranks = rng.permutation(num_classes) + 1
@@ -45,8 +54,15 @@ def lvis_v1_like_categories(num_classes: int = 1203, seed: int = 0) -> List[dict
     cats = []
     for i in range(num_classes):
         ic = int(image_counts[i])
-        cats.append({"id": i + 1, "name": f"class_{i + 1}", "frequency": str(freq[i]), "image_count": ic,
-                     "instance_count": int(ic * (1 + rng.integers(0, 3)))})
+        cats.append(
+            {
+                "id": i + 1,
+                "name": f"class_{i + 1}",
+                "frequency": str(freq[i]),
+                "image_count": ic,
+                "instance_count": int(ic * (1 + rng.integers(0, 3))),
+            }
+        )
     return cats
 
 
@@ -96,8 +112,13 @@ def make_lvis_like_gt(
                 h = min(H - 1.0, side / ar)
                 x = float(rng.uniform(0, W - w))
                 y = float(rng.uniform(0, H - h))
-                a = {"id": ann_id, "image_id": img_id, "category_id": int(c),
-                     "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)], "area": round(w * h, 2)}
+                a = {
+                    "id": ann_id,
+                    "image_id": img_id,
+                    "category_id": int(c),
+                    "bbox": [round(x, 2), round(y, 2), round(w, 2), round(h, 2)],
+                    "area": round(w * h, 2),
+                }
                 if with_masks:
                     poly = _polygon_in_box(x, y, w, h, rng)
                     a["segmentation"] = [poly]
@@ -108,15 +129,31 @@ def make_lvis_like_gt(
                 anns.append(a)
                 ann_id += 1
         pos_set = set(int(c) for c in pos)
-        others = [int(c) for c in rng.choice(cat_ids, size=min(len(cat_ids), 6), replace=False, p=prob)
-                  if int(c) not in pos_set]
+        others = [
+            int(c)
+            for c in rng.choice(cat_ids, size=min(len(cat_ids), 6), replace=False, p=prob)
+            if int(c) not in pos_set
+        ]
         neg = sorted(set(others[:3]))
         not_exh = sorted(int(c) for c in pos if rng.random() < 0.25)
-        images.append({"id": img_id, "height": H, "width": W, "file_name": f"{img_id:012d}.jpg",
-                       "neg_category_ids": neg, "not_exhaustive_category_ids": not_exh})
+        images.append(
+            {
+                "id": img_id,
+                "height": H,
+                "width": W,
+                "file_name": f"{img_id:012d}.jpg",
+                "neg_category_ids": neg,
+                "not_exhaustive_category_ids": not_exh,
+            }
+        )
     cats = [dict(c) for c in categories]
-    return {"info": {"description": "generated LVIS-like data"}, "licenses": [],
-            "images": images, "annotations": anns, "categories": cats}
+    return {
+        "info": {"description": "generated LVIS-like data"},
+        "licenses": [],
+        "images": images,
+        "annotations": anns,
+        "categories": cats,
+    }
 
 
 def make_detections(
@@ -154,8 +191,17 @@ def make_detections(
         c[swap] = rng.choice(cat_ids, size=int(swap.sum()))
         n_rand = n - len(b)
         side = np.exp(rng.uniform(np.log(6), np.log(360), size=n_rand))
-        rb = np.stack([rng.uniform(0, W - 40, n_rand), rng.uniform(0, H - 40, n_rand), side, side * np.exp(rng.uniform(-0.5, 0.5, n_rand))], 1)
-        pool = np.concatenate([gcats, np.array(img.get("neg_category_ids", []), dtype=np.int64), rng.choice(cat_ids, size=4)])
+        rb = np.stack(
+            [
+                rng.uniform(0, W - 40, n_rand),
+                rng.uniform(0, H - 40, n_rand),
+                side,
+                side * np.exp(rng.uniform(-0.5, 0.5, n_rand)),
+            ],
+            1,
+        )
+        neg = np.array(img.get("neg_category_ids", []), dtype=np.int64)
+        pool = np.concatenate([gcats, neg, rng.choice(cat_ids, size=4)])
         rc = rng.choice(pool, size=n_rand)
         xywh = np.concatenate([b, rb], 0)
         xywh[:, 2:] = np.maximum(xywh[:, 2:], 1.0)
@@ -175,7 +221,12 @@ def make_detections(
 
             polys = [[_polygon_in_box(*bx, rng)] for bx in xywh]
             masks = [mask_utils.merge(mask_utils.frPyObjects(p, H, W)) for p in polys]
-        out[img["id"]] = {"boxes": xyxy.astype(np.float32), "scores": scores, "category_ids": cats, "masks": masks}
+        out[img["id"]] = {
+            "boxes": xyxy.astype(np.float32),
+            "scores": scores,
+            "category_ids": cats,
+            "masks": masks,
+        }
     return out
 
 
@@ -188,8 +239,12 @@ def detections_to_results(dets: Dict[int, dict], with_masks: bool = False) -> Li
         bl = b.tolist()
         sl = d["scores"].tolist()
         for i in range(len(b)):
-            r = {"image_id": int(img_id), "category_id": int(d["category_ids"][i]),
-                 "bbox": bl[i], "score": sl[i]}
+            r = {
+                "image_id": int(img_id),
+                "category_id": int(d["category_ids"][i]),
+                "bbox": bl[i],
+                "score": sl[i],
+            }
             if with_masks:
                 m = dict(d["masks"][i])
                 r["segmentation"] = m
@@ -197,8 +252,12 @@ def detections_to_results(dets: Dict[int, dict], with_masks: bool = False) -> Li
     return res
 
 
-def detections_to_instances(det: dict, image_size: Tuple[int, int], dataset_to_contiguous: Dict[int, int],
-                            with_masks: bool = False):
+def detections_to_instances(
+    det: dict,
+    image_size: Tuple[int, int],
+    dataset_to_contiguous: Dict[int, int],
+    with_masks: bool = False,
+):
     """Detectron2 ``Instances`` (pred_boxes, scores, pred_classes[, pred_masks]) of one image."""
     import torch
     from detectron2.structures import Boxes, Instances
@@ -206,10 +265,16 @@ def detections_to_instances(det: dict, image_size: Tuple[int, int], dataset_to_c
     inst = Instances(image_size)
     inst.pred_boxes = Boxes(torch.from_numpy(np.ascontiguousarray(det["boxes"], dtype=np.float32)))
     inst.scores = torch.from_numpy(np.ascontiguousarray(det["scores"], dtype=np.float32))
-    inst.pred_classes = torch.tensor([dataset_to_contiguous[int(c)] for c in det["category_ids"]], dtype=torch.int64)
+    inst.pred_classes = torch.tensor(
+        [dataset_to_contiguous[int(c)] for c in det["category_ids"]], dtype=torch.int64
+    )
     if with_masks:
         from pycocotools import mask as mask_utils
 
-        m = mask_utils.decode(det["masks"]) if len(det["masks"]) else np.zeros((*image_size, 0), np.uint8)
+        m = (
+            mask_utils.decode(det["masks"])
+            if len(det["masks"])
+            else np.zeros((*image_size, 0), np.uint8)
+        )
         inst.pred_masks = torch.from_numpy(np.ascontiguousarray(m.transpose(2, 0, 1)).astype(bool))
     return inst

@@ -32,6 +32,7 @@ What is real and what is made up:
 
 Everything is a function of ``seed`` (same seed, same bytes).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -54,7 +55,9 @@ __all__ = [
     "fixture_paths",
 ]
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+_REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+)
 _PREPARE_COCO_LT = os.path.join(_REPO, "datasets", "prepare_coco_lt.py")
 
 
@@ -75,12 +78,32 @@ COCO_SUPERCATEGORIES = {
 }
 
 _LICENSES = [
-    {"url": "http://creativecommons.org/licenses/by-nc-sa/2.0/", "id": 1, "name": "Attribution-NonCommercial-ShareAlike License"},
-    {"url": "http://creativecommons.org/licenses/by-nc/2.0/", "id": 2, "name": "Attribution-NonCommercial License"},
-    {"url": "http://creativecommons.org/licenses/by-nc-nd/2.0/", "id": 3, "name": "Attribution-NonCommercial-NoDerivs License"},
+    {
+        "url": "http://creativecommons.org/licenses/by-nc-sa/2.0/",
+        "id": 1,
+        "name": "Attribution-NonCommercial-ShareAlike License",
+    },
+    {
+        "url": "http://creativecommons.org/licenses/by-nc/2.0/",
+        "id": 2,
+        "name": "Attribution-NonCommercial License",
+    },
+    {
+        "url": "http://creativecommons.org/licenses/by-nc-nd/2.0/",
+        "id": 3,
+        "name": "Attribution-NonCommercial-NoDerivs License",
+    },
     {"url": "http://creativecommons.org/licenses/by/2.0/", "id": 4, "name": "Attribution License"},
-    {"url": "http://creativecommons.org/licenses/by-sa/2.0/", "id": 5, "name": "Attribution-ShareAlike License"},
-    {"url": "http://creativecommons.org/licenses/by-nd/2.0/", "id": 6, "name": "Attribution-NoDerivs License"},
+    {
+        "url": "http://creativecommons.org/licenses/by-sa/2.0/",
+        "id": 5,
+        "name": "Attribution-ShareAlike License",
+    },
+    {
+        "url": "http://creativecommons.org/licenses/by-nd/2.0/",
+        "id": 6,
+        "name": "Attribution-NoDerivs License",
+    },
     {"url": "http://flickr.com/commons/usage/", "id": 7, "name": "No known copyright restrictions"},
     {"url": "http://www.usa.gov/copyright.shtml", "id": 8, "name": "United States Government Work"},
 ]
@@ -116,7 +139,10 @@ def lvis_v1_categories() -> List[dict]:
     for c in sorted(LVIS_CATEGORIES, key=lambda c: c["id"]):
         k = rows[c["id"]]
         if (st["name"][k], st["frequency"][k]) != (c["name"], c["frequency"]):
-            raise ValueError("the shipped LVIS v1 table disagrees with detectron2's LVIS v1 categories at id %d" % c["id"])
+            raise ValueError(
+                "the shipped LVIS v1 table disagrees with detectron2's LVIS v1 categories at id %d"
+                % c["id"]
+            )
         cats.append(
             {
                 "id": c["id"],
@@ -200,12 +226,19 @@ def make_lvis_coco_fixtures(
     lvis_ids = _pick_lvis_classes(lvis_cats, rng, lvis_classes_per_band)
     band = {c["id"]: c["frequency"] for c in lvis_cats}
     lvis_w = np.array([{"r": 1.0, "c": 3.0, "f": 8.0}[band[i]] for i in lvis_ids])
-    coco_ids = sorted(rng.choice([c["id"] for c in coco_cats], size=num_coco_classes, replace=False).tolist())
+    coco_ids = sorted(
+        rng.choice([c["id"] for c in coco_cats], size=num_coco_classes, replace=False).tolist()
+    )
     coco_w = 1.0 / (1.0 + np.arange(num_coco_classes)) ** 1.5  # long tail over the chosen classes
     rng.shuffle(coco_w)
 
-    all_ids = rng.choice(np.arange(1, 581930), size=num_train2017 + num_val2017, replace=False).tolist()
-    pools = {"train2017": sorted(all_ids[:num_train2017]), "val2017": sorted(all_ids[num_train2017:])}
+    all_ids = rng.choice(
+        np.arange(1, 581930), size=num_train2017 + num_val2017, replace=False
+    ).tolist()
+    pools = {
+        "train2017": sorted(all_ids[:num_train2017]),
+        "val2017": sorted(all_ids[num_train2017:]),
+    }
     # objects per image, shared by the LVIS and COCO annotations of that image
     images = {}
     ann_id = {"lvis": 1, "coco": 1}
@@ -216,11 +249,15 @@ def make_lvis_coco_fixtures(
             objs = [_polygon(rng, width, height) for _ in range(int(rng.integers(1, 5)))]
             # every chosen class appears in train: cycle through them for the first images
             if split == "train2017" and k < len(lvis_ids):
-                lvis_labels = [lvis_ids[k]] + rng.choice(lvis_ids, size=len(objs) - 1, p=lvis_w / lvis_w.sum()).tolist()
+                lvis_labels = [lvis_ids[k]] + rng.choice(
+                    lvis_ids, size=len(objs) - 1, p=lvis_w / lvis_w.sum()
+                ).tolist()
             else:
                 lvis_labels = rng.choice(lvis_ids, size=len(objs), p=lvis_w / lvis_w.sum()).tolist()
             if k < num_coco_classes:
-                coco_labels = [coco_ids[k]] + rng.choice(coco_ids, size=len(objs) - 1, p=coco_w / coco_w.sum()).tolist()
+                coco_labels = [coco_ids[k]] + rng.choice(
+                    coco_ids, size=len(objs) - 1, p=coco_w / coco_w.sum()
+                ).tolist()
             else:
                 coco_labels = rng.choice(coco_ids, size=len(objs), p=coco_w / coco_w.sum()).tolist()
             pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) // 2 + 64
@@ -240,9 +277,19 @@ def make_lvis_coco_fixtures(
                     "height": height,
                     "width": width,
                     "date_captured": "2013-11-%02d %02d:%02d:%02d"
-                    % (rng.integers(1, 29), rng.integers(0, 24), rng.integers(0, 60), rng.integers(0, 60)),
+                    % (
+                        rng.integers(1, 29),
+                        rng.integers(0, 24),
+                        rng.integers(0, 60),
+                        rng.integers(0, 60),
+                    ),
                     "flickr_url": "http://farm%d.staticflickr.com/%d/%d_%010x_z.jpg"
-                    % (rng.integers(1, 10), rng.integers(1000, 9999), img_id, rng.integers(0, 1 << 40)),
+                    % (
+                        rng.integers(1, 10),
+                        rng.integers(1000, 9999),
+                        img_id,
+                        rng.integers(0, 1 << 40),
+                    ),
                     "id": img_id,
                 },
                 "objs": objs,
@@ -257,19 +304,39 @@ def make_lvis_coco_fixtures(
             rec.pop("file_name")  # LVIS v1 image records name the file only through coco_url
             present = sorted(set(images[i]["lvis"]))
             absent = [c for c in lvis_ids if c not in present]
-            rec["neg_category_ids"] = sorted(rng.choice(absent, size=min(2, len(absent)), replace=False).tolist())
+            rec["neg_category_ids"] = sorted(
+                rng.choice(absent, size=min(2, len(absent)), replace=False).tolist()
+            )
             rec["not_exhaustive_category_ids"] = present[:1] if rng.random() < 0.25 else []
             imgs.append(rec)
             for (poly, box, area), lab in zip(images[i]["objs"], images[i]["lvis"]):
                 anns.append(
-                    {"area": area, "id": ann_id["lvis"], "segmentation": [poly], "image_id": i,
-                     "bbox": box, "category_id": int(lab)}
+                    {
+                        "area": area,
+                        "id": ann_id["lvis"],
+                        "segmentation": [poly],
+                        "image_id": i,
+                        "bbox": box,
+                        "category_id": int(lab),
+                    }
                 )
                 ann_id["lvis"] += 1
-        info = {"description": "LVIS v1 format fixture (lt_detectron.utils.testing)", "url": "https://www.lvisdataset.org",
-                "version": "1.0", "year": 2020, "contributor": "lt_detectron", "date_created": "2020-01-01"}
+        info = {
+            "description": "LVIS v1 format fixture (lt_detectron.utils.testing)",
+            "url": "https://www.lvisdataset.org",
+            "version": "1.0",
+            "year": 2020,
+            "contributor": "lt_detectron",
+            "date_created": "2020-01-01",
+        }
         # key order of the real LVIS v1 files: annotations before categories
-        return {"info": info, "annotations": anns, "images": imgs, "licenses": _LICENSES, "categories": lvis_cats}
+        return {
+            "info": info,
+            "annotations": anns,
+            "images": imgs,
+            "licenses": _LICENSES,
+            "categories": lvis_cats,
+        }
 
     def coco_json(img_ids, crowd):
         imgs, anns = [], []
@@ -278,8 +345,15 @@ def make_lvis_coco_fixtures(
             imgs.append(dict(rec))
             for (poly, box, area), lab in zip(images[i]["objs"], images[i]["coco"]):
                 anns.append(
-                    {"segmentation": [poly], "area": area, "iscrowd": 0, "image_id": i, "bbox": box,
-                     "category_id": int(lab), "id": ann_id["coco"]}
+                    {
+                        "segmentation": [poly],
+                        "area": area,
+                        "iscrowd": 0,
+                        "image_id": i,
+                        "bbox": box,
+                        "category_id": int(lab),
+                        "id": ann_id["coco"],
+                    }
                 )
                 ann_id["coco"] += 1
         if crowd:  # one crowd region, as COCO stores it: uncompressed RLE
@@ -287,12 +361,33 @@ def make_lvis_coco_fixtures(
             rec = images[i]["record"]
             poly, box, _ = _polygon(rng, rec["width"], rec["height"])
             rle, area = _uncompressed_rle(poly, rec["height"], rec["width"])
-            anns.append({"segmentation": rle, "area": area, "iscrowd": 1, "image_id": i, "bbox": box,
-                         "category_id": int(coco_ids[int(np.argmax(coco_w))]), "id": ann_id["coco"]})
+            anns.append(
+                {
+                    "segmentation": rle,
+                    "area": area,
+                    "iscrowd": 1,
+                    "image_id": i,
+                    "bbox": box,
+                    "category_id": int(coco_ids[int(np.argmax(coco_w))]),
+                    "id": ann_id["coco"],
+                }
+            )
             ann_id["coco"] += 1
-        info = {"description": "COCO 2017 format fixture (lt_detectron.utils.testing)", "url": "http://cocodataset.org",
-                "version": "1.0", "year": 2017, "contributor": "lt_detectron", "date_created": "2017/09/01"}
-        return {"info": info, "licenses": _LICENSES, "images": imgs, "annotations": anns, "categories": coco_cats}
+        info = {
+            "description": "COCO 2017 format fixture (lt_detectron.utils.testing)",
+            "url": "http://cocodataset.org",
+            "version": "1.0",
+            "year": 2017,
+            "contributor": "lt_detectron",
+            "date_created": "2017/09/01",
+        }
+        return {
+            "info": info,
+            "licenses": _LICENSES,
+            "images": imgs,
+            "annotations": anns,
+            "categories": coco_cats,
+        }
 
     train_ids = pools["train2017"]
     n_lvis_train = num_train2017 - num_lvis_val_from_train2017

@@ -1,4 +1,5 @@
 """A random-weight ImageNet-style ResNet in detectron2's MSRA ``.pkl`` format (for offline tests)."""
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,12 @@ def _to_msra_name(name: str) -> Optional[str]:
     if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
         return None
     if name.startswith("stem.conv1."):
-        rest = name[len("stem.conv1."):]
-        return {"weight": "conv1_w", "norm.weight": "res_conv1_bn_s", "norm.bias": "res_conv1_bn_b"}[rest]
+        rest = name[len("stem.conv1.") :]
+        return {
+            "weight": "conv1_w",
+            "norm.weight": "res_conv1_bn_s",
+            "norm.bias": "res_conv1_bn_b",
+        }[rest]
     stage, block, conv, rest = name.split(".", 3)
     return "%s_%s_%s_%s" % (stage, block, _C2_BRANCH[conv], _C2_SUFFIX[rest])
 
@@ -33,7 +38,8 @@ def make_r50_msra_pkl(path: str, seed: int = 0, depth: int = 50) -> str:
     ``BN``; one forward pass on random input sets each BN's statistics, which are then folded
     into an affine ``_bn_s``/``_bn_b`` pair as the MSRA files store it (so activations keep a
     sane scale under FrozenBN; each block's last BN scale is 0.25, so res5 features have a
-    standard deviation of about 1, as a trained R-50's have). Written as a plain pickled dict of float32 arrays under caffe2
+    standard deviation of about 1, as a trained R-50's have). Written as a plain pickled dict of float32
+    arrays under caffe2
     names, the layout detectron2's ``DetectionCheckpointer`` converts with ``c2_conversion``.
     """
     import torch
@@ -66,7 +72,9 @@ def make_r50_msra_pkl(path: str, seed: int = 0, depth: int = 50) -> str:
             if isinstance(m, torch.nn.BatchNorm2d):
                 scale = m.weight / torch.sqrt(m.running_var + m.eps)
                 blobs[_to_msra_name(mod_name + ".weight")] = scale.numpy().astype(np.float32)
-                blobs[_to_msra_name(mod_name + ".bias")] = (m.bias - m.running_mean * scale).numpy().astype(np.float32)
+                blobs[_to_msra_name(mod_name + ".bias")] = (
+                    (m.bias - m.running_mean * scale).numpy().astype(np.float32)
+                )
         for name, p in net.named_parameters():
             if name.endswith(".norm.weight") or name.endswith(".norm.bias"):
                 continue
