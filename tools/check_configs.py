@@ -36,11 +36,8 @@ import argparse
 import csv
 import fnmatch
 import glob
-import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,49 +45,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
+# the sibling tools/_check_configs_run.py, also when this file is imported by path
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _check_configs_run import (  # noqa: E402, F401  (re-exported: one run lives there)
+    FIXTURE_DATASETS,
+    ROOT,
+    SMALL,
+    TRAIN_NET,
+    build_command,
+    read_metrics,
+    run_one,
+    tail,
+)
+
 CONFIG_DIRS = ("lvis_v1", "coco_lt", "dense")
-
-# datasets named by the shipped configs -> (format, json relative to the fixture root, image root)
-FIXTURE_DATASETS = {
-    # detectron2's load_lvis_json concatenates image_root + "train2017": the trailing slash is needed
-    "lvis_v1_train": ("lvis", "lvis/lvis_v1_train.json", "coco/"),
-    "lvis_v1_val": ("lvis", "lvis/lvis_v1_val.json", "coco/"),
-    "coco_lt_train": ("coco", "coco/annotations/coco_lt_train.json", "coco/train2017"),
-    "coco_lt_val": ("coco", "coco/annotations/instances_val2017.json", "coco/val2017"),
-    "coco_2017_train": ("coco", "coco/annotations/instances_train2017.json", "coco/train2017"),
-    "coco_2017_val": ("coco", "coco/annotations/instances_val2017.json", "coco/val2017"),
-}
-
-SMALL = [
-    "MODEL.DEVICE",
-    "cpu",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.STEPS",
-    "(1,)",
-    "SOLVER.WARMUP_ITERS",
-    "1",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "1000000",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(160,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "256",
-    "INPUT.MIN_SIZE_TEST",
-    "160",
-    "INPUT.MAX_SIZE_TEST",
-    "256",
-    "TEST.DETECTIONS_PER_IMAGE",
-    "10",
-    "TEST.LT.MAX_DETS",
-    "10",
-    "TEST.EVAL_PERIOD",
-    "0",
-]
 
 
 def load_cfg(config_file: str):
@@ -166,88 +135,6 @@ def softmax_dependency(config: str, cfg) -> Optional[str]:
             "%s: MODEL.WEIGHTS %s names no config %s to train first" % (config, w, cand)
         )
     return cand
-
-
-def build_command(config, cfg, fixtures, registration, out_dir, weights=None, iters=3):
-    """argv and environment of one run."""
-    opts = list(SMALL) + ["SOLVER.MAX_ITER", str(iters), "OUTPUT_DIR", out_dir]
-    if cfg.MODEL.LT.DENSE_LOSS == "bofl" or cfg.MODEL.LT.BOFL.ENABLED:
-        opts += [
-            "MODEL.LT.BOFL.DEFERRED_EPOCHS",
-            "0",
-        ]  # a few iterations are a fraction of one epoch
-    w = cfg.MODEL.WEIGHTS
-    if weights is not None:
-        opts += ["MODEL.WEIGHTS", weights]
-    elif w.startswith("detectron2://ImageNetPretrained/"):
-        opts += ["MODEL.WEIGHTS", os.path.join(fixtures, "ImageNetPretrained", "MSRA", "R-50.pkl")]
-    env = dict(
-        os.environ,
-        DETECTRON2_DATASETS=fixtures,
-        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-    )
-    train_argv = [TRAIN_NET, "--config-file", os.path.join(ROOT, config)]
-    if registration == "detectron2":
-        regs = []
-        for key in ("TRAIN", "TEST"):
-            names = []
-            for n in getattr(cfg.DATASETS, key):
-                if n not in FIXTURE_DATASETS:
-                    raise KeyError(
-                        "%s: dataset %r has no fixture (known: %s)"
-                        % (config, n, ", ".join(FIXTURE_DATASETS))
-                    )
-                fmt, js, img = FIXTURE_DATASETS[n]
-                new = "my_" + n
-                regs.append((fmt, new, os.path.join(fixtures, js), os.path.join(fixtures, img)))
-                names.append(new)
-            opts += ["DATASETS." + key, "(%s,)" % ", ".join("'%s'" % x for x in names)]
-        for fmt, name, js, img in regs:
-            train_argv += ["--register-" + fmt, name, js, img]
-    return [sys.executable] + train_argv + opts, env
-
-
-def run_one(argv, env, log_path, timeout):
-    """Run, wait with os.wait4 (this child's own peak RSS). Returns (rc, wall_s, peak_rss_mib)."""
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        log.write("$ " + " ".join(argv) + "\n")
-        log.flush()
-        p = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
-        )
-        timer = threading.Timer(timeout, lambda: os.killpg(p.pid, signal.SIGKILL))
-        timer.start()
-        try:
-            _, status, usage = os.wait4(p.pid, 0)
-        finally:
-            timer.cancel()
-        p.returncode = os.waitstatus_to_exitcode(status)
-    # ru_maxrss is in KiB on Linux
-    return p.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024.0
-
-
-def read_metrics(out_dir):
-    """(s/iter, last iteration, evaluated?) from detectron2's metrics.json."""
-    path = os.path.join(out_dir, "metrics.json")
-    s_iter, it, evaluated = None, None, False
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if "time" in rec:
-                    s_iter, it = rec["time"], rec.get("iteration")
-                if any(k.startswith(("bbox/", "segm/")) for k in rec):
-                    evaluated = True
-    return s_iter, it, evaluated
-
-
-def tail(path, n=40):
-    with open(path, errors="replace") as f:
-        return "".join(f.readlines()[-n:])
 
 
 def check(configs, fixtures, registrations, work, jobs=1, timeout=900, iters=3, log=print):

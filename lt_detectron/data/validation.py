@@ -14,8 +14,8 @@ them. What happens to degenerate boxes of a training set is the dataset's ``bad_
 Test sets: the evaluators read the ground truth from the json itself, so
 :func:`check_json_boxes` rejects non-finite and negative-size boxes of a test json at startup.
 
-Images. :class:`LTDatasetMapper` is detectron2's ``DatasetMapper`` whose image-read failures name
-the file, the dataset's image id and the fix.
+Images. :class:`LTDatasetMapper` (:mod:`lt_detectron.data.mapper`) is detectron2's
+``DatasetMapper`` whose image-read failures name the file, the dataset's image id and the fix.
 """
 
 import itertools
@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-from detectron2.data import DatasetMapper
 from detectron2.structures import BoxMode
+
+from .mapper import ImageReadError, LTDatasetMapper
 
 __all__ = [
     "BAD_BOX_POLICIES",
@@ -62,10 +63,6 @@ class DatasetFormatError(ValueError):
 
 class BadBoxError(DatasetFormatError):
     """A degenerate box under the ``"error"`` policy (names the file, image id and annotation id)."""
-
-
-class ImageReadError(OSError):
-    """An image of a dataset cannot be read (names the file, the image id and the fix)."""
 
 
 def check_bad_boxes_policy(policy: str, where: str = "bad_boxes") -> str:
@@ -380,35 +377,3 @@ def check_json_boxes(json_file: str, data: Optional[dict] = None) -> BoxCheckRep
             int(zero.sum()),
         )
     return report
-
-
-class LTDatasetMapper(DatasetMapper):
-    """detectron2's ``DatasetMapper`` whose image-read failures name the file, the image id and the fix.
-
-    Use it wherever a ``DatasetMapper`` is built: ``build_detection_train_loader(cfg,
-    mapper=LTDatasetMapper(cfg, True))``, ``build_detection_test_loader(cfg, name,
-    mapper=LTDatasetMapper(cfg, False))``.
-    """
-
-    def __call__(self, dataset_dict):
-        from PIL import UnidentifiedImageError
-
-        try:
-            return super().__call__(dataset_dict)
-        except (OSError, UnidentifiedImageError, SyntaxError) as e:
-            file_name = dataset_dict.get("file_name")
-            if isinstance(e, ImageReadError):
-                raise
-            missing = file_name is not None and not os.path.isfile(file_name)
-            raise ImageReadError(
-                "cannot read image %s (image id %s): %s. %s"
-                % (
-                    os.path.abspath(file_name) if file_name else "<no file_name>",
-                    dataset_dict.get("image_id"),
-                    "the file does not exist" if missing else "%s: %s" % (type(e).__name__, e),
-                    "Check the image_root given at registration ($DETECTRON2_DATASETS for the builtin "
-                    "datasets, see datasets/README.md)"
-                    if missing
-                    else "The file is corrupt or truncated: re-download it, or remove the image from the json",
-                )
-            ) from e
