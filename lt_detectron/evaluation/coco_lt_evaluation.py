@@ -19,7 +19,8 @@ import numpy as np
 
 from ..class_stats import group_label, instance_bins
 from .base import LTDatasetEvaluator
-from .common import detections_to_dicts, mask_boxes_and_areas, precision_ap, resolve_backend
+from .common import detections_to_dicts, precision_ap, resolve_backend
+from .hotcoco_results import load_hotcoco, with_mask_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +43,11 @@ def evaluate_coco_predictions(
     masks = rles if iou_type == "segm" else None
     if iou_type == "segm" and rles is None:
         raise ValueError("segm evaluation needs masks")
-    if masks is not None and len(dets):
-        dets = dets.copy()
-        dets[:, 1:5], areas = mask_boxes_and_areas(masks)  # mask results carry no box (Detectron2)
+    dets, areas = with_mask_boxes(dets, masks)  # mask results carry no box (Detectron2)
     if backend == "hotcoco":
         import hotcoco
 
-        G = hotcoco.COCO(gt)
-        D = G.load_res(dets) if masks is None else G.load_res(dets, segmentation=masks)
-        if masks is not None and len(dets):
-            D.update_anns(ids=np.arange(1, len(dets) + 1), area=areas)
+        G, D = load_hotcoco(gt, dets, masks, areas)
         E = hotcoco.COCOeval(G, D, iou_type)
         E.params.max_dets = [1, 10, max_dets]
     else:

@@ -35,10 +35,10 @@ from .base import LTDatasetEvaluator
 from .common import (
     detections_to_dicts,
     gc_paused,
-    mask_boxes_and_areas,
     precision_ap,
     resolve_backend,
 )
+from .hotcoco_results import load_hotcoco, with_mask_boxes
 from .pooled import pooled_ap
 
 logger = logging.getLogger(__name__)
@@ -83,16 +83,11 @@ def evaluate_lvis_predictions(
         raise ValueError("segm evaluation needs masks")
     dets = np.ascontiguousarray(dets, dtype=np.float64).reshape(-1, 7)
     masks = rles if iou_type == "segm" else None
-    if masks is not None and len(dets):
-        dets = dets.copy()
-        dets[:, 1:5], areas = mask_boxes_and_areas(masks)  # mask results carry no box (Detectron2)
+    dets, areas = with_mask_boxes(dets, masks)  # mask results carry no box (Detectron2)
     if backend == "hotcoco":
         import hotcoco
 
-        G = hotcoco.COCO(gt)
-        D = G.load_res(dets) if masks is None else G.load_res(dets, segmentation=masks)
-        if masks is not None and len(dets):
-            D.update_anns(ids=np.arange(1, len(dets) + 1), area=areas)
+        G, D = load_hotcoco(gt, dets, masks, areas)
         D = D.cap_detections_per_image(max_dets if max_dets >= 0 else None)
         E = hotcoco.COCOeval(G, D, iou_type, lvis_style=True)
         E.params.max_dets = [max_dets if max_dets >= 0 else max(len(dets), 1)]
