@@ -166,7 +166,7 @@ def worker_hotcoco(gt_path, dets, task, protocol):
     return time.perf_counter() - t, _metrics_of(m, 1.0)
 
 
-def worker_ours(gt_path, dets, task, protocol, profile=False):
+def worker_ours(gt_path, dets, task, protocol, profile=False, save_results=True):
     import logging
 
     import torch
@@ -215,7 +215,14 @@ def worker_ours(gt_path, dets, task, protocol, profile=False):
 
         prof = cProfile.Profile()
     timed = 0.0
-    ev = LTLVISEvaluator(name, (task,), distributed=False, output_dir=out_dir, ap_protocol=protocol)
+    ev = LTLVISEvaluator(
+        name,
+        (task,),
+        distributed=False,
+        output_dir=out_dir,
+        ap_protocol=protocol,
+        save_results=save_results,
+    )
     ev.reset()
     items = list(dets.items())
     del dets
@@ -254,31 +261,35 @@ def worker_ours(gt_path, dets, task, protocol, profile=False):
     return timed, _metrics_of(res[task], 100.0)
 
 
-def worker(which, gt_path, det_path, mask_path, task, protocol, profile):
+def worker(which, gt_path, det_path, mask_path, task, protocol, profile, save_results=True):
     dets = load_dets(det_path, mask_path, task == "segm")
     if which == "lvis":
         dt, metrics = worker_lvis(gt_path, dets, task)
     elif which == "hotcoco":
         dt, metrics = worker_hotcoco(gt_path, dets, task, protocol)
     else:
-        dt, metrics = worker_ours(gt_path, dets, task, protocol, profile)
+        dt, metrics = worker_ours(gt_path, dets, task, protocol, profile, save_results)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     print("RESULT " + json.dumps({"time": dt, "peak_gib": peak, "metrics": metrics}))
 
 
-def run_worker(which, paths, task, protocol, profile=False):
-    cmd = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        which,
-        "--paths",
-        *paths,
-        "--tasks",
-        task,
-        "--protocols",
-        protocol,
-    ] + (["--profile"] if profile else [])
+def run_worker(which, paths, task, protocol, profile=False, save_results=True):
+    cmd = (
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            which,
+            "--paths",
+            *paths,
+            "--tasks",
+            task,
+            "--protocols",
+            protocol,
+        ]
+        + (["--profile"] if profile else [])
+        + ([] if save_results else ["--no-results-json"])
+    )
     p = subprocess.run(cmd, capture_output=True, text=True)
     if profile or which == "ours":
         sys.stderr.write(
@@ -313,11 +324,17 @@ def main():
         help="measure each row this many times (lower median; every run is listed)",
     )
     ap.add_argument("--profile", action="store_true", help="print a cProfile of ours (stderr)")
+    ap.add_argument(
+        "--no-results-json",
+        action="store_true",
+        help="ours without writing lvis_instances_results.json (TEST.LT.SAVE_RESULTS False)",
+    )
     ap.add_argument("--worker", choices=["lvis", "ours", "hotcoco"], help=argparse.SUPPRESS)
     ap.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker, *args.paths, args.tasks[0], args.protocols[0], args.profile)
+        save = not args.no_results_json
+        worker(args.worker, *args.paths, args.tasks[0], args.protocols[0], args.profile, save)
         return
     os.makedirs(args.cache, exist_ok=True)
     rows = []
@@ -329,7 +346,11 @@ def main():
             for protocol in args.protocols:
                 runs = {"ours": [], "hotcoco": [], "lvis": []}
                 for _ in range(args.repeats):
-                    runs["ours"].append(run_worker("ours", paths, task, protocol, args.profile))
+                    runs["ours"].append(
+                        run_worker(
+                            "ours", paths, task, protocol, args.profile, not args.no_results_json
+                        )
+                    )
                     runs["hotcoco"].append(run_worker("hotcoco", paths, task, protocol))
                     if not args.skip_lvis_api and protocol == "standard":
                         runs["lvis"].append(run_worker("lvis", paths, task, protocol))

@@ -128,11 +128,10 @@ def instances_to_arrays(
         masks = instances.pred_masks
         if keep is not None:
             masks = masks[torch.as_tensor(keep, device=masks.device)]
-        m = masks.detach().cpu()
-        # (N, H, W) -> Fortran-ordered (H, W, N) uint8, in one copy: one C call encodes all masks.
-        t = torch.empty((m.shape[0], m.shape[2], m.shape[1]), dtype=torch.uint8)
-        t.copy_(m.transpose(1, 2))
-        fm = t.numpy().transpose(2, 1, 0)
+        m = masks.detach().cpu().numpy()
+        m = m.view(np.uint8) if m.dtype == np.bool_ else m.astype(np.uint8)  # bool: no copy
+        # (N, H, W) -> Fortran-ordered (H, W, N), one copy: one C call encodes all masks.
+        fm = np.ascontiguousarray(m.transpose(0, 2, 1)).transpose(2, 1, 0)
         rles = mask_util.encode(fm) if len(m) else []
         for r in rles:
             r["counts"] = r["counts"].decode("utf-8")
@@ -161,12 +160,7 @@ def mask_boxes_and_areas(rles: List[dict]) -> Tuple[np.ndarray, np.ndarray]:
     so small/medium/large use the mask's area."""
     from pycocotools import mask as mask_util
 
-    enc = [
-        r
-        if isinstance(r["counts"], bytes)
-        else {"size": r["size"], "counts": r["counts"].encode("ascii")}
-        for r in rles
-    ]
+    enc = rles if isinstance(rles, list) else list(rles)  # pycocotools reads text and bytes counts
     if not enc:
         return np.zeros((0, 4)), np.zeros(0)
     # pycocotools' area() of a list sizes a uint8 array by the list length: at most 255 masks per call
