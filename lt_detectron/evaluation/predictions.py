@@ -201,8 +201,10 @@ def write_results_json(
 
 
 class BackgroundWrite:
-    """:func:`write_results_json` in a thread, so that formatting the json (pure Python) overlaps the
-    evaluation (hotcoco releases the GIL while matching). :meth:`wait` re-raises its error."""
+    """:func:`write_results_json` in a thread, interleaved with the evaluation; :meth:`wait` re-raises
+    its error. hotcoco holds the GIL while matching, so the two do not run in parallel; a separate
+    writer process was measured slower (its start-up and NumPy import, and hotcoco's own threads
+    competing for the cores: 0.90-1.10 s against 0.62-0.93 s at 1,000 images x 300 detections)."""
 
     def __init__(self, path: str, dets: np.ndarray, rles: Optional[List[dict]] = None):
         import threading
