@@ -44,8 +44,8 @@ def test_benchmark_losses_scales_and_counts():
     assert BAGSLayout(lvis).num_logits == 1209  # the real LVIS v1 layout: 4 groups
 
 
-def _fake_run(root, method, ap, counts, group_aps, train_s=61):
-    run = root / method
+def _fake_run(root, method, ap, counts, group_aps, train_s=61, seed=0, final=10.0):
+    run = root / method / ("seed%d" % seed)
     inf = run / "inference" / "lt_shapes_val"
     inf.mkdir(parents=True)
     with open(inf / "lvis_per_category_bbox.csv", "w", newline="") as f:
@@ -62,7 +62,7 @@ def _fake_run(root, method, ap, counts, group_aps, train_s=61):
         dict(
             {
                 "iteration": 39,
-                "bbox/AP": 10.0,
+                "bbox/AP": final,
                 "bbox/AP50": 20.0,
                 "bbox/APr": float("nan"),
                 "bbox/APc": 5.0,
@@ -79,40 +79,84 @@ def _fake_run(root, method, ap, counts, group_aps, train_s=61):
     return run
 
 
-def test_benchmark_lt_parsing_table_and_plot(tmp_path):
+def _finished(lt, run, method, seed):
+    res = dict(lt.collect_run(run), method=method, seed=seed, threads=1, extra_opts=[])
+    (run / lt.RESULT_FILE).write_text(json.dumps(res))
+    return res
+
+
+def test_benchmark_lt_parsing(tmp_path):
     lt = _load("benchmark_lt")
     counts = [100, 20, 3]
-    _fake_run(
+    run = _fake_run(
         tmp_path, "softmax", [30.0, 10.0, None], counts, {"AP[0,10)": 1.5, "AP[100,1000)": 30.0}
     )
-    _fake_run(
-        tmp_path, "fcos_focal", [25.0, 12.0, 4.0], counts, {"AP[0,10)": 4.0, "AP[10,100)": 12.0}
-    )
-    res = {m: lt.collect_run(tmp_path / m) for m in ("softmax", "fcos_focal")}
-    r = res["softmax"]
+    r = lt.collect_run(run)
     assert r["metrics"]["AP"] == 10.0 and r["metrics"]["AP50"] == 20.0  # the LAST evaluation
+    assert r["curve"] == [(19, 1.0), (39, 10.0)]  # every evaluation: the convergence table
     assert r["train_time_s"] == 61.0
     assert [row["train_instances"] for row in r["per_category"]] == counts
     assert math.isnan(r["per_category"][2]["AP"])
 
-    table = lt.format_table(res)
-    lines = table.splitlines()
-    assert lines[0].startswith(
-        "| method | AP | AP50 | APr | APc | APf | AP[0,10) | AP[10,100) | AP[100,1000) |"
-    )
-    assert lines[0].endswith("| train time |")
-    assert len(lines) == 4
-    assert lines[2].startswith(
-        "| softmax | 10.00 | 20.00 | nan | 5.00 | 12.50 | 1.50 | - | 30.00 | 1:01 |"
-    )
 
-    aps, cnt = lt.per_class_ap_arrays(res)
-    assert list(cnt) == counts and aps["fcos_focal"][2] == 4.0 and math.isnan(aps["softmax"][2])
+def test_seed_statistics_and_verdicts():
+    res = _load("_lt_results")
+    mean, std, n = res.mean_std([1.0, 2.0, 3.0, float("nan")])
+    assert (mean, n) == (2.0, 3) and std == pytest.approx(1.0)  # sample std, nan dropped
+    assert math.isnan(res.mean_std([5.0])[1])
+    # combined std sqrt(1 + 1) = 1.414: a difference of 1.0 is noise, 2.0 a gain, -2.0 a loss
+    assert res.verdict((3.0, 1.0, 3), (2.0, 1.0, 3))[2] == "within noise"
+    d, comb, word = res.verdict((4.0, 1.0, 3), (2.0, 1.0, 3))
+    assert (d, word) == (2.0, "gain") and comb == pytest.approx(math.sqrt(2))
+    assert res.verdict((0.0, 1.0, 3), (2.0, 1.0, 3))[2] == "loss"
+    assert res.verdict((9.0, float("nan"), 1), (2.0, 1.0, 3))[2] == "one seed: no verdict"
+    assert res.baseline_of("ecm") == "softmax" and res.baseline_of("softmax") is None
+    assert res.baseline_of("fcos_bofl") == "fcos_focal" and res.baseline_of("fcos_focal") is None
+    assert res.baseline_of("centernet_bofl") == "centernet_focal"
+    assert res.baseline_of("sigmoid_bofl") == "sigmoid"
+    assert res.method_order(["fcos_bofl", "ecm", "fcos_focal", "softmax"]) == [
+        "softmax",
+        "ecm",
+        "fcos_focal",
+        "fcos_bofl",
+    ]
 
-    table2, md, png = lt.write_report(res, tmp_path, header="# test")
-    assert table2 == table
-    assert open(md).read().startswith("# test") and "| fcos_focal |" in open(md).read()
-    assert png and os.path.getsize(png) > 0
+
+def test_benchmark_lt_seeds_csv_report_and_plot(tmp_path):
+    lt = _load("benchmark_lt")
+    res = sys.modules["_lt_results"]
+    counts = [100, 20, 3]
+    runs = []
+    # softmax: AP 10, 12, 14 (std 2); ecm: 20, 21, 22 (std 1): +10 > sqrt(5): a gain
+    for seed, (a, b) in enumerate([(10.0, 20.0), (12.0, 21.0), (14.0, 22.0)]):
+        for m, ap, per in (("softmax", a, [30.0, 10.0, None]), ("ecm", b, [31.0, 12.0, None])):
+            run = _fake_run(tmp_path, m, per, counts, {"AP[0,10)": 1.5}, seed=seed, final=ap)
+            runs.append(_finished(lt, run, m, seed))
+    run = _fake_run(tmp_path, "fcos_focal", [5.0, 2.0, 1.0], counts, {}, train_s=90)
+    runs.append(_finished(lt, run, "fcos_focal", 0))
+    out = tmp_path / "results"
+    res.save_runs(out, runs)
+    loaded = res.load_runs(out)
+    assert list(loaded) == ["softmax", "ecm", "fcos_focal"]
+    assert [r["AP"] for r in loaded["ecm"]] == [20.0, 21.0, 22.0]
+    assert loaded["softmax"][1]["curve"] == [(19, 1.0), (39, 12.0)]
+    aps, cnt = res.load_per_class(out)
+    assert list(cnt) == counts and aps["ecm"].shape == (3, 3) and math.isnan(aps["ecm"][0, 2])
+    # re-saving a (method, seed) replaces it
+    runs[0]["metrics"] = dict(runs[0]["metrics"], AP=11.0)
+    res.save_runs(out, [runs[0]])
+    assert [r["AP"] for r in res.load_runs(out)["softmax"]] == [11.0, 12.0, 14.0]
+
+    md, paths = lt.main(["--report", "--results-dir", str(out)]), None
+    text = (out / "lt_benchmark.md").read_text()
+    assert text == md
+    assert "| ecm | 0,1,2 | 21.00 ± 1.00 |" in text
+    assert "| softmax | 0,1,2 | 12.33 ± 1.53 |" in text
+    assert "| ecm | softmax | +8.67 (± 1.83) | gain |" in text
+    assert "| fcos_focal | 0 | 10.00 |" in text and "1:30 | 1.48 |" in text  # 90 s / 61 s
+    assert "AP @ iter 19 | AP @ iter 39" in text
+    png = out / "ap_vs_instances.png"
+    assert png.is_file() and png.stat().st_size > 10_000
 
 
 def test_benchmark_lt_methods_and_resume(tmp_path, capsys):
@@ -122,16 +166,37 @@ def test_benchmark_lt_methods_and_resume(tmp_path, capsys):
     assert any(m.startswith("fcos_") for m in defaults)
     assert all(lt.config_for(m).is_file() for m in defaults)
     assert lt.order_methods(["bags_decoupled", "eqlv2"]) == ["softmax", "bags_decoupled", "eqlv2"]
-    opts = lt.method_opts("bags_decoupled", tmp_path, max_iter=5)
-    assert opts[opts.index("MODEL.WEIGHTS") + 1] == str(tmp_path / "softmax" / "model_final.pth")
-    assert opts[opts.index("SOLVER.MAX_ITER") + 1] == "5"
-    # a finished run is skipped (no training), and the report is written from it
-    run = _fake_run(tmp_path, "softmax", [30.0, 10.0, None], [100, 20, 3], {"AP[0,10)": 1.5})
-    (run / lt.RESULT_FILE).write_text(json.dumps({"method": "softmax", "train_time_s": 61.0}))
-    lt.main(["--methods", "softmax", "--output-root", str(tmp_path)])
+    assert lt.parse_seeds("3") == [0, 1, 2] and lt.parse_seeds("0,4") == [0, 4]
+    opts = lt.method_opts("bags_decoupled", tmp_path, max_iter=5, seed=2)
+    assert opts[opts.index("MODEL.WEIGHTS") + 1] == str(
+        tmp_path / "softmax" / "seed2" / "model_final.pth"
+    )  # the softmax run of the same seed
+    assert opts[opts.index("SEED") + 1] == "2" and opts[opts.index("SOLVER.MAX_ITER") + 1] == "5"
+    assert opts[opts.index("OUTPUT_DIR") + 1] == str(tmp_path / "bags_decoupled" / "seed2")
+    # finished runs are skipped (no training), and the report is written from them
+    for seed in (0, 1):
+        run = _fake_run(tmp_path, "softmax", [30.0, 10.0, None], [100, 20, 3], {}, seed=seed)
+        _finished(lt, run, "softmax", seed)
+    lt.main(["--methods", "softmax", "--seeds", "2", "--output-root", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "skipped" in out and "| softmax | 10.00 |" in out
-    assert (tmp_path / "lt_benchmark.md").is_file() and (tmp_path / "ap_vs_instances.png").is_file()
+    assert out.count("skipped") == 2 and "| softmax | 0,1 | 10.00 ± 0.00 |" in out
+    for f in ("lt_benchmark.md", "ap_vs_instances.png", "lt_runs.csv", "lt_per_class_ap.csv"):
+        assert (tmp_path / f).is_file(), f
+    with pytest.raises(FileNotFoundError, match="lt_runs.csv"):
+        lt.main(["--report", "--results-dir", str(tmp_path / "empty")])
+
+
+def test_every_method_keeps_one_colour():
+    from lt_detectron.engine.plots import METHOD_COLORS, method_color, method_style
+
+    losses = [k for k in METHOD_COLORS if k not in ("softmax", "focal")]
+    assert len({METHOD_COLORS[k] for k in losses}) == len(losses)  # distinct, baselines black
+    assert method_color("softmax") != method_color("fcos_bofl_wf")
+    assert (
+        method_color("fcos_bofl") == method_color("centernet_bofl") == method_color("sigmoid_bofl")
+    )
+    assert method_style("fcos_bofl")[1:] != method_style("centernet_bofl")[1:]  # marker / line
+    assert method_color("my_new_loss") == method_color("my_new_loss")  # fixed, not a cycle
 
 
 @pytest.mark.slow

@@ -26,6 +26,10 @@ import numpy as np
 
 
 __all__ = [
+    "METHOD_COLORS",
+    "method_color",
+    "method_style",
+    "split_method",
     "sort_by_count",
     "weight_norm_data",
     "plot_weight_norms",
@@ -66,6 +70,59 @@ def _colors():
     import matplotlib
 
     return matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+# One colour per method in every plot (AP vs instances, group bars, the benchmark report): keyed by
+# the loss, so BOFL is orange on FCOS, CenterNet and the sigmoid ROI head alike; the detector family
+# is told by the marker and line style (:func:`method_style`).
+METHOD_COLORS = {
+    "softmax": "#000000",
+    "focal": "#000000",
+    "sigmoid": "#7f7f7f",
+    "eqlv2": "#d62728",
+    "ecm": "#2ca02c",
+    "c2am": "#9467bd",
+    "bags": "#8c564b",
+    "bags_decoupled": "#e377c2",
+    "seesaw": "#17becf",
+    "bofl": "#ff7f0e",
+    "bofl_wf": "#bcbd22",
+    "bofl_wf_ls": "#dbb40c",
+    "bofl_bb_ls": "#c49c94",
+    "efl": "#1f77b4",
+}
+_FAMILY_STYLE = {
+    "": ("o", "-"),
+    "fcos": ("o", "-"),
+    "centernet": ("s", "--"),
+    "retinanet": ("^", ":"),
+}
+_SPARE = ("#aec7e8", "#98df8a", "#ff9896", "#c5b0d5", "#f7b6d2", "#9edae5", "#393b79", "#637939")
+
+
+def split_method(method: str):
+    """``"fcos_bofl_wf"`` -> ``("fcos", "bofl_wf")``; ROI methods have family ``""``;
+    ``"sigmoid_bofl"`` (BOFL channel weights on the sigmoid ROI classifier) -> ``("", "bofl")``."""
+    fam, _, rest = method.partition("_")
+    if fam in _FAMILY_STYLE and fam and rest:
+        return fam, rest
+    return "", ("bofl" if method == "sigmoid_bofl" else method)
+
+
+def method_color(method: str) -> str:
+    """The method's colour (:data:`METHOD_COLORS`; an unknown name gets a fixed spare colour)."""
+    loss = split_method(method)[1]
+    if loss in METHOD_COLORS:
+        return METHOD_COLORS[loss]
+    import zlib
+
+    return _SPARE[zlib.crc32(loss.encode()) % len(_SPARE)]
+
+
+def method_style(method: str):
+    """``(colour, marker, line style)`` of a method: colour by loss, marker/line by detector."""
+    marker, ls = _FAMILY_STYLE[split_method(method)[0]]
+    return method_color(method), marker, ls
 
 
 def _save(fig, path: str) -> str:

@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..class_stats import DEFAULT_GROUP_EDGES, instance_bins
-from .plots import _colors, _figure, _np, _save, sort_by_count
+from .plots import _figure, _np, _save, method_style, sort_by_count
 
 __all__ = [
     "ap_vs_instances_data",
@@ -83,30 +83,14 @@ def _fmt_count(x: float) -> str:
     return "inf" if not math.isfinite(x) else "%d" % x
 
 
-def plot_ap_vs_instances(
-    per_class_ap: Mapping[str, Sequence[float]],
-    instance_counts,
-    path: str = "ap_vs_instances.png",
-    bin_edges: Sequence[float] = DEFAULT_GROUP_EDGES,
-    title: Optional[str] = None,
-    ylabel: str = "AP",
-) -> str:
-    """Per-class AP vs training instance count for one or several methods (dots + group means).
-
-    x: instance count (log; zero-count classes drawn at 0.8); one colour per method; the
-    instance-count groups are shaded (alternately) and labelled with their class count; the
-    line joins each method's mean AP per group, drawn at the group's geometric centre.
-    Returns ``path``.
-    """
-    d = ap_vs_instances_data(per_class_ap, instance_counts, bin_edges)
-    fig, ax = _figure(figsize=(7.5, 4.8))
-    colors = _colors()
+def _shade_groups(ax, d, bin_edges):
+    """Shade the instance-count groups of :func:`ap_vs_instances_data` ``d`` (alternately) and label
+    them with their class count. Returns ``(x, centres, x_lo, x_hi)``: the classes' x (counts, zero
+    drawn at 0.8), each group's geometric centre and the x limits."""
     x = np.maximum(d["counts"], 0.8)
     finite_edges = [e for e in bin_edges if math.isfinite(e)]
     x_hi = max(float(np.max(x)) if len(x) else 10.0, 1.0) * 2.0
-    x_hi = max(
-        x_hi, 4.0 * finite_edges[-1] if finite_edges else 0.0
-    )  # room for the last group's label
+    x_hi = max(x_hi, 4.0 * finite_edges[-1] if finite_edges else 0.0)  # room for the last label
     x_lo = 0.6
     centres = []
     for b, (lo, hi) in enumerate(d["bins"]):
@@ -131,23 +115,48 @@ def plot_ap_vs_instances(
                 fontsize=7.5,
                 color="0.3",
             )
+    ax.set_xscale("log")
+    ax.set_xlim(x_lo, x_hi)
+    return x, np.asarray(centres), x_lo, x_hi
+
+
+def plot_ap_vs_instances(
+    per_class_ap: Mapping[str, Sequence[float]],
+    instance_counts,
+    path: str = "ap_vs_instances.png",
+    bin_edges: Sequence[float] = DEFAULT_GROUP_EDGES,
+    title: Optional[str] = None,
+    ylabel: str = "AP",
+) -> str:
+    """Per-class AP vs training instance count for one or several methods (dots + group means).
+
+    x: instance count (log; zero-count classes drawn at 0.8); each method in its own colour
+    (:func:`~.plots.method_style`, the same in every plot); the
+    instance-count groups are shaded (alternately) and labelled with their class count; the
+    line joins each method's mean AP per group, drawn at the group's geometric centre.
+    Returns ``path``.
+    """
+    d = ap_vs_instances_data(per_class_ap, instance_counts, bin_edges)
+    fig, ax = _figure(figsize=(7.5, 4.8))
+    x, centres, x_lo, x_hi = _shade_groups(ax, d, bin_edges)
     n_methods = max(1, len(d["ap"]))
     for k, (m, ap) in enumerate(d["ap"].items()):
-        col = colors[k % len(colors)]
+        col, marker, ls = method_style(m)
         jitter = 1.0 + 0.04 * (k - (n_methods - 1) / 2.0)  # spread overlapping points a little
-        ax.scatter(x * jitter, ap, s=16, alpha=0.7, color=col, edgecolors="none", zorder=3)
+        ax.scatter(
+            x * jitter, ap, s=16, alpha=0.7, color=col, marker=marker, edgecolors="none", zorder=3
+        )
         ok = ~np.isnan(d["bin_mean"][m])
         ax.plot(
-            np.asarray(centres)[ok],
+            centres[ok],
             d["bin_mean"][m][ok],
             color=col,
+            ls=ls,
             lw=2,
-            marker="o",
+            marker=marker,
             label=m + " (group mean)",
             zorder=4,
         )
-    ax.set_xscale("log")
-    ax.set_xlim(x_lo, x_hi)
     finite = np.concatenate([a[~np.isnan(a)] for a in d["ap"].values()] + [np.zeros(1)])
     top = max(float(finite.max()), 1e-9)
     ax.set_ylim(-0.03 * top, top * 1.22)  # room for the group labels
