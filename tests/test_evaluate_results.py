@@ -243,11 +243,15 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
     assert p.returncode == 2 and "--gt" in p.stderr
 
 
-@pytest.mark.parametrize("writer", ["orjson", "stdlib"])
+@pytest.mark.parametrize("writer", ["polars", "orjson", "stdlib"])
 def test_results_json_is_exact_and_escapes_rle_text(tmp_path, monkeypatch, writer):
-    if writer == "stdlib":
-        monkeypatch.setitem(sys.modules, "orjson", None)  # import orjson -> ImportError
+    if writer == "polars":
+        pytest.importorskip("polars")
     else:
+        monkeypatch.setitem(sys.modules, "polars", None)  # import polars -> ImportError
+    if writer == "stdlib":
+        monkeypatch.setitem(sys.modules, "orjson", None)
+    elif writer == "orjson":
         pytest.importorskip("orjson")
     rng = np.random.default_rng(0)
     dets = np.zeros((50, 7))
@@ -266,3 +270,41 @@ def test_results_json_is_exact_and_escapes_rle_text(tmp_path, monkeypatch, write
         assert json.load(f)[3]["segmentation"]["counts"] == rles[3]["counts"]
     write_results_json(path, dets[:0])
     assert load_results_json(path)[0].shape == (0, 7)
+
+
+def test_results_json_writers_write_the_same_bytes(tmp_path, monkeypatch):
+    """polars and orjson give byte-identical files (boxes, masks, empty); the standard library the same
+    values (its separators and exponents are spelt differently: ", ", "1e-07")."""
+    pytest.importorskip("polars")
+    pytest.importorskip("orjson")
+    rng = np.random.default_rng(3)
+    n = 40
+    dets = np.zeros((n, 7))
+    dets[:, 0] = rng.integers(1, 2**40, n)  # large image ids stay integers
+    dets[:, 1:5] = rng.random((n, 4)) * 1000  # full float64 precision
+    dets[:, 1] = np.where(np.arange(n) % 5 == 0, 1e-7, dets[:, 1])  # exponent notation
+    dets[:, 5] = rng.random(n)
+    dets[:, 6] = rng.integers(1, 1204, n)
+    counts = ['0\\\\"x' + str(i) for i in range(n)]
+    rles = [
+        {"size": [480, 640], "counts": c.encode("ascii") if i % 2 else c}
+        for i, c in enumerate(counts)
+    ]  # pycocotools' bytes and text counts
+    files = {}
+    for writer in ("polars", "orjson", "stdlib"):
+        with monkeypatch.context() as m:
+            if writer != "polars":
+                m.setitem(sys.modules, "polars", None)
+            if writer == "stdlib":
+                m.setitem(sys.modules, "orjson", None)
+            for what, r in (("boxes", None), ("masks", rles), ("empty", None)):
+                path = str(tmp_path / f"{writer}_{what}.json")
+                write_results_json(path, dets[:0] if what == "empty" else dets, r, chunk=7)
+                files[writer, what] = open(path, "rb").read()
+    for what in ("boxes", "masks", "empty"):
+        assert files["polars", what] == files["orjson", what], what
+        assert json.loads(files["stdlib", what]) == json.loads(files["polars", what]), what
+    first = json.loads(files["polars", "masks"])[0]
+    assert isinstance(first["image_id"], int) and first["image_id"] == int(dets[0, 0])
+    assert first["segmentation"] == {"size": [480, 640], "counts": counts[0]}
+    assert files["polars", "empty"] == b"[]"

@@ -225,9 +225,13 @@ def parse_seeds(text: str):
     return list(range(int(text)))
 
 
-def run_all(methods, seeds, root, args, extra):
-    """Every (method, seed), ``args.jobs`` at a time; bags_decoupled waits for its softmax seed.
-    Returns the result dicts in (method, seed) order."""
+def run_all(methods, seeds, root, args, extra, on_result=None):
+    """Every (method, seed), ``args.jobs`` at a time, method by method; bags_decoupled waits for its
+    softmax seed. ``on_result(result)`` is called as each run finishes (the csv files are updated
+    then, so an interrupted benchmark keeps every finished run). Returns the results in (method,
+    seed) order."""
+    import threading
+
     todo, results = [], {}
     for m in methods:
         for s in seeds:
@@ -241,10 +245,11 @@ def run_all(methods, seeds, root, args, extra):
                 todo.append((m, s))
     first = [t for t in todo if t[0] != "bags_decoupled"]
     later = [t for t in todo if t[0] == "bags_decoupled"]
+    lock = threading.Lock()
 
     def one(ms):
         m, s = ms
-        return ms, run_method(
+        res = run_method(
             m,
             root,
             args.max_iter,
@@ -253,6 +258,10 @@ def run_all(methods, seeds, root, args, extra):
             threads=args.threads,
             convergence=args.convergence,
         )
+        if on_result is not None and res.get("per_category"):
+            with lock:
+                on_result(res)
+        return ms, res
 
     for batch in (first, later):
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -322,8 +331,15 @@ def main(argv=None):
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     seeds = parse_seeds(args.seeds)
     root = Path(args.output_root).resolve()
-    results = run_all(methods, seeds, root, args, shlex.split(args.extra_opts))
     results_dir = Path(args.results_dir).resolve() if args.results_dir else root
+    results = run_all(
+        methods,
+        seeds,
+        root,
+        args,
+        shlex.split(args.extra_opts),
+        on_result=lambda r: save_runs(results_dir, [r]),
+    )
     save_runs(results_dir, [r for r in results if r.get("per_category")])
     md, paths = write_report(results_dir)
     print(md)
