@@ -147,7 +147,7 @@ def test_benchmark_lt_seeds_csv_report_and_plot(tmp_path):
     res.save_runs(out, [runs[0]])
     assert [r["AP"] for r in res.load_runs(out)["softmax"]] == [11.0, 12.0, 14.0]
 
-    md, paths = lt.main(["--report", "--results-dir", str(out)]), None
+    md = lt.main(["--report", "--results-dir", str(out)])
     text = (out / "lt_benchmark.md").read_text()
     assert text == md
     assert "| ecm | 0,1,2 | 21.00 ± 1.00 |" in text
