@@ -48,8 +48,10 @@ _GROUP = re.compile(r"AP\[\d+,(\d+|inf)\)")
 
 # ------------------------------------------------------------------------------ methods
 def family_of(method: str) -> str:
-    fam, _, rest = method.partition("_")
-    return fam if fam in FAMILIES and fam and rest else ""
+    """``"fcos"``, ``"centernet"``, ``"retinanet"`` or ``""`` (ROI heads): the plots' own parsing."""
+    from lt_detectron.engine.plots import split_method
+
+    return split_method(method)[0]
 
 
 def baseline_of(method: str):
