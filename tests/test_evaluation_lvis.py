@@ -391,3 +391,53 @@ def test_distributed_two_processes_equals_single(tmp_path, registered):
     assert not (tmp_path / "dist_out" / "lt_predictions").exists()
     with open(tmp_path / "dist_out" / "lvis_instances_results.json") as f:
         assert len(json.load(f)) == sum(min(300, len(d["scores"])) for d in dets.values())
+
+
+@pytest.mark.parametrize("duplicate_names", [False, True])
+def test_per_class_sums_equal_the_precision_array(tmp_path, duplicate_names):
+    """hotcoco's per-category AP read as (sums, counts) gives the per-category and group AP of the
+    (T, R, K, A) precision array (mean of the valid entries; classes without GT excluded); with
+    names that are not unique the evaluator falls back to the array."""
+    import hotcoco
+
+    from lt_detectron.evaluation.common import category_sums, per_category_ap, precision_ap
+    from lt_detectron.evaluation.lvis_evaluation import (
+        _sums_from_per_class,
+        evaluate_lvis_predictions,
+    )
+
+    gt, dets = _make(num_images=16)
+    if duplicate_names:
+        gt["categories"][1]["name"] = gt["categories"][0]["name"]
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    mat = np.array(
+        [
+            [d["image_id"], *d["bbox"], d["score"], d["category_id"]]
+            for d in detections_to_results(dets)
+        ],
+        np.float64,
+    )
+    G = hotcoco.COCO(str(path))
+    E = hotcoco.COCOeval(G, G.load_res(mat).cap_detections_per_image(300), "bbox", lvis_style=True)
+    E.params.max_dets = [300]
+    E.run()
+    cat_ids = list(E.params.cat_ids)
+    arr = np.asarray(E.eval["precision"])[..., -1]
+    sums = _sums_from_per_class(E.get_results(per_class=True), cat_ids, G.cats, 10, 101)
+    _, precision, _ = evaluate_lvis_predictions(str(path), mat, None, "bbox")
+    if duplicate_names:
+        assert sums is None
+        assert isinstance(precision, np.ndarray) and precision.shape == arr.shape
+        return
+    ref_sums, ref_counts = category_sums(arr)
+    empty = [cat_ids.index(gt["categories"][i]["id"]) for i in EMPTY]
+    assert (sums[1][empty] == 0).all() and (ref_counts[empty] == 0).all()
+    np.testing.assert_array_equal(sums[1], ref_counts)
+    np.testing.assert_allclose(sums[0], ref_sums, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(per_category_ap(sums), per_category_ap(arr), rtol=0, atol=1e-12)
+    groups = [[0, 3, 6], list(range(1, len(cat_ids), 2)), empty]
+    for idx in groups:
+        a, b = precision_ap(sums, idx), precision_ap(arr, idx)
+        assert (np.isnan(a) and np.isnan(b)) or abs(a - b) < 1e-12
+    assert precision[1] is not None and np.array_equal(precision[1], sums[1])

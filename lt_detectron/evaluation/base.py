@@ -2,8 +2,8 @@
 
 A subclass names its protocol and implements two methods:
 
-- ``run_protocol(task, dets, rles)`` -> ``(metrics in [0, 1], precision (T, R, K, A), sorted
-  category ids)``: one call of its protocol function (:func:`~.lvis_evaluation.evaluate_lvis_predictions`,
+- ``run_protocol(task, dets, rles)`` -> ``(metrics in [0, 1], precision (T, R, K, A) or its
+  per-category (sums, counts), sorted category ids)``: one call of its protocol function (:func:`~.lvis_evaluation.evaluate_lvis_predictions`,
   :func:`~.coco_lt_evaluation.evaluate_coco_predictions`);
 - ``group_results(task, train_instances, sums)`` -> the AP of its instance-count groups.
 
@@ -160,7 +160,8 @@ class LTDatasetEvaluator(DatasetEvaluator):
 
     # ------------------------------------------------------------------ the protocol (subclasses)
     def run_protocol(self, task: str, dets: np.ndarray, rles: Optional[List[dict]]):
-        """``(metrics in [0, 1] with nan for undefined, precision (T, R, K, A), sorted category ids)``."""
+        """``(metrics in [0, 1] with nan for undefined, precision (T, R, K, A) or its per-category
+        ``(sums, counts)``, sorted category ids)``."""
         raise NotImplementedError
 
     def group_results(self, task: str, train_instances: np.ndarray, sums) -> Dict[str, float]:

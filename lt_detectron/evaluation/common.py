@@ -215,10 +215,12 @@ def keep_top_per_group(dets: np.ndarray, rles: Optional[List[dict]], column: int
 def category_sums(precision: np.ndarray, area_idx: int = 0) -> Tuple[np.ndarray, np.ndarray]:
     """Per category: sum and number of valid (> -1) precision entries over IoU x recall.
 
-    ``precision`` is (T, R, K, A) (lvis-api) or (T, R, K, A, M) (COCO; last max-dets used).
-    Group AP = sums[idx].sum() / counts[idx].sum(), exactly lvis-api's/pycocotools'
+    ``precision`` is (T, R, K, A) (lvis-api) or (T, R, K, A, M) (COCO; last max-dets used), or
+    already a ``(sums, counts)`` pair (returned as is). Group AP = sums[idx].sum() / counts[idx].sum(), exactly lvis-api's/pycocotools'
     ``summarize`` (mean of the valid entries) restricted to those categories.
     """
+    if isinstance(precision, tuple):  # already (sums, counts) (hotcoco's per-category AP)
+        return precision
     p = precision[..., -1] if precision.ndim == 5 else precision
     p = p[..., area_idx]  # (T, R, K) view
     valid = p > -1

@@ -76,7 +76,10 @@ def evaluate_lvis_predictions(
         pooled: also compute pooled AP (``APpool``, ``APpool-r/c/f``).
 
     Returns:
-        ``(metrics in [0, 1] with nan for undefined, precision (T, R, K, A), sorted category ids)``.
+        ``(metrics in [0, 1] with nan for undefined, precision, sorted category ids)``; precision is
+        the ``(T, R, K, A)`` array (lvis-api) or, from hotcoco, its per-category ``(sums, counts)``
+        (:func:`~.common.category_sums`); both give :func:`~.common.precision_ap` and
+        :func:`~.common.per_category_ap`.
     """
     backend = resolve_backend(backend, "lvis")
     if iou_type == "segm" and rles is None:
@@ -100,12 +103,16 @@ def evaluate_lvis_predictions(
                 "ignore", message=".*max_dets differ", category=UserWarning
             )  # Fixed AP: no cap
             E.summarize()
-        res = E.get_results()
-        precision = np.asarray(E.eval["precision"])
-        if precision.ndim == 5:
-            precision = precision[..., -1]
         cat_ids = list(E.params.cat_ids)
         params, cats = E.params, G.cats
+        res = E.get_results(per_class=True)
+        precision = _sums_from_per_class(
+            res, cat_ids, cats, len(params.iou_thrs), len(params.rec_thrs)
+        )
+        if precision is None:  # category names not unique: read the precision array (4x slower)
+            precision = np.asarray(E.eval["precision"])
+            if precision.ndim == 5:
+                precision = precision[..., -1]
         eval_imgs = lambda: [
             e for e in E.eval_imgs if e is not None and list(e["aRng"]) == list(params.area_rng[0])
         ]
@@ -160,6 +167,25 @@ def evaluate_lvis_predictions(
             entries = eval_imgs()
         metrics.update(pooled_ap(entries, freq, len(params.iou_thrs), np.asarray(params.rec_thrs)))
     return metrics, precision, cat_ids
+
+
+def _sums_from_per_class(res: dict, cat_ids, cats, num_iou: int, num_rec: int):
+    """hotcoco's per-category AP (``"AP/<name>"``, categories with ground truth only) as the
+    ``(sums, counts)`` of :func:`~.common.category_sums`: a category with ground truth has all
+    ``T x R`` precision entries valid (lvis-api's ``accumulate`` fills them), so group AP = mean of
+    its categories' AP, equal to the precision-array path to 1e-14. Reading the ``(T, R, K, A)``
+    array back from hotcoco costs 4x more (0.07 s against 0.02 s at 1,203 classes). ``None`` when
+    names are not unique."""
+    index = {cats[c]["name"]: k for k, c in enumerate(cat_ids)}
+    if len(index) != len(cat_ids):
+        return None
+    n = num_iou * num_rec
+    sums, counts = np.zeros(len(cat_ids)), np.zeros(len(cat_ids), np.int64)
+    for key, ap in res.items():
+        if key.startswith("AP/") and ap >= 0:  # (-1 / nan: no ground truth)
+            k = index[key[3:]]
+            sums[k], counts[k] = ap * n, n
+    return sums, counts
 
 
 class LTLVISEvaluator(LTDatasetEvaluator):
