@@ -227,6 +227,7 @@ def test_result_plots_from_the_evaluators_csv(tmp_path):
         str(tmp_path / "inference" / "ds" / "lvis_per_category_bbox.csv")
     )
     assert d["name"] == [r["name"] for r in rows] and d["frequency"] == ["f", "r", "c", "c"]
+    np.testing.assert_array_equal(d["category_id"], [r["category_id"] for r in rows])
     np.testing.assert_array_equal(d["train_instances"], [1500, 3, 40, 0])
     np.testing.assert_allclose(d["AP"], [71.25, 12.5, np.nan, 0.0])
     paths = result_plots.write_result_plots(

@@ -103,21 +103,22 @@ def find_per_category_csv(run_dir, task="bbox"):
 
 
 def read_per_category_csv(path):
-    """The evaluator's per-category csv as dicts: category_id (int), name, frequency,
-    train_instances (int, -1 unknown), AP (float, NaN where the class has no validation GT)."""
-    rows = []
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            ap = r.get("AP", "nan")
-            rows.append(
-                {
-                    "category_id": int(r["category_id"]),
-                    "name": r.get("name", ""),
-                    "frequency": r.get("frequency", ""),
-                    "train_instances": int(float(r.get("train_instances") or -1)),
-                    "AP": float(ap) if ap not in ("", None) else float("nan"),
-                }
-            )
+    """The evaluator's per-category csv (read by ``result_plots.read_per_category_csv``) as dicts
+    sorted by category_id: category_id, name, frequency, train_instances (-1 unknown), AP (NaN where
+    the class has no validation GT)."""
+    from lt_detectron.engine.result_plots import read_per_category_csv as read_columns
+
+    d = read_columns(str(path))
+    rows = [
+        {
+            "category_id": int(d["category_id"][i]),
+            "name": d["name"][i],
+            "frequency": d["frequency"][i],
+            "train_instances": int(d["train_instances"][i]),
+            "AP": float(d["AP"][i]),
+        }
+        for i in range(len(d["name"]))
+    ]
     rows.sort(key=lambda r: r["category_id"])
     return rows
 

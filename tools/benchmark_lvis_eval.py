@@ -19,7 +19,8 @@ The table gives the ``process()`` part on its own and the speed-up without it: w
 RLE encoding of the full-image ``pred_masks``, work every evaluator does (Detectron2's
 ``instances_to_coco_json`` calls ``mask_util.encode`` the same way) and lvis-api is spared here.
 A segm row also prints the time of one pass over those masks (NumPy ``any``, not part of "ours"):
-a floor for any evaluator that starts from full-image masks. Building the ``Instances`` from the cached data is not timed. "lvis-api" times ``LVIS(gt)``, ``LVISResults`` and
+a floor for any evaluator that starts from full-image masks. Building the ``Instances`` from the
+cached data is not timed. "lvis-api" times ``LVIS(gt)``, ``LVISResults`` and
 ``LVISEval.run()`` on result dicts (their conversion from ``Instances`` is not timed, which favours
 lvis-api). "hotcoco" is the raw matching call ours makes (load, cap, evaluate, accumulate,
 summarize) on the prepared detection matrix: ours minus hotcoco is our own overhead.

@@ -215,8 +215,9 @@ def plot_per_category_ap(
 
 # ---------------------------------------------------------------------- the evaluators' csv
 def read_per_category_csv(path: str) -> Dict[str, object]:
-    """``{protocol}_per_category_{task}.csv`` -> ``name`` (list), ``frequency`` (list, "" when
-    unknown), ``train_instances`` (int64, -1 unknown) and ``AP`` (float64, percent, NaN = no GT)."""
+    """``{protocol}_per_category_{task}.csv`` -> ``category_id`` (int64, -1 when the csv has no such
+    column), ``name`` (list), ``frequency`` (list, "" when unknown), ``train_instances`` (int64, -1
+    unknown) and ``AP`` (float64, percent, NaN = no GT), in the csv's row order."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"name", "train_instances", "AP"} <= set(rows[0]):
@@ -224,13 +225,15 @@ def read_per_category_csv(path: str) -> Dict[str, object]:
             "%s is not a per-category AP csv (columns name, train_instances, AP)" % path
         )
     return {
+        "category_id": np.array([int(r.get("category_id") or -1) for r in rows], np.int64),
         "name": [r["name"] for r in rows],
         "frequency": [r.get("frequency") or "" for r in rows],
         "train_instances": np.array(
             [int(float(r["train_instances"] or -1)) for r in rows], np.int64
         ),
         "AP": np.array(
-            [float(r["AP"]) if r["AP"] not in ("", "nan") else np.nan for r in rows], np.float64
+            [float(r["AP"]) if r["AP"] not in ("", "nan", None) else np.nan for r in rows],
+            np.float64,
         ),
     }
 

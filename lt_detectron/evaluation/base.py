@@ -3,7 +3,8 @@
 A subclass names its protocol and implements two methods:
 
 - ``run_protocol(task, dets, rles)`` -> ``(metrics in [0, 1], precision (T, R, K, A) or its
-  per-category (sums, counts), sorted category ids)``: one call of its protocol function (:func:`~.lvis_evaluation.evaluate_lvis_predictions`,
+  per-category (sums, counts), sorted category ids)``: one call of its protocol function
+  (:func:`~.lvis_evaluation.evaluate_lvis_predictions`,
   :func:`~.coco_lt_evaluation.evaluate_coco_predictions`);
 - ``group_results(task, train_instances, sums)`` -> the AP of its instance-count groups.
 

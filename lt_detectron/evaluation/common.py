@@ -216,8 +216,9 @@ def category_sums(precision: np.ndarray, area_idx: int = 0) -> Tuple[np.ndarray,
     """Per category: sum and number of valid (> -1) precision entries over IoU x recall.
 
     ``precision`` is (T, R, K, A) (lvis-api) or (T, R, K, A, M) (COCO; last max-dets used), or
-    already a ``(sums, counts)`` pair (returned as is). Group AP = sums[idx].sum() / counts[idx].sum(), exactly lvis-api's/pycocotools'
-    ``summarize`` (mean of the valid entries) restricted to those categories.
+    already a ``(sums, counts)`` pair (returned as is). Group AP = sums[idx].sum() /
+    counts[idx].sum(), exactly lvis-api's/pycocotools' ``summarize`` (mean of the valid entries)
+    restricted to those categories.
     """
     if isinstance(precision, tuple):  # already (sums, counts) (hotcoco's per-category AP)
         return precision
