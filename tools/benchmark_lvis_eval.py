@@ -16,8 +16,9 @@ task only: ``process()`` of every image (conversion, top-300 cap, mask RLE encod
 (results json, evaluation, per-category csv, metrics json, group table); both parts are printed.
 ``--no-json-row`` also times ours with ``TEST.LT.SAVE_RESULTS False`` (no results json written).
 The table gives the ``process()`` part on its own and the speed-up without it: with masks it is the
-RLE encoding of the full-image ``pred_masks``, work every evaluator does (Detectron2's
-``instances_to_coco_json`` calls ``mask_util.encode`` the same way) and lvis-api is spared here.
+RLE encoding of the full-image ``pred_masks`` (``lt_detectron.evaluation.common.encode_masks``, equal
+to ``mask_util.encode``), work every evaluator does (Detectron2's ``instances_to_coco_json`` calls
+``mask_util.encode`` per mask) and lvis-api is spared here.
 A segm row also prints the time of one pass over those masks (NumPy ``any``, not part of "ours"):
 a floor for any evaluator that starts from full-image masks. Building the ``Instances`` from the
 cached data is not timed. "lvis-api" times ``LVIS(gt)``, ``LVISResults`` and
