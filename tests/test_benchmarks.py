@@ -155,6 +155,7 @@ def test_benchmark_lt_seeds_csv_report_and_plot(tmp_path):
     assert "| ecm | softmax | +8.67 (± 1.83) | gain |" in text
     assert "| fcos_focal | 0 | 10.00 |" in text and "1:30 | 1.48 |" in text  # 90 s / 61 s
     assert "AP @ iter 19 | AP @ iter 39" in text
+    assert f"--report --results-dir {out.resolve()}`" in text  # the folder it was made from
     png = out / "ap_vs_instances.png"
     assert png.is_file() and png.stat().st_size > 10_000
 

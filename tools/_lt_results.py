@@ -374,6 +374,13 @@ def settings_line(runs):
     return "; ".join(parts)
 
 
+def _shown(path) -> str:
+    """``path`` relative to the repository when inside it (as the commands in the docs are)."""
+    p = Path(path).resolve()
+    root = Path(__file__).resolve().parent.parent
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
+
+
 def write_report(results_dir, out_dir=None, title="lt_shapes benchmark"):
     """Tables (``lt_benchmark.md``) and the figure (``ap_vs_instances.png``) from the csv files of
     ``results_dir``, written to ``out_dir`` (default: the same folder). Returns (markdown, paths)."""
@@ -386,7 +393,8 @@ def write_report(results_dir, out_dir=None, title="lt_shapes benchmark"):
         f"# {title}",
         "Box AP on lt_shapes_val (LVIS protocol), mean ± sample std over seeds (seed = model "
         "initialisation and data order). Settings: " + settings_line(runs) + ".",
-        "Regenerate: `python tools/benchmark_lt.py --report --results-dir docs/results`.",
+        "Regenerate: `python tools/benchmark_lt.py --report --results-dir %s`."
+        % _shown(results_dir),
         format_seed_table(runs),
     ]
     comp = format_comparison(runs)
