@@ -139,7 +139,8 @@ def instances_to_arrays(
 
 def encode_masks(masks: np.ndarray) -> List[dict]:
     """``(N, H, W)`` uint8 masks -> COCO RLEs (``{"size": [H, W], "counts": bytes}``), the very same as
-    ``pycocotools.mask.encode`` of the full masks, about 3x faster on detection masks.
+    ``pycocotools.mask.encode`` of the full masks, and faster when masks cover few columns of the
+    image, as detection masks do.
 
     RLE runs go down the columns, so the columns left and right of a mask's pixels are whole runs of
     zeros: only the strip of columns between its first and last set pixel is run-length coded (in
