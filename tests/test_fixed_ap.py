@@ -22,6 +22,7 @@ from lt_detectron.compat import ensure_lvis_numpy_compat
 from lt_detectron.evaluation import LTLVISEvaluator, evaluate_lvis_predictions
 from lt_detectron.modeling.topk_inference import (
     ClassTopKThresholds,
+    per_class_nms,
     topk_per_class_inference,
     topk_per_group_mask,
 )
@@ -227,6 +228,53 @@ def test_inference_without_thresholds_is_detectron2s():
     assert all(int(torch.bincount(i.pred_classes).max()) <= 2 for i in capped)
     with pytest.raises(ValueError, match="TOPK_PER_CLASS"):
         ClassTopKThresholds(3, 0)
+
+
+@pytest.mark.parametrize("n", [3000, 45000])
+def test_per_class_nms_is_detectron2s_batched_nms(n):
+    """Same kept indices in the same order as detectron2's batched_nms, below and above the 40,000
+    boxes where Detectron2 switches to its per-class loop; scores with ties, heavily overlapping
+    boxes, 600 classes."""
+    from detectron2.layers import batched_nms
+
+    g = torch.Generator().manual_seed(n)
+    xy = torch.rand(n, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 5 + torch.rand(n, 2, generator=g) * 30], dim=1)
+    scores = torch.round(torch.rand(n, generator=g) * 20) / 20  # many exact ties
+    idxs = torch.randint(0, 600, (n,), generator=g)
+    ours, ref = per_class_nms(boxes, scores, idxs, 0.5), batched_nms(boxes, scores, idxs, 0.5)
+    assert 0 < len(ref) < n and torch.equal(ours, ref)
+    # each class's boxes reach nms in ascending index order: a naive per-class loop agrees
+    naive = []
+    for c in range(600):
+        (sel,) = torch.where(idxs == c)
+        naive.append(sel[torchvision_nms(boxes[sel], scores[sel], 0.5)])
+    assert torch.equal(torch.sort(torch.cat(naive)).values, torch.sort(ours).values)
+
+
+def torchvision_nms(boxes, scores, thr):
+    from torchvision.ops import nms
+
+    return nms(boxes, scores, thr)
+
+
+def test_inference_above_40000_candidates_is_detectron2s():
+    """No per-image cap and a low floor: > 40,000 candidates in one image, where Detectron2's
+    batched NMS loops over the classes; boxes, scores, classes and indices are identical."""
+    from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+
+    g = torch.Generator().manual_seed(7)
+    R, C = 60, 800
+    xy = torch.rand(R, C, 2, generator=g) * 150
+    boxes = torch.cat([xy, xy + 4 + torch.rand(R, C, 2, generator=g) * 60], dim=2).reshape(R, C * 4)
+    scores = torch.softmax(torch.randn(R, C + 1, generator=g), dim=1)
+    boxes[3, 0] = float("nan")  # a non-finite row is dropped by both
+    (ours,), (ours_idx,) = topk_per_class_inference([boxes], [scores], [(160, 200)], 1e-5, 0.5)
+    (ref,), (ref_idx,) = fast_rcnn_inference([boxes], [scores], [(160, 200)], 1e-5, 0.5, -1)
+    assert int((scores[:, :-1] > 1e-5).sum()) > 40000 and len(ref) > 1000
+    assert torch.equal(ours_idx, ref_idx) and torch.equal(ours.scores, ref.scores)
+    assert torch.equal(ours.pred_classes, ref.pred_classes)
+    assert torch.equal(ours.pred_boxes.tensor, ref.pred_boxes.tensor)
 
 
 # ---------------------------------------------------------------- Fixed AP parity

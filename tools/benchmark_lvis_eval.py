@@ -10,6 +10,7 @@ APr/c/f and AR@300 between ours and lvis-api is reported. Output: a markdown tab
   python tools/benchmark_lvis_eval.py --images 1000 5000 --tasks bbox segm --repeats 3 --no-json-row
   python tools/benchmark_lvis_eval.py --images 19809 --tasks bbox --skip-lvis-api --protocols standard fixed
   python tools/benchmark_lvis_eval.py --images 5000 --tasks bbox --skip-lvis-api --profile   # cProfile of ours
+  python tools/benchmark_lvis_eval.py --images 1000 --tasks segm --skip-lvis-api --boundary   # + Boundary AP
 
 "ours" runs end to end from Detectron2 ``Instances`` (masks: full-image ``pred_masks``), for the row's
 task only: ``process()`` of every image (conversion, top-300 cap, mask RLE encoding), ``evaluate()``
@@ -25,6 +26,9 @@ cached data is not timed. "lvis-api" times ``LVIS(gt)``, ``LVISResults`` and
 ``LVISEval.run()`` on result dicts (their conversion from ``Instances`` is not timed, which favours
 lvis-api). "hotcoco" is the raw matching call ours makes (load, cap, evaluate, accumulate,
 summarize) on the prepared detection matrix: ours minus hotcoco is our own overhead.
+``--boundary`` (segm rows) also times Boundary AP (``TEST.LT.BOUNDARY_AP``: faster-coco-eval's
+boundary IoU, ``lt_detectron.evaluation.boundary``) on the same prepared matrix and RLEs, the cost
+that option adds to an evaluation.
 The cache (``--cache``) holds the ground truth (json), detections (npz, loaded with
 ``allow_pickle=False``) and masks (json); nothing is pickled.
 """
@@ -151,7 +155,20 @@ def worker_hotcoco(gt_path, dets, task, protocol):
     from lt_detectron.evaluation.common import keep_top_per_group
 
     logging.disable(logging.WARNING)
-    rows, rles = [], [] if task == "segm" else None
+    arr, rles = _detection_matrix(dets)
+    del dets
+    t = time.perf_counter()
+    if protocol == "fixed":
+        arr, rles = keep_top_per_group(arr, rles, 6, 10000)
+    m, _, _ = evaluate_lvis_predictions(
+        gt_path, arr, rles, task, 300 if protocol == "standard" else -1, "hotcoco"
+    )
+    return time.perf_counter() - t, _metrics_of(m, 1.0)
+
+
+def _detection_matrix(dets):
+    """``(N, 7)`` rows ``[image_id, x, y, w, h, score, category_id]`` and the RLEs (or None)."""
+    rows, rles = [], []
     for k, d in dets.items():
         a = np.empty((len(d["scores"]), 7))
         a[:, 0] = k
@@ -160,17 +177,23 @@ def worker_hotcoco(gt_path, dets, task, protocol):
         a[:, 5] = d["scores"]
         a[:, 6] = d["category_ids"]
         rows.append(a)
-        if rles is not None:
+        if d["masks"] is not None:
             rles.extend(d["masks"])
-    arr = np.concatenate(rows)
-    del dets, rows
+    return np.concatenate(rows), (rles or None)
+
+
+def worker_boundary(gt_path, dets):
+    import logging
+
+    from lt_detectron.evaluation.boundary import evaluate_boundary_predictions
+
+    logging.disable(logging.WARNING)
+    arr, rles = _detection_matrix(dets)
+    del dets
     t = time.perf_counter()
-    if protocol == "fixed":
-        arr, rles = keep_top_per_group(arr, rles, 6, 10000)
-    m, _, _ = evaluate_lvis_predictions(
-        gt_path, arr, rles, task, 300 if protocol == "standard" else -1, "hotcoco"
-    )
-    return time.perf_counter() - t, _metrics_of(m, 1.0)
+    m, _, _ = evaluate_boundary_predictions(gt_path, arr, rles, 300, lvis_style=True)
+    dt = time.perf_counter() - t
+    return dt, {k: float(v) for k, v in m.items() if k in ("AP", "APr", "APc", "APf")}
 
 
 def worker_ours(gt_path, dets, task, protocol, profile=False, save_results=True):
@@ -285,6 +308,8 @@ def worker(which, gt_path, det_path, mask_path, task, protocol, profile, save_re
         dt, metrics = worker_lvis(gt_path, dets, task)
     elif which == "hotcoco":
         dt, metrics = worker_hotcoco(gt_path, dets, task, protocol)
+    elif which == "boundary":
+        dt, metrics = worker_boundary(gt_path, dets)
     else:
         dt, metrics, process_time, read_masks = worker_ours(
             gt_path, dets, task, protocol, profile, save_results
@@ -363,11 +388,18 @@ def main():
     )
     ap.add_argument("--profile", action="store_true", help="print a cProfile of ours (stderr)")
     ap.add_argument(
+        "--boundary",
+        action="store_true",
+        help="segm rows: also time Boundary AP (faster-coco-eval) on the same detections",
+    )
+    ap.add_argument(
         "--no-results-json",
         action="store_true",
         help=argparse.SUPPRESS,  # worker: TEST.LT.SAVE_RESULTS False
     )
-    ap.add_argument("--worker", choices=["lvis", "ours", "hotcoco"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker", choices=["lvis", "ours", "hotcoco", "boundary"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -375,14 +407,14 @@ def main():
         worker(args.worker, *args.paths, args.tasks[0], args.protocols[0], args.profile, save)
         return
     os.makedirs(args.cache, exist_ok=True)
-    rows = []
+    rows, boundary_rows = [], []
     for n in args.images:
         for task in args.tasks:
             t = time.perf_counter()
             paths = make_data(args.cache, n, task)
             print(f"[data] {n} images {task}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
             for protocol in args.protocols:
-                runs = {"ours": [], "ours_nojson": [], "hotcoco": [], "lvis": []}
+                runs = {"ours": [], "ours_nojson": [], "hotcoco": [], "lvis": [], "boundary": []}
                 for rep in range(args.repeats):
                     runs["ours"].append(run_worker("ours", paths, task, protocol, args.profile))
                     if args.no_json_row:
@@ -390,6 +422,8 @@ def main():
                             run_worker("ours", paths, task, protocol, False, save_results=False)
                         )
                     runs["hotcoco"].append(run_worker("hotcoco", paths, task, protocol))
+                    if args.boundary and task == "segm" and protocol == "standard":
+                        runs["boundary"].append(run_worker("boundary", paths, task, protocol))
                     if (
                         not args.skip_lvis_api
                         and protocol == "standard"
@@ -415,6 +449,12 @@ def main():
                 rows.append(
                     (n, task, protocol, ref, ours, med["ours_nojson"], med["hotcoco"], diff, runs)
                 )
+                if med["boundary"]:
+                    b, h = med["boundary"], med["hotcoco"]
+                    boundary_rows.append(
+                        f"| {n} | {b['time']:.2f} s | {b['peak_gib']:.2f} GiB | {h['time']:.2f} s "
+                        f"| {b['time'] / h['time']:.1f}x | {100 * b['metrics'].get('AP', float('nan')):.2f} |"
+                    )
     print(
         "| images x 300 dets | task | protocol | lvis-api | lvis-api peak | ours | ours peak | speed-up "
         "| ours: process() | speed-up without process() | ours without results json | speed-up "
@@ -443,6 +483,13 @@ def main():
         if args.repeats > 1:
             all_times = {k: [round(r["time"], 2) for r in v] for k, v in runs.items() if v}
             print(f"<!-- {n} {task} {protocol} all runs (s): {all_times} -->")
+    if boundary_rows:
+        print(
+            "\n| images x 300 masks | Boundary AP (faster-coco-eval) | its peak | mask AP (raw hotcoco) "
+            "| boundary / mask | boundary AP |"
+        )
+        print("|---|---:|---:|---:|---:|---:|")
+        print("\n".join(boundary_rows))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ no longer be among its class's ``k`` best of the dataset:
 - :func:`topk_per_class_inference`: Detectron2's ``fast_rcnn_inference`` with no per-image cap and a
   per-class score threshold (scores below it are set to -1 before the usual score filter and NMS,
   the authors' way of raising thresholds).
+- :func:`per_class_nms`: Detectron2's ``batched_nms`` (same kept indices in the same order) without
+  its ``O(C N)`` cost above 40,000 candidates, where it builds one ``idxs == c`` mask per class: with
+  no per-image cap and a 1e-4 floor, an LVIS image can have ~10^5-10^6 candidates over 1,203 classes
+  (``tools/benchmark_topk_inference.py``), and those masks took as long as the NMS itself.
 - :class:`ClassTopKThresholds`: the running threshold, per class the ``k``-th highest score kept
   so far (``-inf`` while a class has fewer than ``k``). Every detection below it is outranked by
   ``k`` detections already kept, so dropping it never changes the dataset's top-``k`` (per-class
@@ -31,9 +35,19 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference_single_image
+from detectron2.layers import batched_nms
+from detectron2.structures import Boxes, Instances
+from torchvision.ops import nms
 
-__all__ = ["topk_per_group_mask", "topk_per_class_inference", "ClassTopKThresholds"]
+__all__ = [
+    "topk_per_group_mask",
+    "per_class_nms",
+    "topk_per_class_inference",
+    "ClassTopKThresholds",
+]
+
+# detectron2.layers.batched_nms switches to a per-class loop at this many boxes
+_D2_BATCHED_NMS_LOOP = 40000
 
 
 def topk_per_group_mask(scores: torch.Tensor, groups: torch.Tensor, k: int) -> torch.Tensor:
@@ -65,6 +79,62 @@ def topk_per_group_mask(scores: torch.Tensor, groups: torch.Tensor, k: int) -> t
     return keep
 
 
+def per_class_nms(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """NMS per class: the indices :func:`detectron2.layers.batched_nms` returns, in its order.
+
+    Below 40,000 boxes this is Detectron2's call itself. From 40,000 on, Detectron2 loops over the
+    classes with a mask ``idxs == c`` over all ``N`` boxes each (``O(C N)``); here the boxes are
+    grouped by one stable sort of ``idxs`` instead, so each class's boxes reach ``torchvision``'s
+    ``nms`` in the same (ascending index) order, and the kept indices are ordered as Detectron2
+    orders them (``argsort`` of the scores, descending, over the ascending kept indices).
+
+    Args:
+        boxes: ``(N, 4)`` XYXY. scores: ``(N,)``. idxs: ``(N,)`` class of each box.
+        iou_threshold: boxes of one class with IoU above it are suppressed.
+
+    Returns:
+        ``(K,)`` int64 indices of the kept boxes, decreasing score.
+    """
+    if len(boxes) < _D2_BATCHED_NMS_LOOP:
+        return batched_nms(boxes, scores, idxs, iou_threshold)
+    order = torch.sort(idxs, stable=True).indices
+    counts = torch.unique_consecutive(idxs[order], return_counts=True)[1]
+    result_mask = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    for seg in torch.split(order, counts.tolist()):
+        result_mask[seg[nms(boxes[seg], scores[seg], iou_threshold)]] = True
+    keep = result_mask.nonzero().view(-1)
+    return keep[scores[keep].argsort(descending=True)]
+
+
+def _inference_single_image(boxes, scores, image_shape, score_thresh: float, nms_thresh: float):
+    """Detectron2's ``fast_rcnn_inference_single_image`` with ``topk_per_image=-1``, step for step,
+    with :func:`per_class_nms` for the NMS (same output, see there)."""
+    valid_mask = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
+    if not valid_mask.all():
+        boxes, scores = boxes[valid_mask], scores[valid_mask]
+    scores = scores[:, :-1]
+    num_bbox_reg_classes = boxes.shape[1] // 4
+    boxes = Boxes(boxes.reshape(-1, 4))
+    boxes.clip(image_shape)
+    boxes = boxes.tensor.view(-1, num_bbox_reg_classes, 4)
+    filter_mask = scores > score_thresh
+    filter_inds = filter_mask.nonzero()
+    if num_bbox_reg_classes == 1:
+        boxes = boxes[filter_inds[:, 0], 0]
+    else:
+        boxes = boxes[filter_mask]
+    scores = scores[filter_mask]
+    keep = per_class_nms(boxes, scores, filter_inds[:, 1], nms_thresh)
+    boxes, scores, filter_inds = boxes[keep], scores[keep], filter_inds[keep]
+    result = Instances(image_shape)
+    result.pred_boxes = Boxes(boxes)
+    result.scores = scores
+    result.pred_classes = filter_inds[:, 1]
+    return result, filter_inds[:, 0]
+
+
 def topk_per_class_inference(
     boxes: Sequence[torch.Tensor],
     scores: Sequence[torch.Tensor],
@@ -74,7 +144,8 @@ def topk_per_class_inference(
     class_thresholds: Optional[torch.Tensor] = None,
     topk_per_class: int = -1,
 ):
-    """Detectron2's ``fast_rcnn_inference`` without a per-image cap, with per-class score thresholds.
+    """Detectron2's ``fast_rcnn_inference`` without a per-image cap, with per-class score thresholds
+    (and :func:`per_class_nms`, the same result faster above 40,000 candidates per image).
 
     Args:
         boxes, scores, image_shapes, score_thresh, nms_thresh: as ``fast_rcnn_inference``: per image
@@ -92,7 +163,7 @@ def topk_per_class_inference(
         if class_thresholds is not None:
             below = s[:, :-1] < class_thresholds.to(s.device)[None, :]
             s = torch.cat([s[:, :-1].masked_fill(below, -1.0), s[:, -1:]], dim=1)
-        inst, idx = fast_rcnn_inference_single_image(b, s, shape, score_thresh, nms_thresh, -1)
+        inst, idx = _inference_single_image(b, s, shape, score_thresh, nms_thresh)
         if topk_per_class >= 0 and len(inst):
             sel = topk_per_group_mask(inst.scores, inst.pred_classes, topk_per_class)
             if not bool(sel.all()):
