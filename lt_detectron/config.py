@@ -46,6 +46,9 @@ def _add_lt_keys(cfg):
     _C.MODEL.LT.ECM = CN()
     _C.MODEL.LT.ECM.BG_FG_RATIO = 6.3313  # background:foreground ROI ratio (authors' constant)
     _C.MODEL.LT.ECM.MEASURE_ITERS = 0  # > 0: measure the ratio over the first K iterations
+    # Dense heads' test score: "z" sigma(z) (as the authors' two-stage code) | "trained" sigma(2z + delta),
+    # the probability the one-stage loss is trained on (per class a monotone map of sigma(z))
+    _C.MODEL.LT.ECM.DENSE_TEST_SCORE = "z"
 
     _C.MODEL.LT.BAGS = CN()
     _C.MODEL.LT.BAGS.BIN_EDGES = [10, 100, 1000]  # instance-count bins of the groups

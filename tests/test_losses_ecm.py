@@ -191,3 +191,27 @@ def test_focal_variant():
     lb = m(big, torch.tensor([[1.0, 0.0, 0.0]]))
     lb.backward()
     assert torch.isfinite(lb) and torch.isfinite(big.grad).all()
+
+
+def test_dense_test_score_options():
+    """MODEL.LT.ECM.DENSE_TEST_SCORE: "z" is sigma(z); "trained" is sigma(2z + delta) with the
+    one-stage margins (hand formula), on (M, C) logits and on (N, C, H, W) heat maps; a bad value is
+    refused with the key's name."""
+    from lt_detectron.losses import ECMDenseLoss
+
+    counts = [1, 20, 500]
+    n = torch.tensor(counts, dtype=D)
+    delta = 0.25 * torch.log(n / (n.sum() - n))  # one-stage: n_c^- = sum n - n_c
+    z = torch.tensor([[0.3, -1.0, 2.0], [-4.0, 0.0, -2.5]])
+    plain = ECMDenseLoss(counts)
+    torch.testing.assert_close(plain.predict_probs(z), torch.sigmoid(z))
+    trained = ECMDenseLoss(counts, test_score="trained")
+    ref = torch.sigmoid(2 * z.double() + delta).float()
+    torch.testing.assert_close(trained.predict_probs(z), ref)
+    heat = z.t().reshape(1, 3, 2, 1)  # classes on dim 1
+    torch.testing.assert_close(trained.predict_probs(heat), ref.t().reshape(1, 3, 2, 1))
+    # the rare class's background scores higher under sigma(z) than under the trained probability
+    bg = torch.full((1, 3), -3.0)
+    assert trained.predict_probs(bg)[0, 0] < plain.predict_probs(bg)[0, 0]
+    with pytest.raises(ValueError, match="DENSE_TEST_SCORE"):
+        ECMDenseLoss(counts, test_score="sigmoid")

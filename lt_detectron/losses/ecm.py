@@ -264,15 +264,35 @@ class ECMDenseLoss(DenseLoss):
     """One-stage ECM for the dense heads: labels in (the protocol), the maths of :class:`ECMFocalLoss`.
 
     ``forward(logits (M, C), labels (M,) in [0, C], batch=None) -> scalar`` (sum); :meth:`heatmap`: the
-    penalty-reduced focal loss on 2z + delta times m_c [interp]. Inference: sigma(z) (authors' code: no
-    factor 2, no margins). Buffers ``margins``, ``weights`` (C,) are constants of the instance counts.
+    penalty-reduced focal loss on 2z + delta times m_c [interp]. Buffers ``margins``, ``weights`` (C,) are
+    constants of the instance counts.
+
+    Inference (:meth:`predict_probs`), ``test_score`` (``MODEL.LT.ECM.DENSE_TEST_SCORE``): ``"z"``
+    sigma(z), as the authors' two-stage code (no factor 2, no margins); ``"trained"`` sigma(2z + delta),
+    the probability the loss trains. Per class one is a monotone map of the other, so each class's
+    ranking is the same; they differ where classes compete: the heads' top-k candidates, the
+    per-image cap, the score threshold. With sigma(z) a background location trained to
+    sigma(2z + delta) = p scores sigma((logit(p) - delta) / 2), higher for rarer classes (delta < 0).
     """
 
     needs_class_stats = True
+    TEST_SCORES = ("z", "trained")
 
-    def __init__(self, instance_counts, *, focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+    def __init__(
+        self,
+        instance_counts,
+        *,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        test_score: str = "z",
+    ):
         delta, m = ecm_margins_and_weights(instance_counts, with_background=False)
         super().__init__(int(delta.numel()), focal_alpha=focal_alpha, focal_gamma=focal_gamma)
+        if test_score not in self.TEST_SCORES:
+            raise ValueError(
+                f"MODEL.LT.ECM.DENSE_TEST_SCORE must be one of {self.TEST_SCORES}, got {test_score!r}"
+            )
+        self.test_score = test_score
         self.register_buffer("margins", delta.float())
         self.register_buffer("weights", m.float())
 
@@ -290,7 +310,18 @@ class ECMDenseLoss(DenseLoss):
             instance_counts=class_counts(class_stats),
             focal_alpha=focal_alpha,
             focal_gamma=focal_gamma,
+            test_score=cfg.MODEL.LT.ECM.DENSE_TEST_SCORE,
         )
+
+    def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Scores of ``logits`` with the classes on dim 1 (``(M, C)`` or ``(N, C, H, W)``)."""
+        if self.test_score == "z":
+            return torch.sigmoid(logits)
+        shape = [1, self.num_classes] + [1] * (logits.dim() - 2)
+        return torch.sigmoid(2.0 * logits + self.margins.view(shape).to(logits.dtype))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", test_score=%s" % self.test_score
 
     def forward(
         self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None
