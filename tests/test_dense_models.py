@@ -220,6 +220,30 @@ def test_centernet_outputs_detections_at_stride():
     assert model.stride == 4
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_heads_give_predict_probs_classes_on_dim_1(arch):
+    """The contract of ``DenseLoss.predict_probs``: every head passes logits with the classes on dim 1
+    (a loss with per-class test scores, ECM's ``DENSE_TEST_SCORE trained``, relies on it), and the
+    scores it returns are the ones the detections carry."""
+    model = _build(arch, "ecm")
+    seen = []
+
+    def spy(logits):
+        seen.append(tuple(logits.shape))
+        return 0.25 + 0.5 * torch.sigmoid(logits)  # in [0.25, 0.75]: visibly not the head's sigmoid
+
+    model.cls_loss.predict_probs = spy
+    model.eval()
+    with torch.no_grad():
+        inst = model(make_inputs(n=1))[0]["instances"]
+    assert seen and all(len(sh) >= 2 and sh[1] == C for sh in seen), seen
+    assert len(inst) and float(inst.scores.max()) <= 0.75 + 1e-6
+    model.cls_loss.test_score = "trained"
+    del model.cls_loss.predict_probs  # back to the class's method
+    with torch.no_grad():
+        model(make_inputs(n=1))  # runs with sigma(2z + delta) on every head's layout
+
+
 # ------------------------------------------------------------------ BOFL: lambda = 0 equals focal
 def _stats():
     from lt_detectron import get_class_stats

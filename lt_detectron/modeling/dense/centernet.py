@@ -145,12 +145,12 @@ def centernet_decode(
 ) -> Instances:
     """Peaks of one image's (C, H, W) heat-map logits -> ``Instances`` (boxes in input pixels).
 
-    Keeps the local maxima of ``predict_probs(heat)`` (the loss's; sigmoid) under a ``kernel`` x ``kernel``
-    max-pool, the top ``k`` over all classes and pixels with score > ``score_thresh``;
+    Keeps the local maxima of ``predict_probs(heat[None])[0]`` (the loss's; classes on dim 1) under a
+    ``kernel`` x ``kernel`` max-pool, the top ``k`` over all classes and pixels with score > ``score_thresh``;
     box = ((x + dx) +- w / 2, (y + dy) +- h / 2) * s.
     """
     C, H, W = heat_logits.shape
-    heat = predict_probs(heat_logits.float())
+    heat = predict_probs(heat_logits.float()[None])[0]  # classes on dim 1, as the losses expect
     hmax = F.max_pool2d(heat[None], kernel, stride=1, padding=(kernel - 1) // 2)[0]
     heat = heat * (hmax == heat).to(heat.dtype)
     k = min(int(k), C * H * W)
