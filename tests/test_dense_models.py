@@ -3,6 +3,7 @@ configs load, models build and train/infer on random CPU images, BOFL lambda=0 e
 boundaries, resume, and hypothesis property tests."""
 
 import glob
+import math
 import os
 
 import numpy as np
@@ -242,6 +243,41 @@ def test_heads_give_predict_probs_classes_on_dim_1(arch):
     del model.cls_loss.predict_probs  # back to the class's method
     with torch.no_grad():
         model(make_inputs(n=1))  # runs with sigma(2z + delta) on every head's layout
+
+
+def _cls_bias(model):
+    return {
+        "LongTailRetinaNet": lambda m: m.head.cls_score.bias,
+        "FCOS": lambda m: m.head.cls_logits.bias,
+        "CenterNet": lambda m: m.head.heat[-1].bias,
+    }[type(model).__name__](model)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prior_bias_comes_from_the_loss(arch):
+    """Every head's classification bias is the loss's prior_logits: logit(PRIOR_PROB) for focal (the
+    value Detectron2's and our heads set themselves), and with ECM's DENSE_PRIOR trained the bias b_c
+    with sigma(2 b_c + delta_c) = PRIOR_PROB (hand formula); a bad value names the key."""
+    prior = {"LongTailRetinaNet": 0.01, "FCOS": 0.01, "CenterNet": 0.1}[arch]
+    focal = _cls_bias(_build(arch, "focal"))
+    assert torch.equal(focal, torch.full_like(focal, -math.log((1 - prior) / prior)))
+    cfg = tiny_cfg(arch, "ecm")
+    plain = _cls_bias(build_model(cfg))
+    assert torch.equal(plain, focal)  # DENSE_PRIOR z: the usual init
+    cfg.MODEL.LT.ECM.DENSE_PRIOR = "trained"
+    model = build_model(cfg)
+    b, delta = _cls_bias(model).double(), model.cls_loss.margins.double()
+    A = b.numel() // C
+    assert A * C == b.numel()
+    torch.testing.assert_close(
+        torch.sigmoid(2 * b + delta.repeat(A)), torch.full_like(b, prior), rtol=1e-6, atol=1e-7
+    )
+    assert (
+        b.view(A, C)[:, 0] < b.view(A, C)[:, -1]
+    ).all()  # class 0 has the most instances: the lowest bias
+    cfg.MODEL.LT.ECM.DENSE_PRIOR = "sigma"
+    with pytest.raises(ValueError, match="DENSE_PRIOR"):
+        build_model(cfg)
 
 
 # ------------------------------------------------------------------ BOFL: lambda = 0 equals focal

@@ -50,6 +50,7 @@ Registering a new method is one file under ``lt_detectron/losses/``::
 and one import line in ``lt_detectron/losses/__init__.py``.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -280,7 +281,24 @@ class DenseLoss(nn.Module):
         raise NotImplementedError
 
     def predict_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Test scores of logits with the classes on dim 1 (``(M, C)`` or ``(N, C, H, W)``)."""
         return torch.sigmoid(logits)
+
+    def prior_logits(self, prior_prob: float) -> torch.Tensor:
+        """``(C,)`` classifier bias at which each class's trained probability starts at ``prior_prob``
+        (the detectors' ``PRIOR_PROB`` initialisation): logit(prior_prob) for a loss on sigma(z)."""
+        return torch.full((self.num_classes,), -math.log((1 - prior_prob) / prior_prob))
+
+    @torch.no_grad()
+    def init_prior_bias(self, bias: torch.Tensor, prior_prob: float) -> None:
+        """Set a head's classification bias, ``(A * C,)`` anchor-major as Detectron2's heads lay out
+        their channels, to :meth:`prior_logits` (the heads call it once, after their own init)."""
+        p = self.prior_logits(prior_prob)
+        if bias.numel() % p.numel():
+            raise ValueError(
+                f"classification bias of {bias.numel()} channels is not a multiple of {p.numel()} classes"
+            )
+        bias.copy_(p.to(bias).repeat(bias.numel() // p.numel()))
 
     def _check_logits(self, logits: torch.Tensor) -> None:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:

@@ -195,6 +195,7 @@ class CenterNetHead(nn.Module):
                 nn.init.normal_(m.weight, std=0.001)
                 nn.init.constant_(m.bias, 0)
         nn.init.constant_(self.heat[-1].bias, -math.log((1 - prior_prob) / prior_prob))
+        self.prior_prob = prior_prob
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
@@ -245,6 +246,8 @@ class CenterNet(DenseDetector):
             raise ValueError(
                 "cls_loss has %d classes, CenterNet %d" % (self.cls_loss.num_classes, num_classes)
             )
+        if hasattr(head, "prior_prob"):  # the loss says what bias gives its probability the prior
+            self.cls_loss.init_prior_bias(head.heat[-1].bias, head.prior_prob)
         self.min_overlap = min_overlap
         self.hm_alpha, self.hm_beta = hm_alpha, hm_beta
         self.hm_weight, self.wh_weight, self.off_weight = hm_weight, wh_weight, off_weight

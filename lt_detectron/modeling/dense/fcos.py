@@ -105,6 +105,8 @@ class FCOS(Detectron2FCOS):
             raise ValueError(
                 "cls_loss has %d classes, FCOS %d" % (self.cls_loss.num_classes, num_classes)
             )
+        if hasattr(head, "prior_prob"):  # the loss says what bias gives its probability the prior
+            self.cls_loss.init_prior_bias(head.cls_logits.bias, head.prior_prob)
         n_levels = len(head_in_features)
         if len(sizes_of_interest) != n_levels - 1:
             raise ValueError(

@@ -77,6 +77,7 @@ class FCOSHead(nn.Module):
                 if m.bias is not None:
                     nn.init.constant_(m.bias, 0)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        self.prior_prob = prior_prob
         self.scales = nn.ModuleList([Scale(1.0) for _ in self.strides])
 
     @classmethod

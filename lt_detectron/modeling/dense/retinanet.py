@@ -1,12 +1,15 @@
 """``LongTailRetinaNet``: Detectron2's RetinaNet with the classification loss from ``MODEL.LT.DENSE_LOSS``.
 
-Everything but the classification term is Detectron2's (anchors, matcher, head with prior-0.01 bias
-``MODEL.RETINANET.PRIOR_PROB``, smooth-L1/GIoU box loss, inference). The classification term is the
-protocol loss ``cls_loss`` (:class:`~lt_detectron.losses.base.DenseLoss`, ``MODEL.LT.DENSE_LOSS``):
-``cls_loss(logits (M, C), labels (M,), DenseBatch(image_index, gt_classes_per_image))``, summed over the
-valid anchors and divided by the detector's own normaliser (the EMA of positive anchors). Inference
-scores are ``cls_loss.predict_probs(logits)``.
+Everything but the classification term is Detectron2's (anchors, matcher, head, smooth-L1/GIoU box
+loss, inference); the head's classification bias is the loss's ``prior_logits`` of
+``MODEL.RETINANET.PRIOR_PROB`` (0.01; logit(0.01) as Detectron2 for every loss on sigma(z)). The
+classification term is the protocol loss ``cls_loss`` (:class:`~lt_detectron.losses.base.DenseLoss`,
+``MODEL.LT.DENSE_LOSS``): ``cls_loss(logits (M, C), labels (M,), DenseBatch(image_index,
+gt_classes_per_image))``, summed over the valid anchors and divided by the detector's own normaliser
+(the EMA of positive anchors). Inference scores are ``cls_loss.predict_probs(logits)``.
 """
+
+from typing import Optional
 
 import torch
 from detectron2.config import configurable
@@ -26,7 +29,7 @@ class LongTailRetinaNet(RetinaNet):
     """RetinaNet with a configurable long-tail classification loss (``cls_loss`` submodule)."""
 
     @configurable
-    def __init__(self, *, cls_loss: DenseLoss = None, **kwargs):
+    def __init__(self, *, cls_loss: DenseLoss = None, prior_prob: Optional[float] = None, **kwargs):
         super().__init__(**kwargs)
         if cls_loss is None:
             cls_loss = FocalDenseLoss(
@@ -40,6 +43,8 @@ class LongTailRetinaNet(RetinaNet):
                 % (cls_loss.num_classes, self.num_classes)
             )
         self.cls_loss = cls_loss
+        if prior_prob is not None:  # the loss says what bias gives its probability the prior
+            cls_loss.init_prior_bias(self.head.cls_score.bias, prior_prob)
 
     @classmethod
     def from_config(cls, cfg):
@@ -52,6 +57,7 @@ class LongTailRetinaNet(RetinaNet):
             focal_alpha=r.FOCAL_LOSS_ALPHA,
             focal_gamma=r.FOCAL_LOSS_GAMMA,
         )
+        ret["prior_prob"] = r.PRIOR_PROB
         return ret
 
     def forward_training(self, images, features, predictions, gt_instances):
