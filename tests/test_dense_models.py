@@ -256,16 +256,18 @@ def _cls_bias(model):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_prior_bias_comes_from_the_loss(arch):
     """Every head's classification bias is the loss's prior_logits: logit(PRIOR_PROB) for focal (the
-    value Detectron2's and our heads set themselves), and with ECM's DENSE_PRIOR trained the bias b_c
-    with sigma(2 b_c + delta_c) = PRIOR_PROB (hand formula); a bad value names the key."""
+    value Detectron2's and our heads set themselves) and for ECM with DENSE_PRIOR z; with ECM's default
+    DENSE_PRIOR trained the bias b_c with sigma(2 b_c + delta_c) = PRIOR_PROB (hand formula); a bad
+    value names the key."""
     prior = {"LongTailRetinaNet": 0.01, "FCOS": 0.01, "CenterNet": 0.1}[arch]
     focal = _cls_bias(_build(arch, "focal"))
     assert torch.equal(focal, torch.full_like(focal, -math.log((1 - prior) / prior)))
     cfg = tiny_cfg(arch, "ecm")
+    assert cfg.MODEL.LT.ECM.DENSE_PRIOR == "trained"  # the default
+    model = build_model(cfg)
+    cfg.MODEL.LT.ECM.DENSE_PRIOR = "z"
     plain = _cls_bias(build_model(cfg))
     assert torch.equal(plain, focal)  # DENSE_PRIOR z: the usual init
-    cfg.MODEL.LT.ECM.DENSE_PRIOR = "trained"
-    model = build_model(cfg)
     b, delta = _cls_bias(model).double(), model.cls_loss.margins.double()
     A = b.numel() // C
     assert A * C == b.numel()
