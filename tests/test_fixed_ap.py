@@ -236,6 +236,7 @@ def test_per_class_nms_is_detectron2s_batched_nms(n):
     boxes where Detectron2 switches to its per-class loop; scores with ties, heavily overlapping
     boxes, 600 classes."""
     from detectron2.layers import batched_nms
+    from torchvision.ops import nms
 
     g = torch.Generator().manual_seed(n)
     xy = torch.rand(n, 2, generator=g) * 100
@@ -248,14 +249,8 @@ def test_per_class_nms_is_detectron2s_batched_nms(n):
     naive = []
     for c in range(600):
         (sel,) = torch.where(idxs == c)
-        naive.append(sel[torchvision_nms(boxes[sel], scores[sel], 0.5)])
+        naive.append(sel[nms(boxes[sel], scores[sel], 0.5)])
     assert torch.equal(torch.sort(torch.cat(naive)).values, torch.sort(ours).values)
-
-
-def torchvision_nms(boxes, scores, thr):
-    from torchvision.ops import nms
-
-    return nms(boxes, scores, thr)
 
 
 def test_inference_above_40000_candidates_is_detectron2s():

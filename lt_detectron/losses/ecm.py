@@ -282,7 +282,10 @@ class ECMDenseLoss(DenseLoss):
     """
 
     needs_class_stats = True
-    TEST_SCORES = ("z", "trained")
+    SCORE_CHOICES = (
+        "z",
+        "trained",
+    )  # DENSE_TEST_SCORE and DENSE_PRIOR: which sigma the value refers to
 
     def __init__(
         self,
@@ -296,9 +299,9 @@ class ECMDenseLoss(DenseLoss):
         delta, m = ecm_margins_and_weights(instance_counts, with_background=False)
         super().__init__(int(delta.numel()), focal_alpha=focal_alpha, focal_gamma=focal_gamma)
         for key, value in (("DENSE_TEST_SCORE", test_score), ("DENSE_PRIOR", prior)):
-            if value not in self.TEST_SCORES:
+            if value not in self.SCORE_CHOICES:
                 raise ValueError(
-                    f"MODEL.LT.ECM.{key} must be one of {self.TEST_SCORES}, got {value!r}"
+                    f"MODEL.LT.ECM.{key} must be one of {self.SCORE_CHOICES}, got {value!r}"
                 )
         self.test_score, self.prior = test_score, prior
         self.register_buffer("margins", delta.float())
