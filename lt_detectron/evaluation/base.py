@@ -44,7 +44,12 @@ from .common import (
     resolve_backend,
     write_per_category_csv,
 )
-from .predictions import BackgroundWrite, RankPredictionStore, results_file_name
+from .predictions import (
+    BackgroundWrite,
+    RankPredictionStore,
+    preload_results_writer,
+    results_file_name,
+)
 
 AP_PROTOCOLS = ("standard", "fixed")
 TASKS = ("bbox", "segm", "boundary")
@@ -157,6 +162,8 @@ class LTDatasetEvaluator(DatasetEvaluator):
         self._contiguous_to_dataset = inv
         # same on every rank (str hash() is randomized per process)
         self._prefix = f"lt_{self.protocol}_{zlib.crc32(dataset_name.encode()):08x}"
+        if output_dir and self._save_results and comm.is_main_process():
+            preload_results_writer()
         self.reset()
 
     # ------------------------------------------------------------------ the protocol (subclasses)

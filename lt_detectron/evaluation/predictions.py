@@ -29,6 +29,7 @@ __all__ = [
     "BackgroundWrite",
     "write_results_json",
     "load_results_json",
+    "preload_results_writer",
     "results_file_name",
     "ResultsFileError",
 ]
@@ -233,6 +234,22 @@ def _write_polars(pl, path: str, dets: np.ndarray, rles: Optional[List[dict]]) -
         )
         cols["segmentation"] = seg.to_struct()
     pl.DataFrame(cols).write_json(path)
+
+
+def preload_results_writer() -> None:
+    """Import the results json's writer (polars, 0.2 s) in a daemon thread, so that it is loaded by
+    the time :class:`BackgroundWrite` starts. The evaluators call this when built, before inference:
+    an import inside the writer thread at ``evaluate()`` waits for the GIL, which hotcoco holds while
+    it matches, and so ran after the matching instead of beside it."""
+    import threading
+
+    def _import():
+        try:
+            import polars  # noqa: F401
+        except ImportError:  # the orjson / standard-library writers need no preloading
+            pass
+
+    threading.Thread(target=_import, name="lt_results_json_import", daemon=True).start()
 
 
 class BackgroundWrite:
