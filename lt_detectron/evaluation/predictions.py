@@ -238,9 +238,9 @@ def _write_polars(pl, path: str, dets: np.ndarray, rles: Optional[List[dict]]) -
 
 def preload_results_writer() -> None:
     """Import the results json's writer (polars, 0.2 s) in a daemon thread, so that it is loaded by
-    the time :class:`BackgroundWrite` starts. The evaluators call this when built, before inference:
-    an import inside the writer thread at ``evaluate()`` waits for the GIL, which hotcoco holds while
-    it matches, and so ran after the matching instead of beside it."""
+    the time :class:`BackgroundWrite` starts. The evaluators call this when built, before inference.
+    Imported inside the writer thread at ``evaluate()``, polars had to wait for the GIL, which hotcoco
+    holds while it matches, so the import and the write ran after the matching instead of beside it."""
     import threading
 
     def _import():
