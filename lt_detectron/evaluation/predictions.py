@@ -193,10 +193,7 @@ def write_results_json(
         raise ValueError(f"{len(rles)} masks for {len(dets)} detections")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".part"
-    try:
-        import polars
-    except ImportError:
-        polars = None
+    polars = _polars()
     if polars is not None:
         _write_polars(polars, tmp, dets, rles)
         os.replace(tmp, path)
@@ -236,6 +233,15 @@ def _write_polars(pl, path: str, dets: np.ndarray, rles: Optional[List[dict]]) -
     pl.DataFrame(cols).write_json(path)
 
 
+def _polars():
+    """The ``polars`` module (the first-choice writer), or ``None`` when it is not installed."""
+    try:
+        import polars
+    except ImportError:
+        return None
+    return polars
+
+
 def preload_results_writer() -> None:
     """Import the results json's writer (polars, 0.2 s) in a daemon thread, so that it is loaded by
     the time :class:`BackgroundWrite` starts. The evaluators call this when built, before inference.
@@ -243,13 +249,7 @@ def preload_results_writer() -> None:
     holds while it matches, so the import and the write ran after the matching instead of beside it."""
     import threading
 
-    def _import():
-        try:
-            import polars  # noqa: F401
-        except ImportError:  # the orjson / standard-library writers need no preloading
-            pass
-
-    threading.Thread(target=_import, name="lt_results_json_import", daemon=True).start()
+    threading.Thread(target=_polars, name="lt_results_json_import", daemon=True).start()
 
 
 class BackgroundWrite:

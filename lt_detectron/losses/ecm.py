@@ -282,10 +282,8 @@ class ECMDenseLoss(DenseLoss):
     """
 
     needs_class_stats = True
-    SCORE_CHOICES = (
-        "z",
-        "trained",
-    )  # DENSE_TEST_SCORE and DENSE_PRIOR: which sigma the value refers to
+    # the values of DENSE_TEST_SCORE and DENSE_PRIOR: which sigmoid the setting refers to
+    SCORE_CHOICES = ("z", "trained")
 
     def __init__(
         self,
