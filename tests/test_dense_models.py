@@ -221,6 +221,21 @@ def test_centernet_outputs_detections_at_stride():
     assert model.stride == 4
 
 
+def test_tiny_retinanet_head_has_groupnorm():
+    """Base-RetinaNet-Tiny.yaml's GN head builds: detectron2 0.6 probed the norm with
+    get_norm("GN", 1), i.e. GroupNorm(32, 1), which raises; the installer patches it."""
+    cfg = get_cfg()
+    add_lt_config(cfg)
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "lt_shapes", "retinanet_tiny_focal.yaml"))
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg)
+    assert cfg.MODEL.RETINANET.NORM == "GN"
+    for subnet in (model.head.cls_subnet, model.head.bbox_subnet):
+        gns = [m for m in subnet if isinstance(m, torch.nn.GroupNorm)]
+        assert len(gns) == cfg.MODEL.RETINANET.NUM_CONVS
+        assert all(g.num_groups == 32 and g.num_channels == cfg.MODEL.FPN.OUT_CHANNELS for g in gns)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_heads_give_predict_probs_classes_on_dim_1(arch):
     """The contract of ``DenseLoss.predict_probs``: every head passes logits with the classes on dim 1

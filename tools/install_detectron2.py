@@ -20,6 +20,8 @@ FAIR's detectron2 v0.6 Python code (Apache-2.0) without its C++ sources, so a pl
      setup.py looks for them in a top-level ``configs/`` folder that only a git checkout has);
    - ``install_requires`` drops the pins that do not install or are not needed
      (``black==21.4b2``, ``future``, ``pydot``);
+   - ``RetinaNetHead`` checks the norm type on a 32-channel layer instead of a 1-channel one,
+     so ``MODEL.RETINANET.NORM: "GN"`` builds (GroupNorm(32, 1) raised before);
 3. builds a wheel of the patched tree (cached in ``.cache/wheels``) and installs it.
 
 No detectron2 source ends up in this repository: the sdist is fetched from PyPI at setup.
@@ -37,7 +39,7 @@ import tempfile
 
 SDIST = "pb1-detectron2==0.6"
 MARKER = "LT_DETECTRON_PLACEHOLDER_C"
-PATCH_VERSION = "4"  # bump when the patches change, so that old builds are replaced
+PATCH_VERSION = "5"  # bump when the patches change, so that old builds are replaced
 
 PLACEHOLDER_C = '''"""Placeholder for detectron2's compiled extension, written by lt_detectron's installer.
 
@@ -200,9 +202,16 @@ def patch_tree(root):
         'package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
         'package_data={"detectron2.model_zoo": %r},' % configs,
     )
+    # 6. RetinaNetHead probes the norm type with get_norm(norm, 1): GroupNorm(32, 1) raises, so a GN
+    #    head (MODEL.RETINANET.NORM "GN") could not be built. Probe with 32 channels instead.
+    _replace(
+        os.path.join(pkg, "modeling", "meta_arch", "retinanet.py"),
+        "norm_name = str(type(get_norm(norm, 1)))",
+        "norm_name = str(type(get_norm(norm, 32)))",
+    )
     log(
-        "patched %d NumPy aliases, Image.LINEAR, pkg_resources, _C placeholder; %d model-zoo configs"
-        % (n_total, len(configs))
+        "patched %d NumPy aliases, Image.LINEAR, pkg_resources, _C placeholder, RetinaNetHead GN; "
+        "%d model-zoo configs" % (n_total, len(configs))
     )
 
 

@@ -1,10 +1,11 @@
 """Plots of a benchmark run with several seeds (``tools/benchmark_lt.py --report``).
 
-:func:`plot_seed_benchmark` draws one row per detector kind (e.g. ROI heads, dense heads):
+:func:`plot_seed_benchmark` draws one row per detector kind (ROI heads, then each dense family):
 
 - left: per-class AP (mean over seeds, dots) against training instances (log x), and each method's
   mean AP per instance-count group (line) with the standard deviation over seeds as error bars;
-- right: AP, APr, APc, APf (mean over seeds) as grouped bars with the same error bars.
+- middle: AP, APr, APc, APf (mean over seeds) as grouped bars with the same error bars;
+- right: the row's legend, in its own column so that it covers no data.
 
 Every method has its colour everywhere (:func:`~.plots.method_style`: by loss; the detector family
 by marker, line style and bar hatch).
@@ -71,13 +72,13 @@ def plot_seed_benchmark(
         raise ValueError("nothing to plot: every panel is empty")
     fig, axes = _figure(
         len(rows),
-        2,
-        figsize=(14.0, 4.9 * len(rows)),
+        3,
+        figsize=(16.5, 4.6 * len(rows)),
         squeeze=False,
-        gridspec_kw={"width_ratios": [3, 2]},
+        gridspec_kw={"width_ratios": [3, 2, 1.05]},
     )
     for r, (row_title, methods) in enumerate(rows):
-        ax, bx = axes[r]
+        ax, bx, lx = axes[r]
         stats = {m: seed_statistics(a, instance_counts, bin_edges) for m, a in methods.items()}
         first = next(iter(stats.values()))["d"]
         x, centres, _, _ = _shade_groups(ax, first, bin_edges)
@@ -108,8 +109,10 @@ def plot_seed_benchmark(
         ax.set_ylim(-0.03 * top, top * 1.25)
         ax.set_xlabel("#training instances of the class (log; 0 drawn at 0.8)")
         ax.set_ylabel("box AP")
-        ax.set_title("%s: per-class AP (dots, seed mean) and group means ± std" % row_title)
-        ax.legend(fontsize=7.5, loc="lower right", ncol=2 if n > 5 else 1)
+        ax.set_title("%s: per-class AP (dots) and group means ± std" % row_title)
+        lx.axis("off")
+        handles, labels = ax.get_legend_handles_labels()
+        lx.legend(handles, labels, loc="center left", fontsize=8.5, frameon=False, title=row_title)
 
         width = 0.8 / max(n, 1)
         for k, m in enumerate(methods):
@@ -136,6 +139,8 @@ def plot_seed_benchmark(
         bx.set_title("%s: AP by frequency band" % row_title)
         bx.grid(axis="y", color="0.9", lw=0.8)
         bx.set_axisbelow(True)
+    height = fig.get_figheight()
+    fig.subplots_adjust(hspace=0.38, wspace=0.22, top=1.0 - 0.75 / height, bottom=0.45 / height)
     if title:
-        fig.suptitle(title, fontsize=12)
+        fig.suptitle(title, fontsize=12, y=1.0 - 0.25 / height)
     return _save(fig, path)
