@@ -412,11 +412,12 @@ def write_report(results_dir, out_dir=None, title="lt_shapes benchmark"):
     paths = [str(out / "lt_benchmark.md")]
     aps, counts = load_per_class(results_dir)
     if aps:
-        panels = {
-            "ROI heads (Faster R-CNN)": {m: aps[m] for m in runs if m in aps and not family_of(m)}
-        }
-        for fam, name in (("fcos", "FCOS"), ("centernet", "CenterNet"), ("retinanet", "RetinaNet")):
-            panels[name] = {m: aps[m] for m in runs if m in aps and family_of(m) == fam}
+        panels = {}  # one row per detector family, in method_order (ROI heads first)
+        for m in runs:
+            if m in aps:
+                fam = family_of(m)
+                title = FAMILY_TITLES[fam] if fam else "ROI heads (Faster R-CNN)"
+                panels.setdefault(title, {})[m] = aps[m]
         bands = {m: {b: [r.get(b) for r in rows] for b in BAND_METRICS} for m, rows in runs.items()}
         paths.append(
             plot_seed_benchmark(
