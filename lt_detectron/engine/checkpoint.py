@@ -31,6 +31,7 @@ import os
 import re
 from typing import Any, Dict, List
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
@@ -125,6 +126,23 @@ def _check_plain(obj, where: str = "checkpoint"):
     )
 
 
+def _check_pkl_arrays(filename: str, model: Any, where: str):
+    """A .pkl's weights must be a dict of name -> array (what detectron2 converts to tensors)."""
+    if not isinstance(model, dict):
+        raise CorruptCheckpointError(
+            "%s: the weights%s are a %s, expected a dict of name -> NumPy array (detectron2's .pkl "
+            "format: {'model': {name: array}, '__author__': ...}); convert the file again"
+            % (os.path.abspath(filename), where, type(model).__name__)
+        )
+    for k, v in model.items():
+        if not isinstance(k, str) or not isinstance(v, (np.ndarray, torch.Tensor)):
+            raise CorruptCheckpointError(
+                "%s: the weight %s%r is a %s, expected a NumPy array (detectron2's .pkl format: "
+                "{'model': {name: array}, '__author__': ...}); convert the file again"
+                % (os.path.abspath(filename), where, k, type(v).__name__)
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # The checkpointer
 # ---------------------------------------------------------------------------------------------
@@ -185,9 +203,12 @@ class LTCheckpointer(DetectionCheckpointer):
                 )
             if "model" in data and "__author__" in data:
                 self.logger.info("Reading a file from '{}'".format(data["__author__"]))
+                _check_pkl_arrays(filename, data["model"], "['model']")
                 return data
+            where = ""
             if "blobs" in data:  # Caffe2 / Detectron detection models
-                data = data["blobs"]
+                data, where = data["blobs"], "['blobs']"
+            _check_pkl_arrays(filename, data, where)
             data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
             return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
         if filename.endswith(".pyth"):  # pycls
