@@ -38,6 +38,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import Detectron2Handler
 
 from ..utils.atomic import atomic_write
+from .backbone_keys import CheckpointBackboneMismatch, check_unexpected_backbone_keys
 from .rng_state import (
     gather_rng_states,
     get_rng_state,
@@ -57,6 +58,7 @@ from .safe_load import (
 __all__ = [
     "LTCheckpointer",
     "CheckpointClassMismatch",
+    "CheckpointBackboneMismatch",
     "CheckpointError",
     "UnsafeCheckpointError",
     "CorruptCheckpointError",
@@ -194,6 +196,7 @@ class LTCheckpointer(DetectionCheckpointer):
         return super().load(path, checkpointables=checkpointables)
 
     def _load_file(self, filename):
+        self._weights_file = filename  # named by the backbone check of _load_model
         data = load_checkpoint_file(filename)
         if filename.endswith(".pkl"):
             # detectron2's .pkl conventions (DetectionCheckpointer._load_file), minus pickle.load
@@ -267,7 +270,12 @@ class LTCheckpointer(DetectionCheckpointer):
                 "MODEL.LT.REINIT_CLS: the checkpoint's classifier fits the model; it is loaded, not "
                 "re-initialised (resuming or evaluating a model trained with the re-initialised classifier)"
             )
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        # weights for another backbone (R-101 into R-50) are an error; heads' extra keys a warning
+        check_unexpected_backbone_keys(
+            self.model, incompatible.unexpected_keys, getattr(self, "_weights_file", "?")
+        )
+        return incompatible
 
     # -- writing ---------------------------------------------------------------------------
     def save(self, name: str, **kwargs: Any) -> None:
