@@ -9,6 +9,9 @@ loads it with ``MODEL.WEIGHTS R-50-torchvision.pkl`` and matches the names to th
 (``stem.*``, ``res2.*`` ... ``res5.*``) by its suffix heuristics. The classifier (``fc.*``) and
 BatchNorm's ``num_batches_tracked`` counters are dropped.
 
+ResNet-50/101/152, ResNeXt (``resnext50_32x4d``, ``resnext101_32x8d`` ...) and wide ResNets are
+supported: the depth (``MODEL.RESNETS.DEPTH``), ``NUM_GROUPS`` and ``WIDTH_PER_GROUP`` are read from
+the weights' shapes and printed with the other config changes; other block counts are refused.
 torchvision's ResNet differs from detectron2's MSRA weights in two ways that the config must
 follow (``CONFIG_FOR_TORCHVISION_WEIGHTS`` below, printed after a conversion):
 
@@ -30,11 +33,19 @@ import sys
 
 import torch
 
+from lt_detectron.engine.backbone_keys import RESNET_BLOCKS
 from lt_detectron.engine.checkpoint import atomic_write, load_checkpoint_file
 
-__all__ = ["CONFIG_FOR_TORCHVISION_WEIGHTS", "convert_state_dict", "convert_file"]
+__all__ = [
+    "CONFIG_FOR_TORCHVISION_WEIGHTS",
+    "config_for_state_dict",
+    "convert_state_dict",
+    "convert_file",
+    "convert",
+]
 
-# config overrides a detectron2 R50 config needs for the converted weights (tested)
+# config overrides every detectron2 ResNet config needs for torchvision weights (tested); the
+# architecture lines (depth, groups, width) come from config_for_state_dict
 CONFIG_FOR_TORCHVISION_WEIGHTS = [
     ("MODEL.RESNETS.STRIDE_IN_1X1", False),
     ("MODEL.RESNETS.NORM", "FrozenBN"),
@@ -103,6 +114,48 @@ def convert_state_dict(state_dict):
     return out
 
 
+def config_for_state_dict(state_dict):
+    """The detectron2 config lines for a torchvision bottleneck ResNet / ResNeXt ``state_dict``:
+    ``MODEL.RESNETS.DEPTH`` from the blocks per stage, ``NUM_GROUPS`` / ``WIDTH_PER_GROUP`` from the
+    first 3x3 convolution, then :data:`CONFIG_FOR_TORCHVISION_WEIGHTS`. Only shapes are read."""
+    blocks = []
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        idx = {
+            int(m.group(2))
+            for k in state_dict
+            for m in [_BLOCK.match(k)]
+            if m and m.group(1) == stage
+        }
+        if idx != set(range(len(idx))):
+            raise ConversionError("%s has blocks %s: not numbered 0..n-1" % (stage, sorted(idx)))
+        blocks.append(len(idx))
+    depth = {v: d for d, v in RESNET_BLOCKS.items()}.get(tuple(blocks))
+    if depth is None:
+        raise ConversionError(
+            "blocks per stage %s are not a ResNet detectron2 builds (%s); not converted"
+            % (
+                tuple(blocks),
+                ", ".join("R-%d: %s" % (d, v) for d, v in sorted(RESNET_BLOCKS.items())),
+            )
+        )
+    conv2 = tuple(state_dict["layer1.0.conv2.weight"].shape)  # (width, width / groups, 3, 3)
+    if len(conv2) != 4 or conv2[1] == 0 or conv2[0] % conv2[1]:
+        raise ConversionError("layer1.0.conv2.weight has shape %s: not a grouped 3x3" % (conv2,))
+    groups = conv2[0] // conv2[1]
+    lines = [
+        ("MODEL.RESNETS.DEPTH", depth),
+        ("MODEL.RESNETS.NUM_GROUPS", groups),
+        ("MODEL.RESNETS.WIDTH_PER_GROUP", conv2[0] // groups),
+    ]
+    stem = int(state_dict["conv1.weight"].shape[0])
+    res2 = int(state_dict["layer1.0.conv3.weight"].shape[0])
+    if stem != 64:  # torchvision's are always 64 / 256 (detectron2's defaults)
+        lines.append(("MODEL.RESNETS.STEM_OUT_CHANNELS", stem))
+    if res2 != 256:
+        lines.append(("MODEL.RESNETS.RES2_OUT_CHANNELS", res2))
+    return lines + list(CONFIG_FOR_TORCHVISION_WEIGHTS)
+
+
 def _read_state_dict(path):
     try:
         data = load_checkpoint_file(path)  # weights_only: tensors and plain types, no code runs
@@ -120,24 +173,48 @@ def _read_state_dict(path):
     return data
 
 
-def convert_file(src, dst):
-    """Convert ``src`` (torchvision ``.pth``) to ``dst`` (detectron2 ``.pkl``); returns the
-    number of converted arrays. ``dst`` is written atomically and only after a full conversion."""
+def convert(src, dst):
+    """Convert ``src`` (torchvision ``.pth``) to ``dst`` (detectron2 ``.pkl``); returns (number of
+    converted arrays, config lines). ``dst`` is written atomically and only after a full
+    conversion: a failed write (a full disk) leaves no partial file and ``dst`` as it was."""
     if not dst.endswith(".pkl"):
         raise ConversionError(
             "output %r must end with .pkl (detectron2 reads .pkl as this format)" % dst
         )
+    out = os.path.abspath(dst)
+    if os.path.isdir(out):
+        raise ConversionError(
+            "output %s is a folder: give a file name, e.g. %s"
+            % (out, os.path.join(out, "R-50-torchvision.pkl"))
+        )
     try:
-        model = convert_state_dict(_read_state_dict(src))
+        state_dict = _read_state_dict(src)
+        model = convert_state_dict(state_dict)
+        config = config_for_state_dict(state_dict)
     except ConversionError as e:
         msg = str(e)
         raise ConversionError(
             msg if msg.startswith(os.path.abspath(src)) else "%s: %s" % (os.path.abspath(src), msg)
         ) from None
     payload = {"model": model, "__author__": "torchvision", "matching_heuristics": True}
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    atomic_write(dst, lambda f: pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL))
-    return len(model)
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        atomic_write(out, lambda f: pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL))
+    except OSError as e:
+        raise ConversionError(
+            "cannot write %s (%s); nothing was written%s. Free space or choose another output path"
+            % (
+                out,
+                e.strerror or e,
+                " and the previous file is unchanged" if os.path.exists(out) else "",
+            )
+        ) from None
+    return len(model), config
+
+
+def convert_file(src, dst):
+    """:func:`convert`, returning the number of converted arrays only."""
+    return convert(src, dst)[0]
 
 
 def main(argv=None):
@@ -148,14 +225,14 @@ def main(argv=None):
     parser.add_argument("output", help="detectron2 weights file to write (.pkl)")
     args = parser.parse_args(argv)
     try:
-        n = convert_file(args.input, args.output)
+        n, config = convert(args.input, args.output)
     except ConversionError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
     print("wrote %d arrays to %s" % (n, os.path.abspath(args.output)))
     print("use it with these config changes:")
     print("  MODEL.WEIGHTS %s" % os.path.abspath(args.output))
-    for key, value in CONFIG_FOR_TORCHVISION_WEIGHTS:
+    for key, value in config:
         print("  %s %s" % (key, value))
     return 0
 

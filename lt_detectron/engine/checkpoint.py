@@ -31,12 +31,14 @@ import os
 import re
 from typing import Any, Dict, List
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 from detectron2.utils.file_io import Detectron2Handler
 
 from ..utils.atomic import atomic_write
+from .backbone_keys import CheckpointBackboneMismatch, check_unexpected_backbone_keys
 from .rng_state import (
     gather_rng_states,
     get_rng_state,
@@ -56,6 +58,7 @@ from .safe_load import (
 __all__ = [
     "LTCheckpointer",
     "CheckpointClassMismatch",
+    "CheckpointBackboneMismatch",
     "CheckpointError",
     "UnsafeCheckpointError",
     "CorruptCheckpointError",
@@ -125,6 +128,23 @@ def _check_plain(obj, where: str = "checkpoint"):
     )
 
 
+def _check_pkl_arrays(filename: str, model: Any, where: str):
+    """A .pkl's weights must be a dict of name -> array (what detectron2 converts to tensors)."""
+    if not isinstance(model, dict):
+        raise CorruptCheckpointError(
+            "%s: the weights%s are a %s, expected a dict of name -> NumPy array (detectron2's .pkl "
+            "format: {'model': {name: array}, '__author__': ...}); convert the file again"
+            % (os.path.abspath(filename), where, type(model).__name__)
+        )
+    for k, v in model.items():
+        if not isinstance(k, str) or not isinstance(v, (np.ndarray, torch.Tensor)):
+            raise CorruptCheckpointError(
+                "%s: the weight %s%r is a %s, expected a NumPy array (detectron2's .pkl format: "
+                "{'model': {name: array}, '__author__': ...}); convert the file again"
+                % (os.path.abspath(filename), where, k, type(v).__name__)
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # The checkpointer
 # ---------------------------------------------------------------------------------------------
@@ -176,6 +196,7 @@ class LTCheckpointer(DetectionCheckpointer):
         return super().load(path, checkpointables=checkpointables)
 
     def _load_file(self, filename):
+        self._weights_file = filename  # named by the backbone check of _load_model
         data = load_checkpoint_file(filename)
         if filename.endswith(".pkl"):
             # detectron2's .pkl conventions (DetectionCheckpointer._load_file), minus pickle.load
@@ -185,9 +206,12 @@ class LTCheckpointer(DetectionCheckpointer):
                 )
             if "model" in data and "__author__" in data:
                 self.logger.info("Reading a file from '{}'".format(data["__author__"]))
+                _check_pkl_arrays(filename, data["model"], "['model']")
                 return data
+            where = ""
             if "blobs" in data:  # Caffe2 / Detectron detection models
-                data = data["blobs"]
+                data, where = data["blobs"], "['blobs']"
+            _check_pkl_arrays(filename, data, where)
             data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
             return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
         if filename.endswith(".pyth"):  # pycls
@@ -246,7 +270,12 @@ class LTCheckpointer(DetectionCheckpointer):
                 "MODEL.LT.REINIT_CLS: the checkpoint's classifier fits the model; it is loaded, not "
                 "re-initialised (resuming or evaluating a model trained with the re-initialised classifier)"
             )
-        return super()._load_model(checkpoint)
+        incompatible = super()._load_model(checkpoint)
+        # weights for another backbone (R-101 into R-50) are an error; heads' extra keys a warning
+        check_unexpected_backbone_keys(
+            self.model, incompatible.unexpected_keys, getattr(self, "_weights_file", "?")
+        )
+        return incompatible
 
     # -- writing ---------------------------------------------------------------------------
     def save(self, name: str, **kwargs: Any) -> None:

@@ -5,6 +5,13 @@
 that builds NumPy arrays, dtypes and plain containers only. Any other object (a crafted
 ``__reduce__``, a pickled class) is refused with :class:`UnsafeCheckpointError`, naming the file
 and the object, before any of it runs. A truncated or damaged file is :class:`CorruptCheckpointError`.
+
+The work and memory a ``.pkl`` can cause are bounded by its size: arrays are built only the way
+NumPy pickles them (never ``numpy.ndarray(shape, dtype, buffer, offset, strides)`` over crafted
+memory: zero or negative strides), their bytes, counted once per reference, may not exceed
+:data:`ARRAY_BYTES_PER_FILE_BYTE` times the file's size, and the object tree may not hold more
+references than the file has bytes (shared sub-containers that would multiply). Arrays written on
+a big-endian machine are converted to the native byte order.
 """
 
 import codecs
@@ -18,6 +25,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "ARRAY_BYTES_PER_FILE_BYTE",
     "CheckpointError",
     "UnsafeCheckpointError",
     "CorruptCheckpointError",
@@ -35,6 +43,19 @@ class UnsafeCheckpointError(CheckpointError):
 
 class CorruptCheckpointError(CheckpointError):
     """The file is truncated, empty or not a checkpoint at all."""
+
+
+class _CraftedPickle(UnsafeCheckpointError):
+    """Raised inside the loader: the file asks for more work or memory than its size can hold."""
+
+
+# A pickled array stores each of its bytes once (latin1 / UTF-8 strings take 1-2 file bytes per data
+# byte), so the arrays of an honest .pkl hold fewer bytes than the file; 2x leaves room, a crafted
+# file that references one array many times or views a few bytes as gigabytes does not fit.
+ARRAY_BYTES_PER_FILE_BYTE = 2
+_ARRAY_BYTES_SLACK = 4096
+# nesting of an honest weights file: {"model": {name: array}} (scalars, tuples of ints in trainers)
+_MAX_DEPTH = 32
 
 
 def _latin1_encode(obj, encoding="utf-8", errors="strict"):
@@ -82,10 +103,29 @@ def _bytearray(*args):
     return bytearray(*args)
 
 
+_NP_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's ndarray reconstructor (protocol <= 4)
+
+
+def _reconstruct(subtype, shape, dtype):
+    """numpy's ``_reconstruct`` for pickles: a plain ndarray of an empty shape, as NumPy pickles
+    every array (the data comes with the BUILD that follows and is checked against its size);
+    never a pre-sized allocation."""
+    if subtype is not np.ndarray:
+        raise UnsafeCheckpointError("an array subclass %r" % (subtype,))
+    if not isinstance(shape, tuple) or any(not isinstance(n, int) or n < 0 for n in shape):
+        raise UnsafeCheckpointError("numpy _reconstruct with shape %r" % (shape,))
+    if int(np.prod(shape, dtype=object)) != 0:
+        raise _CraftedPickle(
+            "numpy _reconstruct pre-allocating shape %r (NumPy pickles an empty array and sends "
+            "the data separately)" % (shape[:8],)
+        )
+    return _NP_RECONSTRUCT(subtype, shape, dtype)
+
+
 def _allowed_pkl_globals() -> Dict[tuple, Any]:
     """The globals a detectron2 / Detectron / torchvision-converted ``.pkl`` needs: NumPy's array,
     dtype and scalar reconstructors (under NumPy 1 and 2 module names), plain containers."""
-    recon = np.zeros(1).__reduce__()[0]  # numpy's ndarray reconstructor (protocol <= 4)
+    recon = _reconstruct
     frombuf = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5 (in-band buffers)
     scalar = np.float32(0).__reduce__()[0]
     allowed = {
@@ -118,6 +158,10 @@ class _RestrictedUnpickler(pickle._Unpickler):
     _allowed = _allowed_pkl_globals()
     dispatch = dict(pickle._Unpickler.dispatch)
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._own_dtypes = []  # dtypes this file made with copy=True (never numpy's singletons)
+
     def find_class(self, module, name):
         obj = self._allowed.get((module, name))
         if obj is None:
@@ -125,19 +169,43 @@ class _RestrictedUnpickler(pickle._Unpickler):
         return obj
 
     def load_reduce(self):
-        for a in self.stack[-1] if isinstance(self.stack[-1], tuple) else ():
+        if self.stack[-2] is np.ndarray:
+            # ndarray(shape, dtype, buffer, offset, strides): a view whose shape and strides the
+            # file chooses (a 4-byte buffer seen as exabytes, negative strides); NumPy's own
+            # pickles never call it (they use _reconstruct + BUILD or _frombuffer)
+            raise _CraftedPickle(
+                "it calls numpy.ndarray(shape, dtype, buffer, offset, strides) directly (an array "
+                "view over crafted memory; NumPy's own pickles never do)"
+            )
+        func, args = self.stack[-2], self.stack[-1]
+        for a in args if isinstance(args, tuple) else ():
             if isinstance(a, np.dtype):
                 _check_dtype(a)
         pickle._Unpickler.load_reduce(self)
         _check_numpy_result(self.stack[-1])
+        if (
+            func is _dtype
+            and isinstance(args, tuple)
+            and len(args) == 3
+            and isinstance(args[2], int)
+            and args[2] == 1
+        ):
+            # numpy.dtype(str, align, copy=True), as NumPy pickles every dtype: a private copy,
+            # whose BUILD may set the other byte order (a file written on a big-endian machine)
+            self._own_dtypes.append(self.stack[-1])
 
     def load_build(self):
         # the state is checked BEFORE it is applied: numpy applies a dtype's state in place
         state, inst = self.stack[-1], self.stack[-2]
         if isinstance(inst, np.dtype):
             _check_dtype(inst)
-            # the one state a plain dtype of this type string has (no fields, subarray, flags)
-            if state != np.dtype(inst.str, False, True).__reduce__()[2]:
+            # the one state a plain dtype of this type string has (no fields, subarray, flags);
+            # on a copy the file asked for, also that of the other byte order
+            plain = np.dtype(inst.str, False, True)
+            allowed = [plain.__reduce__()[2]]
+            if any(d is inst for d in self._own_dtypes):
+                allowed.append(plain.newbyteorder("S").__reduce__()[2])
+            if state not in allowed:
                 raise UnsafeCheckpointError(
                     "a NumPy dtype state other than that of a plain %s" % inst.str
                 )
@@ -160,6 +228,48 @@ class _RestrictedUnpickler(pickle._Unpickler):
     for _op in (pickle.NEWOBJ, pickle.NEWOBJ_EX, pickle.INST, pickle.OBJ):
         dispatch[_op[0]] = _refuse
     del _op
+
+
+def _bounded(obj, file_bytes: int):
+    """A copy of the unpickled tree (containers rebuilt, arrays in native byte order) after checking
+    that it fits the file: at most ``file_bytes`` references in all, nesting at most ``_MAX_DEPTH``,
+    no array with a zero or negative stride, and at most ``ARRAY_BYTES_PER_FILE_BYTE * file_bytes``
+    array bytes counted once per reference (what the checkpoint loader will copy)."""
+    budget = ARRAY_BYTES_PER_FILE_BYTE * file_bytes + _ARRAY_BYTES_SLACK
+    left = {"refs": file_bytes + 16, "bytes": budget}
+
+    def walk(o, depth, where):
+        left["refs"] -= 1
+        if left["refs"] < 0:
+            raise _CraftedPickle(
+                "more object references than the file has bytes (containers shared many times)"
+            )
+        if depth > _MAX_DEPTH:
+            raise _CraftedPickle(
+                "containers nested more than %d deep (at %s)" % (_MAX_DEPTH, where)
+            )
+        if isinstance(o, (np.ndarray, np.generic)):
+            arr = np.asarray(o)
+            if any(st <= 0 for st, n in zip(arr.strides, arr.shape) if n > 1):
+                raise _CraftedPickle("the array %s has strides %s" % (where, arr.strides))
+            left["bytes"] -= arr.nbytes
+            if left["bytes"] < 0:
+                raise _CraftedPickle(
+                    "its arrays hold more than %d bytes (%d x the file's %d bytes), reached at %s: "
+                    "arrays viewed or referenced many times"
+                    % (budget, ARRAY_BYTES_PER_FILE_BYTE, file_bytes, where)
+                )
+            if not o.dtype.isnative:  # written on a big-endian machine: same values, native order
+                return o.astype(o.dtype.newbyteorder("="))
+            return o
+        if isinstance(o, dict):
+            items = [(k, walk(v, depth + 1, "%s[%r]" % (where, k))) for k, v in o.items()]
+            return type(o)(items)
+        if isinstance(o, (list, tuple)):
+            return type(o)(walk(v, depth + 1, "%s[%d]" % (where, i)) for i, v in enumerate(o))
+        return o
+
+    return walk(obj, 0, "the top level")
 
 
 _SAFE_HINT = (
@@ -204,7 +314,14 @@ def load_checkpoint_file(path: str) -> Any:
     if path.endswith(".pkl"):
         try:
             with open(path, "rb") as f:
-                return _RestrictedUnpickler(f, encoding="latin1").load()
+                size = os.fstat(f.fileno()).st_size
+                return _bounded(_RestrictedUnpickler(f, encoding="latin1").load(), size)
+        except _CraftedPickle as e:
+            raise UnsafeCheckpointError(
+                "refusing to load %s (%d bytes): %s. A pickled weights file stores each array's "
+                "bytes once; this one was crafted or damaged: download or convert it again"
+                % (os.path.abspath(path), size, e)
+            ) from None
         except UnsafeCheckpointError as e:
             raise UnsafeCheckpointError(
                 "refusing to load %s: it contains the Python object %s, which is not a NumPy array, dtype "

@@ -12,7 +12,9 @@ in one pass with a custom autograd Function: softplus and the sigmoid are comput
 R x K buffer that is saved, so backward is one multiply, dL/dz = g_out * (a/R) * neg_w * sigma(x), plus a
 scatter of the R gt entries (a/R) * g_out * q * (sigma(x) - 1). One-hot targets are never materialised:
 sum_j w_j BCE(x_j, 0) =
-sum_j neg_w_j softplus(x_j), corrected only at the R ground-truth entries. Optionally it also returns the
+sum_j neg_w_j softplus(x_j) over the entries off the R ground-truth ones (zeroed in place before the
+sum, never subtracted after it: a subtraction loses the whole loss to cancellation when a positive
+logit is huge), plus q * softplus(-x) at the ground-truth entries. Optionally it also returns the
 EQL v2 gradient statistics (per column j, summed over rows, **no 1/R**):
 
     pos_stat_j = sum_r y_rj * w_rj * |sigma(x_rj) - 1|,   neg_stat_j = sum_r (1 - y_rj) * w_rj * sigma(x_rj)
@@ -79,18 +81,18 @@ class FusedWeightedBCEFunction(torch.autograd.Function):
             x = buf = torch.add(b, z, alpha=a) if b is not None else torch.mul(z, a)
             sp = _softplus_new(x, thr)
         xg = x.gather(1, rows).squeeze(1)
-        # sum_{r,j} neg_w * softplus(x)  (= weighted BCE with all-zero targets)
+        # sum_{r,j != gt} neg_w * softplus(x): the gt entries are zeroed first (R writes, no extra
+        # R x K pass) rather than subtracted afterwards, which cancels catastrophically when a
+        # positive logit is huge (softplus(1e30) - softplus(1e30) swallows the rest of the sum)
+        sp.scatter_(1, rows, 0.0)
         if neg_w.dim() == 1:
             neg_loss = torch.mv(sp, neg_w).sum()
         else:
             neg_loss = torch.mul(sp, neg_w).sum()
         del sp
-        rg = _gather_w(neg_w, gt)
         qg = _gather_w(pos_w, gt)
-        # rank-1 correction at the gt entries: + q * BCE(x, 1) - r * BCE(x, 0)
-        loss = (
-            neg_loss + (qg * F.softplus(-xg, 1.0, thr) - rg * F.softplus(xg, 1.0, thr)).sum()
-        ) / R
+        # + q * BCE(x, 1) at the gt entries: every term of the loss is >= 0, nothing cancels
+        loss = (neg_loss + (qg * F.softplus(-xg, 1.0, thr)).sum()) / R
         # sigma(x) into buf (in place over softplus, or over x)
         if x is z:
             torch.sigmoid(z, out=buf)
