@@ -5,7 +5,10 @@
   for any registration (``register_lt_dataset``, detectron2's ``register_lvis_instances`` /
   ``register_coco_instances``, the builtin names), and the test jsons' boxes are finite.
 - :func:`check_class_lists`: train and test datasets share one class list.
-- :func:`prepare_datasets`: all of the above, after generating ``lt_shapes_*`` if used.
+- :func:`prepare_datasets`: all of the above, after generating ``lt_shapes_*`` if used, and
+  :func:`~lt_detectron.data.image_files.check_image_files` on the test sets (once, in the
+  launcher of ``tools/train_net.py``; the training images are checked where the trainer loads
+  the training dicts, :func:`~lt_detectron.data.loading.load_train_dicts`).
 """
 
 import logging
@@ -185,11 +188,18 @@ def ensure_embedded_generated(cfg):
         get_lt_shapes()
 
 
-def prepare_datasets(cfg):
+def prepare_datasets(cfg, check_images: bool = True):
     """Validate ``DATASETS.TRAIN/TEST`` of a merged config, generate ``lt_shapes_*`` if used, check
-    files and class lists. Returns ``cfg``. (The caller parses the config: ``tools/train_net.py``'s
-    ``load_config``.)"""
+    files and class lists, and, with ``check_images``, that every image of the test sets exists
+    (their dicts are loaded once more for it; the training images are checked by
+    :func:`~lt_detectron.data.loading.load_train_dicts`, from the dicts the trainer loads anyway).
+    Returns ``cfg``. (The caller parses the config: ``tools/train_net.py``'s ``load_config``; it
+    calls this once, before the worker processes start.)"""
+    from .image_files import check_image_files
+
     ensure_embedded_generated(cfg)
     check_dataset_files(cfg)
     check_class_lists(cfg)
+    if check_images:
+        check_image_files(cfg.DATASETS.TEST)
     return cfg
