@@ -21,7 +21,7 @@ from detectron2.data.datasets import (
 from PIL import Image
 
 import lt_detectron  # noqa: F401
-from lt_detectron.data import prepare_datasets, register_lt_dataset
+from lt_detectron.data import DatasetFormatError, prepare_datasets, register_lt_dataset
 from lt_detectron.engine import prepare_training_data
 from tests._data import unregister
 from tests._real_formats import coco_json, lvis_v0_5_json, lvis_v1_json
@@ -159,3 +159,26 @@ def test_missing_images_named_at_startup(tmp_path, how, role):
         _startup(cfg)  # all there now
     finally:
         unregister(name)
+
+
+def test_test_set_without_json_file_is_a_startup_error(tmp_path):
+    """Issue 22 §2: a test set registered without json_file (custom loader) would train to the end
+    and fail at the final evaluation; it is named at startup with the fixes."""
+    json_file, images = str(tmp_path / "train.json"), str(tmp_path / "images")
+    data = coco_json(json_file, [[1], [3]])
+    _write_images([os.path.join(images, im["file_name"]) for im in data["images"]])
+    train, custom = _name("tr"), _name("custom")
+    register_lt_dataset(train, json_file, images)
+    dicts = load_coco_json(json_file, images)
+    DatasetCatalog.register(custom, lambda: dicts)
+    MetadataCatalog.get(custom).set(thing_classes=list(MetadataCatalog.get(train).thing_classes))
+    try:
+        with pytest.raises(DatasetFormatError) as e:
+            prepare_datasets(_cfg([train], [custom]))
+        msg = str(e.value)
+        for fix in (custom, "json_file", "register_lt_dataset", "DATASETS.TEST"):
+            assert fix in msg, msg
+        prepare_datasets(_cfg([train, custom]))  # training on it needs no json
+        prepare_datasets(_cfg([train], [train]))
+    finally:
+        unregister(train, custom)
