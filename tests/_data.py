@@ -82,3 +82,16 @@ def unregister(*names):
             DatasetCatalog.remove(n)
         if n in MetadataCatalog.list():
             MetadataCatalog.remove(n)
+
+
+def touch_images(json_file, image_root):
+    """Empty files where a COCO/LVIS json's images are (``file_name``, else ``<split>/<file>`` of
+    ``coco_url``), for tests that load training dicts (the trainer checks that the images exist)
+    but read no pixel."""
+    with open(json_file) as f:
+        images = json.load(f)["images"]
+    for im in images:
+        rel = im.get("file_name") or "/".join(im["coco_url"].split("/")[-2:])
+        path = os.path.join(image_root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "ab").close()

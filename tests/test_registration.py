@@ -24,7 +24,7 @@ from lt_detectron.data import (
     train_dataset_dicts,
 )
 from lt_detectron.data.lvis_stats import load_shipped_stats
-from tests._data import unregister
+from tests._data import touch_images, unregister
 from tests._real_formats import coco_categories, coco_json, lvis_v1_json
 
 
@@ -219,6 +219,10 @@ def test_builtin_lvis_v1_train_pointing_at_a_subset(tmp_path, monkeypatch, caplo
     os.makedirs(tmp_path / "datasets" / "lvis")
     per_image = [[1 + (k * 7) % 1203, 1 + (k * 13) % 1203] for k in range(40)]
     lvis_v1_json(str(tmp_path / "datasets" / "lvis" / "lvis_v1_train.json"), per_image)
+    touch_images(
+        str(tmp_path / "datasets" / "lvis" / "lvis_v1_train.json"),
+        str(tmp_path / "datasets" / "coco"),
+    )
     if os.path.isabs(MetadataCatalog.get("lvis_v1_train").json_file):
         pytest.skip("DETECTRON2_DATASETS is set to an absolute path")
     monkeypatch.chdir(tmp_path)
@@ -246,6 +250,7 @@ def test_train_json_parsed_once(tmp_path, monkeypatch):
     lt_file, lvis_file = str(tmp_path / "a.json"), str(tmp_path / "b.json")
     lvis_v1_json(lt_file, PER_IMAGE_LVIS)
     lvis_v1_json(lvis_file, PER_IMAGE_LVIS, seed=1)
+    touch_images(lt_file, str(tmp_path))  # both: tmp_path/train2017/*.jpg
     a, b = _name("a"), _name("lvis_v1_b")
     register_lt_dataset(a, lt_file, str(tmp_path))
     register_lvis_instances(b, {}, lvis_file, str(tmp_path) + "/")

@@ -26,7 +26,7 @@ from lt_detectron.data import (
     register_lt_dataset,
 )
 from lt_detectron.data import embedded
-from tests._data import unregister
+from tests._data import touch_images, unregister
 from tests._real_formats import coco_categories, coco_json
 
 
@@ -157,6 +157,7 @@ def test_bad_boxes_of_a_detectron2_registered_dataset(tmp_path, caplog):
     """register_coco_instances: lt_detectron does not own the loader; the load-once path checks the dicts."""
     p = str(tmp_path / "train.json")
     _bad_json(p)
+    touch_images(p, str(tmp_path))
     a, b = _name("d2drop"), _name("d2err")
     register_coco_instances(a, {}, p, str(tmp_path))
     register_coco_instances(b, {"bad_boxes": "error"}, p, str(tmp_path))

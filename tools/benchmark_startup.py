@@ -5,7 +5,8 @@
     python tools/benchmark_startup.py --images 5000     # quicker, same shape
 
 Generates ``lvis/lvis_v1_train.json`` in LVIS v1 format (the 1203 real categories, ~12.7 boxes
-per image as in LVIS v1 train, 8-point polygons; no image files) under a temporary
+per image as in LVIS v1 train, 8-point polygons; empty image files, which lt_detectron's startup
+check stats and nobody reads) under a temporary
 ``$DETECTRON2_DATASETS``, then runs each side in its own fresh process:
 
 - **lt_detectron**: ``tools/train_net.py``'s own code path (its ``argument_parser``,
@@ -259,9 +260,10 @@ def main(argv=None):
     json_file = os.path.join(root, "lvis", "lvis_v1_train.json")
     t0 = time.perf_counter()
     n_img, n_box = generate_json(json_file, args.images)
-    os.makedirs(
-        os.path.join(root, "coco", "train2017"), exist_ok=True
-    )  # the image folder exists, empty
+    image_dir = os.path.join(root, "coco", "train2017")
+    os.makedirs(image_dir, exist_ok=True)
+    for i in range(1, n_img + 1):  # empty files: lt_detectron checks they exist, nobody reads them
+        open(os.path.join(image_dir, "%012d.jpg" % i), "wb").close()
     print(
         "generated %s: %d images, %d boxes, %.0f MiB in %.1f s"
         % (json_file, n_img, n_box, os.path.getsize(json_file) / 2**20, time.perf_counter() - t0),

@@ -96,7 +96,7 @@ def main(argv=None):
         raise SystemExit(
             "DATASETS.TRAIN is empty: the plots sort classes by their training instance counts"
         )
-    prepare_datasets(cfg)
+    prepare_datasets(cfg, check_images=False)  # the plots read no image
     stats = get_class_stats(cfg.DATASETS.TRAIN)
     os.makedirs(args.output, exist_ok=True)
     if args.bofl_schedule:

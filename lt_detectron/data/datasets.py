@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
+from .image_files import image_relative_path
 from .json_categories import (
     JsonCategories,
     is_lvis_format,
@@ -172,7 +173,8 @@ def load_lt_json(
     as Detectron2 does). When ``dataset_name`` is given, its metadata gets (or is checked
     against) ``thing_classes`` and ``thing_dataset_id_to_contiguous_id``. Degenerate boxes are
     handled by ``bad_boxes`` (default: the dataset's metadata ``bad_boxes``, else ``"drop"``;
-    see :mod:`lt_detectron.data.validation`).
+    see :mod:`lt_detectron.data.validation`). Each image's ``file_name`` is ``image_root`` joined
+    with :func:`~lt_detectron.data.image_files.image_relative_path` (see ``register_lt_dataset``).
     """
     t0 = time.perf_counter()
     if bad_boxes is None:
@@ -184,10 +186,10 @@ def load_lt_json(
     check_bad_boxes_policy(bad_boxes)
     data = read_json(json_file)
     cats, id_map = read_categories(data, json_file)
+    is_lvis = any("frequency" in c for c in cats) or any(
+        "neg_category_ids" in im for im in data["images"]
+    )
     if dataset_name is not None:
-        is_lvis = any("frequency" in c for c in cats) or any(
-            "neg_category_ids" in im for im in data["images"]
-        )
         _apply_categories(dataset_name, JsonCategories(json_file, tuple(cats), is_lvis))
     image_sizes = {
         img.get("id"): (img.get("height", float("nan")), img.get("width", float("nan")))
@@ -201,19 +203,8 @@ def load_lt_json(
     dicts = []
     for img in data["images"]:
         image_ids.add(img["id"])
-        file_name = img.get("file_name")
-        if file_name is None:
-            url = img.get("coco_url")
-            if url is None:
-                raise DatasetFormatError(
-                    "image %s in %s has neither 'file_name' nor 'coco_url'"
-                    % (img.get("id"), json_file)
-                )
-            file_name = "/".join(url.split("/")[-2:])  # LVIS v1: train2017/xxx.jpg
-        elif file_name.startswith("COCO_") and len(file_name) > 16:
-            file_name = file_name[-16:]  # LVIS v0.5: COCO_val2014_000000xxxxxx.jpg
         record = {
-            "file_name": os.path.join(image_root, file_name),
+            "file_name": os.path.join(image_root, image_relative_path(img, is_lvis, json_file)),
             "height": img["height"],
             "width": img["width"],
             "image_id": img["id"],
@@ -278,7 +269,15 @@ def register_lt_dataset(
     Args:
         name: the dataset name used in ``cfg.DATASETS.TRAIN/TEST``.
         json_file: COCO- or LVIS-format annotation file.
-        image_root: folder the images' ``file_name`` is relative to.
+        image_root: the folder the json's image paths are relative to, the same folder detectron2's
+            own helper takes for that json: for COCO-format (and custom) jsons the folder of the
+            images' ``file_name`` (as ``register_coco_instances``; COCO 2014 names are kept); for
+            LVIS v0.5 / v1 jsons the folder that holds ``train2017/`` and ``val2017/`` (as
+            ``register_lvis_instances``: each image is ``<split>/<file>`` of its ``coco_url``).
+            An LVIS-format json whose images carry their own ``file_name`` (not a COCO 2014
+            name, e.g. ``lt_shapes``) uses it, relative to ``image_root``. See
+            docs/user_guide.md, section 1. Every image is checked to exist before any model is
+            built (training images: ``load_train_dicts``; test images: ``prepare_datasets``).
         evaluator_type: ``"lvis"`` (federated LVIS protocol, APr/APc/APf) or ``"coco_lt"``
             (COCO metrics + AP by training-instance bins). Default: ``"lvis"`` when the file
             carries LVIS fields (categories with ``frequency`` or images with

@@ -13,7 +13,8 @@ length (RFS-expanded) too, before the model is built. The startup path is::
 
 ``load_train_dicts`` also applies the ``bad_boxes`` check to datasets whose loader
 lt_detectron does not own (detectron2's ``register_lvis_instances`` /
-``register_coco_instances`` and the builtin LVIS splits), so dropped boxes are never counted.
+``register_coco_instances`` and the builtin LVIS splits), so dropped boxes are never counted,
+and checks that every training image exists (from the same dicts: no second parse).
 """
 
 import itertools
@@ -30,7 +31,10 @@ from detectron2.data.build import (
 )
 from detectron2.data.detection_utils import check_metadata_consistency
 
+from detectron2.utils import comm
+
 from .datasets import ensure_dataset_metadata
+from .image_files import check_image_files
 from .validation import DEFAULT_BAD_BOXES, check_dicts_boxes
 
 __all__ = ["load_dataset_dicts", "load_train_dicts", "train_dataset_dicts"]
@@ -79,12 +83,20 @@ def load_dataset_dicts(name: str) -> List[dict]:
     return dicts
 
 
-def load_train_dicts(cfg) -> Dict[str, List[dict]]:
-    """``{name: dataset dicts}`` of ``cfg.DATASETS.TRAIN``, each read once (:func:`load_dataset_dicts`)."""
+def load_train_dicts(cfg, check_images: bool = True) -> Dict[str, List[dict]]:
+    """``{name: dataset dicts}`` of ``cfg.DATASETS.TRAIN``, each read once (:func:`load_dataset_dicts`).
+
+    With ``check_images``, every image file of these dicts must exist
+    (:func:`~lt_detectron.data.image_files.check_image_files`: one ``os.stat`` each, on the
+    first process of each machine; the error names the missing files and the ``image_root``).
+    """
     out = {}
     for name in cfg.DATASETS.TRAIN:
         if name not in out:
             out[name] = load_dataset_dicts(name)
+    if check_images and comm.get_local_rank() == 0:
+        # the other processes of this machine are stopped by the launcher when this one fails
+        check_image_files(out, out)
     return out
 
 

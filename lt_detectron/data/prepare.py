@@ -5,7 +5,10 @@
   for any registration (``register_lt_dataset``, detectron2's ``register_lvis_instances`` /
   ``register_coco_instances``, the builtin names), and the test jsons' boxes are finite.
 - :func:`check_class_lists`: train and test datasets share one class list.
-- :func:`prepare_datasets`: all of the above, after generating ``lt_shapes_*`` if used.
+- :func:`prepare_datasets`: all of the above, after generating ``lt_shapes_*`` if used, and
+  :func:`~lt_detectron.data.image_files.check_image_files` on the test sets (once, in the
+  launcher of ``tools/train_net.py``; the training images are checked where the trainer loads
+  the training dicts, :func:`~lt_detectron.data.loading.load_train_dicts`).
 """
 
 import logging
@@ -48,10 +51,28 @@ def _datasets_root():
     return os.path.abspath(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))
 
 
+def _check_test_jsons(test):
+    """Every test dataset has a ``json_file``: the evaluators read it, and detectron2 evaluates
+    ``DATASETS.TEST`` at the end of every training (``TEST.EVAL_PERIOD`` adds periodic ones)."""
+    bad = [n for n in test if not MetadataCatalog.get(n).get("json_file", None)]
+    if bad:
+        raise DatasetFormatError(
+            "test dataset(s) %s have no json_file in their metadata, and the LVIS / COCO evaluators read "
+            "the ground truth from it: evaluation (at the end of training, and every TEST.EVAL_PERIOD "
+            "iterations) would fail after training. Register them with "
+            "lt_detectron.data.register_lt_dataset(name, json_file, image_root) or detectron2's "
+            "register_coco_instances / register_lvis_instances, or set "
+            "MetadataCatalog.get(name).json_file to their COCO/LVIS-format json; to train without "
+            'evaluation, set DATASETS.TEST "()".' % ", ".join(repr(n) for n in bad)
+        )
+
+
 def check_dataset_files(cfg, check_test_boxes: bool = True):
     """Every train and test dataset's ``json_file`` and ``image_root`` exist; test boxes are finite.
 
-    Datasets without ``json_file`` in their metadata (custom loaders) are skipped. All missing
+    Every test dataset must have a ``json_file`` (the evaluators read it; a
+    :class:`DatasetFormatError` names the dataset and the fixes). Train datasets without
+    ``json_file`` in their metadata (custom loaders) are skipped. All missing
     paths are reported at once, absolute. With ``check_test_boxes`` each TEST json is parsed once
     (:func:`~lt_detectron.data.validation.check_json_boxes`): a NaN or negative-size box is an
     error naming the file now, not after inference. Also fills the class metadata
@@ -77,6 +98,7 @@ def check_dataset_files(cfg, check_test_boxes: bool = True):
                     "%s dataset %r: image folder %s does not exist"
                     % (role, name, os.path.abspath(image_root))
                 )
+    _check_test_jsons(test)
     if problems:
         raise FileNotFoundError(
             "missing dataset files:\n  "
@@ -185,11 +207,18 @@ def ensure_embedded_generated(cfg):
         get_lt_shapes()
 
 
-def prepare_datasets(cfg):
+def prepare_datasets(cfg, check_images: bool = True):
     """Validate ``DATASETS.TRAIN/TEST`` of a merged config, generate ``lt_shapes_*`` if used, check
-    files and class lists. Returns ``cfg``. (The caller parses the config: ``tools/train_net.py``'s
-    ``load_config``.)"""
+    files and class lists, and, with ``check_images``, that every image of the test sets exists
+    (their dicts are loaded once more for it; the training images are checked by
+    :func:`~lt_detectron.data.loading.load_train_dicts`, from the dicts the trainer loads anyway).
+    Returns ``cfg``. (The caller parses the config: ``tools/train_net.py``'s ``load_config``; it
+    calls this once, before the worker processes start.)"""
+    from .image_files import check_image_files
+
     ensure_embedded_generated(cfg)
     check_dataset_files(cfg)
     check_class_lists(cfg)
+    if check_images:
+        check_image_files(cfg.DATASETS.TEST)
     return cfg
