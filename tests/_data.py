@@ -18,11 +18,17 @@ def write_coco_json(
     write_images=False,
 ):
     """A json whose class ``c`` (id ``10 + 3c``, non-contiguous on purpose) has ``counts[c]``
-    annotations spread over ``images_per_class[c]`` images (default: one image each)."""
+    annotations spread over ``images_per_class[c]`` images (default: one image each). ``lvis``: LVIS
+    fields, the images' ``neg_category_ids`` and the categories' ``frequency`` (LVIS' rule on the
+    class's image count)."""
     rng = np.random.default_rng(seed)
     C = len(counts)
     images_per_class = images_per_class or [None] * C
     cats = [{"id": 10 + 3 * c, "name": "class_%d" % c} for c in range(C)]
+    if lvis:
+        for c, n in enumerate(counts):
+            k = min(images_per_class[c] or n, n)
+            cats[c]["frequency"] = "r" if k <= 10 else ("c" if k <= 100 else "f")
     per_image = {}
     img_id = 1
     for c, n in enumerate(counts):

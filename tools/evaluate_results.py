@@ -9,16 +9,18 @@ code path of training: the same protocol, tables and files.
         --output eval_out TEST.LT.AP_PROTOCOL fixed TEST.LT.POOLED_AP True
 
 The ground truth is a registered dataset (``--dataset``) or a json (``--gt``; LVIS protocol when its
-images carry ``neg_category_ids`` or its categories a ``frequency``, else COCO-LT). The training
-class statistics (AP by instance group, COCO-LT's AP1-AP4) come from ``--train-json`` /
+categories carry ``frequency``, else COCO-LT); its boxes must be finite. The training class
+statistics (AP by instance group, COCO-LT's AP1-AP4) come from ``--train-json`` /
 ``--train-dataset``, else from the config's ``DATASETS.TRAIN`` when ``--config-file`` is given,
-else from the ground truth's ``instance_count`` fields (LVIS files carry them). ``TEST.LT.*`` and
+else from the ground truth's ``instance_count`` fields (LVIS files carry them). The training data
+must have the ground truth's classes (names in category-id order). Its counts are those of its
+annotations (counted once, then cached); the LVIS table shipped for ``lvis_v1_train`` is used only
+when that json is absent, and the output says so. ``TEST.LT.*`` and
 ``MODEL.LT.GROUP_EDGES`` come from the config file and the trailing ``KEY VALUE`` pairs.
 With ``--output DIR`` the per-category csv and ``{lvis,coco}_metrics.json`` are written there.
 """
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -83,10 +85,12 @@ def main(argv=None):
 
     import lt_detectron  # noqa: F401  (registers the builtin datasets)
     from lt_detectron import add_lt_config, get_class_stats
-    from lt_detectron.data import register_lt_dataset
+    from lt_detectron.data import check_same_class_lists, register_lt_dataset
+    from lt_detectron.data.validation import check_json_boxes
     from lt_detectron.engine.logger import setup_lt_logger
     from lt_detectron.engine.results import format_results
     from lt_detectron.evaluation import build_lt_evaluator, load_results_json
+    from lt_detectron.evaluation.common import load_gt_json
 
     setup_lt_logger(None)
     logging.getLogger("lt_detectron").setLevel(logging.INFO)
@@ -126,24 +130,29 @@ def main(argv=None):
             f"dataset {name!r} has no ground-truth json on disk ({meta.get('json_file', None)}); pass --gt GT.json"
         )
 
-    stats = None
+    gt = load_gt_json(meta.json_file, name)
+    check_json_boxes(meta.json_file, gt)  # a NaN box: an error naming the file and the annotation
+
+    train = ()
     if args.train_json:
         if not os.path.isfile(args.train_json):
             _fail(f"training json not found: {args.train_json}")
-        train = "evaluate_results_train"
+        train = ("evaluate_results_train",)
         register_lt_dataset(
-            train,
+            train[0],
             os.path.abspath(args.train_json),
             os.path.dirname(os.path.abspath(args.train_json)),
         )
-        stats = get_class_stats((train,), verify_distributed=False)
     elif args.train_dataset:
-        stats = get_class_stats((args.train_dataset,), verify_distributed=False)
+        train = (args.train_dataset,)
     elif args.config_file and cfg.DATASETS.TRAIN:
-        stats = get_class_stats(tuple(cfg.DATASETS.TRAIN), verify_distributed=False)
+        train = tuple(cfg.DATASETS.TRAIN)
+    stats = None
+    if train:
+        # counts are matched to the ground truth by category id: the classes must be the same
+        check_same_class_lists(train + (name,))
+        stats = get_class_stats(train, verify_distributed=False)
 
-    with open(meta.json_file) as f:
-        gt = json.load(f)
     dets, rles = load_results_json(
         args.results,
         category_ids=[c["id"] for c in gt["categories"]],
@@ -167,6 +176,11 @@ def main(argv=None):
     )
     results = evaluator.evaluate_arrays(dets, rles)
     print(format_results({name: results}))
+    if stats is not None and "table" in stats.source.split("+"):
+        print(
+            f"WARNING: the training counts of {', '.join(train)} (AP by instance group) come from "
+            "the shipped table, not from annotations: the training json is absent (see the log)."
+        )
     return results
 
 

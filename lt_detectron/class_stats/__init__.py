@@ -13,9 +13,13 @@ are not counted). The training json is parsed once per process: the trainer load
 
 - ``metadata``: ``MetadataCatalog.get(name).class_stats`` (``instance_counts``,
   ``image_counts``, ``num_images``, optional ``frequency``): the LVIS table shipped for the
-  builtin full train splits, or counts given at registration. With dicts it is used only when
-  it equals their counts; otherwise (e.g. ``lvis_v1_train`` pointing at a subset json) the
-  counts of the annotations are used, with a warning. Without dicts it is used as is.
+  builtin full train splits, or counts given at registration, when it equals the counts of the
+  annotations (given as dicts, from the cache, or counted now); otherwise (e.g. ``lvis_v1_train``
+  pointing at a subset json) the counts of the annotations are used, with a warning. So the
+  counts never depend on whether a cache entry exists.
+  A dataset without ``json_file`` (a custom loader) and with such counts uses them as is.
+- ``table``: that table as is, unchecked, only when the dataset's annotation json is absent (a
+  loud warning says so; ``tools/evaluate_results.py`` repeats it next to its results).
 - ``json``: counted, and equal to the ``image_count``/``instance_count`` of the json's
   category records (LVIS files carry them). Records that disagree (a subset of LVIS keeps the
   full file's records) are ignored with a warning.

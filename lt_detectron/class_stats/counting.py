@@ -2,7 +2,9 @@
 
 :func:`count_from_dicts` counts instances and images per class from Detectron2 dataset dicts
 (vectorised). :func:`stats_for_dataset` picks the source of a dataset's counts (``metadata``,
-``json``, ``counted``, ``cache``; see :mod:`lt_detectron.class_stats`) and keeps counted values in
+``json``, ``counted``, ``cache``, ``table``; see :mod:`lt_detectron.class_stats`): always the counts
+of the annotations (given, cached or counted now), the same whether a cache entry exists or not;
+an attached table as is only when the annotations are absent. It keeps counted values in
 an on-disk cache (``$LT_DETECTRON_CACHE/class_stats``) keyed by the json's path, size, mtime and
 ``bad_boxes`` policy.
 """
@@ -151,6 +153,10 @@ def _table_arrays(table):
     )
 
 
+def _on_disk(json_file) -> bool:
+    return bool(json_file) and os.path.isfile(json_file)
+
+
 def stats_for_dataset(name: str, dataset_dicts=None):
     """Statistics of one dataset (see the module docstring for the sources); the last item is the source."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -190,18 +196,25 @@ def stats_for_dataset(name: str, dataset_dicts=None):
     if dicts is None and key:
         counted = _load_cached(key)  # counts of these very annotations, from an earlier run
         source = "cache"
-    if counted is None and dicts is None and table is not None:
-        # the shipped LVIS table (full train split) or counts given at registration: no loading
+    if counted is None and dicts is None and table is not None and not _on_disk(json_file):
+        # no annotation file to count: the shipped LVIS table (full train split) or counts given at
+        # registration (a custom loader without json_file), as is. With a json on disk they are only
+        # compared with its counts (below), so the result never depends on the cache.
         inst, img, n, freq = _table_arrays(table)
-        return (
-            classes,
-            dataset_ids,
-            inst,
-            img,
-            n,
-            (lvis_frequency(img) if freq is None else freq),
-            "metadata",
-        )
+        source = "metadata"
+        if json_file:  # the json is named but absent: say so loudly
+            source = "table"
+            logger.warning(
+                "class statistics of %s: its annotations %s are absent, so its counts come from "
+                "metadata.class_stats (for lvis_v1_train / lvis_v0.5_train: the table shipped in "
+                "lt_detectron/data/stats, the full train split), NOT counted from annotations. If "
+                "the training json is a subset or another version, AP by instance group and the "
+                "r/c/f bands are wrong: put the json at that path to count its annotations.",
+                name,
+                os.path.abspath(json_file),
+            )
+        freq = lvis_frequency(img) if freq is None else freq
+        return classes, dataset_ids, inst, img, n, freq, source
     if counted is None:
         if dicts is None:
             dicts = load_dataset_dicts(name)

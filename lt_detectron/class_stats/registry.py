@@ -45,7 +45,10 @@ def build_class_stats(dataset_names: Union[str, Sequence[str]], dataset_dicts=No
 _CACHE: Dict[Tuple[str, ...], ClassStats] = {}
 
 _SOURCE_TEXT = {
-    "metadata": "metadata.class_stats: the shipped LVIS table, or counts given at registration",
+    "metadata": "metadata.class_stats (the shipped LVIS table, or counts given at registration): equal "
+    "to the counts of the annotations, or as given for a dataset without json_file",
+    "table": "metadata.class_stats (the shipped LVIS table, or counts given at registration) as is, NOT "
+    "checked: the annotation json is absent",
     "json": "counted from the annotations; equal to the image_count/instance_count of the json's categories",
     "counted": "counted from the annotations",
     "cache": "counts of the annotations from the on-disk cache, keyed by the json's size and mtime",

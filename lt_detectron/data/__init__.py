@@ -10,6 +10,7 @@ from .loading import load_dataset_dicts, load_train_dicts, train_dataset_dicts
 from .prepare import (
     check_class_lists,
     check_dataset_files,
+    check_same_class_lists,
     ensure_embedded_generated,
     prepare_datasets,
 )

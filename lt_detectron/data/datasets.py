@@ -24,6 +24,7 @@ from detectron2.structures import BoxMode
 from .image_files import image_relative_path
 from .json_categories import (
     JsonCategories,
+    categories_are_lvis,
     is_lvis_format,
     read_categories,
     read_json,
@@ -186,9 +187,7 @@ def load_lt_json(
     check_bad_boxes_policy(bad_boxes)
     data = read_json(json_file)
     cats, id_map = read_categories(data, json_file)
-    is_lvis = any("frequency" in c for c in cats) or any(
-        "neg_category_ids" in im for im in data["images"]
-    )
+    is_lvis = categories_are_lvis(cats, json_file)
     if dataset_name is not None:
         _apply_categories(dataset_name, JsonCategories(json_file, tuple(cats), is_lvis))
     image_sizes = {
@@ -280,8 +279,7 @@ def register_lt_dataset(
             built (training images: ``load_train_dicts``; test images: ``prepare_datasets``).
         evaluator_type: ``"lvis"`` (federated LVIS protocol, APr/APc/APf) or ``"coco_lt"``
             (COCO metrics + AP by training-instance bins). Default: ``"lvis"`` when the file
-            carries LVIS fields (categories with ``frequency`` or images with
-            ``neg_category_ids``, anywhere in the file), else ``"coco_lt"``.
+            categories are LVIS's (each carries ``frequency``), else ``"coco_lt"``.
         bad_boxes: what to do with degenerate boxes (non-finite, width/height <= 0, more than
             1 px outside the image): ``"drop"`` (default; counted and logged), ``"error"`` or
             ``"clip"``. See :mod:`lt_detectron.data.validation`.

@@ -1,8 +1,10 @@
 """The ``categories`` of a COCO/LVIS json, read cheaply.
 
-:func:`read_json_categories` scans the file's bytes once for the key ``"categories"`` (and the
-LVIS keys) and decodes only its value, so class names and the id map are known at registration
-without parsing the annotations. :func:`read_json` parses a whole file with clear errors.
+:func:`read_json_categories` scans the file's bytes once for the key ``"categories"`` and decodes
+only its value, so class names, the id map and the format are known at registration without parsing
+the annotations. :func:`categories_are_lvis` decides the format from the category records (LVIS
+categories carry ``frequency``), never from a key found elsewhere in the file. :func:`read_json`
+parses a whole file with clear errors.
 """
 
 import functools
@@ -15,6 +17,7 @@ from .validation import DatasetFormatError
 
 __all__ = [
     "JsonCategories",
+    "categories_are_lvis",
     "is_lvis_format",
     "read_categories",
     "read_json",
@@ -112,14 +115,33 @@ class JsonCategories:
         return None
 
 
+def categories_are_lvis(categories, json_file: str = "<json>") -> bool:
+    """Whether a json's category records are LVIS's: every one carries ``frequency`` (its band
+    ``r``/``c``/``f``, which the LVIS protocol's APr/APc/APf need). A key elsewhere in the file (e.g.
+    ``info.frequency`` in a COCO json) does not count. Some categories with it and some without is a
+    :class:`DatasetFormatError` naming the file and the first category without it."""
+    has = [isinstance(c, dict) and "frequency" in c for c in categories]
+    if not any(has):
+        return False
+    if all(has):
+        return True
+    c = categories[has.index(False)]
+    raise DatasetFormatError(
+        "annotation file %s: %d of its %d categories carry 'frequency' (LVIS format) but category id "
+        "%s (%r) does not. Give every category its LVIS frequency band ('r', 'c' or 'f') to evaluate "
+        "it with the LVIS protocol, or remove the field from all of them for the COCO protocol."
+        % (json_file, sum(has), len(has), c.get("id"), c.get("name"))
+    )
+
+
 _SCAN_CHUNK = 1 << 24
-_KEY_CATS, _KEY_FREQ, _KEY_NEG = b'"categories"', b'"frequency"', b'"neg_category_ids"'
+_KEY_CATS = b'"categories"'
 
 
 def _scan(json_file: str):
-    """One pass over the bytes: positions of ``"categories"`` and presence of the LVIS keys."""
-    overlap = max(len(_KEY_CATS), len(_KEY_FREQ), len(_KEY_NEG)) - 1
-    cat_pos, lvis = set(), False
+    """One pass over the bytes: the positions of ``"categories"``."""
+    overlap = len(_KEY_CATS) - 1
+    cat_pos = set()
 
     def find_all(data, base, key):
         i = data.find(key)
@@ -137,11 +159,9 @@ def _scan(json_file: str):
             find_all(buf, offset, _KEY_CATS)
             edge = tail + buf[:overlap]
             find_all(edge, offset - len(tail), _KEY_CATS)
-            if not lvis:
-                lvis = any(k in buf or k in edge for k in (_KEY_FREQ, _KEY_NEG))
             tail = buf[-overlap:]
             offset += len(buf)
-    return sorted(cat_pos), lvis
+    return sorted(cat_pos)
 
 
 def _decode_value_at(f, pos: int, json_file: str):
@@ -187,16 +207,15 @@ def read_json_categories(json_file: str) -> JsonCategories:
 def _read_json_categories(json_file: str, size: int, mtime_ns: int) -> JsonCategories:
     """Read the ``categories`` of a COCO/LVIS json without parsing the rest of it.
 
-    The file's bytes are scanned once for the key ``"categories"`` (and for the LVIS keys
-    ``"frequency"`` / ``"neg_category_ids"``, anywhere in the file: detection does not depend on
-    the key order), and only the value after the key is decoded. When the key string occurs
+    The file's bytes are scanned once for the key ``"categories"`` (wherever it is: the key order
+    does not matter), and only the value after the key is decoded. When the key string occurs
     more than once, or the decoded value is not a list of categories, the whole file is parsed
-    with ``json.load`` instead. LVIS-format: categories carry ``frequency`` or images carry
-    ``neg_category_ids``.
+    with ``json.load`` instead. LVIS-format: the categories carry ``frequency``
+    (:func:`categories_are_lvis`).
     """
     if not os.path.isfile(json_file):
         raise _missing_file_error(json_file)
-    positions, lvis_keys = _scan(json_file)
+    positions = _scan(json_file)
     cats = None
     if len(positions) == 1:
         with open(json_file, "rb") as f:
@@ -210,11 +229,14 @@ def _read_json_categories(json_file: str, size: int, mtime_ns: int) -> JsonCateg
         data = read_json(json_file)
         cats = data["categories"]
     sorted_cats, _ = read_categories({"categories": cats}, json_file)
-    return JsonCategories(json_file, tuple(sorted_cats), lvis_keys)
+    return JsonCategories(
+        json_file, tuple(sorted_cats), categories_are_lvis(sorted_cats, json_file)
+    )
 
 
 def is_lvis_format(json_file: str) -> Optional[bool]:
-    """True when the file carries LVIS fields (anywhere), None when it does not exist."""
+    """True when the file's categories are LVIS's (:func:`categories_are_lvis`), None when it does
+    not exist."""
     if not os.path.isfile(json_file):
         return None
-    return _scan(json_file)[1]
+    return read_json_categories(json_file).is_lvis

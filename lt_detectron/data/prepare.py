@@ -4,7 +4,8 @@
 - :func:`check_dataset_files`: every json / image folder exists (absolute paths in the error),
   for any registration (``register_lt_dataset``, detectron2's ``register_lvis_instances`` /
   ``register_coco_instances``, the builtin names), and the test jsons' boxes are finite.
-- :func:`check_class_lists`: train and test datasets share one class list.
+- :func:`check_class_lists` / :func:`check_same_class_lists`: train and test datasets share one
+  class list (``tools/evaluate_results.py`` checks its ground truth against the training data too).
 - :func:`prepare_datasets`: all of the above, after generating ``lt_shapes_*`` if used, and
   :func:`~lt_detectron.data.image_files.check_image_files` on the test sets (once, in the
   launcher of ``tools/train_net.py``; the training images are checked where the trainer loads
@@ -25,6 +26,7 @@ __all__ = [
     "check_dataset_names",
     "check_dataset_files",
     "check_class_lists",
+    "check_same_class_lists",
 ]
 
 logger = logging.getLogger(__name__)
@@ -151,10 +153,16 @@ def check_class_lists(cfg):
     """All train and test datasets of ``cfg`` share the class list of the first train dataset.
 
     A test set with other classes (fewer, or permuted) would otherwise train to the end and then
-    fail, or evaluate silently with the wrong mapping. The error names both datasets, the first
-    differing index and both names there.
+    fail, or evaluate silently with the wrong mapping. See :func:`check_same_class_lists`.
     """
-    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    check_same_class_lists(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+
+
+def check_same_class_lists(names):
+    """The registered datasets ``names`` share the class list of the first one (names in category-id
+    order; an LVIS category may be named by a synonym). The error names both datasets, their
+    annotation files, the first differing index and both class names there."""
+    names = list(names)
     if len(names) < 2:
         return
     lists = {}
@@ -183,8 +191,9 @@ def check_class_lists(cfg):
             continue
         raise DatasetFormatError(
             "datasets %r (%d classes) and %r (%d classes) have different class lists: first difference at "
-            "index %d: %r vs %r. Train and test datasets must share the categories (same ids, same order): "
-            "register the test json with the training json's categories."
+            "index %d: %r vs %r (annotation files %s and %s). Train and test datasets must share the "
+            "categories (same ids, same order): register the test json with the training json's "
+            "categories, or pair a ground truth with the training json of its classes."
             % (
                 ref,
                 len(a),
@@ -193,8 +202,15 @@ def check_class_lists(cfg):
                 i,
                 a[i] if i < len(a) else "<none>",
                 b[i] if i < len(b) else "<none>",
+                _json_path(ref),
+                _json_path(n),
             )
         )
+
+
+def _json_path(name) -> str:
+    json_file = MetadataCatalog.get(name).get("json_file", None)
+    return os.path.abspath(json_file) if json_file else "<no json_file>"
 
 
 def ensure_embedded_generated(cfg):

@@ -368,7 +368,8 @@ def check_json_boxes(json_file: str, data: Optional[dict] = None) -> BoxCheckRep
         raise BadBoxError(
             "test annotation file %s has %d box(es) that are non-finite or have a negative width/height "
             "(first: %s). The evaluator reads this file and cannot score them: fix or remove these "
-            "annotations before training." % (os.path.abspath(json_file), len(bad), "; ".join(ex))
+            "annotations before training or evaluating."
+            % (os.path.abspath(json_file), len(bad), "; ".join(ex))
         )
     if zero.any():
         logger.warning(

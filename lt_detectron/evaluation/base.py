@@ -373,6 +373,8 @@ class LTDatasetEvaluator(DatasetEvaluator):
                     "ap_protocol": "fixed" if self._fixed else "standard",
                     "max_dets_per_image": self.eval_max_dets,
                     "topk_per_class": self._topk if self._fixed else None,
+                    # "table": training counts not checked against annotations (json absent)
+                    "class_stats_source": getattr(self._class_stats, "source", None),
                     "results": clean,
                 },
                 f,

@@ -19,7 +19,8 @@ from typing import List, Optional
 
 import numpy as np
 
-from .common import detections_to_dicts, keep_top_per_group
+from .common import detections_to_dicts
+from .hotcoco_results import lvis_kept_results
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,9 @@ def evaluate_boundary_predictions(
     if rles is None:
         raise ValueError("boundary evaluation needs masks (pred_masks)")
     COCO, COCOeval_faster = _faster_coco_eval()
-    if lvis_style:
-        dets, rles = keep_top_per_group(
-            np.asarray(dets, np.float64).reshape(-1, 7), rles, 0, max_dets
+    if lvis_style:  # lvis-api's cap, then only masks of positive area (as the LVIS protocol)
+        dets, rles, _ = lvis_kept_results(
+            np.asarray(dets, np.float64).reshape(-1, 7), rles, max_dets
         )
     results = detections_to_dicts(np.asarray(dets, np.float64).reshape(-1, 7), rles)
     for r in results:

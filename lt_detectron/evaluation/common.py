@@ -69,6 +69,11 @@ def load_gt_json(json_file: Optional[str], dataset_name: str = "") -> dict:
             gt = json.load(f)
     except json.JSONDecodeError as e:
         raise ValueError(f"Ground-truth json{where} is not valid JSON: {json_file}: {e}") from e
+    except RecursionError:
+        raise ValueError(
+            f"Ground-truth json{where} nests too deeply to be parsed: {json_file}. A COCO/LVIS "
+            "ground truth is an object with flat images/annotations/categories lists."
+        ) from None
     if not isinstance(gt, dict):
         raise ValueError(
             f"Ground-truth json{where} must be an object with images/annotations/categories: {json_file}"

@@ -38,7 +38,7 @@ from .common import (
     precision_ap,
     resolve_backend,
 )
-from .hotcoco_results import load_hotcoco, with_mask_boxes
+from .hotcoco_results import load_hotcoco, lvis_kept_results
 from .pooled import pooled_ap
 
 logger = logging.getLogger(__name__)
@@ -86,12 +86,12 @@ def evaluate_lvis_predictions(
         raise ValueError("segm evaluation needs masks")
     dets = np.ascontiguousarray(dets, dtype=np.float64).reshape(-1, 7)
     masks = rles if iou_type == "segm" else None
-    dets, areas = with_mask_boxes(dets, masks)  # mask results carry no box (Detectron2)
     if backend == "hotcoco":
         import hotcoco
 
-        G, D = load_hotcoco(gt, dets, masks, areas)
-        D = D.cap_detections_per_image(max_dets if max_dets >= 0 else None)
+        # lvis-api's cap, then only results of positive area; mask results carry no box (Detectron2)
+        dets, masks, areas = lvis_kept_results(dets, masks, max_dets)
+        G, D = load_hotcoco(gt, dets, masks, areas, lvis=True)
         E = hotcoco.COCOeval(G, D, iou_type, lvis_style=True)
         E.params.max_dets = [max_dets if max_dets >= 0 else max(len(dets), 1)]
         E.evaluate()

@@ -331,6 +331,12 @@ def _load_results(path, category_ids, image_ids, need_masks):
         raise ResultsFileError(
             f"Results file {path} is not valid JSON ({e}); was it written completely?"
         ) from e
+    except RecursionError:  # the standard library's parser recurses once per nesting level
+        raise ResultsFileError(
+            f"Results file {path} nests lists/objects too deeply to be parsed: a results file is one "
+            "list of flat result dicts {image_id, category_id, bbox, score[, segmentation]}. "
+            "Pass the results json that Detectron2 / lvis-api / pycocotools write."
+        ) from None
     if isinstance(res, dict):
         hint = (
             " It looks like a ground-truth file: pass it with --gt and the results as RESULTS."
