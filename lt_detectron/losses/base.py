@@ -326,13 +326,13 @@ def roi_loss_name(cfg) -> str:
 
 def train_class_stats(cfg, num_classes: int, num_classes_key: str):
     """The training :class:`~lt_detectron.class_stats.ClassStats` of ``cfg.DATASETS.TRAIN`` (the
-    class-statistics registry), checked against ``num_classes`` (the config key ``num_classes_key``);
-    None without training datasets."""
+    class-statistics registry; ``MODEL.LT.CLASS_STATS_FILE`` when the data is not here), checked
+    against ``num_classes`` (the config key ``num_classes_key``); None without training datasets."""
     if not cfg.DATASETS.TRAIN:
         return None
-    from ..class_stats import check_num_classes, get_class_stats
+    from ..class_stats import check_num_classes, get_train_class_stats
 
-    stats = get_class_stats(cfg.DATASETS.TRAIN)
+    stats = get_train_class_stats(cfg)
     check_num_classes(num_classes, stats, num_classes_key)
     return stats
 
