@@ -47,7 +47,12 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
 from lt_detectron.class_stats import ClassStatsError, get_train_class_stats
-from lt_detectron.data import add_register_arguments, ensure_dataset_metadata, register_from_args
+from lt_detectron.data import (
+    add_register_arguments,
+    ensure_dataset_metadata,
+    ensure_embedded_generated,
+    register_from_args,
+)
 from lt_detectron.engine.checkpoint import CheckpointClassMismatch, CheckpointError, LTCheckpointer
 
 
@@ -216,13 +221,10 @@ def setup_cfg(args):
 
 
 def ensure_embedded(cfg):
-    """Generate the embedded ``lt_shapes_*`` dataset (cached) when the config uses it; other dataset
-    names need not be registered here (the class statistics then come from MODEL.LT.CLASS_STATS_FILE)."""
-    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
-    if any(n.startswith("lt_shapes_") and n in DatasetCatalog.list() for n in names):
-        from lt_detectron.data.embedded import get_lt_shapes
-
-        get_lt_shapes()
+    """Generate the embedded ``lt_shapes_*`` dataset (cached) when the config uses it. Dataset names
+    need not be registered here: the class statistics then come from MODEL.LT.CLASS_STATS_FILE."""
+    if all(n in DatasetCatalog.list() for n in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST):
+        ensure_embedded_generated(cfg)
 
 
 def class_metadata(cfg):
