@@ -43,7 +43,13 @@ from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 
 import lt_detectron  # noqa: F401  (registers the tiny backbone and the datasets)
 from lt_detectron import add_lt_config, get_class_stats
-from lt_detectron.losses import ROIBatch, ROILoss, build_roi_loss, train_class_stats
+from lt_detectron.losses import (
+    ROIBatch,
+    ROILoss,
+    build_roi_loss,
+    check_logit_columns,
+    train_class_stats,
+)
 from lt_detectron.modeling import LongTailFastRCNNOutputLayers, build_classifier
 
 __all__ = ["LTExampleBoxClassifier", "add_example_config", "example_cfg"]
@@ -102,6 +108,9 @@ class LTExampleBoxClassifier(nn.Module):
                 cls_loss  # a submodule: its state (e.g. EQL v2's statistics) is checkpointed
             )
             self.cls_score = build_classifier(cls_loss.classifier_spec(), hidden_dim)
+            # a classifier whose columns mean fixed classes (e.g. rows from class-name embeddings)
+            # sets ``logit_columns``; this raises when they are not the loss's layout (BAGS' groups)
+            check_logit_columns(cls_loss, self.cls_score, "LTExampleBoxClassifier.cls_score")
         elif head == "predictor":
             # 2) lt_detectron's box HEAD, built from keyword arguments (no config object)
             self.predictor = LongTailFastRCNNOutputLayers(

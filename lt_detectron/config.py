@@ -37,6 +37,9 @@ def _add_lt_keys(cfg):
     # Instance-count group edges of the evaluation (LVIS AP[lo,hi), COCO-LT AP1-AP4) and of the logged
     # class-statistics table; BAGS' own groups are MODEL.LT.BAGS.BIN_EDGES
     _C.MODEL.LT.GROUP_EDGES = [10, 100, 1000]
+    # The class statistics of DATASETS.TRAIN when that data is not here (inference elsewhere): a run's
+    # OUTPUT_DIR/class_stats.json or a checkpoint it wrote. The trainer sets it in config.yaml.
+    _C.MODEL.LT.CLASS_STATS_FILE = ""
 
     _C.MODEL.LT.EQLV2 = CN()
     _C.MODEL.LT.EQLV2.GAMMA = 12.0  # steepness of the mapping f(g)

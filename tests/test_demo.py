@@ -149,9 +149,11 @@ def test_nothing_drawn_is_the_input_and_scale(run_dir, tmp_path):
             *OPTS,
         ]
     )
-    np.testing.assert_array_equal(
-        _png(path), read_image(src, format="RGB")
-    )  # PNG: lossless, nothing drawn
+    # PNG: lossless; nothing drawn but the "no detection" note in the top-left corner
+    changed = np.abs(_png(path) - read_image(src, format="RGB")).max(axis=2) > 0
+    rows, cols = np.nonzero(changed)
+    assert rows.max() < 64 and cols.min() < 8  # the note, at the top-left
+    assert not changed[64:].any()
     [path] = tool.main(
         [
             "--config-file",
@@ -207,6 +209,67 @@ def test_nothing_drawn_is_the_input_and_scale(run_dir, tmp_path):
         )
     )
     assert len(meta.thing_classes) == 24 and meta.thing_classes[0] != "0"
+
+
+def test_demo_image_without_detection_says_so(run_dir, tmp_path):
+    """An image with no detection at the threshold carries a note that says so (not a bare copy of
+    the input, which reads as 'the demo did nothing'); an image with detections carries none."""
+    out_dir, val = run_dir
+    tool = _load_tool()
+    src = os.path.join(val, "000003.jpg")
+    argv = ["--config-file", CFG, "--input", src, "--output", "o", "--opts", "OUTPUT_DIR", out_dir]
+    predictor = tool.LTPredictor(tool.setup_cfg(tool.parse_args(argv + OPTS)))
+    meta = tool.class_metadata(predictor.cfg)
+    image = read_image(src, format="BGR")
+    vis, n = tool.draw(predictor, image, meta, 1.01)
+    texts = [t.get_text() for t in vis.ax.texts]
+    assert n == 0 and texts == ["no detection\nwith score >= 1.01"]
+    drawn = vis.get_image()  # RGB
+    assert drawn.shape == image.shape and (drawn != image[:, :, ::-1]).any()
+    vis, n = tool.draw(predictor, image, meta, 0.0)  # 3 detections (OPTS): class labels only
+    assert n == 3 and not any(t.get_text().startswith("no detection") for t in vis.ax.texts)
+
+
+def test_demo_never_overwrites_an_input(run_dir, tmp_path):
+    """--output the inputs' folder (any spelling, or a symlink to it) would write <stem>.png over an
+    input .png: refused before anything is written, naming the file and the fix."""
+    out_dir, val = run_dir
+    tool = _load_tool()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    img = folder / "a.png"
+    Image.open(os.path.join(val, "000001.jpg")).save(img)
+    before = img.read_bytes()
+    (tmp_path / "link").symlink_to(folder)
+    (tmp_path / "hl").mkdir()
+    os.link(img, tmp_path / "hl" / "a.png")  # a hard link to the input, in another folder
+    spellings = [
+        str(folder),
+        str(folder) + "/./",
+        str(tmp_path / "photos" / ".." / "photos"),
+        str(tmp_path / "link"),
+        os.path.relpath(str(folder)),
+    ]
+    for output in spellings:
+        msg = _error(
+            tool,
+            ["--config-file", CFG, "--input", str(img), "--output", output]
+            + ["--opts", "OUTPUT_DIR", out_dir, *OPTS],
+        )
+        assert "would overwrite the input %s" % img in msg and "--output" in msg, (output, msg)
+    msg = _error(
+        tool,
+        ["--config-file", CFG, "--input", str(img), "--output", str(tmp_path / "hl")]
+        + ["--opts", "OUTPUT_DIR", out_dir, *OPTS],
+    )
+    assert "would overwrite the input" in msg
+    assert img.read_bytes() == before and sorted(os.listdir(folder)) == ["a.png"]
+    # another folder is fine
+    [path] = tool.main(
+        ["--config-file", CFG, "--input", str(img), "--output", str(tmp_path / "vis")]
+        + ["--opts", "OUTPUT_DIR", out_dir, *OPTS]
+    )
+    assert os.path.isfile(path) and img.read_bytes() == before
 
 
 def _error(tool, argv):

@@ -246,6 +246,66 @@ def heat_inputs(seed=0, scale=2.0, dtype=torch.float32, peaks=True):
     return z, heat, DenseBatch(gt_classes_per_image=gts, iteration=ITER)
 
 
+@pytest.mark.parametrize("case", ROI_CASES, ids=ROI_IDS)
+def test_every_loss_declares_its_logit_columns(case):
+    """``logit_columns()`` has one entry per classifier column, every class and the background
+    exactly once, and it is the layout ``predict_probs`` reads: a logit raised in the column
+    declared for class c (all others equal) makes c the most probable class."""
+    loss = build_roi(case).eval()
+    spec = loss.classifier_spec()
+    cols = loss.logit_columns()
+    assert cols.dtype == torch.long and cols.shape == (spec.num_logits,)
+    for c in range(C + 1):
+        assert int((cols == c).sum()) == 1, c
+    assert int((cols >= 0).sum()) == C + 1 and int(cols.max()) == C  # the rest: auxiliary (< 0)
+    high = 0.9 if spec.kind == "cosine" and spec.scale is None else 8.0
+    for c in range(C):
+        z = torch.zeros(1, spec.num_logits)
+        z[0, int(torch.nonzero(cols == c))] = high
+        assert int(loss.predict_probs(z)[0, :C].argmax()) == c, c
+
+
+@pytest.mark.parametrize("name", DENSE_CASES)
+def test_dense_losses_declare_their_channels(name):
+    loss = build_dense(name)
+    cols = loss.logit_columns()
+    assert cols.shape == (C,) and sorted(cols.tolist()) == list(range(C))
+    for c in range(C):
+        z = torch.zeros(1, C)
+        z[0, int(torch.nonzero(cols == c))] = 8.0
+        assert int(loss.predict_probs(z)[0].argmax()) == c
+
+
+class _ClassOrderedClassifier(torch.nn.Linear):
+    """Detic-style: its output column k is fixed by construction (rows from class-name embeddings)
+    and declared in ``logit_columns``."""
+
+    def __init__(self, columns):
+        super().__init__(D, len(columns))
+        self.logit_columns = torch.as_tensor(columns)
+
+
+def test_bags_rejects_a_classifier_with_class_ordered_columns():
+    """A classifier laid out class 0..C-1, then BAGS' extra columns, then the background, trained
+    with BAGS would have its classes silently in the wrong groups: an error names the column."""
+    from lt_detectron.losses import check_logit_columns
+
+    cfg = _cfg()
+    cfg.MODEL.LT.ROI_LOSS = "bags"
+    bags = build_roi_loss(cfg, C, STATS)
+    K = bags.classifier_spec().num_logits
+    naive = list(range(C)) + [-1] * (K - C - 1) + [C]  # what a class-ordered classifier has
+    with pytest.raises(ValueError, match="logit column 0.*BAGSLoss bags reads that column as"):
+        check_logit_columns(bags, _ClassOrderedClassifier(naive))
+    with pytest.raises(ValueError, match="has 5 logit columns but BAGSLoss bags expects %d" % K):
+        check_logit_columns(bags, _ClassOrderedClassifier(list(range(C + 1))))
+    # built in the loss's order it passes; so does the class order with a loss that uses it
+    check_logit_columns(bags, _ClassOrderedClassifier(bags.logit_columns()))
+    cfg.MODEL.LT.ROI_LOSS = "softmax"
+    check_logit_columns(build_roi_loss(cfg, C, STATS), _ClassOrderedClassifier(range(C + 1)))
+    check_logit_columns(bags, torch.nn.Linear(D, K))  # a plain layer declares nothing
+
+
 @pytest.mark.parametrize("name", DENSE_CASES)
 def test_dense_shapes_and_probabilities(name):
     loss = build_dense(name)

@@ -322,3 +322,55 @@ def test_category_scan_across_chunk_boundaries(tmp_path, monkeypatch):
         assert positions == [text.index(b'"categories"')]
     got = D._read_json_categories.__wrapped__(json_file, 0, 0)
     assert [c["id"] for c in got.categories] == [c["id"] for c in data["categories"]]
+
+
+@pytest.mark.parametrize("tool", ["train_net", "demo", "plot_methods", "evaluate_results"])
+def test_every_tool_takes_the_register_flags(tool, tmp_path):
+    """The same --register-dataset / --register-lvis / --register-coco NAME JSON IMAGE_ROOT flags
+    (repeatable) in every tool, registered by the library's register_from_args."""
+    import importlib.util
+
+    from tests._data import unregister, write_coco_json
+
+    from lt_detectron.data import register_from_args
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "lt_tool_" + tool, os.path.join(root, "tools", tool + ".py")
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    parse = mod.argument_parser().parse_args if tool == "train_net" else mod.parse_args
+    required = {
+        "train_net": [],
+        "demo": ["--config-file", "c.yaml", "--input", "x.jpg", "--output", "o"],
+        "plot_methods": ["--config-file", "c.yaml"],
+        "evaluate_results": ["results.json", "--gt", "gt.json"],
+    }[tool]
+    jsons = []
+    for i in range(2):
+        jsons.append(str(tmp_path / ("d%d.json" % i)))
+        write_coco_json(jsons[-1], [3, 1 + i])
+    names = [_name("flag_%s" % tool) for _ in range(3)]
+    args = parse(
+        required
+        + ["--register-dataset", names[0], jsons[0], str(tmp_path)]
+        + ["--register-dataset", names[1], jsons[1], str(tmp_path)]
+        + ["--register-coco", names[2], jsons[1], str(tmp_path)]
+    )
+    assert args.register_dataset == [
+        [names[0], jsons[0], str(tmp_path)],
+        [names[1], jsons[1], str(tmp_path)],
+    ]
+    assert args.register_coco == [[names[2], jsons[1], str(tmp_path)]] and not args.register_lvis
+    try:
+        register_from_args(args)
+        for n, j in zip(names, [jsons[0], jsons[1], jsons[1]]):
+            assert MetadataCatalog.get(n).json_file == j
+        # the counts are those of each dataset's own json
+        inst = [
+            list(get_class_stats((n,), verify_distributed=False).instance_counts) for n in names
+        ]
+        assert inst == [[3, 1], [3, 2], [3, 2]]
+    finally:
+        unregister(*names)

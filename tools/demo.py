@@ -19,8 +19,13 @@ nothing but tensors and plain types is unpickled). Weights: ``MODEL.WEIGHTS`` gi
 else ``OUTPUT_DIR/model_final.pth`` of the config, else the config's own ``MODEL.WEIGHTS``.
 Inference runs as detectron2's ``DefaultPredictor`` (``INPUT.FORMAT``, the test resize) on
 ``MODEL.DEVICE``; detections scoring at least ``--confidence-threshold`` are drawn by detectron2's
-``Visualizer`` with the class names of ``DATASETS.TEST[0]`` (or ``DATASETS.TRAIN[0]``), labels kept
-inside the image. On small images (the embedded set's are 128 px) ``--scale 3`` makes the labels readable.
+``Visualizer`` with the class names of ``DATASETS.TEST[0]`` (or ``DATASETS.TRAIN[0]``; without that
+data, the names the training run recorded in ``MODEL.LT.CLASS_STATS_FILE``), labels kept inside the
+image; an image without such a detection says so in its corner. On small images (the embedded set's
+are 128 px) ``--scale 3`` makes the labels readable. A run's own ``OUTPUT_DIR/config.yaml`` is enough
+on a machine without the training data. Datasets for ``--dataset`` can be registered with
+``--register-dataset NAME JSON IMAGE_ROOT`` (as in train_net.py). An output path that is an input
+file is refused: inputs are never overwritten.
 """
 
 import argparse
@@ -41,7 +46,13 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
-from lt_detectron.data import ensure_dataset_metadata, ensure_embedded_generated
+from lt_detectron.class_stats import ClassStatsError, get_train_class_stats
+from lt_detectron.data import (
+    add_register_arguments,
+    ensure_dataset_metadata,
+    ensure_embedded_generated,
+    register_from_args,
+)
 from lt_detectron.engine.checkpoint import CheckpointClassMismatch, CheckpointError, LTCheckpointer
 
 
@@ -134,6 +145,7 @@ def parse_args(argv=None):
         default=1.0,
         help="Visualizer scale: the output is this many times the input size (default 1)",
     )
+    add_register_arguments(p)
     p.add_argument(
         "--opts",
         nargs=argparse.REMAINDER,
@@ -208,14 +220,33 @@ def setup_cfg(args):
     return cfg
 
 
+def ensure_embedded(cfg):
+    """Generate the embedded ``lt_shapes_*`` dataset (cached) when the config uses it. Dataset names
+    need not be registered here: the class statistics then come from MODEL.LT.CLASS_STATS_FILE."""
+    if all(n in DatasetCatalog.list() for n in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST):
+        ensure_embedded_generated(cfg)
+
+
 def class_metadata(cfg):
     """The metadata of ``DATASETS.TEST[0]``, else ``DATASETS.TRAIN[0]``, with ``thing_classes`` (read
-    from the dataset's json when lt_detectron registered it); empty metadata (class ids) otherwise."""
+    from the dataset's json when lt_detectron registered it); else the class names the training run
+    recorded (``MODEL.LT.CLASS_STATS_FILE``); empty metadata (class ids) otherwise."""
     for name in list(cfg.DATASETS.TEST[:1]) + list(cfg.DATASETS.TRAIN[:1]):
+        if name not in DatasetCatalog.list():
+            continue
         ensure_dataset_metadata(name, missing_ok=True)
         meta = MetadataCatalog.get(name)
         if meta.get("thing_classes", None):
             return meta
+    try:
+        stats = get_train_class_stats(cfg)
+    except ClassStatsError:
+        stats = None
+    if stats is not None:
+        meta = MetadataCatalog.get("__lt_demo_classes_%s" % stats.fingerprint()[:12])
+        if not meta.get("thing_classes", None):
+            meta.thing_classes = list(stats.class_names)
+        return meta
     print(
         "tools/demo.py: DATASETS.TEST/TRAIN give no class names: labels are class ids",
         file=sys.stderr,
@@ -235,18 +266,43 @@ def output_paths(files, out_dir):
     return out
 
 
+def check_not_inputs(files, outs):
+    """A :class:`DemoError` when an output path is an input file (the same path in another spelling,
+    through a symlink, or a hard link): the demo never overwrites its inputs."""
+    real = {os.path.realpath(f): f for f in files}
+    for out in outs:
+        src = real.get(os.path.realpath(out))
+        if src is None and os.path.exists(out):
+            src = next((f for f in files if os.path.samefile(f, out)), None)
+        if src is not None:
+            raise DemoError(
+                "the output %s would overwrite the input %s: give another --output folder (the "
+                "drawn images are <output>/<input name>.png)" % (os.path.abspath(out), src)
+            )
+
+
 def draw(predictor, image_bgr, metadata, threshold: float, scale: float = 1.0):
-    """Predict on one BGR image; returns (VisImage, number of detections drawn)."""
+    """Predict on one BGR image; returns (VisImage, number of detections drawn). An image without a
+    detection scoring ``threshold`` or more says so in its top-left corner."""
     instances = predictor(image_bgr)["instances"].to("cpu")
     instances = instances[instances.scores >= threshold]
     vis = LabelsInsideVisualizer(
         image_bgr[:, :, ::-1], metadata, scale=scale, instance_mode=ColorMode.IMAGE
     )
-    return vis.draw_instance_predictions(instances), len(instances)
+    out = vis.draw_instance_predictions(instances)
+    if not len(instances):
+        text = "no detection\nwith score >= %g" % threshold
+        width = image_bgr.shape[1]  # font sizes are in input pixels; fit the longest line
+        size = min(vis._default_font_size, 0.9 * width / (0.6 * max(map(len, text.split("\n")))))
+        vis.draw_text(text, (3, 3), color="w", horizontal_alignment="left", font_size=size)
+    return out, len(instances)
 
 
 def run(args):
+    register_from_args(args)
     files = expand_inputs(args.input) if args.input else None
+    if files is not None:  # before the model is built
+        check_not_inputs(files, output_paths(files, args.output))
     if args.dataset and args.dataset not in DatasetCatalog.list():
         raise DemoError(
             "--dataset %s is not registered: give a dataset of the config (DATASETS.TEST / TRAIN), e.g. "
@@ -255,17 +311,21 @@ def run(args):
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise DemoError("--output %s is a file: give a folder" % os.path.abspath(args.output))
     cfg = setup_cfg(args)
-    ensure_embedded_generated(cfg)  # lt_shapes_*: the class statistics and names come from its json
+    ensure_embedded(cfg)  # lt_shapes_*: the class statistics and names come from its json
     try:
         predictor = LTPredictor(cfg)
     except (FileNotFoundError, CheckpointError, CheckpointClassMismatch) as e:
         raise DemoError("cannot load MODEL.WEIGHTS %s: %s" % (cfg.MODEL.WEIGHTS, e)) from None
+    except ClassStatsError as e:  # the heads' statistics: neither the data nor the file is here
+        raise DemoError(str(e)) from None
     metadata = class_metadata(cfg)
     if files is None:
         files = dataset_images(args.dataset, args.max_images)
+    outs = output_paths(files, args.output)
+    check_not_inputs(files, outs)
     os.makedirs(args.output, exist_ok=True)
     written, unreadable = [], []
-    for f, out in zip(files, output_paths(files, args.output)):
+    for f, out in zip(files, outs):
         try:
             image = read_image(f, format="BGR")
         except Exception as e:  # PIL: UnidentifiedImageError, truncated files, ...

@@ -64,6 +64,9 @@ def parse_args(argv=None):
         choices=["lvis", "coco_lt", "coco"],
         help="with --gt: force the protocol",
     )
+    from lt_detectron.data.register_args import add_register_arguments
+
+    add_register_arguments(p)
     p.epilog = "Trailing KEY VALUE pairs override the config (e.g. TEST.LT.AP_PROTOCOL fixed)."
     args, opts = p.parse_known_args(argv)
     bad = [o for o in opts if o.startswith("-")]
@@ -85,13 +88,14 @@ def main(argv=None):
 
     import lt_detectron  # noqa: F401  (registers the builtin datasets)
     from lt_detectron import add_lt_config, get_class_stats
-    from lt_detectron.data import check_same_class_lists, register_lt_dataset
+    from lt_detectron.data import check_same_class_lists, register_from_args, register_lt_dataset
     from lt_detectron.data.validation import check_json_boxes
     from lt_detectron.engine.logger import setup_lt_logger
     from lt_detectron.engine.results import format_results
     from lt_detectron.evaluation import build_lt_evaluator, load_results_json
     from lt_detectron.evaluation.common import load_gt_json
 
+    register_from_args(args)  # --register-dataset / --register-lvis / --register-coco
     setup_lt_logger(None)
     logging.getLogger("lt_detectron").setLevel(logging.INFO)
     cfg = get_cfg()

@@ -16,7 +16,9 @@
 
 Classes are sorted by training instance count from the class-statistics registry of
 ``DATASETS.TRAIN`` (LVIS statistics ship with the package; other datasets are counted from
-their json). The same plots are written during training with ``LT_HOOKS.PLOT_PERIOD N`` (and into TensorBoard).
+their json, given with ``--register-dataset NAME JSON IMAGE_ROOT`` as in train_net.py; without the
+data, from ``MODEL.LT.CLASS_STATS_FILE``, which a run's config.yaml sets). The same plots are
+written during training with ``LT_HOOKS.PLOT_PERIOD N`` (and into TensorBoard).
 """
 
 import argparse
@@ -24,10 +26,12 @@ import os
 import sys
 
 from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
 
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
-from lt_detectron import add_lt_config, get_class_stats
-from lt_detectron.data import prepare_datasets
+from lt_detectron import add_lt_config
+from lt_detectron.class_stats import ClassStatsError, get_train_class_stats
+from lt_detectron.data import add_register_arguments, ensure_embedded_generated, register_from_args
 from lt_detectron.engine import LTCheckpointer
 from lt_detectron.engine.hooks import bofl_settings, write_bofl_schedule, write_model_plots
 
@@ -53,6 +57,7 @@ def parse_args(argv=None):
         help="a per-category AP csv written by an evaluator ({lvis,coco}_per_category_{task}.csv); "
         "repeatable",
     )
+    add_register_arguments(p)
     p.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config overrides, e.g. MODEL.WEIGHTS path.pth"
     )
@@ -84,6 +89,7 @@ def write_results(csvs, out_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    register_from_args(args)
     if args.results and not args.config_file:
         paths = write_results(args.results, args.output)
         for p in paths:
@@ -96,8 +102,12 @@ def main(argv=None):
         raise SystemExit(
             "DATASETS.TRAIN is empty: the plots sort classes by their training instance counts"
         )
-    prepare_datasets(cfg, check_images=False)  # the plots read no image
-    stats = get_class_stats(cfg.DATASETS.TRAIN)
+    if all(n in DatasetCatalog.list() for n in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST):
+        ensure_embedded_generated(cfg)  # lt_shapes_*: generated once, cached
+    try:  # the training data, else the statistics the run recorded (MODEL.LT.CLASS_STATS_FILE)
+        stats = get_train_class_stats(cfg)
+    except ClassStatsError as e:
+        raise SystemExit("tools/plot_methods.py: error: %s" % e) from None
     os.makedirs(args.output, exist_ok=True)
     if args.bofl_schedule:
         bofl = bofl_settings(cfg)

@@ -23,38 +23,12 @@ from detectron2.utils import comm
 
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
-from lt_detectron.data import prepare_datasets, register_lt_dataset
+from lt_detectron.data import add_register_arguments, prepare_datasets, register_from_args
 from lt_detectron.engine import LTTrainer, LTCheckpointer, format_results, prepare_training_data
 from lt_detectron.engine.launch import launch_on_device
 from lt_detectron.engine.logger import setup_lt_logger
 
 Trainer = LTTrainer
-
-
-def register_from_args(args):
-    """Datasets given on the command line (repeatable flags, NAME JSON IMAGE_ROOT each):
-    ``--register-dataset`` (lt_detectron's register_lt_dataset), ``--register-lvis`` /
-    ``--register-coco`` (detectron2's register_lvis_instances / register_coco_instances)."""
-    import os
-
-    from detectron2.data import DatasetCatalog
-    from detectron2.data.datasets import register_coco_instances, register_lvis_instances
-
-    def lvis(name, json_file, image_root):
-        # detectron2's load_lvis_json builds image_root + "train2017/...": keep a trailing separator
-        register_lvis_instances(name, {}, json_file, os.path.join(image_root, ""))
-
-    def coco(name, json_file, image_root):
-        register_coco_instances(name, {}, json_file, image_root)
-
-    for entries, register in (
-        (args.register_dataset, register_lt_dataset),
-        (getattr(args, "register_lvis", None), lvis),
-        (getattr(args, "register_coco", None), coco),
-    ):
-        for name, json_file, image_root in entries or ():
-            if name not in DatasetCatalog.list():  # registered already in this process
-                register(name, json_file, image_root)
 
 
 def load_config(args):
@@ -106,30 +80,7 @@ def main(args):
 
 
 def argument_parser():
-    parser = default_argument_parser()
-    parser.add_argument(
-        "--register-dataset",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO- or LVIS-format dataset under NAME (repeatable); use NAME in DATASETS.*",
-    )
-    parser.add_argument(
-        "--register-lvis",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register an LVIS-format dataset with detectron2's register_lvis_instances (repeatable; "
-        "IMAGE_ROOT is the folder that holds train2017/ and val2017/)",
-    )
-    parser.add_argument(
-        "--register-coco",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset with detectron2's register_coco_instances (repeatable)",
-    )
-    return parser
+    return add_register_arguments(default_argument_parser())
 
 
 def launch_from_args(args):

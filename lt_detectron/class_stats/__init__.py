@@ -27,6 +27,9 @@ are not counted). The training json is parsed once per process: the trainer load
   cached on disk keyed by the json's path, size, mtime and ``bad_boxes`` policy
   (``$LT_DETECTRON_CACHE/class_stats``).
 - ``cache``: that cache, when no dicts are given.
+- ``file``: ``MODEL.LT.CLASS_STATS_FILE`` (``stats_file=``), the statistics a training run recorded
+  in ``OUTPUT_DIR/class_stats.json`` and its checkpoints (:mod:`.stats_file`); used only when a
+  dataset is not registered in the process or its json is missing (inference without the data).
 
 The source is in the log line and in :meth:`ClassStats.summary`.
 
@@ -39,7 +42,7 @@ that defines them.
 
 Modules: :mod:`.groups` (the banding / binning rules), :mod:`.stats` (:class:`ClassStats`),
 :mod:`.counting` (counts of one dataset and their source), :mod:`.registry`
-(:func:`get_class_stats`).
+(:func:`get_class_stats`), :mod:`.stats_file` (the statistics as plain data, for a file).
 """
 
 from .counting import count_from_dicts
@@ -53,14 +56,31 @@ from .groups import (
     instance_bins,
     lvis_frequency,
 )
-from .registry import build_class_stats, check_num_classes, clear_class_stats_cache, get_class_stats
+from .registry import (
+    build_class_stats,
+    check_num_classes,
+    clear_class_stats_cache,
+    get_class_stats,
+    get_train_class_stats,
+)
 from .stats import ClassStats, ClassStatsError
+from .stats_file import (
+    class_stats_from_dict,
+    class_stats_to_dict,
+    read_class_stats_file,
+    write_class_stats_file,
+)
 
 __all__ = [
     "ClassStats",
     "ClassStatsError",
     "get_class_stats",
+    "get_train_class_stats",
     "build_class_stats",
+    "class_stats_to_dict",
+    "class_stats_from_dict",
+    "read_class_stats_file",
+    "write_class_stats_file",
     "count_from_dicts",
     "lvis_frequency",
     "check_num_classes",

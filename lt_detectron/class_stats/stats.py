@@ -35,7 +35,7 @@ class ClassStats:
         image_counts: ``(C,)`` int64, training images that contain the class.
         num_images: number of training images.
         frequency: ``(C,)`` LVIS bands ``'r'``/``'c'``/``'f'``.
-        source: where the counts came from (``metadata``, ``json``, ``counted``, ``cache``).
+        source: where the counts came from (``metadata``, ``json``, ``counted``, ``cache``, ``file``).
     """
 
     dataset_names: Tuple[str, ...]

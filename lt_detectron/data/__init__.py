@@ -14,6 +14,7 @@ from .prepare import (
     ensure_embedded_generated,
     prepare_datasets,
 )
+from .register_args import add_register_arguments, register_from_args
 from .validation import BadBoxError, ImageReadError, LTDatasetMapper
 from .builtin import register_all as _register_all
 

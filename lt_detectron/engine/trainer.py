@@ -34,7 +34,7 @@ from detectron2.engine import (
 from detectron2.utils.logger import setup_logger
 from detectron2.utils import comm
 
-from ..class_stats import check_num_classes, get_class_stats
+from ..class_stats import check_num_classes, class_stats_to_dict, get_class_stats
 from ..data import load_train_dicts, train_dataset_dicts
 from .checkpoint import (
     LTCheckpointer,
@@ -45,6 +45,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .logger import setup_lt_logger
+from .run_record import record_class_stats
 from .solver import build_lt_optimizer
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "check_config_against_data",
     "freeze_all_but_classifier",
     "prepare_training_data",
+    "record_class_stats",
     "record_config",
 ]
 
@@ -157,6 +159,7 @@ class LTTrainer(DefaultTrainer):
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         given = cfg
         cfg, self.class_stats, train_dicts = prepare_training_data(cfg)
+        cfg = record_class_stats(cfg, self.class_stats)
         record_config(
             cfg, given
         )  # MODEL.LT.BOFL.ITERS_PER_EPOCH, so config.yaml rebuilds the same model
@@ -286,9 +289,12 @@ class LTTrainer(DefaultTrainer):
             )
             per_rank = [get_rng_state()]
         ret["rng"] = {"per_rank": per_rank}
+        if self.class_stats is not None:  # inference without the training data (plain data)
+            ret["class_stats"] = class_stats_to_dict(self.class_stats)
         return ret
 
     def load_state_dict(self, state_dict):
+        state_dict.pop("class_stats", None)  # read by the registry (MODEL.LT.CLASS_STATS_FILE)
         rng = state_dict.pop("rng", None)
         inner = state_dict.pop("_trainer", None)
         sampler_state = state_dict.pop("sampler", None)

@@ -268,6 +268,14 @@ class BAGSLoss(ROILoss):
     def num_logits(self) -> int:
         return self.layout.num_logits
 
+    def logit_columns(self) -> torch.Tensor:
+        """``(K,)``: each class's own slot holds its id, the background slot ``C``; "others" of
+        foreground group g is ``-1 - g`` and the background group's foreground slot ``-1 - N``."""
+        lay = self.layout
+        cols = -1 - lay.column_group.clone().cpu()
+        cols[lay.column_of_label.cpu()] = torch.arange(self.num_classes + 1)
+        return cols
+
     def classifier_spec(self) -> ClassifierSpec:
         return ClassifierSpec(
             self.num_logits, kind="linear", bias=True, prior_prob=self.prior_prob, init_std=0.01

@@ -37,6 +37,14 @@ What a loss supports is declared on its class, and checked by :func:`build_roi_l
     - ``plot_data()`` (optional): the per-class statistics the method plots draw (a dict: ``name``,
       ``title``, ``ratio`` (C,), ``ratio_label``, ``factors`` {label: (C,)}, ``factors_label``, ``params``;
       EQL v2, EFL), read by :func:`lt_detectron.engine.hooks.plot_sources`;
+    - ``logit_columns()``: which class each logit column stands for, a ``(K,)`` long tensor (ROI:
+      K = ``classifier_spec().num_logits``; dense: K = C): ``c`` in [0, C) is class c, ``C`` the
+      background, a negative value ``-1 - g`` an auxiliary column g of the method (BAGS' "others" of
+      group g, Seesaw's objectness). Default: column c = class c, background last (ROI). A classifier
+      whose columns have a fixed meaning (e.g. rows built from class-name embeddings, Detic-style)
+      sets the same ``logit_columns`` attribute and is checked with
+      :func:`~lt_detectron.losses.logit_columns.check_logit_columns`;
+      :class:`~lt_detectron.modeling.LongTailFastRCNNOutputLayers` checks its own;
     - ``exact_gradient``: False when the method detaches terms that depend on the logits (e.g. Seesaw's
       compensation factor from the detached scores): autograd then gives the authors' surrogate
       gradient, not d(loss)/d(logits), and a numerical gradient check does not apply.
@@ -200,6 +208,11 @@ class ROILoss(nn.Module):
             prior_prob=self.prior_prob,
         )
 
+    def logit_columns(self) -> torch.Tensor:
+        """``(K,)`` the class of each logit column (module docstring): class c in column c, the
+        background (``C``) last. A loss with another layout overrides it."""
+        return torch.arange(self.num_classes + 1)
+
     def forward(
         self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None
     ) -> torch.Tensor:
@@ -265,6 +278,10 @@ class DenseLoss(nn.Module):
         """Whether this loss, built from ``cfg``, follows BOFL's schedule in epochs."""
         return False
 
+    def logit_columns(self) -> torch.Tensor:
+        """``(C,)`` the class of each channel: class c in channel c (no background channel)."""
+        return torch.arange(self.num_classes)
+
     def forward(
         self, logits: torch.Tensor, labels: torch.Tensor, batch: Optional[DenseBatch] = None
     ) -> torch.Tensor:
@@ -326,13 +343,13 @@ def roi_loss_name(cfg) -> str:
 
 def train_class_stats(cfg, num_classes: int, num_classes_key: str):
     """The training :class:`~lt_detectron.class_stats.ClassStats` of ``cfg.DATASETS.TRAIN`` (the
-    class-statistics registry), checked against ``num_classes`` (the config key ``num_classes_key``);
-    None without training datasets."""
+    class-statistics registry; ``MODEL.LT.CLASS_STATS_FILE`` when the data is not here), checked
+    against ``num_classes`` (the config key ``num_classes_key``); None without training datasets."""
     if not cfg.DATASETS.TRAIN:
         return None
-    from ..class_stats import check_num_classes, get_class_stats
+    from ..class_stats import check_num_classes, get_train_class_stats
 
-    stats = get_class_stats(cfg.DATASETS.TRAIN)
+    stats = get_train_class_stats(cfg)
     check_num_classes(num_classes, stats, num_classes_key)
     return stats
 

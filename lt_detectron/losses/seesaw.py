@@ -234,6 +234,11 @@ class SeesawLoss(ROILoss):
         ret.update(p=s.P, q=s.Q, eps=s.EPS, loss_weight=s.LOSS_WEIGHT)
         return ret
 
+    def logit_columns(self) -> torch.Tensor:
+        """``(C+2,)``: the classes, then the objectness ``[object (-1), background (C)]``."""
+        C = self.num_classes
+        return torch.cat([torch.arange(C), torch.tensor([-1, C])])
+
     def classifier_spec(self) -> ClassifierSpec:
         # C class logits + the 2-way objectness; normal(0, 0.01) weight, zero bias (authors' fc_cls init)
         return dataclasses.replace(

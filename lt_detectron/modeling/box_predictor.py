@@ -43,7 +43,14 @@ from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
 from ..compat import log_classification_stats
-from ..losses import ROIBatch, ROILoss, SoftmaxROILoss, build_roi_loss, train_class_stats
+from ..losses import (
+    ROIBatch,
+    ROILoss,
+    SoftmaxROILoss,
+    build_roi_loss,
+    check_logit_columns,
+    train_class_stats,
+)
 from .classifiers import build_classifier, init_prior_bias
 from .topk_inference import ClassTopKThresholds
 
@@ -99,6 +106,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
                 init_prior_bias(self.cls_score, spec.prior_prob)
         else:
             self.cls_score = build_classifier(spec, in_features)
+        check_logit_columns(cls_loss, self.cls_score, "the box predictor's cls_score")
 
     @classmethod
     def from_config(cls, cfg, input_shape):
