@@ -4,8 +4,8 @@ on a CPU, in minutes (``tools/train_net.py --smoke``, ``tools/check_configs.py``
 What shrinks, together (each alone is not enough: a 1333 px Mask R-CNN at 16 images per batch does
 not fit a laptop, and BOFL with its deferral of 3 epochs never switches on in 2 iterations):
 
-- iterations: ``SOLVER.MAX_ITER`` (2), one warm-up iteration, the learning-rate step at iteration 1,
-  no periodic checkpoint or evaluation (the final evaluation still runs);
+- iterations: ``SOLVER.MAX_ITER`` (2), one warm-up iteration, no learning-rate step (the config's
+  steps lie past the end), no periodic checkpoint or evaluation (the final evaluation still runs);
 - batch and learning rate: 2 images per batch, ``SOLVER.BASE_LR`` scaled by the same ratio
   (the linear scaling rule: a config's learning rate belongs to its batch size);
 - input size: 160 px short side, 256 px long side, in training and test;
@@ -34,7 +34,7 @@ def smoke_overrides(cfg, iters: int = SMOKE_ITERS, ims_per_batch: int = SMOKE_IM
         "SOLVER.MAX_ITER", str(iters),
         "SOLVER.IMS_PER_BATCH", str(ims_per_batch),
         "SOLVER.BASE_LR", repr(lr),
-        "SOLVER.STEPS", "(1,)",
+        "SOLVER.STEPS", "()",
         "SOLVER.WARMUP_ITERS", "1",
         "SOLVER.CHECKPOINT_PERIOD", "1000000",
         "TEST.EVAL_PERIOD", "0",

@@ -5,7 +5,9 @@ import importlib.util
 import os
 
 import pytest
+import torch
 from detectron2.config import get_cfg
+from detectron2.solver import build_lr_scheduler
 
 from lt_detectron import add_lt_config
 from lt_detectron.engine.checkpoint import WeightsDownloadError
@@ -44,7 +46,16 @@ def test_smoke_flag_shrinks_any_config_together(train_net):
     assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.IMS_PER_BATCH) == (2, 1, 2)
     assert plain.SOLVER.IMS_PER_BATCH == 16 and plain.SOLVER.BASE_LR == 0.02  # the config's
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.02 * 2 / 16)
-    assert max(cfg.SOLVER.STEPS) < cfg.SOLVER.MAX_ITER and cfg.TEST.EVAL_PERIOD == 0
+    # the learning rate of each iteration: one warm-up iteration, then the scaled rate, no step
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    sched, lrs = build_lr_scheduler(cfg, opt), []
+    for _ in range(cfg.SOLVER.MAX_ITER):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    lr = 0.02 * 2 / 16
+    assert lrs == pytest.approx([lr * plain.SOLVER.WARMUP_FACTOR, lr])
+    assert cfg.TEST.EVAL_PERIOD == 0
     assert cfg.SOLVER.CHECKPOINT_PERIOD > cfg.SOLVER.MAX_ITER
     assert cfg.INPUT.MIN_SIZE_TRAIN == (160,) and cfg.INPUT.MAX_SIZE_TEST == 256
     assert cfg.TEST.DETECTIONS_PER_IMAGE == 10 and cfg.TEST.LT.MAX_DETS == 10
