@@ -417,7 +417,7 @@ def test_offline_weights_url_is_a_clear_error(tmp_path, monkeypatch):
     assert calls == [https]  # the real iopath download path ran, up to urllib
     assert "MODEL.WEIGHTS = %r" % url in msg and https in msg
     assert "Temporary failure in name resolution" in msg
-    assert "set MODEL.WEIGHTS to the local file" in msg and "from-scratch config" in msg
+    assert "set MODEL.WEIGHTS to the local file" in msg and "*_gn_scratch_* config" in msg
     # a local path that does not exist names itself
     with pytest.raises(
         FileNotFoundError, match="checkpoint %s does not exist" % (tmp_path / "nope.pth")

@@ -1,6 +1,6 @@
-"""One run of ``tools/check_configs.py``: the ``tools/train_net.py`` command of a config at reduced size
-(:data:`SMALL`, the fixtures, the registration), running it with its peak RSS, and reading its
-``metrics.json``. See ``check_configs.py``'s docstring."""
+"""One run of ``tools/check_configs.py``: the ``tools/train_net.py --smoke`` command of a config
+(``lt_detectron/config_smoke.py`` shrinks it; :data:`CHECK_OPTS`, the fixtures, the registration),
+running it with its peak RSS, and reading its ``metrics.json``. See ``check_configs.py``'s docstring."""
 
 import json
 import os
@@ -24,44 +24,13 @@ FIXTURE_DATASETS = {
     "coco_2017_val": ("coco", "coco/annotations/instances_val2017.json", "coco/val2017"),
 }
 
-SMALL = [
-    "MODEL.DEVICE",
-    "cpu",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.STEPS",
-    "(1,)",
-    "SOLVER.WARMUP_ITERS",
-    "1",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "1000000",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(160,)",
-    "INPUT.MAX_SIZE_TRAIN",
-    "256",
-    "INPUT.MIN_SIZE_TEST",
-    "160",
-    "INPUT.MAX_SIZE_TEST",
-    "256",
-    "TEST.DETECTIONS_PER_IMAGE",
-    "10",
-    "TEST.LT.MAX_DETS",
-    "10",
-    "TEST.EVAL_PERIOD",
-    "0",
-]
+# what check_configs adds to train_net.py's --smoke (lt_detectron/config_smoke.py: the shrinking)
+CHECK_OPTS = ["MODEL.DEVICE", "cpu"]
 
 
 def build_command(config, cfg, fixtures, registration, out_dir, weights=None, iters=3):
     """argv and environment of one run."""
-    opts = list(SMALL) + ["SOLVER.MAX_ITER", str(iters), "OUTPUT_DIR", out_dir]
-    if cfg.MODEL.LT.DENSE_LOSS == "bofl" or cfg.MODEL.LT.BOFL.ENABLED:
-        opts += [
-            "MODEL.LT.BOFL.DEFERRED_EPOCHS",
-            "0",
-        ]  # a few iterations are a fraction of one epoch
+    opts = list(CHECK_OPTS) + ["SOLVER.MAX_ITER", str(iters), "OUTPUT_DIR", out_dir]
     w = cfg.MODEL.WEIGHTS
     if weights is not None:
         opts += ["MODEL.WEIGHTS", weights]
@@ -72,7 +41,7 @@ def build_command(config, cfg, fixtures, registration, out_dir, weights=None, it
         DETECTRON2_DATASETS=fixtures,
         OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
     )
-    train_argv = [TRAIN_NET, "--config-file", os.path.join(ROOT, config)]
+    train_argv = [TRAIN_NET, "--config-file", os.path.join(ROOT, config), "--smoke"]
     if registration == "detectron2":
         regs = []
         for key in ("TRAIN", "TEST"):

@@ -6,12 +6,11 @@ the real-format fixtures (``lt_detectron/utils/testing/real_formats.py``), regis
     python tools/check_configs.py --families -j 2       # one config per (architecture x loss) family (CI)
     python tools/check_configs.py --configs 'configs/dense/*fcos*' --registration detectron2
 
-Each run is one ``python tools/train_net.py --config-file C ...`` subprocess (what a user
-launches) at reduced size: ``INPUT.MIN_SIZE_TRAIN (160,)``, ``MAX_SIZE 256``,
-``MIN_SIZE_TEST 160``, ``SOLVER.IMS_PER_BATCH 2``, ``SOLVER.MAX_ITER 3`` (``--iters``; steps
-and warm-up shrunk; BOFL's deferral set to 0 epochs as 3 iterations are a fraction of one), 10 detections
-per image, ``MODEL.DEVICE cpu``, ``DATALOADER.NUM_WORKERS 0``,
-``OUTPUT_DIR`` in a temporary folder. A config that asks for detectron2's ImageNet weights
+Each run is one ``python tools/train_net.py --config-file C --smoke ...`` subprocess (what a user
+launches to smoke-test a config: ``lt_detectron/config_smoke.py`` shrinks input size, batch and
+learning rate, warm-up, detections per image and BOFL's deferral together) with
+``SOLVER.MAX_ITER 3`` (``--iters``), ``MODEL.DEVICE cpu`` and ``OUTPUT_DIR`` in a temporary folder.
+A config that asks for detectron2's ImageNet weights
 (``detectron2://ImageNetPretrained/...``) gets the fixture's random-weight ``R-50.pkl``
 instead; a BAGS decoupled config gets ``model_final.pth`` of the softmax config named by its
 ``MODEL.WEIGHTS`` path (run first).
@@ -51,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _check_configs_run import (  # noqa: E402, F401  (re-exported: one run lives there)
     FIXTURE_DATASETS,
     ROOT,
-    SMALL,
+    CHECK_OPTS,
     TRAIN_NET,
     build_command,
     read_metrics,

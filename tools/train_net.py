@@ -23,6 +23,7 @@ from detectron2.utils import comm
 
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
+from lt_detectron.config_smoke import apply_smoke_overrides
 from lt_detectron.data import add_register_arguments, prepare_datasets, register_from_args
 from lt_detectron.engine import LTTrainer, LTCheckpointer, format_results, prepare_training_data
 from lt_detectron.engine.launch import launch_on_device
@@ -37,6 +38,8 @@ def load_config(args):
     add_lt_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if getattr(args, "smoke", False):
+        apply_smoke_overrides(cfg, args.opts)  # a few iterations, small inputs; opts win
     return cfg
 
 
@@ -80,7 +83,14 @@ def main(args):
 
 
 def argument_parser():
-    return add_register_arguments(default_argument_parser())
+    parser = add_register_arguments(default_argument_parser())
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="smoke test: 2 iterations at 160 px, 2 images per batch, scaled learning rate, 10 "
+        "detections per image, no BOFL deferral (lt_detectron/config_smoke.py); add MODEL.DEVICE cpu",
+    )
+    return parser
 
 
 def launch_from_args(args):

@@ -85,6 +85,17 @@ class WeightsDownloadError(CheckpointError):
     """A ``MODEL.WEIGHTS`` URL could not be downloaded (no network, wrong URL)."""
 
 
+# the alternatives when the ImageNet weights a config names are not at hand; NOT ``MODEL.WEIGHTS ""``
+# on a FrozenBN config: frozen random statistics make the loss diverge within a few iterations
+NO_WEIGHTS_HINT = (
+    "Without these weights: convert torchvision ImageNet weights you have on disk with "
+    "tools/convert_torchvision_to_detectron2.py (it prints the MODEL.WEIGHTS and input options to "
+    "use), or train from scratch with a *_gn_scratch_* config (GroupNorm, MODEL.WEIGHTS \"\" "
+    "already), e.g. configs/lvis_v1/eqlv2_mask_rcnn_R_50_FPN_gn_scratch_3x.yaml. Emptying "
+    "MODEL.WEIGHTS of a FrozenBN config is no alternative: it diverges within a few iterations."
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing: plain data only
 # ---------------------------------------------------------------------------------------------
@@ -170,8 +181,12 @@ class LTCheckpointer(DetectionCheckpointer):
         if os.path.isfile(path) or not _is_url(path):
             if not os.path.isfile(path) and comm.get_world_size() == 1:
                 raise FileNotFoundError(
-                    "checkpoint %s does not exist (MODEL.WEIGHTS, or the file named in %s)"
-                    % (os.path.abspath(path), os.path.join(self.save_dir or ".", "last_checkpoint"))
+                    "checkpoint %s does not exist (MODEL.WEIGHTS, or the file named in %s). %s"
+                    % (
+                        os.path.abspath(path),
+                        os.path.join(self.save_dir or ".", "last_checkpoint"),
+                        NO_WEIGHTS_HINT,
+                    )
                 )
             # with several processes a file missing on some machines is detectron2's case: the
             # ranks that have it load it and the weights are broadcast (DetectionCheckpointer.load)
@@ -185,9 +200,8 @@ class LTCheckpointer(DetectionCheckpointer):
             raise WeightsDownloadError(
                 "MODEL.WEIGHTS = %r could not be downloaded from %s (%s: %s). Without network access, "
                 "download the file on a machine that has it, copy it here and set MODEL.WEIGHTS to the "
-                "local file (e.g. MODEL.WEIGHTS /data/weights/%s); or train from scratch with a "
-                "from-scratch config (MODEL.WEIGHTS \"\")."
-                % (path, url, type(e).__name__, e, path.rsplit("/", 1)[-1])
+                "local file (e.g. MODEL.WEIGHTS /data/weights/%s). %s"
+                % (path, url, type(e).__name__, e, path.rsplit("/", 1)[-1], NO_WEIGHTS_HINT)
             ) from None
 
     def load(self, path, checkpointables=None):
