@@ -1,8 +1,9 @@
 """``LTTrainer``: Detectron2's ``DefaultTrainer`` for long-tailed data.
 
-- ``build_evaluator`` dispatches on the dataset's ``evaluator_type`` (``lvis`` -> LVIS
+- ``build_evaluator`` is ``build_lt_evaluator`` (the one builder, also used by
+  ``tools/evaluate_results.py``): it dispatches on the dataset's ``evaluator_type`` (``lvis`` -> LVIS
   federated protocol with APr/APc/APf and AP by instance group; ``coco_lt``/``coco`` -> COCO
-  metrics plus AP by training-instance bins), with training statistics from the registry.
+  metrics plus AP by training-instance bins) and reads every ``TEST.LT`` key.
 - Startup builds the class statistics (logged), checks the class count of the config against
   the data, and fills ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` (the epoch length of BOFL's schedule) from
   the same parse before the model is built; the run's ``config.yaml`` records it.
@@ -23,7 +24,6 @@ import os
 import weakref
 
 import torch
-from detectron2.data import MetadataCatalog
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -331,39 +331,10 @@ class LTTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from ..evaluation import LTCOCOEvaluator, LTLVISEvaluator
+        """:func:`lt_detectron.evaluation.build_lt_evaluator` (every ``TEST.LT`` key honoured)."""
+        from ..evaluation import build_lt_evaluator
 
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        meta = MetadataCatalog.get(dataset_name)
-        evaluator_type = meta.get("evaluator_type", None)
-        stats = get_class_stats(cfg.DATASETS.TRAIN) if cfg.DATASETS.TRAIN else None
-        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        if evaluator_type == "lvis":
-            return LTLVISEvaluator(
-                dataset_name,
-                tasks=tasks,
-                distributed=True,
-                output_dir=output_folder,
-                max_dets_per_image=cfg.TEST.LT.MAX_DETS,
-                class_stats=stats,
-                backend=cfg.TEST.LT.BACKEND,
-                group_edges=cfg.MODEL.LT.GROUP_EDGES,
-            )
-        if evaluator_type in ("coco", "coco_lt"):
-            return LTCOCOEvaluator(
-                dataset_name,
-                tasks=tasks,
-                distributed=True,
-                output_dir=output_folder,
-                class_stats=stats,
-                group_edges=cfg.MODEL.LT.GROUP_EDGES,
-            )
-        raise NotImplementedError(
-            "no evaluator for dataset %r (evaluator_type=%r): lt_detectron evaluates 'lvis', 'coco_lt' "
-            "and 'coco' datasets; register yours with lt_detectron.data.register_lt_dataset"
-            % (dataset_name, evaluator_type)
-        )
+        return build_lt_evaluator(cfg, dataset_name, output_folder=output_folder)
 
     def run_step(self):
         rng = getattr(self, "_torch_rng_to_restore", None)
