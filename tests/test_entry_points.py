@@ -42,14 +42,15 @@ def _train_net(*argv, timeout=600):
     )
 
 
-@pytest.mark.slow
-def test_eval_only_honours_fixed_and_pooled_ap_like_evaluate_results(tmp_path):
-    """train_net --eval-only TEST.LT.AP_PROTOCOL fixed TEST.LT.POOLED_AP True reports what
-    tools/evaluate_results.py computes from the results file the run saved, and not standard AP."""
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """3 iterations of the tiny softmax Faster R-CNN through tools/train_net.py, evaluated (standard
+    LVIS AP) on 16 lt_shapes val images registered on the command line."""
+    tmp_path = tmp_path_factory.mktemp("trained_run")
     val_json, val_images = _small_val(tmp_path)
     out = str(tmp_path / "out")
     flags = ["--config-file", SOFTMAX, "--register-dataset", "val_small", val_json, val_images]
-    common = [
+    opts = [
         "DATASETS.TEST",
         "('val_small',)",
         "DATALOADER.NUM_WORKERS",
@@ -60,9 +61,33 @@ def test_eval_only_honours_fixed_and_pooled_ap_like_evaluate_results(tmp_path):
         out,
     ]
     train = _train_net(
-        *flags, *common, "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "0"
+        *flags, *opts, "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "0"
     )
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    return dict(flags=flags, opts=opts, out=out, val_json=val_json, proc=train)
+
+
+@pytest.mark.slow
+def test_final_metrics_appear_once_per_task_in_the_log(trained_run):
+    """One table per dataset and task in log.txt and on stdout: no detectron2 ``copypaste:`` lines,
+    no second "Final results" table."""
+    with open(os.path.join(trained_run["out"], "log.txt")) as f:
+        log = f.read()
+    stdout = trained_run["proc"].stdout
+    for text in (log, stdout):
+        assert text.count("LVIS bbox results of val_small") == 1
+        assert "copypaste" not in text
+        assert "Final results" not in text
+        # the table's header row (APr/APc/APf and the AP-by-group columns) appears once
+        heads = [ln for ln in text.splitlines() if "APr" in ln and "AP[0,10)" in ln]
+        assert len(heads) == 1, heads
+
+
+@pytest.mark.slow
+def test_eval_only_honours_fixed_and_pooled_ap_like_evaluate_results(trained_run, tmp_path):
+    """train_net --eval-only TEST.LT.AP_PROTOCOL fixed TEST.LT.POOLED_AP True reports what
+    tools/evaluate_results.py computes from the results file the run saved, and not standard AP."""
+    out, val_json = trained_run["out"], trained_run["val_json"]
     folder = os.path.join(out, "inference", "val_small")
     with open(os.path.join(folder, "lvis_metrics.json")) as f:
         standard = json.load(f)
@@ -70,7 +95,14 @@ def test_eval_only_honours_fixed_and_pooled_ap_like_evaluate_results(tmp_path):
 
     fixed_args = ["TEST.LT.AP_PROTOCOL", "fixed", "TEST.LT.POOLED_AP", "True"]
     weights = os.path.join(out, "model_final.pth")
-    ev = _train_net(*flags, "--eval-only", *common, "MODEL.WEIGHTS", weights, *fixed_args)
+    ev = _train_net(
+        *trained_run["flags"],
+        "--eval-only",
+        *trained_run["opts"],
+        "MODEL.WEIGHTS",
+        weights,
+        *fixed_args,
+    )
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
     with open(os.path.join(folder, "lvis_metrics.json")) as f:
         fixed = json.load(f)

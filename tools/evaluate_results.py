@@ -85,7 +85,6 @@ def main(argv=None):
     from lt_detectron import add_lt_config, get_class_stats
     from lt_detectron.data import register_lt_dataset
     from lt_detectron.engine.logger import setup_lt_logger
-    from lt_detectron.engine.results import format_results
     from lt_detectron.evaluation import build_lt_evaluator, load_results_json
 
     setup_lt_logger(None)
@@ -165,9 +164,7 @@ def main(argv=None):
         tasks=tuple(tasks),
         save_results=False,
     )
-    results = evaluator.evaluate_arrays(dets, rles)
-    print(format_results({name: results}))
-    return results
+    return evaluator.evaluate_arrays(dets, rles)  # logs its table, one per task
 
 
 if __name__ == "__main__":

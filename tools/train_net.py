@@ -14,8 +14,6 @@ processes per machine with the gloo backend; ``--num-machines/--machine-rank/--d
 GPUs (run the same command on every machine with its own ``--machine-rank``).
 """
 
-import logging
-
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
@@ -24,7 +22,7 @@ from detectron2.utils import comm
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
 from lt_detectron.data import prepare_datasets, register_lt_dataset
-from lt_detectron.engine import LTTrainer, LTCheckpointer, format_results, prepare_training_data
+from lt_detectron.engine import LTTrainer, LTCheckpointer, prepare_training_data
 from lt_detectron.engine.launch import launch_on_device
 from lt_detectron.engine.logger import setup_lt_logger
 
@@ -93,15 +91,8 @@ def main(args):
         # DefaultTrainer.train() returns results only when TEST.EXPECTED_RESULTS is set
         res = getattr(trainer, "_last_eval_results", None)
     if comm.is_main_process() and res:
+        # the evaluators have logged their tables (one per dataset and task)
         verify_results(cfg, res)
-        if len(cfg.DATASETS.TEST) == 1 and cfg.DATASETS.TEST[0] not in res:
-            res_named = {cfg.DATASETS.TEST[0]: res}  # DefaultTrainer.test unwraps one dataset
-        else:
-            res_named = res
-        table = format_results(res_named)
-        if table:
-            logging.getLogger("lt_detectron").info("Final results:\n" + table)
-            print("\n" + table, flush=True)
     return res
 
 

@@ -336,6 +336,42 @@ class LTTrainer(DefaultTrainer):
 
         return build_lt_evaluator(cfg, dataset_name, output_folder=output_folder)
 
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """``DefaultTrainer.test`` without detectron2's ``copypaste:`` csv lines after lt_detectron's
+        evaluators, which log their own table (one per task); other evaluators keep them."""
+        from collections import OrderedDict
+
+        from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
+
+        from ..evaluation import LTDatasetEvaluator
+
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(
+                "%d evaluators for the %d datasets of DATASETS.TEST"
+                % (len(evaluators), len(cfg.DATASETS.TEST))
+            )
+        results = OrderedDict()
+        for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
+            data_loader = cls.build_test_loader(cfg, dataset_name)
+            if evaluators is not None:
+                evaluator = evaluators[idx]
+            else:
+                try:
+                    evaluator = cls.build_evaluator(cfg, dataset_name)
+                except NotImplementedError as e:
+                    logger.warning("%s: not evaluated (%s)", dataset_name, e)
+                    results[dataset_name] = {}
+                    continue
+            results[dataset_name] = inference_on_dataset(model, data_loader, evaluator)
+            if comm.is_main_process() and not isinstance(evaluator, LTDatasetEvaluator):
+                print_csv_format(results[dataset_name])
+        if len(results) == 1:
+            results = list(results.values())[0]
+        return results
+
     def run_step(self):
         rng = getattr(self, "_torch_rng_to_restore", None)
         if rng is not None:
