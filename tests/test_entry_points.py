@@ -134,3 +134,82 @@ def test_eval_only_honours_fixed_and_pooled_ap_like_evaluate_results(trained_run
         offline = json.load(f)
     assert offline["results"] == fixed["results"]
     assert offline["ap_protocol"] == "fixed"
+
+
+def _load_tool(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_tool_" + name, os.path.join(ROOT, "tools", name + ".py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "key,value,allowed",
+    [
+        ("TEST.LT.TOPK_PER_CLASS", "-1", "[1, inf]"),
+        ("TEST.LT.TOPK_PER_CLASS", "0", "[1, inf]"),
+        ("TEST.LT.AP_PROTOCOL", "Fixed", "'standard', 'fixed'"),
+        ("TEST.LT.MAX_DETS", "-1", "[1, inf]"),
+    ],
+)
+def test_invalid_lt_values_are_refused_at_startup(tmp_path, monkeypatch, key, value, allowed):
+    """tools/train_net.py stops before any dataset is prepared or model built, naming the key, the
+    value, the allowed values and the config file."""
+    from lt_detectron.config import LTConfigError
+
+    train_net = _load_tool("train_net")
+    touched = []
+    monkeypatch.setattr(train_net, "prepare_datasets", lambda **kw: touched.append(kw))
+    monkeypatch.setattr(train_net, "launch_on_device", lambda *a, **kw: touched.append(a))
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", SOFTMAX, key, value, "OUTPUT_DIR", str(tmp_path)]
+    )
+    with pytest.raises(LTConfigError) as info:
+        train_net.launch_from_args(args)
+    msg = str(info.value)
+    assert f"{key} = " in msg and value in msg
+    assert allowed in msg and SOFTMAX in msg
+    assert touched == []
+
+
+def test_invalid_lt_value_exits_with_the_message():
+    """The same refusal as a user sees it: a non-zero exit status and one error line on stderr."""
+    p = _train_net("--config-file", SOFTMAX, "TEST.LT.AP_PROTOCOL", "Fixed", timeout=300)
+    assert p.returncode != 0
+    assert "train_net.py: error: invalid value" in p.stderr
+    assert "TEST.LT.AP_PROTOCOL = 'Fixed' must be one of 'standard', 'fixed'" in p.stderr
+
+
+def test_every_shipped_config_passes_validation():
+    """No shipped config is refused (the allowed sets and ranges cover the papers' settings)."""
+    import glob
+
+    from detectron2.config import get_cfg
+
+    from lt_detectron import add_lt_config
+    from lt_detectron.config import validate_lt_config
+
+    files = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
+    assert files
+    for f in files:
+        cfg = add_lt_config(get_cfg())
+        cfg.merge_from_file(f)
+        validate_lt_config(cfg, f)
+
+
+def test_library_evaluator_builder_refuses_invalid_values():
+    """build_lt_evaluator (library users, evaluate_results.py, the trainer) refuses them too."""
+    from detectron2.config import get_cfg
+
+    from lt_detectron import add_lt_config
+    from lt_detectron.config import LTConfigError
+    from lt_detectron.evaluation import build_lt_evaluator
+
+    cfg = add_lt_config(get_cfg())
+    cfg.TEST.LT.TOPK_PER_CLASS = 0
+    with pytest.raises(LTConfigError, match="TEST.LT.TOPK_PER_CLASS = 0"):
+        build_lt_evaluator(cfg, "lt_shapes_val", output_folder="", class_stats=None)

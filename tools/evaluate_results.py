@@ -83,6 +83,7 @@ def main(argv=None):
 
     import lt_detectron  # noqa: F401  (registers the builtin datasets)
     from lt_detectron import add_lt_config, get_class_stats
+    from lt_detectron.config import LTConfigError, validate_lt_config
     from lt_detectron.data import register_lt_dataset
     from lt_detectron.engine.logger import setup_lt_logger
     from lt_detectron.evaluation import build_lt_evaluator, load_results_json
@@ -99,6 +100,10 @@ def main(argv=None):
         if len(args.opts) % 2:
             _fail(f"config overrides come in KEY VALUE pairs, got {args.opts}")
         cfg.merge_from_list(args.opts)
+    try:
+        validate_lt_config(cfg, args.config_file or "the command line")
+    except LTConfigError as e:
+        _fail(str(e))
     if not os.path.isfile(args.results):
         _fail(
             f"results file not found: {args.results} (evaluating with an output folder writes "

@@ -27,6 +27,7 @@ from detectron2.config import get_cfg
 
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config, get_class_stats
+from lt_detectron.config import validate_lt_config
 from lt_detectron.data import prepare_datasets
 from lt_detectron.engine import LTCheckpointer
 from lt_detectron.engine.hooks import bofl_settings, write_bofl_schedule, write_model_plots
@@ -64,6 +65,7 @@ def setup(args):
     add_lt_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    validate_lt_config(cfg, args.config_file)
     cfg.freeze()
     return cfg
 

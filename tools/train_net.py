@@ -21,6 +21,7 @@ from detectron2.utils import comm
 
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
+from lt_detectron.config import LTConfigError, validate_lt_config
 from lt_detectron.data import prepare_datasets, register_lt_dataset
 from lt_detectron.engine import LTTrainer, LTCheckpointer, prepare_training_data
 from lt_detectron.engine.launch import launch_on_device
@@ -61,7 +62,8 @@ def load_config(args):
     add_lt_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    return cfg
+    # invalid lt_detectron values stop here, before any dataset or model is touched
+    return validate_lt_config(cfg, "%s and the command line" % args.config_file)
 
 
 def setup(args):
@@ -144,4 +146,7 @@ def launch_from_args(args):
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch_from_args(args)
+    try:
+        launch_from_args(args)
+    except LTConfigError as e:
+        raise SystemExit("train_net.py: error: %s" % e) from None
