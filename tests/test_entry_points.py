@@ -213,3 +213,89 @@ def test_library_evaluator_builder_refuses_invalid_values():
     cfg.TEST.LT.TOPK_PER_CLASS = 0
     with pytest.raises(LTConfigError, match="TEST.LT.TOPK_PER_CLASS = 0"):
         build_lt_evaluator(cfg, "lt_shapes_val", output_folder="", class_stats=None)
+
+
+def _tiny_cfg(config, *opts):
+    from detectron2.config import get_cfg
+
+    from lt_detectron import add_lt_config
+
+    cfg = add_lt_config(get_cfg())
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "lt_shapes", config))
+    cfg.merge_from_list(["DATALOADER.NUM_WORKERS", "0", *opts])
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "config,opts,unused",
+    [
+        # EQL v2's keys in a softmax run
+        ("faster_rcnn_tiny_softmax.yaml", ["MODEL.LT.EQLV2.GAMMA", "20.0"], "MODEL.LT.EQLV2.GAMMA"),
+        # BOFL's epoch length without BOFL
+        (
+            "faster_rcnn_tiny_softmax.yaml",
+            ["MODEL.LT.BOFL.ITERS_PER_EPOCH", "5.0"],
+            "MODEL.LT.BOFL.ITERS_PER_EPOCH",
+        ),
+        # the ROI classifier options on a dense detector
+        ("retinanet_tiny_focal.yaml", ["MODEL.LT.CLASSIFIER", "cosine"], "MODEL.LT.CLASSIFIER"),
+        # Fixed AP's k under the standard protocol
+        (
+            "faster_rcnn_tiny_softmax.yaml",
+            ["TEST.LT.TOPK_PER_CLASS", "50"],
+            "TEST.LT.TOPK_PER_CLASS",
+        ),
+        # the same keys where the run uses them: no warning
+        ("faster_rcnn_tiny_eqlv2.yaml", ["MODEL.LT.EQLV2.GAMMA", "20.0"], None),
+        ("faster_rcnn_tiny_softmax.yaml", ["MODEL.LT.CLASSIFIER", "cosine"], None),
+        (
+            "faster_rcnn_tiny_softmax.yaml",
+            ["TEST.LT.AP_PROTOCOL", "fixed", "TEST.LT.TOPK_PER_CLASS", "50"],
+            None,
+        ),
+    ],
+)
+def test_unused_non_default_lt_key_is_named_at_startup(caplog, config, opts, unused):
+    """The model build records the keys it reads; a non-default key it never reads is named."""
+    import logging
+
+    from lt_detectron.engine import LTTrainer, prepare_training_data
+
+    cfg = prepare_training_data(_tiny_cfg(config, *opts))[0]
+    with caplog.at_level(logging.WARNING, logger="lt_detectron.config_reads"):
+        LTTrainer.build_model(cfg)
+    warned = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    if unused is None:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and warned[0].startswith(unused + " = "), warned
+
+
+@pytest.mark.parametrize(
+    "config,opts,filled",
+    [
+        ("faster_rcnn_tiny_softmax.yaml", [], False),
+        ("retinanet_tiny_focal.yaml", [], False),
+        ("faster_rcnn_tiny_sigmoid_bofl.yaml", [], True),
+        ("fcos_tiny_bofl.yaml", [], True),
+        ("fcos_tiny_bofl.yaml", ["MODEL.LT.BOFL.LINEAR_SCHEDULE", "False"], False),  # no epochs
+    ],
+)
+def test_iters_per_epoch_is_filled_only_when_the_model_uses_it(caplog, config, opts, filled):
+    """MODEL.LT.BOFL.ITERS_PER_EPOCH is filled from the training data (and logged) only for a loss
+    that follows BOFL's linear schedule; its value is the RFS-free epoch length: images / batch."""
+    import logging
+
+    from lt_detectron.data import load_train_dicts, train_dataset_dicts
+    from lt_detectron.engine import prepare_training_data
+
+    given = _tiny_cfg(config, *opts)
+    with caplog.at_level(logging.INFO, logger="lt_detectron"):
+        cfg = prepare_training_data(given)[0]
+    logged = any("ITERS_PER_EPOCH" in r.getMessage() for r in caplog.records)
+    assert logged == filled
+    if filled:
+        images = len(train_dataset_dicts(given, load_train_dicts(given)))
+        assert cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH == images / given.SOLVER.IMS_PER_BATCH
+    else:
+        assert cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH == 0

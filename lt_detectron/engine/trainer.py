@@ -195,10 +195,20 @@ class LTTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        model = super().build_model(cfg)
-        if cfg.MODEL.LT.FREEZE_ALL_BUT_CLS:
+        """Detectron2's model, built from a copy of ``cfg`` that records the keys read: a non-default
+        ``MODEL.LT`` key the build never reads gets a warning (``config_reads``). Invalid values are
+        refused first (``validate_lt_config``)."""
+        from ..config import validate_lt_config
+        from ..config_reads import record_reads, warn_unused_lt_keys
+
+        validate_lt_config(cfg)
+        recording, reads = record_reads(cfg)
+        model = super().build_model(recording)
+        if recording.MODEL.LT.FREEZE_ALL_BUT_CLS:
             names = freeze_all_but_classifier(model)
             logger.info("MODEL.LT.FREEZE_ALL_BUT_CLS: training only %s", ", ".join(names))
+        # GROUP_EDGES (evaluation, statistics table) and REINIT_CLS (checkpointer) are read at startup
+        warn_unused_lt_keys(cfg, reads | {"MODEL.LT.GROUP_EDGES", "MODEL.LT.REINIT_CLS"})
         return model
 
     @classmethod
