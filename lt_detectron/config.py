@@ -9,7 +9,7 @@ import math
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_lt_config", "validate_lt_config", "LTConfigError"]
+__all__ = ["add_lt_config", "validate_lt_config", "LTConfigError", "lookup_key"]
 
 
 def add_lt_config(cfg):
@@ -72,10 +72,12 @@ _ALLOWED = {
 }
 
 
-def _lookup(cfg, key):
+def lookup_key(cfg, key):
+    """The value of a dotted key, read below ``CfgNode``'s accessors (a check is not a use: see
+    ``config_reads``)."""
     node = cfg
     for part in key.split("."):
-        node = node[part]
+        node = dict.__getitem__(node, part)
     return node
 
 
@@ -115,27 +117,28 @@ def validate_lt_config(cfg, source: str = "the config"):
     Returns ``cfg``.
     """
     from .losses import DENSE_LOSS_REGISTRY, ROI_LOSS_REGISTRY
-    from .losses.base import roi_loss_name
 
     problems = []
     for key, spec in _ALLOWED.items():
         try:
-            value = _lookup(cfg, key)
+            value = lookup_key(cfg, key)
         except KeyError:
             continue  # a config without lt_detectron's keys: nothing of ours to check
         why = _problem(key, value, spec)
         if why:
             problems.append("%s = %r %s" % (key, value, why))
-    if "LT" in cfg.MODEL:
-        for key, value, registry in (
-            ("MODEL.LT.ROI_LOSS", roi_loss_name(cfg), ROI_LOSS_REGISTRY),
-            ("MODEL.LT.DENSE_LOSS", str(cfg.MODEL.LT.DENSE_LOSS).lower(), DENSE_LOSS_REGISTRY),
-        ):
-            if value not in registry.names():
-                problems.append(
-                    "%s = %r must be one of %s"
-                    % (key, value, ", ".join(map(repr, registry.names())))
-                )
+    for key, registry in (
+        ("MODEL.LT.ROI_LOSS", ROI_LOSS_REGISTRY),
+        ("MODEL.LT.DENSE_LOSS", DENSE_LOSS_REGISTRY),
+    ):
+        try:
+            value = str(lookup_key(cfg, key)).lower()
+        except KeyError:
+            continue
+        if value not in registry.names():
+            problems.append(
+                "%s = %r must be one of %s" % (key, value, ", ".join(map(repr, registry.names())))
+            )
     if problems:
         raise LTConfigError(
             "invalid value%s in %s:\n  %s\nSet %s to an allowed value."

@@ -72,44 +72,42 @@ def _leaves(node, prefix) -> Iterable[Tuple[str, object]]:
             yield key, v
 
 
-def _lookup(cfg, key):
-    node = cfg
-    for part in key.split("."):
-        node = dict.__getitem__(node, part)
-    return node
-
-
 def unused_lt_keys(cfg: CfgNode, reads: Set[str]) -> List[Tuple[str, object, object]]:
     """``(key, value, default)`` of the ``MODEL.LT`` keys of ``cfg`` set to a non-default value and
     absent from ``reads``; then the ``TEST.LT`` keys whose value another key makes irrelevant."""
     from detectron2.config import get_cfg
 
-    from .config import add_lt_config
+    from .config import lookup_key, add_lt_config
 
+    # read below CfgNode's accessors, so that a recording config does not count this check as a use
     default = add_lt_config(get_cfg())
     out = []
-    if "LT" in cfg.MODEL:
-        for key, value in _leaves(dict.__getitem__(cfg.MODEL, "LT"), "MODEL.LT"):
+    if "LT" in dict.__getitem__(cfg, "MODEL"):
+        for key, value in _leaves(lookup_key(cfg, "MODEL.LT"), "MODEL.LT"):
             try:
-                d = _lookup(default, key)
+                d = lookup_key(default, key)
             except KeyError:
                 continue  # a key added by another project
             if key not in reads and value != d:
                 out.append((key, value, d))
-    if "LT" in cfg.TEST:
-        t, td = cfg.TEST.LT, default.TEST.LT
+    if "LT" in dict.__getitem__(cfg, "TEST"):
+        t, td = lookup_key(cfg, "TEST.LT"), lookup_key(default, "TEST.LT")
+        fixed = dict.__getitem__(t, "AP_PROTOCOL") == "fixed"
         for key, irrelevant in (
-            ("TOPK_PER_CLASS", t.AP_PROTOCOL != "fixed"),  # Fixed AP's k
-            ("MAX_DETS", t.AP_PROTOCOL == "fixed"),  # Fixed AP has no per-image cap
-            ("BOUNDARY_DILATION", not t.BOUNDARY_AP),
+            ("TOPK_PER_CLASS", not fixed),  # Fixed AP's k
+            ("MAX_DETS", fixed),  # Fixed AP has no per-image cap
+            ("BOUNDARY_DILATION", not dict.__getitem__(t, "BOUNDARY_AP")),
         ):
-            if irrelevant and t[key] != td[key]:
-                out.append(("TEST.LT." + key, t[key], td[key]))
+            value, d = dict.__getitem__(t, key), dict.__getitem__(td, key)
+            if irrelevant and value != d:
+                out.append(("TEST.LT." + key, value, d))
     return out
 
 
 def warn_unused_lt_keys(cfg: CfgNode, reads: Set[str]) -> List[str]:
     """Log a warning naming each key of :func:`unused_lt_keys`; returns the keys."""
+    from .config import lookup_key
+
     unused = unused_lt_keys(cfg, reads)
     for key, value, default in unused:
         logger.warning(
@@ -119,9 +117,9 @@ def warn_unused_lt_keys(cfg: CfgNode, reads: Set[str]) -> List[str]:
             key,
             value,
             default,
-            cfg.MODEL.META_ARCHITECTURE,
-            cfg.MODEL.LT.ROI_LOSS,
-            cfg.MODEL.LT.DENSE_LOSS,
-            cfg.TEST.LT.AP_PROTOCOL,
+            lookup_key(cfg, "MODEL.META_ARCHITECTURE"),
+            lookup_key(cfg, "MODEL.LT.ROI_LOSS"),
+            lookup_key(cfg, "MODEL.LT.DENSE_LOSS"),
+            lookup_key(cfg, "TEST.LT.AP_PROTOCOL"),
         )
     return [k for k, _, _ in unused]

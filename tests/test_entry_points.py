@@ -299,3 +299,89 @@ def test_iters_per_epoch_is_filled_only_when_the_model_uses_it(caplog, config, o
         assert cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH == images / given.SOLVER.IMS_PER_BATCH
     else:
         assert cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH == 0
+
+
+# one tiny lt_shapes config per family: Faster R-CNN with each ROI loss, then each dense loss, each
+# dense detector twice (CenterNet with BOFL's per-image counts)
+FAMILIES = [
+    "faster_rcnn_tiny_softmax.yaml",
+    "faster_rcnn_tiny_sigmoid.yaml",
+    "faster_rcnn_tiny_sigmoid_bofl.yaml",
+    "faster_rcnn_tiny_eqlv2.yaml",
+    "faster_rcnn_tiny_ecm.yaml",
+    "faster_rcnn_tiny_bags.yaml",
+    "faster_rcnn_tiny_c2am.yaml",
+    "faster_rcnn_tiny_seesaw.yaml",
+    "fcos_tiny_bofl.yaml",
+    "fcos_tiny_eqlv2.yaml",
+    "retinanet_tiny_focal.yaml",
+    "retinanet_tiny_ecm.yaml",
+    "centernet_tiny_efl.yaml",
+    "centernet_tiny_bofl.yaml",
+]
+
+
+def _lt_keys():
+    """Every key add_lt_config defines under MODEL.LT, TEST.LT and LT_HOOKS (dotted names)."""
+    from detectron2.config import CfgNode, get_cfg
+
+    from lt_detectron import add_lt_config
+
+    def leaves(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, CfgNode):
+                yield from leaves(v, prefix + k + ".")
+            else:
+                yield prefix + k
+
+    cfg = add_lt_config(get_cfg())
+    return set(
+        list(leaves(cfg.MODEL.LT, "MODEL.LT."))
+        + list(leaves(cfg.TEST.LT, "TEST.LT."))
+        + list(leaves(cfg.LT_HOOKS, "LT_HOOKS."))
+    )
+
+
+@pytest.mark.slow
+def test_every_lt_key_is_read_by_some_family(tmp_path):
+    """tools/train_net.py builds, trains two iterations (the fewest SOLVER.STEPS (1,) allows) and
+    evaluates each family (the commands of tools/check_configs.py, on 4 val images) with a config
+    that records its reads: every key add_lt_config defines is read by at least one family, and
+    each run reads its own method keys."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import check_configs
+    finally:
+        sys.path.pop(0)
+    val_json, val_images = _small_val(tmp_path, n=4)
+    runs = {}
+    for name in FAMILIES:
+        config = os.path.join("configs", "lt_shapes", name)
+        cfg = check_configs.load_cfg(os.path.join(ROOT, config))
+        argv, env = check_configs.build_command(
+            config, cfg, str(tmp_path), "builtin", str(tmp_path / name), iters=2
+        )
+        args = argv[2:]  # after the interpreter and tools/train_net.py
+        args[2:2] = ["--register-dataset", "val_small", val_json, val_images]
+        runs[name] = args + ["DATASETS.TEST", "('val_small',)", "SOLVER.IMS_PER_BATCH", "1"]
+    with open(tmp_path / "runs.json", "w") as f:
+        json.dump(runs, f)
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "_train_net_reads.py")]
+        + [str(tmp_path / "runs.json"), str(tmp_path / "reads.json")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env=dict(env, PYTHONPATH=ROOT),
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    with open(tmp_path / "reads.json") as f:
+        reads = {k: set(v) for k, v in json.load(f).items()}
+    never = _lt_keys() - set().union(*reads.values())
+    assert never == set(), sorted(never)
+    # the method keys are read by their method's runs only
+    assert "MODEL.LT.EQLV2.GAMMA" in reads["faster_rcnn_tiny_eqlv2.yaml"]
+    assert "MODEL.LT.EQLV2.GAMMA" not in reads["faster_rcnn_tiny_softmax.yaml"]
+    assert "MODEL.LT.BOFL.KAPPA" in reads["centernet_tiny_bofl.yaml"]
+    assert "MODEL.LT.BOFL.KAPPA" not in reads["retinanet_tiny_focal.yaml"]
