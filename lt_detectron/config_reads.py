@@ -4,7 +4,9 @@
 as dotted key names; copies and clones of it record into the same set. ``LTTrainer.build_model``
 builds the model from such a copy once, at startup, and :func:`warn_unused_lt_keys` then names every
 ``MODEL.LT`` key set to a non-default value that the model never read (e.g. ``MODEL.LT.EQLV2.GAMMA``
-in a softmax run): a value with no effect is reported instead of silently ignored. The same recorder
+in a softmax run): a value with no effect is reported instead of silently ignored. With
+``TEST.LT.AP_PROTOCOL fixed``, a model whose inference does not read the protocol (the dense
+detectors: only the ROI box predictor keeps the top-k per class) is named too. The same recorder
 measures, in the tests, which keys whole ``tools/train_net.py`` runs read.
 """
 
@@ -121,5 +123,15 @@ def warn_unused_lt_keys(cfg: CfgNode, reads: Set[str]) -> List[str]:
             lookup_key(cfg, "MODEL.LT.ROI_LOSS"),
             lookup_key(cfg, "MODEL.LT.DENSE_LOSS"),
             lookup_key(cfg, "TEST.LT.AP_PROTOCOL"),
+        )
+    if lookup_key(cfg, "TEST.LT.AP_PROTOCOL") == "fixed" and "TEST.LT.AP_PROTOCOL" not in reads:
+        # the ROI box predictor reads the protocol to keep the top-k per class at inference
+        logger.warning(
+            "TEST.LT.AP_PROTOCOL fixed: the inference of this model (MODEL.META_ARCHITECTURE %s) does "
+            "not keep the TEST.LT.TOPK_PER_CLASS best detections of each class, it keeps "
+            "TEST.DETECTIONS_PER_IMAGE = %d per image; Fixed AP is computed from those and can be "
+            "lower than the model could reach. Raise TEST.DETECTIONS_PER_IMAGE to keep more.",
+            lookup_key(cfg, "MODEL.META_ARCHITECTURE"),
+            lookup_key(cfg, "TEST.DETECTIONS_PER_IMAGE"),
         )
     return [k for k, _, _ in unused]

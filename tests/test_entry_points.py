@@ -385,3 +385,22 @@ def test_every_lt_key_is_read_by_some_family(tmp_path):
     assert "MODEL.LT.EQLV2.GAMMA" not in reads["faster_rcnn_tiny_softmax.yaml"]
     assert "MODEL.LT.BOFL.KAPPA" in reads["centernet_tiny_bofl.yaml"]
     assert "MODEL.LT.BOFL.KAPPA" not in reads["retinanet_tiny_focal.yaml"]
+
+
+@pytest.mark.parametrize(
+    "config,warned", [("retinanet_tiny_focal.yaml", True), ("faster_rcnn_tiny_softmax.yaml", False)]
+)
+def test_fixed_ap_on_a_model_without_topk_inference_is_named(caplog, config, warned):
+    """TEST.LT.AP_PROTOCOL fixed changes the ROI box predictor's inference (top-k per class); a dense
+    detector keeps TEST.DETECTIONS_PER_IMAGE per image, and the startup says so."""
+    import logging
+
+    from lt_detectron.engine import LTTrainer, prepare_training_data
+
+    cfg = prepare_training_data(_tiny_cfg(config, "TEST.LT.AP_PROTOCOL", "fixed"))[0]
+    with caplog.at_level(logging.WARNING, logger="lt_detectron.config_reads"):
+        model = LTTrainer.build_model(cfg)
+    msgs = [r.getMessage() for r in caplog.records if "TEST.DETECTIONS_PER_IMAGE" in r.getMessage()]
+    assert bool(msgs) == warned, msgs
+    if not warned:  # the ROI box predictor keeps the top-k per class (topk_inference.py)
+        assert model.roi_heads.box_predictor.class_topk is not None
