@@ -281,3 +281,20 @@ def test_fixed_ap_on_a_model_without_topk_inference_is_named(caplog, config, war
     assert bool(msgs) == warned, msgs
     if not warned:  # the ROI box predictor keeps the top-k per class (topk_inference.py)
         assert model.roi_heads.box_predictor.class_topk is not None
+
+
+@pytest.mark.parametrize("key,value", [("TEST.LT.TOPK_PER_CLASS", "0"), ("TEST.LT.MAX_DETS", "-1")])
+def test_evaluate_results_refuses_invalid_values(tmp_path, capsys, key, value):
+    """tools/evaluate_results.py checks the trailing KEY VALUE pairs (a negative value is a value,
+    not an unknown option) before reading any file."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    try:
+        import evaluate_results
+    finally:
+        sys.path.pop(0)
+    missing = str(tmp_path / "never_read.json")
+    with pytest.raises(SystemExit) as info:
+        evaluate_results.main([missing, "--gt", missing, key, value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{key} = {value} must be an integer in [1, inf]" in err

@@ -26,6 +26,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -64,7 +72,7 @@ def parse_args(argv=None):
     )
     p.epilog = "Trailing KEY VALUE pairs override the config (e.g. TEST.LT.AP_PROTOCOL fixed)."
     args, opts = p.parse_known_args(argv)
-    bad = [o for o in opts if o.startswith("-")]
+    bad = [o for o in opts if o.startswith("-") and not _is_number(o)]  # "-1" is a value
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     args.opts = opts
