@@ -2,7 +2,10 @@
 
 Detectron2 main's key names are kept where they exist (``MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE``,
 ``USE_FED_LOSS``, ...); our method keys live under ``MODEL.LT``; our FCOS and CenterNet get ``MODEL.FCOS.*``
-and ``MODEL.CENTERNET.*`` (Detectron2 v0.6 has no yacs keys for either). This file owns every key.
+and ``MODEL.CENTERNET.*`` (Detectron2 v0.6 has no yacs keys for either). This file owns every key,
+and its allowed values: ``validate_lt_config(cfg)`` refuses a value outside them, naming the allowed
+ones (the tools call it when they load a config; ``build_lt_evaluator`` and ``LTTrainer.build_model``
+for library users).
 """
 
 import math

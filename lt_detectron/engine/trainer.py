@@ -5,8 +5,12 @@
   federated protocol with APr/APc/APf and AP by instance group; ``coco_lt``/``coco`` -> COCO
   metrics plus AP by training-instance bins) and reads every ``TEST.LT`` key.
 - Startup builds the class statistics (logged), checks the class count of the config against
-  the data, and fills ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` (the epoch length of BOFL's schedule) from
-  the same parse before the model is built; the run's ``config.yaml`` records it.
+  the data, and, for a loss on BOFL's linear schedule, fills ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` (its
+  epoch length) from the same parse before the model is built; the run's ``config.yaml`` records it.
+- ``build_model`` refuses invalid lt_detectron values and warns about non-default ``MODEL.LT`` keys
+  the model never reads (:mod:`lt_detectron.config_reads`).
+- ``test`` logs one table per dataset and task (the evaluators'), without detectron2's
+  ``copypaste:`` lines.
 - Checkpoints are plain data, loaded with ``weights_only=True``, written atomically, and resume
   falls back to the newest intact one (``LTCheckpointer``). Every rank's RNG states are saved
   (gathered to rank 0) and each rank resumes its own; the training sampler (``TrainingSampler``
@@ -65,7 +69,8 @@ def prepare_training_data(cfg):
     checks, before any json is parsed); then the training json is parsed once per process and the
     class statistics, the epoch length (RFS-expanded, for BOFL) and the data loader all use the
     same dicts. The returned ``cfg`` is a clone with ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` set from them
-    when it was 0 (:func:`lt_detectron.data.epochs.with_iters_per_epoch`): build the model from it.
+    when it was 0 and the loss follows BOFL's linear schedule
+    (:func:`lt_detectron.data.epochs.with_iters_per_epoch`): build the model from it.
     ``(cfg, None, None)`` without training datasets. ``--eval-only`` calls it too, so that the heads'
     statistics and BOFL schedule come from the same single parse.
     """
