@@ -2,10 +2,17 @@
 
 Detectron2 main's key names are kept where they exist (``MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE``,
 ``USE_FED_LOSS``, ...); our method keys live under ``MODEL.LT``; our FCOS and CenterNet get ``MODEL.FCOS.*``
-and ``MODEL.CENTERNET.*`` (Detectron2 v0.6 has no yacs keys for either). This file owns every key.
+and ``MODEL.CENTERNET.*`` (Detectron2 v0.6 has no yacs keys for either). This file owns every key,
+and its allowed values: ``validate_lt_config(cfg)`` refuses a value outside them, naming the allowed
+ones (the tools call it when they load a config; ``build_lt_evaluator`` and ``LTTrainer.build_model``
+for library users).
 """
 
+import math
+
 from detectron2.config import CfgNode as CN
+
+__all__ = ["add_lt_config", "validate_lt_config", "LTConfigError", "lookup_key"]
 
 
 def add_lt_config(cfg):
@@ -13,6 +20,138 @@ def add_lt_config(cfg):
     if "LT" not in cfg.MODEL:
         _add_lt_keys(cfg)
     _add_dense_keys(cfg)  # MODEL.FCOS.*, MODEL.CENTERNET.*
+    return cfg
+
+
+class LTConfigError(ValueError):
+    """An lt_detectron config key with a value outside its allowed set or range."""
+
+
+# allowed values of the MODEL.LT / TEST.LT / LT_HOOKS keys: a tuple = a closed set; ("int" | "float",
+# lo, hi, lo_open) = a number in [lo, hi] (lo excluded when lo_open); "bool"; "edges" = a strictly
+# increasing list of positive instance counts. ROI_LOSS / DENSE_LOSS: the loss registries' names.
+_ALLOWED = {
+    "MODEL.LT.CLASSIFIER": ("linear", "cosine"),
+    "MODEL.LT.COSINE_SCALE": ("float", 0.0, math.inf, True),
+    "MODEL.LT.PRIOR_PROB": ("float", -math.inf, 1.0, False),  # < 0: the method's default
+    "MODEL.LT.GROUP_EDGES": "edges",
+    "MODEL.LT.EQLV2.GAMMA": ("float", 0.0, math.inf, True),
+    "MODEL.LT.EQLV2.MU": ("float", 0.0, 1.0, False),
+    "MODEL.LT.EQLV2.ALPHA": ("float", 0.0, math.inf, False),
+    "MODEL.LT.ECM.BG_FG_RATIO": ("float", 0.0, math.inf, True),
+    "MODEL.LT.ECM.MEASURE_ITERS": ("int", 0, math.inf, False),
+    "MODEL.LT.ECM.DENSE_TEST_SCORE": ("z", "trained"),
+    "MODEL.LT.ECM.DENSE_PRIOR": ("trained", "z"),
+    "MODEL.LT.BAGS.BIN_EDGES": "edges",
+    "MODEL.LT.BAGS.BETA": ("float", 0.0, math.inf, False),
+    "MODEL.LT.C2AM.SCALE": ("float", 0.0, math.inf, True),
+    "MODEL.LT.C2AM.ALPHA": ("float", 0.0, math.inf, False),
+    "MODEL.LT.C2AM.BACKGROUND_MARGIN": "bool",
+    "MODEL.LT.EFL.SCALE_FACTOR": ("float", 0.0, math.inf, False),
+    "MODEL.LT.SEESAW.P": ("float", 0.0, math.inf, False),
+    "MODEL.LT.SEESAW.Q": ("float", 0.0, math.inf, False),
+    "MODEL.LT.SEESAW.EPS": ("float", 0.0, math.inf, True),
+    "MODEL.LT.SEESAW.LOSS_WEIGHT": ("float", 0.0, math.inf, False),
+    "MODEL.LT.BOFL.ENABLED": "bool",
+    "MODEL.LT.BOFL.KAPPA": ("float", 0.0, math.inf, False),
+    "MODEL.LT.BOFL.ETA": ("float", 0.0, 1.0, False),
+    "MODEL.LT.BOFL.BATCH_COUNTS": ("image", "batch", "none"),
+    "MODEL.LT.BOFL.DEFERRED_EPOCHS": ("int", 0, math.inf, False),
+    "MODEL.LT.BOFL.TOTAL_EPOCHS": ("int", 0, math.inf, False),
+    "MODEL.LT.BOFL.PER_ITERATION": "bool",
+    "MODEL.LT.BOFL.LINEAR_SCHEDULE": "bool",
+    "MODEL.LT.BOFL.ITERS_PER_EPOCH": ("float", 0.0, math.inf, False),
+    "MODEL.LT.FREEZE_ALL_BUT_CLS": "bool",
+    "MODEL.LT.REINIT_CLS": "bool",
+    "TEST.LT.BACKEND": ("auto", "hotcoco", "lvis"),
+    "TEST.LT.MAX_DETS": ("int", 1, math.inf, False),
+    "TEST.LT.AP_PROTOCOL": ("standard", "fixed"),
+    "TEST.LT.TOPK_PER_CLASS": ("int", 1, math.inf, False),
+    "TEST.LT.POOLED_AP": "bool",
+    "TEST.LT.BOUNDARY_AP": "bool",
+    "TEST.LT.BOUNDARY_DILATION": ("float", 0.0, 1.0, True),
+    "TEST.LT.SAVE_RESULTS": "bool",
+    "LT_HOOKS.PLOT_PERIOD": ("int", 0, math.inf, False),
+}
+
+
+def lookup_key(cfg, key):
+    """The value of a dotted key, read below ``CfgNode``'s accessors (a check is not a use: see
+    ``config_reads``)."""
+    node = cfg
+    for part in key.split("."):
+        node = dict.__getitem__(node, part)
+    return node
+
+
+def _problem(key, value, spec):
+    """None when ``value`` is allowed by ``spec``, else the sentence that names the allowed values."""
+    if spec == "bool":
+        return None if isinstance(value, bool) else "must be True or False"
+    if spec == "edges":
+        ok = (
+            isinstance(value, (list, tuple))
+            and len(value) > 0
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            and all(v > 0 for v in value)
+            and all(b > a for a, b in zip(value, value[1:]))
+        )
+        return None if ok else "must be a strictly increasing list of positive instance counts"
+    if isinstance(spec[0], str) and spec[0] in ("int", "float"):
+        kind, lo, hi, lo_open = spec
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind == "int":
+            number = number and float(value).is_integer()
+        if number and math.isfinite(value):
+            if (value > lo if lo_open else value >= lo) and value <= hi:
+                return None
+        rng = "%s%s, %s]" % ("(" if lo_open else "[", lo, hi)
+        return "must be %s in %s" % ("an integer" if kind == "int" else "a number", rng)
+    return None if value in spec else "must be one of %s" % ", ".join(map(repr, spec))
+
+
+def validate_lt_config(cfg, source: str = "the config"):
+    """Refuse lt_detectron keys with values outside their allowed sets or ranges.
+
+    Raises :class:`LTConfigError` that lists every offending key with its value and the allowed
+    values; ``source`` (e.g. the config file) is named in the message. Called by
+    ``tools/train_net.py`` and ``tools/evaluate_results.py`` when they load the config, and by
+    :func:`lt_detectron.evaluation.build_lt_evaluator` and the model builders for library users.
+    Returns ``cfg``.
+    """
+    from .losses import DENSE_LOSS_REGISTRY, ROI_LOSS_REGISTRY
+
+    problems = []
+    for key, spec in _ALLOWED.items():
+        try:
+            value = lookup_key(cfg, key)
+        except KeyError:
+            continue  # a config without lt_detectron's keys: nothing of ours to check
+        why = _problem(key, value, spec)
+        if why:
+            problems.append("%s = %r %s" % (key, value, why))
+    for key, registry in (
+        ("MODEL.LT.ROI_LOSS", ROI_LOSS_REGISTRY),
+        ("MODEL.LT.DENSE_LOSS", DENSE_LOSS_REGISTRY),
+    ):
+        try:
+            value = str(lookup_key(cfg, key)).lower()
+        except KeyError:
+            continue
+        if value not in registry.names():
+            problems.append(
+                "%s = %r must be one of %s" % (key, value, ", ".join(map(repr, registry.names())))
+            )
+    if problems:
+        raise LTConfigError(
+            "invalid value%s in %s:\n  %s\nSet %s to an allowed value."
+            % (
+                "s" if len(problems) > 1 else "",
+                source,
+                "\n  ".join(problems),
+                "these keys" if len(problems) > 1 else "it",
+            )
+        )
     return cfg
 
 

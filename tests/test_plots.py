@@ -559,3 +559,26 @@ def test_training_writes_plots_into_tensorboard(tmp_path):
         len(images["lt_plots/ap_vs_instances_lvis_bbox_%s" % name]) == 1
     )  # after the final evaluation
     assert len(images["lt_plots/ap_per_category_lvis_bbox_%s" % name]) == 1
+
+
+def test_every_ap_plot_axis_is_in_percent(tmp_path, monkeypatch):
+    """The per-category bars (drawn by hotcoco, which expects 0-1) show AP in % as the evaluators
+    report it: bar lengths are the csv's values, the axis says %, the mean line is their mean."""
+    import hotcoco.plot
+
+    from lt_detectron.engine import result_plots
+
+    drawn = []
+    real = hotcoco.plot.per_category_ap
+    monkeypatch.setattr(
+        hotcoco.plot, "per_category_ap", lambda *a, **kw: drawn.append(real(*a, **kw)) or drawn[-1]
+    )
+    ap = np.array([62.5, 10.0, np.nan, 40.0])
+    result_plots.plot_per_category_ap(["a", "b", "c", "d"], ap, str(tmp_path / "bars.png"))
+    ((fig, ax),) = drawn
+    widths = sorted(p.get_width() for p in ax.patches)
+    assert widths == pytest.approx([10.0, 40.0, 62.5])
+    assert "%" in ax.get_xlabel()
+    (mean_line,) = [ln for ln in ax.lines if ln.get_label().startswith("Mean AP")]
+    assert mean_line.get_xdata()[0] == pytest.approx(np.nanmean(ap))
+    assert mean_line.get_label() == "Mean AP: %.1f" % np.nanmean(ap)

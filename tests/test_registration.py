@@ -269,6 +269,9 @@ def test_train_json_parsed_once(tmp_path, monkeypatch):
             clear_class_stats_cache()
             cfg = _cfg(train, sampler="RepeatFactorTrainingSampler")
             cfg.MODEL.LT.BOFL.DEFERRED_EPOCHS = 0
+            cfg.MODEL.LT.DENSE_LOSS = (
+                "bofl"  # a loss on BOFL's schedule: the epoch length is filled
+            )
             cfg.SOLVER.MAX_ITER = 10
             dicts = load_train_dicts(cfg)
             stats = get_class_stats(cfg.DATASETS.TRAIN, dataset_dicts=dicts)

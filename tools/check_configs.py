@@ -65,11 +65,12 @@ def load_cfg(config_file: str):
     from detectron2.config import get_cfg
 
     from lt_detectron import add_lt_config
+    from lt_detectron.config import validate_lt_config
 
     cfg = get_cfg()
     add_lt_config(cfg)
     cfg.merge_from_file(config_file)
-    return cfg
+    return validate_lt_config(cfg, config_file)
 
 
 def _match(rel, pat):

@@ -47,6 +47,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
 from lt_detectron.class_stats import ClassStatsError, get_train_class_stats
+from lt_detectron.config import LTConfigError, validate_lt_config
 from lt_detectron.data import (
     add_register_arguments,
     ensure_dataset_metadata,
@@ -192,6 +193,7 @@ def setup_cfg(args):
         raise DemoError("--config-file %s does not exist" % os.path.abspath(args.config_file))
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    validate_lt_config(cfg, args.config_file)
     given = [
         args.opts[i + 1] for i in range(0, len(args.opts) - 1, 2) if args.opts[i] == "MODEL.WEIGHTS"
     ]
@@ -350,7 +352,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return run(args)
-    except DemoError as e:
+    except (DemoError, LTConfigError) as e:
         sys.exit("tools/demo.py: error: %s" % e)
 
 

@@ -28,6 +28,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,7 +77,7 @@ def parse_args(argv=None):
     add_register_arguments(p)
     p.epilog = "Trailing KEY VALUE pairs override the config (e.g. TEST.LT.AP_PROTOCOL fixed)."
     args, opts = p.parse_known_args(argv)
-    bad = [o for o in opts if o.startswith("-")]
+    bad = [o for o in opts if o.startswith("-") and not _is_number(o)]  # "-1" is a value
     if bad:
         p.error(f"unrecognized arguments: {' '.join(bad)}")
     args.opts = opts
@@ -88,10 +96,10 @@ def main(argv=None):
 
     import lt_detectron  # noqa: F401  (registers the builtin datasets)
     from lt_detectron import add_lt_config, get_class_stats
+    from lt_detectron.config import LTConfigError, validate_lt_config
     from lt_detectron.data import check_same_class_lists, register_from_args, register_lt_dataset
     from lt_detectron.data.validation import check_json_boxes
     from lt_detectron.engine.logger import setup_lt_logger
-    from lt_detectron.engine.results import format_results
     from lt_detectron.evaluation import build_lt_evaluator, load_results_json
     from lt_detectron.evaluation.common import load_gt_json
 
@@ -108,6 +116,10 @@ def main(argv=None):
         if len(args.opts) % 2:
             _fail(f"config overrides come in KEY VALUE pairs, got {args.opts}")
         cfg.merge_from_list(args.opts)
+    try:
+        validate_lt_config(cfg, args.config_file or "the command line")
+    except LTConfigError as e:
+        _fail(str(e))
     if not os.path.isfile(args.results):
         _fail(
             f"results file not found: {args.results} (evaluating with an output folder writes "
@@ -178,8 +190,7 @@ def main(argv=None):
         tasks=tuple(tasks),
         save_results=False,
     )
-    results = evaluator.evaluate_arrays(dets, rles)
-    print(format_results({name: results}))
+    results = evaluator.evaluate_arrays(dets, rles)  # logs its table, one per task
     if stats is not None and "table" in stats.source.split("+"):
         print(
             f"WARNING: the training counts of {', '.join(train)} (AP by instance group) come from "

@@ -31,6 +31,7 @@ from detectron2.data import DatasetCatalog
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
 from lt_detectron.class_stats import ClassStatsError, get_train_class_stats
+from lt_detectron.config import validate_lt_config
 from lt_detectron.data import add_register_arguments, ensure_embedded_generated, register_from_args
 from lt_detectron.engine import LTCheckpointer
 from lt_detectron.engine.hooks import bofl_settings, write_bofl_schedule, write_model_plots
@@ -69,6 +70,7 @@ def setup(args):
     add_lt_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    validate_lt_config(cfg, args.config_file)
     cfg.freeze()
     return cfg
 

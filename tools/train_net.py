@@ -14,8 +14,6 @@ processes per machine with the gloo backend; ``--num-machines/--machine-rank/--d
 GPUs (run the same command on every machine with its own ``--machine-rank``).
 """
 
-import logging
-
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.evaluation import verify_results
@@ -23,9 +21,10 @@ from detectron2.utils import comm
 
 import lt_detectron  # noqa: F401  (registers heads, meta-architectures and datasets)
 from lt_detectron import add_lt_config
+from lt_detectron.config import LTConfigError, validate_lt_config
 from lt_detectron.config_smoke import apply_smoke_overrides
 from lt_detectron.data import add_register_arguments, prepare_datasets, register_from_args
-from lt_detectron.engine import LTTrainer, LTCheckpointer, format_results, prepare_training_data
+from lt_detectron.engine import LTTrainer, LTCheckpointer, prepare_training_data
 from lt_detectron.engine.launch import launch_on_device
 from lt_detectron.engine.logger import setup_lt_logger
 
@@ -40,7 +39,8 @@ def load_config(args):
     cfg.merge_from_list(args.opts)
     if getattr(args, "smoke", False):
         apply_smoke_overrides(cfg, args.opts)  # a few iterations, small inputs; opts win
-    return cfg
+    # invalid lt_detectron values stop here, before any dataset or model is touched
+    return validate_lt_config(cfg, "%s and the command line" % args.config_file)
 
 
 def setup(args):
@@ -70,15 +70,8 @@ def main(args):
         # DefaultTrainer.train() returns results only when TEST.EXPECTED_RESULTS is set
         res = getattr(trainer, "_last_eval_results", None)
     if comm.is_main_process() and res:
+        # the evaluators have logged their tables (one per dataset and task)
         verify_results(cfg, res)
-        if len(cfg.DATASETS.TEST) == 1 and cfg.DATASETS.TEST[0] not in res:
-            res_named = {cfg.DATASETS.TEST[0]: res}  # DefaultTrainer.test unwraps one dataset
-        else:
-            res_named = res
-        table = format_results(res_named)
-        if table:
-            logging.getLogger("lt_detectron").info("Final results:\n" + table)
-            print("\n" + table, flush=True)
     return res
 
 
@@ -114,4 +107,7 @@ def launch_from_args(args):
 if __name__ == "__main__":
     args = argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch_from_args(args)
+    try:
+        launch_from_args(args)
+    except LTConfigError as e:
+        raise SystemExit("train_net.py: error: %s" % e) from None

@@ -74,8 +74,13 @@ def iters_per_epoch(cfg, dataset_dicts: DictsArg = None) -> float:
 
 def with_iters_per_epoch(cfg, dataset_dicts: DictsArg):
     """``cfg``, or a clone with ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` computed from ``dataset_dicts`` when it
-    is 0 (a frozen config gives a frozen clone)."""
-    if cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH > 0:
+    is 0 and the config's loss follows BOFL's linear schedule in epochs (a frozen config gives a
+    frozen clone); other runs (no BOFL, or ``LINEAR_SCHEDULE False``) do not read the key and keep
+    it unset."""
+    from ..losses.base import config_uses_epoch_schedule
+
+    needed = config_uses_epoch_schedule(cfg) and cfg.MODEL.LT.BOFL.LINEAR_SCHEDULE
+    if cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH > 0 or not needed:
         return cfg
     value = iters_per_epoch(cfg, dataset_dicts)
     if not value > 0:

@@ -164,14 +164,9 @@ def bofl_settings(cfg) -> Optional[Dict]:
     ``deferred_epochs``, ``kappa``, ``per_iteration``, ...) when the config's ROI or dense loss follows
     BOFL's schedule (the loss says so: ``uses_epoch_schedule``), else None."""
     from ..data.epochs import bofl_settings as settings
-    from ..losses import DENSE_LOSS_REGISTRY, ROI_LOSS_REGISTRY
-    from ..losses.base import roi_loss_name
+    from ..losses.base import config_uses_epoch_schedule
 
-    lt = cfg.MODEL.LT
-    uses = ROI_LOSS_REGISTRY.get(roi_loss_name(cfg)).uses_epoch_schedule(
-        cfg
-    ) or DENSE_LOSS_REGISTRY.get(lt.DENSE_LOSS).uses_epoch_schedule(cfg)
-    return settings(cfg) if uses else None
+    return settings(cfg) if config_uses_epoch_schedule(cfg) else None
 
 
 def write_bofl_schedule(out_dir: str, instance_counts, bofl: Dict, class_names=None) -> str:

@@ -126,7 +126,7 @@ def plot_ap_vs_instances(
     path: str = "ap_vs_instances.png",
     bin_edges: Sequence[float] = DEFAULT_GROUP_EDGES,
     title: Optional[str] = None,
-    ylabel: str = "AP",
+    ylabel: str = "AP (%)",
 ) -> str:
     """Per-class AP vs training instance count for one or several methods (dots + group means).
 
@@ -194,7 +194,8 @@ def plot_per_category_ap(
         if instance_counts is not None and instance_counts[i] >= 0:
             extra.append("%d inst." % instance_counts[i])
         labels.append("%s [%s]" % (n, ", ".join(extra)) if extra else str(n))
-    per_class = {lab: float(v) / 100.0 for lab, v in zip(labels, ap) if np.isfinite(v)}
+    # in % as the evaluators report it (hotcoco's plot scales its axis to the values)
+    per_class = {lab: float(v) for lab, v in zip(labels, ap) if np.isfinite(v)}
     if not per_class:
         raise ValueError("no category has a finite AP")
     many = len(per_class) > 40
@@ -206,6 +207,14 @@ def plot_per_category_ap(
         paper_mode=True,
     )
     try:
+        ax.set_xlabel("AP (%)")
+        # hotcoco's mean line averages the bars drawn (best and worst only when there are many)
+        mean = float(np.mean(list(per_class.values())))
+        for line in ax.lines:
+            if line.get_label().startswith("Mean AP"):
+                line.set_xdata([mean, mean])
+                line.set_label("Mean AP: %.1f" % mean)
+        ax.legend(fontsize=9, loc="lower right")
         ax.set_title(title or "Per-category AP", fontsize=11, pad=10)
         fig.savefig(path, dpi=110, bbox_inches="tight", format="png", facecolor=fig.get_facecolor())
     finally:

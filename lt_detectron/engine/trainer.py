@@ -1,11 +1,16 @@
 """``LTTrainer``: Detectron2's ``DefaultTrainer`` for long-tailed data.
 
-- ``build_evaluator`` dispatches on the dataset's ``evaluator_type`` (``lvis`` -> LVIS
+- ``build_evaluator`` is ``build_lt_evaluator`` (the one builder, also used by
+  ``tools/evaluate_results.py``): it dispatches on the dataset's ``evaluator_type`` (``lvis`` -> LVIS
   federated protocol with APr/APc/APf and AP by instance group; ``coco_lt``/``coco`` -> COCO
-  metrics plus AP by training-instance bins), with training statistics from the registry.
+  metrics plus AP by training-instance bins) and reads every ``TEST.LT`` key.
 - Startup builds the class statistics (logged), checks the class count of the config against
-  the data, and fills ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` (the epoch length of BOFL's schedule) from
-  the same parse before the model is built; the run's ``config.yaml`` records it.
+  the data, and, for a loss on BOFL's linear schedule, fills ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` (its
+  epoch length) from the same parse before the model is built; the run's ``config.yaml`` records it.
+- ``build_model`` refuses invalid lt_detectron values and warns about non-default ``MODEL.LT`` keys
+  the model never reads (:mod:`lt_detectron.config_reads`).
+- ``test`` logs one table per dataset and task (the evaluators'), without detectron2's
+  ``copypaste:`` lines.
 - Checkpoints are plain data, loaded with ``weights_only=True``, written atomically, and resume
   falls back to the newest intact one (``LTCheckpointer``). Every rank's RNG states are saved
   (gathered to rank 0) and each rank resumes its own; the training sampler (``TrainingSampler``
@@ -23,7 +28,6 @@ import os
 import weakref
 
 import torch
-from detectron2.data import MetadataCatalog
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -67,7 +71,8 @@ def prepare_training_data(cfg):
     checks, before any json is parsed); then the training json is parsed once per process and the
     class statistics, the epoch length (RFS-expanded, for BOFL) and the data loader all use the
     same dicts. The returned ``cfg`` is a clone with ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` set from them
-    when it was 0 (:func:`lt_detectron.data.epochs.with_iters_per_epoch`): build the model from it.
+    when it was 0 and the loss follows BOFL's linear schedule
+    (:func:`lt_detectron.data.epochs.with_iters_per_epoch`): build the model from it.
     ``(cfg, None, None)`` without training datasets. ``--eval-only`` calls it too, so that the heads'
     statistics and BOFL schedule come from the same single parse.
     """
@@ -198,10 +203,20 @@ class LTTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        model = super().build_model(cfg)
-        if cfg.MODEL.LT.FREEZE_ALL_BUT_CLS:
+        """Detectron2's model, built from a copy of ``cfg`` that records the keys read: a non-default
+        ``MODEL.LT`` key the build never reads gets a warning (``config_reads``). Invalid values are
+        refused first (``validate_lt_config``)."""
+        from ..config import validate_lt_config
+        from ..config_reads import record_reads, warn_unused_lt_keys
+
+        validate_lt_config(cfg)
+        recording, reads = record_reads(cfg)
+        model = super().build_model(recording)
+        if recording.MODEL.LT.FREEZE_ALL_BUT_CLS:
             names = freeze_all_but_classifier(model)
             logger.info("MODEL.LT.FREEZE_ALL_BUT_CLS: training only %s", ", ".join(names))
+        # GROUP_EDGES (evaluation, statistics table) and REINIT_CLS (checkpointer) are read at startup
+        warn_unused_lt_keys(cfg, reads | {"MODEL.LT.GROUP_EDGES", "MODEL.LT.REINIT_CLS"})
         return model
 
     @classmethod
@@ -337,39 +352,46 @@ class LTTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        from ..evaluation import LTCOCOEvaluator, LTLVISEvaluator
+        """:func:`lt_detectron.evaluation.build_lt_evaluator` (every ``TEST.LT`` key honoured)."""
+        from ..evaluation import build_lt_evaluator
 
-        if output_folder is None:
-            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        meta = MetadataCatalog.get(dataset_name)
-        evaluator_type = meta.get("evaluator_type", None)
-        stats = get_class_stats(cfg.DATASETS.TRAIN) if cfg.DATASETS.TRAIN else None
-        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        if evaluator_type == "lvis":
-            return LTLVISEvaluator(
-                dataset_name,
-                tasks=tasks,
-                distributed=True,
-                output_dir=output_folder,
-                max_dets_per_image=cfg.TEST.LT.MAX_DETS,
-                class_stats=stats,
-                backend=cfg.TEST.LT.BACKEND,
-                group_edges=cfg.MODEL.LT.GROUP_EDGES,
+        return build_lt_evaluator(cfg, dataset_name, output_folder=output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """``DefaultTrainer.test`` without detectron2's ``copypaste:`` csv lines after lt_detectron's
+        evaluators, which log their own table (one per task); other evaluators keep them."""
+        from collections import OrderedDict
+
+        from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
+
+        from ..evaluation import LTDatasetEvaluator
+
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(
+                "%d evaluators for the %d datasets of DATASETS.TEST"
+                % (len(evaluators), len(cfg.DATASETS.TEST))
             )
-        if evaluator_type in ("coco", "coco_lt"):
-            return LTCOCOEvaluator(
-                dataset_name,
-                tasks=tasks,
-                distributed=True,
-                output_dir=output_folder,
-                class_stats=stats,
-                group_edges=cfg.MODEL.LT.GROUP_EDGES,
-            )
-        raise NotImplementedError(
-            "no evaluator for dataset %r (evaluator_type=%r): lt_detectron evaluates 'lvis', 'coco_lt' "
-            "and 'coco' datasets; register yours with lt_detectron.data.register_lt_dataset"
-            % (dataset_name, evaluator_type)
-        )
+        results = OrderedDict()
+        for idx, dataset_name in enumerate(cfg.DATASETS.TEST):
+            data_loader = cls.build_test_loader(cfg, dataset_name)
+            if evaluators is not None:
+                evaluator = evaluators[idx]
+            else:
+                try:
+                    evaluator = cls.build_evaluator(cfg, dataset_name)
+                except NotImplementedError as e:
+                    logger.warning("%s: not evaluated (%s)", dataset_name, e)
+                    results[dataset_name] = {}
+                    continue
+            results[dataset_name] = inference_on_dataset(model, data_loader, evaluator)
+            if comm.is_main_process() and not isinstance(evaluator, LTDatasetEvaluator):
+                print_csv_format(results[dataset_name])
+        if len(results) == 1:
+            results = list(results.values())[0]
+        return results
 
     def run_step(self):
         rng = getattr(self, "_torch_rng_to_restore", None)

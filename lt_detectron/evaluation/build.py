@@ -52,9 +52,11 @@ def build_lt_evaluator(
             ``TEST.LT.BOUNDARY_AP``.
         overrides: evaluator arguments that replace the config's (e.g. ``save_results=False``).
     """
+    from ..config import validate_lt_config
     from .coco_lt_evaluation import LTCOCOEvaluator
     from .lvis_evaluation import LTLVISEvaluator
 
+    validate_lt_config(cfg)
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     if isinstance(class_stats, str) and class_stats == "auto":

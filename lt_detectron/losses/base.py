@@ -79,6 +79,7 @@ __all__ = [
     "build_roi_loss",
     "build_dense_loss",
     "roi_loss_name",
+    "config_uses_epoch_schedule",
     "ROI_OPTIONS",
     "train_class_stats",
     "class_counts",
@@ -339,6 +340,14 @@ def roi_loss_name(cfg) -> str:
     if cfg.MODEL.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False) and name == "softmax":
         return "sigmoid"
     return name
+
+
+def config_uses_epoch_schedule(cfg) -> bool:
+    """Whether the config's ROI or dense loss follows BOFL's schedule in epochs (the losses say so:
+    ``uses_epoch_schedule``), i.e. whether the run needs ``MODEL.LT.BOFL.ITERS_PER_EPOCH``."""
+    return ROI_LOSS_REGISTRY.get(roi_loss_name(cfg)).uses_epoch_schedule(
+        cfg
+    ) or DENSE_LOSS_REGISTRY.get(cfg.MODEL.LT.DENSE_LOSS).uses_epoch_schedule(cfg)
 
 
 def train_class_stats(cfg, num_classes: int, num_classes_key: str):
