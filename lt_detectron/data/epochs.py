@@ -51,7 +51,7 @@ def images_per_epoch(cfg, dataset_dicts: DictsArg = None) -> float:
         logger.info(
             "images_per_epoch: no dataset dicts given, loading %s", ", ".join(cfg.DATASETS.TRAIN)
         )
-        dataset_dicts = load_train_dicts(cfg)
+        dataset_dicts = load_train_dicts(cfg, check_images=False)  # counts only, no image read
     if isinstance(dataset_dicts, dict):
         dataset_dicts = train_dataset_dicts(cfg, dataset_dicts)
     if cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler":
