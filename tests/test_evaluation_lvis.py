@@ -485,3 +485,21 @@ def test_encode_masks_equals_pycocotools(h, w):
     assert all(r["size"] == [h, w] for r in got)
     np.testing.assert_array_equal(mask_util.decode(got).transpose(2, 0, 1), m)
     assert encode_masks(np.zeros((0, h, w), np.uint8)) == []
+
+
+def test_final_metrics_once_hotcoco_prints_no_second_summary(tmp_path, registered, capfd):
+    """Issue 22 §4: the metrics appear once per task. hotcoco's ``summarize`` prints its 0-1
+    summary from Rust, on file descriptor 1 (past ``redirect_stdout``); the evaluator must not."""
+    gt, dets = _make(num_images=6)
+    name, _, id_map = registered(gt)
+    # as under train_net: detectron2's setup_logger makes its loggers DEBUG-enabled
+    log = logging.getLogger("lt_detectron")
+    level = log.level
+    log.setLevel(logging.DEBUG)
+    try:
+        res = _run_evaluator(name, gt, dets, ("bbox",), None, id_map, backend="hotcoco")
+    finally:
+        log.setLevel(level)
+    out = capfd.readouterr().out
+    assert res["bbox"]["AP"] > 0  # it did evaluate
+    assert "AP@" not in out and " AP = " not in out and "AR@300" not in out, out

@@ -191,7 +191,7 @@ class LTPlotHook(HookBase):
         output_dir: the run's output folder; plots go to ``output_dir/plots``; the evaluators'
             per-category csvs are looked for in ``output_dir/inference/*/``.
         class_stats: a :class:`~lt_detectron.class_stats.ClassStats`; default: the trainer's
-            ``class_stats`` or ``get_class_stats(trainer.cfg.DATASETS.TRAIN)``.
+            ``class_stats`` or ``get_train_class_stats(trainer.cfg)``.
         bofl: :func:`bofl_settings` of the config, to write the BOFL schedule once.
         label: the run's name in the result plots (default: the output folder's name).
         group_edges: the instance-count groups shaded in the AP-vs-instances plot.
@@ -221,9 +221,9 @@ class LTPlotHook(HookBase):
         if self._stats is None:
             self._stats = getattr(self.trainer, "class_stats", None)
         if self._stats is None:
-            from ..class_stats import get_class_stats
+            from ..class_stats import get_train_class_stats
 
-            self._stats = get_class_stats(self.trainer.cfg.DATASETS.TRAIN)
+            self._stats = get_train_class_stats(self.trainer.cfg)
         return self._stats
 
     def _put_images(self, paths: Sequence[str], suffix: str = ""):

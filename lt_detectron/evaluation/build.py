@@ -60,9 +60,10 @@ def build_lt_evaluator(
     if output_folder is None:
         output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
     if isinstance(class_stats, str) and class_stats == "auto":
-        from ..class_stats import get_class_stats
+        from ..class_stats import get_train_class_stats
 
-        class_stats = get_class_stats(cfg.DATASETS.TRAIN) if cfg.DATASETS.TRAIN else None
+        # the training data, else the statistics the run recorded (MODEL.LT.CLASS_STATS_FILE)
+        class_stats = get_train_class_stats(cfg)
     if tasks is None:
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
         if cfg.TEST.LT.BOUNDARY_AP:

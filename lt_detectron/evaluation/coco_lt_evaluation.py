@@ -82,7 +82,9 @@ def evaluate_coco_predictions(
     with contextlib.redirect_stdout(io.StringIO()):
         E.evaluate()
         E.accumulate()
-        E.summarize()
+        # hotcoco's summarize prints from Rust, past redirect_stdout: summary_lines computes the
+        # same stats without printing (pycocotools has no summary_lines; its print is redirected)
+        E.summary_lines() if hasattr(E, "summary_lines") else E.summarize()
     stats = np.asarray(E.stats, dtype=np.float64)
     metrics = OrderedDict(
         (k, float("nan") if stats[i] < 0 else float(stats[i])) for i, k in enumerate(COCO_METRICS)

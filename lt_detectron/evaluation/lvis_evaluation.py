@@ -20,9 +20,7 @@ without training instances are in the first group, classes of unknown count in n
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import logging
 import warnings
 from collections import OrderedDict
@@ -96,13 +94,13 @@ def evaluate_lvis_predictions(
         E.params.max_dets = [max_dets if max_dets >= 0 else max(len(dets), 1)]
         E.evaluate()
         E.accumulate()
-        quiet = not logger.isEnabledFor(logging.DEBUG)
-        out = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
-        with out, warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.filterwarnings(
                 "ignore", message=".*max_dets differ", category=UserWarning
             )  # Fixed AP: no cap
-            E.summarize()
+            # the stats without hotcoco's 0-1 summary on stdout (printed from Rust, past
+            # redirect_stdout; detectron2's loggers are DEBUG-enabled): the evaluator logs its table
+            E.summary_lines()
         cat_ids = list(E.params.cat_ids)
         params, cats = E.params, G.cats
         res = E.get_results(per_class=True)
