@@ -13,6 +13,8 @@
 - **Atomic writes.** A checkpoint is written to a temporary file in the same folder, flushed,
   fsync'ed and renamed; only then is ``last_checkpoint`` replaced, the same way. A crash leaves
   the previous checkpoint and ``last_checkpoint`` intact (:func:`~lt_detectron.utils.atomic.atomic_write`).
+  The first save of a checkpointer removes the temporary files of writers that were killed (their
+  process is gone; :func:`~lt_detectron.utils.atomic.remove_stale_temps`).
 - **Resume falls back.** When the file ``last_checkpoint`` names is missing, truncated or
   corrupt, ``resume_or_load`` warns and resumes from the newest intact ``model_*.pth`` of the
   folder. A refused (unsafe) file is an error, never skipped.
@@ -36,7 +38,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 from detectron2.utils.file_io import Detectron2Handler
 
-from ..utils.atomic import atomic_write
+from ..utils.atomic import atomic_write, remove_stale_temps
 from .rng_state import (
     gather_rng_states,
     get_rng_state,
@@ -143,6 +145,7 @@ class LTCheckpointer(DetectionCheckpointer):
     def __init__(self, model, save_dir="", *, reinit_cls=False, **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
         self.reinit_cls = reinit_cls
+        self._temps_swept = False
 
     # -- reading ---------------------------------------------------------------------------
     def _local_path(self, path: str) -> str:
@@ -263,8 +266,17 @@ class LTCheckpointer(DetectionCheckpointer):
         _check_plain(data, "checkpoint %s" % basename)
         self.logger.info("Saving checkpoint to {}".format(save_file))
         os.makedirs(self.save_dir, exist_ok=True)
+        self._remove_stale_temps()
         atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
+
+    def _remove_stale_temps(self):
+        """Once per checkpointer: the temporary files of killed writes (their writer is gone)."""
+        if self._temps_swept:
+            return
+        self._temps_swept = True
+        for path in remove_stale_temps(self.save_dir):
+            self.logger.warning("removed the temporary file of an interrupted write: %s", path)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write(
