@@ -5,6 +5,8 @@ killed checkpoint writes / dataset generations are removed once their writer is 
 
 import os
 import select
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,10 +32,109 @@ TINY = [
 ]
 
 
+def _train_net(config, out, *args, max_iter=2):
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py")]
+    cmd += ["--config-file", os.path.join(CONFIGS, config)] + list(args)
+    cmd += TINY + ["SOLVER.MAX_ITER", str(max_iter), "OUTPUT_DIR", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
 def _dead_pid():
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     return p.pid
+
+
+@pytest.mark.slow
+def test_resume_with_another_methods_config_is_refused_unless_forced(tmp_path):
+    """Item 8: a softmax run resumed with the EQL v2 config exits non-zero naming the checkpoint file
+    and MODEL.LT.ROI_LOSS (config.yaml untouched); ``--allow-config-change`` continues the run."""
+    out = tmp_path / "run"
+    first = _train_net("faster_rcnn_tiny_softmax.yaml", out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    config_before = (out / "config.yaml").read_text()
+    final = str(out / "model_final.pth")
+
+    refused = _train_net("faster_rcnn_tiny_eqlv2.yaml", out, "--resume", max_iter=3)
+    log = refused.stdout + refused.stderr
+    assert refused.returncode != 0, log[-3000:]
+    assert final in log and "MODEL.LT.ROI_LOSS" in log and "--allow-config-change" in log
+    assert "'softmax'" in log and "'eqlv2'" in log
+    listing = log.split("These keys differ:")[1].split("Resume with")[0]
+    assert "MODEL.LT.ROI_LOSS" in listing and "SOLVER.MAX_ITER" not in listing  # may differ
+    assert (out / "config.yaml").read_text() == config_before
+    assert torch.load(final, weights_only=True)["iteration"] == 1
+
+    forced = _train_net(
+        "faster_rcnn_tiny_eqlv2.yaml", out, "--resume", "--allow-config-change", max_iter=3
+    )
+    assert forced.returncode == 0, (forced.stdout + forced.stderr)[-3000:]
+    assert torch.load(final, weights_only=True)["iteration"] == 2  # continued from iteration 1
+
+
+@pytest.mark.slow
+def test_second_run_on_a_held_output_dir_is_refused_naming_the_holder(tmp_path):
+    """Item 9: while a softmax run trains in OUTPUT_DIR, an EQL v2 train_net on it exits non-zero,
+    names the first run (pid and host) and writes nothing there: config.yaml is the first run's."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file"]
+    cmd += [os.path.join(CONFIGS, "faster_rcnn_tiny_softmax.yaml")] + TINY
+    cmd += ["SOLVER.MAX_ITER", "100000", "OUTPUT_DIR", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(1200):  # until the first run trains (its config.yaml is final then)
+            log = out / "log.txt"
+            if first.poll() is not None or (
+                log.is_file() and "Starting training" in log.read_text()
+            ):
+                break
+            time.sleep(0.25)
+        assert first.poll() is None, "the first run ended early"
+        os.kill(first.pid, signal.SIGSTOP)  # holds OUTPUT_DIR without using the CPU
+        config_before = (out / "config.yaml").read_text()
+        files_before = sorted(os.listdir(out))
+        second = _train_net("faster_rcnn_tiny_eqlv2.yaml", out)
+    finally:
+        first.kill()
+        first.wait()
+    log = second.stdout + second.stderr
+    assert second.returncode != 0, log[-3000:]
+    assert "pid %d on host %s" % (first.pid, socket.gethostname()) in log, log[-3000:]
+    assert "OUTPUT_DIR" in log and str(out) in log
+    assert (out / "config.yaml").read_text() == config_before
+    assert sorted(os.listdir(out)) == files_before
+
+
+def test_output_dir_lock_is_exclusive_shared_and_released_with_its_holder(tmp_path):
+    """Training holds OUTPUT_DIR exclusively, --eval-only shares it with other evaluations; the lock
+    of a process that died is free again (the OS drops it)."""
+    from lt_detectron.engine.run_guard import OutputDirBusy, OutputDirLock
+
+    out = str(tmp_path)
+
+    def hold(ready, wait):
+        OutputDirLock(out, exclusive=True, purpose="killed run").acquire()
+        ready()
+        wait()
+
+    child, _ = _fork(hold)
+    try:
+        with pytest.raises(OutputDirBusy, match="pid %d .*killed run" % child):
+            OutputDirLock(out, exclusive=False, purpose="eval").acquire()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    a = OutputDirLock(out, exclusive=False, purpose="eval a").acquire()
+    b = OutputDirLock(out, exclusive=False, purpose="eval b").acquire()
+    with pytest.raises(OutputDirBusy, match="eval a"):
+        OutputDirLock(out, exclusive=True, purpose="train").acquire()
+    a.release()
+    b.release()
+    OutputDirLock(out, exclusive=True, purpose="train").acquire().release()
 
 
 def test_fcos_non_finite_predictions_stop_training_with_the_trainer_message(tmp_path):

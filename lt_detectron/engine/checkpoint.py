@@ -15,6 +15,9 @@
   the previous checkpoint and ``last_checkpoint`` intact (:func:`~lt_detectron.utils.atomic.atomic_write`).
   The first save of a checkpointer removes the temporary files of writers that were killed (their
   process is gone; :func:`~lt_detectron.utils.atomic.remove_stale_temps`).
+- **The run's config is recorded.** Given ``config_dump`` (``cfg.dump()``, a plain string), every
+  checkpoint stores it under ``"config"``; ``tools/train_net.py`` compares it with the config of a
+  run that resumes from (or would overwrite) the checkpoint (:mod:`.run_guard`).
 - **Resume falls back.** When the file ``last_checkpoint`` names is missing, truncated or
   corrupt, ``resume_or_load`` warns and resumes from the newest intact ``model_*.pth`` of the
   folder. A refused (unsafe) file is an error, never skipped.
@@ -142,9 +145,12 @@ class LTCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with safe loading, atomic saving, resume fallback and
     ``MODEL.LT.REINIT_CLS`` (see the module docstring)."""
 
-    def __init__(self, model, save_dir="", *, reinit_cls=False, **checkpointables):
+    def __init__(
+        self, model, save_dir="", *, reinit_cls=False, config_dump=None, **checkpointables
+    ):
         super().__init__(model, save_dir, **checkpointables)
         self.reinit_cls = reinit_cls
+        self.config_dump = config_dump  # the run's cfg.dump(), saved as checkpoint["config"]
         self._temps_swept = False
 
     # -- reading ---------------------------------------------------------------------------
@@ -259,6 +265,8 @@ class LTCheckpointer(DetectionCheckpointer):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.config_dump is not None:
+            data["config"] = str(self.config_dump)
         data.update(kwargs)
         basename = "{}.pth".format(name)
         save_file = os.path.join(self.save_dir, basename)

@@ -186,7 +186,11 @@ class LTTrainer(DefaultTrainer):
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # safe loading, atomic saving, resume fallback, class-count checks, BAGS classifier re-initialisation
         self.checkpointer = LTCheckpointer(
-            model, cfg.OUTPUT_DIR, reinit_cls=cfg.MODEL.LT.REINIT_CLS, trainer=weakref.proxy(self)
+            model,
+            cfg.OUTPUT_DIR,
+            reinit_cls=cfg.MODEL.LT.REINIT_CLS,
+            config_dump=cfg.dump(),  # recorded in every checkpoint (resume check, engine/run_guard.py)
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
