@@ -40,10 +40,16 @@ def _train_net(config, out, *args, max_iter=2):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
-def _dead_pid():
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
+def _lt_cfg(config, *opts):
+    from detectron2.config import get_cfg
+
+    from lt_detectron import add_lt_config
+
+    cfg = get_cfg()
+    add_lt_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIGS, config))
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 @pytest.mark.slow
@@ -137,18 +143,14 @@ def test_output_dir_lock_is_exclusive_shared_and_released_with_its_holder(tmp_pa
     OutputDirLock(out, exclusive=True, purpose="train").acquire().release()
 
 
-def test_fcos_non_finite_predictions_stop_training_with_the_trainer_message(tmp_path):
-    """Bad input: NaN box predictions of a diverging FCOS end in LTTrainer's "Training stopped at
-    iteration N" FloatingPointError, not fvcore's ``bad box: x1 larger than x2`` assertion."""
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
+@pytest.mark.parametrize("config", ["fcos_tiny_focal.yaml", "retinanet_tiny_focal.yaml"])
+def test_dense_non_finite_predictions_stop_training_with_the_trainer_message(tmp_path, config):
+    """Bad input: NaN box predictions of a diverging FCOS / RetinaNet (GIoU box loss) end in
+    LTTrainer's "Training stopped at iteration N" FloatingPointError, not fvcore's
+    ``bad box: x1 larger than x2`` assertion."""
     from lt_detectron.engine import LTTrainer
 
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, "fcos_tiny_focal.yaml"))
-    cfg.merge_from_list(TINY + ["SOLVER.MAX_ITER", "4", "OUTPUT_DIR", str(tmp_path)])
+    cfg = _lt_cfg(config, *TINY, "SOLVER.MAX_ITER", "4", "OUTPUT_DIR", str(tmp_path))
     trainer = LTTrainer(cfg)
     trainer.resume_or_load(resume=False)
     head = trainer.model.head
@@ -157,10 +159,10 @@ def test_fcos_non_finite_predictions_stop_training_with_the_trainer_message(tmp_
 
     def diverged_after_two(features):
         calls["n"] += 1
-        logits, regs, ctrs = forward(features)
+        out = list(forward(features))  # [logits, box regression, (centerness)] per level
         if calls["n"] > 2:
-            regs = [r * float("nan") for r in regs]
-        return logits, regs, ctrs
+            out[1] = [r * float("nan") for r in out[1]]
+        return out
 
     head.forward = diverged_after_two
     with pytest.raises(FloatingPointError, match=r"Training stopped at iteration 2 .*not finite"):
@@ -255,3 +257,44 @@ def test_killed_generation_temp_folder_is_removed_by_an_immediate_rerun(tmp_path
         assert os.listdir(tmp_path) == [alive]
     finally:
         finish()
+
+
+def test_resume_config_check_allows_extending_and_refuses_another_model(tmp_path, caplog):
+    """The keys that may differ on resume (SOLVER.MAX_ITER, TEST.*, NUM_WORKERS, ...) and the epoch
+    length the trainer fills pass; another loss or learning rate is refused, with --resume and for a
+    fresh run over the checkpoints; forced, both go on with a warning."""
+    from lt_detectron.engine.checkpoint import LTCheckpointer
+    from lt_detectron.engine.run_guard import ResumeConfigMismatch, check_output_dir_config
+
+    out = ("OUTPUT_DIR", str(tmp_path))
+    trained = _lt_cfg("fcos_tiny_bofl.yaml", *out, "MODEL.LT.BOFL.ITERS_PER_EPOCH", "7.0")
+    LTCheckpointer(torch.nn.Linear(2, 2), str(tmp_path), config_dump=trained.dump()).save(
+        "model_final"
+    )
+    assert torch.load(tmp_path / "model_final.pth", weights_only=True)["config"] == trained.dump()
+    extended = _lt_cfg(
+        "fcos_tiny_bofl.yaml",
+        *out,
+        "SOLVER.MAX_ITER",
+        str(2 * trained.SOLVER.MAX_ITER),
+        "TEST.EVAL_PERIOD",
+        "7",
+        "DATALOADER.NUM_WORKERS",
+        "3",
+    )
+    assert extended.MODEL.LT.BOFL.ITERS_PER_EPOCH == 0  # filled by the trainer: not compared
+    check_output_dir_config(extended, resume=True)
+    for opts, key in (
+        (("MODEL.LT.DENSE_LOSS", "focal"), "MODEL.LT.DENSE_LOSS"),
+        (("SOLVER.BASE_LR", str(trained.SOLVER.BASE_LR * 2)), "SOLVER.BASE_LR"),
+        (("MODEL.LT.BOFL.ITERS_PER_EPOCH", "8.0"), "MODEL.LT.BOFL.ITERS_PER_EPOCH"),
+    ):
+        other = _lt_cfg("fcos_tiny_bofl.yaml", *out, *opts)
+        for resume in (True, False):
+            with pytest.raises(ResumeConfigMismatch) as e:
+                check_output_dir_config(other, resume=resume)
+            msg = str(e.value)
+            assert str(tmp_path / "model_final.pth") in msg and "--allow-config-change" in msg
+            (line,) = [ln for ln in msg.splitlines() if ln.startswith("  ")]  # one key differs
+            assert line.startswith("  %s: " % key), msg
+            check_output_dir_config(other, resume=resume, allow_change=True)
