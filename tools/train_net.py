@@ -5,6 +5,7 @@
     python tools/train_net.py --config-file configs/lvis_v1/eqlv2_mask_rcnn_R_50_FPN_1x.yaml --num-gpus 8
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file ... --resume          # continue from last_checkpoint
+    python tools/train_net.py --config-file ... --resume --allow-config-change  # with another config
     python tools/train_net.py --config-file ... --register-dataset mine_train train.json images/ \
         --register-dataset mine_val val.json images/ DATASETS.TRAIN "('mine_train',)" \
         DATASETS.TEST "('mine_val',)" MODEL.ROI_HEADS.NUM_CLASSES 3
@@ -12,7 +13,13 @@
 With ``MODEL.DEVICE cpu`` (in the config file or on the command line) ``--num-gpus N`` starts N CPU
 processes per machine with the gloo backend; ``--num-machines/--machine-rank/--dist-url`` work as with
 GPUs (run the same command on every machine with its own ``--machine-rank``).
+
+One run at a time per ``OUTPUT_DIR``: the launcher (machine 0) locks it before anything is written
+there, and a training run refuses to resume from, or overwrite, a checkpoint trained with another
+config unless ``--allow-config-change`` is given (lt_detectron/engine/run_guard.py).
 """
+
+import contextlib
 
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
@@ -27,6 +34,7 @@ from lt_detectron.data import add_register_arguments, prepare_datasets, register
 from lt_detectron.engine import LTTrainer, LTCheckpointer, prepare_training_data
 from lt_detectron.engine.launch import launch_on_device
 from lt_detectron.engine.logger import setup_lt_logger
+from lt_detectron.engine.run_guard import OutputDirBusy, ResumeConfigMismatch, guard_output_dir
 
 Trainer = LTTrainer
 
@@ -57,7 +65,7 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         # checks; statistics and BOFL's epoch length (MODEL.LT.BOFL.ITERS_PER_EPOCH) from one parse
-        cfg = prepare_training_data(cfg)[0]
+        cfg = prepare_training_data(cfg, check_images=False)[0]  # reads no training image
         model = Trainer.build_model(cfg)
         LTCheckpointer(
             model, save_dir=cfg.OUTPUT_DIR, reinit_cls=cfg.MODEL.LT.REINIT_CLS
@@ -83,6 +91,12 @@ def argument_parser():
         help="smoke test: 2 iterations at 160 px, 2 images per batch, scaled learning rate, 10 "
         "detections per image, no BOFL deferral (lt_detectron/config_smoke.py); add MODEL.DEVICE cpu",
     )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="train although OUTPUT_DIR's checkpoint was trained with another config: --resume from it "
+        "anyway, or (without --resume) overwrite it; refused otherwise, naming the keys",
+    )
     return parser
 
 
@@ -91,16 +105,32 @@ def launch_from_args(args):
     gloo CPU processes for ``MODEL.DEVICE cpu`` (from the YAML or the opts), else Detectron2's launch."""
     register_from_args(args)
     cfg = load_config(args)
-    # generate / validate datasets once, before worker processes start
-    prepare_datasets(cfg=cfg)
-    return launch_on_device(
-        cfg.MODEL.DEVICE,
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
+    with output_dir_guard(cfg, args):
+        # generate / validate datasets once, before worker processes start
+        prepare_datasets(cfg=cfg)
+        return launch_on_device(
+            cfg.MODEL.DEVICE,
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+
+
+def output_dir_guard(cfg, args):
+    """OUTPUT_DIR held by this launcher (machine 0) for the whole run, before default_setup writes
+    config.yaml: a second run there is refused, naming the first; a training run checks the config
+    recorded in OUTPUT_DIR's checkpoint (--resume / --allow-config-change). See engine/run_guard.py."""
+    if args.machine_rank != 0:  # machine 0's launcher holds it for all machines
+        return contextlib.nullcontext()
+    return guard_output_dir(
+        cfg,
+        train=not args.eval_only,
+        resume=args.resume,
+        allow_config_change=getattr(args, "allow_config_change", False),
+        world_size=args.num_gpus * args.num_machines,
     )
 
 
@@ -109,5 +139,5 @@ if __name__ == "__main__":
     print("Command Line Args:", args)
     try:
         launch_from_args(args)
-    except LTConfigError as e:
+    except (LTConfigError, OutputDirBusy, ResumeConfigMismatch) as e:
         raise SystemExit("train_net.py: error: %s" % e) from None

@@ -13,6 +13,11 @@
 - **Atomic writes.** A checkpoint is written to a temporary file in the same folder, flushed,
   fsync'ed and renamed; only then is ``last_checkpoint`` replaced, the same way. A crash leaves
   the previous checkpoint and ``last_checkpoint`` intact (:func:`~lt_detectron.utils.atomic.atomic_write`).
+  The first save of a checkpointer removes the temporary files of writers that were killed (their
+  process is gone; :func:`~lt_detectron.utils.atomic.remove_stale_temps`).
+- **The run's config is recorded.** Given ``config_dump`` (``cfg.dump()``, a plain string), every
+  checkpoint stores it under ``"config"``; ``tools/train_net.py`` compares it with the config of a
+  run that resumes from (or would overwrite) the checkpoint (:mod:`.run_guard`).
 - **Resume falls back.** When the file ``last_checkpoint`` names is missing, truncated or
   corrupt, ``resume_or_load`` warns and resumes from the newest intact ``model_*.pth`` of the
   folder. A refused (unsafe) file is an error, never skipped.
@@ -37,7 +42,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils import comm
 from detectron2.utils.file_io import Detectron2Handler
 
-from ..utils.atomic import atomic_write
+from ..utils.atomic import atomic_write, remove_stale_temps
 from .backbone_keys import CheckpointBackboneMismatch, check_unexpected_backbone_keys
 from .rng_state import (
     gather_rng_states,
@@ -171,9 +176,13 @@ class LTCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with safe loading, atomic saving, resume fallback and
     ``MODEL.LT.REINIT_CLS`` (see the module docstring)."""
 
-    def __init__(self, model, save_dir="", *, reinit_cls=False, **checkpointables):
+    def __init__(
+        self, model, save_dir="", *, reinit_cls=False, config_dump=None, **checkpointables
+    ):
         super().__init__(model, save_dir, **checkpointables)
         self.reinit_cls = reinit_cls
+        self.config_dump = config_dump  # the run's cfg.dump(), saved as checkpoint["config"]
+        self._temps_swept = False
 
     # -- reading ---------------------------------------------------------------------------
     def _local_path(self, path: str) -> str:
@@ -299,6 +308,8 @@ class LTCheckpointer(DetectionCheckpointer):
         data = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
+        if self.config_dump is not None:
+            data["config"] = str(self.config_dump)
         data.update(kwargs)
         basename = "{}.pth".format(name)
         save_file = os.path.join(self.save_dir, basename)
@@ -306,8 +317,17 @@ class LTCheckpointer(DetectionCheckpointer):
         _check_plain(data, "checkpoint %s" % basename)
         self.logger.info("Saving checkpoint to {}".format(save_file))
         os.makedirs(self.save_dir, exist_ok=True)
+        self._remove_stale_temps()
         atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
+
+    def _remove_stale_temps(self):
+        """Once per checkpointer: the temporary files of killed writes (their writer is gone)."""
+        if self._temps_swept:
+            return
+        self._temps_swept = True
+        for path in remove_stale_temps(self.save_dir):
+            self.logger.warning("removed the temporary file of an interrupted write: %s", path)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write(

@@ -64,7 +64,7 @@ __all__ = [
 logger = logging.getLogger("lt_detectron")
 
 
-def prepare_training_data(cfg):
+def prepare_training_data(cfg, check_images: bool = True):
     """Startup checks, then the training data read once: ``(cfg, class_stats, train_dicts)``.
 
     Every dataset file must exist and the test sets must share the training class list (cheap
@@ -74,7 +74,8 @@ def prepare_training_data(cfg):
     when it was 0 and the loss follows BOFL's linear schedule
     (:func:`lt_detectron.data.epochs.with_iters_per_epoch`): build the model from it.
     ``(cfg, None, None)`` without training datasets. ``--eval-only`` calls it too, so that the heads'
-    statistics and BOFL schedule come from the same single parse.
+    statistics and BOFL schedule come from the same single parse, with ``check_images=False`` (it
+    reads no training image).
     """
     from ..data.epochs import with_iters_per_epoch
 
@@ -86,7 +87,7 @@ def prepare_training_data(cfg):
     check_class_lists(cfg)
     if not cfg.DATASETS.TRAIN:
         return cfg, None, None
-    by_name = load_train_dicts(cfg)
+    by_name = load_train_dicts(cfg, check_images=check_images)
     stats = check_config_against_data(cfg, by_name)
     train_dicts = train_dataset_dicts(cfg, by_name)
     return with_iters_per_epoch(cfg, train_dicts), stats, train_dicts
@@ -194,7 +195,11 @@ class LTTrainer(DefaultTrainer):
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         # safe loading, atomic saving, resume fallback, class-count checks, BAGS classifier re-initialisation
         self.checkpointer = LTCheckpointer(
-            model, cfg.OUTPUT_DIR, reinit_cls=cfg.MODEL.LT.REINIT_CLS, trainer=weakref.proxy(self)
+            model,
+            cfg.OUTPUT_DIR,
+            reinit_cls=cfg.MODEL.LT.REINIT_CLS,
+            config_dump=cfg.dump(),  # recorded in every checkpoint (resume check, engine/run_guard.py)
+            trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER

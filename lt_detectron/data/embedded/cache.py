@@ -4,11 +4,11 @@ clean-up of temporary folders left by interrupted generations."""
 import logging
 import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 from typing import Dict, List
 
+from ...utils.atomic import STALE_TEMP_AGE_S, remove_stale_temps, temp_prefix
 from ...utils.cache import cache_base, cache_dir_error, ensure_cache_dir
 from .plan import plan_lt_shapes
 from .render import write_dataset
@@ -25,50 +25,19 @@ __all__ = [
 ]
 
 
-STALE_TEMP_AGE_S = 3600.0  # a temporary folder untouched this long is stale even if its pid lives
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # exists (another user's), or not a pid we can judge
-    return True
-
-
 def cleanup_stale_temp(
     root, max_age_s: float = STALE_TEMP_AGE_S, min_age_s: float = 60.0
 ) -> List[str]:
-    """Remove temporary siblings ``.{root.name}.tmp-{pid}-{hex}`` left by killed generations.
+    """Remove temporary siblings ``.{root.name}.tmp-{pid}@{host}-{hex}`` left by killed generations.
 
-    A folder is stale when its process is gone (and it is older than ``min_age_s``, so a
-    generation on another machine sharing the folder is not hit at once) or when it was not
-    modified for ``max_age_s``. Returns the removed paths.
+    A folder is stale when its process is gone from this host (at once: a rerun right after a kill
+    cleans up), or when it was not modified for ``max_age_s`` (another host's generation sharing the
+    folder is left alone until then). Folders named without a host (``.tmp-{pid}-{hex}``, earlier
+    versions) are stale when their pid is gone and they are older than ``min_age_s``, or by age.
+    Returns the removed paths (:func:`lt_detectron.utils.atomic.remove_stale_temps`).
     """
     root = Path(root)
-    removed = []
-    if not root.parent.is_dir():
-        return removed
-    prefix = ".%s.tmp-" % root.name
-    now = time.time()
-    for p in root.parent.iterdir():
-        if not p.name.startswith(prefix) or not p.is_dir():
-            continue
-        try:
-            pid = int(p.name[len(prefix) :].split("-")[0])
-        except ValueError:
-            pid = -1
-        try:
-            age = now - p.stat().st_mtime
-        except OSError:
-            continue
-        if age > max_age_s or (age > min_age_s and not (pid > 0 and _pid_alive(pid))):
-            shutil.rmtree(p, ignore_errors=True)
-            if not p.exists():
-                removed.append(str(p))
-    return removed
+    return remove_stale_temps(root.parent, ".%s.tmp-" % root.name, max_age_s, min_age_s)
 
 
 def default_cache_root(seed: int = 0) -> Path:
@@ -114,7 +83,7 @@ def generate_lt_shapes(
         logging.getLogger(__name__).warning(
             "removed the temporary folder of an interrupted generation: %s", p
         )
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root.parent / (temp_prefix(root.name) + uuid.uuid4().hex[:8])
     try:
         try:
             tmp.mkdir()

@@ -53,6 +53,7 @@ from detectron2.utils.events import get_event_storage
 
 from ...losses import DenseBatch, DenseLoss, FocalDenseLoss, build_dense_loss, train_class_stats
 from ...losses.distributed import all_reduce_sum, get_world_size
+from .finite import check_finite_box_predictions
 from .fcos_head import FCOSHead, Scale
 
 __all__ = ["FCOS", "FCOSHead", "Scale"]
@@ -295,6 +296,7 @@ class FCOS(Detectron2FCOS):
             all_reduce_sum(ctr_targets.sum().detach().clone()).item() / get_world_size(), 1e-6
         )
         if reg_targets.shape[0] > 0:
+            check_finite_box_predictions(regs[pos], "FCOS (loss_fcos_loc)")
             loss_box = (
                 self.box_loss_per_location(regs[pos], reg_targets) * ctr_targets
             ).sum() / ctr_sum

@@ -20,6 +20,7 @@ from detectron2.utils.events import get_event_storage
 
 from ...compat import dense_box_regression_loss
 from ...losses import DenseBatch, DenseLoss, FocalDenseLoss, build_dense_loss, train_class_stats
+from .finite import check_finite_box_predictions
 
 __all__ = ["LongTailRetinaNet"]
 
@@ -94,6 +95,9 @@ class LongTailRetinaNet(RetinaNet):
         batch = DenseBatch(image_index=image_index, gt_classes_per_image=gt_classes_list)
         loss_cls = self.cls_loss(logits[valid_mask], gt_labels[valid_mask], batch)
 
+        check_finite_box_predictions(
+            cat(pred_anchor_deltas, dim=1)[pos_mask], "RetinaNet (loss_box_reg)"
+        )
         loss_box_reg = dense_box_regression_loss(
             anchors,
             self.box2box_transform,
