@@ -83,6 +83,17 @@ def load_dataset_dicts(name: str) -> List[dict]:
     return dicts
 
 
+def _first_process_of_machine() -> bool:
+    """Local rank 0 under detectron2's ``launch`` (or ``launch_on_device``); every process when the
+    processes were started otherwise (no local process group: e.g. a user's own ``mp.spawn``)."""
+    if comm.get_world_size() == 1:
+        return True
+    try:
+        return comm.get_local_rank() == 0
+    except AssertionError:  # detectron2's "Local process group is not created"
+        return True
+
+
 def load_train_dicts(cfg, check_images: bool = True) -> Dict[str, List[dict]]:
     """``{name: dataset dicts}`` of ``cfg.DATASETS.TRAIN``, each read once (:func:`load_dataset_dicts`).
 
@@ -94,7 +105,7 @@ def load_train_dicts(cfg, check_images: bool = True) -> Dict[str, List[dict]]:
     for name in cfg.DATASETS.TRAIN:
         if name not in out:
             out[name] = load_dataset_dicts(name)
-    if check_images and comm.get_local_rank() == 0:
+    if check_images and _first_process_of_machine():
         # the other processes of this machine are stopped by the launcher when this one fails
         check_image_files(out, out)
     return out
