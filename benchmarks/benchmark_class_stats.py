@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Registry timings: LVIS v1 statistics at startup, and counting from dataset dicts.
 
-.venv/bin/python tools/benchmark_class_stats.py [--annotations 1270141]
+.venv/bin/python -m benchmarks.benchmark_class_stats [--annotations 1270141]
 """
 
 import argparse

@@ -17,9 +17,9 @@ Scales (``--scale``):
   all       both (default)
 ``--rows/--cols`` replace the scales by one custom ROI shape (dense: ``--dense-rows`` or rows x (cols-1)).
 
-    python tools/benchmark_losses.py                                  # lvis + embedded, CPU
-    python tools/benchmark_losses.py --scale lvis --repeats 7 [--device cuda] [--only ce,eqlv2,bags]
-    python tools/benchmark_losses.py --rows 64 --cols 11 --repeats 1  # smoke test
+    python -m benchmarks.benchmark_losses                                  # lvis + embedded, CPU
+    python -m benchmarks.benchmark_losses --scale lvis --repeats 7 [--device cuda] [--only ce,eqlv2,bags]
+    python -m benchmarks.benchmark_losses --rows 64 --cols 11 --repeats 1  # smoke test
 """
 
 import argparse
@@ -27,15 +27,10 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# the sibling tools/_loss_builders.py, also when this file is imported by path
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _loss_builders import (  # noqa: E402, F401  (re-exported: the rows and tables live there)
+from benchmarks.loss_builders import (  # noqa: F401  (re-exported: the rows and tables live there)
     BENCHMARKS,
     DENSE_BENCHMARKS,
     DENSE_GOALS,

@@ -13,11 +13,11 @@ output root): ``lt_runs.csv`` (metrics, setting, train time, AP curve) and ``lt_
 (per-class AP), from which the report is written: ``lt_benchmark.md`` (mean ± std over seeds, each
 method against its baseline with a verdict, convergence) and ``ap_vs_instances.png`` (ROI and dense
 panels, error bars from the seeds, AP per frequency band). ``--report`` only regenerates the report
-from the csv files (``docs/results`` when ``--results-dir`` is not given).
+from the csv files (``benchmarks/results`` when ``--results-dir`` is not given).
 
-    python tools/benchmark_lt.py --methods softmax,ecm --seeds 3 --jobs 2 --results-dir docs/results
-    python tools/benchmark_lt.py --report                          # tables + plot from docs/results
-    python tools/benchmark_lt.py --methods softmax,fcos_focal --max-iter 5 --output-root /tmp/ltb
+    python -m benchmarks.benchmark_lt --methods softmax,ecm --seeds 3 --jobs 2 --results-dir benchmarks/results
+    python -m benchmarks.benchmark_lt --report                          # tables + plot from benchmarks/results
+    python -m benchmarks.benchmark_lt --methods softmax,fcos_focal --max-iter 5 --output-root /tmp/ltb
 
 Methods: ``<m>`` -> configs/lt_shapes/faster_rcnn_tiny_<m>.yaml, ``fcos_<m>`` -> fcos_tiny_<m>.yaml,
 ``centernet_<m>``, ``retinanet_<m>`` likewise. ``bags_decoupled`` starts from the ``softmax`` run's
@@ -36,10 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from _lt_results import (  # noqa: E402
+from benchmarks.lt_results import (
     collect_run,
     read_final_metrics,
     read_per_category_csv,
@@ -48,6 +45,7 @@ from _lt_results import (  # noqa: E402
     write_report,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs" / "lt_shapes"
 TRAIN_NET = ROOT / "tools" / "train_net.py"
 RESULT_FILE = "lt_benchmark_result.json"
@@ -290,7 +288,7 @@ def main(argv=None):
         "--results-dir",
         default=None,
         help="where the per-seed csv files and the report go (default: the output root; with "
-        "--report: docs/results)",
+        "--report: benchmarks/results)",
     )
     p.add_argument(
         "--extra-opts",
@@ -318,7 +316,7 @@ def main(argv=None):
     )
     args = p.parse_args(argv)
     if args.report:
-        results_dir = Path(args.results_dir or ROOT / "docs" / "results")
+        results_dir = Path(args.results_dir or ROOT / "benchmarks" / "results")
         md, paths = write_report(results_dir)
         print(md)
         print("[benchmark_lt] wrote %s" % ", ".join(paths))

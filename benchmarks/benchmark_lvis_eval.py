@@ -7,10 +7,10 @@ time is wall clock, peak memory the subprocess's max RSS (``resource.getrusage``
 benchmark's own input data and imports). The largest |difference| over AP, AP50, AP75, APs/m/l,
 APr/c/f and AR@300 between ours and lvis-api is reported. Output: a markdown table.
 
-  python tools/benchmark_lvis_eval.py --images 1000 5000 --tasks bbox segm --repeats 3 --no-json-row
-  python tools/benchmark_lvis_eval.py --images 19809 --tasks bbox --skip-lvis-api --protocols standard fixed
-  python tools/benchmark_lvis_eval.py --images 5000 --tasks bbox --skip-lvis-api --profile   # cProfile of ours
-  python tools/benchmark_lvis_eval.py --images 1000 --tasks segm --skip-lvis-api --boundary   # + Boundary AP
+  python -m benchmarks.benchmark_lvis_eval --images 1000 5000 --tasks bbox segm --repeats 3 --no-json-row
+  python -m benchmarks.benchmark_lvis_eval --images 19809 --tasks bbox --skip-lvis-api --protocols standard fixed
+  python -m benchmarks.benchmark_lvis_eval --images 5000 --tasks bbox --skip-lvis-api --profile   # cProfile of ours
+  python -m benchmarks.benchmark_lvis_eval --images 1000 --tasks segm --skip-lvis-api --boundary   # + Boundary AP
 
 "ours" runs end to end from Detectron2 ``Instances`` (masks: full-image ``pred_masks``), for the row's
 task only: ``process()`` of every image (conversion, top-300 cap, mask RLE encoding), ``evaluate()``
@@ -49,8 +49,6 @@ import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR@300")
 

@@ -15,18 +15,14 @@ at the last tenth's rate, an upper bound (the thresholds keep rising). Detectron
 ``fast_rcnn_inference`` (300 per image) is timed on the first ``--baseline-images`` images of the
 same stream (it keeps no state, so its cost does not change along the stream).
 
-  python tools/benchmark_topk_inference.py --images 400 --boost 8
+  python -m benchmarks.benchmark_topk_inference --images 400 --boost 8
 """
 
 import argparse
-import os
 import resource
-import sys
 import time
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def make_image(g, R, C, sigma, boost):

@@ -7,8 +7,8 @@ model, optimizer (incl. gradient clipping) and LR of its config. Each method get
 table reports the median ms/step and the ratio to the first method (the baseline, default ``softmax``).
 The issue's goal for the ROI methods is <= 1.03x the softmax step.
 
-    python tools/benchmark_train_step.py                                  # every faster_rcnn_tiny_* method
-    python tools/benchmark_train_step.py --methods softmax,eqlv2,fcos_focal,centernet_bofl --steps 10
+    python -m benchmarks.benchmark_train_step                                  # every faster_rcnn_tiny_* method
+    python -m benchmarks.benchmark_train_step --methods softmax,eqlv2,fcos_focal,centernet_bofl --steps 10
 
 Method names: ``<m>`` -> configs/lt_shapes/faster_rcnn_tiny_<m>.yaml, ``fcos_<m>`` -> fcos_tiny_<m>.yaml,
 ``centernet_<m>`` -> centernet_tiny_<m>.yaml, ``retinanet_<m>`` -> retinanet_tiny_<m>.yaml, or a yaml path.
@@ -19,14 +19,12 @@ import copy
 import glob
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CONFIG_DIR = ROOT / "configs" / "lt_shapes"
 _FAMILIES = {"fcos": "fcos_tiny_", "centernet": "centernet_tiny_", "retinanet": "retinanet_tiny_"}
 

@@ -1,4 +1,4 @@
-"""The rows of ``tools/benchmark_losses.py``: ``builder(rows, cols, device, dtype) -> step`` per loss
+"""The rows of ``benchmarks/benchmark_losses.py``: ``builder(rows, cols, device, dtype) -> step`` per loss
 (``step()`` runs one forward + backward), the ROI table ``BENCHMARKS`` and the dense table
 ``DENSE_BENCHMARKS`` with their reference rows and goals, and the per-class instance counts the
 builders use (:func:`class_counts`). See ``benchmark_losses.py``'s docstring for the shapes."""

@@ -1,7 +1,7 @@
-"""Results of ``tools/benchmark_lt.py``: run folders -> per-seed csv files -> tables and plots.
+"""Results of ``benchmarks/benchmark_lt.py``: run folders -> per-seed csv files -> tables and plots.
 
-Per-seed raw results live in two csv files of a results folder (``docs/results/`` for the shipped
-ones), from which ``tools/benchmark_lt.py --report`` regenerates every table and plot:
+Per-seed raw results live in two csv files of a results folder (``benchmarks/results/`` for the shipped
+ones), from which ``benchmarks/benchmark_lt.py --report`` regenerates every table and plot:
 
 - ``lt_runs.csv``: one row per (method, seed): the setting (threads, max_iter, extra opts, config),
   the train time, the final metrics and ``curve`` (``iteration:AP;...`` of every evaluation);
@@ -49,7 +49,7 @@ _GROUP = re.compile(r"AP\[\d+,(\d+|inf)\)")
 # ------------------------------------------------------------------------------ methods
 def family_of(method: str) -> str:
     """``"fcos"``, ``"centernet"``, ``"retinanet"`` or ``""`` (ROI heads): the plots' own parsing."""
-    from lt_detectron.engine.plots import split_method
+    from lt_detectron.visualization.plots import split_method
 
     return split_method(method)[0]
 
@@ -106,7 +106,7 @@ def read_per_category_csv(path):
     """The evaluator's per-category csv (read by ``result_plots.read_per_category_csv``) as dicts
     sorted by category_id: category_id, name, frequency, train_instances (-1 unknown), AP (NaN where
     the class has no validation GT)."""
-    from lt_detectron.engine.result_plots import read_per_category_csv as read_columns
+    from lt_detectron.visualization.result_plots import read_per_category_csv as read_columns
 
     d = read_columns(str(path))
     rows = [
@@ -219,7 +219,7 @@ def load_runs(results_dir):
     path = Path(results_dir) / RUNS_CSV
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: run tools/benchmark_lt.py --methods ... --seeds N "
+            f"{path} not found: run benchmarks/benchmark_lt.py --methods ... --seeds N "
             f"--results-dir {results_dir} first (or point --results-dir at a folder with {RUNS_CSV})"
         )
     out = {}
@@ -384,7 +384,7 @@ def _shown(path) -> str:
 def write_report(results_dir, out_dir=None, title="lt_shapes benchmark"):
     """Tables (``lt_benchmark.md``) and the figure (``ap_vs_instances.png``) from the csv files of
     ``results_dir``, written to ``out_dir`` (default: the same folder). Returns (markdown, paths)."""
-    from lt_detectron.engine.benchmark_plots import BAND_METRICS, plot_seed_benchmark
+    from benchmarks.plots import BAND_METRICS, plot_seed_benchmark
 
     runs = load_runs(results_dir)
     out = Path(out_dir or results_dir)
@@ -393,7 +393,7 @@ def write_report(results_dir, out_dir=None, title="lt_shapes benchmark"):
         f"# {title}",
         "Box AP on lt_shapes_val (LVIS protocol), mean ± sample std over seeds (seed = model "
         "initialisation and data order). Settings: " + settings_line(runs) + ".",
-        "Regenerate: `python tools/benchmark_lt.py --report --results-dir %s`."
+        "Regenerate: `python -m benchmarks.benchmark_lt --report --results-dir %s`."
         % _shown(results_dir),
         format_seed_table(runs),
     ]

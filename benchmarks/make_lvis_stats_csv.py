@@ -3,7 +3,7 @@
 
 Usage::
 
-    python tools/make_lvis_stats_csv.py /path/to/lvis_v1_train_cat_info.json [--out CSV]
+    python -m benchmarks.make_lvis_stats_csv /path/to/lvis_v1_train_cat_info.json [--out CSV]
 
 The input is either a list of category dicts (``*_cat_info.json``, as written by
 detectron2's ``prepare_cocofied_lvis`` / Detic's ``get_lvis_cat_info.py``) or a full LVIS
@@ -14,12 +14,8 @@ recomputed from ``annotations`` if missing).
 import argparse
 import collections
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from lt_detectron.data.lvis_stats import shipped_stats_path, write_stats_csv  # noqa: E402
+from lt_detectron.data.lvis_stats import shipped_stats_path, write_stats_csv
 
 
 def main(argv=None):

@@ -1,4 +1,4 @@
-"""Plots of a benchmark run with several seeds (``tools/benchmark_lt.py --report``).
+"""Plots of a benchmark run with several seeds (``benchmarks/benchmark_lt.py --report``).
 
 :func:`plot_seed_benchmark` draws one row per detector kind (ROI heads, then each dense family):
 
@@ -16,9 +16,9 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..class_stats import DEFAULT_GROUP_EDGES
-from .plots import _figure, _np, _save, method_style, split_method
-from .result_plots import _shade_groups, ap_vs_instances_data
+from lt_detectron.class_stats import DEFAULT_GROUP_EDGES
+from lt_detectron.visualization.plots import _figure, _np, _save, method_style, split_method
+from lt_detectron.visualization.result_plots import _shade_groups, ap_vs_instances_data
 
 __all__ = ["seed_statistics", "plot_seed_benchmark", "BAND_METRICS"]
 

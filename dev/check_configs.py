@@ -2,9 +2,9 @@
 """Run every shipped config for a few iterations plus evaluation, through ``tools/train_net.py``, on
 the real-format fixtures (``lt_detectron/utils/testing/real_formats.py``), registered both ways.
 
-    python tools/check_configs.py                       # every config under configs/{lvis_v1,coco_lt,dense}
-    python tools/check_configs.py --families -j 2       # one config per (architecture x loss) family (CI)
-    python tools/check_configs.py --configs 'configs/dense/*fcos*' --registration detectron2
+    python -m dev.check_configs                       # every config under configs/{lvis_v1,coco_lt,dense}
+    python -m dev.check_configs --families -j 2       # one config per (architecture x loss) family (CI)
+    python -m dev.check_configs --configs 'configs/dense/*fcos*' --registration detectron2
 
 Each run is one ``python tools/train_net.py --config-file C --smoke ...`` subprocess (what a user
 launches to smoke-test a config: ``lt_detectron/config_smoke.py`` shrinks input size, batch and
@@ -44,10 +44,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional
 
-# the sibling tools/_check_configs_run.py, also when this file is imported by path
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from _check_configs_run import (  # noqa: E402, F401  (re-exported: one run lives there)
+from dev.check_configs_run import (  # noqa: F401  (re-exported: one run lives there)
     FIXTURE_DATASETS,
     ROOT,
     CHECK_OPTS,
@@ -352,7 +349,7 @@ def main(argv=None):
         % (len(rows), len(failed), time.perf_counter() - t0, work)
     )
     print(
-        "command: python tools/check_configs.py "
+        "command: python -m dev.check_configs "
         + " ".join(argv if argv is not None else sys.argv[1:])
     )
     return 1 if failed else 0

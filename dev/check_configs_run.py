@@ -1,6 +1,6 @@
-"""One run of ``tools/check_configs.py``: the ``tools/train_net.py --smoke`` command of a config
+"""One run of ``dev/check_configs.py``: the ``tools/train_net.py --smoke`` command of a config
 (``lt_detectron/config_smoke.py`` shrinks it; :data:`CHECK_OPTS`, the fixtures, the registration),
-running it with its peak RSS, and reading its ``metrics.json``. See ``check_configs.py``'s docstring."""
+running it with its peak RSS, and reading its ``metrics.json``. See ``dev/check_configs.py``'s docstring."""
 
 import json
 import os

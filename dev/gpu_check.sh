@@ -6,10 +6,10 @@
 # max GPU memory (detectron2's "max_mem", torch.cuda.max_memory_allocated) per run; exits 1 if any
 # run failed.
 #
-#   bash tools/gpu_check.sh                 # all methods, AMP off and on, 20 iterations, batch 4
-#   bash tools/gpu_check.sh --dry-run       # print the commands only
-#   METHODS="softmax eqlv2" AMP="off" ITERS=50 BATCH=8 bash tools/gpu_check.sh
-#   DEVICE=cpu ITERS=3 AMP=off SMALL=1 bash tools/gpu_check.sh   # CPU smoke run (what the tests do)
+#   bash dev/gpu_check.sh                 # all methods, AMP off and on, 20 iterations, batch 4
+#   bash dev/gpu_check.sh --dry-run       # print the commands only
+#   METHODS="softmax eqlv2" AMP="off" ITERS=50 BATCH=8 bash dev/gpu_check.sh
+#   DEVICE=cpu ITERS=3 AMP=off SMALL=1 bash dev/gpu_check.sh   # CPU smoke run (what the tests do)
 #
 # Environment: PYTHON (default .venv/bin/python), WORK (default a new temporary folder), FIXTURES
 # (default WORK/fixtures, generated), DEVICE (cuda), ITERS (20), BATCH (4), AMP ("off on"),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup: a virtual environment in .venv with torch, detectron2 (v0.6, patched
-# build made by tools/install_detectron2.py) and lt_detectron installed in editable mode.
+# build made by dev/install_detectron2.py) and lt_detectron installed in editable mode.
 # Re-running it is cheap: every step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.lt_detectron_setup
-want="$(cat requirements.txt requirements-dev.txt setup.py tools/install_detectron2.py | sha1sum | cut -c1-16)"
+want="$(cat requirements.txt requirements-dev.txt setup.py dev/install_detectron2.py | sha1sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import detectron2, lt_detectron" 2>/dev/null; then
   echo "[setup] .venv is up to date"
   exit 0
@@ -20,7 +20,7 @@ echo "[setup] installing requirements (torch, pycocotools, lvis, ...)"
 # modules actually imported are compiled below
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -r requirements.txt -r requirements-dev.txt
 echo "[setup] installing detectron2"
-.venv/bin/python tools/install_detectron2.py
+.venv/bin/python dev/install_detectron2.py
 echo "[setup] installing lt_detectron (editable)"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 echo "[setup] compiling the modules the project imports"
