@@ -1,16 +1,17 @@
 #!/usr/bin/env python
 """Startup cost on an LVIS-v1-size training json: lt_detectron's train_net path vs plain detectron2.
 
-    python tools/benchmark_startup.py                   # ~100k images, ~1.27M boxes (LVIS v1 train size)
-    python tools/benchmark_startup.py --images 5000     # quicker, same shape
+    python -m benchmarks.benchmark_startup                   # ~100k images, ~1.27M boxes (LVIS v1 train size)
+    python -m benchmarks.benchmark_startup --images 5000     # quicker, same shape
 
 Generates ``lvis/lvis_v1_train.json`` in LVIS v1 format (the 1203 real categories, ~12.7 boxes
 per image as in LVIS v1 train, 8-point polygons; empty image files, which lt_detectron's startup
 check stats and nobody reads) under a temporary
 ``$DETECTRON2_DATASETS``, then runs each side in its own fresh process:
 
-- **lt_detectron**: ``tools/train_net.py``'s own code path (its ``argument_parser``,
-  ``prepare_datasets``, ``setup`` and ``Trainer`` = ``LTTrainer``) on
+- **lt_detectron**: ``tools/train_net.py``'s own code path (``lt_detectron.engine.defaults``'
+  ``argument_parser`` and ``load_config``, ``prepare_datasets``, train_net's ``setup`` and
+  ``Trainer`` = ``LTTrainer``) on
   ``configs/lvis_v1/rfs_mask_rcnn_R_50_FPN_1x.yaml`` (``RepeatFactorTrainingSampler``, as
   the LVIS recipes use) with the builtin name ``lvis_v1_train``;
 - **detectron2**: ``DefaultTrainer`` on the same json registered with
@@ -64,7 +65,6 @@ def generate_json(path, num_images, boxes_per_image=12.68, seed=0):
     """LVIS v1-format train json of ``num_images`` images (no image files)."""
     import numpy as np
 
-    sys.path.insert(0, ROOT)
     from lt_detectron.utils.testing import lvis_v1_categories
 
     rng = np.random.default_rng(seed)
@@ -147,19 +147,16 @@ def _blank_mapper():
 
 
 def child_lt(out_dir):
-    import importlib.util
+    from lt_detectron.data import prepare_datasets, register_from_args
+    from lt_detectron.engine import defaults
+    from tools import train_net
 
-    spec = importlib.util.spec_from_file_location(
-        "train_net", os.path.join(ROOT, "tools", "train_net.py")
-    )
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
     _blank_mapper()
-    args = train_net.argument_parser().parse_args(
+    args = defaults.argument_parser().parse_args(
         ["--config-file", LT_CONFIG] + COMMON_OPTS + ["OUTPUT_DIR", out_dir, "DATASETS.TEST", "()"]
     )
-    train_net.register_from_args(args)
-    train_net.prepare_datasets(train_net.load_config(args))
+    register_from_args(args)
+    prepare_datasets(defaults.load_config(args))
     cfg = train_net.setup(args)
     trainer = train_net.Trainer(cfg)
     next(trainer._trainer._data_loader_iter)
@@ -209,7 +206,8 @@ def run_child(side, root, json_file):
     )
     cmd = [
         sys.executable,
-        os.path.abspath(__file__),
+        "-m",
+        "benchmarks.benchmark_startup",
         "--child",
         side,
         "--json",
@@ -217,7 +215,7 @@ def run_child(side, root, json_file):
         "--out-dir",
         out_dir,
     ]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     if p.returncode != 0:
         raise RuntimeError(
             "%s child failed (rc %d):\n%s"
@@ -294,7 +292,7 @@ def main(argv=None):
     rm = med["lt"]["peak_rss_mib"] / med["d2"]["peak_rss_mib"]
     print("| ratio lt / detectron2 (goal <= 1.1) | %.2f | %.2f |" % (rt, rm))
     print(
-        "\ncommand: python tools/benchmark_startup.py "
+        "\ncommand: python -m benchmarks.benchmark_startup "
         + " ".join(argv if argv is not None else sys.argv[1:])
     )
     return 0
