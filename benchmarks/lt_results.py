@@ -1,7 +1,7 @@
 """Results of ``benchmarks/benchmark_lt.py``: run folders -> per-seed csv files -> tables and plots.
 
 Per-seed raw results live in two csv files of a results folder (``benchmarks/results/`` for the shipped
-ones), from which ``benchmarks/benchmark_lt.py --report`` regenerates every table and plot:
+ones), from which ``python -m benchmarks.benchmark_lt --report`` regenerates every table and plot:
 
 - ``lt_runs.csv``: one row per (method, seed): the setting (threads, max_iter, extra opts, config),
   the train time, the final metrics and ``curve`` (``iteration:AP;...`` of every evaluation);
@@ -219,7 +219,7 @@ def load_runs(results_dir):
     path = Path(results_dir) / RUNS_CSV
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} not found: run benchmarks/benchmark_lt.py --methods ... --seeds N "
+            f"{path} not found: run python -m benchmarks.benchmark_lt --methods ... --seeds N "
             f"--results-dir {results_dir} first (or point --results-dir at a folder with {RUNS_CSV})"
         )
     out = {}

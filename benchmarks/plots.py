@@ -1,4 +1,4 @@
-"""Plots of a benchmark run with several seeds (``benchmarks/benchmark_lt.py --report``).
+"""Plots of a benchmark run with several seeds (``python -m benchmarks.benchmark_lt --report``).
 
 :func:`plot_seed_benchmark` draws one row per detector kind (ROI heads, then each dense family):
 
