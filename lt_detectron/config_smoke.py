@@ -1,5 +1,5 @@
 """Smoke-test overrides: shrink any config so that it trains a couple of iterations and evaluates,
-on a CPU, in minutes (``tools/train_net.py --smoke``, ``tools/check_configs.py``).
+on a CPU, in minutes (``tools/train_net.py --smoke``, ``dev/check_configs.py``).
 
 What shrinks, together (each alone is not enough: a 1333 px Mask R-CNN at 16 images per batch does
 not fit a laptop, and BOFL with its deferral of 3 epochs never switches on in 2 iterations):

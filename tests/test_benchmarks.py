@@ -2,11 +2,10 @@
 parsing / table / plot on fake run folders, and (slow) one train step for two methods."""
 
 import csv
-import importlib.util
+import importlib
 import json
 import math
 import os
-import sys
 
 import pytest
 
@@ -14,11 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", name + ".py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("benchmarks." + name)
 
 
 def test_benchmark_losses_tiny(capsys):
@@ -100,7 +95,7 @@ def test_benchmark_lt_parsing(tmp_path):
 
 
 def test_seed_statistics_and_verdicts():
-    res = _load("_lt_results")
+    res = _load("lt_results")
     mean, std, n = res.mean_std([1.0, 2.0, 3.0, float("nan")])
     assert (mean, n) == (2.0, 3) and std == pytest.approx(1.0)  # sample std, nan dropped
     assert math.isnan(res.mean_std([5.0])[1])
@@ -124,7 +119,7 @@ def test_seed_statistics_and_verdicts():
 
 def test_benchmark_lt_seeds_csv_report_and_plot(tmp_path):
     lt = _load("benchmark_lt")
-    res = sys.modules["_lt_results"]
+    res = _load("lt_results")
     counts = [100, 20, 3]
     runs = []
     # softmax: AP 10, 12, 14 (std 2); ecm: 20, 21, 22 (std 1): +10 > sqrt(5): a gain
@@ -188,7 +183,7 @@ def test_benchmark_lt_methods_and_resume(tmp_path, capsys):
 
 
 def test_every_method_keeps_one_colour():
-    from lt_detectron.engine.plots import METHOD_COLORS, method_color, method_style
+    from lt_detectron.visualization.plots import METHOD_COLORS, method_color, method_style
 
     losses = [k for k in METHOD_COLORS if k not in ("softmax", "focal")]
     assert len({METHOD_COLORS[k] for k in losses}) == len(losses)  # distinct, baselines black

@@ -1,25 +1,14 @@
-"""tools/check_configs.py (every shipped config on the real-format fixtures) and tools/gpu_check.sh."""
+"""dev/check_configs.py (every shipped config on the real-format fixtures) and dev/gpu_check.sh."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
+from dev import check_configs as cc
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load_checker():
-    spec = importlib.util.spec_from_file_location(
-        "check_configs", os.path.join(ROOT, "tools", "check_configs.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-cc = _load_checker()
 
 
 def test_families_and_selection():
@@ -88,7 +77,8 @@ def test_failure_is_reported_with_log_tail(tmp_path):
     out = subprocess.run(
         [
             sys.executable,
-            os.path.join(ROOT, "tools", "check_configs.py"),
+            "-m",
+            "dev.check_configs",
             "--configs",
             "dense/focal_fcos_R_50_FPN_1x_coco.yaml",
             "--registration",
@@ -102,6 +92,7 @@ def test_failure_is_reported_with_log_tail(tmp_path):
         text=True,
         timeout=300,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
+        cwd=ROOT,
     )
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert "FAILED" in out.stdout and "---- tail of" in out.stdout
@@ -112,7 +103,7 @@ def test_failure_is_reported_with_log_tail(tmp_path):
 
 
 def test_gpu_check_script_syntax_and_dry_run(tmp_path):
-    script = os.path.join(ROOT, "tools", "gpu_check.sh")
+    script = os.path.join(ROOT, "dev", "gpu_check.sh")
     assert subprocess.run(["bash", "-n", script]).returncode == 0
     out = subprocess.run(
         ["bash", script, "--dry-run"],
@@ -155,7 +146,7 @@ def test_gpu_check_runs_on_cpu(tmp_path):
         PYTHON=sys.executable,
     )
     out = subprocess.run(
-        ["bash", os.path.join(ROOT, "tools", "gpu_check.sh")],
+        ["bash", os.path.join(ROOT, "dev", "gpu_check.sh")],
         capture_output=True,
         text=True,
         timeout=600,
@@ -172,12 +163,11 @@ def test_check_configs_families(tmp_path):
     """CI: one config per (architecture x loss) family through tools/train_net.py on the fixtures,
     builtin names; detectron2's register_* helpers for one config per dataset x head type.
     The GN from-scratch variants are left out of the family set except one (dense FCOS), for
-    time (each takes 2-3 min on a CPU); the full sweep is `python tools/check_configs.py`."""
+    time (each takes 2-3 min on a CPU); the full sweep is `python -m dev.check_configs`."""
     from lt_detectron.utils.testing import make_fixtures
 
     fx = make_fixtures(str(tmp_path / "fx"))["root"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    tool = os.path.join(ROOT, "tools", "check_configs.py")
     runs = [
         ["--families", "--exclude", "*gn_scratch*", "--registration", "builtin"],
         [
@@ -194,11 +184,23 @@ def test_check_configs_families(tmp_path):
     for i, extra in enumerate(runs):
         work = tmp_path / ("work%d" % i)
         out = subprocess.run(
-            [sys.executable, tool, "-j", "2", "--fixtures", fx, "--output", str(work)] + extra,
+            [
+                sys.executable,
+                "-m",
+                "dev.check_configs",
+                "-j",
+                "2",
+                "--fixtures",
+                fx,
+                "--output",
+                str(work),
+            ]
+            + extra,
             capture_output=True,
             text=True,
             timeout=900,
             env=env,
+            cwd=ROOT,
         )
         assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-3000:]
         with open(work / "check_configs.csv") as f:

@@ -4,7 +4,6 @@ atomic, resume falls back to the newest intact checkpoint, RNG states are plain 
 MODEL.LT.REINIT_CLS re-initialises only a classifier that does not fit, and an offline
 MODEL.WEIGHTS URL is a clear error."""
 
-import importlib.util
 import logging
 import os
 import pickle
@@ -126,15 +125,8 @@ def test_crafted_weights_refused_by_eval_only_and_plot_methods(tmp_path):
     """tools/train_net.py --eval-only and tools/plot_methods.py, in process."""
     marker, files = _crafted_files(str(tmp_path))
 
-    def load_tool(name):
-        spec = importlib.util.spec_from_file_location(
-            "tool_" + name, os.path.join(ROOT, "tools", name + ".py")
-        )
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
+    from tools import plot_methods, train_net
 
-    train_net = load_tool("train_net")
     args = train_net.argument_parser().parse_args(
         [
             "--config-file",
@@ -150,7 +142,6 @@ def test_crafted_weights_refused_by_eval_only_and_plot_methods(tmp_path):
     )
     with pytest.raises(UnsafeCheckpointError, match="refusing to load %s" % files[0]):
         train_net.main(args)
-    plot_methods = load_tool("plot_methods")
     with pytest.raises(UnsafeCheckpointError, match="refusing to load %s" % files[2]):
         plot_methods.main(
             ["--config-file", BASE, "--output", str(tmp_path / "plots"), "MODEL.WEIGHTS", files[2]]

@@ -1,4 +1,4 @@
-"""datasets/prepare_coco_lt.py on a small COCO-format json built here."""
+"""lt_detectron.data.coco_lt and datasets/prepare_coco_lt.py on a small COCO-format json built here."""
 
 import json
 import os
@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from lt_detectron.data import coco_lt as P
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "datasets"))
-import prepare_coco_lt as P  # noqa: E402
 
 
 def _coco(num_cats=8, num_images=400, seed=0, real_ids=False):

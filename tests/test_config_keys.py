@@ -14,14 +14,9 @@ from tests.test_entry_points import ROOT, SOFTMAX, _small_val, _train_net
 
 
 def _load_tool(name):
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location(
-        "_tool_" + name, os.path.join(ROOT, "tools", name + ".py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("tools." + name)
 
 
 @pytest.mark.parametrize(
@@ -38,15 +33,17 @@ def test_invalid_lt_values_are_refused_at_startup(tmp_path, monkeypatch, key, va
     value, the allowed values and the config file."""
     from lt_detectron.config import LTConfigError
 
+    from lt_detectron.engine import defaults
+
     train_net = _load_tool("train_net")
     touched = []
-    monkeypatch.setattr(train_net, "prepare_datasets", lambda **kw: touched.append(kw))
-    monkeypatch.setattr(train_net, "launch_on_device", lambda *a, **kw: touched.append(a))
+    monkeypatch.setattr(defaults, "prepare_datasets", lambda **kw: touched.append(kw))
+    monkeypatch.setattr(defaults, "launch_on_device", lambda *a, **kw: touched.append(a))
     args = train_net.argument_parser().parse_args(
         ["--config-file", SOFTMAX, key, value, "OUTPUT_DIR", str(tmp_path)]
     )
     with pytest.raises(LTConfigError) as info:
-        train_net.launch_from_args(args)
+        defaults.launch_from_args(args, train_net.main)
     msg = str(info.value)
     assert f"{key} = " in msg and value in msg
     assert allowed in msg and SOFTMAX in msg
@@ -222,14 +219,11 @@ def _lt_keys():
 @pytest.mark.slow
 def test_every_lt_key_is_read_by_some_family(tmp_path):
     """tools/train_net.py builds, trains two iterations (the fewest SOLVER.STEPS (1,) allows) and
-    evaluates each family (the commands of tools/check_configs.py, on 4 val images) with a config
+    evaluates each family (the commands of dev/check_configs.py, on 4 val images) with a config
     that records its reads: every key add_lt_config defines is read by at least one family, and
     each run reads its own method keys."""
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    try:
-        import check_configs
-    finally:
-        sys.path.pop(0)
+    from dev import check_configs
+
     val_json, val_images = _small_val(tmp_path, n=4)
     runs = {}
     for name in FAMILIES:
@@ -287,11 +281,8 @@ def test_fixed_ap_on_a_model_without_topk_inference_is_named(caplog, config, war
 def test_evaluate_results_refuses_invalid_values(tmp_path, capsys, key, value):
     """tools/evaluate_results.py checks the trailing KEY VALUE pairs (a negative value is a value,
     not an unknown option) before reading any file."""
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    try:
-        import evaluate_results
-    finally:
-        sys.path.pop(0)
+    from tools import evaluate_results
+
     missing = str(tmp_path / "never_read.json")
     with pytest.raises(SystemExit) as info:
         evaluate_results.main([missing, "--gt", missing, key, value])

@@ -1,6 +1,5 @@
 """tools/convert_torchvision_to_detectron2.py on a randomly initialised torchvision ResNet-50."""
 
-import importlib.util
 import os
 import pickle
 
@@ -17,13 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_torchvision_to_detectron2",
-        os.path.join(ROOT, "tools", "convert_torchvision_to_detectron2.py"),
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tools import convert_torchvision_to_detectron2
+
+    return convert_torchvision_to_detectron2
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 images and its detections drawn (input size, boxes drawn where the model put them, nothing else
 changed); missing inputs, unreadable images, missing and crafted checkpoints are clear errors."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -26,12 +25,9 @@ OPTS = ["MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "3"]
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "lt_demo_tool", os.path.join(ROOT, "tools", "demo.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tools import demo
+
+    return demo
 
 
 @pytest.fixture(scope="module")

@@ -112,11 +112,8 @@ def test_eval_only_honours_fixed_and_pooled_ap_like_evaluate_results(trained_run
     assert not any(k.startswith("APpool") for k in standard["results"]["bbox"])
 
     # the same numbers and keys from the results file the eval-only run saved
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    try:
-        import evaluate_results
-    finally:
-        sys.path.pop(0)
+    from tools import evaluate_results
+
     again = str(tmp_path / "again")
     evaluate_results.main(
         [

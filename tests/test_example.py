@@ -3,8 +3,6 @@ reuses an lt_detectron loss (tensors in/out) or the box head, built from Detectr
 trained for a few iterations on the embedded dataset."""
 
 import math
-import os
-import sys
 
 import pytest
 import torch
@@ -12,9 +10,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.utils.events import EventStorage
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "examples"))
-import custom_meta_arch as example  # noqa: E402  (registers LTExampleBoxClassifier once)
+from examples import custom_meta_arch as example  # (registers LTExampleBoxClassifier once)
 
 
 @pytest.fixture(scope="module")

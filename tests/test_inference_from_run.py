@@ -86,7 +86,7 @@ def test_missing_training_data_error_names_the_data_the_file_and_the_fix(tmp_pat
 
 # ------------------------------------------------------------------------------ end to end (slow)
 INFER = r"""
-import importlib.util, json, os, sys
+import json, os, sys
 import numpy as np, torch
 torch.set_num_threads(1)
 import lt_detectron  # noqa: F401
@@ -97,9 +97,7 @@ from detectron2.engine import DefaultPredictor
 from lt_detectron import add_lt_config
 
 runs, images, out = json.loads(sys.argv[1])
-spec = importlib.util.spec_from_file_location("demo", os.path.join("tools", "demo.py"))
-demo = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(demo)
+from tools import demo, plot_methods as plots
 res = {}
 for run in runs:
     assert not any(n.startswith("copy_") for n in DatasetCatalog.list())
@@ -114,9 +112,6 @@ for run in runs:
     res[run] = [p(read_image(f, format="BGR"))["instances"].get_fields() for f in images]
     res[run] = [{k: (v.tensor if hasattr(v, "tensor") else v).tolist() for k, v in r.items()}
                 for r in res[run]]
-spec = importlib.util.spec_from_file_location("plots", os.path.join("tools", "plot_methods.py"))
-plots = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(plots)
 res["plots"] = plots.main(["--config-file", os.path.join(runs[0], "config.yaml"), "--output",
                            os.path.join(out, "plots"), "MODEL.WEIGHTS",
                            os.path.join(runs[0], "model_final.pth")])
@@ -126,14 +121,11 @@ json.dump(res, open(os.path.join(out, "predictions.json"), "w"))
 
 def _predict_here(run, images, out):
     """demo.py and DefaultPredictor in this process, where the training data is registered."""
-    import importlib.util
-
     from detectron2.data.detection_utils import read_image
     from detectron2.engine import DefaultPredictor
 
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "tools", "demo.py"))
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    from tools import demo
+
     np.random.seed(0)  # the Visualizer's random colours
     demo.main(
         ["--config-file", os.path.join(run, "config.yaml"), "--input", *images]
@@ -157,13 +149,9 @@ def _predict_here(run, images, out):
 def trained_runs(tmp_path_factory):
     """One 2-iteration training per family that needs statistics, on a copy of the embedded training
     json registered as ``copy_*`` with ``--register-dataset`` (tools/train_net.py, in this process)."""
-    import importlib.util
+    from lt_detectron.engine.defaults import launch_from_args
+    from tools import train_net
 
-    spec = importlib.util.spec_from_file_location(
-        "lt_train_net_tool", os.path.join(ROOT, "tools", "train_net.py")
-    )
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
     root = tmp_path_factory.mktemp("inference_runs")
     paths = lt_shapes_paths(get_lt_shapes())
     train_json = str(root / "copy_train.json")
@@ -180,7 +168,7 @@ def trained_runs(tmp_path_factory):
             + ["DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0", "MODEL.DEVICE", "cpu"]
             + opts
         )
-        train_net.launch_from_args(args)
+        launch_from_args(args, train_net.main)
         runs.append(out)
     images = [os.path.join(paths["val_images"], "000001.jpg")]
     before = {run: _predict_here(run, images, str(root / "before")) for run in runs}

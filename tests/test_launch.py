@@ -1,7 +1,6 @@
 """Launching CPU (gloo) runs: several "machines" form one world, MODEL.DEVICE cpu is read from the
 merged config (YAML or command line), and the lt_detectron logs reach log.txt of a real run."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -126,10 +125,9 @@ def test_cuda_device_without_cuda_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def train_net():
-    spec = importlib.util.spec_from_file_location("lt_tools_train_net", TRAIN_NET)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tools import train_net
+
+    return train_net
 
 
 @pytest.mark.parametrize(
@@ -138,8 +136,10 @@ def train_net():
 )
 def test_device_comes_from_the_merged_config(train_net, monkeypatch, opts, device):
     """The YAML says cpu; the command line may override it. The launcher gets the machines flags."""
+    from lt_detectron.engine import defaults
+
     calls = []
-    monkeypatch.setattr(train_net, "launch_on_device", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(defaults, "launch_on_device", lambda *a, **k: calls.append((a, k)))
     args = train_net.argument_parser().parse_args(
         [
             "--config-file",
@@ -155,7 +155,7 @@ def test_device_comes_from_the_merged_config(train_net, monkeypatch, opts, devic
         ]
         + opts
     )
-    train_net.launch_from_args(args)
+    defaults.launch_from_args(args, train_net.main)
     ((a, k),) = calls
     assert a[:3] == (device, train_net.main, 2)
     assert k == dict(num_machines=3, machine_rank=1, dist_url="tcp://10.0.0.1:1234", args=(args,))

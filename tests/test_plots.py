@@ -2,7 +2,6 @@
 count, descending) equals an independent computation; the training hook and tools/plot_methods.py
 write the plots for the model's box predictors (cascade stages, BAGS layout, DDP wrapper)."""
 
-import importlib.util
 import os
 import types
 
@@ -16,7 +15,7 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 
 import lt_detectron  # noqa: F401
-from lt_detectron.engine import plots, result_plots
+from lt_detectron.visualization import plots, result_plots
 from lt_detectron.engine.hooks import (
     LTPlotHook,
     build_lt_hooks,
@@ -374,12 +373,9 @@ def test_build_lt_hooks():
 
 # ---------------------------------------------------------------------- tool
 def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "plot_methods", os.path.join(ROOT, "tools", "plot_methods.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tools import plot_methods
+
+    return plot_methods
 
 
 def test_plot_methods_tool(tmp_path):
@@ -566,7 +562,7 @@ def test_every_ap_plot_axis_is_in_percent(tmp_path, monkeypatch):
     report it: bar lengths are the csv's values, the axis says %, the mean line is their mean."""
     import hotcoco.plot
 
-    from lt_detectron.engine import result_plots
+    from lt_detectron.visualization import result_plots
 
     drawn = []
     real = hotcoco.plot.per_category_ap

@@ -331,18 +331,13 @@ def test_category_scan_across_chunk_boundaries(tmp_path, monkeypatch):
 def test_every_tool_takes_the_register_flags(tool, tmp_path):
     """The same --register-dataset / --register-lvis / --register-coco NAME JSON IMAGE_ROOT flags
     (repeatable) in every tool, registered by the library's register_from_args."""
-    import importlib.util
+    import importlib
 
     from tests._data import unregister, write_coco_json
 
     from lt_detectron.data import register_from_args
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location(
-        "lt_tool_" + tool, os.path.join(root, "tools", tool + ".py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = importlib.import_module("tools." + tool)
     parse = mod.argument_parser().parse_args if tool == "train_net" else mod.parse_args
     required = {
         "train_net": [],

@@ -1,7 +1,6 @@
-"""``tools/train_net.py --smoke`` (lt_detectron/config_smoke.py), its use by tools/check_configs.py,
+"""``tools/train_net.py --smoke`` (lt_detectron/config_smoke.py), its use by dev/check_configs.py,
 and the error when MODEL.WEIGHTS cannot be had offline."""
 
-import importlib.util
 import os
 
 import pytest
@@ -10,6 +9,7 @@ from detectron2.config import get_cfg
 from detectron2.solver import build_lr_scheduler
 
 from lt_detectron import add_lt_config
+from lt_detectron.engine import defaults
 from lt_detectron.engine.checkpoint import WeightsDownloadError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,16 +18,11 @@ BOFL_FCOS = os.path.join(ROOT, "configs", "dense", "bofl_fcos_R_50_FPN_1x_lvis_v
 TINY = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_eqlv2.yaml")
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def train_net():
-    return _load("lt_tools_train_net_smoke", os.path.join(ROOT, "tools", "train_net.py"))
+    from tools import train_net
+
+    return train_net
 
 
 def _plain(path):
@@ -42,7 +37,7 @@ def test_smoke_flag_shrinks_any_config_together(train_net):
     size, proposals and detections per image, BOFL's deferral; a key on the command line wins."""
     plain = _plain(MASK_RCNN)
     args = train_net.argument_parser().parse_args(["--config-file", MASK_RCNN, "--smoke"])
-    cfg = train_net.load_config(args)
+    cfg = defaults.load_config(args)
     assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.WARMUP_ITERS, cfg.SOLVER.IMS_PER_BATCH) == (2, 1, 2)
     assert plain.SOLVER.IMS_PER_BATCH == 16 and plain.SOLVER.BASE_LR == 0.02  # the config's
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.02 * 2 / 16)
@@ -73,12 +68,12 @@ def test_smoke_flag_shrinks_any_config_together(train_net):
         assert node_s == node_p, key
     # without --smoke nothing changes
     args = train_net.argument_parser().parse_args(["--config-file", MASK_RCNN])
-    assert train_net.load_config(args) == plain
+    assert defaults.load_config(args) == plain
 
     # BOFL: no deferral (2 iterations are a fraction of one epoch)
     assert _plain(BOFL_FCOS).MODEL.LT.BOFL.DEFERRED_EPOCHS > 0
     args = train_net.argument_parser().parse_args(["--config-file", BOFL_FCOS, "--smoke"])
-    assert train_net.load_config(args).MODEL.LT.BOFL.DEFERRED_EPOCHS == 0
+    assert defaults.load_config(args).MODEL.LT.BOFL.DEFERRED_EPOCHS == 0
 
     # the user's keys win; the learning rate follows the user's batch
     args = train_net.argument_parser().parse_args(
@@ -92,15 +87,17 @@ def test_smoke_flag_shrinks_any_config_together(train_net):
             "4",
         ]
     )
-    cfg = train_net.load_config(args)
+    cfg = defaults.load_config(args)
     assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH) == (20, 4)
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.02) and cfg.INPUT.MIN_SIZE_TEST == 160
 
 
 def test_check_configs_shrinks_with_the_smoke_flag(tmp_path):
-    """tools/check_configs.py runs `train_net.py --smoke` (one implementation of the shrinking),
+    """dev/check_configs.py runs `train_net.py --smoke` (one implementation of the shrinking),
     adding only the CPU device, its iteration count and its OUTPUT_DIR."""
-    cc = _load("check_configs_smoke", os.path.join(ROOT, "tools", "check_configs.py"))
+    from dev import check_configs as cc
+    from tools import train_net as tn
+
     cfg = cc.load_cfg(BOFL_FCOS)
     argv, _ = cc.build_command(BOFL_FCOS, cfg, str(tmp_path), "builtin", "out", iters=3)
     i = argv.index("--smoke")
@@ -108,8 +105,7 @@ def test_check_configs_shrinks_with_the_smoke_flag(tmp_path):
     opts = argv[i + 1 :]
     assert set(opts[0::2]) - {"MODEL.WEIGHTS"} == {"MODEL.DEVICE", "SOLVER.MAX_ITER", "OUTPUT_DIR"}
     assert opts[opts.index("SOLVER.MAX_ITER") + 1] == "3"
-    tn = _load("lt_tools_train_net_cc", os.path.join(ROOT, "tools", "train_net.py"))
-    merged = tn.load_config(tn.argument_parser().parse_args(argv[2:]))
+    merged = defaults.load_config(tn.argument_parser().parse_args(argv[2:]))
     assert merged.SOLVER.MAX_ITER == 3 and merged.MODEL.LT.BOFL.DEFERRED_EPOCHS == 0
     assert merged.INPUT.MIN_SIZE_TRAIN == (160,) and merged.MODEL.DEVICE == "cpu"
 

@@ -4,7 +4,6 @@ and weights for a deeper backbone (R-101 into an R-50) are an error naming the f
 fix, while heads' extra keys keep detectron2's warning."""
 
 import errno
-import importlib.util
 import os
 import pickle
 
@@ -25,13 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        "convert_torchvision_to_detectron2",
-        os.path.join(ROOT, "tools", "convert_torchvision_to_detectron2.py"),
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from tools import convert_torchvision_to_detectron2
+
+    return convert_torchvision_to_detectron2
 
 
 def _meta_state_dict(builder):

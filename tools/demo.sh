@@ -10,7 +10,7 @@
 #   bash tools/demo.sh eqlv2 SOLVER.MAX_ITER 200   # extra config overrides
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup_env.sh
+bash dev/setup_env.sh
 method=${1:-softmax}
 shift || true
 cfg=configs/lt_shapes/faster_rcnn_tiny_${method}.yaml

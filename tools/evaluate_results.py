@@ -25,8 +25,6 @@ import logging
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def _is_number(text: str) -> bool:
     try:

@@ -76,7 +76,7 @@ def setup(args):
 
 
 def write_results(csvs, out_dir):
-    from lt_detectron.engine.result_plots import write_result_plots
+    from lt_detectron.visualization.result_plots import write_result_plots
 
     paths = []
     for c in csvs:

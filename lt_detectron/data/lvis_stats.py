@@ -3,7 +3,7 @@
 ``stats/lvis_v1_train.csv`` holds, for each of the 1203 LVIS v1 categories, its id, name,
 official frequency band (``r``/``c``/``f``), and the number of train images / instances.
 It is derived from the LVIS v1 train annotations (CC BY 4.0) by
-``tools/make_lvis_stats_csv.py``.
+``benchmarks/make_lvis_stats_csv.py``.
 """
 
 from __future__ import annotations

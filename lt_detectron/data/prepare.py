@@ -228,7 +228,7 @@ def prepare_datasets(cfg, check_images: bool = True):
     files and class lists, and, with ``check_images``, that every image of the test sets exists
     (their dicts are loaded once more for it; the training images are checked by
     :func:`~lt_detectron.data.loading.load_train_dicts`, from the dicts the trainer loads anyway).
-    Returns ``cfg``. (The caller parses the config: ``tools/train_net.py``'s ``load_config``; it
+    Returns ``cfg``. (The caller parses the config: ``lt_detectron.engine.defaults.load_config``; it
     calls this once, before the worker processes start.)"""
     from .image_files import check_image_files
 

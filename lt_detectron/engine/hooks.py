@@ -17,7 +17,7 @@
   evaluator wrote (``<output_dir>/inference/<dataset>/<protocol>_per_category_<task>.csv``):
   ``ap_vs_instances_<protocol>_<task>_<dataset>_<when>.png`` and
   ``ap_per_category_<protocol>_<task>_<dataset>_<when>.png``
-  (:mod:`~lt_detectron.engine.result_plots`).
+  (:mod:`~lt_detectron.visualization.result_plots`).
 
 Each PNG is also put into the trainer's event storage (``EventStorage.put_image``), so detectron2's
 ``TensorboardXWriter`` shows it in TensorBoard (``tensorboard --logdir OUTPUT_DIR``, tab IMAGES,
@@ -43,7 +43,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.utils import comm
 
 from ..class_stats import DEFAULT_GROUP_EDGES
-from . import plots
+from ..visualization import plots
 
 __all__ = [
     "LTPlotHook",
@@ -270,7 +270,7 @@ class LTPlotHook(HookBase):
         """The result plots of every per-category csv written since the last look (an evaluation)."""
         if not comm.is_main_process():
             return []
-        from .result_plots import write_result_plots
+        from ..visualization.result_plots import write_result_plots
 
         paths = []
         for csv_path in self._new_csvs():

@@ -17,7 +17,7 @@ no longer be among its class's ``k`` best of the dataset:
 - :func:`per_class_nms`: Detectron2's ``batched_nms`` (same kept indices in the same order) without
   its ``O(C N)`` cost above 40,000 candidates, where it builds one ``idxs == c`` mask per class: with
   no per-image cap and a 1e-4 floor, an LVIS image can have ~10^5-10^6 candidates over 1,203 classes
-  (``tools/benchmark_topk_inference.py``), and those masks took as long as the NMS itself.
+  (``benchmarks/benchmark_topk_inference.py``), and those masks took as long as the NMS itself.
 - :class:`ClassTopKThresholds`: the running threshold, per class the ``k``-th highest score kept
   so far (``-inf`` while a class has fewer than ``k``). Every detection below it is outranked by
   ``k`` detections already kept, so dropping it never changes the dataset's top-``k`` (per-class

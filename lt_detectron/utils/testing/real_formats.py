@@ -5,7 +5,7 @@ R-50 weights, small enough to train on a CPU (in the spirit of ``detectron2/util
 
     lvis/lvis_v1_train.json, lvis/lvis_v1_val.json        LVIS v1 format, all 1203 real categories
     coco/annotations/instances_{train,val}2017.json       COCO format, the 80 real ids (1..90)
-    coco/annotations/coco_lt_train.json                   built by datasets/prepare_coco_lt.py
+    coco/annotations/coco_lt_train.json                   built by lt_detectron.data.coco_lt
     coco/train2017/000000xxxxxx.jpg, coco/val2017/...     small JPEGs named as COCO names them
     ImageNetPretrained/MSRA/R-50.pkl                      random-weight R-50, MSRA/caffe2 blob names
 
@@ -35,13 +35,13 @@ Everything is a function of ``seed`` (same seed, same bytes).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from typing import Dict
 
 import numpy as np
 
+from ...data.coco_lt import build_coco_lt, load_lvis_counts
 from .categories import COCO_SUPERCATEGORIES, coco_categories, lvis_v1_categories
 from .weights import make_r50_msra_pkl
 
@@ -54,11 +54,6 @@ __all__ = [
     "make_fixtures",
     "fixture_paths",
 ]
-
-_REPO = os.path.dirname(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-)
-_PREPARE_COCO_LT = os.path.join(_REPO, "datasets", "prepare_coco_lt.py")
 
 
 _LICENSES = [
@@ -346,18 +341,6 @@ def make_lvis_coco_fixtures(
     return paths
 
 
-def _load_prepare_coco_lt():
-    if not os.path.isfile(_PREPARE_COCO_LT):
-        raise FileNotFoundError(
-            "%s not found: the COCO-LT fixture is built with datasets/prepare_coco_lt.py of a "
-            "source checkout of lt_detectron" % _PREPARE_COCO_LT
-        )
-    spec = importlib.util.spec_from_file_location("_lt_prepare_coco_lt", _PREPARE_COCO_LT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def make_coco_lt_fixture(root: str, seed: int = 0) -> str:
     """``coco/annotations/coco_lt_train.json`` from the COCO train fixture, by the shipped builder.
 
@@ -366,10 +349,9 @@ def make_coco_lt_fixture(root: str, seed: int = 0) -> str:
     in what the recipe changes (no crowd, achieved counts on the categories), not in size.
     """
     paths = fixture_paths(root)
-    mod = _load_prepare_coco_lt()
     with open(paths["coco_train"]) as f:
         coco = json.load(f)
-    out, _ = mod.build_coco_lt(coco, mod.load_lvis_counts(), seed=seed)
+    out, _ = build_coco_lt(coco, load_lvis_counts(), seed=seed)
     with open(paths["coco_lt_train"], "w") as f:
         json.dump(out, f)
     return paths["coco_lt_train"]
