@@ -1,4 +1,5 @@
-"""Every bash / python block of README.md and docs/*.md runs in CI, or says why not.
+"""Every bash / python block of README.md, docs/*.md, benchmarks/README.md and datasets/README.md
+runs in CI, or says why not; every relative link in them resolves inside the repository.
 
 Markers: the line above a fenced ``bash`` / ``python`` block (blank lines between allowed) is one of
 
@@ -40,8 +41,12 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ["README.md"] + sorted(
-    os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")
+DOCS = (
+    ["README.md"]
+    + sorted(
+        os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")
+    )
+    + [os.path.join("benchmarks", "README.md"), os.path.join("datasets", "README.md")]
 )
 LANGS = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python", "py": "python"}
 FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)")
@@ -82,8 +87,8 @@ def doc_blocks(path):
 
 
 def test_every_doc_block_is_marked():
-    """Each bash / python block of README.md and docs/*.md is marked run / continue / file, or skip
-    with a reason; a test a skip reason names exists."""
+    """Each bash / python block of the files in :data:`DOCS` is marked run / continue / file, or
+    skip with a reason; a test a skip reason names exists."""
     problems, counted = [], 0
     for doc in DOCS:
         prev_lang = None
@@ -111,6 +116,102 @@ def test_every_doc_block_is_marked():
             prev_lang = lang
     assert counted > 20, counted  # the parser found the blocks
     assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------------------- links
+LINK = re.compile(r"\]\(([^()\s]+)\)")
+HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
+HTML_ANCHOR = re.compile(r"<a\s+(?:id|name)=\"([^\"]+)\"")
+
+
+def heading_anchor(title):
+    """GitHub's anchor of a markdown heading: lower case, punctuation other than ``-`` and ``_``
+    dropped (backticks and commas included), spaces to ``-``."""
+    return re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+
+
+def prose_lines(path, root=ROOT):
+    """The lines of a markdown file outside fenced code blocks, with their 1-based numbers."""
+    with open(os.path.join(root, path)) as f:
+        lines = f.read().splitlines()
+    out, fenced = [], False
+    for i, ln in enumerate(lines, 1):
+        if ln.strip().startswith("```"):
+            fenced = not fenced
+            continue
+        if not fenced:
+            out.append((i, ln))
+    return out
+
+
+def anchors(path, root=ROOT):
+    """The anchors a link ``path#anchor`` may name: headings (GitHub's rule, repeated titles get
+    ``-1``, ``-2``, ...) and ``<a id="...">``."""
+    seen, out = {}, set()
+    for _, ln in prose_lines(path, root):
+        out.update(HTML_ANCHOR.findall(ln))
+        m = HEADING.match(ln)
+        if m:
+            slug = heading_anchor(m.group(1))
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            out.add(slug if n == 0 else "%s-%d" % (slug, n))
+    return out
+
+
+def broken_links(doc, root=ROOT):
+    """``["doc:line: target: why"]`` for every relative link of a markdown file (``[..](target)``,
+    images included) that names no file or folder of the repository, points outside it, or names an
+    anchor its markdown target does not have. Links with a scheme (``https:``) are not checked."""
+    problems = []
+    for line, text in prose_lines(doc, root):
+        for target in LINK.findall(re.sub(r"`[^`]*`", "", text)):
+            if re.match(r"^[a-zA-Z][\w+.-]*:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            full = (
+                os.path.join(root, doc)
+                if not path
+                else os.path.normpath(os.path.join(root, os.path.dirname(doc), path))
+            )
+            where = "%s:%d: %s" % (doc, line, target)
+            if os.path.isabs(path) or os.path.relpath(full, root).startswith(os.pardir):
+                problems.append("%s: points outside the repository" % where)
+            elif not os.path.exists(full):
+                problems.append("%s: no such file or folder" % where)
+            elif anchor and full.endswith(".md"):
+                if anchor not in anchors(os.path.relpath(full, root), root):
+                    problems.append("%s: no heading or <a id> with this anchor" % where)
+    return problems
+
+
+def test_every_relative_doc_link_resolves():
+    """Every relative link in README.md, docs/*.md, benchmarks/README.md and datasets/README.md
+    names a file or folder of the repository (and, for a markdown file, an anchor it has)."""
+    counted = sum(len(LINK.findall(text)) for doc in DOCS for _, text in prose_lines(doc))
+    assert counted > 50, counted  # the parser found the links
+    problems = [p for doc in DOCS for p in broken_links(doc)]
+    assert not problems, "\n".join(problems)
+
+
+def test_link_checker_reports_a_missing_file_an_outside_path_and_a_wrong_anchor(tmp_path):
+    """The checker itself: a link to a missing file, one out of the repository and one to an
+    anchor the target lacks are each reported; a good file link and a good anchor are not."""
+    root = tmp_path / "repo"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "guide.md").write_text('## 1. Step one\n\n<a id="here"></a>text\n')
+    (root / "docs" / "page.md").write_text(
+        "# A title, with `code`\n\n"
+        "[ok](guide.md) [ok](#a-title-with-code) [ok](guide.md#1-step-one) [ok](guide.md#here)\n"
+        "[missing](no_such_file.md) [out](../../outside.md) [anchor](guide.md#no-such)\n"
+        "```\n[in a code block](ignored.md)\n```\n"
+    )
+    problems = broken_links(os.path.join("docs", "page.md"), str(root))
+    assert [p.split(": ", 2)[1] for p in problems] == [
+        "no_such_file.md",
+        "../../outside.md",
+        "guide.md#no-such",
+    ], problems
 
 
 # ------------------------------------------------------------------------------------- running them

@@ -8,7 +8,9 @@ Every method is a protocol loss (:mod:`lt_detectron.losses.base`), registered by
 implements it in ``ROI_LOSS_REGISTRY`` (``MODEL.LT.ROI_LOSS``) and/or ``DENSE_LOSS_REGISTRY``
 (``MODEL.LT.DENSE_LOSS``); importing this package registers them all. Heads build them with
 :func:`build_roi_loss` / :func:`build_dense_loss`. The functional forms and the plain modules
-(tensors in, scalar out) stay usable without any config.
+(tensors in, scalar out) stay usable without any config. Each module's docstring states its contract
+(logits layout, shapes, buffers, reduction); the maths of every method and every choice the papers
+leave open are in docs/methods.md.
 """
 
 from .base import (  # noqa: F401

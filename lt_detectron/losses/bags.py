@@ -1,45 +1,19 @@
 """Balanced Group Softmax (BAGS, Li et al., CVPR 2020) for a Detectron2 softmax ROI classifier.
 
-Pure torch; no Detectron2 config objects.  See docs/methods.md#bags.
+Pure torch; no Detectron2 config objects. The groups, the logit layout, the loss with its sampled
+"others", the scores and every choice: docs/methods.md#bags.
 
-Conventions
------------
-* ``C`` foreground classes with contiguous ids ``0..C-1``; the background label is ``C`` (Detectron2:
-  background LAST).  ``gt_classes`` take values in ``[0, C]``.
-* ``R`` sampled ROIs, ``N`` non-empty foreground groups, ``K = C + N + 2`` classifier logits.
+Contract:
 
-Grouping
---------
-Classes are binned on their training INSTANCE counts ``n_c`` with ``bin_edges=(10, 100, 1000)``:
-``[0, 10), [10, 100), [100, 1000), [1000, inf)`` (``n_c == 0`` falls in the first bin).  Empty bins are
-dropped, so ``N`` can be smaller than ``len(bin_edges) + 1`` (e.g. COCO-like counts give N < 4).
-
-Logit layout (eqlv2 mmdet-v2 port order, background last)
----------------------------------------------------------
-Foreground groups first, in increasing bin order; each group ``n`` is a contiguous block
-``[others_n, class_a, class_b, ...]`` with its classes in increasing contiguous-id order ("others" is
-slot 0).  The background group comes last and has two slots ``[others(=any foreground), background]``::
-
-    | G_0: others, c..., | G_1: others, c..., | ... | G_{N-1}: others, c... | G_bg: fg, bg |
-
-Total ``K = sum_n (|G_n| + 1) + 2 = C + N + 2`` logits (LVIS v1: 1203 + 4 + 2 = 1209).
-Group indices used throughout: ``0..N-1`` foreground groups, ``N`` the background group.
-
-Loss (as implemented by the official code)
-------------------------------------------
-``L = CE_bg + sum_n L_n``.  ``CE_bg`` is the 2-way CE of the background group averaged over ALL ``R``
-ROIs.  For a foreground group with ``|P_n| > 0`` positives (ROIs whose label is in ``G_n``) the
-"others" target (slot 0) is used for ``m_n = floor(beta * |P_n|)`` ROIs drawn uniformly without
-replacement from the non-members (background ROIs AND other groups' foreground ROIs), or all of them if
-``m_n >= #non-members``; ``L_n`` = sum of CE over positives + selected others, divided by their number.
-Groups without positives contribute 0.  Sampling is done on the logits' device with no host sync.
-
-Inference: ``bags_scores`` -> ``(R, C + 1)``: ``P_bg-group(fg) * P_{G_n}(c)`` for each class, background
-column ``P_bg-group(bg)`` last; "others" probabilities are discarded and nothing is renormalised.
-
-Registered as ``bags`` in ``ROI_LOSS_REGISTRY`` (:class:`BAGSLoss`, from ``MODEL.LT.BAGS.*`` and the
-training instance counts). Its classifier is a linear layer of ``K`` logits, normal(std 0.01) weights and
-zero bias, as the official code.
+- ``C`` foreground classes with contiguous ids ``0..C-1``, background label ``C`` (last);
+  ``gt_classes`` ``(R,)`` in ``[0, C]``. ``N`` non-empty foreground groups (:class:`BAGSLayout`, from
+  the training instance counts and ``bin_edges``), ``K = C + N + 2`` logits: the foreground groups
+  ``[others, classes...]`` in bin order, then the background group ``[fg, bg]``.
+- :class:`BAGSLoss` (``ROI_LOSS_REGISTRY`` ``bags``, from ``MODEL.LT.BAGS.*``): logits ``(R, K)``;
+  returns a scalar. "Others" are sampled on the logits' device, with the process's own random
+  stream and no host sync. No state across iterations. Its classifier is a linear layer of ``K``
+  logits, normal(std 0.01) weights and zero bias.
+- ``bags_scores`` / ``predict_probs``: ``(R, C + 1)`` scores, background last.
 """
 
 from __future__ import annotations
@@ -224,7 +198,7 @@ class BAGSLoss(ROILoss):
 
     ``forward(logits, gt_classes, batch=None, generator=None) -> scalar``:
         logits (R, K=C+N+2) in the layout of :class:`BAGSLayout`; gt_classes (R,) long in [0, C]
-        (C = background).  Returns ``CE_bg + sum_n L_n`` (see module docstring).  There is no
+        (C = background).  Returns ``CE_bg + sum_n L_n`` (docs/methods.md#bags).  There is no
         ``reduction`` argument: each group is averaged over its own selected ROIs, as in the paper.
         ``generator``: optional ``torch.Generator`` on the logits' device for the "others" sampling.
         fp16/bf16 logits are computed in fp32.

@@ -1,34 +1,21 @@
 """C2AM: Category-Aware Angular Margin loss (Wang et al., CVPR 2022). See docs/methods.md#c2am.
 
-Pure torch; no Detectron2 config objects.  The paper has no public code.
+Pure torch; no Detectron2 config objects. The paper has no public code. The margins, the background
+choice and the clamps: docs/methods.md#c2am.
 
-Conventions: ``C`` foreground classes, background label ``C`` (Detectron2: LAST), ``K = C + 1`` cosine
-classes, ``R`` ROIs, ``gt_classes`` in ``[0, C]``.
+Contract:
 
-Math (for an ROI of class i, cosines ``cos theta_j = W_j . x / (||W_j|| ||x||)`` from a bias-free
-cosine classifier, see :class:`lt_detectron.modeling.classifiers.CosineClassifier` with ``scale=None``):
-
-* ``m_ij = max(0, (alpha / pi) * log(||W_i|| / ||W_j||))`` from DETACHED weight norms (``m_ii = 0``);
-* target logit ``s * cos theta_i`` (no margin);
-* non-target logits ``s * cos(min(theta_j + m_ij, pi))`` (clamped at pi: cos is not monotone beyond);
-* ``L = CE(softmax(logits), i)``, averaged over ROIs (``reduction='mean'``).
-
-Background [interp, the paper is silent]: background is the (C+1)-th cosine class and, with
-``background_margin=True`` (default, see docs/methods.md#c2am), margins apply to every pair including
-background.  ``background_margin=False``: no margin on any pair involving the background row (background
-ROIs and background column get plain ``s * cos``).  Inference (not here): plain ``softmax(s * cos)``.
-
-Implementation: entries with ``m_ij > 0`` use ``cos(theta + m) = c cos m - sin(theta) sin m`` with ``c``
-clamped to ``[-1 + eps, 1 - eps]`` and ``sin(theta) = sqrt(1 - c^2)``; ``theta + m >= pi`` is detected
-as ``sin(theta + m) < 0`` and gives ``-1`` (zero gradient).  Entries with ``m_ij = 0`` (incl. targets) use
-the raw cosine, so ``alpha = 0`` is exactly a cosine-softmax CE.  This equals
-``cos(min(acos(clamp(c)) + m, pi))`` and its gradient exactly.  A custom autograd Function processes
-ROIs in row chunks with reused scratch buffers
-and stores one (R, K) gradient buffer.
-
-Registered as ``c2am`` in ``ROI_LOSS_REGISTRY``: :class:`C2AMROILoss` (from ``MODEL.LT.C2AM.*``) asks for
-a bias-free cosine classifier returning raw cosines and reads its weight norms from
-``ROIBatch.classifier``; ``predict_probs`` is ``softmax(s * cos)``.
+- ``C`` foreground classes, background label ``C`` (last), ``K = C + 1`` cosine classes, ``R`` ROIs,
+  ``gt_classes`` ``(R,)`` in ``[0, C]``. The inputs are the raw cosines ``(R, K)`` of a bias-free
+  cosine classifier (:class:`lt_detectron.modeling.classifiers.CosineClassifier` with ``scale=None``)
+  and its weight norms (detached).
+- :func:`c2am_loss` / :class:`C2AMLoss`: a scalar, the cross-entropy averaged over the ROIs
+  (``reduction='mean'``). A custom autograd Function processes ROIs in row chunks with reused scratch
+  buffers and stores one ``(R, K)`` gradient buffer; its gradient equals that of
+  ``cos(min(acos(clamp(c)) + m, pi))`` exactly.
+- :class:`C2AMROILoss` (``ROI_LOSS_REGISTRY`` ``c2am``, from ``MODEL.LT.C2AM.*``) asks for that
+  classifier and reads its weight norms from ``ROIBatch.classifier``; ``predict_probs`` is
+  ``softmax(s * cos)``, ``(R, K)``, background last. No state across iterations.
 """
 
 from __future__ import annotations
@@ -225,7 +212,7 @@ def c2am_loss(
 
 
 class C2AMLoss(nn.Module):
-    """C2AM loss module; see module docstring and :func:`c2am_loss`.
+    """C2AM loss module; see :func:`c2am_loss` and docs/methods.md#c2am.
 
     ``forward(cos_logits (R, C+1), weight_norms (C+1,), gt_classes (R,)) -> scalar`` (for 'mean'/'sum').
     """

@@ -1,45 +1,25 @@
 """ECM: Effective Class-Margins (Cho and Kraehenbuehl, ECCV 2022), logit form.
 
-Two-stage (ROI) form, :class:`ECMLoss`. Logits z (R, C+1), **background last (column C)**,
-gt_classes (R,) in [0, C] (C = background), one-hot target y over all C+1 columns.
+The maths (margins, weights, the measured background ratio, the dense prior) and every choice:
+docs/methods.md#ecm (ROI form: docs/methods.md#ecm-on-roi-heads; dense and heat-map forms:
+docs/methods.md#ecm-on-dense-heads and docs/methods.md#centernet-heat-map-forms).
 
-    counts (length C+1): n_c = instance count of class c (clamped to >= 1, see below),
-                         n_bg = r * sum_c n_c,  N = sum_c n_c + n_bg
-    n_c^+ = n_c,  n_c^- = N - n_c   (background column included)
-    margin  delta_c = (1/4) log(n_c^+ / n_c^-)
-    weight  m_c = a_c log((1 + a_c) / a_c) = a_c log1p(1 / a_c),  a_c = n_c^- / n_c^+
-    loss    = (1/R) sum_r sum_{c=0..C} m_c BCE_with_logits(2 z_rc + delta_c, y_rc)
+Contract:
 
-(the closed form of the official code's s_hat = w+ e^z / (w+ e^z + w- e^-z) = sigma(2z + delta); it is
-evaluated in logit form, never exp(z)). Inference is :func:`objectness_scores`
-(sigma(z_fg) (1 - sigma(z_bg)), plain sigma(z): no factor 2, no margins, as in the authors' code).
-
-Zero-count classes: n_c is clamped to a minimum of 1 (a class with no training instance gets the margin
-of the rarest possible class), so delta and m stay finite. n_bg and n_c^- are clamped to >= 1 as well
-(only relevant for degenerate inputs: a measured r = 0, or a single class in the one-stage form).
-
-r (``bg_fg_ratio``, #background / #foreground sampled ROIs) defaults to the authors' LVIS v1 constant
-6.3313. With ``measure_iters=K > 0`` the first K calls in training mode count the background
-(gt == C) and foreground ROIs of the batch, SUM-all-reduce the two counts (collective: every rank calls it
-on each of those K steps) and accumulate them; after the K-th call r = total_bg / total_fg is frozen
-into the ``bg_fg_ratio`` buffer and the margins/weights are recomputed (if no foreground ROI was seen the
-constant is kept). Until then the constant is used. A measuring batch with a non-finite logit on any
-rank (a step that AMP skips) is not counted, on every rank alike (the flag is all-reduced with the
-counts), with a rate-limited warning: it does not use up one of the K measuring iterations. All of this
-is state in persistent buffers
-(``bg_fg_ratio``, ``measured_iters``, ``measured_bg``, ``measured_fg``, ``margins``, ``weights``), so
-resuming from a checkpoint is exact.
-
-One-stage form, :class:`ECMFocalLoss`: C channels, no background column and no background count
-(n_c^- = sum_{c'} n_c' - n_c), s_hat = sigma(2z + delta) plugged into the sigmoid focal loss
-(gamma 2, alpha 0.25), reduction = sum (the detector divides by its own normaliser). Following the
-supplement ("apply the focal weights to our ECM loss") the per-class weights m_c multiply the focal loss
-as they multiply the BCE in the two-stage form. :class:`ECMDenseLoss` is the registered dense loss
-(labels in, the same maths); its heat-map form (CenterNet, [interp]) is the penalty-reduced focal loss
-on 2z + delta times m_c.
-
-Registered as ``ecm`` in ``ROI_LOSS_REGISTRY`` (:class:`ECMLoss`, from ``MODEL.LT.ECM.*`` and the
-training instance counts) and ``DENSE_LOSS_REGISTRY`` (:class:`ECMDenseLoss`).
+- :class:`ECMLoss` (``ROI_LOSS_REGISTRY`` ``ecm``, from ``MODEL.LT.ECM.*`` and the training instance
+  counts): logits ``(R, C+1)``, background last (column ``C``), ``gt_classes`` ``(R,)`` in ``[0, C]``;
+  returns the scalar weighted BCE on ``2 z + delta`` summed over all columns and divided by ``R``
+  (evaluated in logit form, finite for any finite logit). ``predict_probs`` =
+  :func:`objectness_scores`, ``(R, C+1)``, background last.
+- :class:`ECMDenseLoss` (``DENSE_LOSS_REGISTRY`` ``ecm``; :class:`ECMFocalLoss` is the same loss on
+  one-hot targets): logits ``(M, C)``, no background column, labels ``(M,)`` in ``[0, C]``; returns a
+  **sum** (the detector divides by its own normaliser); ``heatmap`` takes ``(N, C, H, W)`` logits and
+  Gaussian targets.
+- State, persistent buffers: ``margins``, ``weights`` (the values in use) and, on ROI heads,
+  ``bg_fg_ratio``, ``measured_iters``, ``measured_bg``, ``measured_fg``. With ``measure_iters = K > 0``
+  the first K training calls count background / foreground ROIs, SUM-all-reduced across ranks (every
+  rank calls the loss on each of them; a batch with a non-finite logit on any rank is not counted),
+  then the ratio is frozen; resuming is exact.
 """
 
 from typing import Optional
@@ -100,7 +80,8 @@ class ECMLoss(ROILoss):
     Args:
         instance_counts: (C,) training instance counts per class (before RFS).
         bg_fg_ratio: r constant (#bg / #fg ROIs); 6.3313 = authors' LVIS v1 value.
-        measure_iters: K > 0 measures r over the first K training calls, then freezes it (module docstring).
+        measure_iters: K > 0 measures r over the first K training calls, then freezes it
+            (docs/methods.md#ecm-on-roi-heads).
         classifier, cosine_scale, prior_prob (keyword-only): the classifier options of
             :class:`~lt_detectron.losses.base.ROILoss` (the authors: cosine, temperature 20, with bias).
     Buffers ``margins`` (delta) and ``weights`` (m), (C+1,) float32, are the values in use.
@@ -223,11 +204,10 @@ def ecm_focal_loss(logits, targets, margins, weights=None, alpha: float = 0.25, 
 
 
 class ECMFocalLoss(nn.Module):
-    """One-stage ECM (supplement): focal loss on s_hat = sigma(2z + delta), weighted by m_c.
+    """One-stage ECM (supplement; docs/methods.md#ecm-on-dense-heads), on one-hot targets.
 
     ``forward(logits (M, C), targets (M, C)) -> scalar`` with one-hot targets (background = all-zero row),
-    reduction = sum. No background count: n_c^- = sum_{c'} n_c' - n_c. ``use_class_weights=False`` drops
-    m_c (margins only), in case the supplement is read as "focal loss on s_hat" without the weights.
+    reduction = sum. ``use_class_weights=False`` drops the class weights (margins only).
     """
 
     def __init__(
@@ -261,24 +241,16 @@ class ECMFocalLoss(nn.Module):
 
 @DENSE_LOSS_REGISTRY.register("ecm")
 class ECMDenseLoss(DenseLoss):
-    """One-stage ECM for the dense heads: labels in (the protocol), the maths of :class:`ECMFocalLoss`.
+    """One-stage ECM for the dense heads: labels in (the protocol), the loss of :class:`ECMFocalLoss`.
 
-    ``forward(logits (M, C), labels (M,) in [0, C], batch=None) -> scalar`` (sum); :meth:`heatmap`: the
-    penalty-reduced focal loss on 2z + delta times m_c [interp]. Buffers ``margins``, ``weights`` (C,) are
-    constants of the instance counts.
+    ``forward(logits (M, C), labels (M,) in [0, C], batch=None) -> scalar`` (sum); :meth:`heatmap`
+    ``((N, C, H, W) logits, Gaussian targets) -> scalar`` (sum). Buffers ``margins``, ``weights`` (C,)
+    are constants of the instance counts.
 
-    Inference (:meth:`predict_probs`), ``test_score`` (``MODEL.LT.ECM.DENSE_TEST_SCORE``): ``"z"``
-    sigma(z), as the authors' two-stage code (no factor 2, no margins); ``"trained"`` sigma(2z + delta),
-    the probability the loss trains. Per class one is a monotone map of the other, so each class's
-    ranking is the same; they differ where classes compete: the heads' top-k candidates, the
-    per-image cap, the score threshold. With sigma(z) a background location trained to
-    sigma(2z + delta) = p scores sigma((logit(p) - delta) / 2), higher for rarer classes (delta < 0).
-
-    Prior (:meth:`prior_logits`, ``prior`` = ``MODEL.LT.ECM.DENSE_PRIOR``): ``"trained"`` (default)
-    the bias (logit(pi) - delta) / 2, so that sigma(2z + delta) starts at pi for every class [interp];
-    ``"z"`` the heads' usual bias logit(PRIOR_PROB), so the trained probability starts at
-    sigma(2 logit(pi) + delta), far below pi (CenterNet's pi = 0.1: 0.0014-0.009 on the embedded set),
-    which left one of three tiny-CenterNet seeds stuck for half its schedule (README, Benchmarks).
+    ``test_score`` (``MODEL.LT.ECM.DENSE_TEST_SCORE``, ``"z"`` or ``"trained"``): which sigmoid
+    :meth:`predict_probs` returns; ``prior`` (``MODEL.LT.ECM.DENSE_PRIOR``, ``"trained"`` by default, or
+    ``"z"``): which bias :meth:`prior_logits` gives the head. What each means and why the default:
+    docs/methods.md#ecm-on-dense-heads.
     """
 
     needs_class_stats = True

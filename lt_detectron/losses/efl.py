@@ -1,42 +1,23 @@
 """EFL: Equalized Focal Loss (Li et al., CVPR 2022), following the authors' ``efl.py`` (United-Perception).
 
-Focal-head form (RetinaNet, FCOS), :meth:`EqualizedFocalLoss.forward`:
-    logits z (M, C) of the valid locations (ignored ones already removed), C sigmoid channels, labels
-    (M,) in [0, C] with C = background (an all-zero target row); y = one_hot(labels)[:, :C].
-    With p_t = sigma(z) for y = 1 and 1 - sigma(z) for y = 0, alpha_t = alpha for y = 1 and 1 - alpha
-    for y = 0 (alpha < 0: alpha_t = 1, as fvcore) and, per class j,
-        focusing factor  gamma_j = gamma_b + s (1 - g_j)          (gamma_b: the detector's focal gamma)
-        weighting factor w_j = gamma_j / gamma_b,
-        loss = sum_{m,j} alpha_t w_j (1 - p_t)^gamma_j (-log p_t)            (reduction: SUM)
-    gamma_j and w_j are constants (no gradient). The detector divides by its own normaliser. With g = 1
-    for every class this is the sigmoid focal loss with gamma_b.
+The maths (focusing and weighting factors, the gradient statistics) and every choice:
+docs/methods.md#efl (RetinaNet / FCOS: docs/methods.md#efl-on-retinanet--fcos; statistics:
+docs/methods.md#efl-gradient-statistics; CenterNet, our extension:
+docs/methods.md#efl-on-centernet-heat-maps-extension).
 
-Heat-map form (CenterNet), :meth:`EqualizedFocalLoss.heatmap` (**our extension**; the authors have no
-CenterNet form): the penalty-reduced focal loss of CenterNet with the focusing exponent alpha replaced
-by the per-class gamma_j = alpha + s (1 - g_j) and both terms weighted by w_j = gamma_j / alpha:
-    peaks (heat == 1):  -w_j (1 - p)^gamma_j log p;   other pixels:  -w_j (1 - heat)^beta p^gamma_j log(1 - p),
-summed. Positives for the statistics are the peaks, negatives every other pixel.
+Contract:
 
-Statistics (exactly the authors' definition, as their backward hooks on the classification logits):
-    g_j = clamp(pos_grad_j / (neg_grad_j + 1e-10), 0, 1), starting at g = 1 (the first step is focal);
-    after each step, pos_grad_j += sum over the positive entries of class j of |dL/dz|,
-                     neg_grad_j += sum over its negative entries of |dL/dz|,
-where dL/dz is the gradient of the **final** training loss (after the detector's normaliser and any
-loss weight) w.r.t. the logits given to this loss, i.e. the gradient of the EFL loss itself with the
-current gamma_j and w_j. The update happens in the backward pass of the step, so a step's loss uses the
-statistics up to the previous step, as in the authors' code. The increments are SUM-all-reduced across
-ranks and accumulated by :class:`~lt_detectron.losses.grad_stats.GradientStats` (float32 buffers
-``stats.pos_grad``, ``stats.neg_grad``, ``stats.pos_neg``, persistent, in the state_dict); a step with
-non-finite statistics (a NaN logit on any rank) is skipped with a warning, and a step in which no rank
-observed anything (M = 0 everywhere) leaves the state unchanged (the authors' code would set g to 0
-when that is the very first step; otherwise it is the same).
-
-Only in training mode with gradients enabled, and once per backward pass of each call; every rank must
-call the loss (M = 0 allowed) and back-propagate the same number of times per step (the update is a
-collective). Under AMP the gradients carry the GradScaler's scale, which multiplies a step's positive
-and negative increments alike (as with the authors' hooks). The gradient is computed in the forward
-pass, in float32 for fp16/bf16 logits, numerically safe for any finite logit (-log p_t and log(1 - p_t)
-from max(u, 0) + log(1 + exp(-|u|)), never log(p)), and saved for backward, which is a single multiply.
+- :class:`EqualizedFocalLoss` (``DENSE_LOSS_REGISTRY`` ``efl``): logits ``(M, C)`` of the valid
+  locations, C sigmoid channels, labels ``(M,)`` in ``[0, C]`` with ``C`` = background (an all-zero
+  target row); returns the loss as a **sum** (the detector divides by its own normaliser).
+  :meth:`EqualizedFocalLoss.heatmap` takes ``(N, C, H, W)`` logits and Gaussian targets.
+- State: :class:`~lt_detectron.losses.grad_stats.GradientStats` buffers ``stats.pos_grad``,
+  ``stats.neg_grad``, ``stats.pos_neg`` (float32, ``(C,)``, persistent), updated in the **backward**
+  pass from the gradient of the final loss, in training mode with gradients enabled, SUM-all-reduced
+  across ranks: every rank must call the loss (``M = 0`` allowed) and back-propagate the same number
+  of times per step. A step that observed nothing, or with non-finite statistics, leaves them
+  unchanged.
+- fp16 / bf16 logits are computed in float32; the gradient is computed in the forward pass and saved.
 """
 
 import functools
@@ -120,7 +101,8 @@ def _heatmap_form(z, heat, gamma, weight, beta, need_grad, need_stats):
 
 
 class _EFLFunction(torch.autograd.Function):
-    """loss = form(z); backward: dL/dz = g * saved gradient, and the statistics update (module docstring)."""
+    """loss = form(z); backward: dL/dz = g * saved gradient, and the statistics update
+    (docs/methods.md#efl-gradient-statistics)."""
 
     @staticmethod
     def forward(ctx, z, form, stats):
@@ -147,7 +129,7 @@ class _EFLFunction(torch.autograd.Function):
 
 @DENSE_LOSS_REGISTRY.register("efl")
 class EqualizedFocalLoss(DenseLoss):
-    """Equalized Focal Loss (see the module docstring): ``MODEL.LT.DENSE_LOSS: "efl"``.
+    """Equalized Focal Loss (docs/methods.md#efl): ``MODEL.LT.DENSE_LOSS: "efl"``.
 
     Args:
         num_classes: C (no background channel).

@@ -1,47 +1,25 @@
 """EQL v2: Equalization Loss v2 (Tan et al., CVPR 2021), following the authors' ``eqlv2.py``.
 
-Two-stage (ROI) form, :class:`EQLv2Loss`:
-    logits z (R, C+1), **background/objectness last (column C)**, gt_classes (R,) in [0, C] (C = bg).
-    Target y = one_hot(gt, C+1): the last column is a category-agnostic objectness task trained with BCE
-    (target 1 for background ROIs, 0 for foreground ROIs).
-    f(x) = sigmoid(gamma (x - mu)); for foreground class j with accumulated ratio g_j:
-        r_j = f(g_j) (negative weight), q_j = 1 + alpha (1 - f(g_j)) (positive weight);
-        background column: q = r = 1.
-    w_rj = y_rj q_j + (1 - y_rj) r_j (detached);  loss = sum_{r,j} w_rj BCE(z_rj, y_rj) / R.
-    The weights use the statistics accumulated **up to the previous iteration**. After the loss, when the
-    module is in training mode (``module.training``), the statistics are updated (foreground columns
-    only, all ROIs, no 1/R):
-        pos_grad_j += sum_r y_rj w_rj |sigma(z_rj) - 1|,  neg_grad_j += sum_r (1 - y_rj) w_rj sigma(z_rj)
-    where the per-iteration increments are SUM-all-reduced across ranks first (a no-op without
-    torch.distributed), then pos_neg = pos_grad / (neg_grad + 1e-10). ``pos_neg`` starts at 100 so the
-    first-iteration weights are all 1. Empty batches (R = 0 on every rank) leave the state unchanged
-    (the all-reduce is still issued so ranks stay in step); so does a batch whose reduced increments (or
-    the updated sums) are not finite, e.g. one NaN logit on any rank: its statistics are skipped with
-    a rate-limited warning, identically on every rank, so a step that AMP skips does not poison every
-    later weight (the loss value of that batch itself may be non-finite). An infinite logit gives
-    finite, saturated increments (sigma = 0 or 1) and is counted, as in the authors' code. Otherwise this is exactly the
-    authors' update. In eval mode the loss is computed but the statistics are frozen.
-    Buffers ``pos_grad``, ``neg_grad``, ``pos_neg`` (float32, length C) are persistent (in state_dict).
-    The statistics are always accumulated in float32 (the loss runs in float32 for fp16/bf16 logits).
+The maths, the statistics update and every choice: docs/methods.md#eql-v2 (ROI form),
+docs/methods.md#eql-v2-on-dense-heads-extension (dense form, our extension) and
+docs/methods.md#centernet-heat-map-forms (heat-map form, our extension).
 
-Dense form, :class:`EQLv2FocalLoss` (**our extension; untested in the literature**; EFL, the published
-dense successor, is :mod:`lt_detectron.losses.efl`): C sigmoid channels, no objectness column, background
-locations have an all-zero target; the same q/r re-weighting multiplies the sigmoid focal loss
-(alpha_t, gamma) elementwise, reduction = sum (the detector applies its own normaliser). The statistics use
-the EQL v2 (BCE) gradient magnitude |sigma - y| times the EQL weight (as the EQL v2 code collects them; EFL
-instead uses the true gradient of its own final loss), over all valid locations given, all-reduced like the
-ROI version.
+Contract:
 
-Heat-map form (CenterNet), :meth:`EQLv2FocalLoss.heatmap` (**our extension**, [interp]): the same q/r
-channel weights from the same buffers multiply the penalty-reduced focal loss, q on the heat-map peaks
-(heat == 1), r elsewhere; the statistics are those of the re-weighted BCE gradients, |sigma - y| with
-y = peak, summed over images and pixels and accumulated through the same all-reduced, guarded update.
-
-Inference: :func:`objectness_scores` = [sigma(z_fg) * (1 - sigma(z_bg)), sigma(z_bg)] (``test_with_obj``);
-the dense forms use sigma(z).
-
-Registered as ``eqlv2`` in ``ROI_LOSS_REGISTRY`` (:class:`EQLv2Loss`, bias prior 0.001 by default) and
-``DENSE_LOSS_REGISTRY`` (:class:`EQLv2FocalLoss`), built from ``MODEL.LT.EQLV2.{GAMMA, MU, ALPHA}``.
+- :class:`EQLv2Loss` (``ROI_LOSS_REGISTRY`` ``eqlv2``; linear classifier, bias prior 0.001 by
+  default): logits ``(R, C+1)``, background/objectness last (column ``C``), ``gt_classes`` ``(R,)`` in
+  ``[0, C]``; returns the scalar weighted BCE summed over all columns and divided by ``R``.
+  ``predict_probs`` = :func:`objectness_scores`, ``(R, C+1)``, background last.
+- :class:`EQLv2FocalLoss` (``DENSE_LOSS_REGISTRY`` ``eqlv2``): logits ``(M, C)``, no background
+  column, labels ``(M,)`` in ``[0, C]``; returns the weighted focal loss as a **sum** (the detector
+  divides by its own normaliser). :meth:`EQLv2FocalLoss.heatmap` takes ``(N, C, H, W)`` logits and
+  Gaussian targets.
+- State: buffers ``pos_grad``, ``neg_grad``, ``pos_neg`` (float32, ``(C,)``, persistent), weights
+  from the statistics of the previous iterations. In training mode the increments (float32, from
+  the same pass) are SUM-all-reduced across ranks on every call (every rank must call the loss, also
+  with nothing to count) and skipped on every rank for an empty or non-finite batch
+  (:class:`~lt_detectron.losses.grad_stats.GradientStats`). Frozen in eval mode.
+- Keys ``MODEL.LT.EQLV2.{GAMMA, MU, ALPHA}``.
 """
 
 from typing import Optional
@@ -125,7 +103,7 @@ class EQLv2Loss(ROILoss, _EQLv2Stats):
     """EQL v2 ROI classification loss. ``forward(logits (R, C+1), gt_classes (R,), batch=None) -> scalar``
     (sum / R). ``predict_probs``: :func:`objectness_scores`.
 
-    See the module docstring for the exact math. Statistics update only when ``self.training``.
+    The maths: docs/methods.md#eql-v2-on-roi-heads. Statistics update only when ``self.training``.
     Keyword-only: the classifier options of :class:`~lt_detectron.losses.base.ROILoss`.
     """
 
@@ -176,7 +154,7 @@ class EQLv2Loss(ROILoss, _EQLv2Stats):
 
 @DENSE_LOSS_REGISTRY.register("eqlv2")
 class EQLv2FocalLoss(DenseLoss, _EQLv2Stats):
-    """Dense EQL v2 on a sigmoid focal head (extension; see module docstring).
+    """Dense EQL v2 on a sigmoid focal head (extension; docs/methods.md#eql-v2-on-dense-heads-extension).
 
     ``forward(logits (M, C), gt_classes (M,) in [0, C], C = background, batch=None) -> scalar``, reduction =
     sum of w * focal(z, onehot) over all entries (no normalisation). Rows must already exclude ignored
@@ -244,7 +222,8 @@ class EQLv2FocalLoss(DenseLoss, _EQLv2Stats):
         beta: float = 4.0,
     ) -> torch.Tensor:
         """Summed penalty-reduced focal loss of (N, C, H, W) logits vs heat maps with the q/r channel
-        weights: q on the peaks (heat == 1), r elsewhere; statistics updated in training (module docstring)."""
+        weights: q on the peaks (heat == 1), r elsewhere; statistics updated in training
+        (docs/methods.md#centernet-heat-map-forms)."""
         C = self.num_classes
         if logits.dim() != 4 or logits.shape[1] != C:
             raise ValueError(

@@ -4,7 +4,8 @@
 Each iteration the sigmoid classifier is trained only on a subset S of the C classes: the GT
 classes of the local batch plus classes sampled without replacement with probability
 proportional to ``image_count ** power`` until ``|S| = num_fed_classes``. The mask is used as
-the per-column weights of :func:`lt_detectron.losses.sigmoid.sigmoid_bce_loss` (sum / R).
+the per-column weights of :func:`lt_detectron.losses.sigmoid.sigmoid_bce_loss` (sum / R). The sampling
+rule and its choice: docs/methods.md#federated-loss.
 """
 
 import torch

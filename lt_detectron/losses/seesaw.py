@@ -1,62 +1,20 @@
 """Seesaw loss (Wang et al., "Seesaw Loss for Long-Tailed Instance Segmentation", CVPR 2021), ROI heads.
 
-Layout. ``C`` foreground classes, ``R`` sampled ROIs. The classifier has ``K = C + 2`` outputs:
+The maths, the gradient, the count update and every choice: docs/methods.md#seesaw.
 
-    columns 0..C-1   class logits z (softmax over the C classes, trained on foreground ROIs only)
-    column  C        objectness logit "object"
-    column  C+1      objectness logit "background"   (background LAST, as everywhere in lt_detectron)
+Contract:
 
-``gt_classes`` (R,) in [0, C], C = background (Detectron2's layout). This is also the authors' layout
-(mmdetection v2+: class logits first, then the 2-way objectness ``[object, background]``, background
-label = ``num_classes``), so logits and labels map one to one, nothing is permuted.
-
-Loss, for the P foreground ROIs r (label i = gt_r < C) and every class j:
-
-    N_j        cumulative number of foreground ROIs of class j seen so far (``cum_samples``, this batch
-               included), clamped to >= 1
-    M_ij       mitigation   (N_j / N_i)^p            if N_j < N_i, else 1
-    sigma_rj   softmax(z_r)_j over the C class logits, DETACHED
-    C_rij      compensation (sigma_rj / max(sigma_ri, eps))^q   if that ratio > 1, else 1
-    z'_rj      z_rj + log(M_ij C_rij) for j != i,   z'_ri = z_ri      (both factors are 1 at j = i)
-    L_cls      sum_r CE(z'_r, i)
-
-    L_obj      sum over ALL R ROIs of CE([z_rC, z_r(C+1)], 1[gt_r == C])   (2-way softmax)
-    loss       loss_weight * (L_cls + L_obj) / max(R, 1)                    (scalar)
-
-i.e. ``-log(e^{z_ri} / (e^{z_ri} + sum_{j != i} M_ij C_rij e^{z_rj}))`` as in the paper. Both terms are
-normalised by the number of sampled ROIs R (mmdetection's ``avg_factor``, all ROIs have label weight 1) and
-share ``loss_weight`` (1.0 in the authors' configs). The factors are computed in log space
-(``log M = p min(0, log N_j - log N_i)``, ``log C = q max(0, log sigma_j - max(log sigma_i, log eps))``),
-which equals the authors' ``log(pow(...))`` without the round trip; the gradient flows through z only
-(M is a constant, C uses detached scores), as in the authors' code. fp16 / bf16 logits are computed in
-float32. Empty batch (R = 0): zero loss (with a gradient of zeros).
-
-Counts. ``cum_samples`` (C,) is a persistent float64 buffer (checkpointed with the model; exact integers up
-to 2^53). In training mode (``module.training``) each forward FIRST adds the batch's foreground labels
-and THEN computes the loss with the updated counts: the authors' order. Differences from the authors'
-code (mmdetection ``SeesawLoss``):
-
-- the per-batch increments are SUM-all-reduced across ranks (``all_reduce_sum``; a no-op without
-  torch.distributed). mmdetection keeps one count per GPU, never reduced (its DDP does not broadcast
-  buffers), and checkpoints rank 0's. Reduced counts are the same on every rank, so a resumed run continues
-  exactly (every rank reloads the same counts), and they estimate the class frequencies of the global
-  batch, which the ratio N_j / N_i stands for; per-GPU counts have the same ratios in expectation (each
-  GPU sees 1/world_size of the data), so the factors differ only by sampling noise and by the clamp at 1
-  for classes not yet seen on one GPU. Every rank must call ``forward`` on every training step (the
-  all-reduce is a collective), also with R = 0;
-- a batch with a non-finite logit on any rank (an overflowing AMP step, a diverging batch) adds nothing:
-  its counts are skipped identically on every rank with a rate-limited warning (``warn_nonfinite_skip``),
-  so counts follow the steps the optimizer takes; the loss of that batch itself is not finite either;
-- only the C foreground counts are kept (mmdetection also counts the background ROIs in a (C+1)-th entry
-  that it never reads);
-- in eval mode the counts are frozen (mmdetection only calls the loss in training).
-
-Inference (``predict_probs``): ``[softmax(z_cls) * P(object), P(background)]``, (R, C+1), background last
-(the authors' ``get_activation``), so Detectron2's ``fast_rcnn_inference`` works unchanged.
-
-The authors' LVIS recipe builds the classifier as a cosine layer with temperature 20 and a bias
-(mmdetection ``NormedLinear``; ``MODEL.LT.CLASSIFIER cosine``, ``COSINE_SCALE 20``); the layer is
-initialised with a normal(0, 0.01) weight and a zero bias (mmdetection's ``fc_cls`` init, also Detectron2's).
+- Logits ``(R, C + 2)``: columns ``0..C-1`` the class logits, ``C`` objectness "object", ``C+1``
+  objectness "background" (background last, the authors' layout). Labels ``gt_classes`` ``(R,)`` in
+  ``[0, C]``, ``C`` = background.
+- Returns a scalar: ``loss_weight * (L_cls + L_obj) / max(R, 1)``; fp16 / bf16 logits are computed in
+  float32; an empty batch gives a zero with a zero gradient. ``exact_gradient = False`` (the
+  compensation factor uses detached scores).
+- State: ``cum_samples`` ``(C,)``, a persistent float64 buffer (checkpointed). In training mode each
+  forward first adds the batch's foreground labels (SUM-all-reduced across ranks, skipped on every
+  rank when a logit is not finite) and then computes the loss; every rank must call ``forward`` on
+  every training step, also with ``R = 0``. Frozen in eval mode.
+- ``predict_probs``: ``(R, C + 1)`` scores, ``softmax(classes) * P(object)`` then ``P(background)``.
 """
 
 import dataclasses
@@ -122,7 +80,7 @@ def seesaw_cross_entropy(
     eps: float = 1e-2,
     reduction: str = "sum",
 ) -> torch.Tensor:
-    """Seesaw cross-entropy of (P, C) class logits with (P,) labels in [0, C) (see the module docstring),
+    """Seesaw cross-entropy of (P, C) class logits with (P,) labels in [0, C) (docs/methods.md#seesaw),
     through autograd (the loss module uses the fused :class:`_SeesawFunction`).
 
     ``reduction``: ``"none"`` (P,), ``"sum"`` or ``"mean"``. P = 0 gives 0 (``"sum"``).
@@ -182,7 +140,7 @@ class SeesawLoss(ROILoss):
     """Seesaw loss with the authors' objectness branch, ``MODEL.LT.ROI_LOSS seesaw``.
 
     ``forward(logits (R, C+2), gt_classes (R,) in [0, C]) -> scalar``; ``predict_probs -> (R, C+1)``.
-    See the module docstring for the layout, the maths and the (all-reduced) cumulative counts.
+    Layout and state: the module docstring; the maths: docs/methods.md#seesaw.
 
     Args:
         num_classes: C.

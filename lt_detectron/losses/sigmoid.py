@@ -1,5 +1,7 @@
 """Sigmoid BCE classification losses over Detectron2-style C+1 logits, and the fused core they share.
 
+The sigmoid baseline's maths: docs/methods.md#sigmoid-baseline.
+
 Conventions (Detectron2): ``logits`` has shape (R, C+1) for R ROIs; the **background is the last column
 (index C)** and ``gt_classes`` (R,) holds labels in [0, C], C meaning background.
 

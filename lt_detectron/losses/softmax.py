@@ -3,7 +3,7 @@
 ``forward(logits (R, C+1), gt_classes (R,) in [0, C]) = mean_r CE(softmax(z_r), gt_r)`` (Detectron2's
 ``cross_entropy(..., reduction="mean")``: R = 0 gives a zero connected to the graph); ``predict_probs``
 is ``softmax(z)``, background last. The classifier is Detectron2's (``MODEL.LT.CLASSIFIER`` linear, or
-cosine with ``COSINE_SCALE``).
+cosine with ``COSINE_SCALE``). docs/methods.md#softmax-baseline.
 """
 
 from typing import Optional
