@@ -253,7 +253,7 @@ def _add_lt_keys(cfg):
     _C.TEST.LT = CN()
     _C.TEST.LT.BACKEND = "auto"  # LVIS matching backend: auto | lvis (lvis-api reference)
     _C.TEST.LT.MAX_DETS = 300
-    # ---- evaluation protocol (lt_detectron/evaluation; README "Evaluation") --------------------
+    # ---- evaluation protocol (lt_detectron/evaluation; docs/evaluation.md) --------------------
     # "standard": the LVIS protocol, TEST.LT.MAX_DETS detections per image.
     # "fixed": Fixed AP (Dave et al. 2021): no per-image cap; the TEST.LT.TOPK_PER_CLASS highest-scoring
     # detections of each class over the whole dataset are evaluated; the ROI box predictor keeps enough

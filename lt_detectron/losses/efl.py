@@ -191,7 +191,7 @@ class EqualizedFocalLoss(DenseLoss):
 
     def plot_data(self) -> dict:
         """The per-class statistics the method plots draw (the loss protocol's ``plot_data``,
-        :func:`lt_detectron.engine.plots.plot_class_statistics`): g_j and the factors gamma_j, w_j the
+        :func:`lt_detectron.visualization.plots.plot_class_statistics`): g_j and the factors gamma_j, w_j the
         loss uses next, each (C,), with gamma_b = the focal gamma."""
         gamma, w = self.class_factors()
         return {

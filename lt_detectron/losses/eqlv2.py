@@ -71,7 +71,7 @@ class _EQLv2Stats(GradientStats):
 
     def plot_data(self) -> dict:
         """The per-class statistics the method plots draw (EQL v2 Fig. 1; the loss protocol's
-        ``plot_data``, :func:`lt_detectron.engine.plots.plot_class_statistics`): the ratio g_j and the
+        ``plot_data``, :func:`lt_detectron.visualization.plots.plot_class_statistics`): the ratio g_j and the
         weights q_j, r_j the loss uses next, each (C,)."""
         r, q = self.class_weights()
         return {
