@@ -8,10 +8,11 @@ sliding-window grid. It has no RPN, so it only illustrates the plumbing:
 
 * ``MODEL.LT_EXAMPLE.HEAD "loss"``: our own classifier and an lt_detectron **loss** on its logits.
   The loss is built from the config exactly as lt_detectron's heads build theirs,
-  ``cls_loss = build_roi_loss(cfg, num_classes, class_stats)`` (any ``MODEL.LT.ROI_LOSS``, with its
-  ``MODEL.LT.<METHOD>.*`` keys), and then asked: ``build_classifier(cls_loss.classifier_spec(), D)``
-  is the layer it needs, ``cls_loss(logits, gt_classes, ROIBatch(...))`` the loss (tensors in, scalar
-  out; background last, label ``C``) and ``cls_loss.predict_probs(logits)`` the test scores;
+  ``cls_loss = build_roi_loss(with_iters_per_epoch(cfg, None), num_classes, class_stats)`` (any
+  ``MODEL.LT.ROI_LOSS``, with its ``MODEL.LT.<METHOD>.*`` keys), and then asked:
+  ``build_classifier(cls_loss.classifier_spec(), D)`` is the layer it needs,
+  ``cls_loss(logits, gt_classes, ROIBatch(...))`` the loss (tensors in, scalar out; background
+  last, label ``C``) and ``cls_loss.predict_probs(logits)`` the test scores;
 * ``MODEL.LT_EXAMPLE.HEAD "predictor"``: lt_detectron's **box head**
   ``LongTailFastRCNNOutputLayers`` built from keyword arguments (``cls_loss=`` the same loss); its
   ``losses()`` / ``inference()`` take Detectron2 ``Instances``.
@@ -43,6 +44,7 @@ from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 
 import lt_detectron  # noqa: F401  (registers the tiny backbone and the datasets)
 from lt_detectron import add_lt_config, get_class_stats
+from lt_detectron.data.epochs import with_iters_per_epoch
 from lt_detectron.losses import (
     ROIBatch,
     ROILoss,
@@ -137,9 +139,9 @@ class LTExampleBoxClassifier(nn.Module):
         return dict(
             backbone=build_backbone(cfg),
             in_feature=ex.IN_FEATURE,
-            cls_loss=build_roi_loss(
-                cfg, C, stats
-            ),  # MODEL.LT.ROI_LOSS and its keys, as the heads do
+            # MODEL.LT.ROI_LOSS and its keys, as the heads do (with the epoch length a loss on a
+            # schedule in epochs reads, filled from DATASETS.TRAIN when the config leaves it at 0)
+            cls_loss=build_roi_loss(with_iters_per_epoch(cfg, None), C, stats),
             head=ex.HEAD,
             hidden_dim=ex.HIDDEN_DIM,
             bg_boxes_per_image=ex.BG_BOXES_PER_IMAGE,

@@ -29,6 +29,8 @@ SMOKE_IMS_PER_BATCH = 2
 
 def smoke_overrides(cfg, iters: int = SMOKE_ITERS, ims_per_batch: int = SMOKE_IMS_PER_BATCH):
     """The ``KEY VALUE ...`` list (as for ``cfg.merge_from_list``) that shrinks ``cfg``."""
+    from .losses.bofl import config_uses_bofl
+
     lr = cfg.SOLVER.BASE_LR * min(1.0, ims_per_batch / max(1, cfg.SOLVER.IMS_PER_BATCH))
     opts = [
         "SOLVER.MAX_ITER", str(iters),
@@ -47,7 +49,7 @@ def smoke_overrides(cfg, iters: int = SMOKE_ITERS, ims_per_batch: int = SMOKE_IM
         "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
         "DATALOADER.NUM_WORKERS", "0",
     ]  # fmt: skip
-    if cfg.MODEL.LT.DENSE_LOSS == "bofl" or cfg.MODEL.LT.BOFL.ENABLED:
+    if config_uses_bofl(cfg):
         opts += ["MODEL.LT.BOFL.DEFERRED_EPOCHS", "0"]
     return opts
 

@@ -223,3 +223,81 @@ def test_model_zoo_configs_are_installed():
     assert os.path.isfile(path)
     cfg = model_zoo.get_config("Misc/scratch_mask_rcnn_R_50_FPN_3x_gn.yaml")
     assert cfg.MODEL.RESNETS.NORM == "GN" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
+
+
+# ---------------------------------------------------------------- the configs' refactoring (issue 23)
+# the last commit before configs/ became bases + thin leaves
+REFACTORED_FROM = "65b15c6"
+
+
+def _merged_dumps(configs_dir):
+    """{path under configs/: merged ``cfg.dump()``} of every yaml below ``configs_dir``."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(configs_dir, "**", "*.yaml"), recursive=True)):
+        out[os.path.relpath(path, configs_dir)] = load_cfg(path).dump()
+    return out
+
+
+def test_refactored_configs_merge_to_the_same_values(tmp_path):
+    """Every config that existed before the refactoring (leaves and bases, resolved with their
+    ``_BASE_`` chains) merges to the same values now: moving dataset, schedule and defaults into
+    bases changed no run."""
+    import subprocess
+    import tarfile
+
+    archive = tmp_path / "configs.tar"
+    try:
+        with open(archive, "wb") as f:
+            subprocess.run(
+                ["git", "-C", ROOT, "archive", REFACTORED_FROM, "configs"],
+                stdout=f,
+                stderr=subprocess.DEVNULL,
+                check=True,
+            )
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no git history with commit %s here" % REFACTORED_FROM)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    before = _merged_dumps(str(tmp_path / "configs"))
+    after = _merged_dumps(os.path.join(ROOT, "configs"))
+    assert before
+    missing = sorted(set(before) - set(after))
+    assert missing == [], "configs removed: %s" % missing
+    changed = sorted(rel for rel in before if before[rel] != after[rel])
+    assert changed == [], "configs whose merged values changed: %s" % changed
+
+
+def _own_keys(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _own_keys(value, prefix + key + ".")
+        elif prefix + key != "_BASE_":
+            yield prefix + key
+
+
+def test_leaf_configs_set_only_what_is_their_own():
+    """A leaf (every config but the ``Base-*`` files) sets no key to the value its ``_BASE_`` chain
+    (or the defaults) already gives it: dataset, schedule and defaults live in the bases."""
+    import yaml
+
+    from lt_detectron.config import lookup_key
+
+    restated = []
+    for path in CONFIGS:
+        if os.path.basename(path).startswith("Base-"):
+            continue
+        with open(path) as f:
+            own = yaml.safe_load(f)
+        base = get_cfg()
+        add_lt_config(base)
+        if "_BASE_" in own:
+            base.merge_from_file(os.path.join(os.path.dirname(path), own["_BASE_"]))
+        leaf = load_cfg(path)
+        for key in _own_keys(own):
+            try:
+                inherited = lookup_key(base, key)
+            except KeyError:
+                continue  # a key the base does not have at all is the leaf's own
+            if lookup_key(leaf, key) == inherited:
+                restated.append("%s: %s" % (_rel(path), key))
+    assert restated == [], "keys equal to what the base already gives: %s" % restated

@@ -137,3 +137,60 @@ def test_roi_extension_shares_weights():
         torch.nn.functional.binary_cross_entropy_with_logits(z[:, :3], y, reduction="none") * w
     ).sum() / 10
     torch.testing.assert_close(sigmoid_bce_loss(z, gt, w), ref)
+
+
+def test_bofl_loss_reads_the_epoch_length_it_is_given():
+    """BOFL's loss reads its epoch length as a number from the config (MODEL.LT.BOFL.ITERS_PER_EPOCH)
+    and never loads data for it: 0 without training data is an error naming the key and the fix;
+    the lambda it then computes is iteration / epoch length through the schedule."""
+    from detectron2.config import get_cfg
+
+    from lt_detectron import add_lt_config
+    from lt_detectron.class_stats import ClassStats
+    from lt_detectron.losses import build_dense_loss
+
+    cfg = add_lt_config(get_cfg())
+    cfg.DATASETS.TRAIN = ()
+    cfg.MODEL.LT.DENSE_LOSS = "bofl"
+    cfg.MODEL.LT.BOFL.TOTAL_EPOCHS, cfg.MODEL.LT.BOFL.DEFERRED_EPOCHS = 5, 1
+    stats = ClassStats(
+        ("t",), ("a", "b", "c"), (1, 2, 3), [5, 100, 3], [5, 50, 3], 60, ["r", "f", "r"]
+    )
+    with pytest.raises(
+        ValueError, match=r"MODEL.LT.BOFL.ITERS_PER_EPOCH is 0.0.*with_iters_per_epoch"
+    ):
+        build_dense_loss(cfg, 3, stats)
+    cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH = 4.0
+    loss = build_dense_loss(cfg, 3, stats)
+    # iteration 12 = epoch 3 (12 / 4): lambda = (3 - 1) / (5 - 1)
+    assert loss.current_lambda(12) == pytest.approx(0.5)
+    cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH = 0.0
+    cfg.MODEL.LT.BOFL.LINEAR_SCHEDULE = False  # lambda = 1 from the start: no epoch length needed
+    assert build_dense_loss(cfg, 3, stats).current_lambda(0) == 1.0
+
+
+def test_losses_import_neither_data_nor_modeling():
+    """lt_detectron.losses is below data and modeling: no module of it imports them."""
+    import ast
+    import pathlib
+
+    import lt_detectron.losses
+
+    found = []
+    for path in sorted(pathlib.Path(lt_detectron.losses.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+                if node.level == 1 and node.module is None:
+                    names = [".%s" % a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[-1] in ("data", "modeling") or any(
+                    name.startswith(p)
+                    for p in ("..data", "..modeling", "lt_detectron.data", "lt_detectron.modeling")
+                ):
+                    found.append("%s: %s" % (path.name, name))
+    assert found == []

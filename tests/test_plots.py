@@ -432,7 +432,7 @@ def test_plot_methods_tool(tmp_path):
 
 
 def test_bofl_schedule_settings_follow_the_config():
-    """The plot takes BOFL's settings from the same function as the loss (data/epochs.py): LINEAR_SCHEDULE
+    """The plot takes BOFL's settings from the same function as the loss (losses/bofl.py): LINEAR_SCHEDULE
     False is lambda = 1 from the first epoch; a config without BOFL has none."""
     from detectron2.config import get_cfg
 

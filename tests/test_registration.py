@@ -246,6 +246,7 @@ def test_train_json_parsed_once(tmp_path, monkeypatch):
     """The trainer's startup path: one json.load and one DatasetCatalog.get per training json,
     for the statistics, the RFS epoch length, BOFL's settings and the loader's list."""
     from lt_detectron.data import epochs
+    from lt_detectron.losses.bofl import bofl_settings
 
     lt_file, lvis_file = str(tmp_path / "a.json"), str(tmp_path / "b.json")
     lvis_v1_json(lt_file, PER_IMAGE_LVIS)
@@ -279,7 +280,7 @@ def test_train_json_parsed_once(tmp_path, monkeypatch):
             cfg = epochs.with_iters_per_epoch(
                 cfg, train_list
             )  # what the trainer builds the model from
-            bofl = epochs.bofl_settings(cfg)  # what the losses call with the config only
+            bofl = bofl_settings(cfg)  # what the losses call with the config only
             assert get_class_stats(cfg.DATASETS.TRAIN) is stats  # the model builder's call
             assert gets == train and len(loads) == 1, (gets, loads)
             assert (
@@ -301,7 +302,7 @@ def test_train_json_parsed_once(tmp_path, monkeypatch):
 
 
 def test_bofl_schedule_too_short_names_the_keys():
-    from lt_detectron.data.epochs import bofl_settings
+    from lt_detectron.losses.bofl import bofl_settings
 
     cfg = _cfg(["lvis_v1_train"])
     cfg.MODEL.LT.BOFL.TOTAL_EPOCHS = 2

@@ -160,13 +160,15 @@ def png_to_chw(path: str) -> torch.Tensor:
 
 
 def bofl_settings(cfg) -> Optional[Dict]:
-    """BOFL's settings (:func:`lt_detectron.data.epochs.bofl_settings`: ``total_epochs``,
+    """BOFL's settings (:func:`lt_detectron.losses.bofl.bofl_settings`: ``total_epochs``,
     ``deferred_epochs``, ``kappa``, ``per_iteration``, ...) when the config's ROI or dense loss follows
-    BOFL's schedule (the loss says so: ``uses_epoch_schedule``), else None."""
-    from ..data.epochs import bofl_settings as settings
-    from ..losses.base import config_uses_epoch_schedule
+    BOFL's schedule, else None. The epoch length is filled from the training data when the config
+    leaves it at 0 (:func:`lt_detectron.data.epochs.with_iters_per_epoch`)."""
+    from ..data.epochs import with_iters_per_epoch
+    from ..losses.bofl import bofl_settings as settings
+    from ..losses.bofl import config_uses_bofl
 
-    return settings(cfg) if config_uses_epoch_schedule(cfg) else None
+    return settings(with_iters_per_epoch(cfg, None)) if config_uses_bofl(cfg) else None
 
 
 def write_bofl_schedule(out_dir: str, instance_counts, bofl: Dict, class_names=None) -> str:

@@ -30,10 +30,12 @@ What a loss supports is declared on its class, and checked by :func:`build_roi_l
     - ``needs_class_stats``: the loss needs the training :class:`~lt_detectron.class_stats.ClassStats`
       (instance counts); building it without them is an error;
     - ``supported_options`` (ROI): the optional config switches the loss honours, among
-      :data:`ROI_OPTIONS` (``MODEL.ROI_BOX_HEAD.USE_FED_LOSS``, ``MODEL.LT.BOFL.ENABLED``); a config
-      that turns on another one is an error naming the losses that support it;
-    - ``uses_epoch_schedule(cfg)``: the loss follows BOFL's schedule in epochs (``MODEL.LT.BOFL.*``),
-      so the BOFL plots apply and the epoch length (``MODEL.LT.BOFL.ITERS_PER_EPOCH``) is needed;
+      :data:`ROI_OPTIONS` (Detectron2's ``MODEL.ROI_BOX_HEAD.USE_FED_LOSS``, and the switches a
+      method module adds with :func:`register_roi_option`); a config that turns on another one is an
+      error naming the losses that support it;
+    - ``epoch_length_key(cfg)``: the config key the loss built from ``cfg`` reads the epoch length
+      (iterations, a float) from, or None; the trainer fills a key left at 0 from the training data
+      (:func:`lt_detectron.data.epochs.with_iters_per_epoch`);
     - ``plot_data()`` (optional): the per-class statistics the method plots draw (a dict: ``name``,
       ``title``, ``ratio`` (C,), ``ratio_label``, ``factors`` {label: (C,)}, ``factors_label``, ``params``;
       EQL v2, EFL), read by :func:`lt_detectron.engine.hooks.plot_sources`;
@@ -79,8 +81,9 @@ __all__ = [
     "build_roi_loss",
     "build_dense_loss",
     "roi_loss_name",
-    "config_uses_epoch_schedule",
+    "config_epoch_length_keys",
     "ROI_OPTIONS",
+    "register_roi_option",
     "train_class_stats",
     "class_counts",
     "storage_iteration",
@@ -131,14 +134,20 @@ DENSE_LOSS_REGISTRY.__doc__ = (
 )
 
 
-# Optional config switches of the ROI heads: key -> whether the config turns it on. A loss lists the
-# keys it honours in ``supported_options``; :func:`build_roi_loss` refuses the others.
+# Optional config switches of the ROI heads: key -> whether the config turns it on (a method module
+# adds its own with :func:`register_roi_option`). A loss lists the keys it honours in
+# ``supported_options``; :func:`build_roi_loss` refuses the others.
 ROI_OPTIONS = {
     "MODEL.ROI_BOX_HEAD.USE_FED_LOSS": lambda cfg: bool(
         cfg.MODEL.ROI_BOX_HEAD.get("USE_FED_LOSS", False)
     ),
-    "MODEL.LT.BOFL.ENABLED": lambda cfg: bool(cfg.MODEL.LT.BOFL.ENABLED),
 }
+
+
+def register_roi_option(key: str, enabled) -> None:
+    """Add the optional ROI switch ``key`` to :data:`ROI_OPTIONS`; ``enabled(cfg) -> bool`` says
+    whether a config turns it on."""
+    ROI_OPTIONS[key] = enabled
 
 
 class ROILoss(nn.Module):
@@ -195,9 +204,9 @@ class ROILoss(nn.Module):
         )
 
     @classmethod
-    def uses_epoch_schedule(cls, cfg) -> bool:
-        """Whether this loss, built from ``cfg``, follows BOFL's schedule in epochs."""
-        return False
+    def epoch_length_key(cls, cfg) -> Optional[str]:
+        """The config key this loss, built from ``cfg``, reads the epoch length from (None: none)."""
+        return None
 
     def classifier_spec(self) -> ClassifierSpec:
         cosine = self.classifier_kind == "cosine"
@@ -275,9 +284,9 @@ class DenseLoss(nn.Module):
         return dict(num_classes=num_classes, focal_alpha=focal_alpha, focal_gamma=focal_gamma)
 
     @classmethod
-    def uses_epoch_schedule(cls, cfg) -> bool:
-        """Whether this loss, built from ``cfg``, follows BOFL's schedule in epochs."""
-        return False
+    def epoch_length_key(cls, cfg) -> Optional[str]:
+        """The config key this loss, built from ``cfg``, reads the epoch length from (None: none)."""
+        return None
 
     def logit_columns(self) -> torch.Tensor:
         """``(C,)`` the class of each channel: class c in channel c (no background channel)."""
@@ -342,12 +351,11 @@ def roi_loss_name(cfg) -> str:
     return name
 
 
-def config_uses_epoch_schedule(cfg) -> bool:
-    """Whether the config's ROI or dense loss follows BOFL's schedule in epochs (the losses say so:
-    ``uses_epoch_schedule``), i.e. whether the run needs ``MODEL.LT.BOFL.ITERS_PER_EPOCH``."""
-    return ROI_LOSS_REGISTRY.get(roi_loss_name(cfg)).uses_epoch_schedule(
-        cfg
-    ) or DENSE_LOSS_REGISTRY.get(cfg.MODEL.LT.DENSE_LOSS).uses_epoch_schedule(cfg)
+def config_epoch_length_keys(cfg) -> list:
+    """The ``epoch_length_key`` of the config's ROI and dense losses, without None and repeats."""
+    roi = ROI_LOSS_REGISTRY.get(roi_loss_name(cfg)).epoch_length_key(cfg)
+    dense = DENSE_LOSS_REGISTRY.get(cfg.MODEL.LT.DENSE_LOSS).epoch_length_key(cfg)
+    return [k for k in dict.fromkeys((roi, dense)) if k]
 
 
 def train_class_stats(cfg, num_classes: int, num_classes_key: str):

@@ -17,12 +17,17 @@ For a sigmoid ROI classifier (extension, not in the paper) pass the same weights
 :func:`lt_detectron.losses.sigmoid.sigmoid_bce_loss` ((C,) or per-ROI rows (R, C)).
 
 In training, :class:`BOFLWeighting` turns the iteration into lambda: epoch = iteration / iterations per
-epoch (the iteration from Detectron2's event storage, the epoch length given at construction:
-``MODEL.LT.BOFL.ITERS_PER_EPOCH``, see :mod:`lt_detectron.data.epochs`), and logs ``bofl/lambda``. It is
-shared by the dense loss registered as ``bofl`` (:class:`BOFLDenseLoss`, focal and heat-map forms) and
-the sigmoid ROI loss with ``MODEL.LT.BOFL.ENABLED``.
+epoch (the iteration from Detectron2's event storage, the epoch length a number given at construction:
+``MODEL.LT.BOFL.ITERS_PER_EPOCH``, which the trainer fills from the training data, see
+:mod:`lt_detectron.data.epochs`), and logs ``bofl/lambda``. It is shared by the dense loss registered as
+``bofl`` (:class:`BOFLDenseLoss`, focal and heat-map forms) and the sigmoid ROI loss with
+``MODEL.LT.BOFL.ENABLED`` (an optional ROI switch this module registers).
+
+:func:`bofl_settings` is the one translation of ``MODEL.LT.BOFL`` into the keyword arguments of
+:class:`BOFLWeighting`, used by the losses and the schedule plot.
 """
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -30,10 +35,13 @@ import torch.nn as nn
 
 from .base import (
     DENSE_LOSS_REGISTRY,
+    ROI_LOSS_REGISTRY,
     DenseBatch,
     DenseLoss,
     class_counts,
     log_scalar,
+    register_roi_option,
+    roi_loss_name,
     storage_iteration,
 )
 from .bofl_functional import (
@@ -55,7 +63,92 @@ __all__ = [
     "BOFLFocalLoss",
     "BOFLWeighting",
     "BOFLDenseLoss",
+    "BOFL_OPTION",
+    "EPOCH_LENGTH_KEY",
+    "bofl_settings",
+    "bofl_epoch_length_key",
+    "config_uses_bofl",
 ]
+
+# the optional ROI switch of BOFL's channel weights (losses that honour it list it in supported_options)
+BOFL_OPTION = "MODEL.LT.BOFL.ENABLED"
+register_roi_option(BOFL_OPTION, lambda cfg: bool(cfg.MODEL.LT.BOFL.ENABLED))
+# where BOFL reads the run's epoch length (iterations per epoch; 0 = not given, the trainer fills it)
+EPOCH_LENGTH_KEY = "MODEL.LT.BOFL.ITERS_PER_EPOCH"
+
+
+def bofl_epoch_length_key(cfg) -> Optional[str]:
+    """:data:`EPOCH_LENGTH_KEY` when BOFL's schedule is linear in epochs, else None (``LINEAR_SCHEDULE
+    False`` is lambda = 1 from the first iteration and needs no epoch length)."""
+    return EPOCH_LENGTH_KEY if cfg.MODEL.LT.BOFL.LINEAR_SCHEDULE else None
+
+
+def _epoch_length(cfg) -> float:
+    """``MODEL.LT.BOFL.ITERS_PER_EPOCH``, which must have been given (> 0)."""
+    value = float(cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH)
+    if not value > 0:
+        raise ValueError(
+            "BOFL's schedule is in epochs and needs the epoch length, but %s is %r. Build the model "
+            "through LTTrainer or lt_detectron's heads (they fill it from DATASETS.TRAIN), call "
+            "lt_detectron.data.epochs.with_iters_per_epoch(cfg, None) first, or set %s > 0 (iterations "
+            "per epoch); MODEL.LT.BOFL.LINEAR_SCHEDULE False needs none"
+            % (EPOCH_LENGTH_KEY, value, EPOCH_LENGTH_KEY)
+        )
+    return value
+
+
+def bofl_settings(cfg) -> dict:
+    """``MODEL.LT.BOFL`` as the settings of BOFL's weights (ROI and dense heads, and the plots).
+
+    Returns ``dict(kappa, eta, batch_counts, total_epochs, deferred_epochs, per_iteration,
+    iters_per_epoch)``. ``LINEAR_SCHEDULE False`` (the paper's "WF without LS" ablation) gives
+    lambda = 1 from the first iteration: a schedule with total = deferred = 0 epochs, which needs
+    no epoch length (``iters_per_epoch`` None). A linear schedule reads the epoch length from
+    ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` (a clear error when it is 0) and lasts ``TOTAL_EPOCHS`` or, when
+    0, ``ceil(SOLVER.MAX_ITER / iterations per epoch)`` epochs, more than ``DEFERRED_EPOCHS``: a clear
+    error names the keys otherwise.
+    """
+    b = cfg.MODEL.LT.BOFL
+    mode = str(b.BATCH_COUNTS).lower()
+    if mode not in ("image", "batch", "none"):
+        raise ValueError(
+            "MODEL.LT.BOFL.BATCH_COUNTS must be image, batch or none, got %r" % (b.BATCH_COUNTS,)
+        )
+    linear = bool(b.LINEAR_SCHEDULE)
+    total = 0
+    if linear:
+        if b.TOTAL_EPOCHS > 0:
+            total = int(b.TOTAL_EPOCHS)
+        else:
+            total = max(1, int(math.ceil(cfg.SOLVER.MAX_ITER / _epoch_length(cfg))))
+    if linear and total < b.DEFERRED_EPOCHS:
+        how = (
+            "MODEL.LT.BOFL.TOTAL_EPOCHS = %d" % b.TOTAL_EPOCHS
+            if b.TOTAL_EPOCHS > 0
+            else "SOLVER.MAX_ITER = %d at SOLVER.IMS_PER_BATCH = %d on %s (%.1f iterations per epoch; "
+            "MODEL.LT.BOFL.TOTAL_EPOCHS = 0 means derived from them)"
+            % (
+                cfg.SOLVER.MAX_ITER,
+                cfg.SOLVER.IMS_PER_BATCH,
+                ", ".join(cfg.DATASETS.TRAIN),
+                _epoch_length(cfg),
+            )
+        )
+        raise ValueError(
+            "BOFL's linear schedule is %d epoch(s) long (%s), shorter than MODEL.LT.BOFL.DEFERRED_EPOCHS = %d. "
+            "Lengthen the schedule (SOLVER.MAX_ITER or MODEL.LT.BOFL.TOTAL_EPOCHS), lower "
+            "MODEL.LT.BOFL.DEFERRED_EPOCHS, or set MODEL.LT.BOFL.LINEAR_SCHEDULE False."
+            % (total, how, b.DEFERRED_EPOCHS)
+        )
+    return dict(
+        kappa=float(b.KAPPA),
+        eta=None if mode == "none" else float(b.ETA),
+        batch_counts=mode,
+        total_epochs=total,
+        deferred_epochs=b.DEFERRED_EPOCHS if linear else 0,
+        per_iteration=bool(b.PER_ITERATION),
+        iters_per_epoch=_epoch_length(cfg) if linear else None,
+    )
 
 
 class BOFLWeighting(nn.Module):
@@ -68,7 +161,7 @@ class BOFLWeighting(nn.Module):
         total_epochs, deferred_epochs, per_iteration: the schedule (:class:`BOFLSchedule`).
         iters_per_epoch: the epoch length; needed unless the schedule is constant (total = deferred = 0,
             ``LINEAR_SCHEDULE False``).
-    The keyword arguments are the dict of :func:`lt_detectron.data.epochs.bofl_settings`.
+    The keyword arguments are the dict of :func:`bofl_settings`.
     """
 
     def __init__(
@@ -161,8 +254,6 @@ class BOFLWeighting(nn.Module):
 
 def bofl_from_config(cfg, class_stats) -> dict:
     """Keyword arguments of :class:`BOFLWeighting` from ``MODEL.LT.BOFL`` and the class statistics."""
-    from ..data.epochs import bofl_settings
-
     return dict(bofl_settings(cfg), instance_counts=class_counts(class_stats))
 
 
@@ -199,8 +290,8 @@ class BOFLDenseLoss(DenseLoss):
         )
 
     @classmethod
-    def uses_epoch_schedule(cls, cfg) -> bool:
-        return True
+    def epoch_length_key(cls, cfg) -> Optional[str]:
+        return bofl_epoch_length_key(cfg)
 
     def current_lambda(self, iteration: Optional[int] = None) -> float:
         """lambda at ``iteration`` (default: the event storage's iteration)."""
@@ -240,3 +331,12 @@ class BOFLDenseLoss(DenseLoss):
         w, _ = self.class_weights(batch.gt_classes_per_image, batch.iteration)
         w = w.to(device=logits.device, dtype=torch.float32)
         return penalty_reduced_focal_loss(logits, heat, alpha, beta, weight=w[:, :, None, None])
+
+
+def config_uses_bofl(cfg) -> bool:
+    """Whether the config's dense loss is BOFL's or its ROI loss applies BOFL's weights (a loss that
+    honours ``MODEL.LT.BOFL.ENABLED``, and the switch on): then BOFL's schedule plot applies."""
+    if issubclass(DENSE_LOSS_REGISTRY.get(cfg.MODEL.LT.DENSE_LOSS), BOFLDenseLoss):
+        return True
+    roi = ROI_LOSS_REGISTRY.get(roi_loss_name(cfg))
+    return bool(cfg.MODEL.LT.BOFL.ENABLED) and BOFL_OPTION in roi.supported_options

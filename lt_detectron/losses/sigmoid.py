@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ROI_LOSS_REGISTRY, ROIBatch, ROILoss, class_counts
-from .bofl import BOFLWeighting, bofl_from_config
+from .bofl import BOFL_OPTION, BOFLWeighting, bofl_epoch_length_key, bofl_from_config
 from .federated import fed_loss_class_weights, fed_loss_mask
 
 __all__ = [
@@ -262,7 +262,7 @@ class SigmoidROILoss(ROILoss):
     """
 
     default_prior_prob = 0.01
-    supported_options = frozenset({"MODEL.ROI_BOX_HEAD.USE_FED_LOSS", "MODEL.LT.BOFL.ENABLED"})
+    supported_options = frozenset({"MODEL.ROI_BOX_HEAD.USE_FED_LOSS", BOFL_OPTION})
 
     def __init__(
         self,
@@ -329,8 +329,8 @@ class SigmoidROILoss(ROILoss):
         return ret
 
     @classmethod
-    def uses_epoch_schedule(cls, cfg) -> bool:
-        return bool(cfg.MODEL.LT.BOFL.ENABLED)
+    def epoch_length_key(cls, cfg) -> Optional[str]:
+        return bofl_epoch_length_key(cfg) if cfg.MODEL.LT.BOFL.ENABLED else None
 
     def _bofl_weights(self, R: int, batch: ROIBatch) -> torch.Tensor:
         """(R, C) BOFL weights of the ROIs (per image or per local batch)."""

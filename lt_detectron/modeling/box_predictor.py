@@ -43,6 +43,7 @@ from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 
 from ..compat import log_classification_stats
+from ..data.epochs import with_iters_per_epoch
 from ..losses import (
     ROIBatch,
     ROILoss,
@@ -113,7 +114,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret = super().from_config(cfg, input_shape)
         C = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         stats = train_class_stats(cfg, C, "MODEL.ROI_HEADS.NUM_CLASSES")
-        ret["cls_loss"] = build_roi_loss(cfg, C, stats)
+        ret["cls_loss"] = build_roi_loss(with_iters_per_epoch(cfg, None), C, stats)
         ret["test_topk_per_class"] = (
             cfg.TEST.LT.TOPK_PER_CLASS if cfg.TEST.LT.AP_PROTOCOL == "fixed" else 0
         )

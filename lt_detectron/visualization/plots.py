@@ -102,11 +102,14 @@ _SPARE = ("#aec7e8", "#98df8a", "#ff9896", "#c5b0d5", "#f7b6d2", "#9edae5", "#39
 
 def split_method(method: str):
     """``"fcos_bofl_wf"`` -> ``("fcos", "bofl_wf")``; ROI methods have family ``""``;
-    ``"sigmoid_bofl"`` (BOFL channel weights on the sigmoid ROI classifier) -> ``("", "bofl")``."""
+    ``"sigmoid_<loss>"`` (that method's channel weights on the sigmoid ROI classifier, e.g.
+    ``"sigmoid_bofl"``) -> ``("", "<loss>")`` when ``<loss>`` has a colour."""
     fam, _, rest = method.partition("_")
     if fam in _FAMILY_STYLE and fam and rest:
         return fam, rest
-    return "", ("bofl" if method == "sigmoid_bofl" else method)
+    if fam == "sigmoid" and rest in METHOD_COLORS:
+        return "", rest
+    return "", method
 
 
 def method_color(method: str) -> str:

@@ -38,6 +38,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
+from ...data.epochs import with_iters_per_epoch
 from ...losses import DenseBatch, DenseLoss, FocalDenseLoss, build_dense_loss, train_class_stats
 
 __all__ = [
@@ -272,7 +273,7 @@ class CenterNet(DenseDetector):
             "in_feature": c.IN_FEATURE,
             "num_classes": c.NUM_CLASSES,
             "cls_loss": build_dense_loss(
-                cfg,
+                with_iters_per_epoch(cfg, None),
                 c.NUM_CLASSES,
                 train_class_stats(cfg, c.NUM_CLASSES, "MODEL.CENTERNET.NUM_CLASSES"),
             ),

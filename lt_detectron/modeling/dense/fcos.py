@@ -51,6 +51,7 @@ from detectron2.modeling.meta_arch.fcos import FCOS as Detectron2FCOS
 from detectron2.structures import Boxes, Instances, pairwise_point_box_distance
 from detectron2.utils.events import get_event_storage
 
+from ...data.epochs import with_iters_per_epoch
 from ...losses import DenseBatch, DenseLoss, FocalDenseLoss, build_dense_loss, train_class_stats
 from ...losses.distributed import all_reduce_sum, get_world_size
 from .finite import check_finite_box_predictions
@@ -138,7 +139,7 @@ class FCOS(Detectron2FCOS):
             "head_in_features": list(f.IN_FEATURES),
             "num_classes": f.NUM_CLASSES,
             "cls_loss": build_dense_loss(
-                cfg,
+                with_iters_per_epoch(cfg, None),
                 f.NUM_CLASSES,
                 train_class_stats(cfg, f.NUM_CLASSES, "MODEL.FCOS.NUM_CLASSES"),
                 focal_alpha=f.FOCAL_LOSS_ALPHA,

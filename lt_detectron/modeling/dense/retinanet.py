@@ -19,6 +19,7 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.utils.events import get_event_storage
 
 from ...compat import dense_box_regression_loss
+from ...data.epochs import with_iters_per_epoch
 from ...losses import DenseBatch, DenseLoss, FocalDenseLoss, build_dense_loss, train_class_stats
 from .finite import check_finite_box_predictions
 
@@ -52,7 +53,7 @@ class LongTailRetinaNet(RetinaNet):
         ret = super().from_config(cfg)
         r = cfg.MODEL.RETINANET
         ret["cls_loss"] = build_dense_loss(
-            cfg,
+            with_iters_per_epoch(cfg, None),
             r.NUM_CLASSES,
             train_class_stats(cfg, r.NUM_CLASSES, "MODEL.RETINANET.NUM_CLASSES"),
             focal_alpha=r.FOCAL_LOSS_ALPHA,
