@@ -12,28 +12,24 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from detectron2.config import get_cfg
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.utils.env import seed_all_rng
 
 import lt_detectron  # noqa: F401
-from lt_detectron import add_lt_config
 from lt_detectron.data.samplers import (
     ResumableRepeatFactorTrainingSampler,
     ResumableTrainingSampler,
 )
 from lt_detectron.engine import LTCheckpointer, LTTrainer
 from lt_detectron.engine.checkpoint import get_rng_state
-from tests.test_train import small_val  # noqa: F401  (fixture)
+from lt_detectron.utils.testing import lt_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "lt_shapes")
 
 
 def _cfg(config, out, *opts):
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, config))
+    cfg = lt_cfg(os.path.join(CONFIGS, config))
     cfg.merge_from_list(
         [
             "SOLVER.MAX_ITER",
@@ -104,7 +100,7 @@ def softmax_final(tmp_path_factory):
 @pytest.mark.slow
 def test_bags_decoupled_eval_only_and_resume_keep_the_trained_classifier(
     tmp_path,
-    small_val,  # noqa: F811  (the fixture imported from tests.test_train)
+    small_val,
     softmax_final,
     caplog,
 ):
