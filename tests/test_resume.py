@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.utils.env import seed_all_rng
 
@@ -306,41 +305,39 @@ def _roundtrip(obj):
     return buf
 
 
-def _rng_worker(rank, out_dir):
-    dist.init_process_group(
-        "gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"), rank=rank, world_size=2
-    )
+def _rng_worker(out_dir):
+    # launch_cpu's worker: the gloo group and detectron2's local group (load_train_dicts asks
+    # comm.get_local_rank()), destroyed by the launcher
+    rank = dist.get_rank()
     torch.set_num_threads(1)
-    try:
-        run = os.path.join(out_dir, "run")
-        seed_all_rng(100 + rank)  # default_setup seeds SEED + rank
-        _train(
-            _cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "2", "MODEL.DEVICE", "cpu")
-        )
-        end = get_rng_state()
-        dist.barrier()
-        seed_all_rng(999)  # a new process
-        t2 = LTTrainer(
-            _cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "3", "MODEL.DEVICE", "cpu")
-        )
-        t2.resume_or_load(resume=True)
-        after = get_rng_state()
-        torch.save(
-            {
-                "end": end,
-                "after": after,
-                "torch_pending": t2._torch_rng_to_restore,
-                "start_iter": t2.start_iter,
-            },
-            os.path.join(out_dir, "rank%d.pt" % rank),
-        )
-    finally:
-        dist.destroy_process_group()
+    run = os.path.join(out_dir, "run")
+    seed_all_rng(100 + rank)  # default_setup seeds SEED + rank
+    _train(_cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "2", "MODEL.DEVICE", "cpu"))
+    end = get_rng_state()
+    dist.barrier()
+    seed_all_rng(999)  # a new process
+    t2 = LTTrainer(
+        _cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "3", "MODEL.DEVICE", "cpu")
+    )
+    t2.resume_or_load(resume=True)
+    after = get_rng_state()
+    torch.save(
+        {
+            "end": end,
+            "after": after,
+            "torch_pending": t2._torch_rng_to_restore,
+            "start_iter": t2.start_iter,
+        },
+        os.path.join(out_dir, "rank%d.pt" % rank),
+    )
 
 
 @pytest.mark.slow
 def test_each_rank_resumes_its_own_rng_state(tmp_path):
-    mp.spawn(_rng_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    from lt_detectron.engine import launch_cpu
+
+    rendezvous = "file://" + os.path.join(str(tmp_path), "rendezvous")
+    launch_cpu(_rng_worker, 2, dist_url=rendezvous, args=(str(tmp_path),))
     ckpt = torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)
     per_rank = ckpt["trainer"]["rng"]["per_rank"]
     assert len(per_rank) == 2
