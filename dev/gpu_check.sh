@@ -13,7 +13,7 @@
 #
 # Environment: PYTHON (default .venv/bin/python), WORK (default a new temporary folder), FIXTURES
 # (default WORK/fixtures, generated), DEVICE (cuda), ITERS (20), BATCH (4), AMP ("off on"),
-# METHODS ("softmax sigmoid fedloss eqlv2 ecm c2am bags"), SMALL (0; 1 = 160 px inputs, 10 dets).
+# METHODS (every registered ROI loss + fedloss), SMALL (0; 1 = 160 px inputs, 10 dets).
 # The configs' own LR schedule is kept (ITERS stay inside its warm-up: random ImageNet stand-in
 # weights diverge at the full learning rate); ITERS must be >= 3 (detectron2 times from the 3rd).
 # BAGS is the decoupled recipe: it starts from the softmax run's model_final.pth (same AMP mode),
@@ -35,23 +35,33 @@ DEVICE=${DEVICE:-cuda}
 ITERS=${ITERS:-20}
 BATCH=${BATCH:-4}
 AMP=${AMP:-"off on"}
-METHODS=${METHODS:-"softmax sigmoid fedloss eqlv2 ecm c2am bags"}
+METHODS=${METHODS:-}
 SMALL=${SMALL:-0}
 WORK=${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/lt_gpu_check.XXXXXX")}
 FIXTURES=${FIXTURES:-$WORK/fixtures}
 
-config_of() {
-  case "$1" in
-    softmax) echo configs/lvis_v1/softmax_mask_rcnn_R_50_FPN_1x.yaml ;;
-    sigmoid) echo configs/lvis_v1/sigmoid_mask_rcnn_R_50_FPN_1x.yaml ;;
-    fedloss) echo configs/lvis_v1/fedloss_mask_rcnn_R_50_FPN_1x.yaml ;;
-    eqlv2) echo configs/lvis_v1/eqlv2_mask_rcnn_R_50_FPN_1x.yaml ;;
-    ecm) echo configs/lvis_v1/ecm_mask_rcnn_R_50_FPN_1x.yaml ;;
-    c2am) echo configs/lvis_v1/c2am_mask_rcnn_R_50_FPN_2x.yaml ;;
-    bags) echo configs/lvis_v1/bags_mask_rcnn_R_50_FPN_decoupled.yaml ;;
-    *) echo "gpu_check.sh: unknown method $1 (softmax sigmoid fedloss eqlv2 ecm c2am bags)" >&2; return 1 ;;
-  esac
-}
+# The methods and their LVIS v1 configs: every loss of lt_detectron's ROI_LOSS_REGISTRY (a new
+# method is checked with no edit here) plus fedloss (sigmoid with the federated loss), softmax first
+# (BAGS starts from its model); METHODS picks some of them. One "method config" line each.
+PLAN=$(METHODS="$METHODS" PYTHONWARNINGS=ignore "$PYTHON" - <<'EOF'
+import glob
+import os
+import sys
+
+from lt_detectron.losses import ROI_LOSS_REGISTRY
+
+known = sorted(ROI_LOSS_REGISTRY.names() + ["fedloss"], key=lambda m: (m != "softmax", m))
+for m in os.environ["METHODS"].split() or known:
+    if m not in known:
+        sys.exit("gpu_check.sh: unknown method %s (%s)" % (m, " ".join(known)))
+    pattern = "configs/lvis_v1/%s_mask_rcnn_R_50_FPN_*.yaml" % m
+    found = sorted(c for c in glob.glob(pattern) if "gn_scratch" not in c)
+    if not found:
+        sys.exit("gpu_check.sh: no LVIS v1 config for %s: add one named %s" % (m, pattern))
+    print(m, found[0])
+EOF
+)
+mapfile -t PLAN_LINES <<< "$PLAN"
 
 if [ "$DEVICE" = cuda ] && [ "$DRY" = 0 ]; then
   "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
@@ -67,8 +77,8 @@ FAILED=0
 ROWS=()
 for amp in $AMP; do
   case "$amp" in on) AMP_FLAG=True ;; off) AMP_FLAG=False ;; *) echo "gpu_check.sh: AMP must be on/off, got $amp" >&2; exit 2 ;; esac
-  for m in $METHODS; do
-    cfg=$(config_of "$m")
+  for line in "${PLAN_LINES[@]}"; do
+    read -r m cfg <<< "$line"
     out="$WORK/${m}_amp_${amp}"
     opts=(MODEL.DEVICE "$DEVICE" SOLVER.AMP.ENABLED "$AMP_FLAG" SOLVER.IMS_PER_BATCH "$BATCH"
           SOLVER.MAX_ITER "$ITERS" SOLVER.CHECKPOINT_PERIOD 1000000 DATALOADER.NUM_WORKERS 2 TEST.EVAL_PERIOD 0

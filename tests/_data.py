@@ -1,4 +1,5 @@
-"""Small COCO/LVIS-format datasets written by tests."""
+"""Small COCO/LVIS-format datasets written by tests, and the evaluator tests' categories and ground
+truth."""
 
 import json
 import os
@@ -101,3 +102,98 @@ def touch_images(json_file, image_root):
         path = os.path.join(image_root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         open(path, "ab").close()
+
+
+# ------------------------------------------------------------------ evaluator tests
+IMAGE_SIZE = (96, 128)  # of the generated evaluation images
+
+
+def eval_categories():
+    """36 LVIS-style categories (ids 2, 4, ..., 72), bands r/c/f in turn, with training counts."""
+    rng = np.random.default_rng(3)
+    cats = []
+    for i in range(1, 37):
+        freq = "rcf"[i % 3]
+        img = {"r": 5, "c": 50, "f": 500}[freq] + int(rng.integers(0, 5))
+        inst = int(img * (1 + (i % 4)) + (2000 if i % 7 == 0 else 0))
+        cats.append(
+            {
+                "id": i * 2,
+                "name": f"cls{i}",
+                "frequency": freq,
+                "image_count": img,
+                "instance_count": inst,
+            }
+        )
+    return cats
+
+
+class FakeStats:
+    """Stand-in for lt_detectron.class_stats.ClassStats (only what evaluators read)."""
+
+    def __init__(self, cats):
+        self.dataset_ids = tuple(c["id"] for c in cats)
+        self.class_names = tuple(c["name"] for c in cats)
+        self.num_classes = len(cats)
+        self.instance_counts = np.array([c["instance_count"] for c in cats], np.int64)
+        self.image_counts = np.array([c["image_count"] for c in cats], np.int64)
+
+    def instance_groups(self, edges=(10, 100, 1000), drop_empty=True):
+        bounds = [0] + list(edges) + [float("inf")]
+        out = []
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            ids = np.nonzero((self.instance_counts >= lo) & (self.instance_counts < hi))[0]
+            if len(ids) or not drop_empty:
+                out.append((lo, hi, ids))
+        return out
+
+
+def coco_eval_gt(num_images=16, with_masks=False):
+    """A COCO-format ground truth of 11 classes whose training counts fill the COCO-LT bins
+    (one bin empty, one class without instances): ``(gt, categories with counts)``."""
+    from lt_detectron.utils.testing import make_lvis_like_gt
+
+    # training counts: bins [1,10) 3 classes, [10,100) 4, [100,1000) 0 (empty), [1000,inf) 3, 0 instances: 1
+    inst = [2, 5, 9, 10, 40, 60, 99, 1000, 4000, 20000, 0]
+    cats = [
+        {
+            "id": 10 + i,
+            "name": f"c{i}",
+            "supercategory": "x",
+            "image_count": max(1, n // 2),
+            "instance_count": n,
+        }
+        for i, n in enumerate(inst)
+    ]
+    gt = make_lvis_like_gt(
+        num_images,
+        cats,
+        seed=4,
+        with_masks=with_masks,
+        image_size=IMAGE_SIZE,
+        sampling_power=0.0,
+        mean_classes_per_image=3,
+    )
+    for im in gt["images"]:  # plain COCO format
+        im.pop("neg_category_ids")
+        im.pop("not_exhaustive_category_ids")
+    for a in gt["annotations"]:
+        a["iscrowd"] = 0
+    gt["categories"] = [{"id": c["id"], "name": c["name"], "supercategory": "x"} for c in cats]
+    return gt, cats
+
+
+def lt_shapes_val_subset(out_json, n):
+    """The first ``n`` images of the embedded ``lt_shapes`` val split and their annotations, as an
+    LVIS-format json written to ``out_json``: returns ``(out_json, image_root)`` (as strings)."""
+    from lt_detectron.data.embedded import get_lt_shapes, lt_shapes_paths
+
+    paths = lt_shapes_paths(get_lt_shapes())
+    with open(paths["val_json"]) as f:
+        data = json.load(f)
+    keep = {im["id"] for im in data["images"][:n]}
+    data["images"] = [im for im in data["images"] if im["id"] in keep]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    with open(out_json, "w") as f:
+        json.dump(data, f)
+    return str(out_json), paths["val_images"]

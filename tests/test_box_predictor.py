@@ -7,21 +7,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import lt_detectron  # noqa: F401
-from lt_detectron import add_lt_config
 from lt_detectron.class_stats import ClassStats
 from lt_detectron.losses import ROI_LOSS_REGISTRY, ROIBatch, build_roi_loss
 from lt_detectron.modeling import LongTailFastRCNNOutputLayers
+from lt_detectron.utils.testing import lt_cfg
 
 COUNTS = [100, 10, 1]
 C = len(COUNTS)
-ROI_LOSSES = ["softmax", "sigmoid", "eqlv2", "ecm", "bags", "c2am"]
+ROI_LOSSES = ROI_LOSS_REGISTRY.names()  # every registered method, at collection time
 STATS = ClassStats(
     ("fake",),
     tuple("c%d" % i for i in range(C)),
@@ -33,12 +32,8 @@ STATS = ClassStats(
 )
 
 
-def lt_cfg(loss, *opts):
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.MODEL.LT.ROI_LOSS = loss
-    cfg.merge_from_list(list(opts))
-    return cfg
+def roi_cfg(loss, *opts):
+    return lt_cfg(None, "MODEL.LT.ROI_LOSS", loss, *opts)
 
 
 def make(loss, *opts):
@@ -47,7 +42,7 @@ def make(loss, *opts):
         ShapeSpec(channels=8),
         box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
         num_classes=C,
-        cls_loss=build_roi_loss(lt_cfg(loss, *opts), C, STATS),
+        cls_loss=build_roi_loss(roi_cfg(loss, *opts), C, STATS),
     )
 
 
@@ -79,18 +74,15 @@ def proposals_for(gt_per_image, rois_per_image=4):
     return out
 
 
-def test_the_shipped_losses_are_registered():
-    assert set(ROI_LOSSES) <= set(ROI_LOSS_REGISTRY.names())
-
-
 @pytest.mark.parametrize("loss", ROI_LOSSES)
 def test_every_loss_trains_and_predicts_background_last(loss):
     m = make(loss)
     x = torch.randn(8, 8)
     props = proposals_for([[0, 1], [2]])
     scores, deltas = m(x)
-    expected_logits = C + 1 + (m.cls_loss.layout.num_groups + 1 if loss == "bags" else 0)
-    assert scores.shape == (8, expected_logits) == (8, m.cls_loss.classifier_spec().num_logits)
+    # the layer the loss asked for (its own logit count is checked in its test file)
+    num_logits = m.cls_loss.classifier_spec().num_logits
+    assert num_logits >= C + 1 and scores.shape == (8, num_logits)
     with EventStorage(0) as storage:
         losses = m.losses(
             (scores, deltas), props, gt_classes_per_image=[torch.tensor([0, 1]), torch.tensor([2])]
@@ -185,7 +177,7 @@ def test_user_loss_instance_and_class_checks():
         ValueError,
         match="MODEL.LT.ROI_LOSS ecm needs the training class statistics.*DATASETS.TRAIN",
     ):
-        build_roi_loss(lt_cfg("ecm"), C, None)
+        build_roi_loss(roi_cfg("ecm"), C, None)
 
 
 def test_bofl_roi_weights_per_image_against_the_formula():
@@ -247,7 +239,7 @@ def test_bofl_needs_the_batch_gt_classes_and_the_epoch_length():
 
 def test_federated_loss_trains_only_the_subset_columns():
     loss = build_roi_loss(
-        lt_cfg(
+        roi_cfg(
             "sigmoid",
             "MODEL.ROI_BOX_HEAD.USE_FED_LOSS",
             True,
@@ -264,7 +256,7 @@ def test_federated_loss_trains_only_the_subset_columns():
     # GT class 0 and the only samplable class 2 are trained; class 1 (weight 0) is not
     assert (z.grad[:, 1] == 0).all() and (z.grad[:, 0] != 0).all() and (z.grad[:, 2] != 0).all()
     # the sampling weights come from the image counts: image_count ** FED_LOSS_FREQ_WEIGHT_POWER
-    fresh = build_roi_loss(lt_cfg("sigmoid", "MODEL.ROI_BOX_HEAD.USE_FED_LOSS", True), C, STATS)
+    fresh = build_roi_loss(roi_cfg("sigmoid", "MODEL.ROI_BOX_HEAD.USE_FED_LOSS", True), C, STATS)
     torch.testing.assert_close(fresh.fed_loss_weights, torch.tensor([50.0, 8.0, 1.0]) ** 0.5)
     with pytest.raises(
         ValueError,

@@ -72,6 +72,7 @@ def test_commands_weights_registration_and_dependency(tmp_path):
     assert argv[argv.index("MODEL.WEIGHTS") + 1] == "/w/model_final.pth"
 
 
+@pytest.mark.slow
 def test_failure_is_reported_with_log_tail(tmp_path):
     """A run that fails (here: a missing fixture folder) gives rc != 0, the log tail, exit 1."""
     out = subprocess.run(
@@ -102,9 +103,17 @@ def test_failure_is_reported_with_log_tail(tmp_path):
     assert rows[0].startswith("config,registration,rc") and ",builtin,1," in rows[1]
 
 
-def test_gpu_check_script_syntax_and_dry_run(tmp_path):
+def test_gpu_check_script_syntax_and_arguments():
     script = os.path.join(ROOT, "dev", "gpu_check.sh")
     assert subprocess.run(["bash", "-n", script]).returncode == 0
+    bad = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown argument" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_lists_every_registered_method(tmp_path):
+    """The dry run (the method list comes from a Python process reading the loss registry)."""
+    script = os.path.join(ROOT, "dev", "gpu_check.sh")
     out = subprocess.run(
         ["bash", script, "--dry-run"],
         capture_output=True,
@@ -114,13 +123,21 @@ def test_gpu_check_script_syntax_and_dry_run(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stdout.splitlines() if "tools/train_net.py" in ln]
-    assert len(lines) == 14  # 7 ROI methods x AMP off/on
-    assert sum("SOLVER.AMP.ENABLED True" in ln for ln in lines) == 7
+    # every registered ROI loss (Seesaw included) and fedloss, AMP off and on, softmax before BAGS
+    from lt_detectron.losses import ROI_LOSS_REGISTRY
+
+    methods = ROI_LOSS_REGISTRY.names() + ["fedloss"]
+    assert "seesaw" in methods and len(lines) == 2 * len(methods)
+    for m in methods:
+        assert sum(" configs/lvis_v1/%s_mask_rcnn" % m in ln for ln in lines) == 2, m
+    for amp in ("False", "True"):
+        order = [ln for ln in lines if "SOLVER.AMP.ENABLED " + amp in ln]
+        assert len(order) == len(methods)
+        first = [i for i, ln in enumerate(order) if "/softmax_mask_rcnn" in ln or "/bags_" in ln]
+        assert "/softmax_mask_rcnn" in order[first[0]]
     assert all("SOLVER.MAX_ITER 20" in ln and "MODEL.DEVICE cuda" in ln for ln in lines)
     bags = [ln for ln in lines if "bags_mask_rcnn" in ln]
     assert all("softmax_amp_" in ln and "model_final.pth" in ln for ln in bags)
-    bad = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown argument" in bad.stderr
     bad = subprocess.run(
         ["bash", script, "--dry-run"],
         capture_output=True,

@@ -10,7 +10,11 @@ import sys
 
 import pytest
 
-from tests.test_entry_points import ROOT, SOFTMAX, _small_val, _train_net
+from tests._data import lt_shapes_val_subset
+from lt_detectron.utils.testing import lt_cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOFTMAX = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_softmax.yaml")
 
 
 def _load_tool(name):
@@ -50,9 +54,10 @@ def test_invalid_lt_values_are_refused_at_startup(tmp_path, monkeypatch, key, va
     assert touched == []
 
 
-def test_invalid_lt_value_exits_with_the_message():
+@pytest.mark.slow
+def test_invalid_lt_value_exits_with_the_message(train_net_cli):
     """The same refusal as a user sees it: a non-zero exit status and one error line on stderr."""
-    p = _train_net("--config-file", SOFTMAX, "TEST.LT.AP_PROTOCOL", "Fixed", timeout=300)
+    p = train_net_cli("--config-file", SOFTMAX, "TEST.LT.AP_PROTOCOL", "Fixed", timeout=300)
     assert p.returncode != 0
     assert "train_net.py: error: invalid value" in p.stderr
     assert "TEST.LT.AP_PROTOCOL = 'Fixed' must be one of 'standard', 'fixed'" in p.stderr
@@ -62,42 +67,31 @@ def test_every_shipped_config_passes_validation():
     """No shipped config is refused (the allowed sets and ranges cover the papers' settings)."""
     import glob
 
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
     from lt_detectron.config import validate_lt_config
 
     files = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
     assert files
     for f in files:
-        cfg = add_lt_config(get_cfg())
-        cfg.merge_from_file(f)
+        cfg = lt_cfg(f)
         validate_lt_config(cfg, f)
 
 
 def test_library_evaluator_builder_refuses_invalid_values():
     """build_lt_evaluator (library users, evaluate_results.py, the trainer) refuses them too."""
-    from detectron2.config import get_cfg
 
-    from lt_detectron import add_lt_config
     from lt_detectron.config import LTConfigError
     from lt_detectron.evaluation import build_lt_evaluator
 
-    cfg = add_lt_config(get_cfg())
+    cfg = lt_cfg()
     cfg.TEST.LT.TOPK_PER_CLASS = 0
     with pytest.raises(LTConfigError, match="TEST.LT.TOPK_PER_CLASS = 0"):
         build_lt_evaluator(cfg, "lt_shapes_val", output_folder="", class_stats=None)
 
 
 def _tiny_cfg(config, *opts):
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
-
-    cfg = add_lt_config(get_cfg())
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "lt_shapes", config))
-    cfg.merge_from_list(["DATALOADER.NUM_WORKERS", "0", *opts])
-    return cfg
+    return lt_cfg(
+        os.path.join(ROOT, "configs", "lt_shapes", config), "DATALOADER.NUM_WORKERS", 0, *opts
+    )
 
 
 @pytest.mark.parametrize(
@@ -197,9 +191,7 @@ FAMILIES = [
 
 def _lt_keys():
     """Every key add_lt_config defines under MODEL.LT, TEST.LT and LT_HOOKS (dotted names)."""
-    from detectron2.config import CfgNode, get_cfg
-
-    from lt_detectron import add_lt_config
+    from detectron2.config import CfgNode
 
     def leaves(node, prefix):
         for k, v in node.items():
@@ -208,7 +200,7 @@ def _lt_keys():
             else:
                 yield prefix + k
 
-    cfg = add_lt_config(get_cfg())
+    cfg = lt_cfg()
     return set(
         list(leaves(cfg.MODEL.LT, "MODEL.LT."))
         + list(leaves(cfg.TEST.LT, "TEST.LT."))
@@ -224,7 +216,7 @@ def test_every_lt_key_is_read_by_some_family(tmp_path):
     each run reads its own method keys."""
     from dev import check_configs
 
-    val_json, val_images = _small_val(tmp_path, n=4)
+    val_json, val_images = lt_shapes_val_subset(tmp_path / "val_small.json", 4)
     runs = {}
     for name in FAMILIES:
         config = os.path.join("configs", "lt_shapes", name)

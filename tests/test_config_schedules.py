@@ -13,10 +13,9 @@ import os
 import re
 
 import pytest
-from detectron2.config import get_cfg
 
 import lt_detectron  # noqa: F401
-from lt_detectron import add_lt_config
+from lt_detectron.utils.testing import lt_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(
@@ -64,9 +63,7 @@ def stated_epochs(rel):
 
 
 def load(path):
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(path)
+    cfg = lt_cfg(path)
     return cfg
 
 

@@ -12,6 +12,7 @@ from detectron2.modeling import build_model
 import lt_detectron  # noqa: F401
 from lt_detectron import add_lt_config
 from lt_detectron.data import register_lt_dataset
+from lt_detectron.utils.testing import lt_cfg
 from tests._data import unique_name, write_coco_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,9 +47,7 @@ def _fake_dataset(num_classes, tmp_dir):
 
 
 def load_cfg(path):
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(path)
+    cfg = lt_cfg(path)
     return cfg
 
 

@@ -9,15 +9,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from PIL import Image
 
 import lt_detectron  # noqa: F401
-from lt_detectron import add_lt_config
 from lt_detectron.data.embedded import get_lt_shapes, lt_shapes_paths
 from lt_detectron.engine.checkpoint import LTCheckpointer
+from lt_detectron.utils.testing import lt_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CFG = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_softmax.yaml")
@@ -35,9 +34,7 @@ def run_dir(tmp_path_factory):
     """An OUTPUT_DIR holding a model_final.pth of the tiny softmax Faster R-CNN (untrained weights,
     saved by LTCheckpointer), and the embedded val images."""
     out = tmp_path_factory.mktemp("demo_run")
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(CFG)
+    cfg = lt_cfg(CFG)
     torch.manual_seed(0)
     model = build_model(cfg)
     LTCheckpointer(model, save_dir=str(out)).save("model_final")
@@ -50,6 +47,7 @@ def _png(path):
         return np.asarray(im.convert("RGB")).astype(np.int64)
 
 
+@pytest.mark.slow
 def test_demo_draws_the_models_boxes(run_dir, tmp_path):
     out_dir, val = run_dir
     tool = _load_tool()

@@ -17,15 +17,15 @@ def _worker(rank, out_dir):
     torch.set_num_threads(1)
     from detectron2.utils.events import EventStorage
 
-    from tests.test_dense_models import _build, make_inputs
+    from lt_detectron.utils.testing import build_tiny_dense, tiny_dense_inputs
 
-    model = _build("FCOS", "eqlv2", seed=0)
+    model = build_tiny_dense("FCOS", "eqlv2", seed=0)
     model.train()
     for it in range(2):
         with EventStorage(it):
-            losses = model(make_inputs(n=1, seed=10 * rank + it))  # different data per rank
+            losses = model(tiny_dense_inputs(n=1, seed=10 * rank + it))  # different data per rank
         sum(losses.values()).backward()
-    bofl = _build("FCOS", "bofl")
+    bofl = build_tiny_dense("FCOS", "bofl")
     torch.save(
         {
             "buffers": {k: v for k, v in model.state_dict().items() if k.startswith("cls_loss.")},

@@ -1,4 +1,4 @@
-"""Dense meta-architectures (LongTailRetinaNet, FCOS, CenterNet) x losses (focal, bofl, eqlv2, ecm):
+"""Dense meta-architectures (LongTailRetinaNet, FCOS, CenterNet) x every registered dense loss:
 configs load, models build and train/infer on random CPU images, BOFL lambda=0 equals focal, BOFL epoch
 boundaries, resume, and hypothesis property tests."""
 
@@ -9,102 +9,30 @@ import os
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from hypothesis import given, settings, strategies as st
 
-import lt_detectron.modeling.backbone  # noqa: F401  (registers build_tiny_fpn_backbone)
-from lt_detectron.config import add_lt_config
 from lt_detectron.losses import DENSE_LOSS_REGISTRY, DenseBatch, DenseLoss, build_dense_loss
 from lt_detectron.modeling.dense.centernet import CenterNet
 from lt_detectron.modeling.dense.fcos import FCOS
 from lt_detectron.modeling.dense.retinanet import LongTailRetinaNet
+from lt_detectron.utils.testing import (
+    TINY_DENSE_COUNTS,
+    TINY_DENSE_DATASET,
+    build_tiny_dense,
+    tiny_dense_cfg,
+    tiny_dense_inputs,
+)
+from lt_detectron.utils.testing import lt_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASET = "dense_test_tiny_train"
-COUNTS = [100, 50, 10, 3, 0]  # class 4 has no training instance
+DATASET = TINY_DENSE_DATASET
+COUNTS = TINY_DENSE_COUNTS  # class 4 has no training instance
 C = len(COUNTS)
 ARCHS = ["LongTailRetinaNet", "FCOS", "CenterNet"]
-LOSSES = ["focal", "bofl", "eqlv2", "ecm"]
-
-
-def _register():
-    if DATASET not in DatasetCatalog.list():
-        DatasetCatalog.register(DATASET, lambda: [])
-        MetadataCatalog.get(DATASET).set(
-            thing_classes=["c%d" % i for i in range(C)],
-            class_stats={
-                "instance_counts": COUNTS,
-                "image_counts": [40, 20, 5, 2, 0],
-                "num_images": 50,
-            },
-        )
-
-
-def tiny_cfg(arch="FCOS", loss="focal"):
-    """A CPU-sized config: tiny FPN (p2..p6, 32 channels), 5 classes, BOFL over 4 epochs (1 deferred) of
-    10 iterations."""
-    _register()
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    add_lt_config(cfg)  # idempotent
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.META_ARCHITECTURE = arch
-    cfg.MODEL.BACKBONE.NAME = "build_tiny_fpn_backbone"
-    cfg.MODEL.TINY.WIDTHS = [8, 16, 16, 16]
-    cfg.MODEL.TINY.OUT_FEATURES = ["t2", "t3", "t4", "t5"]
-    cfg.MODEL.FPN.IN_FEATURES = ["t2", "t3", "t4", "t5"]
-    cfg.MODEL.FPN.OUT_CHANNELS = 32
-    cfg.MODEL.LT.DENSE_LOSS = loss
-    cfg.MODEL.LT.BOFL.TOTAL_EPOCHS = 4
-    cfg.MODEL.LT.BOFL.DEFERRED_EPOCHS = 1
-    cfg.MODEL.LT.BOFL.ETA = 0.8
-    cfg.MODEL.LT.BOFL.BATCH_COUNTS = "image" if arch == "CenterNet" else "batch"
-    cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH = 10.0
-    cfg.MODEL.RETINANET.NUM_CLASSES = C
-    cfg.MODEL.RETINANET.IN_FEATURES = ["p3", "p4", "p5"]
-    cfg.MODEL.RETINANET.NUM_CONVS = 1
-    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32], [64]]
-    cfg.MODEL.FCOS.NUM_CLASSES = C
-    cfg.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5"]
-    cfg.MODEL.FCOS.SIZES_OF_INTEREST = [16, 32]
-    cfg.MODEL.FCOS.NUM_CONVS = 1
-    cfg.MODEL.CENTERNET.NUM_CLASSES = C
-    cfg.MODEL.CENTERNET.IN_FEATURE = "p2"
-    cfg.MODEL.CENTERNET.HEAD_CONV = 16
-    cfg.DATASETS.TRAIN = (DATASET,)
-    cfg.DATASETS.TEST = ()
-    return cfg
-
-
-def make_inputs(n=2, h=64, w=64, with_boxes=True, seed=0, out_hw=None):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        inst = Instances((h, w))
-        if with_boxes:
-            inst.gt_boxes = Boxes(
-                torch.tensor(
-                    [[4.0, 6.0, 30.0, 28.0], [20.0, 10.0, 60.0, 58.0], [40.0, 2.0, 52.0, 14.0]]
-                )
-            )
-            inst.gt_classes = torch.tensor([0, 1 + i, 3])
-        else:
-            inst.gt_boxes = Boxes(torch.zeros(0, 4))
-            inst.gt_classes = torch.zeros(0, dtype=torch.long)
-        d = {"image": torch.rand(3, h, w, generator=g) * 255, "instances": inst}
-        if out_hw is not None:
-            d["height"], d["width"] = out_hw
-        out.append(d)
-    return out
-
-
-def _build(arch, loss, seed=0):
-    torch.manual_seed(seed)
-    return build_model(tiny_cfg(arch, loss))
+LOSSES = DENSE_LOSS_REGISTRY.names()  # every registered method, at collection time
 
 
 def _train_losses(model, inputs, iteration=0):
@@ -130,9 +58,7 @@ def test_dense_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[os.path.basename(p) for p in CONFIGS])
 def test_dense_config_loads(path):
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(path)
+    cfg = lt_cfg(path)
     arch = cfg.MODEL.META_ARCHITECTURE
     assert arch in META_ARCH_REGISTRY
     name = os.path.basename(path)
@@ -179,24 +105,24 @@ def _check_finite_step(model, inputs):
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_dense_model_trains_and_infers(arch, loss):
-    model = _build(arch, loss)
+    model = build_tiny_dense(arch, loss)
     assert isinstance(
         model, {"LongTailRetinaNet": LongTailRetinaNet, "FCOS": FCOS, "CenterNet": CenterNet}[arch]
     )
     assert isinstance(model.cls_loss, DenseLoss) and type(
         model.cls_loss
     ) is DENSE_LOSS_REGISTRY.get(loss)
-    with_boxes = _check_finite_step(model, make_inputs(with_boxes=True))
+    with_boxes = _check_finite_step(model, tiny_dense_inputs(with_boxes=True))
     assert (
         with_boxes[
             {"LongTailRetinaNet": "loss_cls", "FCOS": "loss_fcos_cls", "CenterNet": "loss_hm"}[arch]
         ]
         > 0
     )
-    _check_finite_step(model, make_inputs(with_boxes=False))
+    _check_finite_step(model, tiny_dense_inputs(with_boxes=False))
     model.eval()
     with torch.no_grad():
-        out = model(make_inputs(n=2, h=64, w=64, out_hw=(128, 96)))
+        out = model(tiny_dense_inputs(n=2, h=64, w=64, out_hw=(128, 96)))
     assert len(out) == 2
     for o in out:
         inst = o["instances"]
@@ -210,10 +136,10 @@ def test_dense_model_trains_and_infers(arch, loss):
 
 
 def test_centernet_outputs_detections_at_stride():
-    model = _build("CenterNet", "focal")
+    model = build_tiny_dense("CenterNet", "focal")
     model.eval()
     with torch.no_grad():
-        out = model(make_inputs(n=1))
+        out = model(tiny_dense_inputs(n=1))
     # CenterNet keeps the top-K local maxima (score > 0) with no threshold by default
     inst = out[0]["instances"]
     assert 0 < len(inst) <= min(model.test_topk, model.max_detections_per_image)
@@ -224,9 +150,7 @@ def test_centernet_outputs_detections_at_stride():
 def test_tiny_retinanet_head_has_groupnorm():
     """Base-RetinaNet-Tiny.yaml's GN head builds: detectron2 0.6 probed the norm with
     get_norm("GN", 1), i.e. GroupNorm(32, 1), which raises; the installer patches it."""
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, "configs", "lt_shapes", "retinanet_tiny_focal.yaml"))
+    cfg = lt_cfg(os.path.join(ROOT, "configs", "lt_shapes", "retinanet_tiny_focal.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     assert cfg.MODEL.RETINANET.NORM == "GN"
@@ -241,7 +165,7 @@ def test_heads_give_predict_probs_classes_on_dim_1(arch):
     """The contract of ``DenseLoss.predict_probs``: every head passes logits with the classes on dim 1
     (a loss with per-class test scores, ECM's ``DENSE_TEST_SCORE trained``, relies on it), and the
     scores it returns are the ones the detections carry."""
-    model = _build(arch, "ecm")
+    model = build_tiny_dense(arch, "ecm")
     seen = []
 
     def spy(logits):
@@ -251,13 +175,13 @@ def test_heads_give_predict_probs_classes_on_dim_1(arch):
     model.cls_loss.predict_probs = spy
     model.eval()
     with torch.no_grad():
-        inst = model(make_inputs(n=1))[0]["instances"]
+        inst = model(tiny_dense_inputs(n=1))[0]["instances"]
     assert seen and all(len(sh) >= 2 and sh[1] == C for sh in seen), seen
     assert len(inst) and float(inst.scores.max()) <= 0.75 + 1e-6
     model.cls_loss.test_score = "trained"
     del model.cls_loss.predict_probs  # back to the class's method
     with torch.no_grad():
-        model(make_inputs(n=1))  # runs with sigma(2z + delta) on every head's layout
+        model(tiny_dense_inputs(n=1))  # runs with sigma(2z + delta) on every head's layout
 
 
 def _cls_bias(model):
@@ -275,9 +199,9 @@ def test_prior_bias_comes_from_the_loss(arch):
     DENSE_PRIOR trained the bias b_c with sigma(2 b_c + delta_c) = PRIOR_PROB (hand formula); a bad
     value names the key."""
     prior = {"LongTailRetinaNet": 0.01, "FCOS": 0.01, "CenterNet": 0.1}[arch]
-    focal = _cls_bias(_build(arch, "focal"))
+    focal = _cls_bias(build_tiny_dense(arch, "focal"))
     assert torch.equal(focal, torch.full_like(focal, -math.log((1 - prior) / prior)))
-    cfg = tiny_cfg(arch, "ecm")
+    cfg = tiny_dense_cfg(arch, "ecm")
     assert cfg.MODEL.LT.ECM.DENSE_PRIOR == "trained"  # the default
     model = build_model(cfg)
     cfg.MODEL.LT.ECM.DENSE_PRIOR = "z"
@@ -305,14 +229,14 @@ def _stats():
 
 
 def _swap_loss(model, cfg_arch, loss):
-    model.cls_loss = build_dense_loss(tiny_cfg(cfg_arch, loss), C, _stats())
+    model.cls_loss = build_dense_loss(tiny_dense_cfg(cfg_arch, loss), C, _stats())
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_bofl_lambda0_equals_focal_exactly(arch):
-    # 10 iterations per epoch (tiny_cfg): 1 deferred epoch = iterations 0..19
-    model = _build(arch, "focal")
-    inputs = make_inputs()
+    # 10 iterations per epoch (tiny_dense_cfg): 1 deferred epoch = iterations 0..19
+    model = build_tiny_dense(arch, "focal")
+    inputs = tiny_dense_inputs()
 
     def run(it):
         if hasattr(model, "loss_normalizer"):
@@ -334,7 +258,7 @@ def test_bofl_lambda0_equals_focal_exactly(arch):
 
 
 def test_bofl_weights_change_only_at_epoch_boundaries():
-    model = _build("FCOS", "bofl")
+    model = build_tiny_dense("FCOS", "bofl")
     loss = model.cls_loss
     gt = [torch.tensor([0, 1, 1]), torch.tensor([3])]
     # T = 4, d = 1: lambda(e) = clip((floor(e) - 1) / 3, 0, 1)
@@ -362,7 +286,7 @@ def test_bofl_weights_change_only_at_epoch_boundaries():
     ref = (1 + lam * (alpha - 1)) * (1 + lam * (0.8 - 1)) ** counts
     np.testing.assert_allclose(w[20].reshape(-1).numpy(), ref, rtol=1e-6)
     # the per-iteration ablation changes within an epoch
-    cfg = tiny_cfg("FCOS", "bofl")
+    cfg = tiny_dense_cfg("FCOS", "bofl")
     cfg.MODEL.LT.BOFL.PER_ITERATION = True
     per_it = build_dense_loss(cfg, C, _stats())
     assert per_it.current_lambda(25) == pytest.approx((2.5 - 1) / 3)
@@ -370,7 +294,7 @@ def test_bofl_weights_change_only_at_epoch_boundaries():
 
 
 def test_centernet_bofl_weights_are_per_image():
-    model = _build("CenterNet", "bofl")
+    model = build_tiny_dense("CenterNet", "bofl")
     w, lam = model.cls_loss.class_weights(
         [torch.tensor([0, 0]), torch.tensor([], dtype=torch.long)], 100
     )
@@ -383,25 +307,25 @@ def test_centernet_bofl_weights_are_per_image():
 
 # ------------------------------------------------------------------ resume
 def test_resume_restores_eqlv2_buffers_and_bofl_lambda():
-    model = _build("FCOS", "eqlv2")
+    model = build_tiny_dense("FCOS", "eqlv2")
     for it in range(2):
-        losses, _ = _train_losses(model, make_inputs(seed=it), it)
+        losses, _ = _train_losses(model, tiny_dense_inputs(seed=it), it)
         sum(losses.values()).backward()
     sd = model.state_dict()
     for b in ("pos_grad", "neg_grad", "pos_neg"):
         assert "cls_loss.%s" % b in sd
     assert sd["cls_loss.pos_grad"].abs().sum() > 0
-    fresh = _build("FCOS", "eqlv2", seed=1)
+    fresh = build_tiny_dense("FCOS", "eqlv2", seed=1)
     assert not torch.equal(fresh.state_dict()["cls_loss.pos_neg"], sd["cls_loss.pos_neg"])
     fresh.load_state_dict(sd)
     for b in ("pos_grad", "neg_grad", "pos_neg"):
         assert torch.equal(getattr(fresh.cls_loss, b), getattr(model.cls_loss, b))
-    a, _ = _train_losses(model, make_inputs(seed=7), 2)
-    b, _ = _train_losses(fresh, make_inputs(seed=7), 2)
+    a, _ = _train_losses(model, tiny_dense_inputs(seed=7), 2)
+    b, _ = _train_losses(fresh, tiny_dense_inputs(seed=7), 2)
     for k in a:
         assert torch.equal(a[k], b[k])
     # BOFL: lambda is a pure function of the iteration, identical for a resumed model
-    m1, m2 = _build("CenterNet", "bofl"), _build("CenterNet", "bofl", seed=3)
+    m1, m2 = build_tiny_dense("CenterNet", "bofl"), build_tiny_dense("CenterNet", "bofl", seed=3)
     for it in (0, 15, 27, 38, 1000):
         assert m1.cls_loss.current_lambda(it) == m2.cls_loss.current_lambda(it)
         with EventStorage(it):  # default iteration comes from the event storage
@@ -414,7 +338,7 @@ _MODELS = {}
 
 def _cached(arch, loss):
     if (arch, loss) not in _MODELS:
-        _MODELS[(arch, loss)] = _build(arch, loss)
+        _MODELS[(arch, loss)] = build_tiny_dense(arch, loss)
     return _MODELS[(arch, loss)]
 
 

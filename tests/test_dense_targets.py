@@ -14,7 +14,7 @@ from lt_detectron.modeling.dense.centernet import (
     gaussian_radius,
 )
 from lt_detectron.modeling.dense.fcos import FCOS
-from tests.test_dense_models import tiny_cfg
+from lt_detectron.utils.testing import tiny_dense_cfg
 
 
 def _inst(boxes, classes, hw=(64, 64)):
@@ -25,7 +25,7 @@ def _inst(boxes, classes, hw=(64, 64)):
 
 
 def _fcos(in_features=("p3", "p4", "p5"), sizes=(16, 32), radius=1.5):
-    cfg = tiny_cfg("FCOS", "focal")
+    cfg = tiny_dense_cfg("FCOS", "focal")
     cfg.MODEL.FCOS.IN_FEATURES = list(in_features)
     cfg.MODEL.FCOS.SIZES_OF_INTEREST = list(sizes)
     cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS = radius
@@ -162,7 +162,7 @@ def test_fcos_centerness_values():
 
 
 def test_fcos_bad_box_loss_names_the_key():
-    cfg = tiny_cfg("FCOS", "focal")
+    cfg = tiny_dense_cfg("FCOS", "focal")
     cfg.MODEL.FCOS.BOX_LOSS = "l1"
     with pytest.raises(ValueError, match="MODEL.FCOS.BOX_LOSS must be giou or iou"):
         build_model(cfg)

@@ -1,7 +1,6 @@
 """EFL (Equalized Focal Loss): parity with an independent transcription of the authors' code (loss, gradient
 and statistics over several steps), hand-checked values, the heat-map extension, state handling, two ranks."""
 
-import logging
 import math
 import os
 
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 
 from lt_detectron.losses import EqualizedFocalLoss, sigmoid_focal_loss
 from lt_detectron.losses.base import DENSE_LOSS_REGISTRY, build_dense_loss
+from lt_detectron.utils.testing import lt_cfg
 
 D = torch.float64
 
@@ -232,23 +232,7 @@ def test_state_dict_round_trip():
     assert torch.equal(m.eval()(z, labels), m2.eval()(z, labels))
 
 
-class _Records(logging.Handler):
-    def __init__(self, name):
-        super().__init__(logging.WARNING)
-        self.logger, self.records = logging.getLogger(name), []
-
-    def emit(self, record):
-        self.records.append(record.getMessage())
-
-    def __enter__(self):
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self)
-
-
-def test_nonfinite_batch_leaves_state_unchanged():
+def test_nonfinite_batch_leaves_state_unchanged(logger_warnings):
     C = 4
     m = EqualizedFocalLoss(C).train()
     z, labels = _batch(1, 40, C)
@@ -256,7 +240,7 @@ def test_nonfinite_batch_leaves_state_unchanged():
     before = _state(m)
     bad = z.clone()
     bad[3, 1] = float("nan")
-    with _Records("lt_detectron.losses.grad_stats") as rec:
+    with logger_warnings("lt_detectron.losses.grad_stats") as rec:
         loss = m(bad.requires_grad_(True), labels)
         loss.backward()
     assert not torch.isfinite(loss)
@@ -323,12 +307,7 @@ def test_bad_input_and_config_errors():
 
 
 def test_built_from_config():
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
-
-    cfg = get_cfg()
-    add_lt_config(cfg)
+    cfg = lt_cfg()
     assert cfg.MODEL.LT.EFL.SCALE_FACTOR == 8.0
     cfg.MODEL.LT.DENSE_LOSS = "efl"
     cfg.MODEL.LT.EFL.SCALE_FACTOR = 4.0
@@ -398,13 +377,9 @@ def test_two_ranks_end_with_identical_all_reduced_state(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["retinanet_tiny_efl", "fcos_tiny_efl", "centernet_tiny_efl"])
 def test_tiny_detector_trains_with_efl(tmp_path, name):
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
     from lt_detectron.engine import LTTrainer
 
-    cfg = get_cfg()
-    add_lt_config(cfg)
+    cfg = lt_cfg()
     cfg.merge_from_file(
         os.path.join(
             os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

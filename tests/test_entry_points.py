@@ -4,50 +4,21 @@ builder; the final metrics appear once per dataset and task in the log."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from lt_detectron.data.embedded import get_lt_shapes, lt_shapes_paths
+from tests._data import lt_shapes_val_subset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 SOFTMAX = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_softmax.yaml")
 
 
-def _small_val(tmp_path, n=16):
-    """The first ``n`` lt_shapes val images as their own LVIS-format json."""
-    paths = lt_shapes_paths(get_lt_shapes())
-    with open(paths["val_json"]) as f:
-        data = json.load(f)
-    keep = {im["id"] for im in data["images"][:n]}
-    data["images"] = [im for im in data["images"] if im["id"] in keep]
-    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
-    out = str(tmp_path / "val_small.json")
-    with open(out, "w") as f:
-        json.dump(data, f)
-    return out, paths["val_images"]
-
-
-def _train_net(*argv, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    return subprocess.run(
-        [sys.executable, TRAIN_NET, *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-    )
-
-
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def trained_run(tmp_path_factory, train_net_cli):
     """3 iterations of the tiny softmax Faster R-CNN through tools/train_net.py, evaluated (standard
     LVIS AP) on 16 lt_shapes val images registered on the command line."""
     tmp_path = tmp_path_factory.mktemp("trained_run")
-    val_json, val_images = _small_val(tmp_path)
+    val_json, val_images = lt_shapes_val_subset(tmp_path / "val_small.json", 16)
     out = str(tmp_path / "out")
     flags = ["--config-file", SOFTMAX, "--register-dataset", "val_small", val_json, val_images]
     opts = [
@@ -60,7 +31,7 @@ def trained_run(tmp_path_factory):
         "OUTPUT_DIR",
         out,
     ]
-    train = _train_net(
+    train = train_net_cli(
         *flags, *opts, "SOLVER.MAX_ITER", "3", "SOLVER.WARMUP_ITERS", "1", "TEST.EVAL_PERIOD", "0"
     )
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
@@ -84,7 +55,9 @@ def test_final_metrics_appear_once_per_task_in_the_log(trained_run):
 
 
 @pytest.mark.slow
-def test_eval_only_honours_fixed_and_pooled_ap_like_evaluate_results(trained_run, tmp_path):
+def test_eval_only_honours_fixed_and_pooled_ap_like_evaluate_results(
+    trained_run, tmp_path, train_net_cli
+):
     """train_net --eval-only TEST.LT.AP_PROTOCOL fixed TEST.LT.POOLED_AP True reports what
     tools/evaluate_results.py computes from the results file the run saved, and not standard AP."""
     out, val_json = trained_run["out"], trained_run["val_json"]
@@ -95,7 +68,7 @@ def test_eval_only_honours_fixed_and_pooled_ap_like_evaluate_results(trained_run
 
     fixed_args = ["TEST.LT.AP_PROTOCOL", "fixed", "TEST.LT.POOLED_AP", "True"]
     weights = os.path.join(out, "model_final.pth")
-    ev = _train_net(
+    ev = train_net_cli(
         *trained_run["flags"],
         "--eval-only",
         *trained_run["opts"],

@@ -24,8 +24,7 @@ from lt_detectron.utils.testing import (
     make_lvis_like_gt,
 )
 
-from .test_evaluation_coco_lt import _coco_gt
-from .test_evaluation_lvis import IMAGE_SIZE, _categories
+from tests._data import IMAGE_SIZE, coco_eval_gt, eval_categories
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "evaluate_results.py")
@@ -75,9 +74,10 @@ def _same(a, b):
         assert (x is None and y is None) or x == y, (k, x, y)  # identical, not close
 
 
-@pytest.mark.parametrize("masks", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("masks", [False, True])
 def test_lvis_round_trip_through_the_results_file(tmp_path, masks):
-    cats = _categories()
+    cats = eval_categories()
     gt = make_lvis_like_gt(
         12, cats, seed=0, with_masks=masks, image_size=IMAGE_SIZE, sampling_power=0.2
     )
@@ -111,8 +111,9 @@ def test_lvis_round_trip_through_the_results_file(tmp_path, masks):
             assert f1.read() == f2.read()
 
 
+@pytest.mark.slow
 def test_fixed_ap_round_trip(tmp_path):
-    cats = _categories()
+    cats = eval_categories()
     gt = make_lvis_like_gt(10, cats, seed=2, image_size=IMAGE_SIZE, sampling_power=0.2)
     dets = make_detections(gt, 300, seed=3, extra_over_cap=100)
     inproc, gt_path = _evaluate(
@@ -145,8 +146,9 @@ def test_fixed_ap_round_trip(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_coco_lt_round_trip_with_training_counts(tmp_path):
-    gt, cats = _coco_gt(num_images=10)
+    gt, cats = coco_eval_gt(num_images=10)
     dets = make_detections(gt, 60, seed=5)
     train = dict(gt, images=[dict(im, id=im["id"] + 1000) for im in gt["images"]], annotations=[])
     aid = 1
@@ -198,13 +200,15 @@ def test_coco_lt_round_trip_with_training_counts(tmp_path):
 
 # ---------------------------------------------------------------- errors
 def _small_gt(tmp_path):
-    gt = make_lvis_like_gt(3, _categories(), seed=0, image_size=IMAGE_SIZE, sampling_power=0.2)
+    gt = make_lvis_like_gt(3, eval_categories(), seed=0, image_size=IMAGE_SIZE, sampling_power=0.2)
     path = tmp_path / "gt.json"
     path.write_text(json.dumps(gt))
     return gt, path
 
 
-def test_errors_name_the_file_and_the_fix(tmp_path):
+def _bad_results(tmp_path):
+    """``(gt_path, results, category ids, image ids, write)``: a small GT and its results, and
+    ``write(obj)`` that puts a json (or raw text) into ``tmp_path / "r.json"``."""
     gt, gt_path = _small_gt(tmp_path)
     res = [
         {k: v for k, v in r.items()} for r in detections_to_results(make_detections(gt, 5, seed=1))
@@ -217,6 +221,11 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
         p.write_text(obj if isinstance(obj, str) else json.dumps(obj))
         return str(p)
 
+    return gt_path, res, cat_ids, img_ids, write
+
+
+def test_errors_name_the_file_and_the_fix(tmp_path):
+    gt_path, res, cat_ids, img_ids, write = _bad_results(tmp_path)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_results_json(str(tmp_path / "missing.json"))
     with pytest.raises(ValueError, match="not valid JSON.*written completely"):
@@ -234,7 +243,13 @@ def test_errors_name_the_file_and_the_fix(tmp_path):
         load_results_json(write([dict(res[0], score=float("nan"))]))
     with pytest.raises(ValueError, match="needs a 'segmentation'.*--tasks bbox"):
         load_results_json(write(res), need_masks=True)
-    # the tool reports them as one line on stderr, exit code 2
+
+
+@pytest.mark.slow
+def test_the_tool_reports_results_file_errors_on_one_line(tmp_path):
+    """tools/evaluate_results.py reports them as one line on stderr, exit code 2."""
+    gt_path, res, cat_ids, img_ids, write = _bad_results(tmp_path)
+    contiguous = [dict(r, category_id=cat_ids.index(r["category_id"])) for r in res]
     p = _tool(write(contiguous), "--gt", gt_path)
     assert p.returncode == 2 and "contiguous ids" in p.stderr and "r.json" in p.stderr
     p = _tool(tmp_path / "nope.json", "--gt", gt_path)

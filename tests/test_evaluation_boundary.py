@@ -19,7 +19,7 @@ from lt_detectron.utils.testing import (
     make_lvis_like_gt,
 )
 
-from .test_evaluation_lvis import IMAGE_SIZE, _categories
+from tests._data import IMAGE_SIZE, eval_categories
 
 pytest.importorskip("faster_coco_eval")
 cv2 = pytest.importorskip("cv2")
@@ -75,7 +75,7 @@ def test_boundary_ap_equals_an_independent_transcription(tmp_path):
     from detectron2.data import MetadataCatalog
 
     gt = make_lvis_like_gt(
-        6, _categories(), seed=0, with_masks=True, image_size=IMAGE_SIZE, sampling_power=0.2
+        6, eval_categories(), seed=0, with_masks=True, image_size=IMAGE_SIZE, sampling_power=0.2
     )
     dets = make_detections(gt, 40, seed=1, with_masks=True)
     path = tmp_path / "gt.json"

@@ -16,43 +16,11 @@ from lt_detectron.utils.testing import (
     detections_to_instances,
     detections_to_results,
     make_detections,
-    make_lvis_like_gt,
 )
 
-from .test_evaluation_lvis import IMAGE_SIZE, FakeStats
+from tests._data import IMAGE_SIZE, FakeStats, coco_eval_gt
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def _coco_gt(num_images=16, with_masks=False):
-    # training counts: bins [1,10) 3 classes, [10,100) 4, [100,1000) 0 (empty), [1000,inf) 3, 0 instances: 1
-    inst = [2, 5, 9, 10, 40, 60, 99, 1000, 4000, 20000, 0]
-    cats = [
-        {
-            "id": 10 + i,
-            "name": f"c{i}",
-            "supercategory": "x",
-            "image_count": max(1, n // 2),
-            "instance_count": n,
-        }
-        for i, n in enumerate(inst)
-    ]
-    gt = make_lvis_like_gt(
-        num_images,
-        cats,
-        seed=4,
-        with_masks=with_masks,
-        image_size=IMAGE_SIZE,
-        sampling_power=0.0,
-        mean_classes_per_image=3,
-    )
-    for im in gt["images"]:  # plain COCO format
-        im.pop("neg_category_ids")
-        im.pop("not_exhaustive_category_ids")
-    for a in gt["annotations"]:
-        a["iscrowd"] = 0
-    gt["categories"] = [{"id": c["id"], "name": c["name"], "supercategory": "x"} for c in cats]
-    return gt, cats
 
 
 def _pycoco(gt_path, results, iou_type, cat_ids=None):
@@ -75,7 +43,7 @@ def _pycoco(gt_path, results, iou_type, cat_ids=None):
 def test_coco_lt_parity_bins_and_csv(tmp_path, with_masks):
     from detectron2.data import MetadataCatalog
 
-    gt, cats = _coco_gt(with_masks=with_masks)
+    gt, cats = coco_eval_gt(with_masks=with_masks)
     dets = make_detections(gt, 60, seed=5, with_masks=with_masks)
     name = f"lt_test_coco_{uuid.uuid4().hex[:8]}"
     path = tmp_path / "gt.json"
@@ -137,7 +105,7 @@ def test_coco_lt_parity_bins_and_csv(tmp_path, with_masks):
 def test_pycocotools_backend_matches(tmp_path):
     from lt_detectron.evaluation import evaluate_coco_predictions
 
-    gt, _ = _coco_gt(num_images=6)
+    gt, _ = coco_eval_gt(num_images=6)
     dets = make_detections(gt, 40, seed=2)
     arr = np.array(
         [

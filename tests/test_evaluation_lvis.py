@@ -12,59 +12,21 @@ import pytest
 
 from lt_detectron.compat import ensure_lvis_numpy_compat
 from lt_detectron.evaluation import LTLVISEvaluator
+from tests._data import IMAGE_SIZE, FakeStats, eval_categories
 from lt_detectron.utils.testing import (
     detections_to_instances,
     detections_to_results,
     make_detections,
     make_lvis_like_gt,
 )
+from lt_detectron.utils.testing import lt_cfg
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR@300")
-IMAGE_SIZE = (96, 128)
 EMPTY = (5, 17, 29)  # classes without any GT in the split
 
 
-def _categories():
-    rng = np.random.default_rng(3)
-    cats = []
-    for i in range(1, 37):
-        freq = "rcf"[i % 3]
-        img = {"r": 5, "c": 50, "f": 500}[freq] + int(rng.integers(0, 5))
-        inst = int(img * (1 + (i % 4)) + (2000 if i % 7 == 0 else 0))
-        cats.append(
-            {
-                "id": i * 2,
-                "name": f"cls{i}",
-                "frequency": freq,
-                "image_count": img,
-                "instance_count": inst,
-            }
-        )
-    return cats
-
-
-class FakeStats:
-    """Stand-in for lt_detectron.class_stats.ClassStats (only what evaluators read)."""
-
-    def __init__(self, cats):
-        self.dataset_ids = tuple(c["id"] for c in cats)
-        self.class_names = tuple(c["name"] for c in cats)
-        self.num_classes = len(cats)
-        self.instance_counts = np.array([c["instance_count"] for c in cats], np.int64)
-        self.image_counts = np.array([c["image_count"] for c in cats], np.int64)
-
-    def instance_groups(self, edges=(10, 100, 1000), drop_empty=True):
-        bounds = [0] + list(edges) + [float("inf")]
-        out = []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            ids = np.nonzero((self.instance_counts >= lo) & (self.instance_counts < hi))[0]
-            if len(ids) or not drop_empty:
-                out.append((lo, hi, ids))
-        return out
-
-
 def _make(num_images=24, with_masks=False, seed=0):
-    cats = _categories()
+    cats = eval_categories()
     gt = make_lvis_like_gt(
         num_images,
         cats,
@@ -256,14 +218,11 @@ def _feed(ev, dets, id_map):
 def test_group_edges_from_the_config(tmp_path, registered):
     """MODEL.LT.GROUP_EDGES reaches both evaluators through LTTrainer.build_evaluator; group APs
     against lvis-api / pycocotools restricted to each group's categories."""
-    from detectron2.config import get_cfg
 
-    from lt_detectron import add_lt_config
     from lt_detectron.engine import LTTrainer
 
     gt, dets = _make(num_images=10)
-    cfg = get_cfg()
-    add_lt_config(cfg)
+    cfg = lt_cfg()
     cfg.DATASETS.TRAIN = ()  # no training data: counts from the GT json's categories
     cfg.MODEL.LT.GROUP_EDGES = [100, 2000]
     counts = {c["id"]: c["instance_count"] for c in gt["categories"]}

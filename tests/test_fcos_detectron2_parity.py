@@ -17,7 +17,7 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn import giou_loss, sigmoid_focal_loss
 
 from lt_detectron.modeling.dense.fcos import FCOS
-from tests.test_dense_models import tiny_cfg
+from lt_detectron.utils.testing import tiny_dense_cfg
 
 C = 5
 HW = (256, 256)
@@ -25,7 +25,7 @@ HW = (256, 256)
 
 def _model(sizes=(64, 128), radius=1.5):
     """p3-p5 (strides 8, 16, 32); sizes (64, 128) = Detectron2's fixed ranges (4 s, 8 s) at these strides."""
-    cfg = tiny_cfg("FCOS", "focal")
+    cfg = tiny_dense_cfg("FCOS", "focal")
     cfg.MODEL.FCOS.SIZES_OF_INTEREST = list(sizes)
     cfg.MODEL.FCOS.CENTER_SAMPLING_RADIUS = radius
     torch.manual_seed(0)

@@ -32,8 +32,9 @@ from lt_detectron.utils.testing import (
     make_detections,
     make_lvis_like_gt,
 )
+from lt_detectron.utils.testing import lt_cfg
 
-from .test_evaluation_lvis import IMAGE_SIZE, _categories
+from tests._data import IMAGE_SIZE, eval_categories
 
 K = 40  # detections per class kept (small, so that many classes exceed it)
 
@@ -100,7 +101,7 @@ def _reference_pooled(ev, pool_idx):
 
 # ---------------------------------------------------------------- data
 def _make(num_images=10, with_masks=False, seed=0):
-    cats = _categories()
+    cats = eval_categories()
     gt = make_lvis_like_gt(
         num_images,
         cats,
@@ -416,17 +417,14 @@ def test_pooled_ap_on_a_hand_computed_case(tmp_path):
 
 # ---------------------------------------------------------------- wiring into the ROI box predictor
 def test_box_predictor_keeps_topk_per_class_with_the_fixed_protocol():
-    from detectron2.config import get_cfg
     from detectron2.layers import ShapeSpec
     from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
     from detectron2.structures import Boxes, Instances
 
-    from lt_detectron import add_lt_config
     from lt_detectron.modeling import LongTailFastRCNNOutputLayers
 
     def predictor(protocol):
-        cfg = get_cfg()
-        add_lt_config(cfg)
+        cfg = lt_cfg()
         cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
         cfg.TEST.DETECTIONS_PER_IMAGE = 5
@@ -456,16 +454,13 @@ def test_box_predictor_keeps_topk_per_class_with_the_fixed_protocol():
 
 
 def test_build_lt_evaluator_reads_the_protocol_keys(tmp_path, registered):
-    from detectron2.config import get_cfg
     from detectron2.data import MetadataCatalog
 
-    from lt_detectron import add_lt_config
     from lt_detectron.evaluation import LTCOCOEvaluator, build_lt_evaluator
 
     gt, dets = _make(num_images=3)
     name, _, id_map = registered(gt)
-    cfg = get_cfg()
-    add_lt_config(cfg)
+    cfg = lt_cfg()
     cfg.DATASETS.TRAIN = ()
     cfg.TEST.LT.AP_PROTOCOL, cfg.TEST.LT.TOPK_PER_CLASS, cfg.TEST.LT.POOLED_AP = "fixed", 7, True
     cfg.TEST.LT.SAVE_RESULTS = False

@@ -227,6 +227,7 @@ def test_r50_pkl_loads_into_detectron2_backbone(fx):
     assert all(torch.isfinite(v).all() and v.abs().max() < 1e4 for v in feats.values())
 
 
+@pytest.mark.slow
 def test_make_fixtures_cli(tmp_path):
     out = subprocess.run(
         [

@@ -23,6 +23,7 @@ from PIL import Image
 import lt_detectron  # noqa: F401
 from lt_detectron.data import DatasetFormatError, prepare_datasets, register_lt_dataset
 from lt_detectron.engine import prepare_training_data
+from lt_detectron.utils.testing import lt_cfg
 from tests._data import unregister
 from tests._real_formats import coco_json, lvis_v0_5_json, lvis_v1_json
 
@@ -37,12 +38,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _cfg(train, test=()):
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
-
-    cfg = get_cfg()
-    add_lt_config(cfg)
+    cfg = lt_cfg()
     cfg.DATASETS.TRAIN = tuple(train)
     cfg.DATASETS.TEST = tuple(test)
     return cfg

@@ -11,10 +11,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 
 import lt_detectron  # noqa: F401
-from lt_detectron import add_lt_config
 from lt_detectron.class_stats import (
     ClassStats,
     ClassStatsError,
@@ -23,6 +21,7 @@ from lt_detectron.class_stats import (
     read_class_stats_file,
     write_class_stats_file,
 )
+from lt_detectron.utils.testing import lt_cfg
 from lt_detectron.data.embedded import get_lt_shapes, lt_shapes_paths
 from tests._data import unique_name
 
@@ -131,9 +130,7 @@ def _predict_here(run, images, out):
         ["--config-file", os.path.join(run, "config.yaml"), "--input", *images]
         + ["--output", os.path.join(out, os.path.basename(run)), "--confidence-threshold", "0.05"]
     )
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(os.path.join(run, "config.yaml"))
+    cfg = lt_cfg(os.path.join(run, "config.yaml"))
     cfg.MODEL.WEIGHTS = os.path.join(run, "model_final.pth")
     p = DefaultPredictor(cfg)
     res = []
@@ -182,9 +179,7 @@ def test_demo_predictor_and_plots_from_a_run_without_its_training_json(trained_r
     for run in runs:  # what the run recorded
         stats_file = os.path.join(run, "class_stats.json")
         assert os.path.isfile(stats_file)
-        cfg = get_cfg()
-        add_lt_config(cfg)
-        cfg.merge_from_file(os.path.join(run, "config.yaml"))
+        cfg = lt_cfg(os.path.join(run, "config.yaml"))
         assert cfg.MODEL.LT.CLASS_STATS_FILE == stats_file
         ckpt = torch.load(os.path.join(run, "model_final.pth"), weights_only=True)
         with open(stats_file) as f:

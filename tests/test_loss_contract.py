@@ -27,10 +27,8 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from detectron2.config import get_cfg
 
 import lt_detectron  # noqa: F401  (registers every loss)
-from lt_detectron import add_lt_config
 from lt_detectron.class_stats import ClassStats
 from lt_detectron.losses import (
     DENSE_LOSS_REGISTRY,
@@ -41,6 +39,7 @@ from lt_detectron.losses import (
     build_roi_loss,
 )
 from lt_detectron.modeling.classifiers import build_classifier
+from lt_detectron.utils.testing import lt_cfg
 
 COUNTS = [200, 30, 5, 0]  # class 3 has no training instance
 C = len(COUNTS)
@@ -71,8 +70,7 @@ DENSE_CASES = DENSE_LOSS_REGISTRY.names()
 
 
 def _cfg(opts=()):
-    cfg = get_cfg()
-    add_lt_config(cfg)
+    cfg = lt_cfg()
     b = cfg.MODEL.LT.BOFL
     b.ITERS_PER_EPOCH, b.TOTAL_EPOCHS, b.DEFERRED_EPOCHS, b.KAPPA = 5.0, 4, 1, 0.5
     cfg.MODEL.LT.ECM.MEASURE_ITERS = 2  # ECM's measured bg:fg ratio is state too
@@ -433,6 +431,7 @@ def _dist_worker(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_keep_identical_state(tmp_path):
     mp.spawn(_dist_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / ("rank%d.pt" % r)) for r in (0, 1))

@@ -4,21 +4,10 @@ import io
 import math
 import os
 
-import multiprocessing
-import sys
-import types
-from pathlib import Path
-
+import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-
-if multiprocessing.current_process().name != "MainProcess" and "lt_detectron" not in sys.modules:
-    # Spawned worker of test_distributed_stats_two_ranks: import only lt_detectron.losses (pure torch),
-    # not the package __init__ (which pulls in detectron2 and costs seconds per worker).
-    _pkg = types.ModuleType("lt_detectron")
-    _pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "lt_detectron")]
-    sys.modules["lt_detectron"] = _pkg
 
 from lt_detectron.losses import EQLv2FocalLoss, EQLv2Loss, eqlv2_map, objectness_scores
 
@@ -255,6 +244,7 @@ def _dist_worker(rank, world, init_file, out_dir, C, batches):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_stats_two_ranks(tmp_path):
     """2 gloo ranks on halves of each batch == one process on the whole batch.
 

@@ -1,22 +1,11 @@
 """Stateful losses drop a non-finite batch's statistics (EQL v2 ROI / focal / heat-map, ECM's measured
 ratio), warn at a limited rate, and decide identically on every rank."""
 
-import logging
-import multiprocessing
 import os
-import sys
-import types
-from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
-
-if multiprocessing.current_process().name != "MainProcess" and "lt_detectron" not in sys.modules:
-    # spawned worker of the two-rank test: import only lt_detectron.losses (pure torch), not the package
-    # __init__ (which imports detectron2 and costs seconds per worker)
-    _pkg = types.ModuleType("lt_detectron")
-    _pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "lt_detectron")]
-    sys.modules["lt_detectron"] = _pkg
 
 from lt_detectron.losses import ECMLoss, EQLv2FocalLoss, EQLv2Loss, ecm_margins_and_weights
 
@@ -36,25 +25,6 @@ def _poison(z, value=float("nan"), row=3, col=1):
     z = z.clone()
     z[row, col] = value
     return z
-
-
-class _Records(logging.Handler):
-    """Collects the warnings of one logger (works whether or not it propagates to the root)."""
-
-    def __init__(self, name):
-        super().__init__(logging.WARNING)
-        self.records = []
-        self.logger = logging.getLogger(name)
-
-    def emit(self, record):
-        self.records.append(record.getMessage())
-
-    def __enter__(self):
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self)
 
 
 def _state(m, keys):
@@ -81,7 +51,7 @@ def _naive_eqlv2_stats(batches, C, gamma=12.0, mu=0.8, alpha=4.0):
     return pos_grad, neg_grad, pos_neg
 
 
-def test_eqlv2_nan_batch_is_skipped_with_a_warning():
+def test_eqlv2_nan_batch_is_skipped_with_a_warning(logger_warnings):
     C = 5
     good = [_batch(1, 48, C), _batch(2, 48, C)]
     bad_z, bad_gt = _batch(3, 48, C)
@@ -89,7 +59,7 @@ def test_eqlv2_nan_batch_is_skipped_with_a_warning():
     assert torch.isnan(_naive_eqlv2_stats([(_poison(bad_z), bad_gt)] + good, C)[2][1])
 
     m = EQLv2Loss(C).train()
-    with _Records("lt_detectron.losses.eqlv2") as rec:
+    with logger_warnings("lt_detectron.losses.eqlv2") as rec:
         m(_poison(bad_z), bad_gt)  # the loss of this batch may be NaN; the state must not be
         assert _state(m, EQL_KEYS)["pos_neg"].eq(100.0).all() and m.pos_grad.eq(0).all()
         losses = [m(z, gt) for z, gt in good]
@@ -111,14 +81,14 @@ def test_eqlv2_nan_batch_is_skipped_with_a_warning():
     )
 
 
-def test_eqlv2_nan_run_midway_and_rate_limited_warning():
+def test_eqlv2_nan_run_midway_and_rate_limited_warning(logger_warnings):
     C = 4
     b1, b2, b3 = (_batch(s, 32, C) for s in (11, 12, 13))
     m = EQLv2Loss(C).train()
     ref = EQLv2Loss(C).train()
     m(*b1)
     ref(*b1)
-    with _Records("lt_detectron.losses.eqlv2") as rec:
+    with logger_warnings("lt_detectron.losses.eqlv2") as rec:
         for i in range(250):  # a long run of bad steps
             m(_poison(b2[0], row=i % 32, col=i % C), b2[1])
     assert m.num_nonfinite_skips == 250
@@ -154,7 +124,7 @@ def test_eqlv2_eval_mode_and_empty_batch_unaffected():
     assert m.num_nonfinite_skips == 0 and m.pos_neg.eq(100).all()
 
 
-def test_dense_eqlv2_focal_nan_batch():
+def test_dense_eqlv2_focal_nan_batch(logger_warnings):
     C = 4
     g = torch.Generator().manual_seed(5)
 
@@ -167,7 +137,7 @@ def test_dense_eqlv2_focal_nan_batch():
     bad = dense(64)
     m = EQLv2FocalLoss(C).train()
     ref = EQLv2FocalLoss(C).train()
-    with _Records("lt_detectron.losses.eqlv2") as rec:
+    with logger_warnings("lt_detectron.losses.eqlv2") as rec:
         m(_poison(bad[0], col=2), bad[1])
     m(*good)
     ref(*good)
@@ -177,7 +147,7 @@ def test_dense_eqlv2_focal_nan_batch():
     assert len(rec.records) == 1 and "EQLv2FocalLoss" in rec.records[0]
 
 
-def test_heatmap_eqlv2_nan_batch():
+def test_heatmap_eqlv2_nan_batch(logger_warnings):
     """CenterNet's heat-map form (EQLv2FocalLoss.heatmap) updates through the same guarded path."""
 
     C = 3
@@ -190,7 +160,7 @@ def test_heatmap_eqlv2_nan_batch():
     bad[1, 2, 0, 0] = float("nan")
     m = EQLv2FocalLoss(C).train()
     ref = EQLv2FocalLoss(C).train()
-    with _Records("lt_detectron.losses.eqlv2") as rec:
+    with logger_warnings("lt_detectron.losses.eqlv2") as rec:
         m.heatmap(bad, heat)
     m.heatmap(good, heat)
     ref.heatmap(good, heat)
@@ -200,7 +170,7 @@ def test_heatmap_eqlv2_nan_batch():
     assert len(rec.records) == 1
 
 
-def test_ecm_measurement_skips_a_nonfinite_batch():
+def test_ecm_measurement_skips_a_nonfinite_batch(logger_warnings):
     counts = [10, 20, 30]
     C = 3
     z = torch.zeros(8, C + 1)
@@ -208,7 +178,7 @@ def test_ecm_measurement_skips_a_nonfinite_batch():
     b2 = torch.tensor([C, 0, 0, 0, 1, C, 2, 2])  # 2 / 6
     bad_gt = torch.tensor([C, C, C, C, C, C, C, 1])  # 7 / 1, with a NaN logit: not counted
     m = ECMLoss(counts, measure_iters=2).train()
-    with _Records("lt_detectron.losses.ecm") as rec:
+    with logger_warnings("lt_detectron.losses.ecm") as rec:
         m(z, b1)
         m(_poison(z), bad_gt)
         assert (
@@ -255,6 +225,7 @@ def _dist_worker(rank, world, init_file, out_dir, C, batches, bad_step):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_skip_together(tmp_path):
     """Rank 1 alone gets a NaN logit: both ranks skip that step (EQL v2 and ECM), stay equal, and equal
     one process that saw only the good batches."""

@@ -24,6 +24,7 @@ from lt_detectron.engine.hooks import (
 )
 from lt_detectron.losses import EQLv2Loss
 from lt_detectron.modeling import LongTailFastRCNNOutputLayers
+from lt_detectron.utils.testing import lt_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ties (2 x 10, 2 x 3) and a zero-count class on purpose
@@ -358,12 +359,7 @@ def test_plot_hook_runs_before_the_writers():
 
 
 def test_build_lt_hooks():
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
-
-    cfg = get_cfg()
-    add_lt_config(cfg)
+    cfg = lt_cfg()
     cfg.DATASETS.TRAIN = ()
     assert build_lt_hooks(cfg) == []
     cfg.LT_HOOKS.PLOT_PERIOD = 50
@@ -379,16 +375,11 @@ def _load_tool():
 
 
 def test_plot_methods_tool(tmp_path):
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
-
-    from lt_detectron import add_lt_config
 
     tool = _load_tool()
     cfg_file = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_eqlv2.yaml")
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(cfg_file)
+    cfg = lt_cfg(cfg_file)
     model = build_model(cfg)
     loss = model.roi_heads.box_predictor.cls_loss
     loss.pos_grad.uniform_(0, 1)
@@ -434,13 +425,10 @@ def test_plot_methods_tool(tmp_path):
 def test_bofl_schedule_settings_follow_the_config():
     """The plot takes BOFL's settings from the same function as the loss (losses/bofl.py): LINEAR_SCHEDULE
     False is lambda = 1 from the first epoch; a config without BOFL has none."""
-    from detectron2.config import get_cfg
 
-    from lt_detectron import add_lt_config
     from lt_detectron.engine.hooks import bofl_settings
 
-    cfg = get_cfg()
-    add_lt_config(cfg)
+    cfg = lt_cfg()
     cfg.DATASETS.TRAIN = ()
     assert bofl_settings(cfg) is None  # softmax ROI loss, focal dense loss
     cfg.MODEL.LT.ROI_LOSS = "sigmoid"
@@ -477,10 +465,8 @@ def test_training_writes_plots_into_tensorboard(tmp_path):
     TensorboardXWriter writes them as image summaries, the final ones and the evaluation's included."""
     import json
 
-    from detectron2.config import get_cfg
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from lt_detectron import add_lt_config
     from lt_detectron.data import register_lt_dataset
     from lt_detectron.data.embedded import get_lt_shapes, lt_shapes_paths
     from lt_detectron.engine import LTTrainer
@@ -497,8 +483,7 @@ def test_training_writes_plots_into_tensorboard(tmp_path):
         name, str(tmp_path / "val6.json"), paths["val_images"], evaluator_type="lvis"
     )
     try:
-        cfg = get_cfg()
-        add_lt_config(cfg)
+        cfg = lt_cfg()
         cfg.merge_from_file(
             os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_eqlv2.yaml")
         )

@@ -24,6 +24,7 @@ from lt_detectron.data import (
     train_dataset_dicts,
 )
 from lt_detectron.data.lvis_stats import load_shipped_stats
+from lt_detectron.utils.testing import lt_cfg
 from tests._data import touch_images, unregister
 from tests._real_formats import coco_categories, coco_json, lvis_v1_json
 
@@ -45,12 +46,7 @@ def _counts(per_image, ids):
 
 
 def _cfg(train, test=(), sampler="TrainingSampler"):
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
-
-    cfg = get_cfg()
-    add_lt_config(cfg)
+    cfg = lt_cfg()
     cfg.DATASETS.TRAIN = tuple(train)
     cfg.DATASETS.TEST = tuple(test)
     cfg.DATALOADER.SAMPLER_TRAIN = sampler

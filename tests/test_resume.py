@@ -11,29 +11,24 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from detectron2.config import get_cfg
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.utils.env import seed_all_rng
 
 import lt_detectron  # noqa: F401
-from lt_detectron import add_lt_config
 from lt_detectron.data.samplers import (
     ResumableRepeatFactorTrainingSampler,
     ResumableTrainingSampler,
 )
 from lt_detectron.engine import LTCheckpointer, LTTrainer
 from lt_detectron.engine.checkpoint import get_rng_state
-from tests.test_train import small_val  # noqa: F401  (fixture)
+from lt_detectron.utils.testing import lt_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "lt_shapes")
 
 
 def _cfg(config, out, *opts):
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, config))
+    cfg = lt_cfg(os.path.join(CONFIGS, config))
     cfg.merge_from_list(
         [
             "SOLVER.MAX_ITER",
@@ -104,7 +99,7 @@ def softmax_final(tmp_path_factory):
 @pytest.mark.slow
 def test_bags_decoupled_eval_only_and_resume_keep_the_trained_classifier(
     tmp_path,
-    small_val,  # noqa: F811  (the fixture imported from tests.test_train)
+    small_val,
     softmax_final,
     caplog,
 ):
@@ -310,41 +305,39 @@ def _roundtrip(obj):
     return buf
 
 
-def _rng_worker(rank, out_dir):
-    dist.init_process_group(
-        "gloo", init_method="file://" + os.path.join(out_dir, "rendezvous"), rank=rank, world_size=2
-    )
+def _rng_worker(out_dir):
+    # launch_cpu's worker: the gloo group and detectron2's local group (load_train_dicts asks
+    # comm.get_local_rank()), destroyed by the launcher
+    rank = dist.get_rank()
     torch.set_num_threads(1)
-    try:
-        run = os.path.join(out_dir, "run")
-        seed_all_rng(100 + rank)  # default_setup seeds SEED + rank
-        _train(
-            _cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "2", "MODEL.DEVICE", "cpu")
-        )
-        end = get_rng_state()
-        dist.barrier()
-        seed_all_rng(999)  # a new process
-        t2 = LTTrainer(
-            _cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "3", "MODEL.DEVICE", "cpu")
-        )
-        t2.resume_or_load(resume=True)
-        after = get_rng_state()
-        torch.save(
-            {
-                "end": end,
-                "after": after,
-                "torch_pending": t2._torch_rng_to_restore,
-                "start_iter": t2.start_iter,
-            },
-            os.path.join(out_dir, "rank%d.pt" % rank),
-        )
-    finally:
-        dist.destroy_process_group()
+    run = os.path.join(out_dir, "run")
+    seed_all_rng(100 + rank)  # default_setup seeds SEED + rank
+    _train(_cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "2", "MODEL.DEVICE", "cpu"))
+    end = get_rng_state()
+    dist.barrier()
+    seed_all_rng(999)  # a new process
+    t2 = LTTrainer(
+        _cfg("Base-FasterRCNN-Tiny.yaml", run, "SOLVER.MAX_ITER", "3", "MODEL.DEVICE", "cpu")
+    )
+    t2.resume_or_load(resume=True)
+    after = get_rng_state()
+    torch.save(
+        {
+            "end": end,
+            "after": after,
+            "torch_pending": t2._torch_rng_to_restore,
+            "start_iter": t2.start_iter,
+        },
+        os.path.join(out_dir, "rank%d.pt" % rank),
+    )
 
 
 @pytest.mark.slow
 def test_each_rank_resumes_its_own_rng_state(tmp_path):
-    mp.spawn(_rng_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    from lt_detectron.engine import launch_cpu
+
+    rendezvous = "file://" + os.path.join(str(tmp_path), "rendezvous")
+    launch_cpu(_rng_worker, 2, dist_url=rendezvous, args=(str(tmp_path),))
     ckpt = torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)
     per_rank = ckpt["trainer"]["rng"]["per_rank"]
     assert len(per_rank) == 2

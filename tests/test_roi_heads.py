@@ -5,22 +5,20 @@ import os
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
 import lt_detectron  # noqa: F401
-from lt_detectron import add_lt_config
+from lt_detectron.losses import ROI_LOSS_REGISTRY
+from lt_detectron.utils.testing import lt_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(ROOT, "configs", "lt_shapes", "Base-FasterRCNN-Tiny.yaml")
 
 
 def tiny_cfg(loss, *opts):
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(BASE)
+    cfg = lt_cfg(BASE)
     cfg.merge_from_list(["MODEL.LT.ROI_LOSS", loss] + list(opts))
     return cfg
 
@@ -61,7 +59,14 @@ def train_and_infer(model, data):
     return losses, out
 
 
-@pytest.mark.parametrize("loss", ["softmax", "eqlv2", "ecm", "bags", "c2am"])
+@pytest.mark.parametrize(
+    "loss",
+    # every registered method; softmax in the quick loop, the others (a Mask R-CNN each) slow
+    [
+        pytest.param(n, marks=() if n == "softmax" else pytest.mark.slow)
+        for n in ROI_LOSS_REGISTRY.names()
+    ],
+)
 def test_mask_rcnn_with_long_tail_heads(loss):
     torch.manual_seed(0)
     model = build_model(tiny_cfg(loss, "MODEL.MASK_ON", "True"))

@@ -13,6 +13,7 @@ import time
 
 import pytest
 import torch
+from lt_detectron.utils.testing import lt_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, "configs", "lt_shapes")
@@ -41,13 +42,7 @@ def _train_net(config, out, *args, max_iter=2):
 
 
 def _lt_cfg(config, *opts):
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
-
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, config))
+    cfg = lt_cfg(os.path.join(CONFIGS, config))
     cfg.merge_from_list(list(opts))
     return cfg
 

@@ -3,10 +3,7 @@ several iterations of the cumulative counts; hand-computed factors; state, non-f
 the protocol (classifier spec, config, inference scores)."""
 
 import math
-import multiprocessing
 import os
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -14,15 +11,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-if multiprocessing.current_process().name != "MainProcess" and "lt_detectron" not in sys.modules:
-    # spawned worker of the two-rank test: import only lt_detectron.losses (pure torch), not the package
-    # __init__ (which imports detectron2 and costs seconds per worker)
-    _pkg = types.ModuleType("lt_detectron")
-    _pkg.__path__ = [str(Path(__file__).resolve().parents[1] / "lt_detectron")]
-    sys.modules["lt_detectron"] = _pkg
-
-from lt_detectron.losses import SeesawLoss, seesaw_cross_entropy, seesaw_logit_offsets  # noqa: E402
-from tests.test_nonfinite import _Records  # noqa: E402  (collects a logger's warnings)
+from lt_detectron.losses import SeesawLoss, seesaw_cross_entropy, seesaw_logit_offsets
+from lt_detectron.utils.testing import lt_cfg
 
 D = torch.float64
 
@@ -232,7 +222,7 @@ def test_counts_in_state_dict_and_resume():
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
-def test_nonfinite_batch_leaves_counts_unchanged(bad):
+def test_nonfinite_batch_leaves_counts_unchanged(bad, logger_warnings):
     C = 4
     good, nxt = _batch(30, 32, C), _batch(31, 32, C)
     m, ref = SeesawLoss(C).train(), SeesawLoss(C).train()
@@ -240,7 +230,7 @@ def test_nonfinite_batch_leaves_counts_unchanged(bad):
     ref(*good)
     z, gt = _batch(32, 32, C, fg_frac=1.0)
     z[5, 7 % (C + 2)] = bad
-    with _Records("lt_detectron.losses.seesaw") as rec:
+    with logger_warnings("lt_detectron.losses.seesaw") as rec:
         m(z, gt)
     assert torch.equal(m.cum_samples, ref.cum_samples)
     assert m.num_nonfinite_skips == 1 and len(rec.records) == 1
@@ -322,12 +312,9 @@ def test_classifier_spec():
 
 
 def test_built_from_config_and_bad_values():
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
     from lt_detectron.losses.base import ROI_LOSS_REGISTRY, build_roi_loss
 
-    cfg = add_lt_config(get_cfg())
+    cfg = lt_cfg()
     assert (
         cfg.MODEL.LT.SEESAW.P,
         cfg.MODEL.LT.SEESAW.Q,
@@ -416,13 +403,11 @@ def test_tiny_faster_rcnn_trains_two_iterations_on_the_embedded_set(tmp_path, cl
     """configs/lt_shapes/faster_rcnn_tiny_seesaw.yaml: C + 2 logits (normal(0, 0.01) weight, zero bias),
     2 training iterations on lt_shapes_train (counts accumulated, in the checkpoint, terms logged), then
     inference with (R, C+1) scores."""
-    from detectron2.config import get_cfg
 
     import lt_detectron  # noqa: F401  (registers the embedded set)
-    from lt_detectron import add_lt_config
     from lt_detectron.engine import LTTrainer
 
-    cfg = add_lt_config(get_cfg())
+    cfg = lt_cfg()
     root = Path(__file__).resolve().parents[1]
     cfg.merge_from_file(str(root / "configs" / "lt_shapes" / "faster_rcnn_tiny_seesaw.yaml"))
     cfg.merge_from_list(

@@ -5,12 +5,11 @@ import os
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.solver import build_lr_scheduler
 
-from lt_detectron import add_lt_config
 from lt_detectron.engine import defaults
 from lt_detectron.engine.checkpoint import WeightsDownloadError
+from lt_detectron.utils.testing import lt_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MASK_RCNN = os.path.join(ROOT, "configs", "lvis_v1", "eqlv2_mask_rcnn_R_50_FPN_1x.yaml")
@@ -26,9 +25,7 @@ def train_net():
 
 
 def _plain(path):
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(path)
+    cfg = lt_cfg(path)
     return cfg
 
 

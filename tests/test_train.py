@@ -8,43 +8,20 @@ import sys
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
 import lt_detectron  # noqa: F401
-from lt_detectron import add_lt_config
-from lt_detectron.data import register_lt_dataset
 from lt_detectron.data.embedded import get_lt_shapes, lt_shapes_paths
 from lt_detectron.engine import CheckpointClassMismatch, LTCheckpointer, LTTrainer
 from lt_detectron.class_stats import ClassStatsError
-from tests._data import unique_name, unregister
+from lt_detectron.utils.testing import lt_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = os.path.join(ROOT, "configs", "lt_shapes", "Base-FasterRCNN-Tiny.yaml")
 
 
-@pytest.fixture(scope="module")
-def small_val():
-    """The first 12 lt_shapes val images, registered as their own LVIS-format dataset."""
-    paths = lt_shapes_paths(get_lt_shapes())
-    data = json.load(open(paths["val_json"]))
-    keep = {im["id"] for im in data["images"][:12]}
-    data["images"] = [im for im in data["images"] if im["id"] in keep]
-    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
-    out = os.path.join(
-        os.environ.get("PYTEST_TMP", "/tmp"), "lt_shapes_val12_%d.json" % os.getpid()
-    )
-    json.dump(data, open(out, "w"))
-    name = unique_name("lt_shapes_val12")
-    register_lt_dataset(name, out, paths["val_images"], evaluator_type="lvis")
-    yield name, out
-    unregister(name)
-
-
 def make_cfg(tmp_path, test_name, *opts):
-    cfg = get_cfg()
-    add_lt_config(cfg)
-    cfg.merge_from_file(BASE)
+    cfg = lt_cfg(BASE)
     cfg.merge_from_list(
         [
             "SOLVER.MAX_ITER",
@@ -332,9 +309,7 @@ def test_trainer_parses_the_training_json_once(tmp_path, small_val, monkeypatch,
     ipe = trainer.cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH
     assert ipe > 0 and cfg.MODEL.LT.BOFL.ITERS_PER_EPOCH == 0  # the caller's config is not changed
     assert trainer.model.roi_heads.box_predictor.cls_loss.bofl.iters_per_epoch == ipe
-    written = get_cfg()
-    add_lt_config(written)
-    written.merge_from_file(str(tmp_path / "config.yaml"))
+    written = lt_cfg(str(tmp_path / "config.yaml"))
     assert written.MODEL.LT.BOFL.ITERS_PER_EPOCH == ipe
 
 

@@ -26,6 +26,7 @@ from lt_detectron.data import (
     register_lt_dataset,
 )
 from lt_detectron.data import embedded
+from lt_detectron.utils.testing import lt_cfg
 from tests._data import touch_images, unregister
 from tests._real_formats import coco_categories, coco_json
 
@@ -45,12 +46,7 @@ def _cache(tmp_path, monkeypatch):
 
 
 def _cfg(train, test=()):
-    from detectron2.config import get_cfg
-
-    from lt_detectron import add_lt_config
-
-    cfg = get_cfg()
-    add_lt_config(cfg)
+    cfg = lt_cfg()
     cfg.DATASETS.TRAIN = tuple(train)
     cfg.DATASETS.TEST = tuple(test)
     return cfg

@@ -38,7 +38,7 @@ from detectron2.engine import (
 from detectron2.utils.logger import setup_logger
 from detectron2.utils import comm
 
-from ..class_stats import check_num_classes, class_stats_to_dict, get_class_stats
+from ..class_stats import class_stats_to_dict
 from ..data import load_train_dicts, train_dataset_dicts
 from .checkpoint import (
     LTCheckpointer,
@@ -51,6 +51,7 @@ from .checkpoint import (
 from .logger import setup_lt_logger
 from .run_record import record_class_stats
 from .solver import build_lt_optimizer
+from .training_data import check_config_against_data, prepare_training_data
 
 __all__ = [
     "LTTrainer",
@@ -62,35 +63,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("lt_detectron")
-
-
-def prepare_training_data(cfg, check_images: bool = True):
-    """Startup checks, then the training data read once: ``(cfg, class_stats, train_dicts)``.
-
-    Every dataset file must exist and the test sets must share the training class list (cheap
-    checks, before any json is parsed); then the training json is parsed once per process and the
-    class statistics, the epoch length (RFS-expanded, for BOFL) and the data loader all use the
-    same dicts. The returned ``cfg`` is a clone with ``MODEL.LT.BOFL.ITERS_PER_EPOCH`` set from them
-    when it was 0 and the loss follows BOFL's linear schedule
-    (:func:`lt_detectron.data.epochs.with_iters_per_epoch`): build the model from it.
-    ``(cfg, None, None)`` without training datasets. ``--eval-only`` calls it too, so that the heads'
-    statistics and BOFL schedule come from the same single parse, with ``check_images=False`` (it
-    reads no training image).
-    """
-    from ..data.epochs import with_iters_per_epoch
-
-    from ..data import check_class_lists, check_dataset_files, ensure_embedded_generated
-
-    ensure_embedded_generated(cfg)  # a no-op unless lt_shapes_* is used and not yet generated
-    # existence only here: the test jsons' boxes are checked once by prepare_datasets (train_net)
-    check_dataset_files(cfg, check_test_boxes=False)
-    check_class_lists(cfg)
-    if not cfg.DATASETS.TRAIN:
-        return cfg, None, None
-    by_name = load_train_dicts(cfg, check_images=check_images)
-    stats = check_config_against_data(cfg, by_name)
-    train_dicts = train_dataset_dicts(cfg, by_name)
-    return with_iters_per_epoch(cfg, train_dicts), stats, train_dicts
 
 
 def record_config(cfg, previous=None):
@@ -107,29 +79,6 @@ def record_config(cfg, previous=None):
         with open(path, "w") as f:
             f.write(cfg.dump())
         logger.info("config with the values filled from the training data written to %s", path)
-
-
-def check_config_against_data(cfg, dataset_dicts=None):
-    """Clear errors for config/dataset disagreements, before any model is built.
-
-    The config's class count must equal the data's. Returns the
-    training ``ClassStats`` (``None`` without training datasets). ``dataset_dicts``: the training
-    dicts ``{name: dicts}`` already loaded (``load_train_dicts``), counted instead of re-read.
-    """
-    if not cfg.DATASETS.TRAIN:
-        return None
-    stats = get_class_stats(
-        cfg.DATASETS.TRAIN, dataset_dicts=dataset_dicts, group_edges=cfg.MODEL.LT.GROUP_EDGES
-    )
-    arch = cfg.MODEL.META_ARCHITECTURE
-    key = {"FCOS": "FCOS", "CenterNet": "CENTERNET"}.get(
-        arch, "RETINANET" if "RetinaNet" in arch else None
-    )
-    if key is not None:
-        check_num_classes(cfg.MODEL[key].NUM_CLASSES, stats, "MODEL.%s.NUM_CLASSES" % key)
-    elif arch == "GeneralizedRCNN":
-        check_num_classes(cfg.MODEL.ROI_HEADS.NUM_CLASSES, stats, "MODEL.ROI_HEADS.NUM_CLASSES")
-    return stats
 
 
 def freeze_all_but_classifier(model):
@@ -238,7 +187,7 @@ class LTTrainer(DefaultTrainer):
         from detectron2.data import build_detection_train_loader
         from detectron2.data.samplers import RepeatFactorTrainingSampler
 
-        from ..data import LTDatasetMapper, load_train_dicts, train_dataset_dicts
+        from ..data import LTDatasetMapper
         from ..data.samplers import ResumableRepeatFactorTrainingSampler, ResumableTrainingSampler
 
         if dataset is None:

@@ -8,7 +8,8 @@ from .build import build_lt_evaluator
 from .coco_lt_evaluation import LTCOCOEvaluator, evaluate_coco_predictions
 from .lvis_evaluation import LTLVISEvaluator, evaluate_lvis_predictions
 from .pooled import pooled_ap
-from .predictions import load_results_json, results_file_name, write_results_json
+from .predictions import results_file_name, write_results_json
+from .results_loading import load_results_json
 
 __all__ = [
     "LTDatasetEvaluator",

@@ -20,13 +20,12 @@ per-category training counts from the ``ClassStats`` (or the GT json's
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import time
 import zlib
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from detectron2.data import MetadataCatalog
@@ -40,10 +39,9 @@ from .common import (
     instances_to_arrays,
     keep_top_per_group,
     load_gt_json,
-    per_category_ap,
     resolve_backend,
-    write_per_category_csv,
 )
+from .per_category import PerCategoryOutputs
 from .predictions import (
     BackgroundWrite,
     RankPredictionStore,
@@ -59,7 +57,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["LTDatasetEvaluator"]
 
 
-class LTDatasetEvaluator(DatasetEvaluator):
+class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
     """Box/mask evaluation of a COCO/LVIS-format dataset with AP by training-instance group and a
     per-category AP csv (base class; see the module docstring).
 
@@ -320,86 +318,3 @@ class LTDatasetEvaluator(DatasetEvaluator):
             )
         )
         return results
-
-    def _category_info(
-        self, cat_ids: List[int]
-    ) -> Tuple[List[str], List[str], np.ndarray, np.ndarray]:
-        """Per sorted dataset category id: name, frequency band, train instances, train images (-1: unknown).
-
-        Names and bands from the GT json (the protocol's own), else from the ``ClassStats``; counts
-        from the ``ClassStats``, else from the json's ``instance_count``/``image_count``.
-        """
-        gt_by_id = {c["id"]: c for c in self._gt_categories}
-        n = len(cat_ids)
-        st = self._class_stats
-        pos = {int(d): i for i, d in enumerate(st.dataset_ids)} if st is not None else {}
-        st_names = getattr(st, "class_names", None)
-        st_freq = getattr(st, "frequency", None)
-        names, freq = [], []
-        inst = np.full(n, -1, np.int64)
-        imgs = np.full(n, -1, np.int64)
-        for k, c in enumerate(cat_ids):
-            g = gt_by_id.get(c, {})
-            i = pos.get(int(c))
-            names.append(
-                g.get("name")
-                or (str(st_names[i]) if i is not None and st_names is not None else str(c))
-            )
-            freq.append(
-                g.get("frequency")
-                or (str(st_freq[i]) if i is not None and st_freq is not None else "")
-            )
-            if st is not None:
-                if i is not None:
-                    inst[k] = st.instance_counts[i]
-                    imgs[k] = st.image_counts[i]
-            else:
-                inst[k] = g.get("instance_count", -1)
-                imgs[k] = g.get("image_count", -1)
-        return names, freq, inst, imgs
-
-    def _write_metrics(self, results) -> None:
-        """``{protocol}_metrics.json``: ``{task: {metric: AP in %}}``, nan written as null."""
-        path = os.path.join(self._output_dir, f"{self.protocol}_metrics.json")
-        clean = {
-            t: {k: (None if not np.isfinite(v) else float(v)) for k, v in m.items()}
-            for t, m in results.items()
-        }
-        os.makedirs(self._output_dir, exist_ok=True)
-        with open(path + ".part", "w") as f:
-            json.dump(
-                {
-                    "dataset": self._dataset_name,
-                    "ap_protocol": "fixed" if self._fixed else "standard",
-                    "max_dets_per_image": self.eval_max_dets,
-                    "topk_per_class": self._topk if self._fixed else None,
-                    # "table": training counts not checked against annotations (json absent)
-                    "class_stats_source": getattr(self._class_stats, "source", None),
-                    "results": clean,
-                },
-                f,
-                indent=1,
-            )
-        os.replace(path + ".part", path)
-
-    def _write_per_category(self, task, cat_ids, names, freq, inst, imgs, sums):
-        """``{protocol}_per_category_{task}.csv`` (main process, when there is an output folder)."""
-        if not (self._output_dir and comm.is_main_process()):
-            return
-        ap_cat = per_category_ap(sums)
-        path = os.path.join(self._output_dir, f"{self.protocol}_per_category_{task}.csv")
-        write_per_category_csv(
-            path,
-            (
-                {
-                    "category_id": c,
-                    "name": names[k],
-                    "frequency": freq[k],
-                    "train_instances": int(inst[k]),
-                    "train_images": int(imgs[k]),
-                    "AP": 100.0 * ap_cat[k],
-                }
-                for k, c in enumerate(cat_ids)
-            ),
-        )
-        logger.info(f"Per-category {task} AP written to {path}")

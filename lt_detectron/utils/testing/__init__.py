@@ -3,10 +3,19 @@
 - :mod:`.real_formats`: files in the exact on-disk formats of LVIS v1, COCO 2017 and COCO-LT,
   small enough to train on a CPU (:func:`make_fixtures`).
 - :mod:`.weights`: a random-weight R-50 in detectron2's MSRA ``.pkl`` format.
+- :mod:`.config`: configs with lt_detectron's keys; a tiny CPU one-stage detector.
 - :mod:`.detections`: generated LVIS-like ground truth and detections for evaluator tests and
   benchmarks.
 """
 
+from .config import (
+    TINY_DENSE_COUNTS,
+    TINY_DENSE_DATASET,
+    build_tiny_dense,
+    lt_cfg,
+    tiny_dense_cfg,
+    tiny_dense_inputs,
+)
 from .detections import (
     detections_to_instances,
     detections_to_results,
@@ -26,6 +35,12 @@ from .real_formats import (
 from .weights import make_r50_msra_pkl
 
 __all__ = [
+    "lt_cfg",
+    "tiny_dense_cfg",
+    "build_tiny_dense",
+    "tiny_dense_inputs",
+    "TINY_DENSE_COUNTS",
+    "TINY_DENSE_DATASET",
     "COCO_SUPERCATEGORIES",
     "coco_categories",
     "lvis_v1_categories",
