@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from lt_detectron.losses import EqualizedFocalLoss, sigmoid_focal_loss
-from lt_detectron.losses.base import DENSE_LOSS_REGISTRY, build_dense_loss
+from lt_detectron.losses import DENSE_LOSS_REGISTRY, build_dense_loss
 from lt_detectron.utils.testing import lt_cfg
 
 D = torch.float64

@@ -13,13 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "lt_detectron"
 MAX_LINES = 400
 
+
 # Modules over the limit that another change of issue 23 is rewriting: strict, so that the test
 # fails (XPASS) once they fit and the mark must go.
-OVER_LIMIT_PENDING = {
-    "lt_detectron/losses/base.py": "losses/ is being edited by the BOFL change of issue 23",
-}
-
-
 def _modules():
     out = []
     for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, PACKAGE)):
@@ -100,17 +96,7 @@ def test_the_walk_finds_the_package():
     assert len(MODULES) > 50
 
 
-def _size_params():
-    params = []
-    for rel in MODULES:
-        marks = ()
-        if rel in OVER_LIMIT_PENDING:
-            marks = pytest.mark.xfail(strict=True, reason=OVER_LIMIT_PENDING[rel])
-        params.append(pytest.param(rel, marks=marks, id=rel))
-    return params
-
-
-@pytest.mark.parametrize("rel_path", _size_params())
+@pytest.mark.parametrize("rel_path", MODULES)
 def test_module_is_at_most_400_lines(rel_path):
     with open(os.path.join(ROOT, rel_path)) as f:
         n = sum(1 for _ in f)
@@ -122,15 +108,7 @@ def test_module_is_at_most_400_lines(rel_path):
 
 LAYER_RULES = [
     ("lt_detectron.modeling", "lt_detectron.engine"),
-    pytest.param(
-        "lt_detectron.losses",
-        "lt_detectron.data",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="losses/bofl.py imports data/epochs.py (BOFL's settings); the BOFL change of "
-            "issue 23 removes that import: drop this mark after merging it",
-        ),
-    ),
+    ("lt_detectron.losses", "lt_detectron.data"),
     ("lt_detectron.losses", "lt_detectron.modeling"),
     ("lt_detectron", "tools"),
     ("lt_detectron", "benchmarks"),

@@ -312,7 +312,7 @@ def test_classifier_spec():
 
 
 def test_built_from_config_and_bad_values():
-    from lt_detectron.losses.base import ROI_LOSS_REGISTRY, build_roi_loss
+    from lt_detectron.losses import ROI_LOSS_REGISTRY, build_roi_loss
 
     cfg = lt_cfg()
     assert (

@@ -58,7 +58,7 @@ def images_per_epoch(cfg, dataset_dicts: DictsArg = None) -> float:
 
 
 def _epoch_length_keys(cfg) -> List[str]:
-    from ..losses.base import config_epoch_length_keys
+    from ..losses.build import config_epoch_length_keys
 
     return config_epoch_length_keys(cfg)
 

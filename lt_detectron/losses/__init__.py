@@ -21,10 +21,9 @@ from .base import (  # noqa: F401
     DenseLoss,
     ROIBatch,
     ROILoss,
-    build_dense_loss,
-    build_roi_loss,
     train_class_stats,
 )
+from .build import build_dense_loss, build_roi_loss  # noqa: F401
 from .logit_columns import check_logit_columns, describe_logit_column  # noqa: F401
 from .distributed import all_reduce_sum, get_world_size, is_distributed  # noqa: F401
 from .focal import FocalDenseLoss, penalty_reduced_focal_loss, sigmoid_focal_loss  # noqa: F401

@@ -41,9 +41,9 @@ from .base import (
     class_counts,
     log_scalar,
     register_roi_option,
-    roi_loss_name,
     storage_iteration,
 )
+from .build import roi_loss_name
 from .bofl_functional import (
     BOFLFocalLoss,
     BOFLSchedule,

@@ -1,7 +1,7 @@
 """``LongTailFastRCNNOutputLayers``: Detectron2's box predictor with a long-tail classification loss.
 
 The predictor holds a protocol loss (:class:`~lt_detectron.losses.base.ROILoss`, built by
-:func:`~lt_detectron.losses.base.build_roi_loss` from ``MODEL.LT.ROI_LOSS``) and asks it, never
+:func:`~lt_detectron.losses.build.build_roi_loss` from ``MODEL.LT.ROI_LOSS``) and asks it, never
 switching on its name:
 
 * ``cls_loss.classifier_spec()``: the classification layer ``cls_score`` to build
