@@ -75,6 +75,21 @@ def test_resume_with_another_methods_config_is_refused_unless_forced(tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_with_the_same_config_continues(tmp_path):
+    """Item 8's other side: ``--resume`` with the run's own config (a longer SOLVER.MAX_ITER) continues,
+    although the trainer filled keys into the recorded config (MODEL.LT.CLASS_STATS_FILE: the run's
+    class_stats.json)."""
+    out = tmp_path / "run"
+    first = _train_net("faster_rcnn_tiny_softmax.yaml", out)
+    assert first.returncode == 0, first.stderr[-3000:]
+    recorded = torch.load(str(out / "model_final.pth"), weights_only=True)["config"]
+    assert "class_stats.json" in recorded  # filled by the trainer, '' in the config file
+    resumed = _train_net("faster_rcnn_tiny_softmax.yaml", out, "--resume", max_iter=3)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert torch.load(str(out / "model_final.pth"), weights_only=True)["iteration"] == 2
+
+
+@pytest.mark.slow
 def test_second_run_on_a_held_output_dir_is_refused_naming_the_holder(tmp_path):
     """Item 9: while a softmax run trains in OUTPUT_DIR, an EQL v2 train_net on it exits non-zero,
     names the first run (pid and host) and writes nothing there: config.yaml is the first run's."""

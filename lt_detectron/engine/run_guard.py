@@ -59,6 +59,8 @@ RESUME_MAY_DIFFER = (
     "DATALOADER.NUM_WORKERS",
     "MODEL.DEVICE",
     "MODEL.WEIGHTS",  # not read on resume: the checkpoint is
+    # where the run's class statistics are recorded (the trainer fills it; a moved run points elsewhere)
+    "MODEL.LT.CLASS_STATS_FILE",
     "DATASETS.TEST",
     "DATASETS.PROPOSAL_FILES_TEST",
     "TEST.",
