@@ -1,13 +1,17 @@
 #!/usr/bin/env python
 """Benchmark fwd+bwd time of the classification losses against a baseline measured in the same run.
 
-Table-driven. ROI rows: ``BENCHMARKS`` maps a row name to ``builder(rows, cols, device, dtype) -> step``
-where ``step()`` runs one forward + backward; ``cols`` is the number of logits including the background
-column (LVIS: 1204 = 1203 + 1); the reference row is ``ce`` (``F.cross_entropy``). Dense rows:
-``DENSE_BENCHMARKS``, same builder signature with ``rows`` = locations and ``cols`` = C sigmoid channels
-(no background); the reference row is ``sigmoid_focal`` (fvcore-style focal, reduction sum). Builders
-that need per-class instance counts (BAGS, ECM, BOFL) take the real LVIS v1 train counts when C = 1203,
-the embedded dataset's (``lt_shapes_train``) when C = 24, and a Zipf-like synthetic tail otherwise.
+Table-driven (``benchmarks/loss_builders.py``). ROI rows (:func:`roi_benchmarks`): a row name ->
+``builder(rows, cols, device, dtype) -> step`` where ``step()`` runs one forward + backward; ``cols`` is
+the number of classes including the background column (LVIS: 1204 = 1203 + 1). One row per name of
+``ROI_LOSS_REGISTRY``, built with ``build_roi_loss`` on logits as wide as the loss asks for (BAGS:
+C + groups + 2, Seesaw: C + 2, C2AM: raw cosines), a BOFL-on-sigmoid variant, and the reference rows
+``ce`` (``F.cross_entropy``) and the naive transcriptions ``*_naive``. Dense rows
+(:func:`dense_benchmarks`): one per name of ``DENSE_LOSS_REGISTRY`` (``build_dense_loss``), same
+builder signature with ``rows`` = locations and ``cols`` = C sigmoid channels (no background); the
+reference row is ``sigmoid_focal`` (fvcore-style focal, reduction sum). The losses are built with
+the class statistics of C classes: the real LVIS v1 train counts when C = 1203, the embedded dataset's
+(``lt_shapes_train``) when C = 24, and a Zipf-like synthetic tail otherwise.
 
 Scales (``--scale``):
   lvis      ROI 8192 x 1204 logits (BAGS: 8192 x 1209 with the LVIS v1 group layout; C2AM: 8192 x 1204
@@ -31,8 +35,6 @@ import time
 import torch
 
 from benchmarks.loss_builders import (  # noqa: F401  (re-exported: the rows and tables live there)
-    BENCHMARKS,
-    DENSE_BENCHMARKS,
     DENSE_GOALS,
     DENSE_REFERENCE,
     EMBEDDED_NUM_CLASSES,
@@ -40,6 +42,8 @@ from benchmarks.loss_builders import (  # noqa: F401  (re-exported: the rows and
     ROI_GOALS,
     ROI_REFERENCE,
     class_counts,
+    dense_benchmarks,
+    roi_benchmarks,
 )
 
 # scale -> (roi rows, roi cols incl. background, dense locations, dense channels)
@@ -90,16 +94,6 @@ def machine_info():
     )
 
 
-def _shape(builder_name, table, rows, cols):
-    if table == "roi" and builder_name == "bags":
-        from lt_detectron.losses import BAGSLayout
-
-        return "%d x %d" % (rows, BAGSLayout(class_counts(cols - 1)).num_logits)
-    if table == "roi" and builder_name == "seesaw":
-        return "%d x %d" % (rows, cols + 1)  # C class logits + 2 objectness logits
-    return "%d x %d" % (rows, cols)
-
-
 def format_table(title, results, shapes, reference, goals):
     """One markdown table: loss | shape | ms | ratio to the reference | goal (met or not)."""
     ref = results[reference]
@@ -124,16 +118,17 @@ def format_table(title, results, shapes, reference, goals):
 
 def run_table(kind, rows, cols, args, dtype):
     """Time one table's rows; returns (results, shapes)."""
-    table = BENCHMARKS if kind == "roi" else DENSE_BENCHMARKS
+    table = roi_benchmarks() if kind == "roi" else dense_benchmarks()
     reference = ROI_REFERENCE if kind == "roi" else DENSE_REFERENCE
     names = list(table)
     if args.only:
         wanted = set(args.only.split(",")) | {reference}
         names = [n for n in names if n in wanted]
     steps = {name: table[name](rows, cols, args.device, dtype) for name in names}
+    shapes = {name: "%d x %d" % step.shape for name, step in steps.items()}
     results = time_steps(steps, args.repeats, args.warmup, args.device)
     del steps
-    return results, {n: _shape(n, kind, rows, cols) for n in names}
+    return results, shapes
 
 
 def main(argv=None):

@@ -1,30 +1,83 @@
-"""The rows of ``benchmarks/benchmark_losses.py``: ``builder(rows, cols, device, dtype) -> step`` per loss
-(``step()`` runs one forward + backward), the ROI table ``BENCHMARKS`` and the dense table
-``DENSE_BENCHMARKS`` with their reference rows and goals, and the per-class instance counts the
-builders use (:func:`class_counts`). See ``benchmark_losses.py``'s docstring for the shapes."""
+"""The rows of ``benchmarks/benchmark_losses.py``: ``builder(rows, cols, device, dtype) -> step`` per row
+(``step()`` runs one forward + backward; ``step.shape`` is the logits' shape), the ROI table
+(:func:`roi_benchmarks`) and the dense table (:func:`dense_benchmarks`) with their reference rows and
+goals, and the per-class instance counts the rows use (:func:`class_counts`, :func:`class_stats`).
+
+The method rows come from the loss registries: one row per name of ``ROI_LOSS_REGISTRY`` /
+``DENSE_LOSS_REGISTRY``, built as the heads build it (:func:`build_roi_loss` / :func:`build_dense_loss`
+from a config with ``MODEL.LT.ROI_LOSS`` / ``DENSE_LOSS`` = the name, :data:`BENCH_OPTS` and the
+:func:`class_stats` of C classes), on random logits of the width the loss asks for
+(``classifier_spec().num_logits`` for ROI losses). A newly registered loss gets its row with no edit
+here. The reference rows are not registry losses: cross-entropy (``ce``), the fvcore-style sigmoid
+focal loss (``sigmoid_focal``) and straightforward transcriptions (``*_naive``) for comparison.
+See ``benchmark_losses.py``'s docstring for the shapes."""
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 from lt_detectron.losses import (
-    BAGSLoss,
-    C2AMLoss,
-    ECMFocalLoss,
-    ECMLoss,
-    EQLv2FocalLoss,
-    EQLv2Loss,
-    EqualizedFocalLoss,
-    SeesawLoss,
-    bofl_class_weights,
-    bofl_dataset_weights,
-    bofl_focal_loss,
-    sigmoid_bce_loss,
+    DENSE_LOSS_REGISTRY,
+    ROI_LOSS_REGISTRY,
+    DenseBatch,
+    ROIBatch,
+    build_dense_loss,
+    build_roi_loss,
     sigmoid_focal_loss,
 )
+from lt_detectron.losses.build import config_epoch_length_keys
+from lt_detectron.modeling.classifiers import build_classifier
+from lt_detectron.utils.testing import lt_cfg
 
 LVIS_NUM_CLASSES = 1203
 EMBEDDED_NUM_CLASSES = 24
 _COUNTS_CACHE = {}
+
+IMAGES = (
+    8  # the rows of a batch belong to this many images (per-image weights, BOFL's batch counts)
+)
+FEATURES = (
+    64  # input width of the classification layer built for a loss that reads it (C2AM's norms)
+)
+EPOCH_LENGTH = 1000.0  # iterations per epoch, for a loss whose schedule is in epochs (BOFL)
+ITERATION = 3000  # the training iteration the losses see: epoch 3
+# The benchmark's config (on top of Detectron2's and lt_detectron's defaults): BOFL's LVIS intensity
+# kappa 0.05 and per-image batch factor eta 0.8, its linear schedule over 5 epochs deferred by 1, so
+# that at ITERATION lambda = (3 - 1) / (5 - 1) = 0.5, mid-way.
+BENCH_OPTS = (
+    "MODEL.LT.BOFL.KAPPA",
+    0.05,
+    "MODEL.LT.BOFL.ETA",
+    0.8,
+    "MODEL.LT.BOFL.BATCH_COUNTS",
+    "image",
+    "MODEL.LT.BOFL.TOTAL_EPOCHS",
+    5,
+    "MODEL.LT.BOFL.DEFERRED_EPOCHS",
+    1,
+)
+# ROI rows of a registry loss with an option on: row -> (MODEL.LT.ROI_LOSS, config overrides)
+ROI_VARIANTS = {
+    "sigmoid + bofl": (
+        "sigmoid",
+        ("MODEL.LT.BOFL.ENABLED", True, "MODEL.LT.BOFL.BATCH_COUNTS", "none"),
+    ),
+}
+ROI_REFERENCE = "ce"
+DENSE_REFERENCE = "sigmoid_focal"
+# goal: max ratio to the reference, by row name; a row without one (a new loss, the naive
+# references) prints "-"
+ROI_GOALS = {
+    "sigmoid": 1.5,
+    "sigmoid + bofl": 1.5,
+    "eqlv2": 1.5,
+    "ecm": 1.5,
+    "bags": 2.0,
+    "c2am": 3.0,
+    "seesaw": 1.5,
+}
+DENSE_GOALS = {"bofl": 1.5, "eqlv2": 1.5, "ecm": 1.5, "efl": 1.3}
 
 
 def class_counts(num_classes):
@@ -45,6 +98,33 @@ def class_counts(num_classes):
     return _COUNTS_CACHE[num_classes]
 
 
+def class_stats(num_classes):
+    """The :class:`~lt_detectron.ClassStats` the losses are built with: :func:`class_counts` as the
+    instance counts (and, for want of better, as the image counts and their LVIS frequency bands)."""
+    from lt_detectron import ClassStats
+    from lt_detectron.class_stats.groups import lvis_frequency
+
+    counts = class_counts(num_classes).numpy()
+    return ClassStats(
+        ("benchmark_%d_classes" % num_classes,),
+        tuple("class%d" % i for i in range(num_classes)),
+        tuple(range(1, num_classes + 1)),
+        counts,
+        counts,
+        int(counts.max()),
+        lvis_frequency(counts),
+    )
+
+
+def bench_cfg(key, name, opts=()):
+    """The config a row's loss is built from: :data:`BENCH_OPTS`, ``key`` = ``name``, then ``opts``;
+    an epoch-length key the loss reads (:func:`config_epoch_length_keys`) gets :data:`EPOCH_LENGTH`."""
+    cfg = lt_cfg(None, *BENCH_OPTS, key, name, *opts)
+    for k in config_epoch_length_keys(cfg):
+        cfg.merge_from_list([k, EPOCH_LENGTH])
+    return cfg
+
+
 def _inputs(rows, cols, device, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(rows, cols, generator=g) * 2.0 - 4.0).to(device=device, dtype=dtype)
@@ -61,6 +141,53 @@ def _step(logits, loss_fn):
         loss.backward()
         logits.grad = None
 
+    step.shape = tuple(logits.shape)
+    step.loss_fn = loss_fn
+    return step
+
+
+def _image_sizes(rows):
+    return [len(r) for r in torch.arange(rows).tensor_split(IMAGES)]
+
+
+# --------------------------------------------------------------------------------------- ROI rows
+def _roi_logits(rows, spec, device, dtype, seed=0):
+    """(R, K) logits for the layer of ``spec`` (raw cosines in [-1, 1] for a cosine layer without
+    scale, else N(-4, 2^2)) and (K,) classifier row norms in [0.5, 2] (as after long-tailed training)."""
+    g = torch.Generator().manual_seed(seed)
+    K = spec.num_logits
+    if spec.kind == "cosine" and spec.scale is None:
+        z = torch.rand(rows, K, generator=g) * 2 - 1
+    else:
+        z = torch.randn(rows, K, generator=g) * 2.0 - 4.0
+    norms = 0.5 + 1.5 * torch.rand(K, generator=g)
+    return z.to(device=device, dtype=dtype).requires_grad_(True), norms
+
+
+def build_roi_row(name, opts, rows, cols, device, dtype):
+    """The registry ROI loss ``name`` (config overrides ``opts``) for C = cols - 1 classes, on
+    (rows, K) logits, K = its ``classifier_spec().num_logits``, labels in [0, C] (C = background).
+    Its state (EQL v2's statistics, Seesaw's counts) is that after one training step on the batch."""
+    C = cols - 1
+    loss = build_roi_loss(bench_cfg("MODEL.LT.ROI_LOSS", name, opts), C, class_stats(C))
+    loss = loss.to(device).train()
+    spec = loss.classifier_spec()
+    logits, norms = _roi_logits(rows, spec, device, dtype)
+    gt = _inputs(rows, cols, device, dtype)[1]
+    classifier = build_classifier(spec, FEATURES).to(device=device, dtype=dtype)
+    with torch.no_grad():
+        w = classifier.weight
+        w.mul_(norms.to(w)[:, None] / w.norm(dim=1, keepdim=True))
+    per_image = gt.split(_image_sizes(rows))
+    batch = ROIBatch(
+        rois_per_image=_image_sizes(rows),
+        gt_classes_per_image=[torch.unique(g[g < C]) for g in per_image],
+        classifier=classifier,
+        iteration=ITERATION,
+    )
+    step = _step(logits, lambda: loss(logits, gt, batch))
+    step.loss = loss
+    step()
     return step
 
 
@@ -69,12 +196,7 @@ def build_ce(rows, cols, device, dtype):
     return _step(logits, lambda: F.cross_entropy(logits, gt))
 
 
-def build_sigmoid_bce(rows, cols, device, dtype):
-    logits, gt = _inputs(rows, cols, device, dtype)
-    return _step(logits, lambda: sigmoid_bce_loss(logits, gt))
-
-
-def build_sigmoid_bce_naive(rows, cols, device, dtype):
+def build_sigmoid_naive(rows, cols, device, dtype):
     """Detectron2's own implementation (one-hot target + F.binary_cross_entropy_with_logits)."""
     logits, gt = _inputs(rows, cols, device, dtype)
 
@@ -87,20 +209,6 @@ def build_sigmoid_bce_naive(rows, cols, device, dtype):
         )
 
     return _step(logits, loss)
-
-
-def build_eqlv2(rows, cols, device, dtype):
-    logits, gt = _inputs(rows, cols, device, dtype)
-    m = EQLv2Loss(cols - 1).to(device).train()
-    m.pos_neg.uniform_(0.0, 2.0)  # non-trivial weights
-    return _step(logits, lambda: m(logits, gt))
-
-
-def build_ecm(rows, cols, device, dtype):
-    logits, gt = _inputs(rows, cols, device, dtype)
-    counts = torch.randint(1, 50000, (cols - 1,), generator=torch.Generator().manual_seed(1))
-    m = ECMLoss(counts).to(device).train()
-    return _step(logits, lambda: m(logits, gt))
 
 
 def build_eqlv2_naive(rows, cols, device, dtype):
@@ -129,79 +237,22 @@ def build_eqlv2_naive(rows, cols, device, dtype):
     return _step(logits, loss)
 
 
-def build_bofl_bce(rows, cols, device, dtype):
-    """BOFL extension on the sigmoid ROI classifier: per-class weights (schedule mid-way, kappa 0.05)."""
-    logits, gt = _inputs(rows, cols, device, dtype)
-    alpha = bofl_dataset_weights(class_counts(cols - 1))
-    w = bofl_class_weights(alpha, lam=0.5, kappa=0.05).reshape(-1).to(device=device, dtype=dtype)
-    return _step(logits, lambda: sigmoid_bce_loss(logits, gt, class_weights=w))
+def roi_benchmarks():
+    """ROI row name -> builder: ``ce``, every ``ROI_LOSS_REGISTRY`` name, :data:`ROI_VARIANTS`, the
+    naive references. ``cols`` counts the background column."""
+    table = {ROI_REFERENCE: build_ce}
+    for name in ROI_LOSS_REGISTRY.names():
+        table[name] = functools.partial(build_roi_row, name, ())
+    for row, (name, opts) in ROI_VARIANTS.items():
+        if name in ROI_LOSS_REGISTRY.names():
+            table[row] = functools.partial(build_roi_row, name, opts)
+    table["sigmoid_naive"] = build_sigmoid_naive
+    table["eqlv2_naive"] = build_eqlv2_naive
+    return table
 
 
-def build_bags(rows, cols, device, dtype):
-    """BAGS with the group layout of the class counts (LVIS v1: 1203 classes -> 4 groups, 1209 logits)."""
-    m = BAGSLoss(class_counts(cols - 1)).to(device).train()
-    logits, gt = _inputs(rows, m.num_logits, device, dtype)
-    gt = _inputs(rows, cols, device, dtype)[
-        1
-    ]  # labels in [0, C], C = background, as the other rows
-    gen = torch.Generator(device=device).manual_seed(0)
-    return _step(logits, lambda: m(logits, gt, generator=gen))
-
-
-def build_c2am(rows, cols, device, dtype):
-    """C2AM on raw cosines in [-1, 1] with classifier weight norms varied over classes."""
-    g = torch.Generator().manual_seed(0)
-    cos = (
-        (torch.rand(rows, cols, generator=g) * 2 - 1)
-        .to(device=device, dtype=dtype)
-        .requires_grad_(True)
-    )
-    gt = _inputs(rows, cols, device, dtype)[1]
-    norms = (0.5 + 1.5 * torch.rand(cols, generator=g)).to(device=device, dtype=dtype)
-    m = C2AMLoss()
-    return _step(cos, lambda: m(cos, norms, gt))
-
-
-def build_seesaw(rows, cols, device, dtype):
-    """Seesaw (training mode: counts updated, then the loss) on C + 2 logits, counts seeded with the class
-    counts so that the mitigation factors are not all 1."""
-    m = SeesawLoss(cols - 1).to(device).train()
-    m.cum_samples.copy_(class_counts(cols - 1).to(m.cum_samples))
-    logits, gt = _inputs(rows, cols + 1, device, dtype)
-    gt = _inputs(rows, cols, device, dtype)[
-        1
-    ]  # labels in [0, C], C = background, as the other rows
-    return _step(logits, lambda: m(logits, gt))
-
-
-# name -> builder(rows, cols, device, dtype) -> step(); "ce" is the reference row.
-BENCHMARKS = {
-    "ce": build_ce,
-    "sigmoid_bce": build_sigmoid_bce,
-    "sigmoid_bce (detectron2 naive)": build_sigmoid_bce_naive,
-    "sigmoid_bce + bofl weights": build_bofl_bce,
-    "eqlv2": build_eqlv2,
-    "eqlv2 (naive reference)": build_eqlv2_naive,
-    "ecm": build_ecm,
-    "bags": build_bags,
-    "c2am": build_c2am,
-    "seesaw": build_seesaw,
-}
-ROI_REFERENCE = "ce"
-# goal: max ratio to the reference (None: no goal, e.g. naive reference implementations)
-ROI_GOALS = {
-    "sigmoid_bce": 1.5,
-    "sigmoid_bce + bofl weights": 1.5,
-    "eqlv2": 1.5,
-    "ecm": 1.5,
-    "bags": 2.0,
-    "c2am": 3.0,
-    "seesaw": 1.5,
-}
-
-
-# ------------------------------------------------------------------------------------------- dense rows
-def _dense_inputs(rows, cols, device, dtype, seed=0, images=8):
+# ------------------------------------------------------------------------------------- dense rows
+def _dense_inputs(rows, cols, device, dtype, seed=0, images=IMAGES):
     """(M, C) logits, one-hot targets, labels in [0, C] (C = background) and image index; ~1% positives."""
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(rows, cols, generator=g) * 2.0 - 4.0).to(device=device, dtype=dtype)
@@ -219,44 +270,25 @@ def build_dense_focal(rows, cols, device, dtype):
     return _step(logits, lambda: sigmoid_focal_loss(logits, targets, reduction="sum"))
 
 
-def build_dense_bofl(rows, cols, device, dtype, images=8):
-    """BOFL focal with per-image weights (CenterNet style: eta 0.8 per image, kappa 0.05, lambda 0.5)."""
-    logits, targets, gt, image_index = _dense_inputs(rows, cols, device, dtype, images=images)
-    alpha = bofl_dataset_weights(class_counts(cols)).to(device)
-    counts = torch.stack(
-        [torch.bincount(gt[image_index == k], minlength=cols + 1)[:cols] for k in range(images)]
-    )
-    w = bofl_class_weights(alpha, lam=0.5, kappa=0.05, eta=0.8, batch_counts=counts).to(dtype)
-    return _step(logits, lambda: bofl_focal_loss(logits, targets, w, image_index))
+def build_dense_row(name, rows, cols, device, dtype):
+    """The registry dense loss ``name`` for C = cols channels (focal alpha 0.25, gamma 2) on (rows, C)
+    logits of IMAGES images; the positive locations stand for the GT objects of their image. Its
+    state (EQL v2's, EFL's statistics) is that after one training step on the batch."""
+    loss = build_dense_loss(bench_cfg("MODEL.LT.DENSE_LOSS", name), cols, class_stats(cols))
+    loss = loss.to(device).train()
+    logits, _, gt, image_index = _dense_inputs(rows, cols, device, dtype)
+    gts = [gt[(image_index == k) & (gt < cols)] for k in range(IMAGES)]
+    batch = DenseBatch(image_index=image_index, gt_classes_per_image=gts, iteration=ITERATION)
+    step = _step(logits, lambda: loss(logits, gt, batch))
+    step.loss = loss
+    step()
+    return step
 
 
-def build_dense_eqlv2(rows, cols, device, dtype):
-    logits, _, gt, _ = _dense_inputs(rows, cols, device, dtype)
-    m = EQLv2FocalLoss(cols).to(device).train()
-    m.pos_neg.uniform_(0.0, 2.0)
-    return _step(logits, lambda: m(logits, gt))
-
-
-def build_dense_ecm(rows, cols, device, dtype):
-    logits, targets, _, _ = _dense_inputs(rows, cols, device, dtype)
-    m = ECMFocalLoss(class_counts(cols)).to(device)
-    return _step(logits, lambda: m(logits, targets))
-
-
-def build_dense_efl(rows, cols, device, dtype):
-    """EFL (training mode: the backward pass also updates the all-reduced statistics), g_j in [0, 1]."""
-    logits, _, gt, _ = _dense_inputs(rows, cols, device, dtype)
-    m = EqualizedFocalLoss(cols).to(device).train()
-    m.stats.pos_neg.uniform_(0.0, 1.0, generator=torch.Generator(device=device).manual_seed(1))
-    return _step(logits, lambda: m(logits, gt))
-
-
-DENSE_BENCHMARKS = {
-    "sigmoid_focal": build_dense_focal,
-    "bofl_focal": build_dense_bofl,
-    "eqlv2_focal": build_dense_eqlv2,
-    "ecm_focal": build_dense_ecm,
-    "efl": build_dense_efl,
-}
-DENSE_REFERENCE = "sigmoid_focal"
-DENSE_GOALS = {"bofl_focal": 1.5, "eqlv2_focal": 1.5, "ecm_focal": 1.5, "efl": 1.3}
+def dense_benchmarks():
+    """Dense row name -> builder: ``sigmoid_focal``, then every ``DENSE_LOSS_REGISTRY`` name;
+    ``cols`` = C channels (no background)."""
+    table = {DENSE_REFERENCE: build_dense_focal}
+    for name in DENSE_LOSS_REGISTRY.names():
+        table[name] = functools.partial(build_dense_row, name)
+    return table

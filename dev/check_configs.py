@@ -79,14 +79,18 @@ def _match(rel, pat):
 
 
 def list_configs(
-    patterns: Optional[List[str]] = None, exclude: Optional[List[str]] = None
+    patterns: Optional[List[str]] = None,
+    exclude: Optional[List[str]] = None,
+    root: str = ROOT,
 ) -> List[str]:
-    """Shipped configs (relative paths), ``Base-*`` fragments excluded; ``patterns`` select and
-    ``exclude`` drop (fnmatch on the path, the path under configs/, or the file name)."""
+    """Configs under ``root``/configs/{lvis_v1,coco_lt,dense} (paths relative to ``root``, the
+    repository by default: the shipped configs), ``Base-*`` fragments excluded; ``patterns`` select
+    and ``exclude`` drop (fnmatch on the path, the path under configs/, or the file name). Every
+    yaml there is found: a new method's configs need no list."""
     out = []
     for d in CONFIG_DIRS:
-        for p in sorted(glob.glob(os.path.join(ROOT, "configs", d, "*.yaml"))):
-            rel = os.path.relpath(p, ROOT)
+        for p in sorted(glob.glob(os.path.join(root, "configs", d, "*.yaml"))):
+            rel = os.path.relpath(p, root)
             if os.path.basename(p).startswith("Base-"):
                 continue
             if patterns and not any(_match(rel, pat) for pat in patterns):

@@ -169,7 +169,7 @@ def _add_lt_keys(cfg):
     _C.MODEL.LT.ROI_LOSS = "softmax"
     # Classifier layer: linear | cosine (ECM recipe: cosine, temperature 20, with bias)
     _C.MODEL.LT.CLASSIFIER = "linear"
-    _C.MODEL.LT.COSINE_SCALE = 20.0  # temperature of the cosine classifier (NormedLinear)
+    _C.MODEL.LT.COSINE_SCALE = 20.0  # temperature of the cosine classifier (CosineClassifier)
     # Prior probability for the classifier bias, b = -log((1-p)/p); 0 keeps Detectron2's init.
     # EQL v2 uses 0.001 (bias about -6.9); "auto" per-method defaults are applied when < 0.
     _C.MODEL.LT.PRIOR_PROB = -1.0

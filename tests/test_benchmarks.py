@@ -21,12 +21,56 @@ def test_benchmark_losses_tiny(capsys):
     out = bl.main(["--rows", "64", "--cols", "11", "--repeats", "1", "--warmup", "0"])
     text = capsys.readouterr().out
     assert "machine:" in text and "torch" in text
-    for name in list(bl.BENCHMARKS) + list(bl.DENSE_BENCHMARKS):
+    roi, dense = bl.roi_benchmarks(), bl.dense_benchmarks()
+    for name in list(roi) + list(dense):
         assert "| %s |" % name in text, name
-    assert set(out[("custom", "roi")]) == set(bl.BENCHMARKS)
-    assert set(out[("custom", "dense")]) == set(bl.DENSE_BENCHMARKS)
+    assert set(out[("custom", "roi")]) == set(roi)
+    assert set(out[("custom", "dense")]) == set(dense)
     assert all(v > 0 and math.isfinite(v) for res in out.values() for v in res.values())
-    assert "| bags | 64 x " in text  # BAGS' own logit count (C + groups + 2)
+    from lt_detectron.losses import BAGSLayout
+
+    # BAGS' own logit count (C + groups + 2), from its layout of the counts of C = 10 classes
+    assert "| bags | 64 x %d |" % BAGSLayout(bl.class_counts(10)).num_logits in text
+
+
+def _registry_rows():
+    from lt_detectron.losses import DENSE_LOSS_REGISTRY, ROI_LOSS_REGISTRY
+
+    return [("roi", n) for n in ROI_LOSS_REGISTRY.names()] + [
+        ("dense", n) for n in DENSE_LOSS_REGISTRY.names()
+    ]
+
+
+@pytest.mark.parametrize("kind,name", _registry_rows(), ids=["%s-%s" % r for r in _registry_rows()])
+def test_benchmark_rows_come_from_the_loss_registries(kind, name, capsys):
+    """Every registered loss is a row of the loss benchmark, built through build_roi_loss /
+    build_dense_loss (an instance of the registered class, on logits as wide as it asks for), and
+    ``--only <name>`` runs it next to the reference at a tiny scale."""
+    import torch
+
+    from lt_detectron.losses import DENSE_LOSS_REGISTRY, ROI_LOSS_REGISTRY
+
+    bl = _load("benchmark_losses")
+    table = bl.roi_benchmarks() if kind == "roi" else bl.dense_benchmarks()
+    registry = ROI_LOSS_REGISTRY if kind == "roi" else DENSE_LOSS_REGISTRY
+    cols = 11 if kind == "roi" else 10  # ROI: C = 10 classes + background; dense: C channels
+    step = table[name](32, cols, "cpu", torch.float32)
+    assert type(step.loss) is registry.get(name)
+    width = step.loss.classifier_spec().num_logits if kind == "roi" else 10
+    assert step.shape == (32, width)
+    argv = ["--rows", "32", "--cols", "11", "--repeats", "1", "--warmup", "0", "--only", name]
+    out = bl.main(argv + (["--no-dense"] if kind == "roi" else []))
+    res = out[("custom", kind)]
+    assert set(res) == {name, bl.ROI_REFERENCE if kind == "roi" else bl.DENSE_REFERENCE}
+    assert res[name] > 0 and math.isfinite(res[name])
+    assert "| %s | 32 x %d |" % (name, width) in capsys.readouterr().out
+
+
+def test_benchmark_goals_name_rows():
+    """A goal belongs to a row the tables have (no stale goal of a renamed or removed row)."""
+    bl = _load("benchmark_losses")
+    assert set(bl.ROI_GOALS) <= set(bl.roi_benchmarks())
+    assert set(bl.DENSE_GOALS) <= set(bl.dense_benchmarks())
 
 
 def test_benchmark_losses_scales_and_counts():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lt_detectron.modeling.classifiers import CosineClassifier, NormedLinear, init_prior_bias
+from lt_detectron.modeling.classifiers import CosineClassifier, init_prior_bias
 
 
 def _manual_cos(x, w):
@@ -56,11 +56,6 @@ def test_zero_feature_is_finite():
     assert torch.all(out == 0)
     out.sum().backward()
     assert torch.isfinite(x.grad).all()
-
-
-def test_normed_linear_recipe():
-    nl = NormedLinear(8, 4)
-    assert float(nl.scale) == 20.0 and nl.bias is not None
 
 
 def test_init_prior_bias():

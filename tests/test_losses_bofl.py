@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from lt_detectron.losses import (
-    BOFLFocalLoss,
+    BOFLDenseLoss,
     BOFLSchedule,
+    DenseBatch,
     batch_class_counts,
     bofl_class_weights,
     bofl_dataset_weights,
@@ -96,13 +97,28 @@ def _dense_batch(seed=0, K=2, A=30, C=4):
 def test_lambda_zero_is_plain_focal_exactly():
     fvcore = pytest.importorskip("fvcore.nn")
     z, t = _dense_batch()
+    K, A, C = z.shape
+    z, t = z.reshape(K * A, C), t.reshape(K * A, C)  # (M, C) rows, as the dense heads give them
+    labels = torch.where(t.sum(1) > 0, t.argmax(1), C)
     base = fvcore.sigmoid_focal_loss(z, t, alpha=0.25, gamma=2.0, reduction="sum")
-    loss_mod = BOFLFocalLoss([5, 100, 3, 0], total_epochs=12, deferred_epochs=3, eta=0.8)
+    loss_mod = BOFLDenseLoss(
+        [5, 100, 3, 0],
+        total_epochs=12,
+        deferred_epochs=3,
+        eta=0.8,
+        batch_counts="image",
+        iters_per_epoch=100,
+    )
     gts = [torch.tensor([0, 1]), torch.tensor([3, 3, 3])]
-    for epoch in (0.0, 2.0, 3.0, 3.99):  # deferred phase
-        assert torch.equal(loss_mod(z, t, epoch, gts), base)
+
+    def batch(iteration):
+        image_index = torch.arange(K).repeat_interleave(A)
+        return DenseBatch(image_index=image_index, gt_classes_per_image=gts, iteration=iteration)
+
+    for it in (0, 200, 300, 399):  # deferred phase: epochs 0, 2, 3, 3.99
+        assert torch.equal(loss_mod(z, labels, batch(it)), base)
     assert torch.equal(sigmoid_focal_loss(z, t, reduction="sum"), base)
-    assert not torch.allclose(loss_mod(z, t, 8.0, gts), base)
+    assert not torch.allclose(loss_mod(z, labels, batch(800)), base)
 
 
 def test_weights_apply_per_channel_per_image():

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from lt_detectron.losses.c2am import C2AMLoss, c2am_loss, c2am_margins
+from lt_detectron.losses.c2am import c2am_loss, c2am_margins
 from lt_detectron.modeling.classifiers import CosineClassifier
 
 
@@ -69,7 +69,7 @@ def test_alpha_zero_is_cosine_softmax_ce():
     cos.requires_grad_()
     norms = torch.rand(K, generator=g, dtype=torch.float64) * 10 + 0.1
     gt = torch.randint(0, K, (R,), generator=g)
-    loss = C2AMLoss(scale=30.0, alpha=0.0)(cos, norms, gt)
+    loss = c2am_loss(cos, norms, gt, scale=30.0, alpha=0.0)
     ref = F.cross_entropy(30.0 * cos, gt)
     torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
     (g1,) = torch.autograd.grad(loss, cos)
@@ -92,12 +92,12 @@ def test_matches_naive_acos(R, bg_margin):
         loss = c2am_loss(cos, norms, gt, 30.0, 0.5, bg_margin, reduction=red)
         ref = naive_c2am(cos, norms, gt, 30.0, 0.5, bg_margin, reduction=red)
         torch.testing.assert_close(loss, ref)
-    loss = C2AMLoss(background_margin=bg_margin)(cos, norms, gt)
+    loss = c2am_loss(cos, norms, gt, background_margin=bg_margin)
     ref = naive_c2am(cos, norms, gt, background_margin=bg_margin)
     (g1,) = torch.autograd.grad(loss, cos)
     (g2,) = torch.autograd.grad(ref, cos)
     torch.testing.assert_close(g1, g2)
-    other = C2AMLoss(background_margin=not bg_margin)(cos, norms, gt)
+    other = c2am_loss(cos, norms, gt, background_margin=not bg_margin)
     assert not torch.allclose(loss, other)  # the switch changes something
 
 
@@ -107,7 +107,7 @@ def test_float32_matches_naive():
     cos = (torch.rand(R, K, generator=g) * 2 - 1).requires_grad_()
     norms = torch.rand(K, generator=g) * 5 + 0.2
     gt = torch.randint(0, K, (R,), generator=g)
-    loss = C2AMLoss()(cos, norms, gt)
+    loss = c2am_loss(cos, norms, gt)
     ref = naive_c2am(cos, norms, gt)
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
     (g1,) = torch.autograd.grad(loss, cos)
@@ -137,7 +137,7 @@ def test_norms_detached():
         )  # distinct norms -> margins
     x = torch.randn(20, 16)
     gt = torch.randint(0, 5, (20,))
-    loss_fn = C2AMLoss()
+    loss_fn = c2am_loss
     norms = clf.weight_norms()
     assert norms.requires_grad
     loss = loss_fn(clf(x), norms, gt)
@@ -152,7 +152,7 @@ def test_norms_detached():
 
 def test_empty_batch_zero_loss_connected():
     cos = torch.zeros(0, 4, requires_grad=True)
-    loss = C2AMLoss()(cos, torch.ones(4), torch.zeros(0, dtype=torch.long))
+    loss = c2am_loss(cos, torch.ones(4), torch.zeros(0, dtype=torch.long))
     assert loss.shape == () and loss.item() == 0.0 and loss.requires_grad
     loss.backward()
     assert cos.grad.shape == (0, 4)
@@ -182,7 +182,7 @@ def test_property_finite(seed, R, K, bg_frac, bg_margin, log_norm_spread, extrem
         norms[0] = 0.0  # a dead row
     gt = torch.randint(0, K, (R,), generator=g)
     gt[torch.rand(R, generator=g) < bg_frac] = K - 1
-    loss = C2AMLoss(background_margin=bg_margin)(cos, norms, gt)
+    loss = c2am_loss(cos, norms, gt, background_margin=bg_margin)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(cos.grad).all()
     if R > 0:
@@ -196,7 +196,7 @@ def test_multi_chunk_matches_naive():
     cos = (torch.rand(R, K, generator=g, dtype=torch.float64) * 2 - 1).requires_grad_()
     norms = torch.rand(K, generator=g, dtype=torch.float64) * 4 + 0.1
     gt = torch.randint(0, K, (R,), generator=g)
-    loss = C2AMLoss()(cos, norms, gt)
+    loss = c2am_loss(cos, norms, gt)
     ref = naive_c2am(cos, norms, gt)
     torch.testing.assert_close(loss, ref)
     torch.testing.assert_close(torch.autograd.grad(loss, cos)[0], torch.autograd.grad(ref, cos)[0])

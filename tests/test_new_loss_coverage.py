@@ -1,10 +1,14 @@
-"""A loss registered outside the test files is covered with no edit to them: the contract tests
-(tests/test_loss_contract.py), the ROI head tests (tests/test_box_predictor.py) and the dense model
-tests (tests/test_dense_models.py) take their methods from the loss registries at collection time.
+"""A new method is covered with no edit outside losses/, configs/ and its own files
+(docs/adding_a_method.md): the contract tests (tests/test_loss_contract.py), the ROI head tests
+(tests/test_box_predictor.py), the dense model tests (tests/test_dense_models.py) and the loss
+benchmark (tests/test_benchmarks.py: a row per registered loss, run at a tiny scale) take their
+methods from the loss registries at collection time, and the config sweep (dev/check_configs.py)
+finds its yaml files under configs/.
 
 A throwaway ROI loss and a throwaway dense loss are registered by a plugin loaded before collection
 (as a new module of lt_detectron/losses would be), and a pytest run selecting them by name must run
-and pass cases of every one of the three files."""
+and pass cases of every one of the four files. Throwaway leaf configs written into a temporary
+configs tree are listed by the sweep, each as its own (architecture, loss) family."""
 
 import os
 import re
@@ -14,7 +18,12 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FILES = ("test_loss_contract.py", "test_box_predictor.py", "test_dense_models.py")
+FILES = (
+    "test_loss_contract.py",
+    "test_box_predictor.py",
+    "test_dense_models.py",
+    "test_benchmarks.py",
+)
 
 PLUGIN = '''
 from lt_detectron.losses import (
@@ -37,7 +46,7 @@ class ThrowawayDenseLoss(FocalDenseLoss):
 
 
 @pytest.mark.slow
-def test_a_newly_registered_loss_is_picked_up_by_the_contract_and_head_tests(tmp_path):
+def test_a_newly_registered_loss_is_picked_up_by_the_contract_head_and_benchmark_tests(tmp_path):
     (tmp_path / "throwaway_loss_plugin.py").write_text(PLUGIN)
     env = dict(
         os.environ,
@@ -57,3 +66,27 @@ def test_a_newly_registered_loss_is_picked_up_by_the_contract_and_head_tests(tmp
             f,
             out[-3000:],
         )
+
+
+def test_a_new_methods_configs_are_picked_up_by_the_config_sweep(tmp_path):
+    from dev import check_configs as cc
+
+    leaves = {
+        "configs/lvis_v1/throwaway_mask_rcnn_R_50_FPN_1x.yaml": ("mask_rcnn", "throwaway"),
+        "configs/coco_lt/throwaway_faster_rcnn_R_50_FPN_1x.yaml": ("faster_rcnn", "throwaway"),
+        "configs/dense/throwaway_fcos_R_50_FPN_1x_lvis_v1.yaml": ("fcos", "throwaway"),
+    }
+    for rel in leaves:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(
+            '_BASE_: "Base-X.yaml"\nMODEL:\n  LT:\n    ROI_LOSS: throwaway\n'
+        )
+    (tmp_path / "configs/lvis_v1/Base-Throwaway.yaml").write_text("MODEL: {}\n")  # a base: no run
+
+    configs = cc.list_configs(root=str(tmp_path))
+    assert sorted(configs) == sorted(os.path.normpath(r) for r in leaves)
+    families = cc.pick_families(configs)
+    assert sorted(cc.family(c) for c in families) == sorted(leaves.values())
+    assert cc.list_configs(["*throwaway_fcos*"], root=str(tmp_path)) == [
+        os.path.normpath("configs/dense/throwaway_fcos_R_50_FPN_1x_lvis_v1.yaml")
+    ]

@@ -30,7 +30,6 @@ from .focal import FocalDenseLoss, penalty_reduced_focal_loss, sigmoid_focal_los
 from .softmax import SoftmaxROILoss  # noqa: F401
 from .sigmoid import (  # noqa: F401
     FusedWeightedBCEFunction,
-    SigmoidBCELoss,
     SigmoidROILoss,
     fused_weighted_bce,
     sigmoid_bce_loss,
@@ -39,7 +38,6 @@ from .eqlv2 import EQLv2FocalLoss, EQLv2Loss, eqlv2_map, objectness_scores  # no
 from .ecm import ECMDenseLoss, ECMFocalLoss, ECMLoss, ecm_margins_and_weights  # noqa: F401
 from .bofl import (  # noqa: F401
     BOFLDenseLoss,
-    BOFLFocalLoss,
     BOFLSchedule,
     BOFLWeighting,
     batch_class_counts,
@@ -49,7 +47,7 @@ from .bofl import (  # noqa: F401
 )
 
 from .bags import BAGSLayout, BAGSLoss, bags_scores, group_softmax  # noqa: F401,E402
-from .c2am import C2AMLoss, C2AMROILoss, c2am_loss, c2am_margins  # noqa: F401,E402
+from .c2am import C2AMROILoss, c2am_loss, c2am_margins  # noqa: F401,E402
 from .federated import fed_loss_class_weights, fed_loss_classes, fed_loss_mask  # noqa: F401,E402
 from .seesaw import SeesawLoss, seesaw_cross_entropy, seesaw_logit_offsets  # noqa: F401,E402
 from .efl import EqualizedFocalLoss, efl_factors  # noqa: F401,E402

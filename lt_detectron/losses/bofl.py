@@ -45,7 +45,6 @@ from .base import (
 )
 from .build import roi_loss_name
 from .bofl_functional import (
-    BOFLFocalLoss,
     BOFLSchedule,
     batch_class_counts,
     bofl_class_weights,
@@ -60,7 +59,6 @@ __all__ = [
     "bofl_class_weights",
     "batch_class_counts",
     "bofl_focal_loss",
-    "BOFLFocalLoss",
     "BOFLWeighting",
     "BOFLDenseLoss",
     "BOFL_OPTION",

@@ -1,13 +1,12 @@
 """BOFL's functional forms (:mod:`lt_detectron.losses.bofl` describes the method): the dataset
-weights, the linear schedule, the class weights, the per-image GT counts, the weighted focal loss and
-the stateless :class:`BOFLFocalLoss` that bundles them.
+weights, the linear schedule, the class weights, the per-image GT counts and the weighted focal loss
+(the registered loss, :class:`~lt_detectron.losses.bofl.BOFLDenseLoss`, bundles them).
 """
 
 import math
 from typing import Optional, Sequence
 
 import torch
-import torch.nn as nn
 
 from .focal import sigmoid_focal_loss
 
@@ -17,7 +16,6 @@ __all__ = [
     "bofl_class_weights",
     "batch_class_counts",
     "bofl_focal_loss",
-    "BOFLFocalLoss",
 ]
 
 
@@ -144,48 +142,3 @@ def bofl_focal_loss(
                 raise ValueError("image_index is required for (M, C) logits with per-image weights")
             w = w[image_index.to(logits.device).long()]
     return sigmoid_focal_loss(logits, targets, alpha, gamma, reduction=reduction, weight=w)
-
-
-class BOFLFocalLoss(nn.Module):
-    """Stateless BOFL dense-head loss bundling counts, schedule and weighting.
-
-    ``forward(logits, targets, epoch, gt_classes_list=None, image_index=None) -> scalar`` (reduction sum).
-    ``gt_classes_list`` (per-image GT labels) is needed when ``eta`` is set; with ``per_image=True`` the
-    weights are per image (give (K, A, C) inputs or ``image_index``), else per local batch.
-    """
-
-    def __init__(
-        self,
-        instance_counts,
-        total_epochs,
-        deferred_epochs=0,
-        kappa=1.0,
-        eta=None,
-        per_image=True,
-        per_iteration=False,
-        alpha=0.25,
-        gamma=2.0,
-    ):
-        super().__init__()
-        self.register_buffer(
-            "dataset_weights", bofl_dataset_weights(instance_counts), persistent=False
-        )
-        self.num_classes = int(self.dataset_weights.numel())
-        self.schedule = BOFLSchedule(total_epochs, deferred_epochs, per_iteration)
-        self.kappa, self.eta, self.per_image = float(kappa), eta, bool(per_image)
-        self.alpha, self.gamma = float(alpha), float(gamma)
-
-    def class_weights(self, epoch, gt_classes_list=None):
-        lam = self.schedule(epoch)
-        counts = None
-        if self.eta is not None:
-            if gt_classes_list is None:
-                raise ValueError("gt_classes_list is required when eta is set")
-            counts = batch_class_counts(gt_classes_list, self.num_classes, self.per_image)
-        return bofl_class_weights(self.dataset_weights, lam, self.kappa, self.eta, counts)
-
-    def forward(self, logits, targets, epoch, gt_classes_list=None, image_index=None):
-        w = self.class_weights(epoch, gt_classes_list)
-        return bofl_focal_loss(
-            logits, targets, w, image_index, self.alpha, self.gamma, reduction="sum"
-        )

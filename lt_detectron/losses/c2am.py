@@ -9,7 +9,7 @@ Contract:
   ``gt_classes`` ``(R,)`` in ``[0, C]``. The inputs are the raw cosines ``(R, K)`` of a bias-free
   cosine classifier (:class:`lt_detectron.modeling.classifiers.CosineClassifier` with ``scale=None``)
   and its weight norms (detached).
-- :func:`c2am_loss` / :class:`C2AMLoss`: a scalar, the cross-entropy averaged over the ROIs
+- :func:`c2am_loss`: a scalar, the cross-entropy averaged over the ROIs
   (``reduction='mean'``). A custom autograd Function processes ROIs in row chunks with reused scratch
   buffers and stores one ``(R, K)`` gradient buffer; its gradient equals that of
   ``cos(min(acos(clamp(c)) + m, pi))`` exactly.
@@ -24,12 +24,11 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ROI_LOSS_REGISTRY, ClassifierSpec, ROIBatch, ROILoss
 
-__all__ = ["C2AMLoss", "C2AMROILoss", "c2am_margins", "c2am_loss"]
+__all__ = ["C2AMROILoss", "c2am_margins", "c2am_loss"]
 
 
 def _log_norms(weight_norms: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -209,56 +208,6 @@ def c2am_loss(
     if reduction == "sum":
         return per_roi.sum()
     return per_roi
-
-
-class C2AMLoss(nn.Module):
-    """C2AM loss module; see :func:`c2am_loss` and docs/methods.md#c2am.
-
-    ``forward(cos_logits (R, C+1), weight_norms (C+1,), gt_classes (R,)) -> scalar`` (for 'mean'/'sum').
-    """
-
-    def __init__(
-        self,
-        scale: float = 30.0,
-        alpha: float = 0.5,
-        background_margin: bool = True,
-        eps: float = 1e-6,
-        reduction: str = "mean",
-    ):
-        super().__init__()
-        if not 0.0 < eps < 0.5:
-            raise ValueError("eps must be in (0, 0.5)")
-        self.scale = float(scale)
-        self.alpha = float(alpha)
-        self.background_margin = bool(background_margin)
-        self.eps = float(eps)
-        self.reduction = reduction
-
-    def margins(
-        self, weight_norms: torch.Tensor, gt_classes: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """(K, K) or (R, K) margins used by the loss (detached)."""
-        return c2am_margins(weight_norms, self.alpha, gt_classes, self.background_margin)
-
-    def forward(
-        self, cos_logits: torch.Tensor, weight_norms: torch.Tensor, gt_classes: torch.Tensor
-    ) -> torch.Tensor:
-        return c2am_loss(
-            cos_logits,
-            weight_norms,
-            gt_classes,
-            self.scale,
-            self.alpha,
-            self.background_margin,
-            self.eps,
-            self.reduction,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"scale={self.scale}, alpha={self.alpha}, background_margin={self.background_margin}, "
-            f"eps={self.eps}, reduction={self.reduction}"
-        )
 
 
 @ROI_LOSS_REGISTRY.register("c2am")

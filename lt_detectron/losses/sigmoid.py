@@ -33,7 +33,6 @@ as options; ``predict_probs`` is sigmoid(z_fg) with a zero background column.
 from typing import Optional, Sequence, Tuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import ROI_LOSS_REGISTRY, ROIBatch, ROILoss, class_counts
@@ -44,7 +43,6 @@ __all__ = [
     "fused_weighted_bce",
     "FusedWeightedBCEFunction",
     "sigmoid_bce_loss",
-    "SigmoidBCELoss",
     "SigmoidROILoss",
 ]
 
@@ -232,19 +230,6 @@ def sigmoid_bce_loss(
             w = torch.cat([cw, cw.new_zeros(R, 1)], dim=1)
     loss, _, _ = fused_weighted_bce(logits, gt_classes, w)
     return loss
-
-
-class SigmoidBCELoss(nn.Module):
-    """Module wrapper of :func:`sigmoid_bce_loss` (stateless). forward(logits (R, C+1), gt (R,), class_weights=None)."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.num_classes = num_classes
-
-    def forward(self, logits, gt_classes, class_weights=None):
-        if logits.shape[1] != self.num_classes + 1:
-            raise ValueError(f"expected {self.num_classes + 1} logits, got {logits.shape[1]}")
-        return sigmoid_bce_loss(logits, gt_classes, class_weights)
 
 
 @ROI_LOSS_REGISTRY.register("sigmoid")

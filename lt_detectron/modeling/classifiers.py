@@ -5,7 +5,7 @@
     inference uses ``softmax(s * cos)``); combine with ``bias=False``.
   - ``scale=float``: fixed temperature (buffer); ``learn_scale=True`` makes it a parameter.
   - ``bias=True``: a bias is added AFTER scaling (mmdet ``NormedLinear`` as used by ECM: temperature 20
-    with bias).  :func:`NormedLinear` builds that recipe.
+    with bias, i.e. ``scale=20.0, bias=True``).
   - ``weight_norms()`` returns the (out_features,) row norms ``||W_j||`` (C2AM margins; the loss
     detaches them).
 * :func:`init_prior_bias` sets ``bias = -log((1 - p) / p)`` (e.g. EQLv2 / sigmoid heads, p = 0.001).
@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CosineClassifier", "NormedLinear", "init_prior_bias", "build_classifier"]
+__all__ = ["CosineClassifier", "init_prior_bias", "build_classifier"]
 
 
 class CosineClassifier(nn.Module):
@@ -97,17 +97,6 @@ class CosineClassifier(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, scale={s}, "
             f"learn_scale={isinstance(self.scale, nn.Parameter)}, bias={self.bias is not None}"
         )
-
-
-def NormedLinear(
-    in_features: int,
-    out_features: int,
-    temperature: float = 20.0,
-    bias: bool = True,
-    eps: float = 1e-6,
-) -> CosineClassifier:
-    """ECM / mmdet ``NormedLinear`` recipe: ``20 * cos + b`` (fixed temperature, with bias)."""
-    return CosineClassifier(in_features, out_features, scale=temperature, bias=bias, eps=eps)
 
 
 def init_prior_bias(module: nn.Module, prior_prob: float) -> nn.Module:
