@@ -25,7 +25,8 @@ from .checkpoint import LTCheckpointer
 from .launch import launch_on_device
 from .logger import setup_lt_logger
 from .run_guard import OutputDirBusy, ResumeConfigMismatch, guard_output_dir
-from .trainer import LTTrainer, prepare_training_data
+from .trainer import LTTrainer
+from .training_data import prepare_training_data
 
 __all__ = [
     "argument_parser",

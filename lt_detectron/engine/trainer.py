@@ -51,14 +51,11 @@ from .checkpoint import (
 from .logger import setup_lt_logger
 from .run_record import record_class_stats
 from .solver import build_lt_optimizer
-from .training_data import check_config_against_data, prepare_training_data
+from .training_data import prepare_training_data
 
 __all__ = [
     "LTTrainer",
-    "check_config_against_data",
     "freeze_all_but_classifier",
-    "prepare_training_data",
-    "record_class_stats",
     "record_config",
 ]
 
