@@ -81,6 +81,16 @@ def unique_name(prefix="t"):
     return "%s_%s" % (prefix, uuid.uuid4().hex[:8])
 
 
+def datasets_cfg(train, test=()):
+    """A config (``lt_cfg``) with ``DATASETS.TRAIN`` / ``DATASETS.TEST`` set."""
+    from lt_detectron.utils.testing import lt_cfg
+
+    cfg = lt_cfg()
+    cfg.DATASETS.TRAIN = tuple(train)
+    cfg.DATASETS.TEST = tuple(test)
+    return cfg
+
+
 def unregister(*names):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 

@@ -75,3 +75,9 @@ def small_val(tmp_path_factory):
     register_lt_dataset(name, json_file, image_root, evaluator_type="lvis")
     yield name, json_file
     unregister(name)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """lt_detectron's cache (class statistics, ...) in the test's own folder."""
+    monkeypatch.setenv("LT_DETECTRON_CACHE", str(tmp_path / "cache"))

@@ -8,7 +8,6 @@ references below are detectron2's loaders themselves.
 
 import os
 import re
-import uuid
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -23,25 +22,11 @@ from PIL import Image
 import lt_detectron  # noqa: F401
 from lt_detectron.data import DatasetFormatError, prepare_datasets, register_lt_dataset
 from lt_detectron.engine import prepare_training_data
-from lt_detectron.utils.testing import lt_cfg
-from tests._data import unregister
+from tests._data import datasets_cfg, unregister, unique_name
 from tests._real_formats import coco_json, lvis_v0_5_json, lvis_v1_json
 
 
-def _name(prefix):
-    return "%s_%s" % (prefix, uuid.uuid4().hex[:8])
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LT_DETECTRON_CACHE", str(tmp_path / "cache"))
-
-
-def _cfg(train, test=()):
-    cfg = lt_cfg()
-    cfg.DATASETS.TRAIN = tuple(train)
-    cfg.DATASETS.TEST = tuple(test)
-    return cfg
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _startup(cfg):
@@ -65,7 +50,7 @@ def test_coco_2014_file_names_are_kept(tmp_path):
     json_file, images = str(tmp_path / "instances_val2014.json"), str(tmp_path / "val2014")
     data = coco_json(json_file, [[1, 18], [3], [44, 1]], year=2014)
     _write_images([os.path.join(images, im["file_name"]) for im in data["images"]])
-    name = _name("coco2014")
+    name = unique_name("coco2014")
     register_lt_dataset(name, json_file, images)
     try:
         got = [d["file_name"] for d in DatasetCatalog.get(name)]
@@ -73,7 +58,7 @@ def test_coco_2014_file_names_are_kept(tmp_path):
         assert sorted(got) == sorted(ref)
         assert all(os.path.basename(f).startswith("COCO_val2014_") for f in got)
         assert all(os.path.isfile(f) for f in got)
-        _startup(_cfg([name], [name]))  # the startup checks find every image
+        _startup(datasets_cfg([name], [name]))  # the startup checks find every image
     finally:
         unregister(name)
 
@@ -91,7 +76,7 @@ def test_lvis_image_root_is_the_folder_detectron2_takes(tmp_path, version):
         data = lvis_v1_json(json_file, [[1, 5], [2], [1203, 1]])
     urls = [im["coco_url"].split("/")[-2:] for im in data["images"]]
     _write_images([os.path.join(coco, *u) for u in urls])
-    name = _name("lvis")
+    name = unique_name("lvis")
     register_lt_dataset(name, json_file, coco)
     try:
         got = sorted(d["file_name"] for d in DatasetCatalog.get(name))
@@ -101,7 +86,7 @@ def test_lvis_image_root_is_the_folder_detectron2_takes(tmp_path, version):
             by_id = {im["id"]: im["file_name"][-16:] for im in data["images"]}
             assert sorted(os.path.basename(f) for f in got) == sorted(by_id.values())
         assert all(os.path.isfile(f) for f in got)
-        _startup(_cfg([name], [name]))
+        _startup(datasets_cfg([name], [name]))
     finally:
         unregister(name)
 
@@ -135,12 +120,12 @@ def _register(how, name, tmp_path):
 def test_missing_images_named_at_startup(tmp_path, how, role):
     """Item 11: a missing image is a startup error (before any model) with the count, the first
     missing files (absolute) and the image_root given, for every way of registering."""
-    name = _name("lvis_v1_small" if how == "register_lvis_instances" else "mine")
+    name = unique_name("lvis_v1_small" if how == "register_lvis_instances" else "mine")
     paths, root = _register(how, name, tmp_path)
     missing = [paths[1], paths[3]]
     _write_images([p for p in paths if p not in missing])
     try:
-        cfg = _cfg([name]) if role == "train" else _cfg([], [name])
+        cfg = datasets_cfg([name]) if role == "train" else datasets_cfg([], [name])
         with pytest.raises(FileNotFoundError) as e:
             _startup(cfg)
         msg = str(e.value)
@@ -163,18 +148,18 @@ def test_test_set_without_json_file_is_a_startup_error(tmp_path):
     json_file, images = str(tmp_path / "train.json"), str(tmp_path / "images")
     data = coco_json(json_file, [[1], [3]])
     _write_images([os.path.join(images, im["file_name"]) for im in data["images"]])
-    train, custom = _name("tr"), _name("custom")
+    train, custom = unique_name("tr"), unique_name("custom")
     register_lt_dataset(train, json_file, images)
     dicts = load_coco_json(json_file, images)
     DatasetCatalog.register(custom, lambda: dicts)
     MetadataCatalog.get(custom).set(thing_classes=list(MetadataCatalog.get(train).thing_classes))
     try:
         with pytest.raises(DatasetFormatError) as e:
-            prepare_datasets(_cfg([train], [custom]))
+            prepare_datasets(datasets_cfg([train], [custom]))
         msg = str(e.value)
         for fix in (custom, "json_file", "register_lt_dataset", "DATASETS.TEST"):
             assert fix in msg, msg
-        prepare_datasets(_cfg([train, custom]))  # training on it needs no json
-        prepare_datasets(_cfg([train], [train]))
+        prepare_datasets(datasets_cfg([train, custom]))  # training on it needs no json
+        prepare_datasets(datasets_cfg([train], [train]))
     finally:
         unregister(train, custom)

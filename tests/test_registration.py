@@ -6,7 +6,6 @@ Jsons in the exact LVIS v1 (1203 real categories) and COCO (80 real, non-contigu
 import json
 import logging
 import os
-import uuid
 
 import numpy as np
 import pytest
@@ -24,18 +23,11 @@ from lt_detectron.data import (
     train_dataset_dicts,
 )
 from lt_detectron.data.lvis_stats import load_shipped_stats
-from lt_detectron.utils.testing import lt_cfg
-from tests._data import touch_images, unregister
+from tests._data import datasets_cfg, touch_images, unregister, unique_name
 from tests._real_formats import coco_categories, coco_json, lvis_v1_json
 
 
-def _name(prefix):
-    return "%s_%s" % (prefix, uuid.uuid4().hex[:8])
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LT_DETECTRON_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _counts(per_image, ids):
@@ -46,9 +38,7 @@ def _counts(per_image, ids):
 
 
 def _cfg(train, test=(), sampler="TrainingSampler"):
-    cfg = lt_cfg()
-    cfg.DATASETS.TRAIN = tuple(train)
-    cfg.DATASETS.TEST = tuple(test)
+    cfg = datasets_cfg(train, test)
     cfg.DATALOADER.SAMPLER_TRAIN = sampler
     cfg.DATALOADER.REPEAT_THRESHOLD = 0.5
     cfg.SOLVER.IMS_PER_BATCH = 4
@@ -69,7 +59,9 @@ def test_register_lvis_instances_subset_gets_its_own_counts(tmp_path, caplog):
     and a subset keeping the full file's category counts gets the counts of ITS annotations."""
     json_file = str(tmp_path / "lvis_v1_val_subset.json")
     lvis_v1_json(json_file, PER_IMAGE_LVIS)
-    name = _name("lvis_v1_sub")  # detectron2's loader picks its class list by 'v1' in the name
+    name = unique_name(
+        "lvis_v1_sub"
+    )  # detectron2's loader picks its class list by 'v1' in the name
     register_lvis_instances(name, {}, json_file, str(tmp_path) + "/")
     try:
         with caplog.at_level(logging.WARNING):
@@ -100,7 +92,7 @@ def test_register_coco_instances_real_ids(tmp_path):
     json_file = str(tmp_path / "instances.json")
     per_image = [[1, 90, 90], [44, 1], [13]]
     coco_json(json_file, per_image)
-    name = _name("mycoco")
+    name = unique_name("mycoco")
     register_coco_instances(name, {}, json_file, str(tmp_path))
     try:
         s = build_class_stats(name)
@@ -124,7 +116,7 @@ def test_register_lt_dataset_knows_classes_at_registration(tmp_path, monkeypatch
     calls = []
     real_get = DatasetCatalog.get
     monkeypatch.setattr(DatasetCatalog, "get", lambda n: calls.append(n) or real_get(n))
-    name = _name("mine")
+    name = unique_name("mine")
     register_lt_dataset(name, json_file, str(tmp_path))
     try:
         meta = MetadataCatalog.get(name)
@@ -148,7 +140,7 @@ def test_lvis_detected_whatever_the_key_order(tmp_path):
     with open(json_file) as f:
         text = f.read()
     assert text.index('"frequency"') > (1 << 20) and text.index('"neg_category_ids"') > (1 << 20)
-    name = _name("late")
+    name = unique_name("late")
     register_lt_dataset(name, json_file, str(tmp_path))
     try:
         assert MetadataCatalog.get(name).evaluator_type == "lvis"
@@ -186,7 +178,7 @@ def test_given_thing_classes_must_agree(tmp_path):
     ):
         register_lt_dataset("x1", json_file, str(tmp_path), thing_classes=bad)
     assert "x1" not in DatasetCatalog.list()  # a failed registration leaves nothing behind
-    name = _name("coco_d2")
+    name = unique_name("coco_d2")
     register_coco_instances(name, {"thing_classes": bad}, json_file, str(tmp_path))
     try:
         with pytest.raises(
@@ -200,7 +192,7 @@ def test_given_thing_classes_must_agree(tmp_path):
 def test_register_lvis_instances_without_builtin_name_is_a_clear_error(tmp_path):
     json_file = str(tmp_path / "l.json")
     lvis_v1_json(json_file, [[1]])
-    name = _name("mylvis")
+    name = unique_name("mylvis")
     register_lvis_instances(name, {}, json_file, str(tmp_path) + "/")
     try:
         with pytest.raises(DatasetFormatError, match="register_lt_dataset"):
@@ -248,7 +240,7 @@ def test_train_json_parsed_once(tmp_path, monkeypatch):
     lvis_v1_json(lt_file, PER_IMAGE_LVIS)
     lvis_v1_json(lvis_file, PER_IMAGE_LVIS, seed=1)
     touch_images(lt_file, str(tmp_path))  # both: tmp_path/train2017/*.jpg
-    a, b = _name("a"), _name("lvis_v1_b")
+    a, b = unique_name("a"), unique_name("lvis_v1_b")
     register_lt_dataset(a, lt_file, str(tmp_path))
     register_lvis_instances(b, {}, lvis_file, str(tmp_path) + "/")
     loads, gets = [], []
@@ -346,7 +338,7 @@ def test_every_tool_takes_the_register_flags(tool, tmp_path):
     for i in range(2):
         jsons.append(str(tmp_path / ("d%d.json" % i)))
         write_coco_json(jsons[-1], [3, 1 + i])
-    names = [_name("flag_%s" % tool) for _ in range(3)]
+    names = [unique_name("flag_%s" % tool) for _ in range(3)]
     args = parse(
         required
         + ["--register-dataset", names[0], jsons[0], str(tmp_path)]

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -26,8 +25,7 @@ from lt_detectron.data import (
     register_lt_dataset,
 )
 from lt_detectron.data import embedded
-from lt_detectron.utils.testing import lt_cfg
-from tests._data import touch_images, unregister
+from tests._data import datasets_cfg, touch_images, unregister, unique_name
 from tests._real_formats import coco_categories, coco_json
 
 
@@ -36,20 +34,7 @@ SMALL = dict(
 )
 
 
-def _name(prefix):
-    return "%s_%s" % (prefix, uuid.uuid4().hex[:8])
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LT_DETECTRON_CACHE", str(tmp_path / "cache"))
-
-
-def _cfg(train, test=()):
-    cfg = lt_cfg()
-    cfg.DATASETS.TRAIN = tuple(train)
-    cfg.DATASETS.TEST = tuple(test)
-    return cfg
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 # image 1..6, 64x64; one bad box each in images 2-5, valid edge cases in image 6
@@ -93,7 +78,7 @@ def _bad_json(path):
 def test_bad_boxes_error_names_file_image_and_annotation(tmp_path):
     p = str(tmp_path / "train.json")
     _, ids = _bad_json(p)
-    name = _name("err")
+    name = unique_name("err")
     register_lt_dataset(name, p, str(tmp_path), bad_boxes="error")
     try:
         with pytest.raises(BadBoxError) as e:
@@ -111,7 +96,7 @@ def test_bad_boxes_error_names_file_image_and_annotation(tmp_path):
 def test_bad_boxes_dropped_counted_and_not_in_the_statistics(tmp_path, caplog):
     p = str(tmp_path / "train.json")
     _bad_json(p)
-    name = _name("drop")
+    name = unique_name("drop")
     register_lt_dataset(name, p, str(tmp_path))  # default: drop
     try:
         with caplog.at_level(logging.WARNING, logger="lt_detectron.data.validation"):
@@ -134,7 +119,7 @@ def test_bad_boxes_dropped_counted_and_not_in_the_statistics(tmp_path, caplog):
 def test_bad_boxes_clip(tmp_path):
     p = str(tmp_path / "train.json")
     _bad_json(p)
-    name = _name("clip")
+    name = unique_name("clip")
     register_lt_dataset(name, p, str(tmp_path), bad_boxes="clip")
     try:
         dicts = DatasetCatalog.get(name)
@@ -146,7 +131,7 @@ def test_bad_boxes_clip(tmp_path):
     finally:
         unregister(name)
     with pytest.raises(ValueError, match="bad_boxes.*'drop', 'error', 'clip'.*'fix'"):
-        register_lt_dataset(_name("x"), p, str(tmp_path), bad_boxes="fix")
+        register_lt_dataset(unique_name("x"), p, str(tmp_path), bad_boxes="fix")
 
 
 def test_bad_boxes_of_a_detectron2_registered_dataset(tmp_path, caplog):
@@ -154,12 +139,12 @@ def test_bad_boxes_of_a_detectron2_registered_dataset(tmp_path, caplog):
     p = str(tmp_path / "train.json")
     _bad_json(p)
     touch_images(p, str(tmp_path))
-    a, b = _name("d2drop"), _name("d2err")
+    a, b = unique_name("d2drop"), unique_name("d2err")
     register_coco_instances(a, {}, p, str(tmp_path))
     register_coco_instances(b, {"bad_boxes": "error"}, p, str(tmp_path))
     try:
         with caplog.at_level(logging.WARNING, logger="lt_detectron.data.validation"):
-            dicts = load_train_dicts(_cfg([a]))
+            dicts = load_train_dicts(datasets_cfg([a]))
         assert sum(len(d["annotations"]) for d in dicts[a]) == 8
         assert "4 degenerate of 12 boxes" in caplog.text
         s = build_class_stats(a, dataset_dicts=dicts)
@@ -167,7 +152,7 @@ def test_bad_boxes_of_a_detectron2_registered_dataset(tmp_path, caplog):
         with pytest.raises(
             BadBoxError, match=r"image id 2 \(.*000000000002.jpg\), annotation #0 of the image"
         ):
-            load_train_dicts(_cfg([b]))
+            load_train_dicts(datasets_cfg([b]))
     finally:
         unregister(a, b)
 
@@ -178,7 +163,7 @@ def test_test_json_with_a_nan_box_is_named_at_startup(tmp_path):
     data = coco_json(test, [[1], [3]])
     data["annotations"][1]["bbox"][2] = float("nan")
     json.dump(data, open(test, "w"))
-    a, b = _name("tr"), _name("te")
+    a, b = unique_name("tr"), unique_name("te")
     register_lt_dataset(a, train, str(tmp_path))
     register_lt_dataset(b, test, str(tmp_path))
     try:
@@ -186,7 +171,7 @@ def test_test_json_with_a_nan_box_is_named_at_startup(tmp_path):
             BadBoxError,
             match=r"test annotation file %s .*image id 2, annotation id 2" % os.path.abspath(test),
         ):
-            check_dataset_files(_cfg([a], [b]))
+            check_dataset_files(datasets_cfg([a], [b]))
     finally:
         unregister(a, b)
 
@@ -195,13 +180,13 @@ def test_missing_files_listed_with_absolute_paths(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     os.makedirs("imgs")
     coco_json("train.json", [[1]])
-    a, b, c = _name("tr"), _name("te"), _name("d2")
+    a, b, c = unique_name("tr"), unique_name("te"), unique_name("d2")
     register_lt_dataset(a, "train.json", "imgs")
     register_lt_dataset(b, "missing_val.json", "imgs")
     register_coco_instances(c, {}, "gone.json", "no_images")
     try:
         with pytest.raises(FileNotFoundError) as e:
-            check_dataset_files(_cfg([a], [b, c]))
+            check_dataset_files(datasets_cfg([a], [b, c]))
         msg = str(e.value)
         assert (
             "test dataset %r: annotation file %s does not exist"
@@ -214,7 +199,7 @@ def test_missing_files_listed_with_absolute_paths(tmp_path, monkeypatch):
         )
         assert "image folder %s does not exist" % (tmp_path / "no_images") in msg
         assert "DETECTRON2_DATASETS" in msg
-        check_dataset_files(_cfg([a]))  # the train set alone is fine
+        check_dataset_files(datasets_cfg([a]))  # the train set alone is fine
     finally:
         unregister(a, b, c)
 
@@ -225,7 +210,7 @@ def test_builtin_missing_json_named_before_training(tmp_path, monkeypatch):
         FileNotFoundError,
         match=r"'lvis_v1_val': annotation file %s" % (tmp_path / "datasets/lvis/lvis_v1_val.json"),
     ):
-        check_dataset_files(_cfg(["lvis_v1_train"], ["lvis_v1_val"]))
+        check_dataset_files(datasets_cfg(["lvis_v1_train"], ["lvis_v1_val"]))
 
 
 @pytest.mark.parametrize("how", ["lt", "d2"])
@@ -237,26 +222,26 @@ def test_class_lists_checked_for_every_registration_path(tmp_path, how):
     permuted[4]["name"], permuted[5]["name"] = cats[5]["name"], cats[4]["name"]  # airplane <-> bus
     coco_json(perm, [[1]], categories=permuted)
     coco_json(three, [[1]], categories=cats[:3])
-    names = [_name("tr"), _name("perm"), _name("three")]
+    names = [unique_name("tr"), unique_name("perm"), unique_name("three")]
     for n, p in zip(names, (train, perm, three)):
         if how == "lt":
             register_lt_dataset(n, p, str(tmp_path))
         else:
             register_coco_instances(n, {}, p, str(tmp_path))  # lazy: no class names until checked
     try:
-        check_class_lists(_cfg([names[0]], [names[0]]))
+        check_class_lists(datasets_cfg([names[0]], [names[0]]))
         with pytest.raises(
             DatasetFormatError,
             match=r"%r \(80 classes\) and %r \(80 classes\).*index 4: 'airplane' vs 'bus'"
             % (names[0], names[1]),
         ):
-            check_class_lists(_cfg([names[0]], [names[1]]))
+            check_class_lists(datasets_cfg([names[0]], [names[1]]))
         with pytest.raises(
             DatasetFormatError,
             match=r"%r \(80 classes\) and %r \(3 classes\).*index 3: 'motorcycle' vs '<none>'"
             % (names[0], names[2]),
         ):
-            check_class_lists(_cfg([names[0]], [names[2]]))
+            check_class_lists(datasets_cfg([names[0]], [names[2]]))
     finally:
         unregister(*names)
 
@@ -267,12 +252,12 @@ def test_lvis_synonym_is_the_same_class(tmp_path):
 
     p = str(tmp_path / "l.json")
     lvis_v1_json(p, [[162]])
-    name = _name("mine")
+    name = unique_name("mine")
     register_lt_dataset(name, p, str(tmp_path))
     try:
         assert MetadataCatalog.get(name).thing_classes[161] == "bull"
         assert MetadataCatalog.get("lvis_v1_val").thing_classes[161] == "horned_cow"
-        check_class_lists(_cfg([name], ["lvis_v1_val"]))
+        check_class_lists(datasets_cfg([name], ["lvis_v1_val"]))
     finally:
         unregister(name)
 
@@ -280,7 +265,7 @@ def test_lvis_synonym_is_the_same_class(tmp_path):
 def test_missing_and_corrupt_images_are_named(tmp_path):
     from PIL import Image
 
-    cfg = _cfg([])
+    cfg = datasets_cfg([])
     cfg.INPUT.MIN_SIZE_TEST = 32
     mapper = LTDatasetMapper(cfg, False)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "ok.jpg")
@@ -322,7 +307,7 @@ def test_class_stats_cache_write_failure_is_a_warning_naming_the_variable(
     monkeypatch.setenv("LT_DETECTRON_CACHE", str(blocker))
     p = str(tmp_path / "t.json")
     coco_json(p, [[1]])
-    name = _name("c")
+    name = unique_name("c")
     register_lt_dataset(name, p, str(tmp_path))
     try:
         with caplog.at_level(logging.WARNING, logger="lt_detectron.class_stats"):
