@@ -1,0 +1,1 @@
+"""Tests of ``lt_detectron/losses``."""
