@@ -7,6 +7,9 @@ import uuid
 
 import numpy as np
 
+# the repository root (tests/ is one level below it)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def write_coco_json(
     path,

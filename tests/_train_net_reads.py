@@ -1,7 +1,8 @@
 """Run several ``tools/train_net.py`` invocations in one process with a read-recording config and write
-the lt_detectron keys each one read (test helper for ``tests/test_entry_points.py``).
+the lt_detectron keys each one read (test helper for ``tests/config/test_config_keys.py``).
 
-    PYTHONPATH=. python tests/_train_net_reads.py RUNS.json OUT.json   (from the repository root)
+    python -m tests._train_net_reads RUNS.json OUT.json   (from the repository root; as a module, so
+    that ``tools`` is the repository's package, not ``tests/tools``)
 
 ``RUNS.json``: ``{name: [train_net arguments]}``; ``OUT.json``: ``{name: [dotted keys read]}``. The
 config ``tools/train_net.py`` loads is replaced by a recording copy (``lt_detectron.config_reads``),

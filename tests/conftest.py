@@ -14,7 +14,7 @@ import pytest
 
 from tests._data import lt_shapes_val_subset, unique_name, unregister
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
 
 
 class LoggerRecords(logging.Handler):

@@ -27,7 +27,8 @@ from lt_detectron.utils.testing import (
 )
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 DATASET = TINY_DENSE_DATASET
 COUNTS = TINY_DENSE_COUNTS  # class 4 has no training instance
 C = len(COUNTS)

@@ -12,7 +12,8 @@ import torch
 from lt_detectron.engine.launch import is_cpu_device, launch_cpu, launch_on_device
 from tests._data import lt_shapes_val_subset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
 BASE = os.path.join(ROOT, "configs", "lt_shapes", "Base-FasterRCNN-Tiny.yaml")
 

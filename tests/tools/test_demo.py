@@ -18,7 +18,8 @@ from lt_detectron.data.embedded import get_lt_shapes, lt_shapes_paths
 from lt_detectron.engine.checkpoint import LTCheckpointer
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 CFG = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_softmax.yaml")
 OPTS = ["MODEL.DEVICE", "cpu", "TEST.DETECTIONS_PER_IMAGE", "3"]
 

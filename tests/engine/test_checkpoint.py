@@ -30,7 +30,8 @@ from lt_detectron.engine.checkpoint import (
     set_rng_state,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 BASE = os.path.join(ROOT, "configs", "lt_shapes", "Base-FasterRCNN-Tiny.yaml")
 
 

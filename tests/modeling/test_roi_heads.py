@@ -13,7 +13,8 @@ import lt_detectron  # noqa: F401
 from lt_detectron.losses import ROI_LOSS_REGISTRY
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 BASE = os.path.join(ROOT, "configs", "lt_shapes", "Base-FasterRCNN-Tiny.yaml")
 
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 CONFIGS = os.path.join(ROOT, "configs", "lt_shapes")
 TINY = [
     "SOLVER.IMS_PER_BATCH",

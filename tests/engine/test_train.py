@@ -16,7 +16,8 @@ from lt_detectron.engine import CheckpointClassMismatch, LTCheckpointer, LTTrain
 from lt_detectron.class_stats import ClassStatsError
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 BASE = os.path.join(ROOT, "configs", "lt_shapes", "Base-FasterRCNN-Tiny.yaml")
 
 

@@ -26,7 +26,8 @@ from lt_detectron.utils.testing import (
 
 from tests._data import IMAGE_SIZE, coco_eval_gt, eval_categories
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 TOOL = os.path.join(ROOT, "tools", "evaluate_results.py")
 
 

@@ -23,7 +23,8 @@ from lt_detectron.engine import LTCheckpointer, LTTrainer
 from lt_detectron.engine.checkpoint import get_rng_state
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 CONFIGS = os.path.join(ROOT, "configs", "lt_shapes")
 
 

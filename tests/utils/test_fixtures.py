@@ -14,7 +14,8 @@ import pytest
 
 from lt_detectron.utils.testing import fixture_paths, make_fixtures, make_lvis_coco_fixtures
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 TABLE = os.path.join(ROOT, "lt_detectron", "data", "stats", "lvis_v1_train.csv")
 
 

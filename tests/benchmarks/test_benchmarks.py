@@ -5,11 +5,8 @@ import csv
 import importlib
 import json
 import math
-import os
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name):

@@ -2,20 +2,20 @@
 ``MAX_LINES`` lines, and the layers import only downwards: ``modeling`` never imports ``engine``,
 ``losses`` imports neither ``data`` nor ``modeling``, and the library imports nothing from the
 repository's ``tools``, ``benchmarks`` or ``dev``. Imports are read with ``ast`` (absolute and
-relative, at module level or inside functions)."""
+relative, at module level or inside functions). The tests mirror the library: every test file
+sits in a folder of ``tests/`` named after a part of ``lt_detectron`` or of the repository."""
 
 import ast
 import os
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 PACKAGE = "lt_detectron"
 MAX_LINES = 400
 
 
-# Modules over the limit that another change of issue 23 is rewriting: strict, so that the test
-# fails (XPASS) once they fit and the mark must go.
 def _modules():
     out = []
     for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, PACKAGE)):
@@ -126,3 +126,33 @@ def test_layer_does_not_import(layer, forbidden):
         if _within(name, forbidden)
     ]
     assert not offenders, "%s must not import %s:\n%s" % (layer, forbidden, "\n".join(offenders))
+
+
+# test folders for what is not a part of the library: the repository's other folders, and the
+# repository as a whole (docs blocks, these layout rules)
+NON_LIBRARY_TEST_FOLDERS = {"tools", "benchmarks", "dev", "repo"}
+
+
+def test_tests_mirror_the_library():
+    tests = os.path.join(ROOT, "tests")
+    loose = sorted(f for f in os.listdir(tests) if f.startswith("test_") and f.endswith(".py"))
+    assert not loose, "test files belong in a folder of tests/ that mirrors what they test: %s" % (
+        loose
+    )
+    parts = {
+        os.path.splitext(entry)[0]
+        for entry in os.listdir(os.path.join(ROOT, PACKAGE))
+        if not entry.startswith("_")
+    }
+    for folder in sorted(os.listdir(tests)):
+        path = os.path.join(tests, folder)
+        if not os.path.isdir(path) or folder.startswith(("_", ".")):
+            continue
+        assert folder in parts or folder in NON_LIBRARY_TEST_FOLDERS, (
+            "tests/%s/ is named after no part of lt_detectron/ (%s) nor one of %s"
+            % (folder, sorted(parts), sorted(NON_LIBRARY_TEST_FOLDERS))
+        )
+        assert os.path.isfile(os.path.join(path, "__init__.py")), (
+            "tests/%s/ needs an __init__.py (test modules are imported as tests.%s.<name>)"
+            % (folder, folder)
+        )

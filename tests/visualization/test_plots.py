@@ -26,7 +26,8 @@ from lt_detectron.losses import EQLv2Loss
 from lt_detectron.modeling import LongTailFastRCNNOutputLayers
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 # ties (2 x 10, 2 x 3) and a zero-count class on purpose
 COUNTS = np.array([10, 500, 3, 0, 10, 77, 3, 1])
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

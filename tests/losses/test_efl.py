@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from lt_detectron.losses import EqualizedFocalLoss, sigmoid_focal_loss
 from lt_detectron.losses import DENSE_LOSS_REGISTRY, build_dense_loss
 from lt_detectron.utils.testing import lt_cfg
+from tests._data import ROOT
 
 D = torch.float64
 
@@ -382,7 +383,7 @@ def test_tiny_detector_trains_with_efl(tmp_path, name):
     cfg = lt_cfg()
     cfg.merge_from_file(
         os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            ROOT,
             "configs",
             "lt_shapes",
             name + ".yaml",

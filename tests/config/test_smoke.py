@@ -11,7 +11,8 @@ from lt_detectron.engine import defaults
 from lt_detectron.engine.checkpoint import WeightsDownloadError
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 MASK_RCNN = os.path.join(ROOT, "configs", "lvis_v1", "eqlv2_mask_rcnn_R_50_FPN_1x.yaml")
 BOFL_FCOS = os.path.join(ROOT, "configs", "dense", "bofl_fcos_R_50_FPN_1x_lvis_v1.yaml")
 TINY = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_eqlv2.yaml")

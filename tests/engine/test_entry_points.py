@@ -9,7 +9,8 @@ import pytest
 
 from tests._data import lt_shapes_val_subset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 SOFTMAX = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_softmax.yaml")
 
 

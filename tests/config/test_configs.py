@@ -15,7 +15,8 @@ from lt_detectron.data import register_lt_dataset
 from lt_detectron.utils.testing import lt_cfg
 from tests._data import unique_name, write_coco_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True))
 # datasets whose statistics need files that tests do not have (COCO; LVIS unless present under
 # $DETECTRON2_DATASETS): replaced by a fake set

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from lt_detectron.losses import SeesawLoss, seesaw_cross_entropy, seesaw_logit_offsets
 from lt_detectron.utils.testing import lt_cfg
+from tests._data import ROOT
 
 D = torch.float64
 
@@ -408,7 +409,7 @@ def test_tiny_faster_rcnn_trains_two_iterations_on_the_embedded_set(tmp_path, cl
     from lt_detectron.engine import LTTrainer
 
     cfg = lt_cfg()
-    root = Path(__file__).resolve().parents[1]
+    root = Path(ROOT)
     cfg.merge_from_file(str(root / "configs" / "lt_shapes" / "faster_rcnn_tiny_seesaw.yaml"))
     cfg.merge_from_list(
         [

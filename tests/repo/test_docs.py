@@ -40,7 +40,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 DOCS = (
     ["README.md"]
     + sorted(
@@ -51,7 +52,7 @@ DOCS = (
 LANGS = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python", "py": "python"}
 FENCE = re.compile(r"^(\s*)```\s*([\w+-]*)")
 MARKER = re.compile(r"^\s*<!--\s*ci:\s*(run|continue|file|skip)\s*(?::\s*(.*?))?\s*-->\s*$")
-TEST_REF = re.compile(r"tests/(\w+\.py)::(\w+)")
+TEST_REF = re.compile(r"tests/((?:\w+/)*\w+\.py)::(\w+)")
 
 MYDATA_OPTS = (
     "DATASETS.TRAIN \"('mydata_train',)\" DATASETS.TEST \"('mydata_val',)\" "

@@ -1,7 +1,7 @@
 """A new method is covered with no edit outside losses/, configs/ and its own files
-(docs/adding_a_method.md): the contract tests (tests/test_loss_contract.py), the ROI head tests
-(tests/test_box_predictor.py), the dense model tests (tests/test_dense_models.py) and the loss
-benchmark (tests/test_benchmarks.py: a row per registered loss, run at a tiny scale) take their
+(docs/adding_a_method.md): the contract tests (tests/losses/test_loss_contract.py), the ROI head tests
+(tests/modeling/test_box_predictor.py), the dense model tests (tests/modeling/test_dense_models.py) and the loss
+benchmark (tests/benchmarks/test_benchmarks.py: a row per registered loss, run at a tiny scale) take their
 methods from the loss registries at collection time, and the config sweep (dev/check_configs.py)
 finds its yaml files under configs/.
 
@@ -17,12 +17,13 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 FILES = (
-    "test_loss_contract.py",
-    "test_box_predictor.py",
-    "test_dense_models.py",
-    "test_benchmarks.py",
+    "losses/test_loss_contract.py",
+    "modeling/test_box_predictor.py",
+    "modeling/test_dense_models.py",
+    "benchmarks/test_benchmarks.py",
 )
 
 PLUGIN = '''
@@ -59,7 +60,7 @@ def test_a_newly_registered_loss_is_picked_up_by_the_contract_head_and_benchmark
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
-    passed = re.findall(r"^PASSED tests/(test_\w+\.py)::(\S+)", res.stdout, re.M)
+    passed = re.findall(r"^PASSED tests/(\w+/test_\w+\.py)::(\S+)", res.stdout, re.M)
     assert passed and all("throwaway" in case for _, case in passed), passed
     for f in FILES:
         assert any(name == f for name, _ in passed), "no throwaway case ran in %s:\n%s" % (

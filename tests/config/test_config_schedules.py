@@ -17,7 +17,8 @@ import pytest
 import lt_detectron  # noqa: F401
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 CONFIGS = sorted(
     p
     for folder in ("lvis_v1", "coco_lt", "dense")

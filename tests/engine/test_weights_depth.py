@@ -20,8 +20,6 @@ import lt_detectron  # noqa: F401
 from lt_detectron.engine import LTCheckpointer
 from lt_detectron.engine.checkpoint import CheckpointBackboneMismatch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _tool():
     from tools import convert_torchvision_to_detectron2

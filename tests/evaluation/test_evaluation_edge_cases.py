@@ -16,9 +16,10 @@ from lt_detectron.compat import ensure_lvis_numpy_compat
 from lt_detectron.evaluation.coco_lt_evaluation import evaluate_coco_predictions
 from lt_detectron.evaluation.lvis_evaluation import evaluate_lvis_predictions
 
-from ._data import unique_name, unregister, write_coco_json
+from tests._data import unique_name, unregister, write_coco_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 H, W = 40, 48
 
 

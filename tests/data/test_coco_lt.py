@@ -10,7 +10,7 @@ import pytest
 
 from lt_detectron.data import coco_lt as P
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
 
 
 def _coco(num_cats=8, num_images=400, seed=0, real_ids=False):

@@ -13,7 +13,8 @@ import pytest
 from tests._data import lt_shapes_val_subset
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 SOFTMAX = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_softmax.yaml")
 
 
@@ -230,7 +231,7 @@ def test_every_lt_key_is_read_by_some_family(tmp_path):
     with open(tmp_path / "runs.json", "w") as f:
         json.dump(runs, f)
     p = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "_train_net_reads.py")]
+        [sys.executable, "-m", "tests._train_net_reads"]
         + [str(tmp_path / "runs.json"), str(tmp_path / "reads.json")],
         capture_output=True,
         text=True,

@@ -25,7 +25,8 @@ from lt_detectron.utils.testing import lt_cfg
 from lt_detectron.data.embedded import get_lt_shapes, lt_shapes_paths
 from tests._data import unique_name
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
+
 # the families whose heads need the statistics; BOFL's 2 iterations are far shorter than its
 # deferred epochs: no deferral
 FAMILIES = {

@@ -8,7 +8,7 @@ import pytest
 
 from dev import check_configs as cc
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._data import ROOT
 
 
 def test_families_and_selection():
