@@ -7,7 +7,7 @@ contour (the mask minus its erosion by a 3x3 kernel applied ``d`` times, the ima
 as contour). Matching and accumulation are otherwise the dataset's protocol (LVIS federated rules, or
 COCO). The reference implementation (``bowenc0221/boundary-iou-api``) is not on PyPI;
 ``faster-coco-eval`` (>= 1.8, ``iouType="boundary"``) computes the same IoU and reproduces an
-independent transcription of the reference (``tests/test_evaluation_boundary.py``). hotcoco, our main
+independent transcription of the reference (``tests/evaluation/test_evaluation_boundary.py``). hotcoco, our main
 backend, has no boundary IoU.
 """
 

@@ -2,7 +2,7 @@
 
 Detectron2 v0.6 ships FCOS (``modeling/meta_arch/fcos.py``: ``FCOS``, ``FCOSHead``; LazyConfig only).
 :class:`FCOS` subclasses it and uses its pieces where they give the same numbers (up to float rounding;
-``tests/test_fcos_detectron2_parity.py`` checks each piece against detectron2's):
+``tests/modeling/test_fcos_detectron2_parity.py`` checks each piece against detectron2's):
 
 * used as they are: ``DenseDetector`` (preprocessing, forward, ``detector_postprocess``,
   ``_transpose_dense_predictions``), ``label_anchors`` (labels in [0, C], C = background, and matched
