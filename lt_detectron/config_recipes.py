@@ -260,7 +260,9 @@ def compare_config(
     root: str, config_name: str, book: Dict[str, Any], book_path: str = "the record book"
 ) -> ConfigReport:
     """Compare ``root/config_name`` with its record (field by field, see :data:`FIELDS`)."""
-    from .utils.testing.config import lt_cfg
+    from detectron2.config import get_cfg
+
+    from .config import add_lt_config
 
     if config_name not in book["configs"]:
         raise RecipeError(
@@ -270,7 +272,9 @@ def compare_config(
         )
     rec = book["configs"][config_name]
     recipe = book["recipes"][rec["recipe"]]
-    mine = config_values(lt_cfg(os.path.join(root, config_name)), book["train_images"], config_name)
+    cfg = add_lt_config(get_cfg())
+    cfg.merge_from_file(os.path.join(root, config_name))
+    mine = config_values(cfg, book["train_images"], config_name)
     theirs = official_values(book, config_name)
     documented = dict(rec.get("differences") or {})
     report = ConfigReport(
