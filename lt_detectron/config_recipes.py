@@ -126,6 +126,11 @@ def load_book(path: str) -> Dict[str, Any]:
                 raise RecipeError(
                     "%s: %r is not a compared field (%s)" % (where, key, ", ".join(FIELDS))
                 )
+        for e in rec.get("expected") or []:
+            if not (isinstance(e, dict) and e.get("result") and e.get("source")):
+                raise RecipeError("%s: each expected entry needs a result and its source" % where)
+        if not rec.get("expected") and not rec.get("note"):
+            raise RecipeError("%s: no expected result: add a note saying why" % where)
         if str(rec.get("reproduced_on_lvis", "")).lower() not in ("no", "yes", "false", "true"):
             raise RecipeError("%s: reproduced_on_lvis must be yes or no" % where)
     return book

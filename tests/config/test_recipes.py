@@ -166,6 +166,8 @@ def test_load_book_rejects_unknown_fields_and_recipes(tmp_path):
     for rec, match in [
         ({"recipe": "eqlv2_1x_random", "differences": {"learning_rate": "x"}}, "learning_rate"),
         ({"recipe": "no_such_recipe"}, "no_such_recipe"),
+        ({"recipe": "eqlv2_1x_random", "expected": [{"result": "30 AP"}]}, "its source"),
+        ({"recipe": "eqlv2_1x_random"}, "note saying why"),
     ]:
         p = tmp_path / "book.yaml"
         p.write_text(yaml.safe_dump(dict(real, configs={"configs/a.yaml": rec})))
