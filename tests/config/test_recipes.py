@@ -1,7 +1,6 @@
 """The reproduction contract (issue 25 §4): every LVIS v1 / COCO-LT config against its recorded
 official recipe (lt_detectron/config_recipes.py, recipes/recipes.yaml, tools/compare_recipes.py)."""
 
-import importlib.util
 import os
 import re
 
@@ -176,13 +175,7 @@ def test_load_book_rejects_unknown_fields_and_recipes(tmp_path):
 
 
 def test_tool_prints_a_table(capsys, tmp_path):
-    # by path: tests/tools/ is a package too, and may shadow tools/ depending on sys.path
-    spec = importlib.util.spec_from_file_location(
-        "compare_recipes_tool", os.path.join(ROOT, "tools", "compare_recipes.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    main = tool.main
+    from tools.compare_recipes import main
 
     assert main(["configs/lvis_v1/bags_mask_rcnn_R_50_FPN_decoupled.yaml", "--root", ROOT]) == 0
     out = capsys.readouterr().out

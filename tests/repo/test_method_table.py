@@ -1,5 +1,5 @@
-"""The README's method table has a row for every registered loss: its last column names the
-config value (``MODEL.LT.ROI_LOSS <name>`` / ``MODEL.LT.DENSE_LOSS <name>``, or ``<name>`` in
+"""The README's method table has a row for every registered loss: its "config key" column names
+the config value (``MODEL.LT.ROI_LOSS <name>`` / ``MODEL.LT.DENSE_LOSS <name>``, or ``<name>`` in
 backticks in a row that names several). A method registered without its row fails here, which is
 why docs/adding_a_method.md lists README.md among the files a new method touches."""
 
@@ -17,12 +17,15 @@ def method_table_keys():
     with open(os.path.join(ROOT, "README.md")) as f:
         text = f.read()
     section = text.split("## Methods", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("|")][2:]  # header, rule
-    assert rows, "README.md: no method table under '## Methods'"
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    assert lines, "README.md: no method table under '## Methods'"
+    header = [cell.strip() for cell in lines[0].strip().strip("|").split("|")]
+    assert "config key" in header, "README.md's method table has no 'config key' column"
+    column = header.index("config key")
     keys = set()
-    for row in rows:
-        last = row.strip().strip("|").split("|")[-1]
-        keys |= set(re.findall(r"`(?:MODEL\.LT\.(?:ROI|DENSE)_LOSS )?([a-z0-9_]+)`", last))
+    for row in lines[2:]:  # after the header and its rule
+        cell = row.strip().strip("|").split("|")[column]
+        keys |= set(re.findall(r"`(?:MODEL\.LT\.(?:ROI|DENSE)_LOSS )?([a-z0-9_]+)`", cell))
     return keys
 
 
