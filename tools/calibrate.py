@@ -17,6 +17,7 @@ import argparse
 from lt_detectron.data import register_from_args
 from lt_detectron.data.register_args import add_register_arguments
 from lt_detectron.engine import defaults
+from lt_detectron.modeling import CALIBRATION_REGISTRY
 from lt_detectron.engine.calibration_sweep import (
     calibration_sweep,
     format_sweep_table,
@@ -28,7 +29,10 @@ def argument_parser():
     p = add_register_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     p.add_argument("--config-file", required=True, metavar="FILE")
     p.add_argument(
-        "--method", required=True, help="norcal | logit_adjustment | tau_norm (TEST.LT.CALIBRATION)"
+        "--method",
+        required=True,
+        choices=["none"] + CALIBRATION_REGISTRY.names(),
+        help="the TEST.LT.CALIBRATION to sweep (none: the uncalibrated model)",
     )
     p.add_argument(
         "--values", required=True, help="comma-separated gamma / tau values, e.g. 0,0.5,1"

@@ -111,9 +111,10 @@ def calibration_sweep(
             )
             validate_lt_config(c, "the calibration sweep")
             model = trainer_cls.build_model(c)
-            LTCheckpointer(model, save_dir=c.OUTPUT_DIR).resume_or_load(
-                c.MODEL.WEIGHTS, resume=False
-            )
+            # as tools/train_net.py --eval-only loads it (lt_detectron.engine.defaults)
+            LTCheckpointer(
+                model, save_dir=c.OUTPUT_DIR, reinit_cls=c.MODEL.LT.REINIT_CLS
+            ).resume_or_load(c.MODEL.WEIGHTS, resume=False)
             res = trainer_cls.test(c, model)
             bbox = res.get("bbox", {}) if isinstance(res, dict) else {}
             row = {"protocol": protocol, "value": float(value)}

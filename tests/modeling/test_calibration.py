@@ -175,16 +175,7 @@ def test_error_for_an_inapplicable_method(name):
     cfg = lt_cfg(None, "MODEL.LT.ROI_LOSS", name)
     cls = ROI_LOSS_REGISTRY.get(name)
     counts = [50, 20, 10, 5, 3, 1]
-    stats = ClassStats(
-        ("fake",),
-        tuple("c%d" % i for i in range(C)),
-        tuple(range(C)),
-        counts,
-        counts,
-        60,
-        np.array(["f", "f", "c", "c", "r", "r"]),
-    )
-    loss = cls(**cls.from_config(cfg, C, stats))
+    loss = cls(**cls.from_config(cfg, C, _stats(counts)))
     with pytest.raises(ValueError, match=r"TEST\.LT\.CALIBRATION norcal .*%s" % name):
         _predictor(loss, NorCal(C, 1.0, counts))
 
@@ -368,3 +359,37 @@ def test_sweep_command_prints_a_row_per_value(tiny_checkpoint, tmp_path, capsys)
     none = calibration_sweep(cfg, "none", [0.0], name)[0]
     zero = [r for r in rows if r["protocol"] == "standard" and r["value"] == 0.0][0]
     assert {k: none[k] for k in ("AP", "APc", "APf")} == {k: zero[k] for k in ("AP", "APc", "APf")}
+
+
+def _stats(counts):
+    return ClassStats(
+        ("fake",),
+        tuple("c%d" % i for i in range(len(counts))),
+        tuple(range(len(counts))),
+        counts,
+        counts,
+        60,
+        np.array(["f", "f", "c", "c", "r", "r"][: len(counts)]),
+    )
+
+
+@pytest.mark.parametrize("name", ROI_LOSS_REGISTRY.names())
+def test_declared_score_activation_is_what_predict_probs_computes(name):
+    """A loss that declares ``score_activation`` (what the calibrations rely on) computes exactly
+    that: softmax over the C+1 logits, or sigmoid of the C class logits with background 0."""
+    cls = ROI_LOSS_REGISTRY.get(name)
+    loss = cls(
+        **cls.from_config(lt_cfg(None, "MODEL.LT.ROI_LOSS", name), C, _stats([50, 20, 10, 5, 3, 1]))
+    )
+    act = getattr(loss, "score_activation", None)
+    if act is None:
+        assert cls.score_activation is None
+        return
+    z = torch.randn(R, C + 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got = loss.predict_probs(z).numpy()
+    if act == "softmax":
+        want = _softmax(z.numpy())
+    else:
+        assert act == "sigmoid", act
+        want = np.concatenate([1 / (1 + np.exp(-z.numpy()[:, :C])), np.zeros((R, 1))], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
