@@ -333,6 +333,7 @@ def test_sweep_command_prints_a_row_per_value(tiny_checkpoint, tmp_path, capsys)
     """tools/calibrate.py on a 6-image held-out split of the training images: one row per (protocol,
     value) with AP and pooled AP; gamma 0 gives the uncalibrated model's numbers."""
     from lt_detectron.engine.calibration_sweep import calibration_sweep, register_heldout_split
+    from tests._data import unregister
     from tools import calibrate
 
     ck = tiny_checkpoint
@@ -347,16 +348,13 @@ def test_sweep_command_prints_a_row_per_value(tiny_checkpoint, tmp_path, capsys)
         ("standard", 0.0), ("standard", 2.0), ("fixed", 0.0), ("fixed", 2.0)
     ]  # fmt: skip
     assert all("AP" in r and "APpool" in r for r in rows)
-    # the split: 6 training images, the same ones for the same seed
     cfg = lt_cfg(SOFTMAX, *common, "OUTPUT_DIR", str(tmp_path))
-    name = register_heldout_split(cfg, 6, 0)
-    with open(os.path.join(str(tmp_path), "calibration", name + ".json")) as f:
-        split = json.load(f)
-    assert len(split["images"]) == 6
-    ids = {im["id"] for im in split["images"]}
-    assert ids and all(a["image_id"] in ids for a in split["annotations"])
+    name = register_heldout_split(cfg, 6, 0)  # the split the tool registered
     # gamma 0 = no calibration
-    none = calibration_sweep(cfg, "none", [0.0], name)[0]
+    try:
+        none = calibration_sweep(cfg, "none", [0.0], name)[0]
+    finally:
+        unregister(name)
     zero = [r for r in rows if r["protocol"] == "standard" and r["value"] == 0.0][0]
     assert {k: none[k] for k in ("AP", "APc", "APf")} == {k: zero[k] for k in ("AP", "APc", "APf")}
 
@@ -393,3 +391,38 @@ def test_declared_score_activation_is_what_predict_probs_computes(name):
         assert act == "sigmoid", act
         want = np.concatenate([1 / (1 + np.exp(-z.numpy()[:, :C])), np.zeros((R, 1))], axis=1)
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_heldout_split_is_a_seeded_subset_of_the_training_images(tmp_path):
+    """``register_heldout_split``: n images of DATASETS.TRAIN[0] drawn by default_rng(seed) from the
+    sorted ids, with exactly their annotations; the same images for the same seed; a clear error
+    for a size the training set cannot give."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from lt_detectron.engine.calibration_sweep import register_heldout_split
+    from lt_detectron.evaluation.common import load_gt_json
+    from tests._data import unregister
+
+    cfg = lt_cfg(SOFTMAX, "OUTPUT_DIR", str(tmp_path))
+    train = cfg.DATASETS.TRAIN[0]
+    gt = load_gt_json(MetadataCatalog.get(train).json_file, train)
+    ids = sorted(im["id"] for im in gt["images"])
+    names = []
+    try:
+        for seed in (0, 1):
+            name = register_heldout_split(cfg, 5, seed, output_dir=str(tmp_path / str(seed)))
+            names.append(name)
+            with open(tmp_path / str(seed) / (name + ".json")) as f:
+                split = json.load(f)
+            want = set(np.random.default_rng(seed).choice(ids, size=5, replace=False).tolist())
+            assert {im["id"] for im in split["images"]} == want
+            anns = [a["id"] for a in gt["annotations"] if a["image_id"] in want]
+            assert sorted(a["id"] for a in split["annotations"]) == sorted(anns)
+            assert split["categories"] == gt["categories"]
+            assert len(DatasetCatalog.get(name)) == 5  # registered, loadable
+        assert names[0] != names[1]
+        assert register_heldout_split(cfg, 5, 0, output_dir=str(tmp_path / "0")) == names[0]
+        with pytest.raises(ValueError, match="--heldout-images"):
+            register_heldout_split(cfg, len(ids) + 1, 0, output_dir=str(tmp_path))
+    finally:
+        unregister(*names)
