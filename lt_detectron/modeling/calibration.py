@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from ..config import LTConfigError
 from ..losses.base import LossRegistry, class_counts
 
 __all__ = [
@@ -70,12 +71,13 @@ class Calibration(nn.Module):
         self.strength = float(strength)
 
     def check(self, cls_loss, classifier: nn.Module) -> None:
-        """Raise a ``ValueError`` naming ``TEST.LT.CALIBRATION`` when this calibration does not apply
+        """Raise an :class:`~lt_detectron.config.LTConfigError` (a ``ValueError``) naming
+        ``TEST.LT.CALIBRATION`` when this calibration does not apply
         to ``cls_loss`` (its activation or logit layout) or to ``classifier``."""
         loss = "MODEL.LT.ROI_LOSS %s" % getattr(cls_loss, "name", type(cls_loss).__name__)
         act = getattr(cls_loss, "score_activation", None)
         if act not in self.activations:
-            raise ValueError(
+            raise LTConfigError(
                 "%s %s does not apply to %s: its scores are not a %s of its logits (score_activation "
                 "%r). Set %s none, or use a loss with score_activation in %s (e.g. softmax, sigmoid)."
                 % (_KEY, self.name, loss, " / ".join(self.activations), act, _KEY, self.activations)
@@ -83,13 +85,13 @@ class Calibration(nn.Module):
         C = self.num_classes
         cols = cls_loss.logit_columns().to(torch.long).cpu()
         if not torch.equal(cols, torch.arange(C + 1)):
-            raise ValueError(
+            raise LTConfigError(
                 "%s %s needs logits with class c in column c and the background last; %s has %d "
                 "columns in another layout. Set %s none for this loss."
                 % (_KEY, self.name, loss, cols.numel(), _KEY)
             )
         if self.needs_linear_classifier and type(classifier) is not nn.Linear:
-            raise ValueError(
+            raise LTConfigError(
                 "%s %s rescales the rows of a linear classifier (nn.Linear), but the classifier is %s "
                 "(MODEL.LT.CLASSIFIER). Use MODEL.LT.CLASSIFIER linear, or another %s."
                 % (_KEY, self.name, type(classifier).__name__, _KEY)
@@ -187,7 +189,7 @@ def build_calibration(cfg, num_classes: int, class_stats=None) -> Optional[Calib
     counts = None
     if cls.counts_field is not None:
         if class_stats is None:
-            raise ValueError(
+            raise LTConfigError(
                 "%s %s needs the training class counts, but the config has no training data: set "
                 "DATASETS.TRAIN to the model's training datasets, or MODEL.LT.CLASS_STATS_FILE to "
                 "the class statistics its run recorded." % (_KEY, name)

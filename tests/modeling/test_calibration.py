@@ -426,3 +426,17 @@ def test_heldout_split_is_a_seeded_subset_of_the_training_images(tmp_path):
             register_heldout_split(cfg, len(ids) + 1, 0, output_dir=str(tmp_path))
     finally:
         unregister(*names)
+
+
+def test_eval_only_of_an_inapplicable_method_stops_with_the_key():
+    """tools/train_net.py (which builds the model inside ``exit_on_user_error``) stops with a
+    one-line error naming TEST.LT.CALIBRATION and the loss, not a traceback."""
+    from lt_detectron.engine import LTTrainer, defaults, prepare_training_data
+
+    cfg = _tiny_cfg("faster_rcnn_tiny_bags.yaml", "TEST.LT.CALIBRATION", "norcal")
+    cfg = prepare_training_data(cfg, check_images=False)[0]
+    with pytest.raises(
+        SystemExit, match=r"train_net\.py: error: TEST\.LT\.CALIBRATION norcal .*bags"
+    ):
+        with defaults.exit_on_user_error("train_net.py"):
+            LTTrainer.build_model(cfg)
