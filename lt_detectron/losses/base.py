@@ -162,9 +162,8 @@ class ROILoss(nn.Module):
     needs_class_stats = False
     supported_options = frozenset()
     exact_gradient = True
-    score_activation = (
-        None  # "softmax" | "sigmoid": predict_probs is that of the logits (see above)
-    )
+    # "softmax" | "sigmoid" when predict_probs is exactly that of the logits (module docstring)
+    score_activation = None
 
     def __init__(
         self,
