@@ -21,8 +21,11 @@ from the csv files (``benchmarks/results`` when ``--results-dir`` is not given).
 
 Methods: ``<m>`` -> configs/lt_shapes/faster_rcnn_tiny_<m>.yaml, ``fcos_<m>`` -> fcos_tiny_<m>.yaml,
 ``centernet_<m>``, ``retinanet_<m>`` likewise. ``bags_decoupled`` starts from the ``softmax`` run's
-``model_final.pth`` of the same seed (softmax is trained first, and added if missing). Default:
-every faster_rcnn_tiny_* config except bags_decoupled, plus every fcos_tiny_* config.
+``model_final.pth`` of the same seed (softmax is trained first, and added if missing). ``<m>_norcal``,
+``<m>_logit_adjustment``, ``<m>_tau_norm`` (e.g. ``softmax_norcal``) train nothing: ``--eval-only``
+of the ``<m>`` run of the same seed with that ``TEST.LT.CALIBRATION`` at the strength of
+``--calibration-values`` (compared with ``<m>``). Default: every faster_rcnn_tiny_* config except
+bags_decoupled, plus every fcos_tiny_* config.
 """
 
 import argparse
@@ -37,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.lt_results import (
+    calibration_of,
     collect_run,
     read_final_metrics,
     read_per_category_csv,
@@ -55,6 +59,8 @@ __all__ = ["collect_run", "read_final_metrics", "read_per_category_csv", "read_t
 
 # ------------------------------------------------------------------------------------------ methods
 def config_for(method: str) -> Path:
+    if calibration_of(method):
+        return config_for(calibration_of(method)[0])
     fam, _, rest = method.partition("_")
     if fam in _FAMILIES and rest:
         return CONFIG_DIR / (_FAMILIES[fam] + rest + ".yaml")
@@ -76,9 +82,13 @@ def default_methods():
 
 
 def order_methods(methods):
-    """Deduplicate; bags_decoupled needs softmax before it (added if missing)."""
+    """Deduplicate; bags_decoupled needs softmax before it (added if missing), a calibration row
+    ``<m>_<calibration>`` its ``<m>``."""
     out = []
     for m in methods:
+        base = (calibration_of(m) or (None,))[0]
+        if base is not None and base not in out:
+            out.append(base)
         if m not in out:
             out.append(m)
     if "bags_decoupled" in out:
@@ -91,10 +101,21 @@ def order_methods(methods):
     return out
 
 
-def method_opts(method, output_root, max_iter=None, extra_opts=(), seed=0):
+# strength of the calibration rows (override with --calibration-values)
+CALIBRATION_VALUES = {"norcal": 0.5, "logit_adjustment": 1.0, "tau_norm": 1.0}
+_STRENGTH_KEY = {"norcal": "TEST.LT.CALIBRATION_GAMMA"}
+
+
+def method_opts(method, output_root, max_iter=None, extra_opts=(), seed=0, calibration_values=None):
     """train_net.py overrides of one (method, seed): the same schedule for all."""
     run_dir = run_dir_of(output_root, method, seed)
     opts = ["OUTPUT_DIR", str(run_dir), "MODEL.DEVICE", "cpu", "SEED", str(seed)]
+    cal = calibration_of(method)
+    if cal:  # eval-only of the trained run of the same seed
+        value = dict(CALIBRATION_VALUES, **(calibration_values or {}))[cal[1]]
+        weights = run_dir_of(output_root, cal[0], seed) / "model_final.pth"
+        key = _STRENGTH_KEY.get(cal[1], "TEST.LT.CALIBRATION_TAU")
+        opts += ["MODEL.WEIGHTS", str(weights), "TEST.LT.CALIBRATION", cal[1], key, str(value)]
     if method == "bags_decoupled":
         softmax = run_dir_of(output_root, "softmax", seed) / "model_final.pth"
         opts += ["MODEL.WEIGHTS", str(softmax)]
@@ -143,13 +164,16 @@ def run_method(
     seed=0,
     threads=None,
     convergence=False,
+    calibration_values=None,
 ):
-    """Train + evaluate one (method, seed) in a subprocess; writes RESULT_FILE on success. Returns the
-    result dict."""
+    """Train + evaluate one (method, seed) in a subprocess (a calibration row: evaluate only);
+    writes RESULT_FILE on success. Returns the result dict."""
     run_dir = run_dir_of(output_root, method, seed)
     run_dir.mkdir(parents=True, exist_ok=True)
-    opts = method_opts(method, output_root, max_iter, extra_opts, seed)
-    if convergence:
+    opts = method_opts(method, output_root, max_iter, extra_opts, seed, calibration_values)
+    if calibration_of(method):
+        opts = ["--eval-only"] + opts
+    elif convergence:
         iters = max_iter or config_max_iter(method)
         opts += ["TEST.EVAL_PERIOD", str(max(1, iters // 3))]
     cmd = [python, str(TRAIN_NET), "--config-file", str(config_for(method))] + opts
@@ -224,10 +248,10 @@ def parse_seeds(text: str):
 
 
 def run_all(methods, seeds, root, args, extra, on_result=None):
-    """Every (method, seed), ``args.jobs`` at a time, method by method; bags_decoupled waits for its
-    softmax seed. ``on_result(result)`` is called as each run finishes (the csv files are updated
-    then, so an interrupted benchmark keeps every finished run). Returns the results in (method,
-    seed) order."""
+    """Every (method, seed), ``args.jobs`` at a time, method by method; bags_decoupled and the
+    calibration rows wait for the trained runs. ``on_result(result)`` is called as each run
+    finishes (the csv files are updated then, so an interrupted benchmark keeps every finished
+    run). Returns the results in (method, seed) order."""
     import threading
 
     todo, results = [], {}
@@ -241,8 +265,9 @@ def run_all(methods, seeds, root, args, extra, on_result=None):
                 results[(m, s)] = load_result(run_dir)
             else:
                 todo.append((m, s))
-    first = [t for t in todo if t[0] != "bags_decoupled"]
-    later = [t for t in todo if t[0] == "bags_decoupled"]
+    needs_run = lambda m: m == "bags_decoupled" or calibration_of(m)  # noqa: E731
+    first = [t for t in todo if not needs_run(t[0])]
+    later = [t for t in todo if needs_run(t[0])]
     lock = threading.Lock()
 
     def one(ms):
@@ -255,6 +280,7 @@ def run_all(methods, seeds, root, args, extra, on_result=None):
             seed=s,
             threads=args.threads,
             convergence=args.convergence,
+            calibration_values=args.calibration_values,
         )
         if on_result is not None and res.get("per_category"):
             with lock:
@@ -307,6 +333,13 @@ def main(argv=None):
         dest="convergence",
         action="store_false",
         help="do not evaluate at 1/3 and 2/3 of the schedule",
+    )
+    p.add_argument(
+        "--calibration-values",
+        type=lambda t: {k: float(v) for k, v in (kv.split("=") for kv in t.split(",") if kv)},
+        default={},
+        help="strengths of the calibration rows, e.g. norcal=0.3,tau_norm=1.5 (default %s)"
+        % ",".join("%s=%g" % kv for kv in CALIBRATION_VALUES.items()),
     )
     p.add_argument("--force", action="store_true", help="re-run methods that already have results")
     p.add_argument(

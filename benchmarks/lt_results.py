@@ -54,10 +54,26 @@ def family_of(method: str) -> str:
     return split_method(method)[0]
 
 
+# eval-only rows ``<trained method>_<calibration>``: TEST.LT.CALIBRATION on that method's checkpoint
+CALIBRATIONS = ("norcal", "logit_adjustment", "tau_norm")
+
+
+def calibration_of(method: str):
+    """``"softmax_norcal"`` -> ``("softmax", "norcal")``: the trained method and the test-time
+    calibration of an eval-only row; None for a trained method."""
+    for c in CALIBRATIONS:
+        if method.endswith("_" + c) and len(method) > len(c) + 1:
+            return method[: -len(c) - 1], c
+    return None
+
+
 def baseline_of(method: str):
     """The run a method is compared with: softmax (ROI heads), ``<family>_focal`` (dense heads);
-    ``sigmoid_bofl`` with ``sigmoid`` (BOFL reweights the sigmoid classifier); ``None`` for a
-    baseline itself."""
+    ``sigmoid_bofl`` with ``sigmoid`` (BOFL reweights the sigmoid classifier); a calibration row
+    ``<m>_<calibration>`` with ``<m>``, the same checkpoints uncalibrated; ``None`` for a baseline
+    itself."""
+    if calibration_of(method):
+        return calibration_of(method)[0]
     fam = family_of(method)
     base = {"sigmoid_bofl": "sigmoid"}.get(method, fam + "_focal" if fam else "softmax")
     return None if base == method else base

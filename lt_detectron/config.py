@@ -71,6 +71,8 @@ _ALLOWED = {
     "TEST.LT.BOUNDARY_AP": "bool",
     "TEST.LT.BOUNDARY_DILATION": ("float", 0.0, 1.0, True),
     "TEST.LT.SAVE_RESULTS": "bool",
+    "TEST.LT.CALIBRATION_GAMMA": ("float", 0.0, math.inf, False),
+    "TEST.LT.CALIBRATION_TAU": ("float", 0.0, math.inf, False),
     "LT_HOOKS.PLOT_PERIOD": ("int", 0, math.inf, False),
 }
 
@@ -130,18 +132,20 @@ def validate_lt_config(cfg, source: str = "the config"):
         why = _problem(key, value, spec)
         if why:
             problems.append("%s = %r %s" % (key, value, why))
+    from .modeling.calibration import CALIBRATION_REGISTRY
+
     for key, registry in (
         ("MODEL.LT.ROI_LOSS", ROI_LOSS_REGISTRY),
         ("MODEL.LT.DENSE_LOSS", DENSE_LOSS_REGISTRY),
+        ("TEST.LT.CALIBRATION", CALIBRATION_REGISTRY),
     ):
         try:
             value = str(lookup_key(cfg, key)).lower()
         except KeyError:
             continue
-        if value not in registry.names():
-            problems.append(
-                "%s = %r must be one of %s" % (key, value, ", ".join(map(repr, registry.names())))
-            )
+        names = registry.names() + (["none"] if registry is CALIBRATION_REGISTRY else [])
+        if value not in names:
+            problems.append("%s = %r must be one of %s" % (key, value, ", ".join(map(repr, names))))
     if problems:
         raise LTConfigError(
             "invalid value%s in %s:\n  %s\nSet %s to an allowed value."
@@ -270,6 +274,14 @@ def _add_lt_keys(cfg):
     _C.TEST.LT.SAVE_RESULTS = (
         True  # write {lvis,coco}_instances_results.json into the evaluator's output folder
     )
+    # ---- test-time calibration of the ROI classifier (lt_detectron/modeling/calibration.py;
+    # docs/methods.md#post-hoc-calibration), read by the ROI box predictor; the checkpoint is unchanged.
+    # "none" | "norcal" (scores / N_c^GAMMA, N_c training images of class c, renormalised) |
+    # "logit_adjustment" (logits - TAU log prior, prior from training instances) |
+    # "tau_norm" (linear classifier rows w_c / ||w_c||^TAU). tools/calibrate.py picks the value.
+    _C.TEST.LT.CALIBRATION = "none"
+    _C.TEST.LT.CALIBRATION_GAMMA = 0.0  # NorCal's gamma (0: identity)
+    _C.TEST.LT.CALIBRATION_TAU = 0.0  # logit adjustment's / tau-norm's tau (0: identity)
     # ---------------------------------------------------------------------------------------------
     _C.LT_HOOKS = CN()
     _C.LT_HOOKS.PLOT_PERIOD = (

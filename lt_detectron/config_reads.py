@@ -6,7 +6,8 @@ builds the model from such a copy once, at startup, and :func:`warn_unused_lt_ke
 ``MODEL.LT`` key set to a non-default value that the model never read (e.g. ``MODEL.LT.EQLV2.GAMMA``
 in a softmax run): a value with no effect is reported instead of silently ignored. With
 ``TEST.LT.AP_PROTOCOL fixed``, a model whose inference does not read the protocol (the dense
-detectors: only the ROI box predictor keeps the top-k per class) is named too. The same recorder
+detectors: only the ROI box predictor keeps the top-k per class) is named too, and so is a
+``TEST.LT.CALIBRATION`` other than none that no box predictor read. The same recorder
 measures, in the tests, which keys whole ``tools/train_net.py`` runs read.
 """
 
@@ -95,10 +96,13 @@ def unused_lt_keys(cfg: CfgNode, reads: Set[str]) -> List[Tuple[str, object, obj
     if "LT" in dict.__getitem__(cfg, "TEST"):
         t, td = lookup_key(cfg, "TEST.LT"), lookup_key(default, "TEST.LT")
         fixed = dict.__getitem__(t, "AP_PROTOCOL") == "fixed"
+        calibration = str(dict.__getitem__(t, "CALIBRATION")).lower()
         for key, irrelevant in (
             ("TOPK_PER_CLASS", not fixed),  # Fixed AP's k
             ("MAX_DETS", fixed),  # Fixed AP has no per-image cap
             ("BOUNDARY_DILATION", not dict.__getitem__(t, "BOUNDARY_AP")),
+            ("CALIBRATION_GAMMA", calibration != "norcal"),  # NorCal's gamma
+            ("CALIBRATION_TAU", calibration not in ("logit_adjustment", "tau_norm")),
         ):
             value, d = dict.__getitem__(t, key), dict.__getitem__(td, key)
             if irrelevant and value != d:
@@ -134,4 +138,14 @@ def warn_unused_lt_keys(cfg: CfgNode, reads: Set[str]) -> List[str]:
             lookup_key(cfg, "MODEL.META_ARCHITECTURE"),
             lookup_key(cfg, "TEST.DETECTIONS_PER_IMAGE"),
         )
+    calibration = str(lookup_key(cfg, "TEST.LT.CALIBRATION")).lower()
+    if calibration != "none" and "TEST.LT.CALIBRATION" not in reads:
+        # only the ROI box predictor (LongTailFastRCNNOutputLayers) calibrates its scores
+        logger.warning(
+            "TEST.LT.CALIBRATION %s has no effect: this model (MODEL.META_ARCHITECTURE %s) has no "
+            "lt_detectron ROI box predictor, which is what calibrates. Set TEST.LT.CALIBRATION none.",
+            calibration,
+            lookup_key(cfg, "MODEL.META_ARCHITECTURE"),
+        )
+        unused.append(("TEST.LT.CALIBRATION", calibration, "none"))
     return [k for k, _, _ in unused]

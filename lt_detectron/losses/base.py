@@ -47,6 +47,9 @@ What a loss supports is declared on its class, and checked by :func:`~.build.bui
       sets the same ``logit_columns`` attribute and is checked with
       :func:`~lt_detectron.losses.logit_columns.check_logit_columns`;
       :class:`~lt_detectron.modeling.LongTailFastRCNNOutputLayers` checks its own;
+    - ``score_activation``: ``"softmax"`` / ``"sigmoid"`` when ``predict_probs`` is exactly that
+      function of the logits (softmax over all C+1 columns; sigmoid of the C class columns, background
+      0), else None. The test-time calibrations (:mod:`lt_detectron.modeling.calibration`) ask it;
     - ``exact_gradient``: False when the method detaches terms that depend on the logits (e.g. Seesaw's
       compensation factor from the detached scores): autograd then gives the authors' surrogate
       gradient, not d(loss)/d(logits), and a numerical gradient check does not apply.
@@ -159,6 +162,8 @@ class ROILoss(nn.Module):
     needs_class_stats = False
     supported_options = frozenset()
     exact_gradient = True
+    # "softmax" | "sigmoid" when predict_probs is exactly that of the logits (module docstring)
+    score_activation = None
 
     def __init__(
         self,

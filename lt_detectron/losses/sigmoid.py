@@ -248,6 +248,7 @@ class SigmoidROILoss(ROILoss):
 
     default_prior_prob = 0.01
     supported_options = frozenset({"MODEL.ROI_BOX_HEAD.USE_FED_LOSS", BOFL_OPTION})
+    score_activation = "sigmoid"
 
     def __init__(
         self,

@@ -20,6 +20,8 @@ __all__ = ["SoftmaxROILoss"]
 class SoftmaxROILoss(ROILoss):
     """Softmax cross-entropy (Detectron2's default ROI classification loss). Stateless."""
 
+    score_activation = "softmax"
+
     def forward(
         self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[ROIBatch] = None
     ) -> torch.Tensor:

@@ -32,7 +32,9 @@ Everything else (box regression, inference) is Detectron2's ``FastRCNNOutputLaye
 ``TEST.LT.AP_PROTOCOL fixed``: inference then keeps, instead of ``TEST.DETECTIONS_PER_IMAGE`` per
 image, every detection that can still be among its class's ``TEST.LT.TOPK_PER_CLASS`` best of the
 dataset (:mod:`lt_detectron.modeling.topk_inference`; the running thresholds restart each time the
-predictor is put in eval mode, i.e. at every ``inference_on_dataset``).
+predictor is put in eval mode, i.e. at every ``inference_on_dataset``). With
+``TEST.LT.CALIBRATION`` (NorCal, logit adjustment, tau-norm) ``predict_probs`` first calibrates the
+logits (:mod:`lt_detectron.modeling.calibration`; the checkpointed weights are not changed).
 """
 
 from typing import List, Optional, Sequence, Tuple
@@ -52,6 +54,7 @@ from ..losses import (
     check_logit_columns,
     train_class_stats,
 )
+from .calibration import Calibration, build_calibration
 from .classifiers import build_classifier, init_prior_bias
 from .topk_inference import ClassTopKThresholds
 
@@ -65,7 +68,8 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     by ``from_config``; user code may pass any :class:`ROILoss` for ``num_classes`` classes; default:
     softmax cross-entropy, Detectron2's loss); ``test_topk_per_class``: > 0 keeps that many
     detections per class over the dataset at inference, with no per-image cap (Fixed AP); 0 (default):
-    Detectron2's inference.
+    Detectron2's inference; ``calibration``: a test-time
+    :class:`~lt_detectron.modeling.calibration.Calibration` of the logits, or None (default).
     """
 
     @configurable
@@ -75,6 +79,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         *,
         cls_loss: Optional[ROILoss] = None,
         test_topk_per_class: int = 0,
+        calibration: Optional[Calibration] = None,
         **kwargs,
     ):
         super().__init__(input_shape, **kwargs)
@@ -108,6 +113,9 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         else:
             self.cls_score = build_classifier(spec, in_features)
         check_logit_columns(cls_loss, self.cls_score, "the box predictor's cls_score")
+        if calibration is not None:
+            calibration.check(cls_loss, self.cls_score)
+        self.calibration = calibration  # holds no checkpointed state
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -115,6 +123,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         C = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         stats = train_class_stats(cfg, C, "MODEL.ROI_HEADS.NUM_CLASSES")
         ret["cls_loss"] = build_roi_loss(with_iters_per_epoch(cfg, None), C, stats)
+        ret["calibration"] = build_calibration(cfg, C, stats)
         ret["test_topk_per_class"] = (
             cfg.TEST.LT.TOPK_PER_CLASS if cfg.TEST.LT.AP_PROTOCOL == "fixed" else 0
         )
@@ -163,8 +172,11 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals
     ) -> List[torch.Tensor]:
-        """Per image ``(R_i, C+1)`` probabilities, background last (``cls_loss.predict_probs``)."""
+        """Per image ``(R_i, C+1)`` probabilities, background last (``cls_loss.predict_probs`` of the
+        logits, calibrated first when ``self.calibration`` is set)."""
         scores, _ = predictions
+        if self.calibration is not None:
+            scores = self.calibration(scores, self.cls_score)
         num_inst_per_image = [len(p) for p in proposals]
         return self.cls_loss.predict_probs(scores).split(num_inst_per_image, dim=0)
 
