@@ -1,4 +1,4 @@
-"""The ``--register-*`` command-line flags every tool takes (``tools/train_net.py``, ``demo.py``,
+"""The ``--register-*`` command-line flags every tool takes (``tools/train_net.py``, ``demo.py``, ``audit_dataset.py``,
 ``plot_methods.py``, ``evaluate_results.py``): datasets given as NAME JSON IMAGE_ROOT, repeatable.
 
     parser = argparse.ArgumentParser()
