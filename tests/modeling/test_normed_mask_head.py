@@ -316,3 +316,24 @@ def test_normed_mask_head_trains_in_tiny_mask_rcnn():
             total.backward()
             opt.step()
     assert not torch.equal(before, model.roi_heads.mask_head.predictor.weight.detach())
+
+
+@pytest.mark.parametrize("head,unused", [("MaskRCNNConvUpsampleHead", True), ("", False)])
+def test_normed_mask_keys_unused_without_the_normed_head_are_named(head, unused):
+    """MODEL.LT.NORMED_MASK.TEMPERATURE set but the plain mask head built: named as unused."""
+    from lt_detectron.config_reads import record_reads, unused_lt_keys
+
+    cfg = lt_cfg(
+        os.path.join(ROOT, "configs", "lt_shapes", "mask_rcnn_tiny_ecm_normed_mask.yaml"),
+        "MODEL.LT.NORMED_MASK.TEMPERATURE",
+        "10.0",
+        *(("MODEL.ROI_MASK_HEAD.NAME", head) if head else ()),
+        "DATASETS.TRAIN",
+        "()",
+        "MODEL.LT.ROI_LOSS",
+        "softmax",
+    )
+    recording, reads = record_reads(cfg)
+    build_model(recording)
+    keys = [k for k, _, _ in unused_lt_keys(cfg, reads)]
+    assert ("MODEL.LT.NORMED_MASK.TEMPERATURE" in keys) == unused, keys
