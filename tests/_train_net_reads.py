@@ -1,7 +1,7 @@
 """Run several ``tools/train_net.py`` invocations in one process with a read-recording config and write
 the lt_detectron keys each one read (test helper for ``tests/test_entry_points.py``).
 
-    PYTHONPATH=. python tests/_train_net_reads.py RUNS.json OUT.json   (from the repository root)
+    python -m tests._train_net_reads RUNS.json OUT.json   (from the repository root)
 
 ``RUNS.json``: ``{name: [train_net arguments]}``; ``OUT.json``: ``{name: [dotted keys read]}``. The
 config ``tools/train_net.py`` loads is replaced by a recording copy (``lt_detectron.config_reads``),

@@ -231,7 +231,9 @@ def test_every_lt_key_is_read_by_some_family(tmp_path):
     with open(tmp_path / "runs.json", "w") as f:
         json.dump(runs, f)
     p = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "_train_net_reads.py")]
+        # as a module: run as a script, tests/ would come first on sys.path and its tests/tools
+        # package would hide the repository's tools/
+        [sys.executable, "-m", "tests._train_net_reads"]
         + [str(tmp_path / "runs.json"), str(tmp_path / "reads.json")],
         capture_output=True,
         text=True,
