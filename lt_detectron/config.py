@@ -63,6 +63,8 @@ _ALLOWED = {
     "MODEL.LT.BOFL.ITERS_PER_EPOCH": ("float", 0.0, math.inf, False),
     "MODEL.LT.FREEZE_ALL_BUT_CLS": "bool",
     "MODEL.LT.REINIT_CLS": "bool",
+    "MODEL.LT.NORMED_MASK.TEMPERATURE": ("float", 0.0, math.inf, True),
+    "MODEL.LT.NORMED_MASK.POWER": ("float", 0.0, math.inf, True),
     "TEST.LT.BACKEND": ("auto", "hotcoco", "lvis"),
     "TEST.LT.MAX_DETS": ("int", 1, math.inf, False),
     "TEST.LT.AP_PROTOCOL": ("standard", "fixed"),
@@ -242,6 +244,12 @@ def _add_lt_keys(cfg):
     # Decoupled training (BAGS recipe): freeze all but the classification layer(s)
     _C.MODEL.LT.FREEZE_ALL_BUT_CLS = False
     _C.MODEL.LT.REINIT_CLS = False  # drop cls_score weights from MODEL.WEIGHTS (shape changes)
+
+    # Normalised mask head (MODEL.ROI_MASK_HEAD.NAME "NormedMaskRCNNConvUpsampleHead", read by its
+    # from_config): the 1x1 mask predictor is a cosine-normalised NormedConv2d (mmdetection's)
+    _C.MODEL.LT.NORMED_MASK = CN()
+    _C.MODEL.LT.NORMED_MASK.TEMPERATURE = 20.0  # tau: scale of the normalised input (authors: 20)
+    _C.MODEL.LT.NORMED_MASK.POWER = 1.0  # p: power of the input and weight norms
 
     # ---------------------------------------------------------------- dense heads
     # Classification loss of RetinaNet / FCOS / CenterNet: a name of DENSE_LOSS_REGISTRY

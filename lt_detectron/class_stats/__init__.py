@@ -42,9 +42,12 @@ that defines them.
 
 Modules: :mod:`.groups` (the banding / binning rules), :mod:`.stats` (:class:`ClassStats`),
 :mod:`.counting` (counts of one dataset and their source), :mod:`.registry`
-(:func:`get_class_stats`), :mod:`.stats_file` (the statistics as plain data, for a file).
+(:func:`get_class_stats`), :mod:`.stats_file` (the statistics as plain data, for a file),
+:mod:`.audit` / :mod:`.audit_report` (a long-tail audit of a dataset: ``tools/audit_dataset.py``).
 """
 
+from .audit import DatasetAudit, audit_dataset, audit_dicts, audit_json
+from .audit_report import format_audit, write_audit
 from .counting import count_from_dicts
 from .groups import (
     DEFAULT_GROUP_EDGES,
@@ -82,6 +85,12 @@ __all__ = [
     "read_class_stats_file",
     "write_class_stats_file",
     "count_from_dicts",
+    "DatasetAudit",
+    "audit_dataset",
+    "audit_dicts",
+    "audit_json",
+    "format_audit",
+    "write_audit",
     "lvis_frequency",
     "check_num_classes",
     "clear_class_stats_cache",

@@ -1,5 +1,6 @@
 """The ``--register-*`` command-line flags every tool takes (``tools/train_net.py``, ``demo.py``,
-``plot_methods.py``, ``evaluate_results.py``): datasets given as NAME JSON IMAGE_ROOT, repeatable.
+``plot_methods.py``, ``evaluate_results.py``, ``audit_dataset.py``): datasets given as NAME JSON
+IMAGE_ROOT, repeatable.
 
     parser = argparse.ArgumentParser()
     add_register_arguments(parser)

@@ -2,5 +2,7 @@ from .backbone import TinyNet, build_tiny_backbone, build_tiny_fpn_backbone
 from .box_predictor import LongTailFastRCNNOutputLayers
 from .calibration import CALIBRATION_REGISTRY, build_calibration
 from .classifiers import build_classifier
+from .mask_heads import NormedMaskRCNNConvUpsampleHead
+from .normed_conv import NormedConv2d
 from .roi_heads import LongTailCascadeROIHeads, LongTailROIHeads
 from . import dense  # noqa: F401  (registers LongTailRetinaNet, FCOS, CenterNet)

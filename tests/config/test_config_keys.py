@@ -181,6 +181,7 @@ FAMILIES = [
     "faster_rcnn_tiny_bags.yaml",
     "faster_rcnn_tiny_c2am.yaml",
     "faster_rcnn_tiny_seesaw.yaml",
+    "mask_rcnn_tiny_ecm_normed_mask.yaml",
     "fcos_tiny_bofl.yaml",
     "fcos_tiny_eqlv2.yaml",
     "retinanet_tiny_focal.yaml",
@@ -249,6 +250,8 @@ def test_every_lt_key_is_read_by_some_family(tmp_path):
     assert "MODEL.LT.EQLV2.GAMMA" not in reads["faster_rcnn_tiny_softmax.yaml"]
     assert "MODEL.LT.BOFL.KAPPA" in reads["centernet_tiny_bofl.yaml"]
     assert "MODEL.LT.BOFL.KAPPA" not in reads["retinanet_tiny_focal.yaml"]
+    assert "MODEL.LT.NORMED_MASK.TEMPERATURE" in reads["mask_rcnn_tiny_ecm_normed_mask.yaml"]
+    assert "MODEL.LT.NORMED_MASK.TEMPERATURE" not in reads["faster_rcnn_tiny_ecm.yaml"]
 
 
 @pytest.mark.parametrize(
