@@ -52,10 +52,19 @@ from ..losses import (
     check_logit_columns,
     train_class_stats,
 )
-from .classifiers import build_classifier, init_prior_bias
+from .classifiers import LWSLinear, build_classifier, init_prior_bias
 from .topk_inference import ClassTopKThresholds
 
 __all__ = ["LongTailFastRCNNOutputLayers"]
+
+
+def _lws_layer(layer: torch.nn.Module) -> LWSLinear:
+    if type(layer) is not torch.nn.Linear:
+        raise ValueError(
+            "MODEL.LT.LWS needs a linear classifier, but this loss asks for %s: set MODEL.LT.LWS False "
+            "or use a loss with a linear layer (MODEL.LT.CLASSIFIER linear)" % type(layer).__name__
+        )
+    return LWSLinear.from_linear(layer)
 
 
 class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -65,7 +74,8 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     by ``from_config``; user code may pass any :class:`ROILoss` for ``num_classes`` classes; default:
     softmax cross-entropy, Detectron2's loss); ``test_topk_per_class``: > 0 keeps that many
     detections per class over the dataset at inference, with no per-image cap (Fixed AP); 0 (default):
-    Detectron2's inference.
+    Detectron2's inference; ``lws``: ``cls_score`` becomes an :class:`LWSLinear` (learnable weight
+    scaling; a linear classifier only).
     """
 
     @configurable
@@ -75,6 +85,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         *,
         cls_loss: Optional[ROILoss] = None,
         test_topk_per_class: int = 0,
+        lws: bool = False,
         **kwargs,
     ):
         super().__init__(input_shape, **kwargs)
@@ -107,6 +118,8 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
                 init_prior_bias(self.cls_score, spec.prior_prob)
         else:
             self.cls_score = build_classifier(spec, in_features)
+        if lws:
+            self.cls_score = _lws_layer(self.cls_score)
         check_logit_columns(cls_loss, self.cls_score, "the box predictor's cls_score")
 
     @classmethod
@@ -115,10 +128,20 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         C = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         stats = train_class_stats(cfg, C, "MODEL.ROI_HEADS.NUM_CLASSES")
         ret["cls_loss"] = build_roi_loss(with_iters_per_epoch(cfg, None), C, stats)
+        ret["lws"] = cfg.MODEL.LT.LWS
         ret["test_topk_per_class"] = (
             cfg.TEST.LT.TOPK_PER_CLASS if cfg.TEST.LT.AP_PROTOCOL == "fixed" else 0
         )
         return ret
+
+    def reset_classifier(self) -> None:
+        """Re-initialise ``cls_score`` in place (the parameters keep their identity, so an optimizer
+        built already still holds them), as it was initialised when built (cRT's fresh classifier,
+        ``MODEL.LT.REINIT_CLS``)."""
+        fresh = build_classifier(self.cls_loss.classifier_spec(), self.cls_score.in_features)
+        if isinstance(self.cls_score, LWSLinear):
+            fresh = LWSLinear.from_linear(fresh)
+        self.cls_score.load_state_dict(fresh.state_dict())
 
     # ------------------------------------------------------------------ training
     def losses(

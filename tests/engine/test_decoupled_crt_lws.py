@@ -1,0 +1,109 @@
+"""cRT and LWS (docs/methods.md#crt-and-lws): what trains in the decoupled phase, and the
+classifier re-initialisation of MODEL.LT.REINIT_CLS."""
+
+import os
+
+import pytest
+import torch
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+import lt_detectron  # noqa: F401
+from lt_detectron.engine import LTTrainer
+from lt_detectron.engine.trainer import reset_classifiers
+from lt_detectron.modeling.classifiers import LWSLinear
+from lt_detectron.utils.testing import lt_cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BASE = os.path.join(ROOT, "configs", "lt_shapes", "Base-FasterRCNN-Tiny.yaml")
+CLS = "roi_heads.box_predictor.cls_score."
+
+
+def _model(*opts):
+    # no training datasets: the softmax head needs no class statistics
+    cfg = lt_cfg(BASE, "DATASETS.TRAIN", "()", "MODEL.LT.FREEZE_ALL_BUT_CLS", True, *opts)
+    return cfg, LTTrainer.build_model(cfg)
+
+
+def _batch(size=96):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for c in (3, 17):
+        inst = Instances((size, size))
+        inst.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 40.0, 45.0], [50.0, 20.0, 80.0, 70.0]]))
+        inst.gt_classes = torch.tensor([c, 23])
+        img = torch.randint(0, 255, (3, size, size), generator=g, dtype=torch.uint8)
+        out.append({"image": img, "instances": inst})
+    return out
+
+
+def _step(cfg, model):
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = LTTrainer.build_optimizer(cfg, model)
+    model.train()
+    with EventStorage(0):
+        loss = sum(model(_batch()).values())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    return changed
+
+
+def test_lws_only_the_scales_train():
+    cfg, model = _model("MODEL.LT.LWS", True, "SOLVER.BASE_LR", 0.5)
+    head = model.roi_heads.box_predictor.cls_score
+    assert isinstance(head, LWSLinear)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == [CLS + "weight_scale"]
+    changed = _step(cfg, model)
+    assert changed == {CLS + "weight_scale"}  # weight, bias, box head, backbone, BN stats unchanged
+
+
+def test_lws_layer_scales_the_weight_rows_not_the_bias():
+    lin = torch.nn.Linear(4, 3)
+    lws = LWSLinear.from_linear(lin)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(lws(x), lin(x))  # scales start at 1
+    with torch.no_grad():
+        lws.weight_scale.copy_(torch.tensor([2.0, 0.5, 0.0]))
+    expected = (x @ lin.weight.T) * torch.tensor([2.0, 0.5, 0.0]) + lin.bias
+    torch.testing.assert_close(lws(x), expected)
+    # a linear checkpoint loads into it (only the scale is missing)
+    missing = lws.load_state_dict(lin.state_dict(), strict=False).missing_keys
+    assert missing == ["weight_scale"]
+
+
+def test_lws_needs_a_linear_classifier():
+    with pytest.raises(ValueError, match="MODEL.LT.LWS"):
+        _model("MODEL.LT.LWS", True, "MODEL.LT.CLASSIFIER", "cosine")
+
+
+def test_crt_classifier_reinitialised_and_only_it_trains():
+    cfg, model = _model("MODEL.LT.REINIT_CLS", True, "SOLVER.BASE_LR", 0.5)
+    head = model.roi_heads.box_predictor.cls_score
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    assert trainable == [CLS + "bias", CLS + "weight"]
+    opt = LTTrainer.build_optimizer(cfg, model)
+    ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    # a "trained" classifier, as loaded from MODEL.WEIGHTS
+    with torch.no_grad():
+        head.weight.fill_(3.0)
+        head.bias.fill_(1.0)
+    assert reset_classifiers(model) == 1
+    # Detectron2's Fast R-CNN init: normal(0, 0.01) weights, zero bias (the softmax loss' spec)
+    assert head.bias.abs().max() == 0
+    assert abs(head.weight.std().item() - 0.01) < 0.001  # 25 x 128 samples: sd of the sd ~ 0.0001
+    assert {id(p) for p in (head.weight, head.bias)} <= ids  # the optimizer still holds them
+    changed = _step(cfg, model)
+    assert changed == {CLS + "weight", CLS + "bias"}
+
+
+def test_reset_classifier_keeps_lws_scales_fresh():
+    cfg, model = _model("MODEL.LT.LWS", True)
+    head = model.roi_heads.box_predictor.cls_score
+    with torch.no_grad():
+        head.weight_scale.fill_(7.0)
+    reset_classifiers(model)
+    assert torch.equal(head.weight_scale, torch.ones_like(head.weight_scale))
