@@ -107,3 +107,81 @@ def test_reset_classifier_keeps_lws_scales_fresh():
         head.weight_scale.fill_(7.0)
     reset_classifiers(model)
     assert torch.equal(head.weight_scale, torch.ones_like(head.weight_scale))
+
+
+# ---------------------------------------------------------------- the lt_shapes configs (slow)
+def _tiny(config, out, *opts):
+    from detectron2.utils.env import seed_all_rng
+
+    seed_all_rng(0)
+    cfg = lt_cfg(os.path.join(ROOT, "configs", "lt_shapes", config))
+    cfg.merge_from_list(
+        ["SOLVER.MAX_ITER", 3, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.WARMUP_ITERS", 1]
+        + ["SOLVER.STEPS", "(2,)", "DATALOADER.NUM_WORKERS", 0, "DATASETS.TEST", "()"]
+        + ["TEST.EVAL_PERIOD", 0, "OUTPUT_DIR", str(out)]
+        + list(opts)
+    )
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def softmax_weights(tmp_path_factory):
+    out = tmp_path_factory.mktemp("softmax")
+    t = LTTrainer(_tiny("faster_rcnn_tiny_softmax.yaml", out))
+    t.resume_or_load(resume=False)
+    t.train()
+    path = str(out / "model_final.pth")
+    return path, torch.load(path, weights_only=True)["model"]
+
+
+def _train(config, out, weights):
+    t = LTTrainer(_tiny(config, out, "MODEL.WEIGHTS", weights))
+    t.resume_or_load(resume=False)
+    start = {k: v.detach().clone() for k, v in t.model.state_dict().items()}
+    t.train()
+    return t, start
+
+
+@pytest.mark.slow
+def test_lt_shapes_crt_config_runs(tmp_path, softmax_weights):
+    from lt_detectron.data.samplers import ResumableClassAwareSampler
+
+    path, ckpt = softmax_weights
+    t, start = _train("faster_rcnn_tiny_crt_decoupled.yaml", tmp_path, path)
+    assert isinstance(t.data_loader.lt_sampler, ResumableClassAwareSampler)
+    # the run started from the softmax weights with a fresh classifier ...
+    assert not torch.equal(start[CLS + "weight"], ckpt[CLS + "weight"])
+    end = t.model.state_dict()
+    for k, v in ckpt.items():
+        if k in end and not k.startswith(CLS):
+            assert torch.equal(end[k], v), k  # ... and trained nothing else
+    assert not torch.equal(end[CLS + "weight"], start[CLS + "weight"])
+    # --resume of the finished run keeps its trained classifier
+    trained = end[CLS + "weight"].clone()
+    t2 = LTTrainer(_tiny("faster_rcnn_tiny_crt_decoupled.yaml", tmp_path, "MODEL.WEIGHTS", path))
+    t2.resume_or_load(resume=True)
+    assert torch.equal(t2.model.state_dict()[CLS + "weight"], trained)
+
+
+@pytest.mark.slow
+def test_lt_shapes_lws_config_runs(tmp_path, softmax_weights):
+    path, ckpt = softmax_weights
+    t, start = _train("faster_rcnn_tiny_lws_decoupled.yaml", tmp_path, path)
+    end = t.model.state_dict()
+    for k, v in ckpt.items():
+        if k in end:
+            assert torch.equal(end[k], v), k  # weight and bias too: only the scales train
+    assert torch.equal(start[CLS + "weight_scale"], torch.ones(25))
+    assert not torch.equal(end[CLS + "weight_scale"], start[CLS + "weight_scale"])
+
+
+@pytest.mark.slow
+def test_lt_shapes_eqlv1_config_runs(tmp_path):
+    from lt_detectron.losses import EQLv1Loss
+
+    t = LTTrainer(_tiny("faster_rcnn_tiny_eqlv1.yaml", tmp_path))
+    t.resume_or_load(resume=False)
+    t.train()
+    loss = t.model.roi_heads.box_predictor.cls_loss
+    assert isinstance(loss, EQLv1Loss) and 0 < int(loss.tail.sum()) < 24
+    assert os.path.isfile(tmp_path / "model_final.pth")
