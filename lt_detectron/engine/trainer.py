@@ -113,11 +113,14 @@ def reset_classifiers(model):
     """Re-initialise the classification layer of every box predictor that can
     (``reset_classifier()``), identically on every process; returns how many."""
     heads = [m for m in model.modules() if callable(getattr(m, "reset_classifier", None))]
-    # the same fresh weights on every rank (DDP broadcast its parameters when it was built)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(comm.shared_random_seed())
+    if comm.get_world_size() == 1:
         for m in heads:
             m.reset_classifier()
+    else:  # the same fresh weights on every rank (DDP broadcast the parameters when it was built)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(comm.shared_random_seed())
+            for m in heads:
+                m.reset_classifier()
     logger.info(
         "MODEL.LT.REINIT_CLS: training starts from MODEL.WEIGHTS with %d re-initialised "
         "classifier(s)",

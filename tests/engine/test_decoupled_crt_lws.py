@@ -185,3 +185,29 @@ def test_lt_shapes_eqlv1_config_runs(tmp_path):
     loss = t.model.roi_heads.box_predictor.cls_loss
     assert isinstance(loss, EQLv1Loss) and 0 < int(loss.tail.sum()) < 24
     assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def _reset_worker(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(100 + rank)  # ranks whose global RNGs differ
+        _, model = _model("MODEL.LT.REINIT_CLS", True)
+        reset_classifiers(model)
+        w = model.roi_heads.box_predictor.cls_score.weight.detach()
+        torch.save({"w": w, "next": torch.rand(1)}, os.path.join(out_dir, "rank%d.pt" % rank))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_crt_reinit_is_identical_on_every_rank(tmp_path):
+    """DDP broadcast the parameters when it wrapped the model, before the re-initialisation: every
+    rank must draw the same fresh classifier (and keep its own RNG stream)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_reset_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / ("rank%d.pt" % r)) for r in (0, 1))
+    assert torch.equal(r0["w"], r1["w"])
+    assert not torch.equal(r0["next"], r1["next"])  # the global RNGs were left alone
