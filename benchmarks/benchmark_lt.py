@@ -20,12 +20,12 @@ from the csv files (``benchmarks/results`` when ``--results-dir`` is not given).
     python -m benchmarks.benchmark_lt --methods softmax,fcos_focal --max-iter 5 --output-root /tmp/ltb
 
 Methods: ``<m>`` -> configs/lt_shapes/faster_rcnn_tiny_<m>.yaml, ``fcos_<m>`` -> fcos_tiny_<m>.yaml,
-``centernet_<m>``, ``retinanet_<m>`` likewise. ``bags_decoupled`` starts from the ``softmax`` run's
-``model_final.pth`` of the same seed (softmax is trained first, and added if missing). ``<m>_norcal``,
-``<m>_logit_adjustment``, ``<m>_tau_norm`` (e.g. ``softmax_norcal``) train nothing: ``--eval-only``
-of the ``<m>`` run of the same seed with that ``TEST.LT.CALIBRATION`` at the strength of
-``--calibration-values`` (compared with ``<m>``). Default: every faster_rcnn_tiny_* config except
-bags_decoupled, plus every fcos_tiny_* config.
+``centernet_<m>``, ``retinanet_<m>`` likewise. A decoupled method (``*_decoupled``: ``bags_decoupled``,
+``crt_decoupled``, ``lws_decoupled``) starts from the ``softmax`` run's ``model_final.pth`` of the
+same seed (softmax is trained first, and added if missing). ``<m>_norcal``, ``<m>_logit_adjustment``, ``<m>_tau_norm`` (e.g. ``softmax_norcal``) train nothing:
+``--eval-only`` of the ``<m>`` run of the same seed with that ``TEST.LT.CALIBRATION`` at the
+strength of ``--calibration-values`` (compared with ``<m>``). Default: every faster_rcnn_tiny_*
+config except the decoupled ones, plus every fcos_tiny_* config.
 """
 
 import argparse
@@ -58,6 +58,11 @@ __all__ = ["collect_run", "read_final_metrics", "read_per_category_csv", "read_t
 
 
 # ------------------------------------------------------------------------------------------ methods
+def is_decoupled(method: str) -> bool:
+    """A decoupled recipe: it starts from the softmax run's final weights."""
+    return method.endswith("_decoupled")
+
+
 def config_for(method: str) -> Path:
     if calibration_of(method):
         return config_for(calibration_of(method)[0])
@@ -73,7 +78,7 @@ def default_methods():
             Path(p).stem[len(prefix) :] for p in glob.glob(str(CONFIG_DIR / (prefix + "*.yaml")))
         )
 
-    roi = [m for m in stems("faster_rcnn_tiny_") if m != "bags_decoupled"]
+    roi = [m for m in stems("faster_rcnn_tiny_") if not is_decoupled(m)]
     if "softmax" in roi:
         roi = ["softmax"] + [m for m in roi if m != "softmax"]
     fcos = stems("fcos_tiny_")
@@ -82,8 +87,8 @@ def default_methods():
 
 
 def order_methods(methods):
-    """Deduplicate; bags_decoupled needs softmax before it (added if missing), a calibration row
-    ``<m>_<calibration>`` its ``<m>``."""
+    """Deduplicate; a decoupled method needs softmax before it (added if missing), a calibration
+    row ``<m>_<calibration>`` its ``<m>``."""
     out = []
     for m in methods:
         base = (calibration_of(m) or (None,))[0]
@@ -91,13 +96,12 @@ def order_methods(methods):
             out.append(base)
         if m not in out:
             out.append(m)
-    if "bags_decoupled" in out:
+    for m in [m for m in out if is_decoupled(m)]:
         if "softmax" not in out:
             out.insert(0, "softmax")
-        i, j = out.index("softmax"), out.index("bags_decoupled")
-        if j < i:
-            out.remove("bags_decoupled")
-            out.insert(out.index("softmax") + 1, "bags_decoupled")
+        if out.index(m) < out.index("softmax"):
+            out.remove(m)
+            out.insert(out.index("softmax") + 1, m)
     return out
 
 
@@ -116,7 +120,7 @@ def method_opts(method, output_root, max_iter=None, extra_opts=(), seed=0, calib
         weights = run_dir_of(output_root, cal[0], seed) / "model_final.pth"
         key = _STRENGTH_KEY.get(cal[1], "TEST.LT.CALIBRATION_TAU")
         opts += ["MODEL.WEIGHTS", str(weights), "TEST.LT.CALIBRATION", cal[1], key, str(value)]
-    if method == "bags_decoupled":
+    if is_decoupled(method):
         softmax = run_dir_of(output_root, "softmax", seed) / "model_final.pth"
         opts += ["MODEL.WEIGHTS", str(softmax)]
     if max_iter:
@@ -248,7 +252,7 @@ def parse_seeds(text: str):
 
 
 def run_all(methods, seeds, root, args, extra, on_result=None):
-    """Every (method, seed), ``args.jobs`` at a time, method by method; bags_decoupled and the
+    """Every (method, seed), ``args.jobs`` at a time, method by method; a decoupled method and the
     calibration rows wait for the trained runs. ``on_result(result)`` is called as each run
     finishes (the csv files are updated then, so an interrupted benchmark keeps every finished
     run). Returns the results in (method, seed) order."""
@@ -265,7 +269,7 @@ def run_all(methods, seeds, root, args, extra, on_result=None):
                 results[(m, s)] = load_result(run_dir)
             else:
                 todo.append((m, s))
-    needs_run = lambda m: m == "bags_decoupled" or calibration_of(m)  # noqa: E731
+    needs_run = lambda m: is_decoupled(m) or calibration_of(m)  # noqa: E731
     first = [t for t in todo if not needs_run(t[0])]
     later = [t for t in todo if needs_run(t[0])]
     lock = threading.Lock()

@@ -40,12 +40,13 @@ def config_for(method: str) -> str:
 
 
 def default_methods():
-    """Every faster_rcnn_tiny_* method except bags_decoupled (needs a trained baseline), softmax first."""
+    """Every faster_rcnn_tiny_* method except the decoupled ones (``*_decoupled``: they need a trained
+    baseline), softmax first."""
     names = sorted(
         Path(p).stem[len("faster_rcnn_tiny_") :]
         for p in glob.glob(str(CONFIG_DIR / "faster_rcnn_tiny_*.yaml"))
     )
-    names = [n for n in names if n != "bags_decoupled"]
+    names = [n for n in names if not n.endswith("_decoupled")]
     return ["softmax"] + [n for n in names if n != "softmax"] if "softmax" in names else names
 
 
@@ -137,7 +138,7 @@ def main(argv=None):
         "--methods",
         default=None,
         help="comma-separated; first = baseline (default: softmax + every "
-        "faster_rcnn_tiny_* except bags_decoupled)",
+        "faster_rcnn_tiny_* except the *_decoupled ones)",
     )
     p.add_argument("--steps", type=int, default=20, help="timed steps per method (median)")
     p.add_argument("--warmup", type=int, default=2)

@@ -35,6 +35,7 @@ _ALLOWED = {
     "MODEL.LT.COSINE_SCALE": ("float", 0.0, math.inf, True),
     "MODEL.LT.PRIOR_PROB": ("float", -math.inf, 1.0, False),  # < 0: the method's default
     "MODEL.LT.GROUP_EDGES": "edges",
+    "MODEL.LT.EQLV1.LAMBDA": ("float", 0.0, 1.0, False),
     "MODEL.LT.EQLV2.GAMMA": ("float", 0.0, math.inf, True),
     "MODEL.LT.EQLV2.MU": ("float", 0.0, 1.0, False),
     "MODEL.LT.EQLV2.ALPHA": ("float", 0.0, math.inf, False),
@@ -65,6 +66,7 @@ _ALLOWED = {
     "MODEL.LT.REINIT_CLS": "bool",
     "MODEL.LT.NORMED_MASK.TEMPERATURE": ("float", 0.0, math.inf, True),
     "MODEL.LT.NORMED_MASK.POWER": ("float", 0.0, math.inf, True),
+    "MODEL.LT.LWS": "bool",
     "TEST.LT.BACKEND": ("auto", "hotcoco", "lvis"),
     "TEST.LT.MAX_DETS": ("int", 1, math.inf, False),
     "TEST.LT.AP_PROTOCOL": ("standard", "fixed"),
@@ -186,6 +188,11 @@ def _add_lt_keys(cfg):
     # OUTPUT_DIR/class_stats.json or a checkpoint it wrote. The trainer sets it in config.yaml.
     _C.MODEL.LT.CLASS_STATS_FILE = ""
 
+    # EQL v1 (MODEL.LT.ROI_LOSS eqlv1): on foreground ROIs, no negative term for the classes whose
+    # image frequency (images containing the class / training images) is below LAMBDA
+    _C.MODEL.LT.EQLV1 = CN()
+    _C.MODEL.LT.EQLV1.LAMBDA = 1.76e-3  # the paper's lambda on LVIS v0.5
+
     _C.MODEL.LT.EQLV2 = CN()
     _C.MODEL.LT.EQLV2.GAMMA = 12.0  # steepness of the mapping f(g)
     _C.MODEL.LT.EQLV2.MU = 0.8  # centre of f(g)
@@ -243,7 +250,12 @@ def _add_lt_keys(cfg):
 
     # Decoupled training (BAGS recipe): freeze all but the classification layer(s)
     _C.MODEL.LT.FREEZE_ALL_BUT_CLS = False
-    _C.MODEL.LT.REINIT_CLS = False  # drop cls_score weights from MODEL.WEIGHTS (shape changes)
+    # re-initialise cls_score when training starts from MODEL.WEIGHTS (not when resuming): BAGS
+    # (its shape changes) and cRT (same shape, retrained from scratch)
+    _C.MODEL.LT.REINIT_CLS = False
+    # LWS (Kang et al. 2020): cls_score gets a learnable per-class scale of its weight rows (init 1);
+    # with FREEZE_ALL_BUT_CLS only the scales train
+    _C.MODEL.LT.LWS = False
 
     # Normalised mask head (MODEL.ROI_MASK_HEAD.NAME "NormedMaskRCNNConvUpsampleHead", read by its
     # from_config): the 1x1 mask predictor is a cosine-normalised NormedConv2d (mmdetection's)

@@ -6,7 +6,7 @@
 #           and the final evaluation's per-class AP vs training instances and per-category AP
 #   demo/   the trained model's detections on 4 val images (tools/demo.py)
 #   bash tools/demo.sh                 # baseline (softmax CE)
-#   bash tools/demo.sh eqlv2           # any method: softmax sigmoid eqlv2 ecm bags c2am
+#   bash tools/demo.sh eqlv2           # any method: softmax sigmoid eqlv1 eqlv2 ecm bags c2am
 #   bash tools/demo.sh eqlv2 SOLVER.MAX_ITER 200   # extra config overrides
 set -euo pipefail
 cd "$(dirname "$0")/.."

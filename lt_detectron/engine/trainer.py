@@ -13,10 +13,11 @@
   ``copypaste:`` lines.
 - Checkpoints are plain data, loaded with ``weights_only=True``, written atomically, and resume
   falls back to the newest intact one (``LTCheckpointer``). Every rank's RNG states are saved
-  (gathered to rank 0) and each rank resumes its own; the training sampler (``TrainingSampler``
-  or ``RepeatFactorTrainingSampler``) resumes its position exactly.
+  (gathered to rank 0) and each rank resumes its own; the training sampler (``TrainingSampler``,
+  ``RepeatFactorTrainingSampler`` or ``ClassAwareSampler``) resumes its position exactly.
 - ``MODEL.LT.FREEZE_ALL_BUT_CLS`` freezes everything but the classification layer(s)
-  (BAGS' decoupled recipe).
+  (the decoupled recipes: BAGS, cRT; LWS: only the layer's scales), and ``MODEL.LT.REINIT_CLS``
+  re-initialises them when training starts from ``MODEL.WEIGHTS`` (not when resuming).
 - A non-finite loss stops training with a message that names the iteration, the losses and
   the last checkpoint written (nothing already written is removed).
 """
@@ -56,6 +57,7 @@ from .training_data import prepare_training_data
 __all__ = [
     "LTTrainer",
     "freeze_all_but_classifier",
+    "reset_classifiers",
     "record_config",
 ]
 
@@ -79,10 +81,19 @@ def record_config(cfg, previous=None):
 
 
 def freeze_all_but_classifier(model):
-    """Freeze every parameter except the box predictors' ``cls_score`` layers; returns their names."""
+    """Freeze every parameter except the box predictors' ``cls_score`` layers (of a layer that names
+    ``decoupled_trainable``, e.g. LWS' scales, only those); returns the names of those kept."""
+    keep_names = set()
+    for mname, m in model.named_modules():
+        if mname.rsplit(".", 1)[-1] != "cls_score":
+            continue
+        only = getattr(m, "decoupled_trainable", None)
+        for pname, _ in m.named_parameters():
+            if only is None or pname in only:
+                keep_names.add("%s.%s" % (mname, pname))
     trainable = []
     for name, p in model.named_parameters():
-        keep = ".cls_score." in name or name.startswith("cls_score.")
+        keep = name in keep_names
         p.requires_grad_(keep)
         if keep:
             trainable.append(name)
@@ -96,6 +107,26 @@ def freeze_all_but_classifier(model):
             m.eval()
             m.train = lambda mode=True, _m=m: _m  # stays in eval mode
     return trainable
+
+
+def reset_classifiers(model):
+    """Re-initialise the classification layer of every box predictor that can
+    (``reset_classifier()``), identically on every process; returns how many."""
+    heads = [m for m in model.modules() if callable(getattr(m, "reset_classifier", None))]
+    if comm.get_world_size() == 1:
+        for m in heads:
+            m.reset_classifier()
+    else:  # the same fresh weights on every rank (DDP broadcast the parameters when it was built)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(comm.shared_random_seed())
+            for m in heads:
+                m.reset_classifier()
+    logger.info(
+        "MODEL.LT.REINIT_CLS: training starts from MODEL.WEIGHTS with %d re-initialised "
+        "classifier(s)",
+        len(heads),
+    )
+    return len(heads)
 
 
 class LTTrainer(DefaultTrainer):
@@ -178,30 +209,22 @@ class LTTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg, dataset=None):
         """Detectron2's loader with ``LTDatasetMapper`` (unreadable images are named); with
-        ``TrainingSampler`` or ``RepeatFactorTrainingSampler`` a resumable sampler (see
-        data/samplers.py). ``dataset``: the training dicts already loaded (what
+        ``TrainingSampler``, ``RepeatFactorTrainingSampler`` or ``ClassAwareSampler`` a resumable
+        sampler (``data.samplers.build_train_sampler``). ``dataset``: the training dicts already loaded (what
         ``get_detection_dataset_dicts`` returns); loaded once here when not given."""
         from detectron2.data import build_detection_train_loader
-        from detectron2.data.samplers import RepeatFactorTrainingSampler
 
         from ..data import LTDatasetMapper
-        from ..data.samplers import ResumableRepeatFactorTrainingSampler, ResumableTrainingSampler
+        from ..data.samplers import build_train_sampler
 
         if dataset is None:
             dataset = train_dataset_dicts(cfg, load_train_dicts(cfg))
         mapper = LTDatasetMapper(cfg, True)
         name = cfg.DATALOADER.SAMPLER_TRAIN
-        if name not in ("TrainingSampler", "RepeatFactorTrainingSampler"):
+        sampler = build_train_sampler(cfg, dataset)
+        if sampler is None:
             return build_detection_train_loader(cfg, dataset=dataset, mapper=mapper)
-        seed = cfg.SEED if cfg.SEED >= 0 else None
         logger.info("Using training sampler %s (resumable)", name)
-        if name == "TrainingSampler":
-            sampler = ResumableTrainingSampler(len(dataset), seed=seed)
-        else:
-            factors = RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
-                dataset, cfg.DATALOADER.REPEAT_THRESHOLD
-            )
-            sampler = ResumableRepeatFactorTrainingSampler(factors, seed=seed)
         loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, mapper=mapper)
         loader.lt_sampler = sampler  # resume_or_load moves its start
         return loader
@@ -218,7 +241,10 @@ class LTTrainer(DefaultTrainer):
     def resume_or_load(self, resume=True):
         """detectron2's, plus: a corrupt/missing last checkpoint falls back to the newest intact one
         (``LTCheckpointer``), and the training sampler continues where the checkpoint stopped."""
+        resumed = resume and self.checkpointer.has_checkpoint()
         super().resume_or_load(resume=resume)
+        if self.cfg.MODEL.LT.REINIT_CLS and not resumed:
+            reset_classifiers(self.model)
         sampler = getattr(self._trainer.data_loader, "lt_sampler", None)
         if sampler is not None:
             sampler.set_start(self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH)

@@ -51,3 +51,4 @@ from .c2am import C2AMROILoss, c2am_loss, c2am_margins  # noqa: F401,E402
 from .federated import fed_loss_class_weights, fed_loss_classes, fed_loss_mask  # noqa: F401,E402
 from .seesaw import SeesawLoss, seesaw_cross_entropy, seesaw_logit_offsets  # noqa: F401,E402
 from .efl import EqualizedFocalLoss, efl_factors  # noqa: F401,E402
+from .eqlv1 import EQLv1Loss, eqlv1_tail_classes  # noqa: F401,E402

@@ -55,10 +55,19 @@ from ..losses import (
     train_class_stats,
 )
 from .calibration import Calibration, build_calibration
-from .classifiers import build_classifier, init_prior_bias
+from .classifiers import LWSLinear, build_classifier, init_prior_bias
 from .topk_inference import ClassTopKThresholds
 
 __all__ = ["LongTailFastRCNNOutputLayers"]
+
+
+def _lws_layer(layer: torch.nn.Module) -> LWSLinear:
+    if type(layer) is not torch.nn.Linear:
+        raise ValueError(
+            "MODEL.LT.LWS needs a linear classifier, but this loss asks for %s: set MODEL.LT.LWS False "
+            "or use a loss with a linear layer (MODEL.LT.CLASSIFIER linear)" % type(layer).__name__
+        )
+    return LWSLinear.from_linear(layer)
 
 
 class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
@@ -69,7 +78,9 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
     softmax cross-entropy, Detectron2's loss); ``test_topk_per_class``: > 0 keeps that many
     detections per class over the dataset at inference, with no per-image cap (Fixed AP); 0 (default):
     Detectron2's inference; ``calibration``: a test-time
-    :class:`~lt_detectron.modeling.calibration.Calibration` of the logits, or None (default).
+    :class:`~lt_detectron.modeling.calibration.Calibration` of the logits, or None (default);
+    ``lws``: ``cls_score`` becomes an :class:`LWSLinear` (learnable weight scaling; a linear
+    classifier only).
     """
 
     @configurable
@@ -80,6 +91,7 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         cls_loss: Optional[ROILoss] = None,
         test_topk_per_class: int = 0,
         calibration: Optional[Calibration] = None,
+        lws: bool = False,
         **kwargs,
     ):
         super().__init__(input_shape, **kwargs)
@@ -112,6 +124,8 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
                 init_prior_bias(self.cls_score, spec.prior_prob)
         else:
             self.cls_score = build_classifier(spec, in_features)
+        if lws:
+            self.cls_score = _lws_layer(self.cls_score)
         check_logit_columns(cls_loss, self.cls_score, "the box predictor's cls_score")
         if calibration is not None:
             calibration.check(cls_loss, self.cls_score)
@@ -124,10 +138,20 @@ class LongTailFastRCNNOutputLayers(FastRCNNOutputLayers):
         stats = train_class_stats(cfg, C, "MODEL.ROI_HEADS.NUM_CLASSES")
         ret["cls_loss"] = build_roi_loss(with_iters_per_epoch(cfg, None), C, stats)
         ret["calibration"] = build_calibration(cfg, C, stats)
+        ret["lws"] = cfg.MODEL.LT.LWS
         ret["test_topk_per_class"] = (
             cfg.TEST.LT.TOPK_PER_CLASS if cfg.TEST.LT.AP_PROTOCOL == "fixed" else 0
         )
         return ret
+
+    def reset_classifier(self) -> None:
+        """Re-initialise ``cls_score`` in place (the parameters keep their identity, so an optimizer
+        built already still holds them), as it was initialised when built (cRT's fresh classifier,
+        ``MODEL.LT.REINIT_CLS``)."""
+        fresh = build_classifier(self.cls_loss.classifier_spec(), self.cls_score.in_features)
+        if isinstance(self.cls_score, LWSLinear):
+            fresh = LWSLinear.from_linear(fresh)
+        self.cls_score.load_state_dict(fresh.state_dict())
 
     # ------------------------------------------------------------------ training
     def losses(

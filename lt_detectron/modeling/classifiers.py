@@ -8,6 +8,10 @@
     with bias, i.e. ``scale=20.0, bias=True``).
   - ``weight_norms()`` returns the (out_features,) row norms ``||W_j||`` (C2AM margins; the loss
     detaches them).
+* :class:`LWSLinear` -- a linear layer with a learnable per-output scale of its weight rows,
+  ``out_j = f_j (W_j . x) + b_j`` (LWS, docs/methods.md#crt-and-lws); its state dict is a linear
+  layer's plus ``weight_scale`` (init 1), so a trained linear classifier loads into it, and
+  ``decoupled_trainable`` names the only parameter the decoupled phase trains.
 * :func:`init_prior_bias` sets ``bias = -log((1 - p) / p)`` (e.g. EQLv2 / sigmoid heads, p = 0.001).
 * :func:`build_classifier` builds the layer a loss asks for (its
   :class:`~lt_detectron.losses.base.ClassifierSpec`): ``linear`` -> ``nn.Linear`` with Detectron2's
@@ -27,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["CosineClassifier", "init_prior_bias", "build_classifier"]
+__all__ = ["CosineClassifier", "LWSLinear", "init_prior_bias", "build_classifier"]
 
 
 class CosineClassifier(nn.Module):
@@ -97,6 +101,35 @@ class CosineClassifier(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, scale={s}, "
             f"learn_scale={isinstance(self.scale, nn.Parameter)}, bias={self.bias is not None}"
         )
+
+
+class LWSLinear(nn.Linear):
+    """``nn.Linear`` with learnable weight scaling: ``out = x (f * W)^T + b``, f (out_features,) init 1.
+
+    The bias is not scaled (the scale multiplies the weight rows, as the eqlv2 authors' LWS layer).
+    """
+
+    # with MODEL.LT.FREEZE_ALL_BUT_CLS only these parameters of the layer train
+    decoupled_trainable = ("weight_scale",)
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__(in_features, out_features, bias=bias)
+        self.weight_scale = nn.Parameter(torch.ones(out_features))
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear) -> "LWSLinear":
+        """An LWS layer holding ``layer``'s weight and bias, scales 1 (same outputs)."""
+        out = cls(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        with torch.no_grad():
+            out.weight.copy_(layer.weight)
+            if layer.bias is not None:
+                out.bias.copy_(layer.bias)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() > 2:
+            x = torch.flatten(x, start_dim=1)
+        return F.linear(x, self.weight * self.weight_scale[:, None], self.bias)
 
 
 def init_prior_bias(module: nn.Module, prior_prob: float) -> nn.Module:

@@ -199,10 +199,16 @@ def test_benchmark_lt_seeds_csv_report_and_plot(tmp_path):
 def test_benchmark_lt_methods_and_resume(tmp_path, capsys):
     lt = _load("benchmark_lt")
     defaults = lt.default_methods()
-    assert defaults[0] == "softmax" and "bags_decoupled" not in defaults
+    assert defaults[0] == "softmax" and not [m for m in defaults if m.endswith("_decoupled")]
     assert any(m.startswith("fcos_") for m in defaults)
     assert all(lt.config_for(m).is_file() for m in defaults)
     assert lt.order_methods(["bags_decoupled", "eqlv2"]) == ["softmax", "bags_decoupled", "eqlv2"]
+    # cRT / LWS start from the softmax run as BAGS does
+    assert lt.order_methods(["lws_decoupled", "softmax"]) == ["softmax", "lws_decoupled"]
+    crt = lt.method_opts("crt_decoupled", tmp_path, max_iter=5, seed=1)
+    assert crt[crt.index("MODEL.WEIGHTS") + 1] == str(
+        tmp_path / "softmax" / "seed1" / "model_final.pth"
+    )
     assert lt.parse_seeds("3") == [0, 1, 2] and lt.parse_seeds("0,4") == [0, 4]
     opts = lt.method_opts("bags_decoupled", tmp_path, max_iter=5, seed=2)
     assert opts[opts.index("MODEL.WEIGHTS") + 1] == str(

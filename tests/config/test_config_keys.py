@@ -176,6 +176,7 @@ FAMILIES = [
     "faster_rcnn_tiny_softmax.yaml",
     "faster_rcnn_tiny_sigmoid.yaml",
     "faster_rcnn_tiny_sigmoid_bofl.yaml",
+    "faster_rcnn_tiny_eqlv1.yaml",
     "faster_rcnn_tiny_eqlv2.yaml",
     "faster_rcnn_tiny_ecm.yaml",
     "faster_rcnn_tiny_bags.yaml",
@@ -248,6 +249,8 @@ def test_every_lt_key_is_read_by_some_family(tmp_path):
     # the method keys are read by their method's runs only
     assert "MODEL.LT.EQLV2.GAMMA" in reads["faster_rcnn_tiny_eqlv2.yaml"]
     assert "MODEL.LT.EQLV2.GAMMA" not in reads["faster_rcnn_tiny_softmax.yaml"]
+    assert "MODEL.LT.EQLV1.LAMBDA" in reads["faster_rcnn_tiny_eqlv1.yaml"]
+    assert "MODEL.LT.EQLV1.LAMBDA" not in reads["faster_rcnn_tiny_eqlv2.yaml"]
     assert "MODEL.LT.BOFL.KAPPA" in reads["centernet_tiny_bofl.yaml"]
     assert "MODEL.LT.BOFL.KAPPA" not in reads["retinanet_tiny_focal.yaml"]
     assert "MODEL.LT.NORMED_MASK.TEMPERATURE" in reads["mask_rcnn_tiny_ecm_normed_mask.yaml"]

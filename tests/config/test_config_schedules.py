@@ -41,6 +41,11 @@ NAME_EPOCHS = {"1x": 12, "2x": 24, "3x": 36}
 DECLARED_EPOCHS = {
     "lvis_v1/bags_mask_rcnn_R_50_FPN_decoupled.yaml": 12,  # BAGS: 12 more epochs
     "coco_lt/bags_faster_rcnn_R_50_FPN_decoupled.yaml": 12,
+    # cRT / LWS (eqlv2 authors' decoupled configs): 75,000 iterations at batch 16 on LVIS v1
+    "lvis_v1/crt_mask_rcnn_R_50_FPN_decoupled.yaml": 12,
+    "lvis_v1/lws_mask_rcnn_R_50_FPN_decoupled.yaml": 12,
+    "coco_lt/crt_faster_rcnn_R_50_FPN_decoupled.yaml": 12,
+    "coco_lt/lws_faster_rcnn_R_50_FPN_decoupled.yaml": 12,
     "dense/Base-FCOS.yaml": 12,  # FCOS 1x
     "dense/Base-LT-RetinaNet.yaml": 12,  # RetinaNet 1x
     "dense/Base-CenterNet.yaml": 140,  # CenterNet / BOFL: 140 epochs
