@@ -20,9 +20,10 @@ from the csv files (``benchmarks/results`` when ``--results-dir`` is not given).
     python -m benchmarks.benchmark_lt --methods softmax,fcos_focal --max-iter 5 --output-root /tmp/ltb
 
 Methods: ``<m>`` -> configs/lt_shapes/faster_rcnn_tiny_<m>.yaml, ``fcos_<m>`` -> fcos_tiny_<m>.yaml,
-``centernet_<m>``, ``retinanet_<m>`` likewise. A decoupled method (``*_decoupled``: ``bags_decoupled``,
-``crt_decoupled``, ``lws_decoupled``) starts from the ``softmax`` run's ``model_final.pth`` of the
-same seed (softmax is trained first, and added if missing). ``<m>_norcal``, ``<m>_logit_adjustment``, ``<m>_tau_norm`` (e.g. ``softmax_norcal``) train nothing:
+``centernet_<m>``, ``retinanet_<m>`` likewise. A decoupled method (``*_decoupled``:
+``bags_decoupled``, ``crt_decoupled``, ``lws_decoupled``) starts from the ``softmax`` run's
+``model_final.pth`` of the same seed (softmax is trained first, and added if missing).
+``<m>_norcal``, ``<m>_logit_adjustment``, ``<m>_tau_norm`` (e.g. ``softmax_norcal``) train nothing:
 ``--eval-only`` of the ``<m>`` run of the same seed with that ``TEST.LT.CALIBRATION`` at the
 strength of ``--calibration-values`` (compared with ``<m>``). Default: every faster_rcnn_tiny_*
 config except the decoupled ones, plus every fcos_tiny_* config.

@@ -61,7 +61,11 @@ FIELDS = (
 )
 _RECORD_KEYS = {"recipe", "official", "expected", "reproduced_on_lvis", "differences", "note"}
 _RECIPE_KEYS = set(FIELDS) | {"source", "unit", "train_images", "max_iter", "verified", "note"}
-_SAMPLERS = {"TrainingSampler": "random", "RepeatFactorTrainingSampler": "rfs"}
+_SAMPLERS = {
+    "TrainingSampler": "random",
+    "RepeatFactorTrainingSampler": "rfs",
+    "ClassAwareSampler": "class_aware",
+}
 _SCORE_KEYS = {
     "GeneralizedRCNN": "ROI_HEADS",
     "RetinaNet": "RETINANET",
