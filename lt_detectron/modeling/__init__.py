@@ -1,5 +1,11 @@
 from .backbone import TinyNet, build_tiny_backbone, build_tiny_fpn_backbone
 from .box_predictor import LongTailFastRCNNOutputLayers
 from .classifiers import build_classifier
+from .mask_head import (
+    ClassSelectedMaskMixin,
+    class_selected_logits,
+    class_selected_mask_inference,
+    class_selected_mask_logits,
+)
 from .roi_heads import LongTailCascadeROIHeads, LongTailROIHeads
 from . import dense  # noqa: F401  (registers LongTailRetinaNet, FCOS, CenterNet)
