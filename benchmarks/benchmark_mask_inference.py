@@ -11,12 +11,14 @@ Two stages, each variant in a fresh subprocess (so its peak memory is its own):
 * ``model``: a whole Mask R-CNN forward (``--config``, random weights scaled as in
   ``lt_detectron.utils.testing.random_mask_rcnn``, one ``--size`` px image, score threshold 0 and
   ``--detections`` per image, RPN ``--proposals`` per image; the config's own class count, which
-  must match its training set's) with the ROI heads' mask branch in
-  each mode; seconds per image (median of ``--model-repeats``). ``--model-repeats 0`` skips it.
+  must match its training set's) with the ROI heads' mask branch in each mode; seconds per image
+  (median of ``--model-repeats``). ``--model-repeats 0`` skips it.
 
-Memory is the process's peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``)
-after the runs, and its growth over the peak before the first run (model built, inputs made). The
-masks of the two variants are saved and compared (max absolute difference of probabilities).
+Time is wall-clock and process CPU time (``time.process_time``; with one thread it is less
+sensitive to other processes on a shared machine). Memory is the process's peak resident set size
+(``resource.getrusage(RUSAGE_SELF).ru_maxrss``) after the runs, and its growth over the peak
+before the first run (model built, inputs made). The masks of the two variants are saved and
+compared (max absolute difference of probabilities).
 
   python -m benchmarks.benchmark_mask_inference
   python -m benchmarks.benchmark_mask_inference --threads 4
@@ -44,12 +46,14 @@ def _maxrss_mib():
 
 
 def _timed(fn, repeats):
-    times = []
+    """Wall-clock and process CPU seconds of each of ``repeats`` calls, and the last output."""
+    times, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t)
-    return times, out
+        cpu.append(time.process_time() - c)
+    return times, cpu, out
 
 
 def _head_child(args):
@@ -102,12 +106,13 @@ def child(args):
     run, repeats = (_head_child if args.stage == "head" else _model_child)(args)
     before = _maxrss_mib()  # model built, inputs made
     with torch.no_grad():
-        times, masks = _timed(run, repeats)
+        times, cpu, masks = _timed(run, repeats)
     torch.save(masks.contiguous(), args.save)
     print(
         json.dumps(
             {
                 "times": times,
+                "cpu_times": cpu,
                 "n": int(masks.shape[0]),
                 "peak_mib": _maxrss_mib(),
                 "start_mib": before,
@@ -167,6 +172,7 @@ def main(argv=None):
                         variant,
                         r["n"],
                         statistics.median(r["times"]),
+                        statistics.median(r["cpu_times"]),
                         len(r["times"]),
                         r["peak_mib"],
                         r["peak_mib"] - r["start_mib"],
@@ -178,15 +184,15 @@ def main(argv=None):
         % (args.config, args.classes, args.detections, args.threads, torch.__version__)
     )
     print(
-        "| stage | masks | detections | s/image (median) | runs | peak RSS (MiB) "
-        "| RSS growth (MiB) | max |p diff| |"
+        "| stage | masks | detections | s/image (median) | CPU s/image (median) | runs "
+        "| peak RSS (MiB) | RSS growth (MiB) | max |p diff| |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for stage, variant, n, med, runs, peak, growth, diff in rows:
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for stage, variant, n, med, cpu, runs, peak, growth, diff in rows:
         label = "all classes (Detectron2)" if variant == "all" else "class-selected"
         print(
-            "| %s | %s | %d | %.3f | %d | %.0f | %.0f | %.1e |"
-            % (stage, label, n, med, runs, peak, growth, diff)
+            "| %s | %s | %d | %.3f | %.3f | %d | %.0f | %.0f | %.1e |"
+            % (stage, label, n, med, cpu, runs, peak, growth, diff)
         )
     return rows
 

@@ -17,8 +17,8 @@ def test_benchmark_mask_inference_tiny(capsys):
         ("model", "all"),
         ("model", "selected"),
     ]
-    for stage, variant, n, med, runs, peak, growth, diff in rows:
-        assert n == 6 and med > 0 and peak > 0 and growth >= 0
+    for stage, variant, n, med, cpu, runs, peak, growth, diff in rows:
+        assert n == 6 and med > 0 and cpu > 0 and peak > 0 and growth >= 0
         assert runs == (2 if stage == "head" else 1)
         assert diff <= 1e-6
     assert text.count("| head |") == 2 and text.count("| model |") == 2
