@@ -95,6 +95,9 @@ def test_class_selected_masks_equal_detectron2(kind):
     for r, n in zip(ref, new):
         assert n.pred_masks.shape == (len(n), 1, 28, 28)
         assert_same_masks(r.pred_masks, n.pred_masks)
+    with torch.no_grad():  # no detection in any image (N = 0 in all)
+        none = rh.forward_with_given_boxes(features, given_boxes([[], [], []]))
+    assert [tuple(i.pred_masks.shape) for i in none] == [(0, 1, 28, 28)] * 3
 
 
 def test_whole_model_inference_identical():
