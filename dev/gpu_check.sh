@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPU check, a few minutes on one GPU, offline: one LVIS v1 config per ROI method, ITERS iterations
-# each with AMP off and on, on the real-format fixtures (tools/make_fixtures.py: LVIS v1 jsons with
-# the 1203 real categories, small COCO-named JPEGs, a random-weight ImageNet R-50 .pkl), at the
-# configs' own input sizes. Prints s/iter (detectron2's median iteration time, metrics.json) and
+# GPU check, a few minutes on one GPU, offline: class-selected mask inference against Detectron2's
+# all-class masks (dev/mask_inference_check.py, each AMP mode), then one LVIS v1 config per ROI
+# method, ITERS iterations each with AMP off and on, on the real-format fixtures
+# (tools/make_fixtures.py: LVIS v1 jsons with the 1203 real categories, small COCO-named JPEGs, a
+# random-weight ImageNet R-50 .pkl), at the configs' own input sizes. Prints s/iter (detectron2's median iteration time, metrics.json) and
 # max GPU memory (detectron2's "max_mem", torch.cuda.max_memory_allocated) per run; exits 1 if any
 # run failed.
 #
@@ -25,7 +26,7 @@ DRY=0
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $a (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -68,12 +69,22 @@ if [ "$DEVICE" = cuda ] && [ "$DRY" = 0 ]; then
     || { echo "gpu_check.sh: torch.cuda.is_available() is False; run on a GPU machine (or DEVICE=cpu)" >&2; exit 1; }
 fi
 
+# Class-selected mask inference == Detectron2's all-class masks on DEVICE, for each AMP mode
+# (dev/mask_inference_check.py; LVIS mask head, standard and class-agnostic).
+MASK_CHECK=("$PYTHON" -m dev.mask_inference_check --device "$DEVICE" --amp "$AMP")
+MASK_FAILED=0
+if [ "$DRY" = 1 ]; then
+  printf '%q ' "${MASK_CHECK[@]}"; echo
+else
+  PYTHONWARNINGS=ignore "${MASK_CHECK[@]}" || MASK_FAILED=1
+fi
+
 if [ "$DRY" = 0 ] && [ ! -f "$FIXTURES/lvis/lvis_v1_val.json" ]; then
   "$PYTHON" tools/make_fixtures.py "$FIXTURES" > /dev/null
 fi
 
 RESULTS="$WORK/gpu_check.md"
-FAILED=0
+FAILED=$MASK_FAILED
 ROWS=()
 for amp in $AMP; do
   case "$amp" in on) AMP_FLAG=True ;; off) AMP_FLAG=False ;; *) echo "gpu_check.sh: AMP must be on/off, got $amp" >&2; exit 2 ;; esac

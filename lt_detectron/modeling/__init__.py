@@ -2,6 +2,12 @@ from .backbone import TinyNet, build_tiny_backbone, build_tiny_fpn_backbone
 from .box_predictor import LongTailFastRCNNOutputLayers
 from .calibration import CALIBRATION_REGISTRY, build_calibration
 from .classifiers import build_classifier
+from .mask_inference import (
+    ClassSelectedMaskMixin,
+    class_selected_logits,
+    class_selected_mask_inference,
+    class_selected_mask_logits,
+)
 from .mask_heads import NormedMaskRCNNConvUpsampleHead
 from .normed_conv import NormedConv2d
 from .roi_heads import LongTailCascadeROIHeads, LongTailROIHeads

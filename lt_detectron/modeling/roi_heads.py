@@ -3,7 +3,9 @@
 Detectron2 has no registry for box predictors, so (as its own projects do) we register
 ``StandardROIHeads`` / ``CascadeROIHeads`` subclasses that build ours. Each cascade stage gets
 its own predictor, hence its own loss module and state (EQL v2 statistics are per stage).
-Mask and keypoint heads are Detectron2's, unchanged.
+Mask and keypoint heads are Detectron2's; at inference the mask branch computes only the predicted
+classes' masks (``ClassSelectedMaskMixin``, mask_inference.py: same masks, without the (detections x
+classes) tensor of all class masks).
 
 In training the heads pass the classes of every image's GT objects to the predictor's ``losses``
 (``gt_classes_per_image``; BOFL counts GT objects, not sampled ROIs). That is the only change to
@@ -20,6 +22,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
 from .box_predictor import LongTailFastRCNNOutputLayers
+from .mask_inference import ClassSelectedMaskMixin
 
 __all__ = ["LongTailROIHeads", "LongTailCascadeROIHeads"]
 
@@ -29,7 +32,7 @@ def _gt_classes(targets: Optional[List[Instances]]):
 
 
 @ROI_HEADS_REGISTRY.register()
-class LongTailROIHeads(StandardROIHeads):
+class LongTailROIHeads(ClassSelectedMaskMixin, StandardROIHeads):
     """``StandardROIHeads`` with the long-tail box predictor (``MODEL.LT.ROI_LOSS``)."""
 
     @classmethod
@@ -78,7 +81,7 @@ class LongTailROIHeads(StandardROIHeads):
 
 
 @ROI_HEADS_REGISTRY.register()
-class LongTailCascadeROIHeads(CascadeROIHeads):
+class LongTailCascadeROIHeads(ClassSelectedMaskMixin, CascadeROIHeads):
     """``CascadeROIHeads`` with one long-tail box predictor (and loss state) per stage."""
 
     @classmethod

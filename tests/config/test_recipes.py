@@ -18,7 +18,8 @@ from lt_detectron.config_recipes import (
 )
 from lt_detectron.utils.testing.config import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests._data import ROOT
+
 BOOK = os.path.join(ROOT, "recipes", "recipes.yaml")
 EQLV2 = "configs/lvis_v1/eqlv2_mask_rcnn_R_50_FPN_1x.yaml"
 

@@ -14,7 +14,8 @@ from lt_detectron.engine.trainer import reset_classifiers
 from lt_detectron.modeling.classifiers import LWSLinear
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests._data import ROOT
+
 BASE = os.path.join(ROOT, "configs", "lt_shapes", "Base-FasterRCNN-Tiny.yaml")
 CLS = "roi_heads.box_predictor.cls_score."
 

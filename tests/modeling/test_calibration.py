@@ -26,7 +26,8 @@ from lt_detectron.modeling.calibration import (
 )
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests._data import ROOT
+
 SOFTMAX = os.path.join(ROOT, "configs", "lt_shapes", "faster_rcnn_tiny_softmax.yaml")
 
 C, D, R = 6, 16, 40

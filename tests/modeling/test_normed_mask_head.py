@@ -21,7 +21,7 @@ from lt_detectron.config import LTConfigError, validate_lt_config
 from lt_detectron.modeling import NormedConv2d, NormedMaskRCNNConvUpsampleHead
 from lt_detectron.utils.testing import lt_cfg
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests._data import ROOT
 
 
 def naive_normed_conv(x, weight, bias, tau, p, eps, over_kernel=False):

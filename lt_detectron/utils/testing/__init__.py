@@ -2,6 +2,7 @@
 
 - :mod:`.real_formats`: files in the exact on-disk formats of LVIS v1, COCO 2017 and COCO-LT,
   small enough to train on a CPU (:func:`make_fixtures`).
+- :mod:`.mask_rcnn`: a random-weight Mask R-CNN that reaches its detection limit, noise images.
 - :mod:`.weights`: a random-weight R-50 in detectron2's MSRA ``.pkl`` format.
 - :mod:`.config`: configs with lt_detectron's keys; a tiny CPU one-stage detector.
 - :mod:`.detections`: generated LVIS-like ground truth and detections for evaluator tests and
@@ -23,6 +24,7 @@ from .detections import (
     make_detections,
     make_lvis_like_gt,
 )
+from .mask_rcnn import random_images, random_mask_rcnn
 from .real_formats import (
     COCO_SUPERCATEGORIES,
     coco_categories,
@@ -47,6 +49,8 @@ __all__ = [
     "make_lvis_coco_fixtures",
     "make_coco_lt_fixture",
     "make_r50_msra_pkl",
+    "random_mask_rcnn",
+    "random_images",
     "make_fixtures",
     "fixture_paths",
     "lvis_v1_like_categories",
