@@ -308,6 +308,21 @@ class LTTrainer(DefaultTrainer):
 
         return build_lt_evaluator(cfg, dataset_name, output_folder=output_folder)
 
+    @staticmethod
+    def inference_model(model, evaluator):
+        """The module ``test()`` runs for ``evaluator``: a Mask R-CNN keeps its masks at ROI level
+        (:class:`~lt_detectron.modeling.roi_mask_inference.ROIMaskInference`) for evaluators that
+        encode those themselves (``accepts_roi_masks``), which spares pasting every mask into a
+        full-image bitmap; otherwise ``model`` itself."""
+        from detectron2.evaluation import DatasetEvaluators
+
+        from ..modeling.roi_mask_inference import roi_mask_model
+
+        parts = evaluator._evaluators if isinstance(evaluator, DatasetEvaluators) else [evaluator]
+        if parts and all(getattr(e, "accepts_roi_masks", False) for e in parts):
+            return roi_mask_model(model)
+        return model
+
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """``DefaultTrainer.test`` without detectron2's ``copypaste:`` csv lines after lt_detectron's
@@ -337,7 +352,9 @@ class LTTrainer(DefaultTrainer):
                     logger.warning("%s: not evaluated (%s)", dataset_name, e)
                     results[dataset_name] = {}
                     continue
-            results[dataset_name] = inference_on_dataset(model, data_loader, evaluator)
+            results[dataset_name] = inference_on_dataset(
+                cls.inference_model(model, evaluator), data_loader, evaluator
+            )
             if comm.is_main_process() and not isinstance(evaluator, LTDatasetEvaluator):
                 print_csv_format(results[dataset_name])
         if len(results) == 1:

@@ -4,6 +4,7 @@
   small enough to train on a CPU (:func:`make_fixtures`).
 - :mod:`.weights`: a random-weight R-50 in detectron2's MSRA ``.pkl`` format.
 - :mod:`.config`: configs with lt_detectron's keys; a tiny CPU one-stage detector.
+- :mod:`.roi_masks`: ROI-level mask probabilities like a Mask R-CNN head's.
 - :mod:`.detections`: generated LVIS-like ground truth and detections for evaluator tests and
   benchmarks.
 """
@@ -32,9 +33,11 @@ from .real_formats import (
     make_fixtures,
     make_lvis_coco_fixtures,
 )
+from .roi_masks import make_roi_masks
 from .weights import make_r50_msra_pkl
 
 __all__ = [
+    "make_roi_masks",
     "lt_cfg",
     "tiny_dense_cfg",
     "build_tiny_dense",
