@@ -3,7 +3,7 @@
 - :mod:`.real_formats`: files in the exact on-disk formats of LVIS v1, COCO 2017 and COCO-LT,
   small enough to train on a CPU (:func:`make_fixtures`).
 - :mod:`.weights`: a random-weight R-50 in detectron2's MSRA ``.pkl`` format.
-- :mod:`.config`: configs with lt_detectron's keys; a tiny CPU one-stage detector.
+- :mod:`.config`: configs with lt_detectron's keys; a tiny CPU one-stage detector and Mask R-CNN.
 - :mod:`.roi_masks`: ROI-level mask probabilities like a Mask R-CNN head's.
 - :mod:`.detections`: generated LVIS-like ground truth and detections for evaluator tests and
   benchmarks.
@@ -13,6 +13,7 @@ from .config import (
     TINY_DENSE_COUNTS,
     TINY_DENSE_DATASET,
     build_tiny_dense,
+    build_tiny_mask_rcnn,
     lt_cfg,
     tiny_dense_cfg,
     tiny_dense_inputs,
@@ -41,6 +42,7 @@ __all__ = [
     "lt_cfg",
     "tiny_dense_cfg",
     "build_tiny_dense",
+    "build_tiny_mask_rcnn",
     "tiny_dense_inputs",
     "TINY_DENSE_COUNTS",
     "TINY_DENSE_DATASET",
