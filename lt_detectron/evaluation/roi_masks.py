@@ -28,10 +28,12 @@ from typing import List, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from .common import gc_paused
+
 __all__ = ["encode_roi_masks", "roi_mask_regions", "rle_counts_to_strings"]
 
 _EPS = 1e-5  # |value - threshold| below this: decided by grid_sample itself, not float64
-_CHUNK = 4096  # masks per vectorised pass (bounds the temporary arrays to ~100 MB)
+_CHUNK = 1024  # masks per vectorised pass: temporaries of a few MB, reused by the allocator
 
 
 def _as_numpy(x, dtype) -> np.ndarray:
@@ -97,40 +99,49 @@ def _chunk_flips(masks32, boxes, heights, widths, threshold):
     reg = roi_mask_regions(boxes, heights, widths)
     x0, y0, x1, y1 = reg.T
     ncol = np.maximum(x1 - x0, 0) * (y1 > y0)
-    pad = np.zeros((n, m + 2, m + 2), np.float64)
+    pad = np.zeros((n, m + 2, m + 2), np.float32)  # exact copies of the float32 inputs
     pad[:, 1:-1, 1:-1] = masks32
     # cells (k, w), k, w in -1..m-1, of the padded masks: which straddle the threshold
-    c4 = np.stack([pad[:, :-1, :-1], pad[:, :-1, 1:], pad[:, 1:, :-1], pad[:, 1:, 1:]])
-    cand = (c4.max(0) >= threshold - _EPS) & (c4.min(0) < threshold + _EPS)  # (N, k, w)
+    tl, tr, bl, br = pad[:, :-1, :-1], pad[:, :-1, 1:], pad[:, 1:, :-1], pad[:, 1:, 1:]
+    cmax = np.maximum(np.maximum(tl, tr), np.maximum(bl, br))
+    cmin = np.minimum(np.minimum(tl, tr), np.minimum(bl, br))
+    cand = (cmax >= threshold - _EPS) & (cmin < threshold + _EPS)  # (N, k, w)
     cand_t = cand.transpose(0, 2, 1)  # (N, w, k)
-    per_cell_col = cand_t.sum(2).ravel()  # candidates of (mask, w)
+    per_cell_col = np.count_nonzero(cand_t, axis=2).ravel()  # candidates of (mask, w)
     cell_start = np.concatenate([[0], np.cumsum(per_cell_col)[:-1]])
     c_i, c_w, c_k = np.nonzero(cand_t)  # in (mask, w, k) order; w, k shifted by one
     stride = m + 2
     flat = pad.ravel()
     corner = c_i * stride * stride + c_k * stride + c_w  # pad[i, k, w] of cell (k - 1, w - 1)
-    top_l, top_r = flat[corner], flat[corner + 1]
-    bot_l, bot_r = flat[corner + stride], flat[corner + stride + 1]
+    # per candidate cell: value at its top-left, top step, bottom-left, bottom step (one row each)
+    cell = np.empty((len(corner), 4), np.float64)  # steps in float64: no rounding there
+    cell[:, 0] = flat[corner]
+    cell[:, 1] = flat[corner + 1].astype(np.float64) - cell[:, 0]
+    cell[:, 2] = flat[corner + stride]
+    cell[:, 3] = flat[corner + stride + 1].astype(np.float64) - cell[:, 2]
     cand_k = c_k - 1
     # rows: the source coordinate of each mask's first and last region row
+    bx0, bx1 = np.ascontiguousarray(boxes[:, 0]), np.ascontiguousarray(boxes[:, 2])
     by0, by1 = np.ascontiguousarray(boxes[:, 1]), np.ascontiguousarray(boxes[:, 3])
     iy_first_m = _source(_grid(y0, by0, by1), m)
     iy_last_m = _source(_grid(np.maximum(y1 - 1, y0), by0, by1), m)
+    # above the mask's first row (iy < 0) a value is at most (iy + 1) x the mask's peak: the first
+    # region row of most masks is zeros without a look
     peak = np.abs(masks32).reshape(n, -1).max(1).astype(np.float64)
+    look_m = (iy_first_m + 1) * peak >= threshold - 2 * _EPS
 
     # one entry per region column
+    total = int(ncol.sum())
     ci = np.repeat(np.arange(n), ncol)
-    first = np.concatenate([[0], np.cumsum(ncol)[:-1]])
-    col = x0[ci] + (np.arange(len(ci)) - first[ci])
-    ix = _source(_grid(col, boxes[ci, 0], boxes[ci, 2]), m)
+    col = np.arange(total) + np.repeat(x0 - (np.cumsum(ncol) - ncol), ncol)
+    ix = _source(_grid(col, np.repeat(bx0, ncol), np.repeat(bx1, ncol)), m)
     wcell = np.floor(ix)
-    live = (wcell >= -1) & (wcell <= m - 1)  # other columns sample only zeros
+    live = np.nonzero((wcell >= -1) & (wcell <= m - 1))[0]  # other columns sample only zeros
     ci, col, ix, wcell = ci[live], col[live], ix[live], wcell[live].astype(np.int64)
-    # class of each column's first region row; above the mask's first row (iy < 0) a value is at
-    # most (iy + 1) x the mask's peak, so most first rows are zeros without a look
+    # class of each column's first region row
     s0 = np.zeros(len(ci), bool)
     unsure = np.zeros(len(ci), bool)
-    look = np.nonzero((iy_first_m[ci] + 1) * peak[ci] >= threshold - 2 * _EPS)[0]
+    look = np.nonzero(look_m[ci])[0]
     if len(look):
         v_first = _values(pad, ci[look], ix[look], iy_first_m[ci[look]])
         s0[look] = v_first >= threshold
@@ -139,12 +150,12 @@ def _chunk_flips(masks32, boxes, heights, widths, threshold):
     key = ci * (m + 1) + (wcell + 1)
     npair = per_cell_col[key]
     pj = np.repeat(np.arange(len(ci)), npair)
-    pfirst = np.concatenate([[0], np.cumsum(npair)[:-1]])
-    pc = cell_start[key][pj] + (np.arange(len(pj)) - pfirst[pj])
+    pc = np.arange(len(pj)) + np.repeat(cell_start[key] - (np.cumsum(npair) - npair), npair)
     pk = cand_k[pc]
-    tw = (ix - wcell)[pj]
-    pa = top_l[pc] + tw * (top_r[pc] - top_l[pc])  # the column's value at source row pk
-    pb = bot_l[pc] + tw * (bot_r[pc] - bot_l[pc])  # ... and at pk + 1
+    tw = np.repeat(ix - wcell, npair)
+    cv = cell[pc]
+    pa = cv[:, 0] + tw * cv[:, 1]  # the column's value at source row pk
+    pb = cv[:, 2] + tw * cv[:, 3]  # ... and at pk + 1
     near = (np.abs(pa - threshold) < _EPS) | (np.abs(pb - threshold) < _EPS)
     unsure[pj[near]] = True
     up = pb >= threshold
@@ -300,5 +311,6 @@ def encode_roi_masks(
         counts = allpos - prev
         strings = rle_counts_to_strings(counts, lengths)
         hl, wl = h.tolist(), w.tolist()
-        out.extend({"size": [hl[k], wl[k]], "counts": strings[k]} for k in range(e - s))
+        with gc_paused():  # many small acyclic objects
+            out.extend({"size": [hl[k], wl[k]], "counts": strings[k]} for k in range(e - s))
     return out

@@ -179,7 +179,7 @@ def _instances(d, roi: bool):
 
 
 def _evaluate(name, outputs, roi, out_dir):
-    ev = LTLVISEvaluator(name, ("bbox", "segm"), distributed=False, output_dir=str(out_dir))
+    ev = LTLVISEvaluator(name, ("segm",), distributed=False, output_dir=str(out_dir))
     ev.reset()
     for img_id, d in outputs.items():
         ev.process([{"image_id": img_id}], [{"instances": _instances(d, roi)}])
