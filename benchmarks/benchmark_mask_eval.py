@@ -13,9 +13,13 @@ masks are what a Mask R-CNN head gives: 28 x 28 probabilities per detection (smo
 - **lvis-api**: ``LVIS(gt)``, ``LVISResults`` and ``LVISEval.run()`` on ready result dicts with the same
   RLEs: its evaluation alone (the paste and the encoding are not timed for it).
 
+- **old path** (``--pasted``): what evaluation did before: Detectron2 pastes each mask into a
+  full-image bitmap (``paste_masks_in_image``, timed), ``process()`` encodes them, ``evaluate()``.
+
 Each measurement runs in its own process. Usage::
 
   python -m benchmarks.benchmark_mask_eval --images 1000
+  python -m benchmarks.benchmark_mask_eval --images 200 --pasted
   python -m benchmarks.benchmark_mask_eval --images 5000 --skip-lvis-api
 """
 
@@ -106,9 +110,13 @@ def _metrics(res, scale):
     return {k: (-1.0 if not np.isfinite(res[k]) else float(res[k]) / scale) for k in METRICS}
 
 
-def worker_ours(gt_path, d, pool, out_dir):
+def worker_ours(gt_path, d, pool, out_dir, pasted=False):
+    """``pasted``: the old path instead, for comparison: Detectron2 pastes every mask into a
+    full-image bitmap (``paste_masks_in_image``, as ``detector_postprocess`` does at inference, timed
+    too) and ``process()`` encodes those."""
     import torch
     from detectron2.data import MetadataCatalog
+    from detectron2.layers import paste_masks_in_image
     from detectron2.structures import Boxes, Instances, ROIMasks
 
     from lt_detectron.evaluation import LTLVISEvaluator
@@ -128,8 +136,12 @@ def worker_ours(gt_path, d, pool, out_dir):
         inst.pred_boxes = Boxes(torch.from_numpy(d["boxes"][s:e]))
         inst.scores = torch.from_numpy(d["scores"][s:e])
         inst.pred_classes = torch.from_numpy(lut[d["category_ids"][s:e]])
-        inst.pred_masks = ROIMasks(torch.from_numpy(_rows_masks(pool, s, e)))
+        roi = torch.from_numpy(_rows_masks(pool, s, e))
         t = time.perf_counter()
+        if pasted:
+            inst.pred_masks = paste_masks_in_image(roi, inst.pred_boxes.tensor, IMAGE_HW, 0.5)
+        else:
+            inst.pred_masks = ROIMasks(roi)
         ev.process([{"image_id": img_id}], [{"instances": inst}])
         timed += time.perf_counter() - t
     process_time = timed
@@ -178,6 +190,9 @@ def run_worker(which, gt_path, det_path):
     if which == "ours":
         with tempfile.TemporaryDirectory() as out:
             dt, metrics, extra["process"] = worker_ours(gt_path, d, pool, out)
+    elif which == "pasted":
+        with tempfile.TemporaryDirectory() as out:
+            dt, metrics, extra["process"] = worker_ours(gt_path, d, pool, out, pasted=True)
     elif which == "hotcoco":
         dt, metrics = worker_hotcoco(gt_path, d, pool)
     else:
@@ -202,8 +217,15 @@ def main(argv=None):
     ap.add_argument("--images", type=int, nargs="+", default=[1000])
     ap.add_argument("--dets", type=int, default=300, help="detections per image")
     ap.add_argument("--skip-lvis-api", action="store_true")
+    ap.add_argument(
+        "--pasted",
+        action="store_true",
+        help="also time the old path: full-image masks pasted by Detectron2, then process()",
+    )
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lt_bench_mask_eval"))
-    ap.add_argument("--worker", choices=["ours", "hotcoco", "lvis"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--worker", choices=["ours", "pasted", "hotcoco", "lvis"], help=argparse.SUPPRESS
+    )
     ap.add_argument("--paths", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -211,15 +233,19 @@ def main(argv=None):
         return
     rows = [
         "| images x dets | ours end to end | ours: process() | ours peak | raw hotcoco | ours / hotcoco "
-        "| lvis-api (evaluation alone) | lvis-api / ours | max metric diff |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| lvis-api (evaluation alone) | lvis-api / ours | max metric diff "
+        "| old path: paste + process() + evaluate() | old / ours |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in args.images:
         paths = make_data(args.cache, n, args.dets)
         ours = _subprocess("ours", *paths)
         hot = _subprocess("hotcoco", *paths)
         ref = None if args.skip_lvis_api else _subprocess("lvis", *paths)
+        old = _subprocess("pasted", *paths) if args.pasted else None
         diffs = [abs(ours["metrics"][k] - hot["metrics"][k]) for k in METRICS]
+        if old is not None:
+            diffs += [abs(ours["metrics"][k] - old["metrics"][k]) for k in METRICS]
         if ref is not None:
             diffs += [abs(ours["metrics"][k] - ref["metrics"][k]) for k in METRICS]
         lvis_t = f"{ref['time']:.2f} s" if ref else "-"
@@ -227,7 +253,13 @@ def main(argv=None):
         rows.append(
             f"| {n} x {args.dets} | {ours['time']:.2f} s | {ours['process']:.2f} s | "
             f"{ours['peak_gib']:.2f} GiB | {hot['time']:.2f} s | {ours['time'] / hot['time']:.2f}x | "
-            f"{lvis_t} | {speed} | {max(diffs):.1e} |"
+            f"{lvis_t} | {speed} | {max(diffs):.1e} | "
+            + (
+                f"{old['time']:.2f} s ({old['process']:.2f} s paste + process()) | "
+                f"{old['time'] / ours['time']:.1f}x |"
+                if old
+                else "- | - |"
+            )
         )
         print(rows[-1], flush=True)
     print("\n".join(rows))
