@@ -102,10 +102,12 @@ def _chunk_flips(masks32, boxes, heights, widths, threshold):
     pad = np.zeros((n, m + 2, m + 2), np.float32)  # exact copies of the float32 inputs
     pad[:, 1:-1, 1:-1] = masks32
     # cells (k, w), k, w in -1..m-1, of the padded masks: which straddle the threshold
-    tl, tr, bl, br = pad[:, :-1, :-1], pad[:, :-1, 1:], pad[:, 1:, :-1], pad[:, 1:, 1:]
-    cmax = np.maximum(np.maximum(tl, tr), np.maximum(bl, br))
-    cmin = np.minimum(np.minimum(tl, tr), np.minimum(bl, br))
-    cand = (cmax >= threshold - _EPS) & (cmin < threshold + _EPS)  # (N, k, w)
+    # a cell straddles when one corner is >= threshold - eps and one is < threshold + eps
+    hi = pad >= threshold - _EPS
+    lo = pad < threshold + _EPS
+    hi_r = hi[:, :-1] | hi[:, 1:]  # over the two rows of a cell
+    lo_r = lo[:, :-1] | lo[:, 1:]
+    cand = (hi_r[:, :, :-1] | hi_r[:, :, 1:]) & (lo_r[:, :, :-1] | lo_r[:, :, 1:])  # (N, k, w)
     cand_t = cand.transpose(0, 2, 1)  # (N, w, k)
     per_cell_col = np.count_nonzero(cand_t, axis=2).ravel()  # candidates of (mask, w)
     cell_start = np.concatenate([[0], np.cumsum(per_cell_col)[:-1]])
