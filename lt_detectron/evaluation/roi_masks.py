@@ -80,6 +80,23 @@ def _values(pad: np.ndarray, i: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> n
     return np.where(ok, (1 - tn) * top + tn * bot, 0.0)
 
 
+def _exact_changes(masks32, boxes, i, cols, y0, y1, threshold):
+    """Class changes of whole region columns by ``grid_sample`` itself: (column, row offset) pairs,
+    in order; at most ~2M sampled pixels at a time (columns of one mask constant at the threshold
+    all land here)."""
+    cu, ru = [], []
+    step = max(1, 2_000_000 // max(1, int((y1 - y0).max())))
+    for s in range(0, len(i), step):
+        sl = slice(s, s + step)
+        cls = _exact_columns(masks32, boxes, i[sl], cols[sl], y0[sl], y1[sl], threshold)
+        prev = np.concatenate([np.zeros((len(cls), 1), bool), cls], 1)
+        nxt = np.concatenate([cls, np.zeros((len(cls), 1), bool)], 1)
+        fu, fr = np.nonzero(prev != nxt)  # change before row fr of the region
+        cu.append(fu + s)
+        ru.append(fr)
+    return np.concatenate(cu), np.concatenate(ru)
+
+
 def _exact_columns(masks32, boxes, i, cols, y0, y1, threshold):
     """Pixel classes of whole region columns by ``grid_sample`` itself: (U, max rows) bool."""
     rows = int((y1 - y0).max())
@@ -193,10 +210,7 @@ def _chunk_flips(masks32, boxes, heights, widths, threshold):
     # exact columns
     uj = np.nonzero(unsure)[0]
     if len(uj):
-        cls = _exact_columns(masks32, boxes, ci[uj], col[uj], cy0[uj], cy1[uj], threshold)
-        prev = np.concatenate([np.zeros((len(uj), 1), bool), cls], 1)
-        nxt = np.concatenate([cls, np.zeros((len(uj), 1), bool)], 1)
-        fu, fr = np.nonzero(prev != nxt)  # change before row fr of the region
+        fu, fr = _exact_changes(masks32, boxes, ci[uj], col[uj], cy0[uj], cy1[uj], threshold)
         exact_pos = base[uj][fu] + cy0[uj][fu] + fr
         nflip[uj] = np.bincount(fu, minlength=len(uj))
     offs = np.concatenate([[0], np.cumsum(nflip)])
