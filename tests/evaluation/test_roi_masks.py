@@ -238,3 +238,13 @@ def test_roi_level_masks_in_results_json(lvis_data, tmp_path):
     a = json.loads((tmp_path / "roi" / "lvis_instances_results.json").read_text())
     b = json.loads((tmp_path / "full" / "lvis_instances_results.json").read_text())
     assert a == b and all("segmentation" in r for r in a)
+
+
+def test_evaluator_accepts_roi_level_and_full_image_masks():
+    """ROIMasks and (N, 1, M, M) tensors are ROI-level; (N, H, W) bitmaps are full-image."""
+    from lt_detectron.evaluation.common import roi_level_masks
+
+    t = torch.rand(3, 28, 28)
+    assert roi_level_masks(ROIMasks(t)) is t
+    assert torch.equal(roi_level_masks(t[:, None]), t)
+    assert roi_level_masks(torch.zeros(3, 40, 50, dtype=torch.bool)) is None
