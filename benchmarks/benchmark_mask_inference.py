@@ -61,7 +61,7 @@ def _head_child(args):
     from detectron2.modeling.roi_heads import build_mask_head
     from detectron2.structures import Boxes, Instances
 
-    from lt_detectron.modeling.mask_inference import class_selected_mask_inference
+    from lt_detectron.modeling.class_selected_masks import class_selected_mask_inference
     from lt_detectron.utils.testing import lt_cfg
 
     cfg = lt_cfg(os.path.join(ROOT, args.config), "MODEL.ROI_HEADS.NUM_CLASSES", args.classes)

@@ -41,6 +41,7 @@ from detectron2.utils import comm
 
 from ..class_stats import class_stats_to_dict
 from ..data import load_train_dicts, train_dataset_dicts
+from .decoupled import freeze_all_but_classifier, reset_classifiers
 from .checkpoint import (
     LTCheckpointer,
     gather_rng_states,
@@ -54,12 +55,7 @@ from .run_record import record_class_stats
 from .solver import build_lt_optimizer
 from .training_data import prepare_training_data
 
-__all__ = [
-    "LTTrainer",
-    "freeze_all_but_classifier",
-    "reset_classifiers",
-    "record_config",
-]
+__all__ = ["LTTrainer", "record_config"]
 
 logger = logging.getLogger("lt_detectron")
 
@@ -78,55 +74,6 @@ def record_config(cfg, previous=None):
         with open(path, "w") as f:
             f.write(cfg.dump())
         logger.info("config with the values filled from the training data written to %s", path)
-
-
-def freeze_all_but_classifier(model):
-    """Freeze every parameter except the box predictors' ``cls_score`` layers (of a layer that names
-    ``decoupled_trainable``, e.g. LWS' scales, only those); returns the names of those kept."""
-    keep_names = set()
-    for mname, m in model.named_modules():
-        if mname.rsplit(".", 1)[-1] != "cls_score":
-            continue
-        only = getattr(m, "decoupled_trainable", None)
-        for pname, _ in m.named_parameters():
-            if only is None or pname in only:
-                keep_names.add("%s.%s" % (mname, pname))
-    trainable = []
-    for name, p in model.named_parameters():
-        keep = name in keep_names
-        p.requires_grad_(keep)
-        if keep:
-            trainable.append(name)
-    if not trainable:
-        raise ValueError(
-            "MODEL.LT.FREEZE_ALL_BUT_CLS: the model has no 'cls_score' parameters to train"
-        )
-    # frozen BatchNorm statistics too: the decoupled phase trains the classifier only
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-            m.train = lambda mode=True, _m=m: _m  # stays in eval mode
-    return trainable
-
-
-def reset_classifiers(model):
-    """Re-initialise the classification layer of every box predictor that can
-    (``reset_classifier()``), identically on every process; returns how many."""
-    heads = [m for m in model.modules() if callable(getattr(m, "reset_classifier", None))]
-    if comm.get_world_size() == 1:
-        for m in heads:
-            m.reset_classifier()
-    else:  # the same fresh weights on every rank (DDP broadcast the parameters when it was built)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(comm.shared_random_seed())
-            for m in heads:
-                m.reset_classifier()
-    logger.info(
-        "MODEL.LT.REINIT_CLS: training starts from MODEL.WEIGHTS with %d re-initialised "
-        "classifier(s)",
-        len(heads),
-    )
-    return len(heads)
 
 
 class LTTrainer(DefaultTrainer):
@@ -334,6 +281,21 @@ class LTTrainer(DefaultTrainer):
 
         return build_lt_evaluator(cfg, dataset_name, output_folder=output_folder)
 
+    @staticmethod
+    def inference_model(model, evaluator):
+        """The module ``test()`` runs for ``evaluator``: a Mask R-CNN keeps its masks at ROI level
+        (:class:`~lt_detectron.modeling.roi_mask_inference.ROIMaskInference`) for evaluators that
+        encode those themselves (``accepts_roi_masks``), which spares pasting every mask into a
+        full-image bitmap; otherwise ``model`` itself."""
+        from detectron2.evaluation import DatasetEvaluators
+
+        from ..modeling.roi_mask_inference import roi_mask_model
+
+        parts = evaluator._evaluators if isinstance(evaluator, DatasetEvaluators) else [evaluator]
+        if parts and all(getattr(e, "accepts_roi_masks", False) for e in parts):
+            return roi_mask_model(model)
+        return model
+
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """``DefaultTrainer.test`` without detectron2's ``copypaste:`` csv lines after lt_detectron's
@@ -363,7 +325,9 @@ class LTTrainer(DefaultTrainer):
                     logger.warning("%s: not evaluated (%s)", dataset_name, e)
                     results[dataset_name] = {}
                     continue
-            results[dataset_name] = inference_on_dataset(model, data_loader, evaluator)
+            results[dataset_name] = inference_on_dataset(
+                cls.inference_model(model, evaluator), data_loader, evaluator
+            )
             if comm.is_main_process() and not isinstance(evaluator, LTDatasetEvaluator):
                 print_csv_format(results[dataset_name])
         if len(results) == 1:

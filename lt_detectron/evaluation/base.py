@@ -90,6 +90,9 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
     nan_means = "no GT"  # what a nan in the log table means
     supports_fixed_ap = False
     supports_pooled_ap = False
+    # process() takes ROI-level pred_masks (lt_detectron.modeling.roi_mask_inference) as well as
+    # full-image ones: LTTrainer.test() then skips Detectron2's pasting of every mask
+    accepts_roi_masks = True
 
     def __init__(
         self,

@@ -28,6 +28,7 @@ __all__ = [
     "instances_to_arrays",
     "detections_to_dicts",
     "mask_boxes_and_areas",
+    "roi_level_masks",
     "encode_masks",
     "resolve_backend",
     "keep_top_per_group",
@@ -95,6 +96,11 @@ def instances_to_arrays(
 ) -> Tuple[np.ndarray, Optional[List[dict]]]:
     """Convert Detectron2 ``Instances`` of one image to a detection matrix (+ RLE masks).
 
+    ``pred_masks`` are full-image ``(N, H, W)`` masks, or ROI-level (``ROIMasks`` / ``(N, 1, M, M)``
+    probabilities with ``pred_boxes`` in the coordinates of ``instances.image_size``, as
+    :mod:`lt_detectron.modeling.roi_mask_inference` leaves them): those give the RLEs of Detectron2's
+    pasted masks without building them (:func:`~.roi_masks.encode_roi_masks`).
+
     Boxes XYXY -> XYWH in float32 (as Detectron2's ``instances_to_coco_json``), scores,
     contiguous class -> dataset category id. With ``max_dets`` keeps the ``max_dets``
     highest scores (ties: earlier detection first, like lvis-api's stable sort) in their
@@ -132,14 +138,34 @@ def instances_to_arrays(
         import torch
 
         masks = instances.pred_masks
+        roi = roi_level_masks(masks)
         if keep is not None:
-            masks = masks[torch.as_tensor(keep, device=masks.device)]
+            idx = torch.as_tensor(keep, device=(roi if roi is not None else masks).device)
+            masks = roi[idx] if roi is not None else masks[idx]
+        elif roi is not None:
+            masks = roi
+        if roi is not None:  # N x M x M probabilities: encoded as Detectron2 would paste them
+            from .roi_masks import encode_roi_masks
+
+            return out, encode_roi_masks(masks, boxes, tuple(instances.image_size))
         m = masks.detach().cpu().numpy()
         m = m.view(np.uint8) if m.dtype == np.bool_ else m.astype(np.uint8)  # bool: no copy
         rles = encode_masks(m)
         for r in rles:
             r["counts"] = r["counts"].decode("utf-8")
     return out, rles
+
+
+def roi_level_masks(masks):
+    """The ``(N, M, M)`` tensor of ROI-level ``pred_masks`` (Detectron2 ``ROIMasks`` or an
+    ``(N, 1, M, M)`` tensor, as the mask head predicts them), ``None`` for full-image masks."""
+    from detectron2.structures import ROIMasks
+
+    if isinstance(masks, ROIMasks):
+        return masks.tensor
+    if masks.dim() == 4 and masks.shape[1] == 1:
+        return masks[:, 0]
+    return None
 
 
 def encode_masks(masks: np.ndarray) -> List[dict]:

@@ -4,7 +4,7 @@ Detectron2 has no registry for box predictors, so (as its own projects do) we re
 ``StandardROIHeads`` / ``CascadeROIHeads`` subclasses that build ours. Each cascade stage gets
 its own predictor, hence its own loss module and state (EQL v2 statistics are per stage).
 Mask and keypoint heads are Detectron2's; at inference the mask branch computes only the predicted
-classes' masks (``ClassSelectedMaskMixin``, mask_inference.py: same masks, without the (detections x
+classes' masks (``ClassSelectedMaskMixin``, class_selected_masks.py: same masks, without the (detections x
 classes) tensor of all class masks).
 
 In training the heads pass the classes of every image's GT objects to the predictor's ``losses``
@@ -22,7 +22,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
 from .box_predictor import LongTailFastRCNNOutputLayers
-from .mask_inference import ClassSelectedMaskMixin
+from .class_selected_masks import ClassSelectedMaskMixin
 
 __all__ = ["LongTailROIHeads", "LongTailCascadeROIHeads"]
 

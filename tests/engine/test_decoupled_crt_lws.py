@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 
 import lt_detectron  # noqa: F401
 from lt_detectron.engine import LTTrainer
-from lt_detectron.engine.trainer import reset_classifiers
+from lt_detectron.engine.decoupled import reset_classifiers
 from lt_detectron.modeling.classifiers import LWSLinear
 from lt_detectron.utils.testing import lt_cfg
 

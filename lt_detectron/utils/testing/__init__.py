@@ -4,7 +4,8 @@
   small enough to train on a CPU (:func:`make_fixtures`).
 - :mod:`.mask_rcnn`: a random-weight Mask R-CNN that reaches its detection limit, noise images.
 - :mod:`.weights`: a random-weight R-50 in detectron2's MSRA ``.pkl`` format.
-- :mod:`.config`: configs with lt_detectron's keys; a tiny CPU one-stage detector.
+- :mod:`.config`: configs with lt_detectron's keys; a tiny CPU one-stage detector and Mask R-CNN.
+- :mod:`.roi_masks`: ROI-level mask probabilities like a Mask R-CNN head's.
 - :mod:`.detections`: generated LVIS-like ground truth and detections for evaluator tests and
   benchmarks.
 """
@@ -13,6 +14,7 @@ from .config import (
     TINY_DENSE_COUNTS,
     TINY_DENSE_DATASET,
     build_tiny_dense,
+    build_tiny_mask_rcnn,
     lt_cfg,
     tiny_dense_cfg,
     tiny_dense_inputs,
@@ -34,12 +36,15 @@ from .real_formats import (
     make_fixtures,
     make_lvis_coco_fixtures,
 )
+from .roi_masks import make_roi_masks
 from .weights import make_r50_msra_pkl
 
 __all__ = [
+    "make_roi_masks",
     "lt_cfg",
     "tiny_dense_cfg",
     "build_tiny_dense",
+    "build_tiny_mask_rcnn",
     "tiny_dense_inputs",
     "TINY_DENSE_COUNTS",
     "TINY_DENSE_DATASET",

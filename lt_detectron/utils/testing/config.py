@@ -4,7 +4,8 @@
 - :func:`tiny_dense_cfg` / :func:`build_tiny_dense`: a CPU-sized one-stage detector (tiny FPN,
   ``TINY_DENSE_COUNTS`` classes of a registered empty dataset with those training counts) for
   RetinaNet / FCOS / CenterNet with any dense loss; :func:`tiny_dense_inputs`: random images with
-  three boxes each.
+  three boxes each;
+  :func:`build_tiny_mask_rcnn`: a CPU-sized Mask R-CNN (random weights) in eval mode.
 """
 
 import torch
@@ -13,6 +14,7 @@ __all__ = [
     "TINY_DENSE_COUNTS",
     "TINY_DENSE_DATASET",
     "build_tiny_dense",
+    "build_tiny_mask_rcnn",
     "lt_cfg",
     "tiny_dense_cfg",
     "tiny_dense_inputs",
@@ -124,3 +126,35 @@ def tiny_dense_inputs(n=2, h=64, w=64, with_boxes=True, seed=0, out_hw=None):
             d["height"], d["width"] = out_hw
         out.append(d)
     return out
+
+
+def build_tiny_mask_rcnn(mask_on=True):
+    """A CPU-sized Mask R-CNN (tiny FPN, 5 classes, random weights, every detection kept)."""
+    from detectron2.modeling import build_model
+
+    from ...modeling import backbone  # noqa: F401  (registers the tiny backbone)
+
+    levels = ["t2", "t3", "t4", "t5"]
+    cfg = lt_cfg(
+        None,
+        *("MODEL.DEVICE", "cpu", "MODEL.META_ARCHITECTURE", "GeneralizedRCNN"),
+        *("MODEL.BACKBONE.NAME", "build_tiny_fpn_backbone", "MODEL.TINY.WIDTHS", [8, 16, 16, 16]),
+        *("MODEL.TINY.OUT_FEATURES", levels, "MODEL.FPN.IN_FEATURES", levels),
+        *("MODEL.FPN.OUT_CHANNELS", 16, "MODEL.MASK_ON", mask_on),
+        *("MODEL.ANCHOR_GENERATOR.SIZES", [[8], [16], [32], [64], [128]]),
+        *("MODEL.RPN.IN_FEATURES", ["p2", "p3", "p4", "p5", "p6"]),
+        *("MODEL.RPN.POST_NMS_TOPK_TEST", 50, "MODEL.ROI_HEADS.NUM_CLASSES", 5),
+        *("MODEL.ROI_HEADS.NAME", "StandardROIHeads"),
+        *("MODEL.ROI_HEADS.IN_FEATURES", ["p2", "p3", "p4", "p5"]),
+        *(
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            0.0,
+            "MODEL.ROI_BOX_HEAD.NAME",
+            "FastRCNNConvFCHead",
+        ),
+        *("MODEL.ROI_BOX_HEAD.NUM_FC", 1, "MODEL.ROI_BOX_HEAD.FC_DIM", 32),
+        *("MODEL.ROI_MASK_HEAD.NUM_CONV", 1, "MODEL.ROI_MASK_HEAD.CONV_DIM", 8),
+        *("INPUT.MIN_SIZE_TEST", 0),
+    )
+    torch.manual_seed(0)
+    return build_model(cfg).eval()

@@ -1,4 +1,4 @@
-"""Class-selected mask prediction at inference (lt_detectron/modeling/mask_inference.py): the masks equal
+"""Class-selected mask prediction at inference (lt_detectron/modeling/class_selected_masks.py): the masks equal
 Detectron2's all-class path (``mask_rcnn_inference`` over every predictor channel) for the shipped
 LVIS heads (standard, cascade, class-agnostic), the whole model's output is unchanged, unknown
 predictors and heads fall back to the full computation, and training does not use the new path."""
@@ -18,7 +18,7 @@ from detectron2.structures import Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 from torch import nn
 
-import lt_detectron.modeling.mask_inference as mh
+import lt_detectron.modeling.class_selected_masks as mh
 from lt_detectron.modeling import class_selected_logits, class_selected_mask_inference
 from lt_detectron.utils.testing import lt_cfg, random_images, random_mask_rcnn
 

@@ -1,0 +1,269 @@
+"""Mask evaluation end to end from the mask head's output: ours against raw hotcoco and lvis-api.
+
+Generated LVIS-v1-shaped data (``lt_detectron.utils.testing``: 1203 classes, 640 x 480 images, polygon
+ground-truth masks; 300 detections per image with LVIS-like boxes, sides from 6 to 360 pixels) whose
+masks are what a Mask R-CNN head gives: 28 x 28 probabilities per detection (smooth blobs,
+``make_roi_masks``) beside boxes in image coordinates, i.e. the ``Instances`` that
+``ROIMaskInference`` hands the evaluator during ``LTTrainer.test()``.
+
+- **ours**: ``LTLVISEvaluator(tasks=("segm",))``: ``process()`` of every image (RLEs straight from the
+  ROI-level masks, ``encode_roi_masks``), then ``evaluate()`` (results json, matching, per-category
+  csv, metrics json, group table). Building each image's ``Instances`` is not timed.
+- **raw hotcoco**: the matching call ours makes, alone, on the same RLEs (computed before timing).
+- **lvis-api**: ``LVIS(gt)``, ``LVISResults`` and ``LVISEval.run()`` on ready result dicts with the same
+  RLEs: its evaluation alone (the paste and the encoding are not timed for it).
+
+- **old path** (``--pasted``): what evaluation did before: Detectron2 pastes each mask into a
+  full-image bitmap (``paste_masks_in_image``, timed), ``process()`` encodes them, ``evaluate()``.
+
+Each measurement runs in its own process. Usage::
+
+  python -m benchmarks.benchmark_mask_eval --images 1000
+  python -m benchmarks.benchmark_mask_eval --images 200 --pasted
+  python -m benchmarks.benchmark_mask_eval --images 5000 --skip-lvis-api
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+IMAGE_HW = (480, 640)
+POOL = 20000  # distinct ROI masks; detection j of the data set gets mask j % POOL
+
+
+def make_data(cache: str, num_images: int, dets_per_image: int = 300, seed: int = 0):
+    """Ground truth json and detections npz (boxes XYXY float32, scores, category ids, image ids)."""
+    from lt_detectron.utils.testing import make_detections, make_lvis_like_gt
+
+    base = os.path.join(cache, f"mask_eval_{num_images}x{dets_per_image}")
+    gt_path, det_path = base + "_gt.json", base + "_dets.npz"
+    if os.path.isfile(gt_path) and os.path.isfile(det_path):
+        return gt_path, det_path
+    os.makedirs(cache, exist_ok=True)
+    gt = make_lvis_like_gt(num_images, seed=seed, with_masks=True, image_size=IMAGE_HW)
+    dets = make_detections(gt, dets_per_image, seed=seed + 1)
+    ids = np.concatenate([np.full(len(d["boxes"]), k, np.int64) for k, d in dets.items()])
+    np.savez(
+        det_path,
+        image_ids=ids,
+        boxes=np.concatenate([d["boxes"] for d in dets.values()]),
+        scores=np.concatenate([d["scores"] for d in dets.values()]),
+        category_ids=np.concatenate([d["category_ids"] for d in dets.values()]),
+    )
+    with open(gt_path, "w") as f:
+        json.dump(gt, f)
+    return gt_path, det_path
+
+
+def _load(det_path):
+    with np.load(det_path, allow_pickle=False) as z:
+        return {k: z[k] for k in ("image_ids", "boxes", "scores", "category_ids")}
+
+
+def _per_image(d):
+    """(image id, start, end) of each image's rows (rows are grouped by image)."""
+    ids = d["image_ids"]
+    cut = np.flatnonzero(np.diff(ids)) + 1
+    starts = np.concatenate([[0], cut])
+    ends = np.concatenate([cut, [len(ids)]])
+    return [(int(ids[s]), int(s), int(e)) for s, e in zip(starts, ends)]
+
+
+def _pool():
+    from lt_detectron.utils.testing import make_roi_masks
+
+    return make_roi_masks(POOL, 28, seed=0)
+
+
+def _rows_masks(pool, s, e):
+    return pool[np.arange(s, e) % POOL]
+
+
+def prepared_rles(d, pool):
+    """The detection matrix (N, 7) and the RLEs of all detections (what ours computes in process())."""
+    from lt_detectron.evaluation import encode_roi_masks
+
+    arr = np.empty((len(d["boxes"]), 7), np.float64)
+    arr[:, 0] = d["image_ids"]
+    xywh = d["boxes"].copy()
+    xywh[:, 2:] -= xywh[:, :2]
+    arr[:, 1:5] = xywh
+    arr[:, 5] = d["scores"]
+    arr[:, 6] = d["category_ids"]
+    rles = []
+    for _, s, e in _per_image(d):
+        rles += encode_roi_masks(_rows_masks(pool, s, e), d["boxes"][s:e], IMAGE_HW)
+    return arr, rles
+
+
+def _metrics(res, scale):
+    return {k: (-1.0 if not np.isfinite(res[k]) else float(res[k]) / scale) for k in METRICS}
+
+
+def worker_ours(gt_path, d, pool, out_dir, pasted=False):
+    """``pasted``: the old path instead, for comparison: Detectron2 pastes every mask into a
+    full-image bitmap (``paste_masks_in_image``, as ``detector_postprocess`` does at inference, timed
+    too) and ``process()`` encodes those."""
+    import torch
+    from detectron2.data import MetadataCatalog
+    from detectron2.layers import paste_masks_in_image
+    from detectron2.structures import Boxes, Instances, ROIMasks
+
+    from lt_detectron.evaluation import LTLVISEvaluator
+
+    with open(gt_path) as f:
+        cats = sorted(c["id"] for c in json.load(f)["categories"])
+    name = f"bench_mask_eval_{os.getpid()}"
+    to_contig = {c: i for i, c in enumerate(cats)}
+    MetadataCatalog.get(name).set(json_file=gt_path, thing_dataset_id_to_contiguous_id=to_contig)
+    lut = np.zeros(max(cats) + 1, np.int64)
+    lut[cats] = np.arange(len(cats))
+    ev = LTLVISEvaluator(name, ("segm",), distributed=False, output_dir=out_dir)
+    ev.reset()
+    timed = 0.0
+    for img_id, s, e in _per_image(d):
+        inst = Instances(IMAGE_HW)
+        inst.pred_boxes = Boxes(torch.from_numpy(d["boxes"][s:e]))
+        inst.scores = torch.from_numpy(d["scores"][s:e])
+        inst.pred_classes = torch.from_numpy(lut[d["category_ids"][s:e]])
+        roi = torch.from_numpy(_rows_masks(pool, s, e))
+        t = time.perf_counter()
+        if pasted:
+            inst.pred_masks = paste_masks_in_image(roi, inst.pred_boxes.tensor, IMAGE_HW, 0.5)
+        else:
+            inst.pred_masks = ROIMasks(roi)
+        ev.process([{"image_id": img_id}], [{"instances": inst}])
+        timed += time.perf_counter() - t
+    process_time = timed
+    t = time.perf_counter()
+    res = ev.evaluate()
+    timed += time.perf_counter() - t
+    return timed, _metrics(res["segm"], 100.0), process_time
+
+
+def worker_hotcoco(gt_path, d, pool):
+    from lt_detectron.evaluation import evaluate_lvis_predictions
+
+    arr, rles = prepared_rles(d, pool)
+    t = time.perf_counter()
+    m, _, _ = evaluate_lvis_predictions(gt_path, arr, rles, "segm", 300, "hotcoco")
+    return time.perf_counter() - t, _metrics(m, 1.0)
+
+
+def worker_lvis(gt_path, d, pool):
+    import logging
+
+    from lvis import LVIS, LVISEval, LVISResults
+
+    from lt_detectron.compat import ensure_lvis_numpy_compat
+    from lt_detectron.evaluation.common import detections_to_dicts
+
+    arr, rles = prepared_rles(d, pool)
+    results = detections_to_dicts(arr, rles)
+    for r in results:
+        r.pop("bbox")  # as Detectron2's LVISEvaluator
+    ensure_lvis_numpy_compat()
+    logging.disable(logging.WARNING)
+    t = time.perf_counter()
+    gt = LVIS(gt_path)
+    E = LVISEval(gt, LVISResults(gt, results, max_dets=300), "segm")
+    E.run()
+    return time.perf_counter() - t, {k: float(E.results[k]) for k in METRICS}
+
+
+def run_worker(which, gt_path, det_path):
+    import logging
+
+    logging.disable(logging.WARNING)
+    d, pool = _load(det_path), _pool()
+    extra = {}
+    if which == "ours":
+        with tempfile.TemporaryDirectory() as out:
+            dt, metrics, extra["process"] = worker_ours(gt_path, d, pool, out)
+    elif which == "pasted":
+        with tempfile.TemporaryDirectory() as out:
+            dt, metrics, extra["process"] = worker_ours(gt_path, d, pool, out, pasted=True)
+    elif which == "hotcoco":
+        dt, metrics = worker_hotcoco(gt_path, d, pool)
+    else:
+        dt, metrics = worker_lvis(gt_path, d, pool)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (Linux: KiB)
+    return {"time": dt, "metrics": metrics, "peak_gib": peak, **extra}
+
+
+def _subprocess(which, gt_path, det_path):
+    cmd = [sys.executable, "-m", "benchmarks.benchmark_mask_eval", "--worker", which]
+    cmd += ["--paths", gt_path, det_path]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"worker {which} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, nargs="+", default=[1000])
+    ap.add_argument("--dets", type=int, default=300, help="detections per image")
+    ap.add_argument("--skip-lvis-api", action="store_true")
+    ap.add_argument(
+        "--pasted",
+        action="store_true",
+        help="also time the old path: full-image masks pasted by Detectron2, then process()",
+    )
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lt_bench_mask_eval"))
+    ap.add_argument(
+        "--worker", choices=["ours", "pasted", "hotcoco", "lvis"], help=argparse.SUPPRESS
+    )
+    ap.add_argument("--paths", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(run_worker(args.worker, *args.paths)))
+        return
+    rows = [
+        "| images x dets | ours end to end | ours: process() | ours peak | raw hotcoco | ours / hotcoco "
+        "| lvis-api (evaluation alone) | lvis-api / ours | max metric diff "
+        "| old path: paste + process() + evaluate() | old / ours |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in args.images:
+        paths = make_data(args.cache, n, args.dets)
+        ours = _subprocess("ours", *paths)
+        hot = _subprocess("hotcoco", *paths)
+        ref = None if args.skip_lvis_api else _subprocess("lvis", *paths)
+        old = _subprocess("pasted", *paths) if args.pasted else None
+        diffs = [abs(ours["metrics"][k] - hot["metrics"][k]) for k in METRICS]
+        if old is not None:
+            diffs += [abs(ours["metrics"][k] - old["metrics"][k]) for k in METRICS]
+        if ref is not None:
+            diffs += [abs(ours["metrics"][k] - ref["metrics"][k]) for k in METRICS]
+        lvis_t = f"{ref['time']:.2f} s" if ref else "-"
+        speed = f"{ref['time'] / ours['time']:.1f}x" if ref else "-"
+        rows.append(
+            f"| {n} x {args.dets} | {ours['time']:.2f} s | {ours['process']:.2f} s | "
+            f"{ours['peak_gib']:.2f} GiB | {hot['time']:.2f} s | {ours['time'] / hot['time']:.2f}x | "
+            f"{lvis_t} | {speed} | {max(diffs):.1e} | "
+            + (
+                f"{old['time']:.2f} s ({old['process']:.2f} s paste + process()) | "
+                f"{old['time'] / ours['time']:.1f}x |"
+                if old
+                else "- | - |"
+            )
+        )
+        print(rows[-1], flush=True)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
