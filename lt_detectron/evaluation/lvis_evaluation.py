@@ -37,7 +37,7 @@ from .common import (
     resolve_backend,
 )
 from .hotcoco_results import load_hotcoco, lvis_kept_results
-from .pooled import pooled_ap
+from .pooled import pooled_ap, stack_records
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +111,7 @@ def evaluate_lvis_predictions(
             precision = np.asarray(E.eval["precision"])
             if precision.ndim == 5:
                 precision = precision[..., -1]
-        eval_imgs = lambda: [
-            e for e in E.eval_imgs if e is not None and list(e["aRng"]) == list(params.area_rng[0])
-        ]
+        eval_imgs = lambda: _area_all_eval_imgs(E)
     else:
         from lvis import LVIS, LVISEval, LVISResults
 
@@ -161,10 +159,21 @@ def evaluate_lvis_predictions(
         metrics[k] = float("nan") if v < 0 else v
     if pooled:
         freq = {int(c): cats[c].get("frequency", "") for c in cats}
-        with gc_paused():  # millions of per-image records
-            entries = eval_imgs()
-        metrics.update(pooled_ap(entries, freq, len(params.iou_thrs), np.asarray(params.rec_thrs)))
+        with gc_paused():  # millions of per-image records, flattened then dropped
+            records = stack_records(eval_imgs(), len(params.iou_thrs))
+        metrics.update(pooled_ap(records, freq, len(params.iou_thrs), np.asarray(params.rec_thrs)))
     return metrics, precision, cat_ids
+
+
+def _area_all_eval_imgs(E) -> list:
+    """hotcoco's per-image records of area "all" only, for pooled AP: the matching is evaluated again
+    with that one area range (the matching of a range does not depend on the others), so that
+    hotcoco converts a quarter of the records to Python dicts (the costly part, in time and memory).
+    Call it after the metrics have been read from ``E``."""
+    E.params.area_rng = [E.params.area_rng[0]]
+    E.params.area_rng_lbl = [E.params.area_rng_lbl[0]]
+    E.evaluate()
+    return E.eval_imgs
 
 
 def _sums_from_per_class(res: dict, cat_ids, cats, num_iou: int, num_rec: int):
