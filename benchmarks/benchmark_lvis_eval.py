@@ -49,8 +49,11 @@ import time
 
 import numpy as np
 
+from benchmarks.lvis_eval_tables import boundary_table, main_table, median_run, pooled_table
+from benchmarks.report import command_line, markdown_table, write_report
 
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR@300")
+
+from benchmarks.lvis_eval_tables import METRICS, POOLED_METRICS
 
 
 # ---------------------------------------------------------------------------- cached data
@@ -119,10 +122,10 @@ def load_dets(det_path, mask_path, masks):
 
 
 # ---------------------------------------------------------------------------- workers
-def _metrics_of(res, scale):
+def _metrics_of(res, scale, extra=()):
     return {
         k: (-1.0 if not np.isfinite(res.get(k, np.nan)) else res[k] / scale)
-        for k in METRICS
+        for k in METRICS + tuple(extra)
         if k in res
     }
 
@@ -197,7 +200,7 @@ def worker_boundary(gt_path, dets):
     return dt, {k: float(v) for k, v in m.items() if k in ("AP", "APr", "APc", "APf")}
 
 
-def worker_ours(gt_path, dets, task, protocol, profile=False, save_results=True):
+def worker_ours(gt_path, dets, task, protocol, profile=False, save_results=True, pooled=False):
     import logging
 
     import torch
@@ -246,6 +249,7 @@ def worker_ours(gt_path, dets, task, protocol, profile=False, save_results=True)
         output_dir=out_dir,
         ap_protocol=protocol,
         save_results=save_results,
+        pooled_ap=pooled,
     )
     masks = task == "segm"
     batches = (
@@ -303,10 +307,12 @@ def worker_ours(gt_path, dets, task, protocol, profile=False, save_results=True)
     )
     process_time = timed - (time.perf_counter() - t)
     tmp.cleanup()
-    return timed, _metrics_of(res[task], 100.0), process_time, read_masks
+    return timed, _metrics_of(res[task], 100.0, POOLED_METRICS), process_time, read_masks
 
 
-def worker(which, gt_path, det_path, mask_path, task, protocol, profile, save_results=True):
+def worker(
+    which, gt_path, det_path, mask_path, task, protocol, profile, save_results=True, pooled=False
+):
     dets = load_dets(det_path, mask_path, task == "segm")
     process_time = read_masks = 0.0
     if which == "lvis":
@@ -315,9 +321,13 @@ def worker(which, gt_path, det_path, mask_path, task, protocol, profile, save_re
         dt, metrics = worker_hotcoco(gt_path, dets, task, protocol)
     elif which == "boundary":
         dt, metrics = worker_boundary(gt_path, dets)
+    elif which == "authors":
+        from benchmarks.lvis_eval_pooled import worker_authors_pooled
+
+        dt, metrics = worker_authors_pooled(gt_path, dets)
     else:
         dt, metrics, process_time, read_masks = worker_ours(
-            gt_path, dets, task, protocol, profile, save_results
+            gt_path, dets, task, protocol, profile, save_results, pooled
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     result = {
@@ -330,11 +340,12 @@ def worker(which, gt_path, det_path, mask_path, task, protocol, profile, save_re
     print("RESULT " + json.dumps(result))
 
 
-def run_worker(which, paths, task, protocol, profile=False, save_results=True):
+def run_worker(which, paths, task, protocol, profile=False, save_results=True, pooled=False):
     cmd = (
         [
             sys.executable,
-            os.path.abspath(__file__),
+            "-m",
+            "benchmarks.benchmark_lvis_eval",
             "--worker",
             which,
             "--paths",
@@ -346,8 +357,10 @@ def run_worker(which, paths, task, protocol, profile=False, save_results=True):
         ]
         + (["--profile"] if profile else [])
         + ([] if save_results else ["--no-results-json"])
+        + (["--pooled"] if pooled else [])
     )
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     if profile or which == "ours":
         sys.stderr.write(
             "\n".join(
@@ -393,6 +406,23 @@ def main():
     )
     ap.add_argument("--profile", action="store_true", help="print a cProfile of ours (stderr)")
     ap.add_argument(
+        "--pooled",
+        action="store_true",
+        help="bbox, standard: also time ours with pooled AP (TEST.LT.POOLED_AP) and the authors' "
+        "pooled AP on lvis-api (benchmarks/lvis_eval_pooled.py)",
+    )
+    ap.add_argument(
+        "--authors-max-images",
+        type=int,
+        default=1000,
+        help="--pooled: run the authors' procedure (lvis-api, minutes) up to this many images",
+    )
+    ap.add_argument(
+        "--report",
+        metavar="PATH",
+        help="also write the tables with the machine (CPU, load, versions, command) to PATH (markdown)",
+    )
+    ap.add_argument(
         "--boundary",
         action="store_true",
         help="segm rows: also time Boundary AP (faster-coco-eval) on the same detections",
@@ -403,98 +433,84 @@ def main():
         help=argparse.SUPPRESS,  # worker: TEST.LT.SAVE_RESULTS False
     )
     ap.add_argument(
-        "--worker", choices=["lvis", "ours", "hotcoco", "boundary"], help=argparse.SUPPRESS
+        "--worker",
+        choices=["lvis", "ours", "hotcoco", "boundary", "authors"],
+        help=argparse.SUPPRESS,
     )
     ap.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         save = not args.no_results_json
-        worker(args.worker, *args.paths, args.tasks[0], args.protocols[0], args.profile, save)
+        worker(
+            args.worker,
+            *args.paths,
+            args.tasks[0],
+            args.protocols[0],
+            args.profile,
+            save,
+            args.pooled,
+        )
         return
     os.makedirs(args.cache, exist_ok=True)
-    rows, boundary_rows = [], []
+    load_at_start = os.getloadavg()
+    rows = []
     for n in args.images:
         for task in args.tasks:
             t = time.perf_counter()
             paths = make_data(args.cache, n, task)
             print(f"[data] {n} images {task}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
             for protocol in args.protocols:
-                runs = {"ours": [], "ours_nojson": [], "hotcoco": [], "lvis": [], "boundary": []}
-                for rep in range(args.repeats):
-                    runs["ours"].append(run_worker("ours", paths, task, protocol, args.profile))
-                    if args.no_json_row:
-                        runs["ours_nojson"].append(
-                            run_worker("ours", paths, task, protocol, False, save_results=False)
-                        )
-                    runs["hotcoco"].append(run_worker("hotcoco", paths, task, protocol))
-                    if args.boundary and task == "segm" and protocol == "standard":
-                        runs["boundary"].append(run_worker("boundary", paths, task, protocol))
-                    if (
-                        not args.skip_lvis_api
-                        and protocol == "standard"
-                        and rep < args.lvis_api_repeats
-                    ):
-                        runs["lvis"].append(run_worker("lvis", paths, task, protocol))
-                    for k, v in runs.items():
-                        if v:
-                            print(
-                                f"[{k}] {n} {task} {protocol}: {v[-1]['time']:.2f} s {v[-1]['peak_gib']:.2f} GiB",
-                                file=sys.stderr,
-                            )
-                med = {
-                    k: sorted(v, key=lambda r: r["time"])[(len(v) - 1) // 2] if v else None
-                    for k, v in runs.items()
-                }
-                ref, ours = med["lvis"], med["ours"]
-                diff = (
-                    max(abs(ours["metrics"][k] - ref["metrics"][k]) for k in METRICS)
-                    if ref
-                    else float("nan")
-                )
-                rows.append(
-                    (n, task, protocol, ref, ours, med["ours_nojson"], med["hotcoco"], diff, runs)
-                )
-                if med["boundary"]:
-                    b, h = med["boundary"], med["hotcoco"]
-                    boundary_rows.append(
-                        f"| {n} | {b['time']:.2f} s | {b['peak_gib']:.2f} GiB | {h['time']:.2f} s "
-                        f"| {b['time'] / h['time']:.1f}x | {100 * b['metrics'].get('AP', float('nan')):.2f} |"
-                    )
-    print(
-        "| images x 300 dets | task | protocol | lvis-api | lvis-api peak | ours | ours peak | speed-up "
-        "| ours: process() | speed-up without process() | ours without results json | speed-up "
-        "| raw hotcoco | max metric diff vs lvis-api |"
-    )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n, task, protocol, ref, ours, nojson, hot, diff, runs in rows:
-        rt = f"{ref['time']:.1f} s" if ref else "-"
-        rm = f"{ref['peak_gib']:.2f} GiB" if ref else "-"
-        sp = f"{ref['time'] / ours['time']:.0f}x" if ref else "-"
-        pt = ours.get("process", 0.0)
-        sp3 = f"{ref['time'] / (ours['time'] - pt):.0f}x" if ref else "-"
-        nj = f"{nojson['time']:.2f} s" if nojson else "-"
-        sp2 = f"{ref['time'] / nojson['time']:.0f}x" if ref and nojson else "-"
-        print(
-            f"| {n} | {task} | {protocol} | {rt} | {rm} | {ours['time']:.2f} s | {ours['peak_gib']:.2f} GiB | {sp} "
-            f"| {pt:.2f} s | {sp3} | {nj} | {sp2} | {hot['time']:.2f} s | {diff:.1e} |"
+                rows.append(_measure_row(args, n, task, protocol, paths))
+    tables = [main_table(rows, args.repeats), pooled_table(rows), boundary_table(rows)]
+    tables = [t for t in tables if t is not None]
+    for t in tables:
+        print(markdown_table(t.columns, t.rows))
+        print("\n".join(f"<!-- {x} -->" for x in t.notes) + "\n")
+    if args.report:
+        write_report(
+            args.report,
+            command_line(),
+            tables,
+            "LVIS evaluation benchmark (benchmarks/benchmark_lvis_eval.py)",
+            load_at_start,
         )
-        if task == "segm":
-            rm_ = ours.get("read_masks", 0.0)
-            print(
-                f"<!-- {n} segm: one pass over the full-image pred_masks (NumPy any) takes {rm_:.2f} s, "
-                f"so no evaluator from these Instances beats {ref['time'] / rm_ if ref and rm_ else float('nan'):.0f}x "
-                "lvis-api -->"
+        print(f"written to {args.report}", file=sys.stderr)
+
+
+def _measure_row(args, n, task, protocol, paths):
+    """Every run of one (images, task, protocol) row and the median of each kind."""
+    kinds = ("ours", "ours_nojson", "hotcoco", "lvis", "boundary", "ours_pooled", "authors")
+    runs = {k: [] for k in kinds}
+    pooled = args.pooled and task == "bbox" and protocol == "standard"
+    for rep in range(args.repeats):
+        runs["ours"].append(run_worker("ours", paths, task, protocol, args.profile))
+        if args.no_json_row:
+            runs["ours_nojson"].append(
+                run_worker("ours", paths, task, protocol, False, save_results=False)
             )
-        if args.repeats > 1:
-            all_times = {k: [round(r["time"], 2) for r in v] for k, v in runs.items() if v}
-            print(f"<!-- {n} {task} {protocol} all runs (s): {all_times} -->")
-    if boundary_rows:
-        print(
-            "\n| images x 300 masks | Boundary AP (faster-coco-eval) | its peak | mask AP (raw hotcoco) "
-            "| boundary / mask | boundary AP |"
-        )
-        print("|---|---:|---:|---:|---:|---:|")
-        print("\n".join(boundary_rows))
+        runs["hotcoco"].append(run_worker("hotcoco", paths, task, protocol))
+        if pooled:
+            runs["ours_pooled"].append(run_worker("ours", paths, task, protocol, pooled=True))
+            if rep < args.lvis_api_repeats and n <= args.authors_max_images:
+                runs["authors"].append(run_worker("authors", paths, task, protocol))
+        if args.boundary and task == "segm" and protocol == "standard":
+            runs["boundary"].append(run_worker("boundary", paths, task, protocol))
+        if not args.skip_lvis_api and protocol == "standard" and rep < args.lvis_api_repeats:
+            runs["lvis"].append(run_worker("lvis", paths, task, protocol))
+        for k, v in runs.items():
+            if len(v) == rep + 1:
+                print(
+                    f"[{k}] {n} {task} {protocol}: {v[-1]['time']:.2f} s "
+                    f"{v[-1]['peak_gib']:.2f} GiB",
+                    file=sys.stderr,
+                )
+    return {
+        "n": n,
+        "task": task,
+        "protocol": protocol,
+        "med": {k: median_run(v) for k, v in runs.items()},
+        "runs": runs,
+    }
 
 
 if __name__ == "__main__":
