@@ -400,6 +400,12 @@ def main():
         help="lvis-api runs per row (at most --repeats; it takes minutes at 5k images)",
     )
     ap.add_argument(
+        "--lvis-api-max-images",
+        type=int,
+        default=sys.maxsize,
+        help="run lvis-api only up to this many images (it needs minutes and 6 GiB at 5,000)",
+    )
+    ap.add_argument(
         "--no-json-row",
         action="store_true",
         help="also time ours without writing the results json (TEST.LT.SAVE_RESULTS False)",
@@ -495,7 +501,12 @@ def _measure_row(args, n, task, protocol, paths):
                 runs["authors"].append(run_worker("authors", paths, task, protocol))
         if args.boundary and task == "segm" and protocol == "standard":
             runs["boundary"].append(run_worker("boundary", paths, task, protocol))
-        if not args.skip_lvis_api and protocol == "standard" and rep < args.lvis_api_repeats:
+        if (
+            not args.skip_lvis_api
+            and protocol == "standard"
+            and rep < args.lvis_api_repeats
+            and n <= args.lvis_api_max_images
+        ):
             runs["lvis"].append(run_worker("lvis", paths, task, protocol))
         for k, v in runs.items():
             if len(v) == rep + 1:

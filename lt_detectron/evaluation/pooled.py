@@ -58,9 +58,11 @@ def _keys(entry: Mapping):
     return entry["dt_scores"], entry["dt_matches"], False, entry["dt_ignore"], entry["gt_ignore"]
 
 
-def _flat(blocks, dtype) -> np.ndarray:
-    """The ``(T, D_r)`` blocks (nested lists or arrays), row-major, one after the other."""
-    return np.fromiter(chain.from_iterable(chain.from_iterable(blocks)), dtype)
+def _rows(parts, which: int, t: int, dtype) -> np.ndarray:
+    """Row ``t`` (one IoU threshold) of every record's ``(T, D_r)`` block ``which``, concatenated."""
+    return np.fromiter(
+        chain.from_iterable(p[which][t] if len(p[which]) else () for p in parts), dtype
+    )
 
 
 def stack_records(entries: Iterable[Mapping], num_iou_thrs: int) -> PooledRecords:
@@ -76,34 +78,35 @@ def stack_records(entries: Iterable[Mapping], num_iou_thrs: int) -> PooledRecord
         parts = [_keys(e) for e in recs]
         del recs
         lengths = np.fromiter((len(p[0]) for p in parts), np.int64, len(parts))
+        bad = [
+            (k, len(p[1]), len(p[3]))
+            for k, p in enumerate(parts)
+            if (len(p[1]), len(p[3])) != (T, T) and (lengths[k] or len(p[1]) or len(p[3]))
+        ]
+        if bad:
+            raise ValueError(
+                f"pooled AP: a record holds {bad[0][1]} rows of match flags and {bad[0][2]} of "
+                f"ignore flags for {T} IoU thresholds; pass the protocol's number of IoU thresholds"
+            )
         scores = np.fromiter(chain.from_iterable(p[0] for p in parts), np.float64)
-        ignore = _flat((p[3] for p in parts), bool)
-        if all(p[2] for p in parts):
-            matched = _flat((p[1] for p in parts), bool)
-        else:  # match ids: 0 = unmatched
-            matched = _flat((p[1] for p in parts), np.float64) != 0
+        is_bool = all(p[2] for p in parts)
+        tp = np.empty((T, len(scores)), bool)
+        fp = np.empty((T, len(scores)), bool)
+        for t in range(T):
+            if is_bool:
+                matched = _rows(parts, 1, t, bool)
+            else:  # match ids: 0 = unmatched
+                matched = _rows(parts, 1, t, np.float64) != 0
+            ignore = _rows(parts, 3, t, bool)
+            tp[t] = matched & ~ignore
+            fp[t] = ~matched & ~ignore
         gt_len = np.fromiter((len(p[4]) for p in parts), np.int64, len(parts))
         gt_ignore = np.fromiter(chain.from_iterable(p[4] for p in parts), bool)
         del parts
-    R, N = len(lengths), int(lengths.sum())
-    if matched.size != T * N or ignore.size != T * N:
-        raise ValueError(
-            f"pooled AP: the records hold {matched.size} match flags for {N} detections x {T} IoU "
-            "thresholds; pass the protocol's number of IoU thresholds"
-        )
+    R = len(lengths)
     gt_rec = np.repeat(np.arange(R), gt_len)
     num_gt = np.bincount(gt_rec, weights=~gt_ignore, minlength=R).astype(np.int64)
     det_record = np.repeat(np.arange(R), lengths)
-    # block r holds (t, d) at start_r * T + t * D_r + d; its column in the (T, N) layout is start_r + d
-    start = np.cumsum(lengths) - lengths
-    k = np.arange(T * N) - np.repeat(start * T, lengths * T)
-    d_len = np.repeat(lengths, lengths * T)
-    rows = k // np.maximum(d_len, 1)
-    cols = np.repeat(start, lengths * T) + k % np.maximum(d_len, 1)
-    tp = np.zeros((T, N), bool)
-    fp = np.zeros((T, N), bool)
-    tp[rows, cols] = matched & ~ignore
-    fp[rows, cols] = ~matched & ~ignore
     return PooledRecords(cats, num_gt, det_record, scores, tp, fp)
 
 
