@@ -29,7 +29,14 @@ import numpy as np
 
 from .common import gc_paused
 
-__all__ = ["POOLS", "PooledRecords", "stack_records", "pooled_precision", "pooled_ap"]
+__all__ = [
+    "POOLS",
+    "PooledRecords",
+    "stack_records",
+    "concat_records",
+    "pooled_precision",
+    "pooled_ap",
+]
 
 POOLS = ("all", "r", "c", "f")
 
@@ -108,6 +115,22 @@ def stack_records(entries: Iterable[Mapping], num_iou_thrs: int) -> PooledRecord
     num_gt = np.bincount(gt_rec, weights=~gt_ignore, minlength=R).astype(np.int64)
     det_record = np.repeat(np.arange(R), lengths)
     return PooledRecords(cats, num_gt, det_record, scores, tp, fp)
+
+
+def concat_records(parts: Sequence[PooledRecords]) -> PooledRecords:
+    """One :class:`PooledRecords` of consecutive chunks (e.g. of images in id order: the records stay
+    in (image id, category id) order when the chunks are)."""
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0] + [len(p.category_ids) for p in parts[:-1]])
+    return PooledRecords(
+        np.concatenate([p.category_ids for p in parts]),
+        np.concatenate([p.num_gt for p in parts]),
+        np.concatenate([p.det_record + o for p, o in zip(parts, offsets)]),
+        np.concatenate([p.scores for p in parts]),
+        np.concatenate([p.tp for p in parts], axis=1),
+        np.concatenate([p.fp for p in parts], axis=1),
+    )
 
 
 def pooled_precision(

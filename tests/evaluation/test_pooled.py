@@ -6,7 +6,7 @@ re-evaluation that feeds it against hotcoco's full record set."""
 import numpy as np
 import pytest
 
-from lt_detectron.evaluation.pooled import pooled_ap, stack_records
+from lt_detectron.evaluation.pooled import concat_records, pooled_ap, stack_records
 
 T = 10
 REC_THRS = np.linspace(0.0, 1.0, 101)
@@ -122,11 +122,13 @@ def test_stack_records_rejects_a_wrong_number_of_iou_thresholds():
 
 
 def test_pooled_ap_area_all_reevaluation_equals_filtered_records():
-    """The evaluator re-runs hotcoco's matching with area "all" only for pooled AP; the records it
-    reads must give what the records of area "all" from the full four-range evaluation give."""
+    """The evaluator re-runs hotcoco's matching with area "all" only for pooled AP, chunk of images
+    by chunk; the records it reads must give what the records of area "all" from the full
+    four-range evaluation give."""
     hotcoco = pytest.importorskip("hotcoco")
     from lt_detectron.evaluation import evaluate_lvis_predictions
     from lt_detectron.evaluation.hotcoco_results import load_hotcoco, lvis_kept_results
+    from lt_detectron.evaluation.lvis_evaluation import _area_all_eval_imgs
     from lt_detectron.utils.testing import make_detections, make_lvis_like_gt
     from tests._data import IMAGE_SIZE, eval_categories
 
@@ -160,3 +162,12 @@ def test_pooled_ap_area_all_reevaluation_equals_filtered_records():
     for k, v in ref.items():
         assert metrics[k] == pytest.approx(v, abs=0, nan_ok=True), k
     assert not np.isnan(ref["APpool"])
+    # chunks of 7 images (the evaluator uses 1,000): the same records, in the same order
+    chunks = [stack_records(c, len(E.params.iou_thrs)) for c in _area_all_eval_imgs(E, 7)]
+    assert len(chunks) == 3
+    whole = stack_records(entries, len(E.params.iou_thrs))
+    joined = concat_records(chunks)
+    for a, b in zip(joined, whole):
+        np.testing.assert_array_equal(a, b)
+    got = pooled_ap(joined, freq, len(E.params.iou_thrs), np.asarray(E.params.rec_thrs))
+    assert got == pytest.approx(ref, abs=0, nan_ok=True)
