@@ -143,17 +143,18 @@ def pooled_precision(
     precision = -np.ones((T, len(rec_thrs)))
     if num_gt == 0:
         return precision
-    # integer counts (exact), so the float operations below are those of a float cumsum
-    tp_sum = np.cumsum(tp, axis=1, dtype=np.int64)
-    fp_sum = np.cumsum(fp, axis=1, dtype=np.int64)
-    rc = tp_sum / num_gt
-    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # envelope (max to the right)
+    # one IoU threshold at a time (arrays of N, not T x N: 10x less transient memory); integer
+    # counts (exact), so the float operations below are those of a float cumsum
     for t in range(T):
-        idx = np.searchsorted(rc[t], rec_thrs, side="left")
+        tp_sum = np.cumsum(tp[t], dtype=np.int64)
+        fp_sum = np.cumsum(fp[t], dtype=np.int64)
+        rc = tp_sum / num_gt
+        pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+        pr = np.maximum.accumulate(pr[::-1])[::-1]  # envelope (max to the right)
+        idx = np.searchsorted(rc, rec_thrs, side="left")
         q = np.zeros(len(rec_thrs))
-        ok = idx < pr.shape[1]
-        q[ok] = pr[t, idx[ok]]
+        ok = idx < len(pr)
+        q[ok] = pr[idx[ok]]
         precision[t] = q
     return precision
 
