@@ -5,9 +5,13 @@
 has 19,809), 300 detections per image, box and mask. Each measurement runs in its own subprocess;
 time is wall clock, peak memory the subprocess's max RSS (``resource.getrusage``, including the
 benchmark's own input data and imports). The largest |difference| over AP, AP50, AP75, APs/m/l,
-APr/c/f and AR@300 between ours and lvis-api is reported. Output: a markdown table.
+APr/c/f and AR@300 between ours and lvis-api is reported. Output: markdown tables; ``--report PATH``
+also writes them under the machine header of :mod:`benchmarks.report` (date, command, CPU, load,
+versions).
 
-  python -m benchmarks.benchmark_lvis_eval --images 1000 5000 --tasks bbox segm --repeats 3 --no-json-row
+  python -m benchmarks.benchmark_lvis_eval --images 1000 5000 --tasks bbox --repeats 3 --no-json-row \
+      --pooled --lvis-api-max-images 1000 --report benchmarks/results/lvis_eval.md
+  python -m benchmarks.benchmark_lvis_eval --images 1000 5000 --tasks segm --no-json-row
   python -m benchmarks.benchmark_lvis_eval --images 19809 --tasks bbox --skip-lvis-api --protocols standard fixed
   python -m benchmarks.benchmark_lvis_eval --images 5000 --tasks bbox --skip-lvis-api --profile   # cProfile of ours
   python -m benchmarks.benchmark_lvis_eval --images 1000 --tasks segm --skip-lvis-api --boundary   # + Boundary AP
@@ -28,6 +32,9 @@ inference), and lvis and the results writer (polars) are imported before the tim
 conversion from ``Instances`` is not timed, which favours lvis-api). "hotcoco" is the raw matching
 call ours makes (load, cap, evaluate, accumulate, summarize) on the prepared detection matrix: ours
 minus hotcoco is our own overhead.
+``--pooled`` (box rows, standard protocol) also times ours with pooled AP (``TEST.LT.POOLED_AP``) and
+the authors' procedure on lvis-api (:mod:`benchmarks.lvis_eval_pooled`, up to
+``--authors-max-images``), with their peak memory and the largest APpool difference.
 ``--boundary`` (segm rows) also times Boundary AP (``TEST.LT.BOUNDARY_AP``: faster-coco-eval's
 boundary IoU, ``lt_detectron.evaluation.boundary``) on the same prepared matrix and RLEs, the cost
 that option adds to an evaluation.
