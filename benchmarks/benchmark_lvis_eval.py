@@ -5,9 +5,13 @@
 has 19,809), 300 detections per image, box and mask. Each measurement runs in its own subprocess;
 time is wall clock, peak memory the subprocess's max RSS (``resource.getrusage``, including the
 benchmark's own input data and imports). The largest |difference| over AP, AP50, AP75, APs/m/l,
-APr/c/f and AR@300 between ours and lvis-api is reported. Output: a markdown table.
+APr/c/f and AR@300 between ours and lvis-api is reported. Output: markdown tables; ``--report PATH``
+also writes them under the machine header of :mod:`benchmarks.report` (date, command, CPU, load,
+versions).
 
-  python -m benchmarks.benchmark_lvis_eval --images 1000 5000 --tasks bbox segm --repeats 3 --no-json-row
+  python -m benchmarks.benchmark_lvis_eval --images 1000 5000 --tasks bbox --repeats 3 --no-json-row \
+      --pooled --lvis-api-max-images 1000 --report benchmarks/results/lvis_eval.md
+  python -m benchmarks.benchmark_lvis_eval --images 1000 5000 --tasks segm --no-json-row
   python -m benchmarks.benchmark_lvis_eval --images 19809 --tasks bbox --skip-lvis-api --protocols standard fixed
   python -m benchmarks.benchmark_lvis_eval --images 5000 --tasks bbox --skip-lvis-api --profile   # cProfile of ours
   python -m benchmarks.benchmark_lvis_eval --images 1000 --tasks segm --skip-lvis-api --boundary   # + Boundary AP
@@ -28,6 +32,9 @@ inference), and lvis and the results writer (polars) are imported before the tim
 conversion from ``Instances`` is not timed, which favours lvis-api). "hotcoco" is the raw matching
 call ours makes (load, cap, evaluate, accumulate, summarize) on the prepared detection matrix: ours
 minus hotcoco is our own overhead.
+``--pooled`` (box rows, standard protocol) also times ours with pooled AP (``TEST.LT.POOLED_AP``) and
+the authors' procedure on lvis-api (:mod:`benchmarks.lvis_eval_pooled`, up to
+``--authors-max-images``), with their peak memory and the largest APpool difference.
 ``--boundary`` (segm rows) also times Boundary AP (``TEST.LT.BOUNDARY_AP``: faster-coco-eval's
 boundary IoU, ``lt_detectron.evaluation.boundary``) on the same prepared matrix and RLEs, the cost
 that option adds to an evaluation.
@@ -38,303 +45,24 @@ The cache (``--cache``) holds the ground truth (json), detections (npz, loaded w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
+from benchmarks.lvis_eval_tables import boundary_table, main_table, median_run, pooled_table
+from benchmarks.lvis_eval_workers import make_data, worker
+from benchmarks.report import command_line, markdown_table, write_report
 
 
-METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf", "AR@300")
-
-
-# ---------------------------------------------------------------------------- cached data
-def _paths(cache, n, task):
-    base = os.path.join(cache, f"lvis_like_{n}_{task}")
-    return base + "_gt.json", base + "_dets.npz", base + "_masks.json"
-
-
-def make_data(cache, n, task, seed=0):
-    from lt_detectron.utils.testing import make_detections, make_lvis_like_gt
-
-    gt_path, det_path, mask_path = _paths(cache, n, task)
-    masks = task == "segm"
-    if (
-        os.path.isfile(gt_path)
-        and os.path.isfile(det_path)
-        and (not masks or os.path.isfile(mask_path))
-    ):
-        return gt_path, det_path, mask_path
-    gt = make_lvis_like_gt(n, seed=seed, with_masks=masks)
-    dets = make_detections(gt, 300, seed=seed + 1, with_masks=masks)
-    with open(gt_path, "w") as f:
-        json.dump(gt, f)
-    ids = np.concatenate([np.full(len(d["scores"]), k, np.int64) for k, d in dets.items()])
-    np.savez(
-        det_path,
-        image_ids=ids,
-        boxes=np.concatenate([d["boxes"] for d in dets.values()]),
-        scores=np.concatenate([d["scores"] for d in dets.values()]),
-        category_ids=np.concatenate([d["category_ids"] for d in dets.values()]),
-    )
-    if masks:
-        with open(mask_path, "w") as f:
-            json.dump(
-                [
-                    {"size": list(m["size"]), "counts": m["counts"].decode("ascii")}
-                    for d in dets.values()
-                    for m in d["masks"]
-                ],
-                f,
-            )
-    return gt_path, det_path, mask_path
-
-
-def load_dets(det_path, mask_path, masks):
-    """Per image ``{"boxes" XYXY, "scores", "category_ids", "masks"}`` (as make_detections)."""
-    with np.load(det_path, allow_pickle=False) as z:
-        ids, boxes, scores, cats = z["image_ids"], z["boxes"], z["scores"], z["category_ids"]
-    rles = None
-    if masks:
-        with open(mask_path) as f:
-            rles = [
-                {"size": m["size"], "counts": m["counts"].encode("ascii")} for m in json.load(f)
-            ]
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    ends = np.r_[starts[1:], len(ids)]
-    return {
-        int(ids[s]): {
-            "boxes": boxes[s:e],
-            "scores": scores[s:e],
-            "category_ids": cats[s:e],
-            "masks": rles[s:e] if masks else None,
-        }
-        for s, e in zip(starts, ends)
-    }
-
-
-# ---------------------------------------------------------------------------- workers
-def _metrics_of(res, scale):
-    return {
-        k: (-1.0 if not np.isfinite(res.get(k, np.nan)) else res[k] / scale)
-        for k in METRICS
-        if k in res
-    }
-
-
-def worker_lvis(gt_path, dets, task):
-    import logging
-
-    from lvis import LVIS, LVISEval, LVISResults
-
-    from lt_detectron.compat import ensure_lvis_numpy_compat
-    from lt_detectron.utils.testing import detections_to_results
-
-    results = detections_to_results(dets, task == "segm")
-    if task == "segm":
-        for r in results:
-            r.pop("bbox")  # as Detectron2's LVISEvaluator
-    del dets
-    ensure_lvis_numpy_compat()
-    logging.disable(logging.WARNING)
-    t = time.perf_counter()
-    gt = LVIS(gt_path)
-    E = LVISEval(gt, LVISResults(gt, results, max_dets=300), task)
-    E.run()
-    return time.perf_counter() - t, {k: float(E.results[k]) for k in METRICS}
-
-
-def worker_hotcoco(gt_path, dets, task, protocol):
-    import logging
-
-    from lt_detectron.evaluation import evaluate_lvis_predictions
-    from lt_detectron.evaluation.common import keep_top_per_group
-
-    logging.disable(logging.WARNING)
-    arr, rles = _detection_matrix(dets)
-    del dets
-    t = time.perf_counter()
-    if protocol == "fixed":
-        arr, rles = keep_top_per_group(arr, rles, 6, 10000)
-    m, _, _ = evaluate_lvis_predictions(
-        gt_path, arr, rles, task, 300 if protocol == "standard" else -1, "hotcoco"
-    )
-    return time.perf_counter() - t, _metrics_of(m, 1.0)
-
-
-def _detection_matrix(dets):
-    """``(N, 7)`` rows ``[image_id, x, y, w, h, score, category_id]`` and the RLEs (or None)."""
-    rows, rles = [], []
-    for k, d in dets.items():
-        a = np.empty((len(d["scores"]), 7))
-        a[:, 0] = k
-        a[:, 1:5] = d["boxes"]
-        a[:, 3:5] -= a[:, 1:3]
-        a[:, 5] = d["scores"]
-        a[:, 6] = d["category_ids"]
-        rows.append(a)
-        if d["masks"] is not None:
-            rles.extend(d["masks"])
-    return np.concatenate(rows), (rles or None)
-
-
-def worker_boundary(gt_path, dets):
-    import logging
-
-    from lt_detectron.evaluation.boundary import evaluate_boundary_predictions
-
-    logging.disable(logging.WARNING)
-    arr, rles = _detection_matrix(dets)
-    del dets
-    t = time.perf_counter()
-    m, _, _ = evaluate_boundary_predictions(gt_path, arr, rles, 300, lvis_style=True)
-    dt = time.perf_counter() - t
-    return dt, {k: float(v) for k, v in m.items() if k in ("AP", "APr", "APc", "APf")}
-
-
-def worker_ours(gt_path, dets, task, protocol, profile=False, save_results=True):
-    import logging
-
-    import torch
-    from detectron2.data import MetadataCatalog
-    from detectron2.structures import Boxes, Instances
-    from pycocotools import mask as mask_util
-
-    from lt_detectron.evaluation import LTLVISEvaluator
-
-    logging.disable(logging.WARNING)
-    with open(gt_path) as f:
-        gt = json.load(f)
-    cats = sorted(c["id"] for c in gt["categories"])
-    H, W = gt["images"][0]["height"], gt["images"][0]["width"]
-    del gt
-    name = "lt_bench_lvis_like"
-    MetadataCatalog.get(name).set(
-        json_file=gt_path,
-        evaluator_type="lvis",
-        thing_dataset_id_to_contiguous_id={c: i for i, c in enumerate(cats)},
-    )
-    lut = np.zeros(max(cats) + 1, np.int64)
-    lut[cats] = np.arange(len(cats))
-
-    def instances(d):
-        inst = Instances((H, W))
-        inst.pred_boxes = Boxes(torch.from_numpy(d["boxes"]))
-        inst.scores = torch.from_numpy(d["scores"])
-        inst.pred_classes = torch.from_numpy(lut[d["category_ids"]])
-        if d["masks"] is not None:
-            inst.pred_masks = torch.from_numpy(
-                mask_util.decode(d["masks"]).transpose(2, 0, 1).astype(bool)
-            )
-        return inst
-
-    tmp = tempfile.TemporaryDirectory(prefix="lt_bench_")  # removed when the worker returns
-    out_dir = tmp.name
-    # built before the model's outputs exist, as in training (build_evaluator, then inference, during
-    # which it loads the results writer in the background); imports are not timed, for lvis-api either
-    with contextlib.suppress(ImportError):
-        import polars  # noqa: F401
-    ev = LTLVISEvaluator(
-        name,
-        (task,),
-        distributed=False,
-        output_dir=out_dir,
-        ap_protocol=protocol,
-        save_results=save_results,
-    )
-    masks = task == "segm"
-    batches = (
-        None
-        if masks
-        else [([{"image_id": k}], [{"instances": instances(d)}]) for k, d in dets.items()]
-    )
-    prof = None
-    if profile:
-        import cProfile
-
-        prof = cProfile.Profile()
-    timed = 0.0
-    read_masks = (
-        0.0  # one pass over the full-image pred_masks (NumPy any): a floor for encoding them
-    )
-    ev.reset()
-    items = list(dets.items())
-    del dets
-    for i, (k, d) in enumerate(items):
-        inp, outp = (
-            batches[i]
-            if batches is not None
-            else ([{"image_id": k}], [{"instances": instances(d)}])
-        )
-        if masks:
-            t = time.perf_counter()
-            outp[0]["instances"].pred_masks.numpy().any(axis=1)
-            read_masks += time.perf_counter() - t
-        t = time.perf_counter()
-        if prof:
-            prof.enable()
-        ev.process(inp, outp)
-        if prof:
-            prof.disable()
-        timed += time.perf_counter() - t
-        if batches is not None:
-            batches[i] = None
-    del items, batches
-    t = time.perf_counter()
-    if prof:
-        prof.enable()
-    res = ev.evaluate()
-    if prof:
-        prof.disable()
-        import pstats
-
-        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(25)
-    timed += time.perf_counter() - t
-    sizes = {f: os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir)}
-    print(
-        f"[ours] process() {timed - (time.perf_counter() - t):.2f} s, evaluate() {time.perf_counter() - t:.2f} s; "
-        f"files {sizes}",
-        file=sys.stderr,
-    )
-    process_time = timed - (time.perf_counter() - t)
-    tmp.cleanup()
-    return timed, _metrics_of(res[task], 100.0), process_time, read_masks
-
-
-def worker(which, gt_path, det_path, mask_path, task, protocol, profile, save_results=True):
-    dets = load_dets(det_path, mask_path, task == "segm")
-    process_time = read_masks = 0.0
-    if which == "lvis":
-        dt, metrics = worker_lvis(gt_path, dets, task)
-    elif which == "hotcoco":
-        dt, metrics = worker_hotcoco(gt_path, dets, task, protocol)
-    elif which == "boundary":
-        dt, metrics = worker_boundary(gt_path, dets)
-    else:
-        dt, metrics, process_time, read_masks = worker_ours(
-            gt_path, dets, task, protocol, profile, save_results
-        )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    result = {
-        "time": dt,
-        "process": process_time,
-        "read_masks": read_masks,
-        "peak_gib": peak,
-        "metrics": metrics,
-    }
-    print("RESULT " + json.dumps(result))
-
-
-def run_worker(which, paths, task, protocol, profile=False, save_results=True):
+def run_worker(which, paths, task, protocol, profile=False, save_results=True, pooled=False):
     cmd = (
         [
             sys.executable,
-            os.path.abspath(__file__),
+            "-m",
+            "benchmarks.benchmark_lvis_eval",
             "--worker",
             which,
             "--paths",
@@ -346,8 +74,10 @@ def run_worker(which, paths, task, protocol, profile=False, save_results=True):
         ]
         + (["--profile"] if profile else [])
         + ([] if save_results else ["--no-results-json"])
+        + (["--pooled"] if pooled else [])
     )
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     if profile or which == "ours":
         sys.stderr.write(
             "\n".join(
@@ -387,11 +117,34 @@ def main():
         help="lvis-api runs per row (at most --repeats; it takes minutes at 5k images)",
     )
     ap.add_argument(
+        "--lvis-api-max-images",
+        type=int,
+        default=sys.maxsize,
+        help="run lvis-api only up to this many images (it needs minutes and 6 GiB at 5,000)",
+    )
+    ap.add_argument(
         "--no-json-row",
         action="store_true",
         help="also time ours without writing the results json (TEST.LT.SAVE_RESULTS False)",
     )
     ap.add_argument("--profile", action="store_true", help="print a cProfile of ours (stderr)")
+    ap.add_argument(
+        "--pooled",
+        action="store_true",
+        help="bbox, standard: also time ours with pooled AP (TEST.LT.POOLED_AP) and the authors' "
+        "pooled AP on lvis-api (benchmarks/lvis_eval_pooled.py)",
+    )
+    ap.add_argument(
+        "--authors-max-images",
+        type=int,
+        default=1000,
+        help="--pooled: run the authors' procedure (lvis-api, minutes) up to this many images",
+    )
+    ap.add_argument(
+        "--report",
+        metavar="PATH",
+        help="also write the tables with the machine (CPU, load, versions, command) to PATH (markdown)",
+    )
     ap.add_argument(
         "--boundary",
         action="store_true",
@@ -403,98 +156,89 @@ def main():
         help=argparse.SUPPRESS,  # worker: TEST.LT.SAVE_RESULTS False
     )
     ap.add_argument(
-        "--worker", choices=["lvis", "ours", "hotcoco", "boundary"], help=argparse.SUPPRESS
+        "--worker",
+        choices=["lvis", "ours", "hotcoco", "boundary", "authors"],
+        help=argparse.SUPPRESS,
     )
     ap.add_argument("--paths", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         save = not args.no_results_json
-        worker(args.worker, *args.paths, args.tasks[0], args.protocols[0], args.profile, save)
+        worker(
+            args.worker,
+            *args.paths,
+            args.tasks[0],
+            args.protocols[0],
+            args.profile,
+            save,
+            args.pooled,
+        )
         return
     os.makedirs(args.cache, exist_ok=True)
-    rows, boundary_rows = [], []
+    load_at_start = os.getloadavg()
+    rows = []
     for n in args.images:
         for task in args.tasks:
             t = time.perf_counter()
             paths = make_data(args.cache, n, task)
             print(f"[data] {n} images {task}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
             for protocol in args.protocols:
-                runs = {"ours": [], "ours_nojson": [], "hotcoco": [], "lvis": [], "boundary": []}
-                for rep in range(args.repeats):
-                    runs["ours"].append(run_worker("ours", paths, task, protocol, args.profile))
-                    if args.no_json_row:
-                        runs["ours_nojson"].append(
-                            run_worker("ours", paths, task, protocol, False, save_results=False)
-                        )
-                    runs["hotcoco"].append(run_worker("hotcoco", paths, task, protocol))
-                    if args.boundary and task == "segm" and protocol == "standard":
-                        runs["boundary"].append(run_worker("boundary", paths, task, protocol))
-                    if (
-                        not args.skip_lvis_api
-                        and protocol == "standard"
-                        and rep < args.lvis_api_repeats
-                    ):
-                        runs["lvis"].append(run_worker("lvis", paths, task, protocol))
-                    for k, v in runs.items():
-                        if v:
-                            print(
-                                f"[{k}] {n} {task} {protocol}: {v[-1]['time']:.2f} s {v[-1]['peak_gib']:.2f} GiB",
-                                file=sys.stderr,
-                            )
-                med = {
-                    k: sorted(v, key=lambda r: r["time"])[(len(v) - 1) // 2] if v else None
-                    for k, v in runs.items()
-                }
-                ref, ours = med["lvis"], med["ours"]
-                diff = (
-                    max(abs(ours["metrics"][k] - ref["metrics"][k]) for k in METRICS)
-                    if ref
-                    else float("nan")
-                )
-                rows.append(
-                    (n, task, protocol, ref, ours, med["ours_nojson"], med["hotcoco"], diff, runs)
-                )
-                if med["boundary"]:
-                    b, h = med["boundary"], med["hotcoco"]
-                    boundary_rows.append(
-                        f"| {n} | {b['time']:.2f} s | {b['peak_gib']:.2f} GiB | {h['time']:.2f} s "
-                        f"| {b['time'] / h['time']:.1f}x | {100 * b['metrics'].get('AP', float('nan')):.2f} |"
-                    )
-    print(
-        "| images x 300 dets | task | protocol | lvis-api | lvis-api peak | ours | ours peak | speed-up "
-        "| ours: process() | speed-up without process() | ours without results json | speed-up "
-        "| raw hotcoco | max metric diff vs lvis-api |"
-    )
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n, task, protocol, ref, ours, nojson, hot, diff, runs in rows:
-        rt = f"{ref['time']:.1f} s" if ref else "-"
-        rm = f"{ref['peak_gib']:.2f} GiB" if ref else "-"
-        sp = f"{ref['time'] / ours['time']:.0f}x" if ref else "-"
-        pt = ours.get("process", 0.0)
-        sp3 = f"{ref['time'] / (ours['time'] - pt):.0f}x" if ref else "-"
-        nj = f"{nojson['time']:.2f} s" if nojson else "-"
-        sp2 = f"{ref['time'] / nojson['time']:.0f}x" if ref and nojson else "-"
-        print(
-            f"| {n} | {task} | {protocol} | {rt} | {rm} | {ours['time']:.2f} s | {ours['peak_gib']:.2f} GiB | {sp} "
-            f"| {pt:.2f} s | {sp3} | {nj} | {sp2} | {hot['time']:.2f} s | {diff:.1e} |"
+                rows.append(_measure_row(args, n, task, protocol, paths))
+    tables = [main_table(rows, args.repeats), pooled_table(rows), boundary_table(rows)]
+    tables = [t for t in tables if t is not None]
+    for t in tables:
+        print(markdown_table(t.columns, t.rows))
+        print("\n".join(f"<!-- {x} -->" for x in t.notes) + "\n")
+    if args.report:
+        write_report(
+            args.report,
+            command_line(),
+            tables,
+            "LVIS evaluation benchmark (benchmarks/benchmark_lvis_eval.py)",
+            load_at_start,
         )
-        if task == "segm":
-            rm_ = ours.get("read_masks", 0.0)
-            print(
-                f"<!-- {n} segm: one pass over the full-image pred_masks (NumPy any) takes {rm_:.2f} s, "
-                f"so no evaluator from these Instances beats {ref['time'] / rm_ if ref and rm_ else float('nan'):.0f}x "
-                "lvis-api -->"
+        print(f"written to {args.report}", file=sys.stderr)
+
+
+def _measure_row(args, n, task, protocol, paths):
+    """Every run of one (images, task, protocol) row and the median of each kind."""
+    kinds = ("ours", "ours_nojson", "hotcoco", "lvis", "boundary", "ours_pooled", "authors")
+    runs = {k: [] for k in kinds}
+    pooled = args.pooled and task == "bbox" and protocol == "standard"
+    for rep in range(args.repeats):
+        runs["ours"].append(run_worker("ours", paths, task, protocol, args.profile))
+        if args.no_json_row:
+            runs["ours_nojson"].append(
+                run_worker("ours", paths, task, protocol, False, save_results=False)
             )
-        if args.repeats > 1:
-            all_times = {k: [round(r["time"], 2) for r in v] for k, v in runs.items() if v}
-            print(f"<!-- {n} {task} {protocol} all runs (s): {all_times} -->")
-    if boundary_rows:
-        print(
-            "\n| images x 300 masks | Boundary AP (faster-coco-eval) | its peak | mask AP (raw hotcoco) "
-            "| boundary / mask | boundary AP |"
-        )
-        print("|---|---:|---:|---:|---:|---:|")
-        print("\n".join(boundary_rows))
+        runs["hotcoco"].append(run_worker("hotcoco", paths, task, protocol))
+        if pooled:
+            runs["ours_pooled"].append(run_worker("ours", paths, task, protocol, pooled=True))
+            if rep < args.lvis_api_repeats and n <= args.authors_max_images:
+                runs["authors"].append(run_worker("authors", paths, task, protocol))
+        if args.boundary and task == "segm" and protocol == "standard":
+            runs["boundary"].append(run_worker("boundary", paths, task, protocol))
+        if (
+            not args.skip_lvis_api
+            and protocol == "standard"
+            and rep < args.lvis_api_repeats
+            and n <= args.lvis_api_max_images
+        ):
+            runs["lvis"].append(run_worker("lvis", paths, task, protocol))
+        for k, v in runs.items():
+            if len(v) == rep + 1:
+                print(
+                    f"[{k}] {n} {task} {protocol}: {v[-1]['time']:.2f} s "
+                    f"{v[-1]['peak_gib']:.2f} GiB",
+                    file=sys.stderr,
+                )
+    return {
+        "n": n,
+        "task": task,
+        "protocol": protocol,
+        "med": {k: median_run(v) for k, v in runs.items()},
+        "runs": runs,
+    }
 
 
 if __name__ == "__main__":

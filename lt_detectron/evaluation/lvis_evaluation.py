@@ -24,7 +24,7 @@ import copy
 import logging
 import warnings
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from .common import (
     resolve_backend,
 )
 from .hotcoco_results import load_hotcoco, lvis_kept_results
-from .pooled import pooled_ap
+from .pooled import concat_records, pooled_ap, stack_records
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +111,7 @@ def evaluate_lvis_predictions(
             precision = np.asarray(E.eval["precision"])
             if precision.ndim == 5:
                 precision = precision[..., -1]
-        eval_imgs = lambda: [
-            e for e in E.eval_imgs if e is not None and list(e["aRng"]) == list(params.area_rng[0])
-        ]
+        eval_imgs = lambda: _area_all_eval_imgs(E)  # chunks of images
     else:
         from lvis import LVIS, LVISEval, LVISResults
 
@@ -148,10 +146,12 @@ def evaluate_lvis_predictions(
         precision = np.asarray(E.eval["precision"])
         cat_ids = list(E.params.cat_ids)
         params, cats = E.params, lvis_gt.cats
-        eval_imgs = lambda: [
-            e
-            for e in E.eval_imgs
-            if e is not None and list(e["area_rng"]) == list(params.area_rng[0])
+        eval_imgs = lambda: [  # one chunk: lvis-api's records exist already
+            [
+                e
+                for e in E.eval_imgs
+                if e is not None and list(e["area_rng"]) == list(params.area_rng[0])
+            ]
         ]
     metrics = OrderedDict()
     for k in LVIS_METRICS:
@@ -161,10 +161,26 @@ def evaluate_lvis_predictions(
         metrics[k] = float("nan") if v < 0 else v
     if pooled:
         freq = {int(c): cats[c].get("frequency", "") for c in cats}
-        with gc_paused():  # millions of per-image records
-            entries = eval_imgs()
-        metrics.update(pooled_ap(entries, freq, len(params.iou_thrs), np.asarray(params.rec_thrs)))
+        T = len(params.iou_thrs)
+        with gc_paused():  # millions of per-image records, flattened chunk by chunk then dropped
+            records = concat_records([stack_records(chunk, T) for chunk in eval_imgs()])
+        metrics.update(pooled_ap(records, freq, len(params.iou_thrs), np.asarray(params.rec_thrs)))
     return metrics, precision, cat_ids
+
+
+def _area_all_eval_imgs(E, images_per_chunk: int = 1000) -> Iterator[list]:
+    """hotcoco's per-image records of area "all" only, for pooled AP, ``images_per_chunk`` images at
+    a time (in image id order): the matching is evaluated again with that one area range and those
+    images (the matching of an image and a range does not depend on the others), so that hotcoco
+    converts a quarter of the records to Python dicts (the costly part, in time and memory), and
+    never more than one chunk's at once. Call it after the metrics have been read from ``E``."""
+    img_ids = sorted(E.params.img_ids)
+    E.params.area_rng = [E.params.area_rng[0]]
+    E.params.area_rng_lbl = [E.params.area_rng_lbl[0]]
+    for start in range(0, len(img_ids), images_per_chunk):
+        E.params.img_ids = img_ids[start : start + images_per_chunk]
+        E.evaluate()
+        yield E.eval_imgs
 
 
 def _sums_from_per_class(res: dict, cat_ids, cats, num_iou: int, num_rec: int):
