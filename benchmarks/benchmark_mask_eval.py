@@ -26,6 +26,7 @@ Each measurement runs in its own process. Usage::
 from __future__ import annotations
 
 import argparse
+import logging
 import json
 import os
 import resource
@@ -161,8 +162,6 @@ def worker_hotcoco(gt_path, d, pool):
 
 
 def worker_lvis(gt_path, d, pool):
-    import logging
-
     from lvis import LVIS, LVISEval, LVISResults
 
     from lt_detectron.compat import ensure_lvis_numpy_compat
@@ -173,7 +172,6 @@ def worker_lvis(gt_path, d, pool):
     for r in results:
         r.pop("bbox")  # as Detectron2's LVISEvaluator
     ensure_lvis_numpy_compat()
-    logging.disable(logging.WARNING)
     t = time.perf_counter()
     gt = LVIS(gt_path)
     E = LVISEval(gt, LVISResults(gt, results, max_dets=300), "segm")
@@ -182,9 +180,6 @@ def worker_lvis(gt_path, d, pool):
 
 
 def run_worker(which, gt_path, det_path):
-    import logging
-
-    logging.disable(logging.WARNING)
     d, pool = _load(det_path), _pool()
     extra = {}
     if which == "ours":
@@ -228,7 +223,8 @@ def main(argv=None):
     )
     ap.add_argument("--paths", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker:
+    if args.worker:  # a subprocess of this benchmark: its stdout is the result line only
+        logging.disable(logging.WARNING)
         print("RESULT " + json.dumps(run_worker(args.worker, *args.paths)))
         return
     rows = [
