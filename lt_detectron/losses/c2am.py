@@ -108,6 +108,7 @@ def _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch, g_scale):
     d loss_r / d cos times ``g_scale``."""
     R, K = cos.shape
     lo, hi = -1.0 + eps, 1.0 - eps
+    one = cos.new_ones(())
     need_grad = G is not None
     bufs = None
     for r0 in range(0, R, ch):
@@ -122,14 +123,20 @@ def _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch, g_scale):
         y = gt[r0:r1].unsqueeze(1)
         fill_rows(r0, r1, cosm, sinm, act)  # cos m, sin m, m > 0 for these ROIs
         torch.clamp(c, lo, hi, out=cc)
-        torch.mul(cc, cc, out=st)
-        st.neg_().add_(1.0).sqrt_()  # sin(theta) > 0
+        torch.addcmul(one, cc, cc, value=-1.0, out=st).sqrt_()  # sin(theta) > 0
         torch.mul(st, cosm, out=sn)
         sn.addcmul_(cc, sinm)  # sin(theta + m)
         cosm.mul_(cc).addcmul_(st, sinm, value=-1.0)  # cos(theta + m)
         torch.lt(sn, 0.0, out=tmpb)  # theta + m > pi -> cos = -1
         cosm.masked_fill_(tmpb, -1.0)
-        torch.where(act, cosm, c, out=z)  # margin only where m > 0
+        # where m = 0, cos(theta + m) is clamp(c) exactly (cos m = 1, sin m = 0): c itself except at
+        # the (rare) clamped entries, which keep c without a margin and a gradient 1
+        torch.ne(c, cc, out=tmpb)
+        clamped = bool(tmpb.any())
+        if clamped:
+            torch.where(act, cosm, c, out=z)
+        else:
+            z, cosm = cosm, z
         z.mul_(scale)
         zy = z.gather(1, y).squeeze(1)
         # logsumexp as torch.logsumexp computes it (max, exp of the shifted logits, log of the sum),
@@ -143,14 +150,13 @@ def _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch, g_scale):
             # d cos(theta+m)/dc = sin(theta+m)/sin(theta) (0 past pi or outside the clamp range); where
             # m = 0, sin(theta+m) is sin(theta) itself and the ratio exactly 1 (the identity)
             sn.div_(st).clamp_min_(0.0)
-            torch.ne(c, cc, out=tmpb)
-            tmpb.logical_and_(act)
-            if tmpb.any():
-                sn.masked_fill_(tmpb, 0.0)
-            z.div_(total)  # softmax
-            z.scatter_add_(1, y, torch.full_like(lse, -1.0).unsqueeze(1))
-            torch.mul(z, sn, out=G[r0:r1])
-            G[r0:r1].mul_(g_scale)
+            if clamped:
+                sn.masked_fill_(tmpb.logical_and_(act), 0.0)
+            # G = g_scale * (softmax - onehot) * d: e * (d g_scale / total) off the gt entries, and
+            # (e_y - total) * (d_y g_scale / total) at them
+            sn.mul_(total.reciprocal().mul_(g_scale))
+            Gc = torch.mul(z, sn, out=G[r0:r1])
+            Gc.scatter_(1, y, (z.gather(1, y) - total) * sn.gather(1, y))
 
 
 def c2am_loss(
@@ -191,7 +197,8 @@ def c2am_loss(
     a = float(alpha) / math.pi
     bg = K - 1
     if R >= K:  # cheaper: (K, K) tables of cos m / sin m / (m > 0), then row gathers
-        table = (a * (logn.unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi)
+        # an infinite norm gives inf - inf = NaN: no margin there (m = 0), as m > 0 is False for NaN
+        table = (a * (logn.unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi).nan_to_num_(0.0)
         if not background_margin:
             table[bg] = 0.0
             table[:, bg] = 0.0
@@ -207,6 +214,7 @@ def c2am_loss(
         def fill_rows(r0, r1, cosm, sinm, act):
             y = gt[r0:r1]
             m = (a * (logn[y].unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi)
+            m.nan_to_num_(0.0)
             if not background_margin:
                 m[y == bg] = 0.0
                 m[:, bg] = 0.0
