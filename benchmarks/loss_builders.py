@@ -74,10 +74,10 @@ ROI_GOALS = {
     "eqlv2": 1.5,
     "ecm": 1.5,
     "bags": 2.0,
-    "c2am": 3.0,
+    "c2am": 2.0,
     "seesaw": 1.5,
 }
-DENSE_GOALS = {"bofl": 1.5, "eqlv2": 1.5, "ecm": 1.5, "efl": 1.3}
+DENSE_GOALS = {"bofl": 1.5, "eqlv2": 1.3, "ecm": 1.5, "efl": 1.3}
 
 
 def class_counts(num_classes):

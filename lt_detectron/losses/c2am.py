@@ -11,7 +11,8 @@ Contract:
   and its weight norms (detached).
 - :func:`c2am_loss`: a scalar, the cross-entropy averaged over the ROIs
   (``reduction='mean'``). A custom autograd Function processes ROIs in row chunks with reused scratch
-  buffers and stores one ``(R, K)`` gradient buffer; its gradient equals that of
+  buffers and stores one ``(R, K)`` gradient buffer (handed on as the gradient itself when the
+  output gradient is 1, on CPU); its gradient equals that of
   ``cos(min(acos(clamp(c)) + m, pi))`` exactly.
 - :class:`C2AMROILoss` (``ROI_LOSS_REGISTRY`` ``c2am``, from ``MODEL.LT.C2AM.*``) asks for that
   classifier and reads its weight norms from ``ROIBatch.classifier``; ``predict_probs`` is
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import ROI_LOSS_REGISTRY, ClassifierSpec, ROIBatch, ROILoss
+from .chunks import row_chunk_size
 
 __all__ = ["C2AMROILoss", "c2am_margins", "c2am_loss"]
 
@@ -63,46 +65,50 @@ def c2am_margins(
     return m
 
 
-_CHUNK_ELEMS = 1 << 18  # elements per row chunk (scratch buffers stay cache-sized)
-
-
-def _chunk_size(R: int, K: int, device: torch.device) -> int:
-    # CPU: ~256K elements per chunk keeps the 8 scratch buffers cache-sized and avoids page-faulting
-    # fresh (R, K) allocations.  Accelerators: one chunk (fewer kernel launches).
-    if device.type != "cpu":
-        return max(R, 1)
-    return max(1, min(R, _CHUNK_ELEMS // max(K, 1)))
-
-
 class _C2AMFunction(torch.autograd.Function):
-    """forward(cos (R, K), gt (R,), fill_rows, scale, eps) -> per-ROI loss (R,).
+    """forward(cos (R, K), gt (R,), fill_rows, scale, eps, reduction) -> the loss: per ROI (R,) for
+    ``reduction="none"``, else its mean or sum (a scalar).
 
     ``fill_rows(r0, r1, cosm, sinm, act)`` writes cos(m), sin(m) and (m > 0) of ROIs r0:r1 into the
-    (r1 - r0, K) buffers.  Stores G = s * (softmax - onehot) * dphi/dc for backward.
+    (r1 - r0, K) buffers. Stores G = d(loss)/d(cos) for an output gradient of 1 (the 1/R of the mean
+    included); backward hands G itself on when the output gradient is exactly 1 on CPU (a second
+    (R, K) tensor would be a fresh allocation, chunks.py), else G times it.
     """
 
     @staticmethod
-    def forward(ctx, cos, gt, fill_rows, scale, eps):
+    def forward(ctx, cos, gt, fill_rows, scale, eps, reduction):
         R, K = cos.shape
         need_grad = ctx.needs_input_grad[0]
         loss = cos.new_empty(R)
         G = torch.empty_like(cos) if need_grad else None
-        ch = _chunk_size(R, K, cos.device)
-        _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch)
+        ch = row_chunk_size(R, K, cos.device)
+        g_scale = scale / R if reduction == "mean" else scale
+        _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch, g_scale)
         if need_grad:
             ctx.save_for_backward(G)
-        return loss
+            ctx.per_roi = reduction == "none"
+        if reduction == "mean":
+            return loss.mean()
+        return loss.sum() if reduction == "sum" else loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         (G,) = ctx.saved_tensors
-        return G * grad_loss.unsqueeze(1), None, None, None, None
+        if ctx.per_roi:
+            grad = G * grad_loss.unsqueeze(1)
+        elif G.device.type == "cpu" and float(grad_loss) == 1.0:
+            grad = G  # not modified here; autograd copies it where the graph is retained
+        else:
+            grad = G * grad_loss
+        return grad, None, None, None, None, None
 
 
-def _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch):
-    """Fill ``loss`` (R,) and, if not None, ``G`` (R, K) chunk by chunk (see _C2AMFunction)."""
+def _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch, g_scale):
+    """Fill ``loss`` (R,) and, if not None, ``G`` (R, K) chunk by chunk (see _C2AMFunction); G is
+    d loss_r / d cos times ``g_scale``."""
     R, K = cos.shape
     lo, hi = -1.0 + eps, 1.0 - eps
+    one = cos.new_ones(())
     need_grad = G is not None
     bufs = None
     for r0 in range(0, R, ch):
@@ -117,28 +123,40 @@ def _c2am_chunks(cos, gt, fill_rows, scale, eps, loss, G, ch):
         y = gt[r0:r1].unsqueeze(1)
         fill_rows(r0, r1, cosm, sinm, act)  # cos m, sin m, m > 0 for these ROIs
         torch.clamp(c, lo, hi, out=cc)
-        torch.mul(cc, cc, out=st)
-        st.neg_().add_(1.0).sqrt_()  # sin(theta) > 0
+        torch.addcmul(one, cc, cc, value=-1.0, out=st).sqrt_()  # sin(theta) > 0
         torch.mul(st, cosm, out=sn)
         sn.addcmul_(cc, sinm)  # sin(theta + m)
         cosm.mul_(cc).addcmul_(st, sinm, value=-1.0)  # cos(theta + m)
         torch.lt(sn, 0.0, out=tmpb)  # theta + m > pi -> cos = -1
         cosm.masked_fill_(tmpb, -1.0)
-        torch.where(act, cosm, c, out=z)  # margin only where m > 0
+        # where m = 0, cos(theta + m) is clamp(c) exactly (cos m = 1, sin m = 0): c itself except at
+        # the (rare) clamped entries, which keep c without a margin and a gradient 1
+        torch.ne(c, cc, out=tmpb)
+        clamped = bool(tmpb.any())
+        if clamped:
+            torch.where(act, cosm, c, out=z)
+        else:
+            z, cosm = cosm, z
         z.mul_(scale)
-        lse = torch.logsumexp(z, dim=1)
-        loss[r0:r1] = lse - z.gather(1, y).squeeze(1)
+        zy = z.gather(1, y).squeeze(1)
+        # logsumexp as torch.logsumexp computes it (max, exp of the shifted logits, log of the sum),
+        # keeping the exponentials for the softmax: one exp pass and no temporary
+        mx = z.amax(1, keepdim=True)
+        mx.masked_fill_(mx.abs() == math.inf, 0.0)
+        total = z.sub_(mx).exp_().sum(1, keepdim=True)
+        lse = total.log().add_(mx).squeeze(1)
+        loss[r0:r1] = lse - zy
         if need_grad:
-            # d cos(theta+m)/dc = sin(theta+m)/sin(theta) (0 past pi or outside the clamp range)
+            # d cos(theta+m)/dc = sin(theta+m)/sin(theta) (0 past pi or outside the clamp range); where
+            # m = 0, sin(theta+m) is sin(theta) itself and the ratio exactly 1 (the identity)
             sn.div_(st).clamp_min_(0.0)
-            torch.ne(c, cc, out=tmpb)
-            sn.masked_fill_(tmpb, 0.0)
-            torch.logical_not(act, out=tmpb)
-            sn.masked_fill_(tmpb, 1.0)
-            z.sub_(lse.unsqueeze(1)).exp_()  # softmax
-            z.scatter_add_(1, y, torch.full_like(lse, -1.0).unsqueeze(1))
-            torch.mul(z, sn, out=G[r0:r1])
-            G[r0:r1].mul_(scale)
+            if clamped:
+                sn.masked_fill_(tmpb.logical_and_(act), 0.0)
+            # G = g_scale * (softmax - onehot) * d: e * (d g_scale / total) off the gt entries, and
+            # (e_y - total) * (d_y g_scale / total) at them
+            sn.mul_(total.reciprocal().mul_(g_scale))
+            Gc = torch.mul(z, sn, out=G[r0:r1])
+            Gc.scatter_(1, y, (z.gather(1, y) - total) * sn.gather(1, y))
 
 
 def c2am_loss(
@@ -179,7 +197,8 @@ def c2am_loss(
     a = float(alpha) / math.pi
     bg = K - 1
     if R >= K:  # cheaper: (K, K) tables of cos m / sin m / (m > 0), then row gathers
-        table = (a * (logn.unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi)
+        # an infinite norm gives inf - inf = NaN: no margin there (m = 0), as m > 0 is False for NaN
+        table = (a * (logn.unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi).nan_to_num_(0.0)
         if not background_margin:
             table[bg] = 0.0
             table[:, bg] = 0.0
@@ -195,6 +214,7 @@ def c2am_loss(
         def fill_rows(r0, r1, cosm, sinm, act):
             y = gt[r0:r1]
             m = (a * (logn[y].unsqueeze(1) - logn.unsqueeze(0))).clamp_(0.0, math.pi)
+            m.nan_to_num_(0.0)
             if not background_margin:
                 m[y == bg] = 0.0
                 m[:, bg] = 0.0
@@ -202,12 +222,7 @@ def c2am_loss(
             torch.cos(m, out=cosm)
             torch.sin(m, out=sinm)
 
-    per_roi = _C2AMFunction.apply(cos_logits, gt, fill_rows, float(scale), float(eps))
-    if reduction == "mean":
-        return per_roi.mean()
-    if reduction == "sum":
-        return per_roi.sum()
-    return per_roi
+    return _C2AMFunction.apply(cos_logits, gt, fill_rows, float(scale), float(eps), reduction)
 
 
 @ROI_LOSS_REGISTRY.register("c2am")

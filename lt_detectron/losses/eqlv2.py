@@ -25,12 +25,12 @@ Contract:
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 from .base import DENSE_LOSS_REGISTRY, ROI_LOSS_REGISTRY, DenseBatch, DenseLoss, ROIBatch, ROILoss
-from .focal import penalty_reduced_focal_loss, sigmoid_focal_loss
+from .focal import penalty_reduced_focal_loss
 from .grad_stats import GradientStats
 from .sigmoid import fused_weighted_bce
+from .weighted_focal import fused_weighted_focal
 
 __all__ = ["eqlv2_map", "objectness_scores", "EQLv2Loss", "EQLv2FocalLoss"]
 
@@ -188,28 +188,14 @@ class EQLv2FocalLoss(DenseLoss, _EQLv2Stats):
     def forward(
         self, logits: torch.Tensor, gt_classes: torch.Tensor, batch: Optional[DenseBatch] = None
     ) -> torch.Tensor:
-        C = self.num_classes
         self._check_logits(logits)
-        z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
         r, q = self.class_weights()
-        r = r.to(z.dtype)
-        q = q.to(z.dtype)
-        M = z.shape[0]
-        gt = gt_classes.to(device=z.device, dtype=torch.long)
-        # one-hot over C+1 then drop background: bg rows are all-zero
-        y = F.one_hot(gt, C + 1)[:, :C].to(z.dtype) if M > 0 else z.new_zeros(0, C)
-        w = (y * q + (1 - y) * r).detach()
-        if M == 0:
-            loss = logits.sum() * 0.0
-        else:
-            loss = sigmoid_focal_loss(
-                z, y, self.focal_alpha, self.focal_gamma, reduction="none", weight=w
-            ).sum()
+        # the focal loss with weight r on the negatives and q on the positives, and the statistics
+        # sum_m y w sigma(-z), sum_m (1 - y) w sigma(z) from the same pass (weighted_focal.py)
+        loss, pos_inc, neg_inc = fused_weighted_focal(
+            logits, gt_classes, r, q, self.focal_alpha, self.focal_gamma, with_stats=self.training
+        )
         if self.training:
-            with torch.no_grad():
-                s = torch.sigmoid(z.detach())
-                pos_inc = (y * w * torch.sigmoid(-z.detach())).sum(0)
-                neg_inc = ((1 - y) * w * s).sum(0)
             self._update(pos_inc, neg_inc)
         return loss
 

@@ -10,9 +10,12 @@ The core, :func:`fused_weighted_bce`, evaluates
     L = (1/R) * sum_{r,j} w_rj * BCE(a * z_rj + b_j, y_rj),   y = one_hot(gt_classes, K),
     w_rj = y_rj * pos_weight_j + (1 - y_rj) * neg_weight_j          (weights are constants)
 
-in one pass with a custom autograd Function: softplus and the sigmoid are computed once, in a single
-R x K buffer that is saved, so backward is one multiply, dL/dz = g_out * (a/R) * neg_w * sigma(x), plus a
-scatter of the R gt entries (a/R) * g_out * q * (sigma(x) - 1). One-hot targets are never materialised:
+with a custom autograd Function that never materialises an (R, K) temporary in the forward: a chunk
+of rows at a time (chunks.py) it forms x = a z + b, softplus(x) (:func:`~.fast_softplus.softplus_into`,
+vectorised passes instead of F.softplus's slow log1p) and, for the statistics, sigma(x), in reused
+scratch buffers. It saves z; backward recomputes sigma(x) into the gradient it returns,
+dL/dz = g_out * (a/R) * neg_w * sigma(x), and writes the R gt entries (a/R) * g_out * q * (sigma(x) - 1).
+One-hot targets are never materialised:
 sum_j w_j BCE(x_j, 0) =
 sum_j neg_w_j softplus(x_j) over the entries off the R ground-truth ones (zeroed in place before the
 sum, never subtracted after it: a subtraction loses the whole loss to cancellation when a positive
@@ -37,6 +40,8 @@ import torch.nn.functional as F
 
 from .base import ROI_LOSS_REGISTRY, ROIBatch, ROILoss, class_counts
 from .bofl import BOFL_OPTION, BOFLWeighting, bofl_epoch_length_key, bofl_from_config
+from .chunks import row_chunks
+from .fast_softplus import softplus_into
 from .federated import fed_loss_class_weights, fed_loss_mask
 
 __all__ = [
@@ -52,15 +57,18 @@ def _softplus_threshold(dtype: torch.dtype) -> float:
     return 40.0 if dtype == torch.float64 else 20.0
 
 
-def _softplus_new(x: torch.Tensor, thr: float) -> torch.Tensor:
-    return F.softplus(x, 1.0, thr)
-
-
 def _gather_w(w: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """w: (K,) or (R, K); returns the weight at the gt entry of every row, (R,)."""
     if w.dim() == 1:
         return w[gt]
     return w.gather(1, gt[:, None]).squeeze(1)
+
+
+def _input(z: torch.Tensor, a: float, b: Optional[torch.Tensor], out: Optional[torch.Tensor]):
+    """x = a z + b (b: (K,) or None) written into ``out``; z itself when ``out`` is None (a = 1, no b)."""
+    if out is None:
+        return z
+    return torch.add(b, z, alpha=a, out=out) if b is not None else torch.mul(z, a, out=out)
 
 
 class FusedWeightedBCEFunction(torch.autograd.Function):
@@ -70,63 +78,64 @@ class FusedWeightedBCEFunction(torch.autograd.Function):
     def forward(ctx, z, gt, neg_w, pos_w, a, b, with_stats):
         R, K = z.shape
         thr = _softplus_threshold(z.dtype)
-        rows = gt[:, None]
-        if a == 1.0 and b is None:
-            x = z
-            buf = _softplus_new(z, thr)  # the only R x K allocation of the forward
-            sp = buf
-        else:
-            # materialise x = a z + b once; softplus goes to a temporary that is freed right after its
-            # weighted sum (measured faster than an in-place softplus + expm1 on one buffer)
-            x = buf = torch.add(b, z, alpha=a) if b is not None else torch.mul(z, a)
-            sp = _softplus_new(x, thr)
-        xg = x.gather(1, rows).squeeze(1)
-        # sum_{r,j != gt} neg_w * softplus(x): the gt entries are zeroed first (R writes, no extra
-        # R x K pass) rather than subtracted afterwards, which cancels catastrophically when a
-        # positive logit is huge (softplus(1e30) - softplus(1e30) swallows the rest of the sum)
-        sp.scatter_(1, rows, 0.0)
-        if neg_w.dim() == 1:
-            neg_loss = torch.mv(sp, neg_w).sum()
-        else:
-            neg_loss = torch.mul(sp, neg_w).sum()
-        del sp
+        plain = a == 1.0 and b is None
+        chunks = row_chunks(R, K, z.device)
+        n = chunks[0][1]
+        # scratch of one row chunk, reused: no (R, K) temporary in the forward (chunks.py)
+        sp, tmp = torch.empty(n, K, dtype=z.dtype, device=z.device), torch.empty_like(z[:n])
+        xs = None if plain else torch.empty_like(z[:n])
+        xg = z.new_empty(R)
+        neg_loss = z.new_zeros(())
+        neg_stat = z.new_zeros(K) if with_stats else None
+        for r0, r1 in chunks:
+            rows = gt[r0:r1, None]
+            x = _input(z[r0:r1], a, b, None if plain else xs[: r1 - r0])
+            xg[r0:r1] = x.gather(1, rows).squeeze(1)
+            # sum_{r,j != gt} neg_w * softplus(x): the gt entries are zeroed first rather than
+            # subtracted afterwards, which cancels catastrophically when a positive logit is huge
+            # (softplus(1e30) - softplus(1e30) swallows the rest of the sum)
+            spc = softplus_into(x, sp[: r1 - r0], tmp[: r1 - r0]).scatter_(1, rows, 0.0)
+            w = neg_w if neg_w.dim() == 1 else neg_w[r0:r1]
+            neg_loss += torch.mv(spc, w).sum() if w.dim() == 1 else torch.mul(spc, w).sum()
+            if with_stats:  # sum_r sigma(x) over the negatives, per column
+                sig = torch.sigmoid(x, out=tmp[: r1 - r0]).scatter_(1, rows, 0.0)
+                neg_stat += sig.sum(0) if w.dim() == 1 else torch.mul(sig, w).sum(0)
         qg = _gather_w(pos_w, gt)
         # + q * BCE(x, 1) at the gt entries: every term of the loss is >= 0, nothing cancels
         loss = (neg_loss + (qg * F.softplus(-xg, 1.0, thr)).sum()) / R
-        # sigma(x) into buf (in place over softplus, or over x)
-        if x is z:
-            torch.sigmoid(z, out=buf)
-        else:
-            buf.sigmoid_()
-        del x
         one_minus_sg = torch.sigmoid(-xg)  # |sigma - 1| at the positive entries, (R,)
         gt_grad = (qg * one_minus_sg).neg_()  # d(sum w BCE)/dx at the gt entries, (R,)
         if with_stats:
-            buf.scatter_(1, rows, 0.0)  # negatives only
             if neg_w.dim() == 1:
-                neg_stat = buf.sum(0).mul_(neg_w)
-            else:
-                neg_stat = torch.mul(buf, neg_w).sum(0)
+                neg_stat.mul_(neg_w)
             pos_stat = torch.zeros(K, dtype=z.dtype, device=z.device).index_add_(
                 0, gt, qg * one_minus_sg
             )
         else:
             neg_stat = pos_stat = z.new_zeros(0)
-        # buf = sigma(x) off the gt entries; backward forms (a/R) * g * (neg_w * sigma) and writes the
-        # gt entries from gt_grad: one R x K pass.
-        ctx.save_for_backward(buf, neg_w, gt, gt_grad)
+        # backward recomputes sigma(x) chunk by chunk into the gradient it returns, forms
+        # (a/R) * g * neg_w * sigma and writes the gt entries from gt_grad: z is saved, not sigma(x)
+        ctx.save_for_backward(z, neg_w, gt, gt_grad, b)
+        ctx.a = a
         ctx.scale = a / R
         ctx.mark_non_differentiable(pos_stat, neg_stat)
         return loss, pos_stat, neg_stat
 
     @staticmethod
     def backward(ctx, grad_loss, _g_pos, _g_neg):
-        sig, neg_w, gt, gt_grad = ctx.saved_tensors
+        z, neg_w, gt, gt_grad, b = ctx.saved_tensors
+        a = ctx.a
+        plain = a == 1.0 and b is None
         s = grad_loss * ctx.scale
-        if neg_w.dim() == 1:
-            grad = torch.mul(sig, neg_w * s)
-        else:
-            grad = torch.mul(sig, neg_w).mul_(s)
+        grad = torch.empty_like(z)
+        ws = neg_w * s if neg_w.dim() == 1 else None
+        for r0, r1 in row_chunks(z.shape[0], z.shape[1], z.device):
+            g = grad[r0:r1]
+            torch.sigmoid(_input(z[r0:r1], a, b, None if plain else g), out=g)
+            if ws is not None:
+                g.mul_(ws)
+            else:
+                g.mul_(neg_w[r0:r1]).mul_(s)
         grad.scatter_(1, gt[:, None], (gt_grad * s)[:, None])
         return grad, None, None, None, None, None, None
 
@@ -177,7 +186,11 @@ def fused_weighted_bce(
     neg_w = neg_w.clone() if neg_w.dim() == 1 else neg_w.contiguous()
     pos_w = pos_weight.detach().to(device=z.device, dtype=z.dtype)
     pos_w = pos_w.clone() if pos_w.dim() == 1 else pos_w.contiguous()
-    b = None if input_bias is None else input_bias.detach().to(device=z.device, dtype=z.dtype)
+    b = (
+        None
+        if input_bias is None
+        else input_bias.detach().to(device=z.device, dtype=z.dtype).clone()  # saved for backward
+    )
     # never let autocast push the mv / reductions to fp16/bf16: the loss and statistics stay in z's dtype
     with torch.autocast(device_type=z.device.type, enabled=False):
         loss, pos_stat, neg_stat = FusedWeightedBCEFunction.apply(
