@@ -270,7 +270,7 @@ def test_train_json_class_names_must_match_gt(tmp_path):
     differing classes (the counts were matched by numeric id: "person" got those of LVIS id 1)."""
     from lt_detectron.utils.testing import coco_categories, lvis_v1_categories
 
-    from ._real_formats import coco_json, lvis_v1_json
+    from tests._real_formats import coco_json, lvis_v1_json
 
     gt_path, train_path = tmp_path / "coco_val.json", tmp_path / "lvis_train.json"
     gt = coco_json(str(gt_path), [[1, 3], [1]])
@@ -368,7 +368,7 @@ def test_evaluate_results_says_when_counts_come_from_the_shipped_table(tmp_path)
     import subprocess
     import sys
 
-    from ._real_formats import lvis_v1_json
+    from tests._real_formats import lvis_v1_json
 
     gt_path = tmp_path / "lvis_val.json"
     gt = lvis_v1_json(str(gt_path), [[1, 3], [1]], split="val2017")
