@@ -215,7 +215,7 @@ def test_check_configs_families(tmp_path):
             + extra,
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=1800,  # 5-8 min quiet; generous for a loaded machine (no wall-clock goal here)
             env=env,
             cwd=ROOT,
         )
