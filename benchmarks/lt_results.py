@@ -156,12 +156,25 @@ def read_train_time(run_dir):
     return t
 
 
+def read_evaluator_metrics(run_dir, task="bbox"):
+    """``{metric: value}`` of the evaluator's own file (``inference/<dataset>/<protocol>_metrics.json``,
+    null read as NaN): what an ``--eval-only`` run leaves, since only training writes ``metrics.json``."""
+    hits = sorted(glob.glob(str(Path(run_dir) / "inference" / "*" / "*_metrics.json")))
+    if not hits:
+        return {}
+    with open(hits[0]) as f:
+        res = json.load(f).get("results", {}).get(task, {})
+    return {k: (math.nan if v is None else float(v)) for k, v in res.items()}
+
+
 def collect_run(run_dir):
-    """``{metrics, curve, per_category, per_category_csv, train_time_s}`` of a finished run folder."""
+    """``{metrics, curve, per_category, per_category_csv, train_time_s}`` of a finished run folder
+    (a training run: its last evaluation in ``metrics.json``; an ``--eval-only`` run, e.g. a
+    calibration row: the evaluator's metrics file, and no curve)."""
     csv_path = find_per_category_csv(run_dir)
     ev = read_evaluations(run_dir)
     return {
-        "metrics": ev[-1][1] if ev else {},
+        "metrics": ev[-1][1] if ev else read_evaluator_metrics(run_dir),
         "curve": [(it, m.get("AP")) for it, m in ev],
         "per_category_csv": csv_path,
         "per_category": read_per_category_csv(csv_path) if csv_path else [],

@@ -46,3 +46,25 @@ def test_calibration_rows_evaluate_the_trained_run_of_the_same_seed(tmp_path, mo
     assert "--eval-only" in cmd and "TEST.EVAL_PERIOD" not in cmd
     assert Path(cmd[cmd.index("--config-file") + 1]) == lt.config_for("softmax")
     assert cmd[cmd.index("TEST.LT.CALIBRATION_TAU") + 1] == "1.0"
+
+
+def test_an_eval_only_run_is_collected_from_the_evaluators_metrics_file(tmp_path):
+    """A calibration row is an ``--eval-only`` run: no ``metrics.json`` (training writes it), only
+    the evaluator's ``inference/<dataset>/<protocol>_metrics.json``; its metrics must be read."""
+    import json
+    import math
+
+    out = tmp_path / "inference" / "lt_shapes_val"
+    out.mkdir(parents=True)
+    (out / "lvis_metrics.json").write_text(
+        json.dumps(
+            {
+                "dataset": "lt_shapes_val",
+                "results": {"bbox": {"AP": 60.25, "APr": 37.0, "APl": None}},
+            }
+        )
+    )
+    run = res.collect_run(tmp_path)
+    assert run["metrics"]["AP"] == 60.25 and run["metrics"]["APr"] == 37.0
+    assert math.isnan(run["metrics"]["APl"])
+    assert run["curve"] == []
