@@ -7,8 +7,9 @@
 - middle: AP, APr, APc, APf (mean over seeds) as grouped bars with the same error bars;
 - right: the row's legend, in its own column so that it covers no data.
 
-Every method has its colour everywhere (:func:`~.plots.method_style`: by loss; the detector family
-by marker, line style and bar hatch).
+Every method has its colour everywhere (:func:`~.plots.method_style`: by loss; a method without
+a colour of its own gets a spare one no other method of the figure has,
+:func:`~.plots.method_styles`; the detector family by marker, line style and bar hatch).
 """
 
 import warnings
@@ -17,7 +18,7 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from lt_detectron.class_stats import DEFAULT_GROUP_EDGES
-from lt_detectron.visualization.plots import _figure, _np, _save, method_style, split_method
+from lt_detectron.visualization.plots import _figure, _np, _save, method_styles, split_method
 from lt_detectron.visualization.result_plots import _shade_groups, ap_vs_instances_data
 
 __all__ = ["seed_statistics", "plot_seed_benchmark", "BAND_METRICS"]
@@ -83,9 +84,10 @@ def plot_seed_benchmark(
         first = next(iter(stats.values()))["d"]
         x, centres, _, _ = _shade_groups(ax, first, bin_edges)
         n = len(stats)
+        styles = method_styles(list(methods))
         top = 1e-9
         for k, (m, st) in enumerate(stats.items()):
-            col, marker, ls = method_style(m)
+            col, marker, ls = styles[m]
             jit = 1.0 + 0.05 * (k - (n - 1) / 2.0)
             ap = st["d"]["ap"]["mean"]
             ax.scatter(x * jit, ap, s=12, alpha=0.45, color=col, marker=marker, edgecolors="none")
@@ -116,7 +118,7 @@ def plot_seed_benchmark(
 
         width = 0.8 / max(n, 1)
         for k, m in enumerate(methods):
-            col, _, _ = method_style(m)
+            col, _, _ = styles[m]
             vals = [np.asarray(bands.get(m, {}).get(b, [np.nan]), np.float64) for b in BAND_METRICS]
             mean = [float(np.mean(v)) for v in vals]
             std = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in vals]

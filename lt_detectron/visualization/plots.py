@@ -20,7 +20,7 @@ plot_bofl_schedule     BOFL weight ``alpha_hat_i`` over epochs       BOFL Fig. 1
 
 import math
 import os
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,6 +29,7 @@ __all__ = [
     "METHOD_COLORS",
     "method_color",
     "method_style",
+    "method_styles",
     "split_method",
     "sort_by_count",
     "weight_norm_data",
@@ -126,6 +127,22 @@ def method_style(method: str):
     """``(colour, marker, line style)`` of a method: colour by loss, marker/line by detector."""
     marker, ls = _FAMILY_STYLE[split_method(method)[0]]
     return method_color(method), marker, ls
+
+
+def method_styles(methods: Sequence[str]) -> Dict[str, Tuple[str, str, str]]:
+    """:func:`method_style` of every method drawn in one figure, where no two methods share a colour:
+    a method without a colour of its own takes the first spare colour no other method of the figure
+    has (in the order given); only when they run out does it fall back to its fixed spare colour."""
+    styles = {m: method_style(m) for m in methods}
+    known = {m for m in methods if split_method(m)[1] in METHOD_COLORS}
+    used = {styles[m][0] for m in known}
+    free = [c for c in _SPARE if c not in used]
+    for m in methods:
+        if m in known or not free:
+            continue
+        _, marker, ls = styles[m]
+        styles[m] = (free.pop(0), marker, ls)
+    return styles
 
 
 def _save(fig, path: str) -> str:

@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ..class_stats import DEFAULT_GROUP_EDGES, instance_bins
-from .plots import _figure, _np, _save, method_style, sort_by_count
+from .plots import _figure, _np, _save, method_styles, sort_by_count
 
 __all__ = [
     "ap_vs_instances_data",
@@ -140,8 +140,9 @@ def plot_ap_vs_instances(
     fig, ax = _figure(figsize=(7.5, 4.8))
     x, centres, x_lo, x_hi = _shade_groups(ax, d, bin_edges)
     n_methods = max(1, len(d["ap"]))
+    styles = method_styles(list(d["ap"]))
     for k, (m, ap) in enumerate(d["ap"].items()):
-        col, marker, ls = method_style(m)
+        col, marker, ls = styles[m]
         jitter = 1.0 + 0.04 * (k - (n_methods - 1) / 2.0)  # spread overlapping points a little
         ax.scatter(
             x * jitter, ap, s=16, alpha=0.7, color=col, marker=marker, edgecolors="none", zorder=3

@@ -564,3 +564,17 @@ def test_every_ap_plot_axis_is_in_percent(tmp_path, monkeypatch):
     (mean_line,) = [ln for ln in ax.lines if ln.get_label().startswith("Mean AP")]
     assert mean_line.get_xdata()[0] == pytest.approx(np.nanmean(ap))
     assert mean_line.get_label() == "Mean AP: %.1f" % np.nanmean(ap)
+
+
+def test_methods_without_a_colour_get_distinct_colours_in_one_figure():
+    from lt_detectron.visualization.plots import METHOD_COLORS, method_style, method_styles
+
+    own = ["softmax", "ecm", "fcos_focal"]  # colours of their own (the baselines share black)
+    spare = ["eqlv1", "crt_decoupled", "lws_decoupled", "softmax_norcal"]
+    spare += ["softmax_logit_adjustment", "softmax_tau_norm"]
+    styles = method_styles(own[:2] + spare + own[2:])
+    for m in own:  # a method's own style is kept
+        assert styles[m] == method_style(m) and styles[m][0] == METHOD_COLORS[m.split("_")[-1]]
+    colours = [styles[m][0] for m in spare]
+    assert len(set(colours)) == len(spare), dict(zip(spare, colours))
+    assert not set(colours) & {styles[m][0] for m in own}
