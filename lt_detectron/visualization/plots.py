@@ -98,7 +98,8 @@ _FAMILY_STYLE = {
     "centernet": ("s", "--"),
     "retinanet": ("^", ":"),
 }
-_SPARE = ("#aec7e8", "#98df8a", "#ff9896", "#c5b0d5", "#f7b6d2", "#9edae5", "#393b79", "#637939")
+# for methods without a colour of their own: strong colours first (a lone run's plot gets the first)
+_SPARE = ("#393b79", "#637939", "#9edae5", "#ff9896", "#c5b0d5", "#98df8a", "#f7b6d2", "#aec7e8")
 
 
 def split_method(method: str):
