@@ -37,6 +37,8 @@ import time
 
 import numpy as np
 
+from benchmarks.lvis_eval_workers import save_detections
+
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 IMAGE_HW = (480, 640)
 POOL = 20000  # distinct ROI masks; detection j of the data set gets mask j % POOL
@@ -53,14 +55,7 @@ def make_data(cache: str, num_images: int, dets_per_image: int = 300, seed: int 
     os.makedirs(cache, exist_ok=True)
     gt = make_lvis_like_gt(num_images, seed=seed, with_masks=True, image_size=IMAGE_HW)
     dets = make_detections(gt, dets_per_image, seed=seed + 1)
-    ids = np.concatenate([np.full(len(d["boxes"]), k, np.int64) for k, d in dets.items()])
-    np.savez(
-        det_path,
-        image_ids=ids,
-        boxes=np.concatenate([d["boxes"] for d in dets.values()]),
-        scores=np.concatenate([d["scores"] for d in dets.values()]),
-        category_ids=np.concatenate([d["category_ids"] for d in dets.values()]),
-    )
+    save_detections(det_path, dets)
     with open(gt_path, "w") as f:
         json.dump(gt, f)
     return gt_path, det_path

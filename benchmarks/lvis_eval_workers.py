@@ -39,14 +39,7 @@ def make_data(cache, n, task, seed=0):
     dets = make_detections(gt, 300, seed=seed + 1, with_masks=masks)
     with open(gt_path, "w") as f:
         json.dump(gt, f)
-    ids = np.concatenate([np.full(len(d["scores"]), k, np.int64) for k, d in dets.items()])
-    np.savez(
-        det_path,
-        image_ids=ids,
-        boxes=np.concatenate([d["boxes"] for d in dets.values()]),
-        scores=np.concatenate([d["scores"] for d in dets.values()]),
-        category_ids=np.concatenate([d["category_ids"] for d in dets.values()]),
-    )
+    save_detections(det_path, dets)
     if masks:
         with open(mask_path, "w") as f:
             json.dump(
@@ -58,6 +51,19 @@ def make_data(cache, n, task, seed=0):
                 f,
             )
     return gt_path, det_path, mask_path
+
+
+def save_detections(det_path, dets):
+    """``{image_id: {"boxes", "scores", "category_ids"}}`` (as make_detections) to one ``.npz`` of
+    flat arrays with an ``image_ids`` column (masks, if any, are stored elsewhere)."""
+    ids = np.concatenate([np.full(len(d["scores"]), k, np.int64) for k, d in dets.items()])
+    np.savez(
+        det_path,
+        image_ids=ids,
+        boxes=np.concatenate([d["boxes"] for d in dets.values()]),
+        scores=np.concatenate([d["scores"] for d in dets.values()]),
+        category_ids=np.concatenate([d["category_ids"] for d in dets.values()]),
+    )
 
 
 def load_dets(det_path, mask_path, masks):
