@@ -15,12 +15,17 @@ masks are what a Mask R-CNN head gives: 28 x 28 probabilities per detection (smo
 
 - **old path** (``--pasted``): what evaluation did before: Detectron2 pastes each mask into a
   full-image bitmap (``paste_masks_in_image``, timed), ``process()`` encodes them, ``evaluate()``.
+- **ours, NumPy encoder** (``--numpy-encoder``): ours with the encoder's NumPy path, as where the
+  compiled kernels (``lt_detectron/evaluation/_roi_rle.pyx``) are not built.
 
-Each measurement runs in its own process. Usage::
+Each measurement runs in its own process; ``--repeats N`` measures ours and raw hotcoco N times,
+alternating, and reports the lower median of each (every run is listed). ``--report PATH`` writes
+the table under the machine header of :mod:`benchmarks.report`. Usage::
 
   python -m benchmarks.benchmark_mask_eval --images 1000
   python -m benchmarks.benchmark_mask_eval --images 200 --pasted
-  python -m benchmarks.benchmark_mask_eval --images 5000 --skip-lvis-api
+  python -m benchmarks.benchmark_mask_eval --images 1000 5000 --skip-lvis-api --repeats 3 \
+      --numpy-encoder --report benchmarks/results/mask_eval.md
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import time
 import numpy as np
 
 from benchmarks.lvis_eval_workers import save_detections
+from benchmarks.report import Table, command_line, markdown_table, write_report
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 IMAGE_HW = (480, 640)
@@ -177,6 +183,11 @@ def worker_lvis(gt_path, d, pool):
 def run_worker(which, gt_path, det_path):
     d, pool = _load(det_path), _pool()
     extra = {}
+    if which == "ours_numpy":  # this process only: the encoder's NumPy path
+        from lt_detectron.evaluation import roi_masks
+
+        roi_masks._roi_rle = None
+        which = "ours"
     if which == "ours":
         with tempfile.TemporaryDirectory() as out:
             dt, metrics, extra["process"] = worker_ours(gt_path, d, pool, out)
@@ -214,46 +225,98 @@ def main(argv=None):
     )
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lt_bench_mask_eval"))
     ap.add_argument(
-        "--worker", choices=["ours", "pasted", "hotcoco", "lvis"], help=argparse.SUPPRESS
+        "--worker",
+        choices=["ours", "ours_numpy", "pasted", "hotcoco", "lvis"],
+        help=argparse.SUPPRESS,
     )
+    ap.add_argument("--repeats", type=int, default=1, help="runs of ours and raw hotcoco per row")
+    ap.add_argument(
+        "--numpy-encoder",
+        action="store_true",
+        help="also time ours with the encoder's NumPy path (no compiled kernels)",
+    )
+    ap.add_argument("--report", help="also write the table with the machine to PATH (markdown)")
     ap.add_argument("--paths", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:  # a subprocess of this benchmark: its stdout is the result line only
         logging.disable(logging.WARNING)
         print("RESULT " + json.dumps(run_worker(args.worker, *args.paths)))
         return
-    rows = [
-        "| images x dets | ours end to end | ours: process() | ours peak | raw hotcoco | ours / hotcoco "
-        "| lvis-api (evaluation alone) | lvis-api / ours | max metric diff "
-        "| old path: paste + process() + evaluate() | old / ours |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    load_at_start = os.getloadavg()
+    from lt_detectron.evaluation.roi_masks import compiled_encoder
+
+    columns = [
+        "images x dets",
+        "ours end to end",
+        "ours: process()",
+        "ours peak",
+        "raw hotcoco",
+        "ours / hotcoco",
+        "ours, NumPy encoder",
+        "NumPy / ours",
+        "lvis-api (evaluation alone)",
+        "lvis-api / ours",
+        "max metric diff",
+        "old path: paste + process() + evaluate()",
+        "old / ours",
     ]
+    rows, notes = [], []
     for n in args.images:
         paths = make_data(args.cache, n, args.dets)
-        ours = _subprocess("ours", *paths)
-        hot = _subprocess("hotcoco", *paths)
+        runs = {"ours": [], "hotcoco": [], "ours_numpy": []}
+        for _ in range(args.repeats):
+            runs["ours"].append(_subprocess("ours", *paths))
+            runs["hotcoco"].append(_subprocess("hotcoco", *paths))
+            if args.numpy_encoder:
+                runs["ours_numpy"].append(_subprocess("ours_numpy", *paths))
+        ours, hot = _median(runs["ours"]), _median(runs["hotcoco"])
+        npy = _median(runs["ours_numpy"]) if runs["ours_numpy"] else None
         ref = None if args.skip_lvis_api else _subprocess("lvis", *paths)
         old = _subprocess("pasted", *paths) if args.pasted else None
-        diffs = [abs(ours["metrics"][k] - hot["metrics"][k]) for k in METRICS]
-        if old is not None:
-            diffs += [abs(ours["metrics"][k] - old["metrics"][k]) for k in METRICS]
-        if ref is not None:
-            diffs += [abs(ours["metrics"][k] - ref["metrics"][k]) for k in METRICS]
-        lvis_t = f"{ref['time']:.2f} s" if ref else "-"
-        speed = f"{ref['time'] / ours['time']:.1f}x" if ref else "-"
+        diffs = [
+            abs(ours["metrics"][k] - other["metrics"][k])
+            for other in runs["hotcoco"] + runs["ours_numpy"] + [x for x in (ref, old) if x]
+            for k in METRICS
+        ]
         rows.append(
-            f"| {n} x {args.dets} | {ours['time']:.2f} s | {ours['process']:.2f} s | "
-            f"{ours['peak_gib']:.2f} GiB | {hot['time']:.2f} s | {ours['time'] / hot['time']:.2f}x | "
-            f"{lvis_t} | {speed} | {max(diffs):.1e} | "
-            + (
-                f"{old['time']:.2f} s ({old['process']:.2f} s paste + process()) | "
-                f"{old['time'] / ours['time']:.1f}x |"
-                if old
-                else "- | - |"
-            )
+            [
+                f"{n} x {args.dets}",
+                f"{ours['time']:.2f} s",
+                f"{ours['process']:.2f} s",
+                f"{ours['peak_gib']:.2f} GiB",
+                f"{hot['time']:.2f} s",
+                f"{ours['time'] / hot['time']:.2f}x",
+                f"{npy['time']:.2f} s" if npy else "-",
+                f"{npy['time'] / ours['time']:.1f}x" if npy else "-",
+                f"{ref['time']:.2f} s" if ref else "-",
+                f"{ref['time'] / ours['time']:.1f}x" if ref else "-",
+                f"{max(diffs):.1e}",
+                f"{old['time']:.2f} s ({old['process']:.2f} s paste + process())" if old else "-",
+                f"{old['time'] / ours['time']:.1f}x" if old else "-",
+            ]
         )
-        print(rows[-1], flush=True)
-    print("\n".join(rows))
+        every = {k: [round(r["time"], 2) for r in v] for k, v in runs.items() if v}
+        notes.append(f"{n} x {args.dets}, every run (s): {every}")
+        print(markdown_table(columns, rows[-1:]), flush=True)
+    encoder = "compiled kernels" if compiled_encoder() else "NumPy path (kernels not built)"
+    notes.append(f"ours: the encoder's {encoder}; medians of {args.repeats} run(s)")
+    table = Table("Mask evaluation from ROI-level masks", columns, rows, notes)
+    print(markdown_table(columns, rows))
+    print("\n".join(f"- {x}" for x in notes))
+    if args.report:
+        write_report(
+            args.report,
+            command_line(),
+            [table],
+            "Mask evaluation benchmark (benchmarks/benchmark_mask_eval.py)",
+            load_at_start,
+        )
+        print(f"written to {args.report}", file=sys.stderr)
+
+
+def _median(runs):
+    """The run of the lower median time (its metrics and peak with it)."""
+    return sorted(runs, key=lambda r: r["time"])[(len(runs) - 1) // 2]
 
 
 if __name__ == "__main__":

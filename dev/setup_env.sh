@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.lt_detectron_setup
-want="$(cat requirements.txt requirements-dev.txt setup.py dev/install_detectron2.py | sha1sum | cut -c1-16)"
+want="$(cat requirements.txt requirements-dev.txt setup.py dev/install_detectron2.py lt_detectron/evaluation/*.pyx | sha1sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import detectron2, lt_detectron" 2>/dev/null; then
   echo "[setup] .venv is up to date"
   exit 0
@@ -21,8 +21,9 @@ echo "[setup] installing requirements (torch, pycocotools, lvis, ...)"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-compile -r requirements.txt -r requirements-dev.txt
 echo "[setup] installing detectron2"
 .venv/bin/python dev/install_detectron2.py
-echo "[setup] installing lt_detectron (editable)"
+echo "[setup] installing lt_detectron (editable; builds its compiled mask encoder where a C compiler is found)"
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+.venv/bin/python -c "from lt_detectron.evaluation.roi_masks import compiled_encoder as c; print('[setup] compiled mask encoder:', 'built' if c() else 'not built (no C compiler?): the NumPy path, same results, slower')"
 echo "[setup] compiling the modules the project imports"
 # Bytecode only for what the project, its tools and tests import (about 20 s, where pip's compiling
 # of every wheel took 100 s): with PYTHONDONTWRITEBYTECODE set, as on some machines, Python would

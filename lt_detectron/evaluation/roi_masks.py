@@ -14,26 +14,36 @@ pixel, threshold ``>= 0.5``), and an evaluator run-length encodes that bitmap ag
   not per pixel;
 - every change is checked in float64 against the pixel values on both sides of it; a column where a
   value lies within ``1e-5`` of the threshold (where float32 rounding in ``grid_sample`` could decide)
-  or where two changes fall between the same two pixels is recomputed exactly with
-  ``torch.nn.functional.grid_sample`` on the same float32 sampling grid as Detectron2 (rare);
-- the run lengths of all masks are built with NumPy at once and written in COCO's compressed
-  ``counts`` format (``rleToString`` of the COCO mask API: 5-bit groups, differences to the count two
-  back from the fourth count on).
+  is recomputed exactly with ``torch.nn.functional.grid_sample`` on the same float32 sampling grid as
+  Detectron2 (:mod:`.roi_mask_sampling`; about one column in a thousand). Two changes between the
+  same two pixels cancel (compiled kernels) or send their column to ``grid_sample`` too (NumPy path);
+- the run lengths of all masks are written in COCO's compressed ``counts`` format (``rleToString``
+  of the COCO mask API: 5-bit groups, differences to the count two back from the fourth count on).
+
+Two implementations of the same algorithm give the same strings: compiled kernels
+(``_roi_rle.pyx``, built by ``setup.py`` where a C compiler is found; one mask and one column at a
+time, about 10x faster) and a NumPy path (whole arrays at once), used when the kernels are not built.
+:func:`compiled_encoder` says which one runs.
 """
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from .common import gc_paused
+from .roi_mask_sampling import EPS, exact_changes, roi_mask_regions
+from .roi_masks_numpy import encode_numpy
 
-__all__ = ["encode_roi_masks", "roi_mask_regions", "rle_counts_to_strings"]
+try:
+    from . import _roi_rle
+except ImportError:  # not built (no C compiler at install): the NumPy path
+    _roi_rle = None
 
-_EPS = 1e-5  # |value - threshold| below this: decided by grid_sample itself, not float64
-_CHUNK = 1024  # masks per vectorised pass: temporaries of a few MB, reused by the allocator
+__all__ = ["encode_roi_masks", "compiled_encoder"]
+
+_CHUNK = 1024  # masks per pass (NumPy path: temporaries of a few MB, reused by the allocator)
 
 
 def _as_numpy(x, dtype) -> np.ndarray:
@@ -42,232 +52,39 @@ def _as_numpy(x, dtype) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=dtype)
 
 
-def roi_mask_regions(boxes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
-    """``(N, 4)`` int64 ``[x0, y0, x1, y1)`` pixel regions Detectron2 pastes each box into:
-    ``floor(x0) - 1`` clamped at 0 to ``ceil(x1) + 1`` clamped at the width (same for y), computed in
-    float32 like ``_do_paste_mask`` (empty when ``x1 <= x0``)."""
-    b = np.asarray(boxes, np.float32)
-    lo = np.maximum(np.floor(b[:, :2]) - np.float32(1), 0).astype(np.int64)
-    hi = np.minimum(np.ceil(b[:, 2:]) + np.float32(1), np.stack([widths, heights], 1)).astype(
-        np.int64
+def compiled_encoder() -> bool:
+    """Whether :func:`encode_roi_masks` runs the compiled kernels (built by ``setup.py``; else NumPy).
+    Reinstall with a C compiler (``pip install -e .``) to build them."""
+    return _roi_rle is not None
+
+
+def _insert_exact(masks32, boxes, regions, pos, counts, unsure, heights, threshold):
+    """Insert the changes of the columns the kernel left to ``grid_sample`` where they belong."""
+    u_mask, u_col, u_at = unsure
+    y0, y1 = regions[u_mask, 1], regions[u_mask, 3]
+    fu, fr = exact_changes(masks32, boxes, u_mask, u_col, y0, y1, threshold)
+    exact = u_col[fu] * heights[u_mask[fu]] + y0[fu] + fr
+    counts = counts + np.bincount(u_mask[fu], minlength=len(counts))
+    return np.insert(pos, u_at[fu], exact), counts
+
+
+def _encode_compiled(m32, b, heights, widths, threshold) -> List[str]:
+    regions = roi_mask_regions(b, heights, widths)
+    pos, counts, *unsure = _roi_rle.column_flips(
+        m32, b, regions, np.ascontiguousarray(heights, np.int64), threshold, EPS
     )
-    return np.concatenate([lo, hi], 1)
+    if len(unsure[0]):
+        pos, counts = _insert_exact(m32, b, regions, pos, counts, unsure, heights, threshold)
+    return _roi_rle.rle_strings(pos, counts, np.ascontiguousarray(heights * widths, np.int64))
 
 
-def _grid(pix: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Detectron2's normalised float32 sampling coordinate of pixel index ``pix`` in ``[lo, hi]``."""
-    f = np.float32
-    return ((pix.astype(f) + f(0.5)) - lo) / (hi - lo) * f(2) - f(1)
-
-
-def _source(g: np.ndarray, m: int) -> np.ndarray:
-    """grid_sample's source coordinate (align_corners=False) in float64."""
-    return (g.astype(np.float64) + 1.0) * (m / 2.0) - 0.5
-
-
-def _values(pad: np.ndarray, i: np.ndarray, ix: np.ndarray, iy: np.ndarray) -> np.ndarray:
-    """Bilinear value (zero padding) of mask ``i`` at source coordinates ``(ix, iy)``, float64.
-    ``pad``: (N, M + 2, M + 2) masks with a border of zeros."""
-    m = pad.shape[1] - 2
-    w = np.floor(ix)
-    n = np.floor(iy)
-    ok = (w >= -1) & (w <= m - 1) & (n >= -1) & (n <= m - 1)
-    tw, tn = ix - w, iy - n
-    wi = np.where(ok, w, 0).astype(np.int64) + 1
-    ni = np.where(ok, n, 0).astype(np.int64) + 1
-    top = (1 - tw) * pad[i, ni, wi] + tw * pad[i, ni, wi + 1]
-    bot = (1 - tw) * pad[i, ni + 1, wi] + tw * pad[i, ni + 1, wi + 1]
-    return np.where(ok, (1 - tn) * top + tn * bot, 0.0)
-
-
-def _exact_changes(masks32, boxes, i, cols, y0, y1, threshold):
-    """Class changes of whole region columns by ``grid_sample`` itself: (column, row offset) pairs,
-    in order; at most ~2M sampled pixels at a time (columns of one mask constant at the threshold
-    all land here)."""
-    cu, ru = [], []
-    step = max(1, 2_000_000 // max(1, int((y1 - y0).max())))
-    for s in range(0, len(i), step):
-        sl = slice(s, s + step)
-        cls = _exact_columns(masks32, boxes, i[sl], cols[sl], y0[sl], y1[sl], threshold)
-        prev = np.concatenate([np.zeros((len(cls), 1), bool), cls], 1)
-        nxt = np.concatenate([cls, np.zeros((len(cls), 1), bool)], 1)
-        fu, fr = np.nonzero(prev != nxt)  # change before row fr of the region
-        cu.append(fu + s)
-        ru.append(fr)
-    return np.concatenate(cu), np.concatenate(ru)
-
-
-def _exact_columns(masks32, boxes, i, cols, y0, y1, threshold):
-    """Pixel classes of whole region columns by ``grid_sample`` itself: (U, max rows) bool."""
-    rows = int((y1 - y0).max())
-    r = y0[:, None] + np.arange(rows)[None, :]
-    gy = _grid(r, boxes[i, 1:2], boxes[i, 3:4])
-    gx = np.broadcast_to(_grid(cols[:, None], boxes[i, 0:1], boxes[i, 2:3]), gy.shape)
-    grid = torch.from_numpy(np.stack([gx, gy], -1)[:, :, None, :].copy())  # (U, rows, 1, 2)
-    inp = torch.from_numpy(masks32[i][:, None])
-    v = torch.nn.functional.grid_sample(inp, grid, align_corners=False)[:, 0, :, 0].numpy()
-    return (v >= threshold) & (r < y1[:, None])
-
-
-def _chunk_flips(masks32, boxes, heights, widths, threshold):
-    """Class-change positions (column-major pixel index) of a chunk of masks: (mask index, position)
-    arrays sorted by mask then position, zero-length runs removed."""
-    n, m = masks32.shape[0], masks32.shape[1]
-    reg = roi_mask_regions(boxes, heights, widths)
-    x0, y0, x1, y1 = reg.T
-    ncol = np.maximum(x1 - x0, 0) * (y1 > y0)
-    pad = np.zeros((n, m + 2, m + 2), np.float32)  # exact copies of the float32 inputs
-    pad[:, 1:-1, 1:-1] = masks32
-    # cells (k, w), k, w in -1..m-1, of the padded masks: which straddle the threshold
-    # a cell straddles when one corner is >= threshold - eps and one is < threshold + eps
-    hi = pad >= threshold - _EPS
-    lo = pad < threshold + _EPS
-    hi_r = hi[:, :-1] | hi[:, 1:]  # over the two rows of a cell
-    lo_r = lo[:, :-1] | lo[:, 1:]
-    cand = (hi_r[:, :, :-1] | hi_r[:, :, 1:]) & (lo_r[:, :, :-1] | lo_r[:, :, 1:])  # (N, k, w)
-    cand_t = cand.transpose(0, 2, 1)  # (N, w, k)
-    per_cell_col = np.count_nonzero(cand_t, axis=2).ravel()  # candidates of (mask, w)
-    cell_start = np.concatenate([[0], np.cumsum(per_cell_col)[:-1]])
-    c_i, c_w, c_k = np.nonzero(cand_t)  # in (mask, w, k) order; w, k shifted by one
-    stride = m + 2
-    flat = pad.ravel()
-    corner = c_i * stride * stride + c_k * stride + c_w  # pad[i, k, w] of cell (k - 1, w - 1)
-    # per candidate cell: value at its top-left, top step, bottom-left, bottom step (one row each)
-    cell = np.empty((len(corner), 4), np.float64)  # steps in float64: no rounding there
-    cell[:, 0] = flat[corner]
-    cell[:, 1] = flat[corner + 1].astype(np.float64) - cell[:, 0]
-    cell[:, 2] = flat[corner + stride]
-    cell[:, 3] = flat[corner + stride + 1].astype(np.float64) - cell[:, 2]
-    cand_k = c_k - 1
-    # rows: the source coordinate of each mask's first and last region row
-    bx0, bx1 = np.ascontiguousarray(boxes[:, 0]), np.ascontiguousarray(boxes[:, 2])
-    by0, by1 = np.ascontiguousarray(boxes[:, 1]), np.ascontiguousarray(boxes[:, 3])
-    iy_first_m = _source(_grid(y0, by0, by1), m)
-    iy_last_m = _source(_grid(np.maximum(y1 - 1, y0), by0, by1), m)
-    # above the mask's first row (iy < 0) a value is at most (iy + 1) x the mask's peak: the first
-    # region row of most masks is zeros without a look
-    peak = np.abs(masks32).reshape(n, -1).max(1).astype(np.float64)
-    look_m = (iy_first_m + 1) * peak >= threshold - 2 * _EPS
-
-    # one entry per region column
-    total = int(ncol.sum())
-    ci = np.repeat(np.arange(n), ncol)
-    col = np.arange(total) + np.repeat(x0 - (np.cumsum(ncol) - ncol), ncol)
-    ix = _source(_grid(col, np.repeat(bx0, ncol), np.repeat(bx1, ncol)), m)
-    wcell = np.floor(ix)
-    live = np.nonzero((wcell >= -1) & (wcell <= m - 1))[0]  # other columns sample only zeros
-    ci, col, ix, wcell = ci[live], col[live], ix[live], wcell[live].astype(np.int64)
-    # class of each column's first region row
-    s0 = np.zeros(len(ci), bool)
-    unsure = np.zeros(len(ci), bool)
-    look = np.nonzero(look_m[ci])[0]
-    if len(look):
-        v_first = _values(pad, ci[look], ix[look], iy_first_m[ci[look]])
-        s0[look] = v_first >= threshold
-        unsure[look] = np.abs(v_first - threshold) < _EPS
-    # (column, candidate segment) pairs, in column then segment order
-    key = ci * (m + 1) + (wcell + 1)
-    npair = per_cell_col[key]
-    pj = np.repeat(np.arange(len(ci)), npair)
-    pc = np.arange(len(pj)) + np.repeat(cell_start[key] - (np.cumsum(npair) - npair), npair)
-    pk = cand_k[pc]
-    tw = np.repeat(ix - wcell, npair)
-    cv = cell[pc]
-    pa = cv[:, 0] + tw * cv[:, 1]  # the column's value at source row pk
-    pb = cv[:, 2] + tw * cv[:, 3]  # ... and at pk + 1
-    near = (np.abs(pa - threshold) < _EPS) | (np.abs(pb - threshold) < _EPS)
-    unsure[pj[near]] = True
-    up = pb >= threshold
-    cross = (pa >= threshold) != up
-    pi = ci[pj]
-    # changes between the first and the last region row (decided on the exact source rows: a
-    # change too close to either leaves a value within _EPS of the threshold there, see `unsure`)
-    keep = np.nonzero(cross)[0]
-    slope = (pb - pa)[keep]
-    iy_star = pk[keep] + (threshold - pa[keep]) / slope
-    ki = pi[keep]
-    inside = (iy_star > iy_first_m[ki]) & (iy_star <= iy_last_m[ki])
-    keep, slope, iy_star, ki = keep[inside], slope[inside], iy_star[inside], ki[inside]
-    kb0, kb1 = by0[ki], by1[ki]
-    r_star = (iy_star + 0.5) * (kb1.astype(np.float64) - kb0) / m + kb0 - 0.5
-    rt = np.clip(np.ceil(r_star), y0[ki] + 1, np.maximum(y1[ki] - 1, y0[ki] + 1)).astype(np.int64)
-    # the change lies between the source rows of pixel rt - 1 and pixel rt, far enough from both
-    iy_b = _source(_grid(rt - 1, kb0, kb1), m)
-    iy_a = _source(_grid(rt, kb0, kb1), m)
-    gap = np.minimum(iy_star - iy_b, iy_a - iy_star) * np.abs(slope)
-    kj = pj[keep]
-    bad = (iy_b >= iy_star) | (iy_a < iy_star) | (gap < _EPS)
-    same_row = (kj[1:] == kj[:-1]) & (rt[1:] == rt[:-1])  # two changes between the same pixels
-    bad[1:] |= same_row
-    bad[:-1] |= same_row
-    unsure[kj[bad]] = True
-    cy0, cy1 = y0[ci], y1[ci]
-    # columns decided in float64
-    ncross = np.bincount(kj, minlength=len(ci))
-    s_end = s0 ^ (ncross % 2 == 1)
-    base = col * heights[ci]
-    nflip = s0.astype(np.int64) + ncross + s_end
-    # exact columns
-    uj = np.nonzero(unsure)[0]
-    if len(uj):
-        fu, fr = _exact_changes(masks32, boxes, ci[uj], col[uj], cy0[uj], cy1[uj], threshold)
-        exact_pos = base[uj][fu] + cy0[uj][fu] + fr
-        nflip[uj] = np.bincount(fu, minlength=len(uj))
-    offs = np.concatenate([[0], np.cumsum(nflip)])
-    pos = np.empty(offs[-1], np.int64)
-    sure = ~unsure
-    j = np.nonzero(sure & s0)[0]
-    pos[offs[j]] = base[j] + cy0[j]
-    kk = sure[kj]
-    kjs = kj[kk]
-    rank = np.arange(len(kj)) - np.concatenate([[0], np.cumsum(ncross)[:-1]])[kj]
-    pos[offs[kjs] + s0[kjs] + rank[kk]] = base[kjs] + rt[kk]
-    j = np.nonzero(sure & s_end)[0]
-    pos[offs[j + 1] - 1] = base[j] + cy1[j]
-    if len(uj):
-        pos[
-            offs[uj][fu]
-            + (np.arange(len(fu)) - np.concatenate([[0], np.cumsum(nflip[uj])[:-1]])[fu])
-        ] = exact_pos
-    owner = np.repeat(ci, nflip)
-    # a column ending on the last image row and the next starting on row 0 meet: no change there;
-    # a change at the very end of the image is no change either
-    same = np.zeros(len(pos), bool)
-    if len(pos) > 1:
-        dup = (pos[1:] == pos[:-1]) & (owner[1:] == owner[:-1])
-        same[1:] |= dup
-        same[:-1] |= dup
-    same |= pos == (heights * widths)[owner]
-    return owner[~same], pos[~same]
-
-
-def rle_counts_to_strings(counts: np.ndarray, lengths: np.ndarray) -> List[str]:
-    """COCO compressed ``counts`` strings of many RLEs: ``counts`` all run lengths one after the other,
-    ``lengths`` how many belong to each RLE (the COCO mask API's ``rleToString``)."""
-    counts = np.asarray(counts, np.int64)
-    lengths = np.asarray(lengths, np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    local = np.arange(len(counts)) - np.repeat(starts, lengths)
-    x = counts.copy()
-    later = np.nonzero(local > 2)[0]
-    x[later] -= counts[later - 2]
-    chars, active = [], []
-    more = np.ones(len(x), bool)
-    while more.any():
-        c = x & 0x1F
-        x = x >> 5
-        nxt = np.where(c & 0x10, x != -1, x != 0) & more
-        chars.append((c | (nxt.astype(np.int64) << 5)) + 48)
-        active.append(more)
-        more = nxt
-    ch = np.stack(chars, 1).astype(np.uint8)
-    act = np.stack(active, 1)
-    text = ch[act].tobytes().decode("ascii")
-    per_count = act.sum(1)
-    ends = np.cumsum(per_count)
-    bounds = np.concatenate([[0], ends[np.cumsum(lengths) - 1]]) if len(lengths) else [0]
-    bounds = np.asarray(bounds)
-    return [text[bounds[k] : bounds[k + 1]] for k in range(len(lengths))]
+def _rle_dicts(heights, widths, strings) -> List[dict]:
+    """``{"size": (H, W), "counts": str}``: with a tuple (one per image size, shared) and a string
+    inside, a dict is untracked by the garbage collector, which otherwise rescans millions of them
+    (10x the time of building them, measured)."""
+    sizes = {}
+    hw = [sizes.setdefault(x, x) for x in zip(heights.tolist(), widths.tolist())]
+    return [{"size": size, "counts": c} for size, c in zip(hw, strings)]
 
 
 def encode_roi_masks(
@@ -275,8 +92,9 @@ def encode_roi_masks(
     boxes: Union[torch.Tensor, np.ndarray],
     image_size: Union[Tuple[int, int], Sequence[Tuple[int, int]]],
     threshold: float = 0.5,
+    compiled: Optional[bool] = None,
 ) -> List[dict]:
-    """COCO RLEs ``{"size": [H, W], "counts": str}`` of ROI-level masks as Detectron2 would paste them.
+    """COCO RLEs ``{"size": (H, W), "counts": str}`` of ROI-level masks as Detectron2 would paste them.
 
     Args:
         masks: ``(N, M, M)`` or ``(N, 1, M, M)`` probabilities (the mask head's output after the
@@ -285,9 +103,11 @@ def encode_roi_masks(
             ``detector_postprocess`` leaves them).
         image_size: ``(H, W)`` of the output image, or one ``(H, W)`` per mask.
         threshold: a pixel is in the mask when its pasted value is ``>= threshold``.
+        compiled: ``None`` (default) runs the compiled kernels when they are built, ``False`` the
+            NumPy path; ``True`` requires the kernels. Both give the same strings.
 
     Returns:
-        one RLE per mask whose ``counts`` equals
+        one RLE per mask (``size`` a tuple: see :func:`_rle_dicts`) whose ``counts`` equals
         ``pycocotools.mask.encode(np.asfortranarray(paste_masks_in_image(masks, boxes, (H, W),
         threshold).numpy()))[i]["counts"].decode()``. Empty regions give an all-zero mask.
     """
@@ -307,26 +127,26 @@ def encode_roi_masks(
     if sizes.shape != (n, 2):
         raise ValueError(f"image_size must be (H, W) or one (H, W) per mask, got {image_size!r}")
     heights, widths = np.ascontiguousarray(sizes[:, 0]), np.ascontiguousarray(sizes[:, 1])
+    if compiled and _roi_rle is None:
+        raise RuntimeError(
+            "encode_roi_masks(compiled=True): the compiled kernels (lt_detectron/evaluation/"
+            "_roi_rle.pyx) are not built; reinstall with Cython and a C compiler (pip install -e .)"
+        )
+    use_kernels = _roi_rle is not None and compiled is not False
+    if use_kernels and m32.shape[1] > _roi_rle.MAX_MASK_SIDE:
+        if compiled:
+            raise ValueError(
+                f"encode_roi_masks(compiled=True): the kernels take masks of side <= "
+                f"{_roi_rle.MAX_MASK_SIDE}, got {m32.shape[1]}; use compiled=None (NumPy path)"
+            )
+        use_kernels = False
     out: List[dict] = []
     for s in range(0, n, _CHUNK):
         e = min(n, s + _CHUNK)
         h, w = heights[s:e], widths[s:e]
-        owner, pos = _chunk_flips(m32[s:e], b[s:e], h, w, float(threshold))
-        # runs: zeros up to the first change, between changes, from the last change to the end
-        nflip = np.bincount(owner, minlength=e - s)
-        lengths = nflip + 1
-        ends = np.cumsum(lengths)
-        allpos = np.empty(ends[-1], np.int64)
-        slot = np.ones(ends[-1], bool)
-        slot[ends - 1] = False  # the end of each image
-        allpos[slot] = pos
-        allpos[ends - 1] = h * w
-        prev = np.zeros_like(allpos)
-        prev[1:] = allpos[:-1]
-        prev[np.concatenate([[0], ends[:-1]])] = 0
-        counts = allpos - prev
-        strings = rle_counts_to_strings(counts, lengths)
-        hl, wl = h.tolist(), w.tolist()
-        with gc_paused():  # many small acyclic objects
-            out.extend({"size": [hl[k], wl[k]], "counts": strings[k]} for k in range(e - s))
+        if use_kernels:
+            strings = _encode_compiled(m32[s:e], b[s:e], h, w, float(threshold))
+        else:
+            strings = encode_numpy(m32[s:e], b[s:e], h, w, float(threshold))
+        out.extend(_rle_dicts(h, w, strings))
     return out

@@ -11,12 +11,26 @@ def test_benchmark_mask_eval_tiny(tmp_path, monkeypatch):
     gt_path, det_path = bench.make_data(str(tmp_path), 3, 40)
     assert bench.make_data(str(tmp_path), 3, 40) == (gt_path, det_path)  # cached
     runs = {
-        w: bench.run_worker(w, gt_path, det_path) for w in ("ours", "pasted", "hotcoco", "lvis")
+        w: bench.run_worker(w, gt_path, det_path)
+        for w in ("ours", "ours_numpy", "pasted", "hotcoco", "lvis")
     }
     for w, r in runs.items():
         assert r["time"] > 0 and r["peak_gib"] > 0, w
     ours = runs["ours"]["metrics"]
     assert ours["AP"] > 0  # the generated detections do match the ground truth
-    for w in ("pasted", "hotcoco", "lvis"):
+    for w in ("ours_numpy", "pasted", "hotcoco", "lvis"):
         for k in bench.METRICS:
             assert np.isclose(ours[k], runs[w]["metrics"][k], atol=1e-9), (w, k)
+
+
+def test_benchmark_mask_eval_report(tmp_path, monkeypatch):
+    """One command writes the table under the machine header (CPU, load, command)."""
+    monkeypatch.setattr(bench, "POOL", 64)
+    report = tmp_path / "mask_eval.md"
+    bench.main(
+        ["--images", "2", "--dets", "20", "--skip-lvis-api", "--numpy-encoder"]
+        + ["--cache", str(tmp_path / "cache"), "--report", str(report)]
+    )
+    text = report.read_text()
+    assert "CPU" in text and "Load average" in text and "| 2 x 20 |" in text
+    assert "NumPy / ours" in text and "every run (s)" in text

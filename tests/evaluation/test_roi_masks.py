@@ -15,7 +15,8 @@ from pycocotools import mask as mask_util
 
 from lt_detectron.compat import ensure_lvis_numpy_compat
 from lt_detectron.evaluation import LTLVISEvaluator, encode_roi_masks
-from lt_detectron.evaluation.roi_masks import rle_counts_to_strings
+from lt_detectron.evaluation.roi_masks import compiled_encoder
+from lt_detectron.evaluation.roi_masks_numpy import rle_counts_to_strings
 from lt_detectron.utils.testing import make_detections, make_lvis_like_gt, make_roi_masks
 
 
@@ -23,7 +24,18 @@ def _pasted_rles(masks, boxes, hw):
     """The reference: Detectron2's pasted bitmaps, encoded by pycocotools."""
     bit = paste_masks_in_image(torch.as_tensor(masks), torch.as_tensor(boxes), hw, threshold=0.5)
     enc = mask_util.encode(np.asfortranarray(bit.numpy().astype(np.uint8).transpose(1, 2, 0)))
-    return [{"size": r["size"], "counts": r["counts"].decode()} for r in enc]
+    return [{"size": tuple(r["size"]), "counts": r["counts"].decode()} for r in enc]
+
+
+# both implementations: the compiled kernels (where built, as in CI) and the NumPy path
+IMPLEMENTATIONS = [
+    pytest.param(
+        True,
+        id="compiled",
+        marks=pytest.mark.skipif(not compiled_encoder(), reason="kernels not built"),
+    ),
+    pytest.param(False, id="numpy"),
+]
 
 
 def _boxes(rng, n, h, w, lo=0.02, hi_factor=3.0):
@@ -39,8 +51,9 @@ def _boxes(rng, n, h, w, lo=0.02, hi_factor=3.0):
     return b.astype(np.float32)
 
 
+@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
 @pytest.mark.parametrize("seed", range(6))
-def test_roi_rles_byte_equal_pasted(seed):
+def test_roi_rles_byte_equal_pasted(seed, compiled):
     """Smooth blobs and noise, masks of 7/14/28, non-square images, empty masks, tiny/huge boxes."""
     rng = np.random.default_rng(seed)
     h, w = int(rng.integers(3, 90)), int(rng.integers(3, 90))
@@ -51,11 +64,14 @@ def test_roi_rles_byte_equal_pasted(seed):
     masks[20:25] = 0.0  # empty
     masks[25:28] = 1.0  # full boxes
     boxes = _boxes(rng, n, h, w)
-    ours = encode_roi_masks(torch.from_numpy(masks), torch.from_numpy(boxes), (h, w))
+    ours = encode_roi_masks(
+        torch.from_numpy(masks), torch.from_numpy(boxes), (h, w), compiled=compiled
+    )
     assert ours == _pasted_rles(masks, boxes, (h, w))
 
 
-def test_roi_rles_byte_equal_pasted_at_the_threshold():
+@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
+def test_roi_rles_byte_equal_pasted_at_the_threshold(compiled):
     """Values on the threshold itself (0.5, binary masks) and a box of exactly whole pixels: the
     cases float rounding would decide, settled by grid_sample itself."""
     rng = np.random.default_rng(7)
@@ -70,16 +86,17 @@ def test_roi_rles_byte_equal_pasted_at_the_threshold():
     boxes = _boxes(rng, 30, h, w)
     boxes[:5] = np.round(boxes[:5])
     boxes[:5, 2:] = np.maximum(boxes[:5, 2:], boxes[:5, :2] + 1)
-    ours = encode_roi_masks(masks[:, None], boxes, (h, w))  # (N, 1, M, M) as the head outputs
+    ours = encode_roi_masks(masks[:, None], boxes, (h, w), compiled=compiled)  # (N, 1, M, M)
     assert ours == _pasted_rles(masks, boxes, (h, w))
 
 
-def test_roi_rles_per_mask_image_sizes():
+@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
+def test_roi_rles_per_mask_image_sizes(compiled):
     rng = np.random.default_rng(3)
     masks = make_roi_masks(12, 28, seed=3)
     sizes = [(30, 50)] * 6 + [(64, 20)] * 6
     boxes = np.concatenate([_boxes(rng, 6, 30, 50), _boxes(rng, 6, 64, 20)])
-    ours = encode_roi_masks(masks, boxes, sizes)
+    ours = encode_roi_masks(masks, boxes, sizes, compiled=compiled)
     ref = _pasted_rles(masks[:6], boxes[:6], (30, 50)) + _pasted_rles(
         masks[6:], boxes[6:], (64, 20)
     )
@@ -94,6 +111,80 @@ def test_roi_rles_bad_input():
     with pytest.raises(ValueError, match="image_size"):
         encode_roi_masks(np.zeros((3, 28, 28)), np.zeros((3, 4)), [(10, 10)] * 2)
     assert encode_roi_masks(np.zeros((0, 28, 28)), np.zeros((0, 4)), (10, 10)) == []
+
+
+@pytest.mark.skipif(not compiled_encoder(), reason="kernels not built")
+def test_compiled_and_numpy_paths_give_the_same_strings_on_lvis_like_masks():
+    """The benchmark's kind of data (smooth blobs, 640 x 480, boxes of 6 to 360 px, many columns
+    that grid_sample settles): both implementations and Detectron2's pasted masks agree."""
+    rng = np.random.default_rng(11)
+    masks = make_roi_masks(300, 28, seed=11)
+    side = np.exp(rng.uniform(np.log(6), np.log(360), (300, 2)))
+    x0 = rng.uniform(-20, 640, 300)
+    y0 = rng.uniform(-20, 480, 300)
+    boxes = np.stack([x0, y0, x0 + side[:, 0], y0 + side[:, 1]], 1).astype(np.float32)
+    boxes = np.clip(boxes, 0, [640, 480, 640, 480]).astype(np.float32)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    ref = _pasted_rles(masks, boxes, (480, 640))
+    assert encode_roi_masks(masks, boxes, (480, 640), compiled=True) == ref
+    assert encode_roi_masks(masks, boxes, (480, 640), compiled=False) == ref
+
+
+@pytest.mark.skipif(not compiled_encoder(), reason="kernels not built")
+def test_compiled_kernel_rle_strings_match_pycocotools():
+    """The kernel's compressed counts from change positions against pycocotools' own strings,
+    with changes that cancel (a column ending on the last row, the next starting on row 0) and a
+    change at the very end of the image."""
+    from lt_detectron.evaluation import _roi_rle
+
+    rng = np.random.default_rng(1)
+    pos, counts, area, ref = [], [], [], []
+    for _ in range(100):
+        h, w = int(rng.integers(1, 400)), int(rng.integers(1, 300))
+        bits = (rng.random(h * w) < rng.uniform(0, 0.2)).cumsum() % 2  # runs, column-major
+        flips = np.flatnonzero(np.diff(np.concatenate([[0], bits])))
+        extra = int(rng.integers(1, h * w + 1))
+        if extra not in flips and rng.random() < 0.3:  # a pair that cancels, as between columns
+            flips = np.sort(np.concatenate([flips, [extra, extra]]))
+        if bits[-1] and rng.random() < 0.5:
+            flips = np.append(flips, h * w)  # the end of the image: no change
+        pos.append(flips)
+        counts.append(len(flips))
+        area.append(h * w)
+        bitmap = np.asfortranarray(bits.reshape(w, h).T.astype(np.uint8))
+        ref.append(mask_util.encode(bitmap)["counts"].decode())
+    got = _roi_rle.rle_strings(
+        np.concatenate(pos).astype(np.int64), np.array(counts, np.int64), np.array(area, np.int64)
+    )
+    assert got == ref
+    with pytest.raises(ValueError, match="changes"):
+        _roi_rle.rle_strings(
+            np.zeros(3, np.int64), np.array([2], np.int64), np.array([9], np.int64)
+        )
+
+
+def test_masks_larger_than_the_kernels_take_use_the_numpy_path():
+    """M = 70 (> 63, the kernels' limit): still byte-equal, through the NumPy path."""
+    rng = np.random.default_rng(4)
+    masks = make_roi_masks(6, 70, seed=4)
+    boxes = _boxes(rng, 6, 40, 60)
+    assert encode_roi_masks(masks, boxes, (40, 60)) == _pasted_rles(masks, boxes, (40, 60))
+    if compiled_encoder():
+        with pytest.raises(ValueError, match="side <= 63"):
+            encode_roi_masks(masks, boxes, (40, 60), compiled=True)
+
+
+def test_rle_dicts_are_not_tracked_by_the_garbage_collector():
+    """Sizes are tuples (shared per image size): the dicts hold no tracked container, so the
+    collector never rescans the millions of them an LVIS evaluation keeps."""
+    import gc
+
+    rles = encode_roi_masks(
+        make_roi_masks(5, 28, seed=1), _boxes(np.random.default_rng(1), 5, 30, 40), (30, 40)
+    )
+    gc.collect()
+    assert not any(gc.is_tracked(r) for r in rles)
+    assert all(r["size"] == (30, 40) for r in rles)
 
 
 def test_rle_counts_to_strings_matches_pycocotools():

@@ -1,0 +1,82 @@
+"""Where Detectron2 pastes an ROI-level mask, and ``grid_sample``'s own decision for single columns.
+
+``detectron2.layers.paste_masks_in_image`` (``_do_paste_mask``) samples an ``M x M`` mask with
+bilinear ``grid_sample`` (``align_corners=False``, zero padding) at the pixels of the box's region
+widened by one pixel. The encoders of :mod:`.roi_masks` decide most pixel classes in float64 from that
+geometry (:func:`sampling_grid`, :func:`source_coordinate`) and leave the columns float32 rounding
+could decide to :func:`exact_changes`, which samples them with ``grid_sample`` itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["roi_mask_regions", "sampling_grid", "source_coordinate", "exact_changes", "EPS"]
+
+EPS = 1e-5  # |value - threshold| below this: decided by grid_sample itself, not float64
+
+
+def roi_mask_regions(boxes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """``(N, 4)`` int64 ``[x0, y0, x1, y1)`` pixel regions Detectron2 pastes each box into:
+    ``floor(x0) - 1`` clamped at 0 to ``ceil(x1) + 1`` clamped at the width (same for y), computed in
+    float32 like ``_do_paste_mask`` (empty when ``x1 <= x0``)."""
+    b = np.asarray(boxes, np.float32)
+    lo = np.maximum(np.floor(b[:, :2]) - np.float32(1), 0).astype(np.int64)
+    hi = np.minimum(np.ceil(b[:, 2:]) + np.float32(1), np.stack([widths, heights], 1)).astype(
+        np.int64
+    )
+    return np.concatenate([lo, hi], 1)
+
+
+def sampling_grid(pix: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Detectron2's normalised float32 sampling coordinate of pixel index ``pix`` in ``[lo, hi]``."""
+    f = np.float32
+    return ((pix.astype(f) + f(0.5)) - lo) / (hi - lo) * f(2) - f(1)
+
+
+def source_coordinate(g: np.ndarray, m: int) -> np.ndarray:
+    """grid_sample's source coordinate (align_corners=False) in float64."""
+    return (g.astype(np.float64) + 1.0) * (m / 2.0) - 0.5
+
+
+def exact_changes(masks32, boxes, i, cols, y0, y1, threshold):
+    """Class changes of whole region columns by ``grid_sample`` itself: (column, row offset) pairs,
+    in order; at most ~2M sampled pixels at a time (columns of one mask constant at the threshold
+    all land here)."""
+    cu, ru = [], []
+    step = max(1, 2_000_000 // max(1, int((y1 - y0).max())))
+    for s in range(0, len(i), step):
+        sl = slice(s, s + step)
+        cls = exact_columns(masks32, boxes, i[sl], cols[sl], y0[sl], y1[sl], threshold)
+        prev = np.concatenate([np.zeros((len(cls), 1), bool), cls], 1)
+        nxt = np.concatenate([cls, np.zeros((len(cls), 1), bool)], 1)
+        fu, fr = np.nonzero(prev != nxt)  # change before row fr of the region
+        cu.append(fu + s)
+        ru.append(fr)
+    return np.concatenate(cu), np.concatenate(ru)
+
+
+def exact_columns(masks32, boxes, i, cols, y0, y1, threshold, block: int = 4):
+    """Pixel classes of whole region columns by ``grid_sample`` itself: (U, max rows) bool.
+
+    Columns go ``block`` at a time as the channels of ONE input (``N = 1``): torch then samples in
+    the calling thread (with ``N > 1`` it wakes its thread pool, milliseconds on a busy machine, for
+    a few dozen columns) and every channel at every point of the grid with the same weights, so
+    channel ``c`` at grid column ``c`` is exactly the pasted value of column ``c``."""
+    rows = int((y1 - y0).max())
+    r = y0[:, None] + np.arange(rows)[None, :]
+    gy = sampling_grid(r, boxes[i, 1:2], boxes[i, 3:4])
+    gx = np.broadcast_to(sampling_grid(cols[:, None], boxes[i, 0:1], boxes[i, 2:3]), gy.shape)
+    grid = np.stack([gx, gy], -1)  # (U, rows, 2)
+    v = np.zeros((len(i), rows), np.float32)
+    order = np.argsort(y1 - y0, kind="stable")  # columns of similar heights share a block
+    for s in range(0, len(i), block):
+        j = order[s : s + block]
+        n = int((y1[j] - y0[j]).max())
+        g = torch.from_numpy(grid[j, :n].transpose(1, 0, 2).copy())[None]  # (1, n, b, 2)
+        inp = torch.from_numpy(masks32[i[j]])[None]  # (1, b, M, M)
+        out = torch.nn.functional.grid_sample(inp, g, align_corners=False)[0].numpy()
+        d = np.arange(len(j))
+        v[j, :n] = out[d, :, d]  # (b, n): channel c at grid column c
+    return (v >= threshold) & (r < y1[:, None])
