@@ -27,7 +27,7 @@ cdef extern from *:
 
 ctypedef cnp.int64_t i64
 
-MAX_MASK_SIDE = 63  # a cell column's straddling cells are the bits of one 64-bit word
+MAX_MASK_SIDE = 62  # a padded row's columns, and a cell column's cells, fit in one 64-bit word
 
 
 cdef struct Buf:
@@ -81,7 +81,7 @@ def column_flips(
     double threshold,
     double eps,
 ):
-    """Class changes of all region columns of all masks (``M <= 63``).
+    """Class changes of all region columns of all masks (``M <= 62``).
 
     Returns ``(pos, counts, unsure_mask, unsure_col, unsure_at)``: the column-major pixel index of
     each change decided here (mask, column, row order) and how many each mask has; for the other
@@ -102,30 +102,36 @@ def column_flips(
     for i in range(n):
         if regions[i, 3] - regions[i, 1] + 1 > max_rows:
             max_rows = regions[i, 3] - regions[i, 1] + 1
-    # per mask: the mask with a border of zeros (grid_sample's padding), which side of the threshold
-    # each value is on (bit 1: >= threshold - eps, bit 2: < threshold + eps), per cell column the
-    # cells (k, w), k, w in -1..m-1, with both (bit k + 1 of word w + 1), and the source row of each
-    # region row
+    # per mask: the mask with a border of zeros (grid_sample's padding), per padded row which values
+    # are >= threshold - eps and < threshold + eps (bit c: padded column c), per cell column the cells
+    # (k, w), k, w in -1..m-1, that straddle the threshold (bit k + 1 of word w + 1), and the source
+    # row of each region row
     cdef double* pad = <double*> malloc(mp * mp * sizeof(double))
-    cdef unsigned char* side = <unsigned char*> malloc(mp * mp)
+    cdef uint64_t* hi_row = <uint64_t*> malloc(mp * sizeof(uint64_t))
+    cdef uint64_t* lo_row = <uint64_t*> malloc(mp * sizeof(uint64_t))
     cdef uint64_t* bits = <uint64_t*> malloc((m + 1) * sizeof(uint64_t))
     cdef i64* rows = <i64*> malloc((m + 2) * sizeof(i64))
     cdef double* iyr = <double*> malloc(max_rows * sizeof(double))
-    if pad == NULL or side == NULL or bits == NULL or rows == NULL or iyr == NULL:
+    if pad == NULL or hi_row == NULL or lo_row == NULL or bits == NULL or rows == NULL or iyr == NULL:
         free(pad)
-        free(side)
+        free(hi_row)
+        free(lo_row)
         free(bits)
         free(rows)
         free(iyr)
         raise MemoryError()
     cdef i64 x0, y0, x1, y1, col, k, w, wc, rt, base, ncross, nrows, q, last, kf, start
-    cdef uint64_t b
+    cdef uint64_t b, hb, lb, hi_border, lo_border, cell_cols
     cdef float bx0, by0, bx1, by1
     cdef double v, peak, iy_first, iy_last, ix, tw, tnf, top, bot, scale
     cdef double a0, d0, a1, d1, pa, pb, slope, iy_star, iy_b, iy_a, gap, lo_t, hi_t
     cdef bint s0, unsure, look
     lo_t = threshold - eps
     hi_t = threshold + eps
+    # the zeros around the mask: every padded column of a border row, columns 0 and m + 1 of the others
+    hi_border = (~(<uint64_t> 0) >> (64 - mp)) if 0.0 >= lo_t else 0
+    lo_border = (~(<uint64_t> 0) >> (64 - mp)) if 0.0 < hi_t else 0
+    cell_cols = ~(<uint64_t> 0) >> (64 - (m + 1))  # cell columns -1..m-1
     try:
         with nogil:
             for i in range(mp * mp):
@@ -142,36 +148,52 @@ def column_flips(
                 by0 = boxes[i, 1]
                 bx1 = boxes[i, 2]
                 by1 = boxes[i, 3]
-                peak = 0.0
                 for k in range(m):
                     for w in range(m):
-                        v = masks[i, k, w]
-                        pad[(k + 1) * mp + w + 1] = v
-                        if fabs(v) > peak:
-                            peak = fabs(v)
-                for q in range(mp * mp):
-                    side[q] = (pad[q] >= lo_t) | ((pad[q] < hi_t) << 1)
-                for q in range((m + 1) * mp):  # over the two rows of a cell
-                    side[q] = side[q] | side[q + mp]
+                        pad[(k + 1) * mp + w + 1] = masks[i, k, w]
+                # which side of the threshold each value is on, one bit per padded column: >=
+                # threshold - eps (hi) and < threshold + eps (lo); a cell straddles when one of
+                # its corners is hi and one lo
+                for k in range(mp):
+                    hb = hi_border
+                    lb = lo_border
+                    if 0 < k < mp - 1:
+                        hb &= (<uint64_t> 1) | ((<uint64_t> 1) << (m + 1))
+                        lb &= (<uint64_t> 1) | ((<uint64_t> 1) << (m + 1))
+                        for w in range(1, m + 1):
+                            v = pad[k * mp + w]
+                            hb |= (<uint64_t> (v >= lo_t)) << w
+                            lb |= (<uint64_t> (v < hi_t)) << w
+                    hi_row[k] = hb
+                    lo_row[k] = lb
                 for w in range(m + 1):
                     bits[w] = 0
-                for k in range(m + 1):
-                    q = k * mp
-                    for w in range(m + 1):  # ... and its two columns: both sides = 3
-                        bits[w] |= (<uint64_t> ((side[q + w] | side[q + w + 1]) == 3)) << k
+                for k in range(m + 1):  # cell rows -1..m-1: over their two rows, two columns
+                    hb = hi_row[k] | hi_row[k + 1]
+                    lb = lo_row[k] | lo_row[k + 1]
+                    b = (hb | (hb >> 1)) & (lb | (lb >> 1)) & cell_cols
+                    while b:
+                        w = __builtin_ctzll(b)
+                        b &= b - 1
+                        bits[w] |= (<uint64_t> 1) << k
                 for q in range(y1 - y0):
                     iyr[q] = source(grid(y0 + q, by0, by1), m)
                 last = y1 - 1 - y0  # the region's last row
                 iy_first = iyr[0]
                 iy_last = iyr[last]
                 scale = (<double> by1 - by0) / m
-                # above the mask's first row (iy < 0) a value is at most (iy + 1) x the peak: the
-                # first region row of most masks is zeros without a look
-                look = (iy_first + 1.0) * peak >= threshold - 2.0 * eps
+                # the class of each column's first region row; above the mask's first row
+                # (-1 <= iy < 0) a value is at most (iy + 1) x the first row's peak, so the first
+                # region row of most masks is zeros without a look
                 kf = <i64> floor(iy_first)
                 tnf = iy_first - kf
-                if kf < -1 or kf > m - 1:
-                    look = False
+                look = -1 <= kf <= m - 1
+                if kf == -1:
+                    peak = 0.0
+                    for w in range(m):
+                        v = fabs(masks[i, 0, w])
+                        peak = v if v > peak else peak
+                    look = tnf * peak >= threshold - 2.0 * eps
                 for col in range(x0, x1):
                     ix = source(grid(col, bx0, bx1), m)
                     wc = <i64> floor(ix)
@@ -268,7 +290,8 @@ def column_flips(
         )
     finally:
         free(pad)
-        free(side)
+        free(hi_row)
+        free(lo_row)
         free(bits)
         free(rows)
         free(iyr)

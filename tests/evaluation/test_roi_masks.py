@@ -131,6 +131,27 @@ def test_compiled_and_numpy_paths_give_the_same_strings_on_lvis_like_masks():
 
 
 @pytest.mark.skipif(not compiled_encoder(), reason="kernels not built")
+def test_kernel_on_threads_merges_as_on_one():
+    """The kernel over 1, 2 or 3 parts of the masks (threads) gives the very same changes, with
+    columns left to grid_sample (masks at the threshold) in every part."""
+    from lt_detectron.evaluation import roi_masks
+    from lt_detectron.evaluation.roi_mask_sampling import roi_mask_regions
+
+    rng = np.random.default_rng(2)
+    masks = make_roi_masks(150, 28, seed=2, noise=0.05)
+    masks[::7] = 0.5  # every column of these is settled by grid_sample
+    boxes = _boxes(rng, 150, 60, 80)
+    h, w = np.full(150, 60), np.full(150, 80)
+    regions = roi_mask_regions(boxes, h, w)
+    one = roi_masks._column_flips(masks, boxes, regions, h, 0.5, 1)
+    assert len(one[2]) > 0
+    for threads in (2, 3):
+        got = roi_masks._column_flips(masks, boxes, regions, h, 0.5, threads)
+        for a, b in zip(one, got):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not compiled_encoder(), reason="kernels not built")
 def test_compiled_kernel_rle_strings_match_pycocotools():
     """The kernel's compressed counts from change positions against pycocotools' own strings,
     with changes that cancel (a column ending on the last row, the next starting on row 0) and a
@@ -164,13 +185,13 @@ def test_compiled_kernel_rle_strings_match_pycocotools():
 
 
 def test_masks_larger_than_the_kernels_take_use_the_numpy_path():
-    """M = 70 (> 63, the kernels' limit): still byte-equal, through the NumPy path."""
+    """M = 70 (> 62, the kernels' limit): still byte-equal, through the NumPy path."""
     rng = np.random.default_rng(4)
     masks = make_roi_masks(6, 70, seed=4)
     boxes = _boxes(rng, 6, 40, 60)
     assert encode_roi_masks(masks, boxes, (40, 60)) == _pasted_rles(masks, boxes, (40, 60))
     if compiled_encoder():
-        with pytest.raises(ValueError, match="side <= 63"):
+        with pytest.raises(ValueError, match="side <= 62"):
             encode_roi_masks(masks, boxes, (40, 60), compiled=True)
 
 
