@@ -290,8 +290,9 @@ class LTCheckpointer(DetectionCheckpointer):
             )
         elif self.reinit_cls and any("cls_score" in k for k in ckpt):
             logger.info(
-                "MODEL.LT.REINIT_CLS: the checkpoint's classifier fits the model; it is loaded, not "
-                "re-initialised (resuming or evaluating a model trained with the re-initialised classifier)"
+                "MODEL.LT.REINIT_CLS: the checkpoint's classifier fits the model and is loaded "
+                "(resuming and evaluation keep it; a training run that starts from MODEL.WEIGHTS "
+                "re-initialises it next, e.g. cRT)"
             )
         incompatible = super()._load_model(checkpoint)
         # weights for another backbone (R-101 into R-50) are an error; heads' extra keys a warning

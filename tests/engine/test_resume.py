@@ -137,7 +137,10 @@ def test_bags_decoupled_eval_only_and_resume_keep_the_trained_classifier(
             LTCheckpointer(
                 model, save_dir=cfg_eval.OUTPUT_DIR, reinit_cls=cfg_eval.MODEL.LT.REINIT_CLS
             ).resume_or_load(cfg_eval.MODEL.WEIGHTS, resume=resume)
-        assert "classifier fits the model; it is loaded, not re-initialised" in caplog.text
+        assert (
+            "classifier fits the model and is loaded (resuming and evaluation keep it"
+            in caplog.text
+        )
         assert torch.equal(model.roi_heads.box_predictor.cls_score.weight, trained_cls)
         _assert_same_predictions(_predict(model), want_pred)
         _assert_same_metrics(LTTrainer.test(cfg_eval, model), in_process)
