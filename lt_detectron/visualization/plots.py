@@ -99,7 +99,22 @@ _FAMILY_STYLE = {
     "retinanet": ("^", ":"),
 }
 # for methods without a colour of their own: strong colours first (a lone run's plot gets the first)
-_SPARE = ("#393b79", "#637939", "#9edae5", "#ff9896", "#c5b0d5", "#98df8a", "#f7b6d2", "#aec7e8")
+_SPARE = (
+    "#393b79",
+    "#637939",
+    "#9edae5",
+    "#ff9896",
+    "#c5b0d5",
+    "#98df8a",
+    "#f7b6d2",
+    "#aec7e8",
+    "#843c39",
+    "#7b4173",
+    "#8c6d31",
+    "#5254a3",
+    "#e7ba52",
+    "#ce6dbd",
+)
 
 
 def split_method(method: str):

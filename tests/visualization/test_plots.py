@@ -572,6 +572,8 @@ def test_methods_without_a_colour_get_distinct_colours_in_one_figure():
     own = ["softmax", "ecm", "fcos_focal"]  # colours of their own (the baselines share black)
     spare = ["eqlv1", "crt_decoupled", "lws_decoupled", "softmax_norcal"]
     spare += ["softmax_logit_adjustment", "softmax_tau_norm"]
+    # the toolbox report's figure: ten methods without a colour of their own (8 spares were too few)
+    spare += ["sigmoid_norcal", "sigmoid_logit_adjustment", "sigmoid_tau_norm", "seesaw_tau_norm"]
     styles = method_styles(own[:2] + spare + own[2:])
     for m in own:  # a method's own style is kept
         assert styles[m] == method_style(m) and styles[m][0] == METHOD_COLORS[m.split("_")[-1]]
