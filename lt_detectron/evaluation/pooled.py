@@ -14,9 +14,12 @@ which per-class AP does not.
 Ties in score are ranked in (image id, category id) order, then in the order the protocol lists the
 detections of one image and category (score-sorted), as the authors' accumulation does.
 
-Speed and memory: the per-image records are flattened once into a few arrays (no per-record NumPy
-arrays), ranked once for all pools (a pool's ranking is the global one restricted to its columns,
-which keeps the tie order) and the records themselves can be dropped as soon as they are read.
+Speed and memory: the per-image records are flattened once into a few arrays (the match and ignore
+flags of all records as one byte array, in the layout the records list them: no per-record NumPy
+arrays, no transpose), ranked once for all pools (a pool's ranking is the global one restricted to
+its detections, which keeps the tie order), one IoU threshold at a time (arrays of ``N``, not
+``T x N``), and each curve is read at its true positives only; the records themselves can be
+dropped as soon as they are read.
 """
 
 from __future__ import annotations
@@ -47,29 +50,52 @@ class PooledRecords(NamedTuple):
 
     category_ids: np.ndarray  # (R,) int64, per record
     num_gt: np.ndarray  # (R,) int64, non-ignored ground truth per record
-    det_record: np.ndarray  # (N,) int64, the record of each detection
+    det_record: np.ndarray  # (N,) int64, the record of each detection (non-decreasing)
     scores: np.ndarray  # (N,) float64
-    tp: np.ndarray  # (T, N) bool: matched and not ignored
-    fp: np.ndarray  # (T, N) bool: unmatched and not ignored
+    # (T * N,) uint8, record by record the (T, D_r) block of its detections (the layout the
+    # protocol lists them in, so no transpose): 0 false positive, 1 true positive (matched), 2 or 3
+    # ignored (unmatched / matched)
+    flags: np.ndarray
 
 
 def _keys(entry: Mapping):
-    """(scores, matched-or-match-ids, is_bool, ignore, gt_ignore) of a record: hotcoco spells
-    them as pycocotools (``dtScores``...), lvis-api with underscores."""
+    """(scores, matched-or-match-ids, ignore, gt_ignore) of a record: hotcoco spells them as
+    pycocotools (``dtScores``...), lvis-api with underscores."""
     if "dtScores" in entry:
-        if "dtMatched" in entry:
-            m, is_bool = entry["dtMatched"], True
-        else:
-            m, is_bool = entry["dtMatches"], False
-        return entry["dtScores"], m, is_bool, entry["dtIgnore"], entry["gtIgnore"]
-    return entry["dt_scores"], entry["dt_matches"], False, entry["dt_ignore"], entry["gt_ignore"]
+        m = entry["dtMatched"] if "dtMatched" in entry else entry["dtMatches"]
+        return entry["dtScores"], m, entry["dtIgnore"], entry["gtIgnore"]
+    return entry["dt_scores"], entry["dt_matches"], entry["dt_ignore"], entry["gt_ignore"]
 
 
-def _rows(parts, which: int, t: int, dtype) -> np.ndarray:
-    """Row ``t`` (one IoU threshold) of every record's ``(T, D_r)`` block ``which``, concatenated."""
-    return np.fromiter(
-        chain.from_iterable(p[which][t] if len(p[which]) else () for p in parts), dtype
-    )
+def _blocks(parts, which: int, size: int) -> np.ndarray:
+    """Every record's ``(T, D_r)`` block ``which`` as one flat ``(size,)`` bool array (match ids:
+    nonzero = matched). Rows of Python bools or 0/1 ints (hotcoco) go through ``bytes`` (one C
+    pass, several times faster than iterating them; a record whose rows are all false, most of them
+    for the ignore flags, is only scanned); anything else (lvis-api's arrays) through NumPy."""
+    if parts and isinstance(parts[0][which], list):
+        pieces = []
+        try:
+            for p in parts:
+                rows = p[which]
+                if any(map(any, rows)):
+                    pieces += map(bytes, rows)
+                else:
+                    pieces.append(bytes(sum(map(len, rows))))
+            raw = b"".join(pieces)
+        except (TypeError, ValueError):  # float match ids, values outside 0..255
+            raw = b""
+        del pieces
+        if len(raw) == size:
+            return np.frombuffer(raw, np.uint8) != 0
+    flat = [np.asarray(p[which]).ravel() for p in parts]
+    flat = np.concatenate(flat) if flat else np.zeros(0)
+    if flat.size != size:
+        raise ValueError(
+            f"pooled AP: the records hold {flat.size} match or ignore flags for {size} (IoU "
+            "thresholds x detections); each record needs one row of flags per IoU threshold, as "
+            "long as its dtScores"
+        )
+    return flat != 0
 
 
 def stack_records(entries: Iterable[Mapping], num_iou_thrs: int) -> PooledRecords:
@@ -86,35 +112,27 @@ def stack_records(entries: Iterable[Mapping], num_iou_thrs: int) -> PooledRecord
         del recs
         lengths = np.fromiter((len(p[0]) for p in parts), np.int64, len(parts))
         bad = [
-            (k, len(p[1]), len(p[3]))
+            (k, len(p[1]), len(p[2]))
             for k, p in enumerate(parts)
-            if (len(p[1]), len(p[3])) != (T, T) and (lengths[k] or len(p[1]) or len(p[3]))
+            if (len(p[1]), len(p[2])) != (T, T) and (lengths[k] or len(p[1]) or len(p[2]))
         ]
         if bad:
             raise ValueError(
                 f"pooled AP: a record holds {bad[0][1]} rows of match flags and {bad[0][2]} of "
                 f"ignore flags for {T} IoU thresholds; pass the protocol's number of IoU thresholds"
             )
-        scores = np.fromiter(chain.from_iterable(p[0] for p in parts), np.float64)
-        is_bool = all(p[2] for p in parts)
-        tp = np.empty((T, len(scores)), bool)
-        fp = np.empty((T, len(scores)), bool)
-        for t in range(T):
-            if is_bool:
-                matched = _rows(parts, 1, t, bool)
-            else:  # match ids: 0 = unmatched
-                matched = _rows(parts, 1, t, np.float64) != 0
-            ignore = _rows(parts, 3, t, bool)
-            tp[t] = matched & ~ignore
-            fp[t] = ~matched & ~ignore
-        gt_len = np.fromiter((len(p[4]) for p in parts), np.int64, len(parts))
-        gt_ignore = np.fromiter(chain.from_iterable(p[4] for p in parts), bool)
+        N = int(lengths.sum())
+        scores = np.fromiter(chain.from_iterable(p[0] for p in parts), np.float64, N)
+        flags = _blocks(parts, 1, T * N).view(np.uint8)
+        flags |= _blocks(parts, 2, T * N).view(np.uint8) << 1
+        gt_len = np.fromiter((len(p[3]) for p in parts), np.int64, len(parts))
+        gt_ignore = np.fromiter(chain.from_iterable(p[3] for p in parts), bool)
         del parts
     R = len(lengths)
     gt_rec = np.repeat(np.arange(R), gt_len)
     num_gt = np.bincount(gt_rec, weights=~gt_ignore, minlength=R).astype(np.int64)
     det_record = np.repeat(np.arange(R), lengths)
-    return PooledRecords(cats, num_gt, det_record, scores, tp, fp)
+    return PooledRecords(cats, num_gt, det_record, scores, flags)
 
 
 def concat_records(parts: Sequence[PooledRecords]) -> PooledRecords:
@@ -128,9 +146,32 @@ def concat_records(parts: Sequence[PooledRecords]) -> PooledRecords:
         np.concatenate([p.num_gt for p in parts]),
         np.concatenate([p.det_record + o for p, o in zip(parts, offsets)]),
         np.concatenate([p.scores for p in parts]),
-        np.concatenate([p.tp for p in parts], axis=1),
-        np.concatenate([p.fp for p in parts], axis=1),
+        np.concatenate([p.flags for p in parts]),
     )
+
+
+def _precision_row(flags: np.ndarray, num_gt: int, rec_thrs: np.ndarray) -> np.ndarray:
+    """Interpolated precision at ``rec_thrs`` of one IoU threshold's ranked ``(N,)`` flags
+    (0 false positive, 1 true positive, >= 2 ignored), ``num_gt > 0``.
+
+    Only the true positives are visited: the k-th one sits at recall ``k / num_gt`` with precision
+    ``k / (k + f_k)`` (``f_k`` false positives ranked before it), the very floats of the full curve
+    there; elsewhere the curve's precision is never above that of the true positive before it (same
+    ``k``, as many or more false positives; 0 before the first), so its envelope (the maximum to the
+    right) at the first point reaching a recall threshold, a true positive, is the maximum over the
+    true positives from there on."""
+    kept = flags[flags < 2]  # ignored detections move neither count
+    pos = np.flatnonzero(kept)  # positions of the true positives among the counted
+    k = np.arange(1, len(pos) + 1)
+    fp = pos - (k - 1)
+    rc = k / num_gt
+    pr = k / (fp + k + np.spacing(1))
+    pr = np.maximum.accumulate(pr[::-1])[::-1]
+    idx = np.searchsorted(rc, rec_thrs, side="left")
+    q = np.zeros(len(rec_thrs))
+    ok = idx < len(pr)
+    q[ok] = pr[idx[ok]]
+    return q
 
 
 def pooled_precision(
@@ -139,24 +180,11 @@ def pooled_precision(
     """``(T, R)`` interpolated precision of one pool from its ranked ``(T, N)`` true / false
     positive flags (ignored detections neither); all ``-1`` when the pool has no ground truth."""
     rec_thrs = np.asarray(rec_thrs, dtype=np.float64)
-    T = tp.shape[0]
-    precision = -np.ones((T, len(rec_thrs)))
+    tp, fp = np.asarray(tp, bool), np.asarray(fp, bool)
     if num_gt == 0:
-        return precision
-    # one IoU threshold at a time (arrays of N, not T x N: 10x less transient memory); integer
-    # counts (exact), so the float operations below are those of a float cumsum
-    for t in range(T):
-        tp_sum = np.cumsum(tp[t], dtype=np.int64)
-        fp_sum = np.cumsum(fp[t], dtype=np.int64)
-        rc = tp_sum / num_gt
-        pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-        pr = np.maximum.accumulate(pr[::-1])[::-1]  # envelope (max to the right)
-        idx = np.searchsorted(rc, rec_thrs, side="left")
-        q = np.zeros(len(rec_thrs))
-        ok = idx < len(pr)
-        q[ok] = pr[idx[ok]]
-        precision[t] = q
-    return precision
+        return -np.ones((tp.shape[0], len(rec_thrs)))
+    flags = np.where(tp, 1, np.where(fp, 0, 2)).astype(np.uint8)
+    return np.stack([_precision_row(row, num_gt, rec_thrs) for row in flags])
 
 
 def pooled_ap(
@@ -176,16 +204,40 @@ def pooled_ap(
         pools: which of ``("all", "r", "c", "f")``.
     """
     recs = entries if isinstance(entries, PooledRecords) else stack_records(entries, num_iou_thrs)
-    order = np.argsort(-recs.scores, kind="stable")  # ties: (image, category), then listed order
-    band = np.array([frequency_by_cat.get(int(c), "") for c in recs.category_ids], dtype=object)
-    out = OrderedDict()
-    for p in pools:
-        in_pool = np.ones(len(band), bool) if p == "all" else band == p
-        cols = order[in_pool[recs.det_record[order]]]
-        num_gt = int(recs.num_gt[in_pool].sum())
-        prec = pooled_precision(recs.tp[:, cols], recs.fp[:, cols], num_gt, rec_thrs)
-        valid = prec > -1
-        out["APpool" if p == "all" else f"APpool-{p}"] = (
-            float(prec[valid].mean()) if valid.any() else float("nan")
+    T, N, R = int(num_iou_thrs), len(recs.scores), len(recs.category_ids)
+    if recs.flags.size != T * N:
+        raise ValueError(
+            f"pooled AP: the records hold {recs.flags.size} flags for {T} IoU thresholds x {N} "
+            "detections; pass the protocol's number of IoU thresholds"
         )
-    return out
+    rec_thrs = np.asarray(rec_thrs, dtype=np.float64)
+    order = np.argsort(-recs.scores, kind="stable")  # ties: (image, category), then listed order
+    rec = recs.det_record[order]
+    length = np.bincount(recs.det_record, minlength=R)
+    start = np.cumsum(length) - length
+    # flags of the ranked detections at threshold t: index + t * step in the record-major blocks
+    index = order + (T - 1) * start[rec]  # T * start + (position in the record)
+    step = length[rec]
+    del length, start
+    band = np.array([frequency_by_cat.get(int(c), "") for c in recs.category_ids], dtype=object)
+    names = ["APpool" if p == "all" else f"APpool-{p}" for p in pools]
+    in_pool, num_gt, prec = [], [], []
+    for p in pools:
+        rec_in = np.ones(R, bool) if p == "all" else band == p
+        in_pool.append(None if p == "all" else rec_in[rec])  # over the ranked detections
+        num_gt.append(int(recs.num_gt[rec_in].sum()))
+        prec.append(np.empty((T, len(rec_thrs))))
+    del rec
+    ranked = np.empty(N, np.uint8)
+    for t in range(T):
+        if t:
+            index += step  # the next row of every record's block
+        np.take(recs.flags, index, out=ranked)
+        for k in range(len(pools)):
+            if num_gt[k]:
+                row = ranked if in_pool[k] is None else ranked[in_pool[k]]
+                prec[k][t] = _precision_row(row, num_gt[k], rec_thrs)
+    # a pool with ground truth has every (T, R) entry valid; none: nan
+    return OrderedDict(
+        (n, float(p.mean()) if g else float("nan")) for n, p, g in zip(names, prec, num_gt)
+    )
