@@ -150,20 +150,24 @@ def concat_records(parts: Sequence[PooledRecords]) -> PooledRecords:
     )
 
 
-def _precision_row(flags: np.ndarray, num_gt: int, rec_thrs: np.ndarray) -> np.ndarray:
-    """Interpolated precision at ``rec_thrs`` of one IoU threshold's ranked ``(N,)`` flags
-    (0 false positive, 1 true positive, >= 2 ignored), ``num_gt > 0``.
+def _curve(pos: np.ndarray, val: np.ndarray, num_gt: int, rec_thrs: np.ndarray) -> np.ndarray:
+    """Interpolated precision at ``rec_thrs`` of one pool and IoU threshold, ``num_gt > 0``, from
+    its detections that are not false positives: ``pos`` their places in the pool's ranking
+    (ascending), ``val`` their flags (1 true positive, >= 2 ignored).
 
-    Only the true positives are visited: the k-th one sits at recall ``k / num_gt`` with precision
-    ``k / (k + f_k)`` (``f_k`` false positives ranked before it), the very floats of the full curve
-    there; elsewhere the curve's precision is never above that of the true positive before it (same
-    ``k``, as many or more false positives; 0 before the first), so its envelope (the maximum to the
-    right) at the first point reaching a recall threshold, a true positive, is the maximum over the
-    true positives from there on."""
-    kept = flags[flags < 2]  # ignored detections move neither count
-    pos = np.flatnonzero(kept)  # positions of the true positives among the counted
+    Only the true positives are visited: the k-th one, with ``i_k`` ignored detections ranked before
+    it, has ``f_k = pos - i_k - (k - 1)`` false positives before it, recall ``k / num_gt`` and
+    precision ``k / (k + f_k)``, the very floats of the full curve there; elsewhere the curve's
+    precision is never above that of the true positive before it (same ``k``, as many or more false
+    positives; 0 before the first), so its envelope (the maximum to the right) at the first point
+    reaching a recall threshold, a true positive, is the maximum over the true positives from there
+    on."""
+    ignored = val >= 2  # ignored detections move neither count
+    tp = ~ignored
+    ign_before = (np.cumsum(ignored) - ignored)[tp]
+    pos = pos[tp]
     k = np.arange(1, len(pos) + 1)
-    fp = pos - (k - 1)
+    fp = pos - ign_before - (k - 1)
     rc = k / num_gt
     pr = k / (fp + k + np.spacing(1))
     pr = np.maximum.accumulate(pr[::-1])[::-1]
@@ -184,7 +188,7 @@ def pooled_precision(
     if num_gt == 0:
         return -np.ones((tp.shape[0], len(rec_thrs)))
     flags = np.where(tp, 1, np.where(fp, 0, 2)).astype(np.uint8)
-    return np.stack([_precision_row(row, num_gt, rec_thrs) for row in flags])
+    return np.stack([_curve(np.flatnonzero(row), row[row != 0], num_gt, rec_thrs) for row in flags])
 
 
 def pooled_ap(
@@ -220,23 +224,34 @@ def pooled_ap(
     step = length[rec]
     del length, start
     band = np.array([frequency_by_cat.get(int(c), "") for c in recs.category_ids], dtype=object)
+    # the pool (band) of each ranked detection, and its place in that pool's ranking
+    bands = sorted({p for p in pools if p != "all"})
+    code = np.full(R, -1, np.int8)
+    for i, b in enumerate(bands):
+        code[band == b] = i
+    det_code = code[rec]
+    place = np.empty(N, np.int64)
+    for i in range(len(bands)):
+        members = det_code == i
+        place[members] = np.arange(np.count_nonzero(members))
     names = ["APpool" if p == "all" else f"APpool-{p}" for p in pools]
-    in_pool, num_gt, prec = [], [], []
-    for p in pools:
-        rec_in = np.ones(R, bool) if p == "all" else band == p
-        in_pool.append(None if p == "all" else rec_in[rec])  # over the ranked detections
-        num_gt.append(int(recs.num_gt[rec_in].sum()))
-        prec.append(np.empty((T, len(rec_thrs))))
-    del rec
+    which = [-1 if p == "all" else bands.index(p) for p in pools]
+    num_gt = [int((recs.num_gt if w < 0 else recs.num_gt[code == w]).sum()) for w in which]
+    prec = [np.empty((T, len(rec_thrs))) for _ in pools]
+    del rec, code, band
     ranked = np.empty(N, np.uint8)
     for t in range(T):
         if t:
             index += step  # the next row of every record's block
         np.take(recs.flags, index, out=ranked)
-        for k in range(len(pools)):
-            if num_gt[k]:
-                row = ranked if in_pool[k] is None else ranked[in_pool[k]]
-                prec[k][t] = _precision_row(row, num_gt[k], rec_thrs)
+        nz = np.flatnonzero(ranked)  # true positives and ignored (few), in ranked order
+        val, nz_code = ranked[nz], det_code[nz]
+        for k, w in enumerate(which):
+            if num_gt[k] and w < 0:
+                prec[k][t] = _curve(nz, val, num_gt[k], rec_thrs)
+            elif num_gt[k]:
+                sel = nz_code == w
+                prec[k][t] = _curve(place[nz[sel]], val[sel], num_gt[k], rec_thrs)
     # a pool with ground truth has every (T, R) entry valid; none: nan
     return OrderedDict(
         (n, float(p.mean()) if g else float("nan")) for n, p, g in zip(names, prec, num_gt)
