@@ -67,35 +67,49 @@ def _keys(entry: Mapping):
     return entry["dt_scores"], entry["dt_matches"], entry["dt_ignore"], entry["gt_ignore"]
 
 
-def _blocks(parts, which: int, size: int) -> np.ndarray:
-    """Every record's ``(T, D_r)`` block ``which`` as one flat ``(size,)`` bool array (match ids:
-    nonzero = matched). Rows of Python bools or 0/1 ints (hotcoco) go through ``bytes`` (one C
-    pass, several times faster than iterating them; a record whose rows are all false, most of them
-    for the ignore flags, is only scanned); anything else (lvis-api's arrays) through NumPy."""
+def _flag_error(got: int, want: int, record: int) -> ValueError:
+    return ValueError(
+        f"pooled AP: record {record} (in image id, category id order) holds {got} match or ignore "
+        f"flags for {want} (IoU thresholds x detections); each record needs one row of flags per "
+        "IoU threshold, as long as its dtScores"
+    )
+
+
+def _blocks(parts, which: int, lengths: np.ndarray, T: int) -> np.ndarray:
+    """Every record's ``(T, D_r)`` block ``which`` as one flat bool array (match ids: nonzero =
+    matched). Rows of Python bools or 0/1 ints (hotcoco) go through ``bytes`` (one C pass, several
+    times faster than iterating them; a record whose rows are all false, most of them for the ignore
+    flags, is only scanned); anything else (lvis-api's arrays) through NumPy."""
+    want = T * lengths
     if parts and isinstance(parts[0][which], list):
-        pieces = []
+        pieces, sizes = [], []
         try:
             for p in parts:
                 rows = p[which]
+                sizes.append(sum(map(len, rows)))
                 if any(map(any, rows)):
                     pieces += map(bytes, rows)
                 else:
-                    pieces.append(bytes(sum(map(len, rows))))
+                    pieces.append(bytes(sizes[-1]))
             raw = b"".join(pieces)
         except (TypeError, ValueError):  # float match ids, values outside 0..255
-            raw = b""
+            raw = None
         del pieces
-        if len(raw) == size:
+        if raw is not None:
+            bad = np.flatnonzero(np.asarray(sizes, np.int64) != want)
+            if len(bad):
+                raise _flag_error(sizes[bad[0]], int(want[bad[0]]), int(bad[0]))
             return np.frombuffer(raw, np.uint8) != 0
-    flat = [np.asarray(p[which]).ravel() for p in parts]
-    flat = np.concatenate(flat) if flat else np.zeros(0)
-    if flat.size != size:
-        raise ValueError(
-            f"pooled AP: the records hold {flat.size} match or ignore flags for {size} (IoU "
-            "thresholds x detections); each record needs one row of flags per IoU threshold, as "
-            "long as its dtScores"
-        )
-    return flat != 0
+    flat = []
+    for r, p in enumerate(parts):
+        try:
+            block = np.asarray(p[which]).ravel()
+        except ValueError:  # rows of different lengths
+            block = np.concatenate([np.asarray(row).ravel() for row in p[which]])
+        if block.size != want[r]:
+            raise _flag_error(block.size, int(want[r]), r)
+        flat.append(block)
+    return np.concatenate(flat) != 0 if flat else np.zeros(0, bool)
 
 
 def stack_records(entries: Iterable[Mapping], num_iou_thrs: int) -> PooledRecords:
@@ -123,8 +137,8 @@ def stack_records(entries: Iterable[Mapping], num_iou_thrs: int) -> PooledRecord
             )
         N = int(lengths.sum())
         scores = np.fromiter(chain.from_iterable(p[0] for p in parts), np.float64, N)
-        flags = _blocks(parts, 1, T * N).view(np.uint8)
-        flags |= _blocks(parts, 2, T * N).view(np.uint8) << 1
+        flags = _blocks(parts, 1, lengths, T).view(np.uint8)
+        flags |= _blocks(parts, 2, lengths, T).view(np.uint8) << 1
         gt_len = np.fromiter((len(p[3]) for p in parts), np.int64, len(parts))
         gt_ignore = np.fromiter(chain.from_iterable(p[3] for p in parts), bool)
         del parts
