@@ -117,11 +117,14 @@ def stack_records(entries: Iterable[Mapping], num_iou_thrs: int) -> PooledRecord
     ``None`` skipped) into :class:`PooledRecords`."""
     T = int(num_iou_thrs)
     with gc_paused():
-        recs = sorted(
-            (e for e in entries if e is not None),
-            key=lambda e: (int(e["image_id"]), int(e["category_id"])),
-        )
-        cats = np.fromiter((int(e["category_id"]) for e in recs), np.int64, len(recs))
+        recs = [e for e in entries if e is not None]
+        imgs = np.fromiter((e["image_id"] for e in recs), np.int64, len(recs))
+        cats = np.fromiter((e["category_id"] for e in recs), np.int64, len(recs))
+        d_img, d_cat = np.diff(imgs), np.diff(cats)
+        if ((d_img < 0) | ((d_img == 0) & (d_cat < 0))).any():  # hotcoco lists them in order
+            perm = np.lexsort((cats, imgs))  # stable, as the order of equal keys
+            recs, cats = [recs[i] for i in perm], cats[perm]
+        del imgs, d_img, d_cat
         parts = [_keys(e) for e in recs]
         del recs
         lengths = np.fromiter((len(p[0]) for p in parts), np.int64, len(parts))
