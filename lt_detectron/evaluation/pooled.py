@@ -122,7 +122,7 @@ def stack_records(entries: Iterable[Mapping], num_iou_thrs: int) -> PooledRecord
         cats = np.fromiter((e["category_id"] for e in recs), np.int64, len(recs))
         d_img, d_cat = np.diff(imgs), np.diff(cats)
         if ((d_img < 0) | ((d_img == 0) & (d_cat < 0))).any():  # hotcoco lists them in order
-            perm = np.lexsort((cats, imgs))  # stable, as the order of equal keys
+            perm = np.lexsort((cats, imgs))  # stable: records of equal keys keep their order
             recs, cats = [recs[i] for i in perm], cats[perm]
         del imgs, d_img, d_cat
         parts = [_keys(e) for e in recs]

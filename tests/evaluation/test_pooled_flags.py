@@ -141,3 +141,13 @@ def test_pooled_ap_flags_reject_a_wrong_number_of_iou_thresholds():
     short = PooledRecords(*recs[:4], recs.flags[: -len(recs.scores)])  # flags for T - 1 rows
     with pytest.raises(ValueError, match="IoU thresholds"):
         pooled_ap(short, FREQ, T, REC_THRS)
+
+
+def test_pooled_ap_flags_without_any_detection_or_record():
+    records = [{**r, "dtScores": [], "dtMatched": [], "dtIgnore": []} for r in _edge_records(5)]
+    expected = {k: _naive_pooled(records, cats) for k, cats in _pools().items()}
+    assert expected["APpool"] == 0.0
+    got = pooled_ap(records, FREQ, T, REC_THRS)
+    assert got == pytest.approx(expected, abs=0, nan_ok=True)
+    empty = pooled_ap([], FREQ, T, REC_THRS)
+    assert list(empty) == list(expected) and all(np.isnan(v) for v in empty.values())
