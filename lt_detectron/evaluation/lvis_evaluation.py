@@ -168,12 +168,16 @@ def evaluate_lvis_predictions(
     return metrics, precision, cat_ids
 
 
-def _area_all_eval_imgs(E, images_per_chunk: int = 1000) -> Iterator[list]:
+def _area_all_eval_imgs(E, images_per_chunk: int = 250) -> Iterator[list]:
     """hotcoco's per-image records of area "all" only, for pooled AP, ``images_per_chunk`` images at
     a time (in image id order): the matching is evaluated again with that one area range and those
     images (the matching of an image and a range does not depend on the others), so that hotcoco
     converts a quarter of the records to Python dicts (the costly part, in time and memory), and
-    never more than one chunk's at once. Call it after the metrics have been read from ``E``."""
+    never more than one chunk's at once. Reading the records of area "all" from the first
+    evaluation instead costs more: hotcoco converts all four ranges' (5,000 images: 3.5 s to convert
+    and free them, against 1.3 s to re-evaluate, convert and free area "all"). 250 images: half the
+    added peak memory of 1,000 (+0.09 against +0.21 GiB at 5,000 images), the same time. Call it
+    after the metrics have been read from ``E``."""
     img_ids = sorted(E.params.img_ids)
     E.params.area_rng = [E.params.area_rng[0]]
     E.params.area_rng_lbl = [E.params.area_rng_lbl[0]]
