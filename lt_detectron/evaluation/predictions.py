@@ -8,6 +8,9 @@
   [x, y, w, h], "score"[, "segmentation" (RLE)]}``. Floats are written in shortest round-trip form
   (``polars`` or ``orjson`` when installed, else the standard library), so reading the file back
   gives the evaluated values bit for bit.
+- :class:`JsonListWriter`: that json list written chunk by chunk, the one writer of
+  :func:`write_results_json` and of :class:`~.results_stream.ResultsStream` (which writes it while
+  inference runs).
 - :func:`~.results_loading.load_results_json` (in :mod:`.results_loading`): such a file back as a
   detection matrix + RLEs, with errors that name the file and the fix.
 """
