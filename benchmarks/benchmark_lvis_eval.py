@@ -10,7 +10,7 @@ also writes them under the machine header of :mod:`benchmarks.report` (date, com
 versions).
 
   python -m benchmarks.benchmark_lvis_eval --images 1000 5000 --tasks bbox --repeats 3 --no-json-row \
-      --pooled --lvis-api-max-images 1000 --report benchmarks/results/lvis_eval.md
+      --pooled --lvis-api-max-images 1000 --inference-ms 0 10 --report benchmarks/results/lvis_eval.md
   python -m benchmarks.benchmark_lvis_eval --images 1000 5000 --tasks segm --no-json-row
   python -m benchmarks.benchmark_lvis_eval --images 19809 --tasks bbox --skip-lvis-api --protocols standard fixed
   python -m benchmarks.benchmark_lvis_eval --images 5000 --tasks bbox --skip-lvis-api --profile   # cProfile of ours
@@ -20,6 +20,11 @@ versions).
 task only: ``process()`` of every image (conversion, top-300 cap, mask RLE encoding), ``evaluate()``
 (results json, evaluation, per-category csv, metrics json, group table); both parts are printed.
 ``--no-json-row`` also times ours with ``TEST.LT.SAVE_RESULTS False`` (no results json written).
+``--inference-ms MS [MS ...]`` (default 0): ours pauses MS ms before each ``process()`` call, not
+timed, standing for the model's forward, during which the results json streams out in a thread
+(:mod:`lt_detectron.evaluation.results_stream`); one row per value. 0 is a tight loop (what the
+evaluation costs in CPU); 10 ms is 100 images/s, faster than any LVIS Mask R-CNN forward. The
+column "evaluate() after the last image" is the wait after inference.
 The table gives the ``process()`` part on its own and the speed-up without it: with masks it is the
 RLE encoding of the full-image ``pred_masks`` (``lt_detectron.evaluation.common.encode_masks``, equal
 to ``mask_util.encode``), work every evaluator does (Detectron2's ``instances_to_coco_json`` calls
@@ -57,7 +62,9 @@ from benchmarks.lvis_eval_workers import make_data, worker
 from benchmarks.report import command_line, markdown_table, write_report
 
 
-def run_worker(which, paths, task, protocol, profile=False, save_results=True, pooled=False):
+def run_worker(
+    which, paths, task, protocol, profile=False, save_results=True, pooled=False, inference_ms=0.0
+):
     cmd = (
         [
             sys.executable,
@@ -75,6 +82,7 @@ def run_worker(which, paths, task, protocol, profile=False, save_results=True, p
         + (["--profile"] if profile else [])
         + ([] if save_results else ["--no-results-json"])
         + (["--pooled"] if pooled else [])
+        + ["--inference-ms", str(inference_ms)]
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
@@ -151,6 +159,15 @@ def main():
         help="segm rows: also time Boundary AP (faster-coco-eval) on the same detections",
     )
     ap.add_argument(
+        "--inference-ms",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        metavar="MS",
+        help="ours: pause MS ms (not timed) before each process() call, standing for the model's "
+        "forward; one row per value (default 0: a tight loop)",
+    )
+    ap.add_argument(
         "--no-results-json",
         action="store_true",
         help=argparse.SUPPRESS,  # worker: TEST.LT.SAVE_RESULTS False
@@ -172,6 +189,7 @@ def main():
             args.profile,
             save,
             args.pooled,
+            args.inference_ms[0],
         )
         return
     os.makedirs(args.cache, exist_ok=True)
@@ -183,7 +201,8 @@ def main():
             paths = make_data(args.cache, n, task)
             print(f"[data] {n} images {task}: {time.perf_counter() - t:.1f} s", file=sys.stderr)
             for protocol in args.protocols:
-                rows.append(_measure_row(args, n, task, protocol, paths))
+                for i, ms in enumerate(args.inference_ms):
+                    rows.append(_measure_row(args, n, task, protocol, paths, ms, first=i == 0))
     tables = [main_table(rows, args.repeats), pooled_table(rows), boundary_table(rows)]
     tables = [t for t in tables if t is not None]
     for t in tables:
@@ -200,26 +219,30 @@ def main():
         print(f"written to {args.report}", file=sys.stderr)
 
 
-def _measure_row(args, n, task, protocol, paths):
-    """Every run of one (images, task, protocol) row and the median of each kind."""
+def _measure_row(args, n, task, protocol, paths, ms=0.0, first=True):
+    """Every run of one (images, task, protocol, inference pause) row and the median of each kind;
+    lvis-api, pooled and Boundary AP (which do not depend on the pause) in the ``first`` row only."""
     kinds = ("ours", "ours_nojson", "hotcoco", "lvis", "boundary", "ours_pooled", "authors")
     runs = {k: [] for k in kinds}
-    pooled = args.pooled and task == "bbox" and protocol == "standard"
+    pooled = args.pooled and task == "bbox" and protocol == "standard" and first
     for rep in range(args.repeats):
-        runs["ours"].append(run_worker("ours", paths, task, protocol, args.profile))
+        runs["ours"].append(
+            run_worker("ours", paths, task, protocol, args.profile, inference_ms=ms)
+        )
         if args.no_json_row:
             runs["ours_nojson"].append(
-                run_worker("ours", paths, task, protocol, False, save_results=False)
+                run_worker("ours", paths, task, protocol, False, False, inference_ms=ms)
             )
         runs["hotcoco"].append(run_worker("hotcoco", paths, task, protocol))
         if pooled:
             runs["ours_pooled"].append(run_worker("ours", paths, task, protocol, pooled=True))
             if rep < args.lvis_api_repeats and n <= args.authors_max_images:
                 runs["authors"].append(run_worker("authors", paths, task, protocol))
-        if args.boundary and task == "segm" and protocol == "standard":
+        if args.boundary and task == "segm" and protocol == "standard" and first:
             runs["boundary"].append(run_worker("boundary", paths, task, protocol))
         if (
             not args.skip_lvis_api
+            and first
             and protocol == "standard"
             and rep < args.lvis_api_repeats
             and n <= args.lvis_api_max_images
@@ -228,7 +251,7 @@ def _measure_row(args, n, task, protocol, paths):
         for k, v in runs.items():
             if len(v) == rep + 1:
                 print(
-                    f"[{k}] {n} {task} {protocol}: {v[-1]['time']:.2f} s "
+                    f"[{k}] {n} {task} {protocol} {ms:g} ms: {v[-1]['time']:.2f} s "
                     f"{v[-1]['peak_gib']:.2f} GiB",
                     file=sys.stderr,
                 )
@@ -236,6 +259,7 @@ def _measure_row(args, n, task, protocol, paths):
         "n": n,
         "task": task,
         "protocol": protocol,
+        "inference_ms": ms,
         "med": {k: median_run(v) for k, v in runs.items()},
         "runs": runs,
     }

@@ -12,7 +12,8 @@ The base class collects the predictions (a detection matrix per image, capped at
 ``max_dets_per_image`` when the protocol caps per image; with ``ap_protocol="fixed"`` uncapped and
 pruned to the top-k per class as it grows), gathers them from every rank through per-rank files
 (:class:`~.predictions.RankPredictionStore`), writes Detectron2's results json
-(``{protocol}_instances_results.json``), runs each task (``bbox``, ``segm``, ``boundary``), takes
+(``{protocol}_instances_results.json``: while ``process()`` runs, :mod:`.results_stream`, where the
+rows are final then; Fixed AP's at ``evaluate()``), runs each task (``bbox``, ``segm``, ``boundary``), takes
 per-category training counts from the ``ClassStats`` (or the GT json's
 ``instance_count``/``image_count``), writes ``{protocol}_per_category_{task}.csv`` and logs the table.
 """
@@ -48,6 +49,7 @@ from .predictions import (
     preload_results_writer,
     results_file_name,
 )
+from .results_stream import ResultsStream, join_results_parts
 
 AP_PROTOCOLS = ("standard", "fixed")
 TASKS = ("bbox", "segm", "boundary")
@@ -163,8 +165,8 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
         self._contiguous_to_dataset = inv
         # same on every rank (str hash() is randomized per process)
         self._prefix = f"lt_{self.protocol}_{zlib.crc32(dataset_name.encode()):08x}"
-        if output_dir and self._save_results and comm.is_main_process():
-            preload_results_writer()
+        if output_dir and self._save_results:
+            preload_results_writer()  # every rank streams its rows (distributed)
         self.reset()
 
     # ------------------------------------------------------------------ the protocol (subclasses)
@@ -185,6 +187,11 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
         return -1 if self._fixed else self._max_dets
 
     def reset(self):
+        if getattr(self, "_stream", None) is not None:
+            self._stream.abort()  # a partial results json goes; an older complete one stays
+        self._stream: Optional[ResultsStream] = None
+        self._streamed = False  # the results json holds the rows since reset() (evaluated once)
+        self._from_arrays = False  # evaluate_arrays(): written at evaluate(), not streamed
         self._chunks: List[np.ndarray] = []
         self._rles: Optional[List[dict]] = [] if self._with_masks else None
         self._num_rows = 0
@@ -208,11 +215,39 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
             self._num_rows += len(dets)
             if self._rles is not None:
                 self._rles.extend(rles)
+            stream = self._results_stream()
+            if stream is not None:
+                stream.add(dets, rles)
         if self._fixed and self._num_rows >= self._prune_at:
             # keep the top-k per class so far (exact: a dropped detection is outranked by k kept ones)
             dets, self._rles = keep_top_per_group(*self._local(), 6, self._topk)
             self._chunks, self._num_rows = [dets], len(dets)
             self._prune_at = max(2 * len(dets), self._prune_at)
+
+    def _results_path(self) -> str:
+        return os.path.join(self._output_dir, results_file_name(self.protocol))
+
+    def _gathers(self) -> bool:
+        return bool(self._distributed and comm.get_world_size() > 1)
+
+    def _results_stream(self) -> Optional[ResultsStream]:
+        """The stream of the results json (created by the first call), ``None`` where it is not
+        streamed: not saved, Fixed AP (rows pruned at the end), :meth:`evaluate_arrays`, a rank
+        that writes nothing (not gathering, not rank 0), or already written."""
+        if self._stream is None:
+            if not (self._output_dir and self._save_results) or self._fixed or self._streamed:
+                return None
+            if self._from_arrays or not (self._gathers() or comm.is_main_process()):
+                return None
+            path = self._results_path()
+            if self._gathers():  # each rank its own part, joined by rank 0
+                store = RankPredictionStore(self._pred_dir(), self._prefix)
+                path = store.results_part(comm.get_rank())
+            self._stream = ResultsStream(path, target=self._results_path())
+        return self._stream
+
+    def _pred_dir(self) -> Optional[str]:
+        return os.path.join(self._output_dir, "lt_predictions") if self._output_dir else None
 
     def _local(self):
         dets = np.concatenate(self._chunks, 0) if self._chunks else np.zeros((0, 7), np.float64)
@@ -221,38 +256,50 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
     def evaluate(self):
         t0 = time.perf_counter()
         world = comm.get_world_size()
-        if self._distributed and world > 1:
-            pred_dir = (
-                os.path.join(self._output_dir, "lt_predictions") if self._output_dir else None
-            )
-            store = RankPredictionStore(pred_dir, self._prefix)
+        stream, self._stream = self._results_stream(), None  # (an empty one: nothing processed)
+        if stream is not None:
+            stream.finish()  # the tail, off the critical path from here
+            self._streamed = True
+        if self._gathers():
+            store = RankPredictionStore(self._pred_dir(), self._prefix)
             store.write(*self._local())
+            failed = None
+            if stream is not None and not comm.is_main_process():
+                try:  # its part is complete before rank 0 joins the parts
+                    stream.wait()
+                except Exception as e:  # raised after the barriers (rank 0 names the part)
+                    failed = e
             comm.synchronize()
             if not comm.is_main_process():
                 comm.synchronize()  # wait until rank 0 has read the files
+                if failed is not None:
+                    raise failed
                 return {}
             dets, rles = store.read_all(world, self._with_masks)
             comm.synchronize()
             store.cleanup(world)
+            if stream is not None:  # the parts in rank order, as the rows just read
+                parts = [store.results_part(r) for r in range(world)]
+                stream.then(join_results_parts, parts, self._results_path())
         else:
             dets, rles = self._local()
         if self._fixed:
             dets, rles = self._select_fixed(dets, rles)
         if len(dets) == 0:
             logger.warning(f"[{type(self).__name__}] no predictions for {self._dataset_name}.")
-        writer = None
+        writer = stream
         main = comm.is_main_process()
-        if self._output_dir and self._save_results and main:
-            writer = BackgroundWrite(
-                os.path.join(self._output_dir, results_file_name(self.protocol)), dets, rles
-            )
+        if stream is None and self._output_dir and self._save_results and main:
+            if not self._streamed:  # else the file holds these rows already
+                writer = BackgroundWrite(self._results_path(), dets, rles)
         results = OrderedDict()
         for task in self._tasks:
             results[task] = self._evaluate_task(task, dets, rles if task != "bbox" else None)
         if self._output_dir and main:
             self._write_metrics(results)
         if writer is not None:
-            logger.info(f"Results ({len(dets)} detections) written to {writer.wait()}")
+            writer.wait()
+            logger.info(f"Results ({len(dets)} detections) written to {self._results_path()}")
         logger.info(
             f"{self.protocol.upper()} evaluation of {self._dataset_name} ({self._backend}, "
             f"{'Fixed AP' if self._fixed else 'standard'}) took {time.perf_counter() - t0:.2f} s"
@@ -281,6 +328,7 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
                 f"tasks {self._tasks} need masks; the results carry none (evaluate 'bbox' only)"
             )
         self.reset()
+        self._from_arrays = True
         dets = np.ascontiguousarray(dets, dtype=np.float64).reshape(-1, 7)
         if self.caps_per_image and not self._fixed:
             dets, rles = keep_top_per_group(

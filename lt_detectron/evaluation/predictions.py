@@ -8,6 +8,9 @@
   [x, y, w, h], "score"[, "segmentation" (RLE)]}``. Floats are written in shortest round-trip form
   (``polars`` or ``orjson`` when installed, else the standard library), so reading the file back
   gives the evaluated values bit for bit.
+- :class:`JsonListWriter`: that json list written chunk by chunk, the one writer of
+  :func:`write_results_json` and of :class:`~.results_stream.ResultsStream` (which writes it while
+  inference runs).
 - :func:`~.results_loading.load_results_json` (in :mod:`.results_loading`): such a file back as a
   detection matrix + RLEs, with errors that name the file and the fix.
 """
@@ -73,6 +76,15 @@ class RankPredictionStore:
     def _paths(self, rank: int) -> Tuple[str, str]:
         base = os.path.join(self._dir, f"{self._prefix}_rank{rank}")
         return base + ".npy", base + "_segm.json"
+
+    def results_part(self, rank: int) -> str:
+        """Where ``rank`` streams its rows of the results json (a json list,
+        :class:`~.results_stream.ResultsStream`) in a given folder. Rank 0 joins them into the
+        results json and removes them (:func:`~.results_stream.join_results_parts`), not
+        :meth:`cleanup`: it reads them while the evaluation runs."""
+        if self._dir is None:
+            raise ValueError("the results json's per-rank parts need a folder (output_dir)")
+        return os.path.join(self._dir, f"{self._prefix}_rank{rank}_results.json")
 
     def write(self, dets: np.ndarray, rles: Optional[List[dict]]) -> None:
         """Every rank calls this (collective when the folder is temporary)."""
@@ -187,28 +199,106 @@ def write_results_json(
     same float64 values. Writers, the first installed: ``polars`` (Rust, whole table at once, and it
     releases the GIL), ``orjson`` (Rust, one dict per row, in chunks of ``chunk`` rows), the standard
     library; polars and orjson write the same bytes, the standard library the same values (tested).
+    The file does not depend on ``chunk``: it is the one :class:`JsonListWriter` (and so
+    :class:`~.results_stream.ResultsStream`) writes for the same rows in any chunks.
     """
     if rles is not None and len(rles) != len(dets):
         raise ValueError(f"{len(rles)} masks for {len(dets)} detections")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".part"
-    polars = _polars()
-    if polars is not None:
-        _write_polars(polars, tmp, dets, rles)
-        os.replace(tmp, path)
-        return
-    with open(tmp, "wb") as f:
-        f.write(b"[")
-        for start in range(0, len(dets), chunk):
-            if start:
-                f.write(b",")
-            f.write(_rows_json(dets, rles, start, min(start + chunk, len(dets))))
-        f.write(b"]")
+    dets = np.asarray(dets, dtype=np.float64).reshape(-1, 7)
+    writer = JsonListWriter(tmp)
+    try:
+        step = len(dets) if writer.kind == "polars" else chunk  # polars: the whole table at once
+        for start in range(0, len(dets), max(step, 1)):
+            stop = min(start + step, len(dets))
+            writer.append((dets[start:stop], None if rles is None else rles[start:stop]))
+    finally:
+        writer.close()
     os.replace(tmp, path)
 
 
-def _write_polars(pl, path: str, dets: np.ndarray, rles: Optional[List[dict]]) -> None:
-    """The results json through a polars table (columns from the matrix, no per-row objects except
+def results_writer_kind() -> str:
+    """Which writer formats the results json: ``"polars"``, ``"orjson"`` or ``"json"`` (stdlib)."""
+    if _polars() is not None:
+        return "polars"
+    try:
+        import orjson  # noqa: F401
+    except ImportError:
+        return "json"
+    return "orjson"
+
+
+def row_separator(kind: str) -> bytes:
+    """The bytes between two rows: ``json.dumps`` of a list spells it ``", "``, the others ``","``."""
+    return b", " if kind == "json" else b","
+
+
+def write_all(f, data) -> None:
+    """Write every byte of ``data`` to the unbuffered file ``f`` (a raw write may write fewer)."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view) :]
+
+
+class JsonListWriter:
+    """A json list written chunk by chunk into an unbuffered file ``path``: after every
+    :meth:`append` the file is a complete list (``[...]``), so polars can write each chunk with its
+    own brackets (off the GIL, straight to the file): the previous ``]`` is overwritten by the
+    chunk's ``[``, which then becomes the separator. :meth:`close` writes ``[]`` when no row came.
+    One writer thread at a time."""
+
+    def __init__(self, path: str):
+        self.kind = results_writer_kind()
+        self._sep = row_separator(self.kind)
+        self.rows = 0
+        self._f = open(path, "wb", buffering=0)
+
+    def append(self, rows) -> None:
+        """Rows at the end of the list: ``(dets, rles)`` or what :func:`prepare_rows` made of them."""
+        prepared = rows
+        if self.kind == "polars" and isinstance(rows, tuple):
+            prepared = _polars_frame(_polars(), *rows)
+        n = prepared.height if self.kind == "polars" else len(prepared[0])
+        if n == 0:
+            return
+        f = self._f
+        if self.kind == "polars":
+            if self.rows:
+                end = f.seek(-1, os.SEEK_END)  # the "]" of the rows so far
+                prepared.write_json(f)
+                os.pwrite(f.fileno(), self._sep, end)  # the chunk's "[" -> ","
+            else:
+                prepared.write_json(f)
+        else:
+            dets, rles = prepared
+            if self.rows:
+                f.seek(-1, os.SEEK_END)
+            write_all(f, self._sep if self.rows else b"[")
+            write_all(f, _rows_json(dets, rles, 0, len(dets)))
+            write_all(f, b"]")
+        self.rows += n
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        try:
+            if not self.rows:
+                write_all(self._f, b"[]")
+        finally:
+            self._f.close()
+
+
+def prepare_rows(dets: np.ndarray, rles: Optional[List[dict]]):
+    """Rows for :meth:`JsonListWriter.append`, prepared by the caller: with polars its table (built
+    while the caller holds the GIL anyway, not by a writer thread that would wait for it), else the
+    rows themselves."""
+    pl = _polars()
+    return _polars_frame(pl, dets, rles) if pl is not None else (dets, rles)
+
+
+def _polars_frame(pl, dets: np.ndarray, rles: Optional[List[dict]]):
+    """The results json's rows as a polars table (columns from the matrix, no per-row objects except
     the RLE strings); ``bbox`` and ``size`` as fixed-size arrays, ``segmentation`` a struct."""
     dets = np.asarray(dets, dtype=np.float64).reshape(-1, 7)
     cols = {
@@ -229,7 +319,7 @@ def _write_polars(pl, path: str, dets: np.ndarray, rles: Optional[List[dict]]) -
             }
         )
         cols["segmentation"] = seg.to_struct()
-    pl.DataFrame(cols).write_json(path)
+    return pl.DataFrame(cols)
 
 
 def _polars():

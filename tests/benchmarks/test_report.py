@@ -76,7 +76,8 @@ def test_write_report_writes_header_tables_and_notes(tmp_path):
 
 @pytest.mark.slow
 def test_lvis_eval_report_command_at_a_tiny_scale(tmp_path):
-    """The one command writes the header, the evaluation row and the pooled-AP row."""
+    """The one command writes the header, the evaluation rows (one per ``--inference-ms``, with
+    the time of evaluate() after the last image) and the pooled-AP row."""
     report = tmp_path / "lvis_eval.md"
     cmd = [
         sys.executable,
@@ -90,6 +91,9 @@ def test_lvis_eval_report_command_at_a_tiny_scale(tmp_path):
         "--pooled",
         "--authors-max-images",
         "0",
+        "--inference-ms",
+        "0",
+        "1",
         "--cache",
         str(tmp_path / "cache"),
         "--report",
@@ -102,7 +106,46 @@ def test_lvis_eval_report_command_at_a_tiny_scale(tmp_path):
     assert "- Command: `python -m benchmarks.benchmark_lvis_eval --images 3 --tasks bbox" in text
     assert "- CPU: " in text and "- Load average (1 / 5 / 15 min): " in text
     rows = [line for line in text.splitlines() if line.startswith("| 3 |")]
-    assert len(rows) == 2, text
-    main, pooled = (r.split(" | ") for r in rows)
-    assert main[1:3] == ["bbox", "standard"] and main[5].endswith(" s")  # ours, in seconds
+    assert len(rows) == 3, text  # a row per inference pause, pooled AP once
+    tight, paused, pooled = (r.split(" | ") for r in rows)
+    columns = next(x for x in text.splitlines() if x.startswith("| images x 300 dets | task"))
+    columns = columns.split(" | ")
+    ours, after = columns.index("ours"), columns.index("evaluate() after the last image")
+    for main, ms in ((tight, "0 ms"), (paused, "1 ms")):
+        assert main[1:4] == ["bbox", "standard", ms], main
+        assert main[ours].endswith(" s") and main[after].endswith(" s")  # in seconds
+        assert float(main[after][:-2]) <= float(main[ours][:-2])
     assert pooled[1].endswith(" s") and pooled[7] == "-"  # the authors' were not run
+
+
+def test_lvis_eval_inference_ms_rows_and_evaluate_after_the_last_image():
+    """benchmark_lvis_eval --inference-ms: the pause of each row and evaluate() after the last
+    image = ours - its process() part (medians of the row)."""
+    from benchmarks.lvis_eval_tables import MAIN_COLUMNS, main_table
+
+    def run(t, p):
+        return {"time": t, "process": p, "read_masks": 0.0, "peak_gib": 1.0, "metrics": {}}
+
+    rows = []
+    for ms, ours in (
+        (0.0, [run(1.5, 0.5), run(1.75, 0.5), run(1.25, 0.25)]),
+        (10.0, [run(0.75, 0.5)]),
+    ):
+        med = {k: None for k in ("lvis", "ours_nojson")}
+        med.update(ours=sorted(ours, key=lambda r: r["time"])[(len(ours) - 1) // 2])
+        med["hotcoco"] = run(0.5, 0.0)
+        rows.append(
+            dict(
+                n=5, task="bbox", protocol="standard", inference_ms=ms, med=med, runs={"ours": ours}
+            )
+        )
+    table = main_table(rows, repeats=3)
+    col = {c: i for i, c in enumerate(MAIN_COLUMNS)}
+    tight, paused = table.rows
+    assert tight[col["inference pause (not timed)"]] == "0 ms"
+    assert paused[col["inference pause (not timed)"]] == "10 ms"
+    assert tight[col["ours"]] == "1.50 s" and tight[col["ours: process()"]] == "0.50 s"
+    assert tight[col["evaluate() after the last image"]] == "1.00 s"  # 1.5 - 0.5
+    assert paused[col["evaluate() after the last image"]] == "0.25 s"  # 0.75 - 0.5
+    assert paused[col["ours / raw hotcoco"]] == "1.50x"
+    assert any("10 ms, every run" in note for note in table.notes)

@@ -350,6 +350,12 @@ def test_distributed_two_processes_equals_single(tmp_path, registered):
     assert not (tmp_path / "dist_out" / "lt_predictions").exists()
     with open(tmp_path / "dist_out" / "lvis_instances_results.json") as f:
         assert len(json.load(f)) == sum(min(300, len(d["scores"])) for d in dets.values())
+    # the ranks' streamed parts joined in rank order = one process given the images in that order
+    keys = list(dets)
+    in_rank_order = {k: dets[k] for k in keys[0::2] + keys[1::2]}
+    _run_evaluator(name, gt, in_rank_order, ("bbox",), str(tmp_path / "one"), id_map)
+    one = (tmp_path / "one" / "lvis_instances_results.json").read_bytes()
+    assert (tmp_path / "dist_out" / "lvis_instances_results.json").read_bytes() == one
 
 
 @pytest.mark.parametrize("duplicate_names", [False, True])
