@@ -301,63 +301,96 @@ def column_flips(
         free(u_at.data)
 
 
-def rle_strings(const i64[::1] pos, const i64[::1] counts, const i64[::1] area):
+def rle_strings(
+    const i64[::1] pos,
+    const i64[::1] counts,
+    const i64[::1] area,
+    const i64[::1] ex_mask=None,
+    const i64[::1] ex_at=None,
+    const i64[::1] ex_pos=None,
+):
     """COCO compressed ``counts`` strings (``rleToString`` of the COCO mask API) of ``len(area)``
     masks from their class-change positions: ``pos`` the column-major pixel indices, increasing
-    within a mask, mask after mask, ``counts[j]`` of them for mask ``j``. Two changes at the same
-    position (a column ending on the last image row, the next starting on row 0) cancel; a change at
-    the very end (``area``) is none."""
-    cdef Py_ssize_t n = area.shape[0], total = pos.shape[0], j, s, e, q, c, start
-    cdef i64 x, prev, cur, run, c1, c2, idx
+    within a mask, mask after mask, ``counts[j]`` of them for mask ``j``; ``ex_*``: more changes of
+    mask ``ex_mask[k]``, at ``ex_pos[k]``, which belong before ``pos[ex_at[k]]`` (as ``numpy.insert``
+    would put them; in order). Two changes at the same position (a column ending on the last image
+    row, the next starting on row 0) cancel; a change at the very end (``area``) is none."""
+    cdef Py_ssize_t n = area.shape[0], total = pos.shape[0], j, s, e, q, c, start, x, L, r
+    cdef Py_ssize_t n_ex = 0 if ex_mask is None else ex_mask.shape[0]
+    cdef i64 v, prev, cur, run, c1, c2, idx, longest = 0
     cdef bint more
-    if sum(counts) != total or len(counts) != n:
-        raise ValueError(f"rle_strings: {len(counts)} masks with {sum(counts)} changes, given {n} areas and {total} positions")
+    if len(counts) != n or sum(counts) != total:
+        raise ValueError(
+            f"rle_strings: {len(counts)} masks with {sum(counts)} changes, given {n} areas and "
+            f"{total} positions"
+        )
+    if n_ex and (ex_at is None or ex_pos is None or ex_at.shape[0] != n_ex or ex_pos.shape[0] != n_ex):
+        raise ValueError("rle_strings: ex_mask, ex_at and ex_pos must have one length")
+    per_mask = np.asarray(counts).copy()
+    if n_ex:
+        per_mask += np.bincount(np.asarray(ex_mask), minlength=n)[:n]
+    if n:
+        longest = int(per_mask.max())
     # at most 13 characters a run length (64 bits in 5-bit groups), one run more than changes
-    cdef char* text = <char*> malloc(13 * (total + n) + 16)
+    cdef char* text = <char*> malloc(13 * (total + n_ex + n) + 16)
     cdef Py_ssize_t* ends = <Py_ssize_t*> malloc((n + 1) * sizeof(Py_ssize_t))
-    if text == NULL or ends == NULL:
+    cdef i64* flips = <i64*> malloc((longest + 1) * sizeof(i64))
+    if text == NULL or ends == NULL or flips == NULL:
         free(text)
         free(ends)
+        free(flips)
         raise MemoryError()
     try:
         with nogil:
             c = 0
             e = 0
+            x = 0
             for j in range(n):
                 s = e
                 e = s + counts[j]
+                # the mask's changes, the extra ones merged in where they belong
+                L = 0
+                q = s
+                while q < e or (x < n_ex and ex_mask[x] == j):
+                    if x < n_ex and ex_mask[x] == j and (q >= e or ex_at[x] <= q):
+                        flips[L] = ex_pos[x]
+                        x += 1
+                    else:
+                        flips[L] = pos[q]
+                        q += 1
+                    L += 1
                 prev = 0
                 idx = 0
                 c1 = 0  # the last two run lengths
                 c2 = 0
-                q = s
+                r = 0
                 while True:
-                    if q < e:
-                        cur = pos[q]
-                        if q + 1 < e and pos[q + 1] == cur:
-                            q += 2
+                    if r < L:
+                        cur = flips[r]
+                        if r + 1 < L and flips[r + 1] == cur:
+                            r += 2
                             continue
-                        q += 1
+                        r += 1
                         if cur == area[j]:
                             continue
-                    elif q == e:
+                    elif r == L:
                         cur = area[j]
-                        q += 1
+                        r += 1
                     else:
                         break
                     run = cur - prev
                     prev = cur
-                    x = run
+                    v = run
                     if idx > 2:
-                        x -= c2
+                        v -= c2
                     c2 = c1
                     c1 = run
                     idx += 1
                     more = True
                     while more:
-                        cur = x & 0x1F
-                        x >>= 5
-                        more = (x != -1) if (cur & 0x10) else (x != 0)
+                        cur = v & 0x1F
+                        v >>= 5
+                        more = (v != -1) if (cur & 0x10) else (v != 0)
                         if more:
                             cur |= 0x20
                         text[c] = <char> (cur + 48)
@@ -372,3 +405,4 @@ def rle_strings(const i64[::1] pos, const i64[::1] counts, const i64[::1] area):
     finally:
         free(text)
         free(ends)
+        free(flips)
