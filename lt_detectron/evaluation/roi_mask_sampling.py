@@ -64,19 +64,24 @@ def exact_columns(masks32, boxes, i, cols, y0, y1, threshold, block: int = 4):
     the calling thread (with ``N > 1`` it wakes its thread pool, milliseconds on a busy machine, for
     a few dozen columns) and every channel at every point of the grid with the same weights, so
     channel ``c`` at grid column ``c`` is exactly the pasted value of column ``c``."""
+    order = np.argsort(y1 - y0, kind="stable")  # columns of similar heights share a block
+    i, cols, y0, y1 = i[order], cols[order], y0[order], y1[order]
     rows = int((y1 - y0).max())
     r = y0[:, None] + np.arange(rows)[None, :]
     gy = sampling_grid(r, boxes[i, 1:2], boxes[i, 3:4])
     gx = np.broadcast_to(sampling_grid(cols[:, None], boxes[i, 0:1], boxes[i, 2:3]), gy.shape)
-    grid = np.stack([gx, gy], -1)  # (U, rows, 2)
+    grid = torch.from_numpy(np.stack([gx, gy], -1).transpose(1, 0, 2))  # (rows, U, 2), a view
+    inputs = torch.from_numpy(masks32[i])  # (U, M, M)
+    heights = (y1 - y0).tolist()
     v = np.zeros((len(i), rows), np.float32)
-    order = np.argsort(y1 - y0, kind="stable")  # columns of similar heights share a block
     for s in range(0, len(i), block):
-        j = order[s : s + block]
-        n = int((y1[j] - y0[j]).max())
-        g = torch.from_numpy(grid[j, :n].transpose(1, 0, 2).copy())[None]  # (1, n, b, 2)
-        inp = torch.from_numpy(masks32[i[j]])[None]  # (1, b, M, M)
-        out = torch.nn.functional.grid_sample(inp, g, align_corners=False)[0].numpy()
-        d = np.arange(len(j))
-        v[j, :n] = out[d, :, d]  # (b, n): channel c at grid column c
-    return (v >= threshold) & (r < y1[:, None])
+        e = min(len(i), s + block)
+        n = heights[e - 1]  # the block's tallest column (sorted)
+        out = torch.nn.functional.grid_sample(
+            inputs[None, s:e], grid[None, :n, s:e], align_corners=False
+        )
+        d = torch.arange(e - s)
+        v[s:e, :n] = out[0, d, :, d].numpy()  # (b, n): channel c at grid column c
+    cls = np.empty_like(v, dtype=bool)
+    cls[order] = (v >= threshold) & (r < y1[:, None])
+    return cls
