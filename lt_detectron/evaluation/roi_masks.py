@@ -22,7 +22,8 @@ pixel, threshold ``>= 0.5``), and an evaluator run-length encodes that bitmap ag
 
 Two implementations of the same algorithm give the same strings: compiled kernels
 (``_roi_rle.pyx``, built by ``setup.py`` where a C compiler is found; one mask and one column at a
-time, about 10x faster) and a NumPy path (whole arrays at once), used when the kernels are not built.
+time: about 4 µs of CPU per mask against 35-55 µs, measured in ``benchmarks/README.md``) and a NumPy
+path (whole arrays at once), used when the kernels are not built.
 :func:`compiled_encoder` says which one runs.
 """
 
