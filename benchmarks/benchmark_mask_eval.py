@@ -181,13 +181,20 @@ def worker_lvis(gt_path, d, pool):
 
 
 def run_worker(which, gt_path, det_path):
+    if which != "ours_numpy":
+        return _run_worker(which, gt_path, det_path)
+    from lt_detectron.evaluation import roi_masks
+
+    kernels, roi_masks._roi_rle = roi_masks._roi_rle, None  # the encoder's NumPy path, meanwhile
+    try:
+        return _run_worker("ours", gt_path, det_path)
+    finally:
+        roi_masks._roi_rle = kernels
+
+
+def _run_worker(which, gt_path, det_path):
     d, pool = _load(det_path), _pool()
     extra = {}
-    if which == "ours_numpy":  # this process only: the encoder's NumPy path
-        from lt_detectron.evaluation import roi_masks
-
-        roi_masks._roi_rle = None
-        which = "ours"
     if which == "ours":
         with tempfile.TemporaryDirectory() as out:
             dt, metrics, extra["process"] = worker_ours(gt_path, d, pool, out)
