@@ -30,10 +30,16 @@ def _pool_ap(eval_imgs, cat_idx, num_imgs, rec_thrs):
     order = np.argsort(-np.concatenate([r["dt_scores"] for r in recs]), kind="mergesort")
     m = np.concatenate([r["dt_matches"] for r in recs], axis=1)[:, order] != 0
     ig = np.concatenate([r["dt_ignore"] for r in recs], axis=1)[:, order]
-    tp = np.cumsum(m & ~ig, axis=1).astype(np.float64)
-    fp = np.cumsum(~m & ~ig, axis=1).astype(np.float64)
+    return float(np.mean(authors_curves(m & ~ig, ~m & ~ig, num_gt, rec_thrs)))
+
+
+def authors_curves(tp, fp, num_gt, rec_thrs) -> np.ndarray:
+    """The authors' accumulation of one ranked pool: ``(T, N)`` true / false positives (not
+    ignored) in rank order -> the ``(T, R)`` interpolated precision at the recall thresholds."""
     out = []
-    for t_row, f_row in zip(tp, fp):
+    for t_row, f_row in zip(
+        np.cumsum(tp, axis=1).astype(np.float64), np.cumsum(fp, axis=1).astype(np.float64)
+    ):
         rc = t_row / num_gt
         pr = t_row / (f_row + t_row + np.spacing(1))
         pr = np.maximum.accumulate(pr[::-1])[::-1]
@@ -41,7 +47,7 @@ def _pool_ap(eval_imgs, cat_idx, num_imgs, rec_thrs):
         q = np.zeros(len(rec_thrs))
         q[idx < len(pr)] = pr[idx[idx < len(pr)]]
         out.append(q)
-    return float(np.mean(out))
+    return np.array(out)
 
 
 def worker_authors_pooled(gt_path, dets, max_dets=300):

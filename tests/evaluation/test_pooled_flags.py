@@ -13,6 +13,7 @@ from lt_detectron.evaluation.pooled import (
     pooled_precision,
     stack_records,
 )
+from benchmarks.lvis_eval_pooled import authors_curves
 from tests.evaluation.test_pooled import REC_THRS, T, _lvis_api_spelling, _naive_pooled
 
 # band "r" has no category with records (an empty pool); category 6 ("f") is never detected;
@@ -99,20 +100,6 @@ def test_pooled_ap_flags_of_hotcoco_rows_equal_those_of_arrays():
     np.testing.assert_array_equal(a.flags, expected)
 
 
-def _dense_precision(tp, fp, num_gt):
-    """The full curve of every IoU threshold (the authors' accumulation, one pool already ranked)."""
-    out = []
-    for t_row, f_row in zip(np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)):
-        rc = t_row / num_gt
-        pr = t_row / (f_row + t_row + np.spacing(1))
-        pr = np.maximum.accumulate(pr[::-1])[::-1]
-        idx = np.searchsorted(rc, REC_THRS, side="left")
-        q = np.zeros(len(REC_THRS))
-        q[idx < len(pr)] = pr[idx[idx < len(pr)]]
-        out.append(q)
-    return np.array(out)
-
-
 @pytest.mark.parametrize("n", [0, 1, 40])
 def test_pooled_precision_equals_the_dense_curve(n):
     rng = np.random.default_rng(n)
@@ -120,7 +107,7 @@ def test_pooled_precision_equals_the_dense_curve(n):
     tp, fp = state == 1, state == 0
     num_gt = int(tp.sum(axis=1).max()) + 2
     got = pooled_precision(tp, fp, num_gt, REC_THRS)
-    np.testing.assert_array_equal(got, _dense_precision(tp, fp, num_gt))
+    np.testing.assert_array_equal(got, authors_curves(tp, fp, num_gt, REC_THRS))
     assert (pooled_precision(tp, fp, 0, REC_THRS) == -1).all()
 
 
