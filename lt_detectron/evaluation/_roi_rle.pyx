@@ -112,14 +112,6 @@ def column_flips(
     cdef uint64_t* bits = <uint64_t*> malloc((m + 1) * sizeof(uint64_t))
     cdef i64* rows = <i64*> malloc((m + 2) * sizeof(i64))
     cdef double* iyr = <double*> malloc(max_rows * sizeof(double))
-    if pad == NULL or hi_row == NULL or lo_row == NULL or bits == NULL or rows == NULL or iyr == NULL:
-        free(pad)
-        free(hi_row)
-        free(lo_row)
-        free(bits)
-        free(rows)
-        free(iyr)
-        raise MemoryError()
     cdef i64 x0, y0, x1, y1, col, k, w, wc, rt, base, ncross, nrows, q, last, kf, start
     cdef uint64_t b, hb, lb, hi_border, lo_border, cell_cols
     cdef float bx0, by0, bx1, by1
@@ -132,7 +124,9 @@ def column_flips(
     hi_border = (~(<uint64_t> 0) >> (64 - mp)) if 0.0 >= lo_t else 0
     lo_border = (~(<uint64_t> 0) >> (64 - mp)) if 0.0 < hi_t else 0
     cell_cols = ~(<uint64_t> 0) >> (64 - (m + 1))  # cell columns -1..m-1
-    try:
+    try:  # everything allocated is freed in `finally` (free(NULL) does nothing)
+        if pad == NULL or hi_row == NULL or lo_row == NULL or bits == NULL or rows == NULL or iyr == NULL:
+            raise MemoryError()
         with nogil:
             for i in range(mp * mp):
                 pad[i] = 0.0
@@ -335,12 +329,9 @@ def rle_strings(
     cdef char* text = <char*> malloc(13 * (total + n_ex + n) + 16)
     cdef Py_ssize_t* ends = <Py_ssize_t*> malloc((n + 1) * sizeof(Py_ssize_t))
     cdef i64* flips = <i64*> malloc((longest + 1) * sizeof(i64))
-    if text == NULL or ends == NULL or flips == NULL:
-        free(text)
-        free(ends)
-        free(flips)
-        raise MemoryError()
-    try:
+    try:  # everything allocated is freed in `finally` (free(NULL) does nothing)
+        if text == NULL or ends == NULL or flips == NULL:
+            raise MemoryError()
         with nogil:
             c = 0
             e = 0
