@@ -42,6 +42,7 @@ import time
 
 import numpy as np
 
+from benchmarks.lvis_eval_tables import median_run
 from benchmarks.lvis_eval_workers import save_detections
 from benchmarks.report import Table, command_line, markdown_table, write_report
 
@@ -282,8 +283,8 @@ def main(argv=None):
             runs["hotcoco"].append(_subprocess("hotcoco", *paths))
             if args.numpy_encoder:
                 runs["ours_numpy"].append(_subprocess("ours_numpy", *paths))
-        ours, hot = _median(runs["ours"]), _median(runs["hotcoco"])
-        npy = _median(runs["ours_numpy"]) if runs["ours_numpy"] else None
+        ours, hot = median_run(runs["ours"]), median_run(runs["hotcoco"])
+        npy = median_run(runs["ours_numpy"])  # None without --numpy-encoder
         lvis_api = not args.skip_lvis_api and (
             args.lvis_api_max_images is None or n <= args.lvis_api_max_images
         )
@@ -328,11 +329,6 @@ def main(argv=None):
             load_at_start,
         )
         print(f"written to {args.report}", file=sys.stderr)
-
-
-def _median(runs):
-    """The run of the lower median time (its metrics and peak with it)."""
-    return sorted(runs, key=lambda r: r["time"])[(len(runs) - 1) // 2]
 
 
 if __name__ == "__main__":
