@@ -117,12 +117,7 @@ def worker_ours(gt_path, d, pool, out_dir, pasted=False):
     """``pasted``: the old path instead, for comparison: Detectron2 pastes every mask into a
     full-image bitmap (``paste_masks_in_image``, as ``detector_postprocess`` does at inference, timed
     too) and ``process()`` encodes those."""
-    import torch
     from detectron2.data import MetadataCatalog
-    from detectron2.layers import paste_masks_in_image
-    from detectron2.structures import Boxes, Instances, ROIMasks
-
-    from lt_detectron.evaluation import LTLVISEvaluator
 
     with open(gt_path) as f:
         cats = sorted(c["id"] for c in json.load(f)["categories"])
@@ -131,6 +126,19 @@ def worker_ours(gt_path, d, pool, out_dir, pasted=False):
     MetadataCatalog.get(name).set(json_file=gt_path, thing_dataset_id_to_contiguous_id=to_contig)
     lut = np.zeros(max(cats) + 1, np.int64)
     lut[cats] = np.arange(len(cats))
+    try:
+        return _time_ours(name, d, pool, out_dir, lut, pasted)
+    finally:
+        MetadataCatalog.remove(name)  # another call in this process may evaluate another gt
+
+
+def _time_ours(name, d, pool, out_dir, lut, pasted):
+    import torch
+    from detectron2.layers import paste_masks_in_image
+    from detectron2.structures import Boxes, Instances, ROIMasks
+
+    from lt_detectron.evaluation import LTLVISEvaluator
+
     ev = LTLVISEvaluator(name, ("segm",), distributed=False, output_dir=out_dir)
     ev.reset()
     timed = 0.0
@@ -250,11 +258,26 @@ def main(argv=None):
         help="also time ours with the encoder's NumPy path (no compiled kernels)",
     )
     ap.add_argument("--report", help="also write the table with the machine to PATH (markdown)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the table: a cProfile of ours (one run in this process), by own time",
+    )
     ap.add_argument("--paths", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:  # a subprocess of this benchmark: its stdout is the result line only
         logging.disable(logging.WARNING)
         print("RESULT " + json.dumps(run_worker(args.worker, *args.paths)))
+        return
+    if args.profile:
+        import cProfile
+        import pstats
+
+        for n in args.images:
+            prof = cProfile.Profile()
+            prof.runcall(run_worker, "ours", *make_data(args.cache, n, args.dets))
+            print(f"cProfile of ours, {n} images x {args.dets} detections:")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(20)
         return
     load_at_start = os.getloadavg()
     from lt_detectron.evaluation.roi_masks import compiled_encoder

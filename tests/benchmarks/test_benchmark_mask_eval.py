@@ -38,3 +38,11 @@ def test_benchmark_mask_eval_report(tmp_path, monkeypatch):
     text = report.read_text()
     assert "CPU" in text and "Load average" in text and "| 2 x 20 |" in text
     assert "NumPy / ours" in text and "every run (s)" in text
+
+
+def test_benchmark_mask_eval_profile(tmp_path, monkeypatch, capsys):
+    """``--profile`` prints a cProfile of ours instead of the table."""
+    monkeypatch.setattr(bench, "POOL", 64)
+    bench.main(["--images", "2", "--dets", "20", "--cache", str(tmp_path), "--profile"])
+    out = capsys.readouterr().out
+    assert "cProfile of ours, 2 images x 20 detections" in out and "tottime" in out
