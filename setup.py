@@ -5,9 +5,10 @@ from setuptools import Extension, find_packages, setup
 
 
 def compiled_kernels():
-    """The optional compiled kernels (``lt_detectron/evaluation/_roi_rle.pyx``, the mask encoder of
-    evaluation). Without Cython or a C compiler they are skipped and NumPy paths giving the same
-    results are used (``lt_detectron.evaluation.roi_masks.compiled_encoder`` says which)."""
+    """The optional compiled kernels of evaluation: ``lt_detectron/evaluation/_roi_rle.pyx`` and
+    ``_coco_rle.pyx`` (the mask encoder; boxes and areas of RLEs). Without Cython or a C compiler
+    they are skipped and NumPy / pycocotools paths giving the same results are used
+    (``lt_detectron.evaluation.roi_masks.compiled_encoder`` says which)."""
     try:
         import numpy
         from Cython.Build import cythonize
@@ -15,15 +16,18 @@ def compiled_kernels():
         return []
     # no floating-point contraction (fused multiply-add): float32 steps rounded as NumPy/torch do
     flags = [] if sys.platform == "win32" else ["-O3", "-ffp-contract=off"]
-    ext = Extension(
-        "lt_detectron.evaluation._roi_rle",
-        ["lt_detectron/evaluation/_roi_rle.pyx"],
-        include_dirs=[numpy.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=flags,
-        optional=True,  # a failed build is a warning, not an error
-    )
-    return cythonize([ext], quiet=True)
+    exts = [
+        Extension(
+            f"lt_detectron.evaluation.{name}",
+            [f"lt_detectron/evaluation/{name}.pyx"],
+            include_dirs=[numpy.get_include()],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            extra_compile_args=flags,
+            optional=True,  # a failed build is a warning, not an error
+        )
+        for name in ("_roi_rle", "_coco_rle")
+    ]
+    return cythonize(exts, quiet=True)
 
 
 setup(

@@ -9,14 +9,17 @@ masks are what a Mask R-CNN head gives: 28 x 28 probabilities per detection (smo
 - **ours**: ``LTLVISEvaluator(tasks=("segm",))``: ``process()`` of every image (RLEs straight from the
   ROI-level masks, ``encode_roi_masks``), then ``evaluate()`` (results json, matching, per-category
   csv, metrics json, group table). Building each image's ``Instances`` is not timed.
-- **raw hotcoco**: the matching call ours makes, alone, on the same RLEs (computed before timing).
+- **raw hotcoco**: the matching call ours makes, alone, on the same RLEs (computed before timing):
+  the masks' boxes and areas (``mask_boxes_and_areas``, the compiled ``_coco_rle`` where built), then
+  hotcoco's loading, matching and accumulation.
 - **lvis-api**: ``LVIS(gt)``, ``LVISResults`` and ``LVISEval.run()`` on ready result dicts with the same
   RLEs: its evaluation alone (the paste and the encoding are not timed for it).
 
 - **old path** (``--pasted``): what evaluation did before: Detectron2 pastes each mask into a
   full-image bitmap (``paste_masks_in_image``, timed), ``process()`` encodes them, ``evaluate()``.
-- **ours, NumPy encoder** (``--numpy-encoder``): ours with the encoder's NumPy path, as where the
-  compiled kernels (``lt_detectron/evaluation/_roi_rle.pyx``) are not built.
+- **ours, NumPy encoder** (``--numpy-encoder``): ours as where the compiled kernels
+  (``lt_detectron/evaluation/_roi_rle.pyx``, ``_coco_rle.pyx``) are not built: the encoder's NumPy
+  path, pycocotools' boxes and areas.
 
 Each measurement runs in its own process; ``--repeats N`` measures ours and raw hotcoco N times,
 alternating, and reports the lower median of each (every run is listed). ``--report PATH`` writes
@@ -192,13 +195,16 @@ def worker_lvis(gt_path, d, pool):
 def run_worker(which, gt_path, det_path):
     if which != "ours_numpy":
         return _run_worker(which, gt_path, det_path)
-    from lt_detectron.evaluation import roi_masks
+    from lt_detectron.evaluation import common, roi_masks
 
-    kernels, roi_masks._roi_rle = roi_masks._roi_rle, None  # the encoder's NumPy path, meanwhile
+    # meanwhile as without a C compiler: the encoder's NumPy path, pycocotools' boxes and areas
+    kernels, roi_masks._roi_rle = roi_masks._roi_rle, None
+    geometry, common._coco_rle = common._coco_rle, None
     try:
         return _run_worker("ours", gt_path, det_path)
     finally:
         roi_masks._roi_rle = kernels
+        common._coco_rle = geometry
 
 
 def _run_worker(which, gt_path, det_path):

@@ -1,11 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Compiled kernels of :mod:`lt_detectron.evaluation.roi_masks`: the algorithm of its NumPy path,
+"""Compiled kernel of :mod:`lt_detectron.evaluation.roi_masks`: the algorithm of its NumPy path,
 one mask and one column at a time instead of whole arrays at once.
 
-- :func:`column_flips`: the class changes of every region column of every mask, decided in float64
-  from the two-by-two cells that straddle the threshold; a column where float32 rounding could decide
-  is not decided here but listed, for ``grid_sample`` to settle.
-- :func:`rle_strings`: COCO's compressed ``counts`` strings from the change positions.
+:func:`column_flips` gives the class changes of every region column of every mask, decided in
+float64 from the two-by-two cells that straddle the threshold; a column where float32 rounding could
+decide is not decided here but listed, for ``grid_sample`` to settle. ``_coco_rle.rle_strings``
+writes the changes as COCO's compressed ``counts`` strings.
 
 Built by ``setup.py`` (optional: without a C compiler :mod:`.roi_masks` uses its NumPy path, which
 gives the same strings). Compiled without floating-point contraction, so every float32 step is
@@ -16,7 +16,7 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.math cimport ceil, fabs, floor
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
@@ -73,15 +73,40 @@ cdef inline double source(float g, int m) noexcept nogil:
     return (<double> g + 1.0) * (m / 2.0) - 0.5
 
 
+cdef double cell_error(const double* pad, int mp, i64 k, i64 w, double e_coord,
+                       double e_arith) noexcept nogil:
+    """The bound on grid_sample's float32 error (``roi_mask_sampling.value_error_bound``) at a point
+    of cell ``(k, w)``: the largest differences across and down among the cells its float32 source
+    coordinate can fall in (this one and its eight neighbours: padded rows and columns k..k + 3)."""
+    cdef i64 r0 = k if k > 0 else 0, c0 = w if w > 0 else 0
+    cdef i64 r1 = k + 3 if k + 3 < mp else mp - 1, c1 = w + 3 if w + 3 < mp else mp - 1
+    cdef i64 r, c
+    cdef double sx = 0.0, sy = 0.0, d
+    for r in range(r0, r1 + 1):
+        for c in range(c0, c1 + 1):
+            if c < c1:
+                d = fabs(pad[r * mp + c + 1] - pad[r * mp + c])
+                sx = d if d > sx else sx
+            if r < r1:
+                d = fabs(pad[(r + 1) * mp + c] - pad[r * mp + c])
+                sy = d if d > sy else sy
+    return e_coord * (sx + sy) + e_arith
+
+
 def column_flips(
     const float[:, :, ::1] masks,
     const float[:, ::1] boxes,
     const i64[:, ::1] regions,
     const i64[::1] heights,
     double threshold,
-    double eps,
+    double coord_error,
+    double arith_error,
 ):
     """Class changes of all region columns of all masks (``M <= 62``).
+
+    A value nearer the threshold than ``roi_mask_sampling.value_error_bound`` (``coord_error``,
+    ``arith_error``: its constants) makes its column unsure: first against the mask's own bound
+    (slopes at most twice its largest |value|), then against the bound of its cell.
 
     Returns ``(pos, counts, unsure_mask, unsure_col, unsure_at)``: the column-major pixel index of
     each change decided here (mask, column, row order) and how many each mask has; for the other
@@ -117,12 +142,11 @@ def column_flips(
     cdef float bx0, by0, bx1, by1
     cdef double v, peak, iy_first, iy_last, ix, tw, tnf, top, bot, scale
     cdef double a0, d0, a1, d1, pa, pb, slope, iy_star, iy_b, iy_a, gap, lo_t, hi_t
+    cdef double eps, e_coord = coord_error * m, e_arith, dv
+    cdef const uint32_t* fbits
+    cdef uint32_t a, amax
+    cdef float peakf
     cdef bint s0, unsure, look
-    lo_t = threshold - eps
-    hi_t = threshold + eps
-    # the zeros around the mask: every padded column of a border row, columns 0 and m + 1 of the others
-    hi_border = (~(<uint64_t> 0) >> (64 - mp)) if 0.0 >= lo_t else 0
-    lo_border = (~(<uint64_t> 0) >> (64 - mp)) if 0.0 < hi_t else 0
     cell_cols = ~(<uint64_t> 0) >> (64 - (m + 1))  # cell columns -1..m-1
     try:  # everything allocated is freed in `finally` (free(NULL) does nothing)
         if pad == NULL or hi_row == NULL or lo_row == NULL or bits == NULL or rows == NULL or iyr == NULL:
@@ -145,6 +169,24 @@ def column_flips(
                 for k in range(m):
                     for w in range(m):
                         pad[(k + 1) * mp + w + 1] = masks[i, k, w]
+                # the largest |value|, as the largest float32 bit pattern without its sign (one
+                # order for all finite floats; a vectorised integer maximum)
+                fbits = <const uint32_t*> &masks[i, 0, 0]
+                amax = 0
+                for q in range(m * m):
+                    a = fbits[q] & 0x7FFFFFFF
+                    amax = a if a > amax else amax
+                memcpy(&peakf, &amax, 4)
+                # the mask's own bound: no slope exceeds 2 x the largest |value|
+                e_arith = arith_error * peakf
+                e_arith = arith_error if e_arith < arith_error else e_arith
+                eps = e_coord * 4.0 * peakf + e_arith
+                lo_t = threshold - eps
+                hi_t = threshold + eps
+                # the zeros around the mask: every padded column of a border row, columns 0 and
+                # m + 1 of the others
+                hi_border = (~(<uint64_t> 0) >> (64 - mp)) if 0.0 >= lo_t else 0
+                lo_border = (~(<uint64_t> 0) >> (64 - mp)) if 0.0 < hi_t else 0
                 # which side of the threshold each value is on, one bit per padded column: >=
                 # threshold - eps (hi) and < threshold + eps (lo); a cell straddles when one of
                 # its corners is hi and one lo
@@ -202,7 +244,8 @@ def column_flips(
                         bot = (1.0 - tw) * pad[q + mp] + tw * pad[q + mp + 1]
                         v = (1.0 - tnf) * top + tnf * bot
                         s0 = v >= threshold
-                        unsure = fabs(v - threshold) < eps
+                        dv = fabs(v - threshold)
+                        unsure = dv < eps and dv < cell_error(pad, mp, kf, wc, e_coord, e_arith)
                     nrows = 0
                     ncross = 0
                     b = bits[wc + 1]
@@ -217,13 +260,22 @@ def column_flips(
                         d1 = pad[q + mp + 1] - a1
                         pa = a0 + tw * d0  # the column's value at source row k
                         pb = a1 + tw * d1  # ... and at k + 1
-                        if fabs(pa - threshold) < eps or fabs(pb - threshold) < eps:
+                        dv = fabs(pa - threshold)
+                        if fabs(pb - threshold) < dv:
+                            dv = fabs(pb - threshold)
+                        if dv < eps and dv < cell_error(pad, mp, k, wc, e_coord, e_arith):
                             unsure = True
                         if (pa >= threshold) == (pb >= threshold):
                             continue
                         slope = pb - pa
                         iy_star = k + (threshold - pa) / slope
                         if not (iy_star > iy_first and iy_star <= iy_last):
+                            # a change outside the region: the first or last region row may still
+                            # lie near it, at a value within rounding of the threshold
+                            dv = iy_star - iy_last if iy_star > iy_last else iy_first - iy_star
+                            dv *= fabs(slope)
+                            if dv < eps and dv < cell_error(pad, mp, k, wc, e_coord, e_arith):
+                                unsure = True
                             continue
                         # the first region row at or below the change: a closed-form guess, then
                         # checked against the source rows themselves
@@ -242,7 +294,8 @@ def column_flips(
                         gap = iy_star - iy_b
                         if iy_a - iy_star < gap:
                             gap = iy_a - iy_star
-                        if gap * fabs(slope) < eps:
+                        dv = gap * fabs(slope)
+                        if dv < eps and dv < cell_error(pad, mp, k, wc, e_coord, e_arith):
                             unsure = True
                         ncross += 1
                         # two changes between the same two pixels (each one in a segment of its
@@ -293,107 +346,3 @@ def column_flips(
         free(u_mask.data)
         free(u_col.data)
         free(u_at.data)
-
-
-def rle_strings(
-    const i64[::1] pos,
-    const i64[::1] counts,
-    const i64[::1] area,
-    const i64[::1] ex_mask=None,
-    const i64[::1] ex_at=None,
-    const i64[::1] ex_pos=None,
-):
-    """COCO compressed ``counts`` strings (``rleToString`` of the COCO mask API) of ``len(area)``
-    masks from their class-change positions: ``pos`` the column-major pixel indices, increasing
-    within a mask, mask after mask, ``counts[j]`` of them for mask ``j``; ``ex_*``: more changes of
-    mask ``ex_mask[k]``, at ``ex_pos[k]``, which belong before ``pos[ex_at[k]]`` (as ``numpy.insert``
-    would put them; in order). Two changes at the same position (a column ending on the last image
-    row, the next starting on row 0) cancel; a change at the very end (``area``) is none."""
-    cdef Py_ssize_t n = area.shape[0], total = pos.shape[0], j, s, e, q, c, start, x, L, r
-    cdef Py_ssize_t n_ex = 0 if ex_mask is None else ex_mask.shape[0]
-    cdef i64 v, prev, cur, run, c1, c2, idx, longest = 0
-    cdef bint more
-    if len(counts) != n or sum(counts) != total:
-        raise ValueError(
-            f"rle_strings: {len(counts)} masks with {sum(counts)} changes, given {n} areas and "
-            f"{total} positions"
-        )
-    if n_ex and (ex_at is None or ex_pos is None or ex_at.shape[0] != n_ex or ex_pos.shape[0] != n_ex):
-        raise ValueError("rle_strings: ex_mask, ex_at and ex_pos must have one length")
-    per_mask = np.asarray(counts).copy()
-    if n_ex:
-        per_mask += np.bincount(np.asarray(ex_mask), minlength=n)[:n]
-    if n:
-        longest = int(per_mask.max())
-    # at most 13 characters a run length (64 bits in 5-bit groups), one run more than changes
-    cdef char* text = <char*> malloc(13 * (total + n_ex + n) + 16)
-    cdef Py_ssize_t* ends = <Py_ssize_t*> malloc((n + 1) * sizeof(Py_ssize_t))
-    cdef i64* flips = <i64*> malloc((longest + 1) * sizeof(i64))
-    try:  # everything allocated is freed in `finally` (free(NULL) does nothing)
-        if text == NULL or ends == NULL or flips == NULL:
-            raise MemoryError()
-        with nogil:
-            c = 0
-            e = 0
-            x = 0
-            for j in range(n):
-                s = e
-                e = s + counts[j]
-                # the mask's changes, the extra ones merged in where they belong
-                L = 0
-                q = s
-                while q < e or (x < n_ex and ex_mask[x] == j):
-                    if x < n_ex and ex_mask[x] == j and (q >= e or ex_at[x] <= q):
-                        flips[L] = ex_pos[x]
-                        x += 1
-                    else:
-                        flips[L] = pos[q]
-                        q += 1
-                    L += 1
-                prev = 0
-                idx = 0
-                c1 = 0  # the last two run lengths
-                c2 = 0
-                r = 0
-                while True:
-                    if r < L:
-                        cur = flips[r]
-                        if r + 1 < L and flips[r + 1] == cur:
-                            r += 2
-                            continue
-                        r += 1
-                        if cur == area[j]:
-                            continue
-                    elif r == L:
-                        cur = area[j]
-                        r += 1
-                    else:
-                        break
-                    run = cur - prev
-                    prev = cur
-                    v = run
-                    if idx > 2:
-                        v -= c2
-                    c2 = c1
-                    c1 = run
-                    idx += 1
-                    more = True
-                    while more:
-                        cur = v & 0x1F
-                        v >>= 5
-                        more = (v != -1) if (cur & 0x10) else (v != 0)
-                        if more:
-                            cur |= 0x20
-                        text[c] = <char> (cur + 48)
-                        c += 1
-                ends[j] = c
-        out = []
-        start = 0
-        for j in range(n):
-            out.append(text[start:ends[j]].decode("ascii"))
-            start = ends[j]
-        return out
-    finally:
-        free(text)
-        free(ends)
-        free(flips)

@@ -26,6 +26,7 @@ import os
 import time
 import zlib
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -189,6 +190,7 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
     def reset(self):
         if getattr(self, "_stream", None) is not None:
             self._stream.abort()  # a partial results json goes; an older complete one stays
+        self._close_encoder()
         self._stream: Optional[ResultsStream] = None
         self._streamed = False  # the results json holds the rows since reset() (evaluated once)
         self._from_arrays = False  # evaluate_arrays(): written at evaluate(), not streamed
@@ -198,6 +200,18 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
         # Fixed AP keeps at most C x k rows: prune to that when twice as many have arrived (memory <=
         # 2 C k rows, 1.3 GB on LVIS; a prune is a sort, so never before C x k rows)
         self._prune_at = 2 * len(self._contiguous_to_dataset) * self._topk
+
+    def _mask_encoder(self) -> Optional[ThreadPoolExecutor]:
+        """The worker thread the mask encoder's kernels share out to (``encode_roi_masks``), one for
+        every image from the first ``process()`` to ``evaluate()``: no thread start per image."""
+        if self._with_masks and getattr(self, "_encoder", None) is None:
+            self._encoder = ThreadPoolExecutor(1, thread_name_prefix="lt_mask_encoder")
+        return getattr(self, "_encoder", None)
+
+    def _close_encoder(self):
+        if getattr(self, "_encoder", None) is not None:
+            self._encoder.shutdown(wait=True)
+        self._encoder: Optional[ThreadPoolExecutor] = None
 
     def process(self, inputs, outputs):
         cap = self._max_dets if (self.caps_per_image and not self._fixed) else None
@@ -210,6 +224,7 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
                 self._contiguous_to_dataset,
                 max_dets=cap,
                 with_masks=self._with_masks,
+                executor=self._mask_encoder(),
             )
             self._chunks.append(dets)
             self._num_rows += len(dets)
@@ -255,6 +270,7 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
 
     def evaluate(self):
         t0 = time.perf_counter()
+        self._close_encoder()  # every image is encoded
         world = comm.get_world_size()
         stream, self._stream = self._results_stream(), None  # (an empty one: nothing processed)
         if stream is not None:

@@ -22,6 +22,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+try:
+    from . import _coco_rle
+except ImportError:  # not built (no C compiler at install): pycocotools reads the RLEs
+    _coco_rle = None
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -93,6 +98,7 @@ def instances_to_arrays(
     contiguous_to_dataset: np.ndarray,
     max_dets: Optional[int] = None,
     with_masks: bool = False,
+    executor=None,
 ) -> Tuple[np.ndarray, Optional[List[dict]]]:
     """Convert Detectron2 ``Instances`` of one image to a detection matrix (+ RLE masks).
 
@@ -104,7 +110,8 @@ def instances_to_arrays(
     Boxes XYXY -> XYWH in float32 (as Detectron2's ``instances_to_coco_json``), scores,
     contiguous class -> dataset category id. With ``max_dets`` keeps the ``max_dets``
     highest scores (ties: earlier detection first, like lvis-api's stable sort) in their
-    original order, so every backend sees the same detections.
+    original order, so every backend sees the same detections. ``executor``: passed to
+    :func:`~.roi_masks.encode_roi_masks`.
     """
     n = len(instances)
     if n == 0:
@@ -147,7 +154,9 @@ def instances_to_arrays(
         if roi is not None:  # N x M x M probabilities: encoded as Detectron2 would paste them
             from .roi_masks import encode_roi_masks
 
-            return out, encode_roi_masks(masks, boxes, tuple(instances.image_size))
+            return out, encode_roi_masks(
+                masks, boxes, tuple(instances.image_size), executor=executor
+            )
         m = masks.detach().cpu().numpy()
         m = m.view(np.uint8) if m.dtype == np.bool_ else m.astype(np.uint8)  # bool: no copy
         rles = encode_masks(m)
@@ -229,12 +238,21 @@ def detections_to_dicts(dets: np.ndarray, rles: Optional[List[dict]]) -> List[di
 def mask_boxes_and_areas(rles: List[dict]) -> Tuple[np.ndarray, np.ndarray]:
     """``(N, 4)`` XYWH boxes and ``(N,)`` areas of RLE masks: what lvis-api / pycocotools give a mask
     result without a box, and what Detectron2's evaluators evaluate (they drop the box of mask results),
-    so small/medium/large use the mask's area."""
-    from pycocotools import mask as mask_util
+    so small/medium/large use the mask's area.
 
+    The values of pycocotools' ``toBbox`` and ``area``; read from the compressed ``counts`` strings by
+    a compiled kernel (``_coco_rle.pyx``) where it is built, else by pycocotools itself (also where
+    the kernel declines a list: an image of height 0, counts that are not a compressed string)."""
     enc = rles if isinstance(rles, list) else list(rles)  # pycocotools reads text and bytes counts
     if not enc:
         return np.zeros((0, 4)), np.zeros(0)
+    if _coco_rle is not None:
+        try:
+            return _coco_rle.rle_geometry(enc)
+        except ValueError:  # pycocotools reads it or raises its own error
+            pass
+    from pycocotools import mask as mask_util
+
     # pycocotools' area() of a list sizes a uint8 array by the list length: at most 255 masks per call
     areas = np.concatenate(
         [np.asarray(mask_util.area(enc[i : i + 255]), np.float64) for i in range(0, len(enc), 255)]

@@ -12,9 +12,31 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["roi_mask_regions", "sampling_grid", "source_coordinate", "exact_changes", "EPS"]
+__all__ = [
+    "roi_mask_regions",
+    "sampling_grid",
+    "source_coordinate",
+    "exact_changes",
+    "COORD_ERROR",
+    "ARITH_ERROR",
+    "value_error_bound",
+]
 
-EPS = 1e-5  # |value - threshold| below this: decided by grid_sample itself, not float64
+# How far grid_sample's float32 value of a pixel can be from the float64 value the encoders compute
+# on the same float32 grid (a pixel whose float64 value is nearer the threshold than this is left to
+# grid_sample itself): its source coordinate ``(g + 1) * M / 2 - 1/2`` takes three float32 roundings,
+# at most ~1.5e-7 x M off in all, which moves the value by that times the mask's slope (the largest
+# difference of two neighbouring mask values, across and down, in the cells the coordinate can fall
+# in); its bilinear sum of four float32 products is off by at most ~6e-7 x the largest |value|.
+# Each term is taken twice over here.
+COORD_ERROR = 3e-7  # per unit of mask side and of slope
+ARITH_ERROR = 1e-6  # per unit of max(1, largest |value|)
+
+
+def value_error_bound(m: int, slope_x, slope_y, peak):
+    """The bound above for an ``m x m`` mask, slopes ``slope_x`` (across) and ``slope_y`` (down) and
+    largest ``|value|`` ``peak`` (scalars or arrays)."""
+    return COORD_ERROR * m * (slope_x + slope_y) + ARITH_ERROR * np.maximum(1.0, peak)
 
 
 def roi_mask_regions(boxes: np.ndarray, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:

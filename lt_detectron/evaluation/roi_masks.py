@@ -13,15 +13,16 @@ pixel, threshold ``>= 0.5``), and an evaluator run-length encodes that bitmap ag
   the row of each change is solved in closed form: the work is per column and per boundary cell,
   not per pixel;
 - every change is checked in float64 against the pixel values on both sides of it; a column where a
-  value lies within ``1e-5`` of the threshold (where float32 rounding in ``grid_sample`` could decide)
-  is recomputed exactly with ``torch.nn.functional.grid_sample`` on the same float32 sampling grid as
-  Detectron2 (:mod:`.roi_mask_sampling`; about one column in a thousand). Two changes between the
+  value lies nearer the threshold than float32 rounding in ``grid_sample`` could move it (a bound
+  from the mask's side and slopes, ``roi_mask_sampling.value_error_bound``: a few 1e-6 for a
+  28 x 28 probability map) is recomputed exactly with ``torch.nn.functional.grid_sample`` on the
+  same float32 sampling grid as Detectron2 (:mod:`.roi_mask_sampling`). Two changes between the
   same two pixels cancel (compiled kernels) or send their column to ``grid_sample`` too (NumPy path);
 - the run lengths of all masks are written in COCO's compressed ``counts`` format (``rleToString``
   of the COCO mask API: 5-bit groups, differences to the count two back from the fourth count on).
 
 Two implementations of the same algorithm give the same strings: compiled kernels
-(``_roi_rle.pyx``, built by ``setup.py`` where a C compiler is found; one mask and one column at a
+(``_roi_rle.pyx`` and ``_coco_rle.pyx``, built by ``setup.py`` where a C compiler is found; one mask and one column at a
 time; mask evaluation end to end 2.5-3x faster than with the other, ``benchmarks/README.md``) and a
 NumPy path (whole arrays at once), used when the kernels are not built.
 :func:`compiled_encoder` says which one runs.
@@ -32,18 +33,19 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from concurrent.futures import Executor
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from .roi_mask_sampling import EPS, exact_changes, roi_mask_regions
+from .roi_mask_sampling import ARITH_ERROR, COORD_ERROR, exact_changes, roi_mask_regions
 from .roi_masks_numpy import encode_numpy
 
 try:
-    from . import _roi_rle
+    from . import _coco_rle, _roi_rle
 except ImportError:  # not built (no C compiler at install): the NumPy path
-    _roi_rle = None
+    _coco_rle = _roi_rle = None
 
 __all__ = ["encode_roi_masks", "compiled_encoder"]
 
@@ -73,9 +75,10 @@ def _exact_flips(masks32, boxes, regions, unsure, heights, threshold):
     return u_mask[fu], u_at[fu], u_col[fu] * heights[u_mask[fu]] + y0[fu] + fr
 
 
-def _column_flips(m32, b, regions, heights, threshold, threads: int):
+def _column_flips(m32, b, regions, heights, threshold, threads: int, executor=None):
     """The kernel's ``column_flips`` over ``threads`` parts of the masks at once (it releases the
-    GIL), merged as if it had run on all of them."""
+    GIL), merged as if it had run on all of them; the parts after the first go to ``executor``, or
+    to threads started for the call."""
     n = len(m32)
     bounds = np.linspace(0, n, threads + 1).astype(np.int64)
     parts = [None] * threads
@@ -85,17 +88,23 @@ def _column_flips(m32, b, regions, heights, threshold, threads: int):
         s, e = bounds[j], bounds[j + 1]
         try:
             parts[j] = _roi_rle.column_flips(
-                m32[s:e], b[s:e], regions[s:e], heights[s:e], threshold, EPS
+                m32[s:e], b[s:e], regions[s:e], heights[s:e], threshold, COORD_ERROR, ARITH_ERROR
             )
         except BaseException as exc:  # re-raised in the calling thread
             errors.append(exc)
 
-    workers = [threading.Thread(target=run, args=(j,), daemon=True) for j in range(1, threads)]
-    for t in workers:
-        t.start()
-    run(0)
-    for t in workers:
-        t.join()
+    if executor is not None:
+        done = [executor.submit(run, j) for j in range(1, threads)]
+        run(0)
+        for f in done:
+            f.result()
+    else:
+        workers = [threading.Thread(target=run, args=(j,), daemon=True) for j in range(1, threads)]
+        for t in workers:
+            t.start()
+        run(0)
+        for t in workers:
+            t.join()
     if errors:
         raise errors[0]
     if threads == 1:
@@ -109,15 +118,15 @@ def _column_flips(m32, b, regions, heights, threshold, threads: int):
     return pos, counts, u_mask, u_col, u_at
 
 
-def _encode_compiled(m32, b, heights, widths, threshold) -> List[str]:
+def _encode_compiled(m32, b, heights, widths, threshold, executor) -> List[str]:
     regions = roi_mask_regions(b, heights, widths)
     hs = np.ascontiguousarray(heights, np.int64)
     # two threads from _PARALLEL_MIN masks on, where a second core is free (an image's 300 masks
     # take about a millisecond; a thread costs tens of microseconds)
     threads = 2 if len(m32) >= _PARALLEL_MIN and _CORES > 1 else 1
-    pos, counts, *unsure = _column_flips(m32, b, regions, hs, threshold, threads)
+    pos, counts, *unsure = _column_flips(m32, b, regions, hs, threshold, threads, executor)
     extra = _exact_flips(m32, b, regions, unsure, hs, threshold) if len(unsure[0]) else ()
-    return _roi_rle.rle_strings(pos, counts, np.ascontiguousarray(hs * widths, np.int64), *extra)
+    return _coco_rle.rle_strings(pos, counts, np.ascontiguousarray(hs * widths, np.int64), *extra)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -145,6 +154,7 @@ def encode_roi_masks(
     image_size: Union[Tuple[int, int], Sequence[Tuple[int, int]]],
     threshold: float = 0.5,
     compiled: Optional[bool] = None,
+    executor: Optional[Executor] = None,
 ) -> List[dict]:
     """COCO RLEs ``{"size": (H, W), "counts": str}`` of ROI-level masks as Detectron2 would paste them.
 
@@ -157,6 +167,10 @@ def encode_roi_masks(
         threshold: a pixel is in the mask when its pasted value is ``>= threshold``.
         compiled: ``None`` (default) runs the compiled kernels when they are built, ``False`` the
             NumPy path; ``True`` requires the kernels. Both give the same strings.
+        executor: where the compiled kernels run their second part of the masks (from 128 masks, on
+            a machine of two cores or more); ``None`` starts a thread per call. A caller that
+            encodes image after image keeps one worker for all of them (the evaluators pass a
+            ``ThreadPoolExecutor(1)`` of their own), which saves a thread start per image.
 
     Returns:
         one RLE per mask (``size`` a tuple: see :func:`_rle_dicts`) whose ``counts`` equals
@@ -197,7 +211,7 @@ def encode_roi_masks(
         e = min(n, s + _CHUNK)
         h, w = heights[s:e], widths[s:e]
         if use_kernels:
-            strings = _encode_compiled(m32[s:e], b[s:e], h, w, float(threshold))
+            strings = _encode_compiled(m32[s:e], b[s:e], h, w, float(threshold), executor)
         else:
             strings = encode_numpy(m32[s:e], b[s:e], h, w, float(threshold))
         out.extend(_rle_dicts(h, w, strings))

@@ -10,11 +10,11 @@ from typing import List
 import numpy as np
 
 from .roi_mask_sampling import (
-    EPS,
     exact_changes,
     roi_mask_regions,
     sampling_grid,
     source_coordinate,
+    value_error_bound,
 )
 
 __all__ = ["encode_numpy", "rle_counts_to_strings"]
@@ -44,10 +44,13 @@ def _chunk_flips(masks32, boxes, heights, widths, threshold):
     ncol = np.maximum(x1 - x0, 0) * (y1 > y0)
     pad = np.zeros((n, m + 2, m + 2), np.float32)  # exact copies of the float32 inputs
     pad[:, 1:-1, 1:-1] = masks32
+    # one bound on float32 rounding for the chunk: no slope exceeds the range of its values
+    lo_v, hi_v = float(min(pad.min(), 0.0)), float(max(pad.max(), 0.0))
+    eps = float(value_error_bound(m, hi_v - lo_v, hi_v - lo_v, max(-lo_v, hi_v)))
     # cells (k, w), k, w in -1..m-1, of the padded masks: which straddle the threshold
     # a cell straddles when one corner is >= threshold - eps and one is < threshold + eps
-    hi = pad >= threshold - EPS
-    lo = pad < threshold + EPS
+    hi = pad >= threshold - eps
+    lo = pad < threshold + eps
     hi_r = hi[:, :-1] | hi[:, 1:]  # over the two rows of a cell
     lo_r = lo[:, :-1] | lo[:, 1:]
     cand = (hi_r[:, :, :-1] | hi_r[:, :, 1:]) & (lo_r[:, :, :-1] | lo_r[:, :, 1:])  # (N, k, w)
@@ -73,7 +76,7 @@ def _chunk_flips(masks32, boxes, heights, widths, threshold):
     # above the mask's first row (iy < 0) a value is at most (iy + 1) x the mask's peak: the first
     # region row of most masks is zeros without a look
     peak = np.abs(masks32).reshape(n, -1).max(1).astype(np.float64)
-    look_m = (iy_first_m + 1) * peak >= threshold - 2 * EPS
+    look_m = (iy_first_m + 1) * peak >= threshold - 2 * eps
 
     # one entry per region column
     total = int(ncol.sum())
@@ -90,7 +93,7 @@ def _chunk_flips(masks32, boxes, heights, widths, threshold):
     if len(look):
         v_first = _values(pad, ci[look], ix[look], iy_first_m[ci[look]])
         s0[look] = v_first >= threshold
-        unsure[look] = np.abs(v_first - threshold) < EPS
+        unsure[look] = np.abs(v_first - threshold) < eps
     # (column, candidate segment) pairs, in column then segment order
     key = ci * (m + 1) + (wcell + 1)
     npair = per_cell_col[key]
@@ -101,18 +104,23 @@ def _chunk_flips(masks32, boxes, heights, widths, threshold):
     cv = cell[pc]
     pa = cv[:, 0] + tw * cv[:, 1]  # the column's value at source row pk
     pb = cv[:, 2] + tw * cv[:, 3]  # ... and at pk + 1
-    near = (np.abs(pa - threshold) < EPS) | (np.abs(pb - threshold) < EPS)
+    near = (np.abs(pa - threshold) < eps) | (np.abs(pb - threshold) < eps)
     unsure[pj[near]] = True
     up = pb >= threshold
     cross = (pa >= threshold) != up
     pi = ci[pj]
     # changes between the first and the last region row (decided on the exact source rows: a
-    # change too close to either leaves a value within EPS of the threshold there, see `unsure`)
+    # change too close to either leaves a value within eps of the threshold there, see `unsure`)
     keep = np.nonzero(cross)[0]
     slope = (pb - pa)[keep]
     iy_star = pk[keep] + (threshold - pa[keep]) / slope
     ki = pi[keep]
     inside = (iy_star > iy_first_m[ki]) & (iy_star <= iy_last_m[ki])
+    # a change outside the region: the first or last region row may still lie near it, at a value
+    # within rounding of the threshold
+    out = np.nonzero(~inside)[0]
+    edge = np.where(iy_star[out] > iy_last_m[ki[out]], iy_last_m[ki[out]], iy_first_m[ki[out]])
+    unsure[pj[keep[out]][np.abs(iy_star[out] - edge) * np.abs(slope[out]) < eps]] = True
     keep, slope, iy_star, ki = keep[inside], slope[inside], iy_star[inside], ki[inside]
     kb0, kb1 = by0[ki], by1[ki]
     r_star = (iy_star + 0.5) * (kb1.astype(np.float64) - kb0) / m + kb0 - 0.5
@@ -122,7 +130,7 @@ def _chunk_flips(masks32, boxes, heights, widths, threshold):
     iy_a = source_coordinate(sampling_grid(rt, kb0, kb1), m)
     gap = np.minimum(iy_star - iy_b, iy_a - iy_star) * np.abs(slope)
     kj = pj[keep]
-    bad = (iy_b >= iy_star) | (iy_a < iy_star) | (gap < EPS)
+    bad = (iy_b >= iy_star) | (iy_a < iy_star) | (gap < eps)
     same_row = (kj[1:] == kj[:-1]) & (rt[1:] == rt[:-1])  # two changes between the same pixels
     bad[1:] |= same_row
     bad[:-1] |= same_row

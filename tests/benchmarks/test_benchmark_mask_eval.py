@@ -10,16 +10,17 @@ def test_benchmark_mask_eval_tiny(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "POOL", 64)
     gt_path, det_path = bench.make_data(str(tmp_path), 3, 40)
     assert bench.make_data(str(tmp_path), 3, 40) == (gt_path, det_path)  # cached
-    from lt_detectron.evaluation import roi_masks
+    from lt_detectron.evaluation import common, roi_masks
 
-    kernels = roi_masks._roi_rle
+    kernels, geometry = roi_masks._roi_rle, common._coco_rle
     runs = {
         w: bench.run_worker(w, gt_path, det_path)
         for w in ("ours", "ours_numpy", "pasted", "hotcoco", "lvis")
     }
     for w, r in runs.items():
         assert r["time"] > 0 and r["peak_gib"] > 0, w
-    assert roi_masks._roi_rle is kernels  # "ours_numpy" put the kernels back for what follows
+    # "ours_numpy" put the kernels back for what follows
+    assert roi_masks._roi_rle is kernels and common._coco_rle is geometry
     ours = runs["ours"]["metrics"]
     assert ours["AP"] > 0  # the generated detections do match the ground truth
     for w in ("ours_numpy", "pasted", "hotcoco", "lvis"):

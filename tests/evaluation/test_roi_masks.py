@@ -4,7 +4,9 @@ ROI-level path gives the metrics of the full-image path and of lvis-api."""
 import copy
 import json
 import logging
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -91,6 +93,34 @@ def test_roi_rles_byte_equal_pasted_at_the_threshold(compiled):
 
 
 @pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
+def test_roi_rles_change_just_past_the_last_region_row(compiled):
+    """A change of class just below the image's last row (the box goes on below the image): the last
+    row's float64 value is a hair under the threshold, grid_sample's float32 value on or over it. The
+    kernel once skipped such a change without looking at the row beside it (found by a stress run)."""
+    from lt_detectron.evaluation.roi_mask_sampling import sampling_grid, source_coordinate
+
+    h, w, m = 20, 6, 14
+    box = np.array([0.0, 0.0, 6.0, 31.3], np.float32)  # rows below 20 are outside the image
+    iy_last = source_coordinate(sampling_grid(np.array([h - 1]), box[1], box[3]), m)[0]
+    # masks constant across, a ramp down through the threshold just below the last row's iy
+    rows = 0.5 + 0.05 * (np.arange(m)[None] - iy_last) - np.linspace(-3e-5, 3e-5, 4001)[:, None]
+    masks = np.repeat(rows.astype(np.float32)[:, :, None], m, 2)
+    grid = torch.tensor([0.0, float(sampling_grid(np.array([h - 1]), box[1], box[3])[0])])
+    v32 = torch.nn.functional.grid_sample(
+        torch.from_numpy(masks)[:, None], grid.expand(len(masks), 1, 1, 2), align_corners=False
+    )[:, 0, 0, 0].numpy()
+    k, t = int(np.floor(iy_last)), iy_last - np.floor(iy_last)
+    v64 = (1 - t) * masks[:, k, 0].astype(np.float64) + t * masks[:, k + 1, 0]
+    flips = np.flatnonzero((v64 < 0.5) & (v32 >= 0.5))
+    assert len(flips)  # the case exists: float32 decides the last row
+    picked = masks[np.concatenate([flips, flips + 1, flips - 1])]
+    boxes = np.repeat(box[None], len(picked), 0)
+    assert encode_roi_masks(picked, boxes, (h, w), compiled=compiled) == _pasted_rles(
+        picked, boxes, (h, w)
+    )
+
+
+@pytest.mark.parametrize("compiled", IMPLEMENTATIONS)
 def test_roi_rles_per_mask_image_sizes(compiled):
     rng = np.random.default_rng(3)
     masks = make_roi_masks(12, 28, seed=3)
@@ -145,10 +175,11 @@ def test_kernel_on_threads_merges_as_on_one():
     regions = roi_mask_regions(boxes, h, w)
     one = roi_masks._column_flips(masks, boxes, regions, h, 0.5, 1)
     assert len(one[2]) > 0
-    for threads in (2, 3):
-        got = roi_masks._column_flips(masks, boxes, regions, h, 0.5, threads)
-        for a, b in zip(one, got):
-            np.testing.assert_array_equal(a, b)
+    with ThreadPoolExecutor(1) as pool:  # the evaluators' one worker for every image
+        for threads, executor in ((2, None), (3, None), (2, pool), (3, pool)):
+            got = roi_masks._column_flips(masks, boxes, regions, h, 0.5, threads, executor)
+            for a, b in zip(one, got):
+                np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.skipif(not compiled_encoder(), reason="kernels not built")
@@ -156,7 +187,7 @@ def test_compiled_kernel_rle_strings_match_pycocotools():
     """The kernel's compressed counts from change positions against pycocotools' own strings,
     with changes that cancel (a column ending on the last row, the next starting on row 0) and a
     change at the very end of the image."""
-    from lt_detectron.evaluation import _roi_rle
+    from lt_detectron.evaluation import _coco_rle
 
     rng = np.random.default_rng(1)
     pos, counts, area, ref = [], [], [], []
@@ -174,12 +205,12 @@ def test_compiled_kernel_rle_strings_match_pycocotools():
         area.append(h * w)
         bitmap = np.asfortranarray(bits.reshape(w, h).T.astype(np.uint8))
         ref.append(mask_util.encode(bitmap)["counts"].decode())
-    got = _roi_rle.rle_strings(
+    got = _coco_rle.rle_strings(
         np.concatenate(pos).astype(np.int64), np.array(counts, np.int64), np.array(area, np.int64)
     )
     assert got == ref
     with pytest.raises(ValueError, match="changes"):
-        _roi_rle.rle_strings(
+        _coco_rle.rle_strings(
             np.zeros(3, np.int64), np.array([2], np.int64), np.array([9], np.int64)
         )
 
@@ -350,6 +381,40 @@ def test_roi_level_masks_in_results_json(lvis_data, tmp_path):
     a = json.loads((tmp_path / "roi" / "lvis_instances_results.json").read_text())
     b = json.loads((tmp_path / "full" / "lvis_instances_results.json").read_text())
     assert a == b and all("segmentation" in r for r in a)
+
+
+@pytest.mark.skipif(not compiled_encoder(), reason="kernels not built")
+def test_evaluator_keeps_one_encoder_thread_until_evaluate(lvis_data, tmp_path):
+    """process() shares the kernel's work with one worker thread kept from image to image (300
+    masks an image); evaluate() and reset() end it, and the RLEs are those of the pasted masks."""
+    name, _, gt, id_map = lvis_data
+    rng = np.random.default_rng(4)
+    images = [
+        {
+            "boxes": _boxes(rng, 300, *IMAGE_HW),
+            "scores": rng.random(300).astype(np.float32),
+            "classes": rng.integers(0, len(id_map), 300),
+            "masks": make_roi_masks(300, 28, seed=k),
+        }
+        for k in range(2)
+    ]
+    ids = [img["id"] for img in gt["images"][:2]]
+
+    def encoder_threads():
+        return [t for t in threading.enumerate() if t.name.startswith("lt_mask_encoder")]
+
+    ev = LTLVISEvaluator(name, ("segm",), distributed=False, output_dir=str(tmp_path))
+    for _ in range(2):  # evaluate() ends the worker; reset() and process() start a new one
+        ev.reset()
+        for img_id, d in zip(ids, images):
+            ev.process([{"image_id": img_id}], [{"instances": _instances(d, True)}])
+            assert len(encoder_threads()) == 1
+        ev.evaluate()
+        assert not encoder_threads()
+    rows = json.loads((tmp_path / "lvis_instances_results.json").read_text())
+    for img_id, d in zip(ids, images):
+        got = [r["segmentation"]["counts"] for r in rows if r["image_id"] == img_id]
+        assert got == [r["counts"] for r in _pasted_rles(d["masks"], d["boxes"], IMAGE_HW)]
 
 
 def test_evaluator_accepts_roi_level_and_full_image_masks():
