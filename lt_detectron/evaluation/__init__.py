@@ -10,6 +10,7 @@ from .lvis_evaluation import LTLVISEvaluator, evaluate_lvis_predictions
 from .pooled import pooled_ap
 from .predictions import results_file_name, write_results_json
 from .results_loading import load_results_json
+from .roi_mask_pipeline import RoiMaskPipeline
 from .roi_masks import encode_roi_masks
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "write_results_json",
     "results_file_name",
     "encode_roi_masks",
+    "RoiMaskPipeline",
 ]

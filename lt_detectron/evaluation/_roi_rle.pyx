@@ -15,7 +15,7 @@ rounded as NumPy and torch round it.
 import numpy as np
 
 cimport numpy as cnp
-from libc.math cimport ceil, fabs, floor
+from libc.math cimport fabs
 from libc.stdint cimport uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
@@ -36,7 +36,7 @@ cdef struct Buf:
     Py_ssize_t cap
 
 
-cdef int buf_reserve(Buf* b, Py_ssize_t more) except -1 nogil:
+cdef inline int buf_reserve(Buf* b, Py_ssize_t more) except -1 nogil:
     """Room for ``more`` values after the current ones."""
     cdef i64* p
     cdef Py_ssize_t cap
@@ -60,6 +60,19 @@ cdef object buf_array(Buf* b):
     if b.size:
         memcpy(&o[0], b.data, b.size * sizeof(i64))
     return out
+
+
+cdef inline i64 ifloor(double x) noexcept nogil:
+    """``floor(x)`` as an integer, without a libm call (|x| < 2^62; the x86-64 baseline has no
+    rounding instruction, so ``floor`` is a call per column otherwise)."""
+    cdef i64 t = <i64> x
+    return t - (x < t)
+
+
+cdef inline i64 iceil(double x) noexcept nogil:
+    """``ceil(x)`` as an integer (as :func:`ifloor`)."""
+    cdef i64 t = <i64> x
+    return t + (x > t)
 
 
 cdef inline float grid(i64 pix, float lo, float hi) noexcept nogil:
@@ -221,7 +234,7 @@ def column_flips(
                 # the class of each column's first region row; above the mask's first row
                 # (-1 <= iy < 0) a value is at most (iy + 1) x the first row's peak, so the first
                 # region row of most masks is zeros without a look
-                kf = <i64> floor(iy_first)
+                kf = ifloor(iy_first)
                 tnf = iy_first - kf
                 look = -1 <= kf <= m - 1
                 if kf == -1:
@@ -232,7 +245,7 @@ def column_flips(
                     look = tnf * peak >= threshold - 2.0 * eps
                 for col in range(x0, x1):
                     ix = source(grid(col, bx0, bx1), m)
-                    wc = <i64> floor(ix)
+                    wc = ifloor(ix)
                     if wc < -1 or wc > m - 1:
                         continue  # the column samples only zeros
                     tw = ix - wc
@@ -279,7 +292,7 @@ def column_flips(
                             continue
                         # the first region row at or below the change: a closed-form guess, then
                         # checked against the source rows themselves
-                        rt = <i64> ceil((iy_star + 0.5) * scale + by0 - 0.5)
+                        rt = iceil((iy_star + 0.5) * scale + by0 - 0.5)
                         if rt < y0 + 1:
                             rt = y0 + 1
                         if rt > y0 + last:

@@ -25,8 +25,7 @@ import logging
 import os
 import time
 import zlib
-from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict, deque
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -51,6 +50,7 @@ from .predictions import (
     results_file_name,
 )
 from .results_stream import ResultsStream, join_results_parts
+from .roi_mask_pipeline import PendingRLEs, RoiMaskPipeline
 
 AP_PROTOCOLS = ("standard", "fixed")
 TASKS = ("bbox", "segm", "boundary")
@@ -190,7 +190,10 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
     def reset(self):
         if getattr(self, "_stream", None) is not None:
             self._stream.abort()  # a partial results json goes; an older complete one stays
-        self._close_encoder()
+        if getattr(self, "_encoder", None) is not None:
+            self._encoder.close()  # its pending images are dropped with the rows below
+        self._encoder = RoiMaskPipeline() if self._with_masks else None
+        self._pending: deque = deque()  # (dets, PendingRLEs) of images still being encoded
         self._stream: Optional[ResultsStream] = None
         self._streamed = False  # the results json holds the rows since reset() (evaluated once)
         self._from_arrays = False  # evaluate_arrays(): written at evaluate(), not streamed
@@ -200,18 +203,6 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
         # Fixed AP keeps at most C x k rows: prune to that when twice as many have arrived (memory <=
         # 2 C k rows, 1.3 GB on LVIS; a prune is a sort, so never before C x k rows)
         self._prune_at = 2 * len(self._contiguous_to_dataset) * self._topk
-
-    def _mask_encoder(self) -> Optional[ThreadPoolExecutor]:
-        """The worker thread the mask encoder's kernels share out to (``encode_roi_masks``), one for
-        every image from the first ``process()`` to ``evaluate()``: no thread start per image."""
-        if self._with_masks and getattr(self, "_encoder", None) is None:
-            self._encoder = ThreadPoolExecutor(1, thread_name_prefix="lt_mask_encoder")
-        return getattr(self, "_encoder", None)
-
-    def _close_encoder(self):
-        if getattr(self, "_encoder", None) is not None:
-            self._encoder.shutdown(wait=True)
-        self._encoder: Optional[ThreadPoolExecutor] = None
 
     def process(self, inputs, outputs):
         cap = self._max_dets if (self.caps_per_image and not self._fixed) else None
@@ -224,8 +215,19 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
                 self._contiguous_to_dataset,
                 max_dets=cap,
                 with_masks=self._with_masks,
-                executor=self._mask_encoder(),
+                encoder=self._encoder,
             )
+            self._pending.append((dets, rles))
+            # the images before this one: finished while this image's masks are in the kernel
+            self._add_rows(keep=1)
+
+    def _add_rows(self, keep: int = 0):
+        """Collect (and stream) the rows of the images processed, in order, all but the last
+        ``keep`` (their masks may still be in the encoder's kernel)."""
+        while len(self._pending) > keep:
+            dets, rles = self._pending.popleft()
+            if isinstance(rles, PendingRLEs):
+                rles = rles.result()
             self._chunks.append(dets)
             self._num_rows += len(dets)
             if self._rles is not None:
@@ -270,7 +272,9 @@ class LTDatasetEvaluator(PerCategoryOutputs, DatasetEvaluator):
 
     def evaluate(self):
         t0 = time.perf_counter()
-        self._close_encoder()  # every image is encoded
+        self._add_rows()  # the images still in the mask encoder
+        if self._encoder is not None:
+            self._encoder.close()
         world = comm.get_world_size()
         stream, self._stream = self._results_stream(), None  # (an empty one: nothing processed)
         if stream is not None:

@@ -98,7 +98,7 @@ def instances_to_arrays(
     contiguous_to_dataset: np.ndarray,
     max_dets: Optional[int] = None,
     with_masks: bool = False,
-    executor=None,
+    encoder=None,
 ) -> Tuple[np.ndarray, Optional[List[dict]]]:
     """Convert Detectron2 ``Instances`` of one image to a detection matrix (+ RLE masks).
 
@@ -110,8 +110,10 @@ def instances_to_arrays(
     Boxes XYXY -> XYWH in float32 (as Detectron2's ``instances_to_coco_json``), scores,
     contiguous class -> dataset category id. With ``max_dets`` keeps the ``max_dets``
     highest scores (ties: earlier detection first, like lvis-api's stable sort) in their
-    original order, so every backend sees the same detections. ``executor``: passed to
-    :func:`~.roi_masks.encode_roi_masks`.
+    original order, so every backend sees the same detections.
+
+    ``encoder``: a :class:`~.roi_mask_pipeline.RoiMaskPipeline`; ROI-level masks then go to it, and
+    the RLEs returned are its :class:`~.roi_mask_pipeline.PendingRLEs` (``result()`` gives them).
     """
     n = len(instances)
     if n == 0:
@@ -152,11 +154,11 @@ def instances_to_arrays(
         elif roi is not None:
             masks = roi
         if roi is not None:  # N x M x M probabilities: encoded as Detectron2 would paste them
+            if encoder is not None:
+                return out, encoder.submit(masks, boxes, tuple(instances.image_size))
             from .roi_masks import encode_roi_masks
 
-            return out, encode_roi_masks(
-                masks, boxes, tuple(instances.image_size), executor=executor
-            )
+            return out, encode_roi_masks(masks, boxes, tuple(instances.image_size))
         m = masks.detach().cpu().numpy()
         m = m.view(np.uint8) if m.dtype == np.bool_ else m.astype(np.uint8)  # bool: no copy
         rles = encode_masks(m)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from concurrent.futures import Executor
 from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -75,39 +74,16 @@ def _exact_flips(masks32, boxes, regions, unsure, heights, threshold):
     return u_mask[fu], u_at[fu], u_col[fu] * heights[u_mask[fu]] + y0[fu] + fr
 
 
-def _column_flips(m32, b, regions, heights, threshold, threads: int, executor=None):
-    """The kernel's ``column_flips`` over ``threads`` parts of the masks at once (it releases the
-    GIL), merged as if it had run on all of them; the parts after the first go to ``executor``, or
-    to threads started for the call."""
-    n = len(m32)
-    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
-    parts = [None] * threads
-    errors = []
+def kernel_part(m32, b, regions, heights, threshold, s: int, e: int):
+    """The kernel's ``column_flips`` of masks ``s:e`` (it releases the GIL)."""
+    return _roi_rle.column_flips(
+        m32[s:e], b[s:e], regions[s:e], heights[s:e], threshold, COORD_ERROR, ARITH_ERROR
+    )
 
-    def run(j):
-        s, e = bounds[j], bounds[j + 1]
-        try:
-            parts[j] = _roi_rle.column_flips(
-                m32[s:e], b[s:e], regions[s:e], heights[s:e], threshold, COORD_ERROR, ARITH_ERROR
-            )
-        except BaseException as exc:  # re-raised in the calling thread
-            errors.append(exc)
 
-    if executor is not None:
-        done = [executor.submit(run, j) for j in range(1, threads)]
-        run(0)
-        for f in done:
-            f.result()
-    else:
-        workers = [threading.Thread(target=run, args=(j,), daemon=True) for j in range(1, threads)]
-        for t in workers:
-            t.start()
-        run(0)
-        for t in workers:
-            t.join()
-    if errors:
-        raise errors[0]
-    if threads == 1:
+def merge_parts(parts, bounds):
+    """The kernel's output for all masks from its ``parts`` of masks ``bounds[j]:bounds[j + 1]``."""
+    if len(parts) == 1:
         return parts[0]
     sizes = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
     pos = np.concatenate([p[0] for p in parts])
@@ -118,15 +94,46 @@ def _column_flips(m32, b, regions, heights, threshold, threads: int, executor=No
     return pos, counts, u_mask, u_col, u_at
 
 
-def _encode_compiled(m32, b, heights, widths, threshold, executor) -> List[str]:
+def _column_flips(m32, b, regions, heights, threshold, threads: int):
+    """The kernel over ``threads`` parts of the masks at once, merged as if it had run on all of
+    them."""
+    n = len(m32)
+    bounds = np.linspace(0, n, threads + 1).astype(np.int64)
+    parts = [None] * threads
+    errors = []
+
+    def run(j):
+        try:
+            parts[j] = kernel_part(m32, b, regions, heights, threshold, bounds[j], bounds[j + 1])
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
+
+    workers = [threading.Thread(target=run, args=(j,), daemon=True) for j in range(1, threads)]
+    for t in workers:
+        t.start()
+    run(0)
+    for t in workers:
+        t.join()
+    if errors:
+        raise errors[0]
+    return merge_parts(parts, bounds)
+
+
+def kernel_stage(m32, b, heights, widths, threshold, threads: int):
+    """The encoder's first stage on the compiled path: the kernel (no GIL, most of the time).
+    Returns what :func:`finish_stage` takes."""
     regions = roi_mask_regions(b, heights, widths)
     hs = np.ascontiguousarray(heights, np.int64)
-    # two threads from _PARALLEL_MIN masks on, where a second core is free (an image's 300 masks
-    # take about a millisecond; a thread costs tens of microseconds)
-    threads = 2 if len(m32) >= _PARALLEL_MIN and _CORES > 1 else 1
-    pos, counts, *unsure = _column_flips(m32, b, regions, hs, threshold, threads, executor)
+    flips = _column_flips(m32, b, regions, hs, threshold, threads)
+    return m32, b, regions, hs, widths, threshold, flips
+
+
+def finish_stage(state) -> List[dict]:
+    """The second stage: the columns ``grid_sample`` settles, the strings and the RLE dicts."""
+    m32, b, regions, hs, widths, threshold, (pos, counts, *unsure) = state
     extra = _exact_flips(m32, b, regions, unsure, hs, threshold) if len(unsure[0]) else ()
-    return _coco_rle.rle_strings(pos, counts, np.ascontiguousarray(hs * widths, np.int64), *extra)
+    area = np.ascontiguousarray(hs * widths, np.int64)
+    return _rle_dicts(hs, widths, _coco_rle.rle_strings(pos, counts, area, *extra))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -148,35 +155,10 @@ def _rle_dicts(heights, widths, strings) -> List[dict]:
     return [{"size": size, "counts": c} for size, c in zip(hw, strings)]
 
 
-def encode_roi_masks(
-    masks: Union[torch.Tensor, np.ndarray],
-    boxes: Union[torch.Tensor, np.ndarray],
-    image_size: Union[Tuple[int, int], Sequence[Tuple[int, int]]],
-    threshold: float = 0.5,
-    compiled: Optional[bool] = None,
-    executor: Optional[Executor] = None,
-) -> List[dict]:
-    """COCO RLEs ``{"size": (H, W), "counts": str}`` of ROI-level masks as Detectron2 would paste them.
-
-    Args:
-        masks: ``(N, M, M)`` or ``(N, 1, M, M)`` probabilities (the mask head's output after the
-            sigmoid), float.
-        boxes: ``(N, 4)`` XYXY boxes in the output image's coordinates (float32, as
-            ``detector_postprocess`` leaves them).
-        image_size: ``(H, W)`` of the output image, or one ``(H, W)`` per mask.
-        threshold: a pixel is in the mask when its pasted value is ``>= threshold``.
-        compiled: ``None`` (default) runs the compiled kernels when they are built, ``False`` the
-            NumPy path; ``True`` requires the kernels. Both give the same strings.
-        executor: where the compiled kernels run their second part of the masks (from 128 masks, on
-            a machine of two cores or more); ``None`` starts a thread per call. A caller that
-            encodes image after image keeps one worker for all of them (the evaluators pass a
-            ``ThreadPoolExecutor(1)`` of their own), which saves a thread start per image.
-
-    Returns:
-        one RLE per mask (``size`` a tuple: see :func:`_rle_dicts`) whose ``counts`` equals
-        ``pycocotools.mask.encode(np.asfortranarray(paste_masks_in_image(masks, boxes, (H, W),
-        threshold).numpy()))[i]["counts"].decode()``. Empty regions give an all-zero mask.
-    """
+def prepare(masks, boxes, image_size, compiled: Optional[bool] = None):
+    """Checked inputs of :func:`encode_roi_masks`: ``(m32, boxes, heights, widths, kernels)``, float32
+    ``(N, M, M)`` masks and ``(N, 4)`` boxes, one height and width per mask, and whether the compiled
+    kernels encode them."""
     m32 = _as_numpy(masks, np.float32)
     if m32.ndim == 4 and m32.shape[1] == 1:
         m32 = m32[:, 0]
@@ -206,13 +188,50 @@ def encode_roi_masks(
                 f"{_roi_rle.MAX_MASK_SIDE}, got {m32.shape[1]}; use compiled=None (NumPy path)"
             )
         use_kernels = False
+    return m32, b, heights, widths, use_kernels
+
+
+def encode_roi_masks(
+    masks: Union[torch.Tensor, np.ndarray],
+    boxes: Union[torch.Tensor, np.ndarray],
+    image_size: Union[Tuple[int, int], Sequence[Tuple[int, int]]],
+    threshold: float = 0.5,
+    compiled: Optional[bool] = None,
+) -> List[dict]:
+    """COCO RLEs ``{"size": (H, W), "counts": str}`` of ROI-level masks as Detectron2 would paste them.
+
+    Args:
+        masks: ``(N, M, M)`` or ``(N, 1, M, M)`` probabilities (the mask head's output after the
+            sigmoid), float.
+        boxes: ``(N, 4)`` XYXY boxes in the output image's coordinates (float32, as
+            ``detector_postprocess`` leaves them).
+        image_size: ``(H, W)`` of the output image, or one ``(H, W)`` per mask.
+        threshold: a pixel is in the mask when its pasted value is ``>= threshold``.
+        compiled: ``None`` (default) runs the compiled kernels when they are built, ``False`` the
+            NumPy path; ``True`` requires the kernels. Both give the same strings.
+
+    Returns:
+        one RLE per mask (``size`` a tuple: see :func:`_rle_dicts`) whose ``counts`` equals
+        ``pycocotools.mask.encode(np.asfortranarray(paste_masks_in_image(masks, boxes, (H, W),
+        threshold).numpy()))[i]["counts"].decode()``. Empty regions give an all-zero mask.
+
+    Image after image, :class:`~.roi_mask_pipeline.RoiMaskPipeline` gives the same RLEs with one
+    image's kernel running while the caller finishes the image before (the evaluators use it).
+    """
+    m32, b, heights, widths, use_kernels = prepare(masks, boxes, image_size, compiled)
+    if use_kernels:
+        # two threads from _PARALLEL_MIN masks on, where a second core is free (an image's 300
+        # masks take about a millisecond; a thread costs tens of microseconds)
+        threads = 2 if len(m32) >= _PARALLEL_MIN and _CORES > 1 else 1
+        return finish_stage(kernel_stage(m32, b, heights, widths, float(threshold), threads))
+    return encode_numpy_dicts(m32, b, heights, widths, float(threshold))
+
+
+def encode_numpy_dicts(m32, b, heights, widths, threshold) -> List[dict]:
+    """The NumPy path, :data:`_CHUNK` masks at a time."""
     out: List[dict] = []
-    for s in range(0, n, _CHUNK):
-        e = min(n, s + _CHUNK)
+    for s in range(0, len(b), _CHUNK):
+        e = min(len(b), s + _CHUNK)
         h, w = heights[s:e], widths[s:e]
-        if use_kernels:
-            strings = _encode_compiled(m32[s:e], b[s:e], h, w, float(threshold), executor)
-        else:
-            strings = encode_numpy(m32[s:e], b[s:e], h, w, float(threshold))
-        out.extend(_rle_dicts(h, w, strings))
+        out.extend(_rle_dicts(h, w, encode_numpy(m32[s:e], b[s:e], h, w, threshold)))
     return out
