@@ -52,7 +52,6 @@ def test_pipeline_errors_reach_the_caller(monkeypatch):
     with pytest.raises(ValueError, match=r"\(N, M, M\)"):
         pipe.submit(np.zeros((3, 28, 14)), np.zeros((3, 4)), (10, 10))  # at once, as encode's
     if compiled_encoder():
-
         real = roi_mask_pipeline.kernel_part
 
         def broken(*args):  # the worker's part (masks 0:split) fails, the caller's runs
