@@ -25,10 +25,12 @@ __all__ = [
 # How far grid_sample's float32 value of a pixel can be from the float64 value the encoders compute
 # on the same float32 grid (a pixel whose float64 value is nearer the threshold than this is left to
 # grid_sample itself): its source coordinate ``(g + 1) * M / 2 - 1/2`` takes three float32 roundings,
-# at most ~1.5e-7 x M off in all, which moves the value by that times the mask's slope (the largest
-# difference of two neighbouring mask values, across and down, in the cells the coordinate can fall
-# in); its bilinear sum of four float32 products is off by at most ~6e-7 x the largest |value|.
-# Each term is taken twice over here.
+# each at most half a unit in the last place of a number up to M (or 2 before the scaling), at most
+# 1.8e-7 x M off in all, which moves the value by that times the mask's slope (the largest difference
+# of two neighbouring mask values, across and down, in the cells the coordinate can fall in); its
+# bilinear sum of four float32 products of float32 weights is off by at most ~4e-7 x the largest
+# |value|. The constants leave a margin over both (1.7x and 2.5x); on random masks and points
+# grid_sample's errors stay under a fifth of the bound (tests/evaluation/test_roi_mask_sampling.py).
 COORD_ERROR = 3e-7  # per unit of mask side and of slope
 ARITH_ERROR = 1e-6  # per unit of max(1, largest |value|)
 
