@@ -22,10 +22,12 @@ pixel, threshold ``>= 0.5``), and an evaluator run-length encodes that bitmap ag
   of the COCO mask API: 5-bit groups, differences to the count two back from the fourth count on).
 
 Two implementations of the same algorithm give the same strings: compiled kernels
-(``_roi_rle.pyx`` and ``_coco_rle.pyx``, built by ``setup.py`` where a C compiler is found; one mask and one column at a
-time; mask evaluation end to end 2.5-3x faster than with the other, ``benchmarks/README.md``) and a
-NumPy path (whole arrays at once), used when the kernels are not built.
-:func:`compiled_encoder` says which one runs.
+(``_roi_rle.pyx`` and ``_coco_rle.pyx``, built by ``setup.py`` where a C compiler is found; one
+mask and one column at a time; mask evaluation end to end 4-5x faster than with the other,
+``benchmarks/README.md``) and a NumPy path (whole arrays at once), used when the kernels are not
+built. :func:`compiled_encoder` says which one runs. The compiled path runs in two stages,
+:func:`kernel_stage` (no GIL) and :func:`finish_stage`, which :mod:`.roi_mask_pipeline` overlaps
+from image to image.
 """
 
 from __future__ import annotations
