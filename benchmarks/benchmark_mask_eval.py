@@ -17,6 +17,10 @@ masks are what a Mask R-CNN head gives: 28 x 28 probabilities per detection (smo
 
 - **old path** (``--pasted``): what evaluation did before: Detectron2 pastes each mask into a
   full-image bitmap (``paste_masks_in_image``, timed), ``process()`` encodes them, ``evaluate()``.
+- **ours, direct encoding** (``--direct``): ours with every image encoded within its own
+  ``process()`` call, as before the evaluators' ``RoiMaskPipeline``.
+- ``--inference-ms MS [MS ...]``: a row each; ours pauses MS ms before each image, standing for the model's forward (not
+  timed): with the pipeline an image's kernel runs during the next pause.
 - **ours, NumPy encoder** (``--numpy-encoder``): ours as where the compiled kernels
   (``lt_detectron/evaluation/_roi_rle.pyx``, ``_coco_rle.pyx``) are not built: the encoder's NumPy
   path, pycocotools' boxes and areas.
@@ -29,6 +33,8 @@ the table under the machine header of :mod:`benchmarks.report`. Usage::
   python -m benchmarks.benchmark_mask_eval --images 200 --pasted
   python -m benchmarks.benchmark_mask_eval --images 1000 5000 --lvis-api-max-images 1000 \
       --repeats 3 --numpy-encoder --report benchmarks/results/mask_eval.md
+  python -m benchmarks.benchmark_mask_eval --images 1000 --skip-lvis-api --repeats 3 --direct \
+      --inference-ms 0 10 --report benchmarks/results/mask_eval_pipeline.md
 """
 
 from __future__ import annotations
@@ -116,10 +122,12 @@ def _metrics(res, scale):
     return {k: (-1.0 if not np.isfinite(res[k]) else float(res[k]) / scale) for k in METRICS}
 
 
-def worker_ours(gt_path, d, pool, out_dir, pasted=False):
+def worker_ours(gt_path, d, pool, out_dir, pasted=False, direct=False, inference_ms=0.0):
     """``pasted``: the old path instead, for comparison: Detectron2 pastes every mask into a
     full-image bitmap (``paste_masks_in_image``, as ``detector_postprocess`` does at inference, timed
-    too) and ``process()`` encodes those."""
+    too) and ``process()`` encodes those. ``direct``: the evaluator encodes each image in its
+    ``process()`` call (``encode_roi_masks``) instead of through its ``RoiMaskPipeline``.
+    ``inference_ms``: a pause before each image, standing for the model's forward (not timed)."""
     from detectron2.data import MetadataCatalog
 
     with open(gt_path) as f:
@@ -130,12 +138,12 @@ def worker_ours(gt_path, d, pool, out_dir, pasted=False):
     lut = np.zeros(max(cats) + 1, np.int64)
     lut[cats] = np.arange(len(cats))
     try:
-        return _time_ours(name, d, pool, out_dir, lut, pasted)
+        return _time_ours(name, d, pool, out_dir, lut, pasted, direct, inference_ms)
     finally:
         MetadataCatalog.remove(name)  # another call in this process may evaluate another gt
 
 
-def _time_ours(name, d, pool, out_dir, lut, pasted):
+def _time_ours(name, d, pool, out_dir, lut, pasted, direct, inference_ms):
     import torch
     from detectron2.layers import paste_masks_in_image
     from detectron2.structures import Boxes, Instances, ROIMasks
@@ -144,8 +152,12 @@ def _time_ours(name, d, pool, out_dir, lut, pasted):
 
     ev = LTLVISEvaluator(name, ("segm",), distributed=False, output_dir=out_dir)
     ev.reset()
+    if direct:
+        ev._encoder = None  # every image encoded within its own process() call
     timed = 0.0
     for img_id, s, e in _per_image(d):
+        if inference_ms:
+            time.sleep(inference_ms / 1000.0)  # the model's forward: not timed
         inst = Instances(IMAGE_HW)
         inst.pred_boxes = Boxes(torch.from_numpy(d["boxes"][s:e]))
         inst.scores = torch.from_numpy(d["scores"][s:e])
@@ -192,27 +204,30 @@ def worker_lvis(gt_path, d, pool):
     return time.perf_counter() - t, {k: float(E.results[k]) for k in METRICS}
 
 
-def run_worker(which, gt_path, det_path):
+def run_worker(which, gt_path, det_path, inference_ms=0.0):
     if which != "ours_numpy":
-        return _run_worker(which, gt_path, det_path)
+        return _run_worker(which, gt_path, det_path, inference_ms)
     from lt_detectron.evaluation import common, roi_masks
 
     # meanwhile as without a C compiler: the encoder's NumPy path, pycocotools' boxes and areas
     kernels, roi_masks._roi_rle = roi_masks._roi_rle, None
     geometry, common._coco_rle = common._coco_rle, None
     try:
-        return _run_worker("ours", gt_path, det_path)
+        return _run_worker("ours", gt_path, det_path, inference_ms)
     finally:
         roi_masks._roi_rle = kernels
         common._coco_rle = geometry
 
 
-def _run_worker(which, gt_path, det_path):
+def _run_worker(which, gt_path, det_path, inference_ms=0.0):
     d, pool = _load(det_path), _pool()
     extra = {}
-    if which == "ours":
+    if which in ("ours", "ours_direct"):
         with tempfile.TemporaryDirectory() as out:
-            dt, metrics, extra["process"] = worker_ours(gt_path, d, pool, out)
+            direct = which == "ours_direct"
+            dt, metrics, extra["process"] = worker_ours(
+                gt_path, d, pool, out, direct=direct, inference_ms=inference_ms
+            )
     elif which == "pasted":
         with tempfile.TemporaryDirectory() as out:
             dt, metrics, extra["process"] = worker_ours(gt_path, d, pool, out, pasted=True)
@@ -224,9 +239,9 @@ def _run_worker(which, gt_path, det_path):
     return {"time": dt, "metrics": metrics, "peak_gib": peak, **extra}
 
 
-def _subprocess(which, gt_path, det_path):
+def _subprocess(which, gt_path, det_path, inference_ms=0.0):
     cmd = [sys.executable, "-m", "benchmarks.benchmark_mask_eval", "--worker", which]
-    cmd += ["--paths", gt_path, det_path]
+    cmd += ["--paths", gt_path, det_path, "--inference-ms", str(inference_ms)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
     for line in p.stdout.splitlines():
@@ -254,7 +269,7 @@ def main(argv=None):
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "lt_bench_mask_eval"))
     ap.add_argument(
         "--worker",
-        choices=["ours", "ours_numpy", "pasted", "hotcoco", "lvis"],
+        choices=["ours", "ours_numpy", "ours_direct", "pasted", "hotcoco", "lvis"],
         help=argparse.SUPPRESS,
     )
     ap.add_argument("--repeats", type=int, default=1, help="runs of ours and raw hotcoco per row")
@@ -262,6 +277,18 @@ def main(argv=None):
         "--numpy-encoder",
         action="store_true",
         help="also time ours with the encoder's NumPy path (no compiled kernels)",
+    )
+    ap.add_argument(
+        "--direct",
+        action="store_true",
+        help="also time ours with every image encoded in its own process() call (no pipeline)",
+    )
+    ap.add_argument(
+        "--inference-ms",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="ours pauses this long before each image (the model's forward; not timed); a row each",
     )
     ap.add_argument("--report", help="also write the table with the machine to PATH (markdown)")
     ap.add_argument(
@@ -273,7 +300,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.worker:  # a subprocess of this benchmark: its stdout is the result line only
         logging.disable(logging.WARNING)
-        print("RESULT " + json.dumps(run_worker(args.worker, *args.paths)))
+        result = run_worker(args.worker, *args.paths, inference_ms=args.inference_ms[0])
+        print("RESULT " + json.dumps(result))
         return
     if args.profile:
         import cProfile
@@ -297,6 +325,8 @@ def main(argv=None):
         "ours / hotcoco",
         "ours, NumPy encoder",
         "NumPy / ours",
+        "ours, direct encoding",
+        "direct / ours",
         "lvis-api (evaluation alone)",
         "lvis-api / ours",
         "max metric diff",
@@ -306,44 +336,56 @@ def main(argv=None):
     rows, notes = [], []
     for n in args.images:
         paths = make_data(args.cache, n, args.dets)
-        runs = {"ours": [], "hotcoco": [], "ours_numpy": []}
-        for _ in range(args.repeats):
-            runs["ours"].append(_subprocess("ours", *paths))
-            runs["hotcoco"].append(_subprocess("hotcoco", *paths))
-            if args.numpy_encoder:
-                runs["ours_numpy"].append(_subprocess("ours_numpy", *paths))
-        ours, hot = median_run(runs["ours"]), median_run(runs["hotcoco"])
-        npy = median_run(runs["ours_numpy"])  # None without --numpy-encoder
         lvis_api = not args.skip_lvis_api and (
             args.lvis_api_max_images is None or n <= args.lvis_api_max_images
         )
-        ref = _subprocess("lvis", *paths) if lvis_api else None
+        ref = _subprocess("lvis", *paths) if lvis_api else None  # no forward: once per size
         old = _subprocess("pasted", *paths) if args.pasted else None
-        diffs = [
-            abs(ours["metrics"][k] - other["metrics"][k])
-            for other in runs["hotcoco"] + runs["ours_numpy"] + [x for x in (ref, old) if x]
-            for k in METRICS
-        ]
-        rows.append(
-            [
-                f"{n} x {args.dets}",
-                f"{ours['time']:.2f} s",
-                f"{ours['process']:.2f} s",
-                f"{ours['peak_gib']:.2f} GiB",
-                f"{hot['time']:.2f} s",
-                f"{ours['time'] / hot['time']:.2f}x",
-                f"{npy['time']:.2f} s" if npy else "-",
-                f"{npy['time'] / ours['time']:.1f}x" if npy else "-",
-                f"{ref['time']:.2f} s" if ref else "-",
-                f"{ref['time'] / ours['time']:.1f}x" if ref else "-",
-                f"{max(diffs):.1e}",
-                f"{old['time']:.2f} s ({old['process']:.2f} s paste + process())" if old else "-",
-                f"{old['time'] / ours['time']:.1f}x" if old else "-",
+        for ms in args.inference_ms:
+            label = f"{n} x {args.dets}" + (f", {ms:g} ms forward" if ms else "")
+            runs = {"ours": [], "hotcoco": [], "ours_numpy": [], "ours_direct": []}
+            for _ in range(args.repeats):
+                runs["ours"].append(_subprocess("ours", *paths, ms))
+                runs["hotcoco"].append(_subprocess("hotcoco", *paths))
+                if args.numpy_encoder:
+                    runs["ours_numpy"].append(_subprocess("ours_numpy", *paths, ms))
+                if args.direct:
+                    runs["ours_direct"].append(_subprocess("ours_direct", *paths, ms))
+            ours, hot = median_run(runs["ours"]), median_run(runs["hotcoco"])
+            npy = median_run(runs["ours_numpy"])  # None without --numpy-encoder
+            drc = median_run(runs["ours_direct"])  # None without --direct
+            diffs = [
+                abs(ours["metrics"][k] - other["metrics"][k])
+                for other in runs["hotcoco"]
+                + runs["ours_numpy"]
+                + runs["ours_direct"]
+                + [x for x in (ref, old) if x]
+                for k in METRICS
             ]
-        )
-        every = {k: [round(r["time"], 2) for r in v] for k, v in runs.items() if v}
-        notes.append(f"{n} x {args.dets}, every run (s): {every}")
-        print(markdown_table(columns, rows[-1:]), flush=True)
+            rows.append(
+                [
+                    label,
+                    f"{ours['time']:.2f} s",
+                    f"{ours['process']:.2f} s",
+                    f"{ours['peak_gib']:.2f} GiB",
+                    f"{hot['time']:.2f} s",
+                    f"{ours['time'] / hot['time']:.2f}x",
+                    f"{npy['time']:.2f} s" if npy else "-",
+                    f"{npy['time'] / ours['time']:.1f}x" if npy else "-",
+                    f"{drc['time']:.2f} s ({drc['process']:.2f} s process())" if drc else "-",
+                    f"{drc['time'] / ours['time']:.2f}x" if drc else "-",
+                    f"{ref['time']:.2f} s" if ref else "-",
+                    f"{ref['time'] / ours['time']:.1f}x" if ref else "-",
+                    f"{max(diffs):.1e}",
+                    f"{old['time']:.2f} s ({old['process']:.2f} s paste + process())"
+                    if old
+                    else "-",
+                    f"{old['time'] / ours['time']:.1f}x" if old else "-",
+                ]
+            )
+            every = {k: [round(r["time"], 2) for r in v] for k, v in runs.items() if v}
+            notes.append(f"{label}, every run (s): {every}")
+            print(markdown_table(columns, rows[-1:]), flush=True)
     encoder = "compiled kernels" if compiled_encoder() else "NumPy path (kernels not built)"
     notes.append(f"ours: the encoder's {encoder}; medians of {args.repeats} run(s)")
     table = Table("Mask evaluation from ROI-level masks", columns, rows, notes)
