@@ -25,6 +25,19 @@ cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
 
 
+cdef inline void widen(uint32_t x, uint32_t y, uint32_t* x0, uint32_t* x1, uint32_t* y0,
+                       uint32_t* y1) noexcept nogil:
+    """Widen the box ``x0..x1, y0..y1`` to take pixel ``(x, y)``."""
+    if x < x0[0]:
+        x0[0] = x
+    if x > x1[0]:
+        x1[0] = x
+    if y < y0[0]:
+        y0[0] = y
+    if y > y1[0]:
+        y1[0] = y
+
+
 cdef int geometry(const char* s, Py_ssize_t length, uint32_t h, uint32_t w, double* box,
                   double* area) noexcept nogil:
     """Box (XYWH) and area of one mask; -1 for a string that is not COCO's compressed format."""
@@ -76,25 +89,11 @@ cdef int geometry(const char* s, Py_ssize_t length, uint32_t h, uint32_t w, doub
             xs0 = xc
         else:
             ones += cnt
-            if xs0 < xs:
-                xs = xs0
-            if xs0 > xe:
-                xe = xs0
-            if ys0 < ys:
-                ys = ys0
-            if ys0 > ye:
-                ye = ys0
-            if xs0 < xc:
+            widen(xs0, ys0, &xs, &xe, &ys, &ye)
+            if xs0 < xc:  # a run of ones from one column into the next: every row
                 ys = 0
                 ye = h - 1
-            if xc < xs:
-                xs = xc
-            if xc > xe:
-                xe = xc
-            if y < ys:
-                ys = y
-            if y > ye:
-                ye = y
+            widen(xc, y, &xs, &xe, &ys, &ye)
         j += 1
     area[0] = <double> ones
     if j < 2:  # no run of ones (rleToBbox drops an unpaired last run)
