@@ -58,7 +58,7 @@ import tempfile
 import time
 
 from benchmarks.lvis_eval_tables import boundary_table, main_table, median_run, pooled_table
-from benchmarks.lvis_eval_workers import make_data, worker
+from benchmarks.lvis_eval_workers import add_inference_ms_argument, make_data, worker
 from benchmarks.report import command_line, markdown_table, write_report
 
 
@@ -158,15 +158,7 @@ def main():
         action="store_true",
         help="segm rows: also time Boundary AP (faster-coco-eval) on the same detections",
     )
-    ap.add_argument(
-        "--inference-ms",
-        type=float,
-        nargs="+",
-        default=[0.0],
-        metavar="MS",
-        help="ours: pause MS ms (not timed) before each process() call, standing for the model's "
-        "forward; one row per value (default 0: a tight loop)",
-    )
+    add_inference_ms_argument(ap)
     ap.add_argument(
         "--no-results-json",
         action="store_true",

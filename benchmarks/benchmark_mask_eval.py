@@ -52,7 +52,7 @@ import time
 import numpy as np
 
 from benchmarks.lvis_eval_tables import median_run
-from benchmarks.lvis_eval_workers import save_detections
+from benchmarks.lvis_eval_workers import add_inference_ms_argument, forward_pause, save_detections
 from benchmarks.report import Table, command_line, markdown_table, write_report
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
@@ -156,8 +156,7 @@ def _time_ours(name, d, pool, out_dir, lut, pasted, direct, inference_ms):
         ev._encoder = None  # every image encoded within its own process() call
     timed = 0.0
     for img_id, s, e in _per_image(d):
-        if inference_ms:
-            time.sleep(inference_ms / 1000.0)  # the model's forward: not timed
+        forward_pause(inference_ms)
         inst = Instances(IMAGE_HW)
         inst.pred_boxes = Boxes(torch.from_numpy(d["boxes"][s:e]))
         inst.scores = torch.from_numpy(d["scores"][s:e])
@@ -283,13 +282,7 @@ def main(argv=None):
         action="store_true",
         help="also time ours with every image encoded in its own process() call (no pipeline)",
     )
-    ap.add_argument(
-        "--inference-ms",
-        type=float,
-        nargs="+",
-        default=[0.0],
-        help="ours pauses this long before each image (the model's forward; not timed); a row each",
-    )
+    add_inference_ms_argument(ap)
     ap.add_argument("--report", help="also write the table with the machine to PATH (markdown)")
     ap.add_argument(
         "--profile",

@@ -19,6 +19,26 @@ from benchmarks.lvis_eval_tables import METRICS, POOLED_METRICS
 
 
 # ---------------------------------------------------------------------------- cached data
+def add_inference_ms_argument(ap) -> None:
+    """``--inference-ms MS [MS ...]`` of the evaluation benchmarks (``benchmark_lvis_eval``,
+    ``benchmark_mask_eval``): a row per value, ours pausing that long before each image."""
+    ap.add_argument(
+        "--inference-ms",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        metavar="MS",
+        help="ours: pause MS ms (not timed) before each process() call, standing for the model's "
+        "forward; one row per value (default 0: a tight loop)",
+    )
+
+
+def forward_pause(inference_ms: float) -> None:
+    """The pause of ``--inference-ms`` before an image: the model's forward, not timed."""
+    if inference_ms:
+        time.sleep(inference_ms / 1000.0)
+
+
 def _paths(cache, n, task):
     base = os.path.join(cache, f"lvis_like_{n}_{task}")
     return base + "_gt.json", base + "_dets.npz", base + "_masks.json"
@@ -249,8 +269,7 @@ def worker_ours(
             t = time.perf_counter()
             outp[0]["instances"].pred_masks.numpy().any(axis=1)
             read_masks += time.perf_counter() - t
-        if inference_ms:
-            time.sleep(inference_ms / 1000.0)  # the model's forward: not timed
+        forward_pause(inference_ms)
         t = time.perf_counter()
         if prof:
             prof.enable()
