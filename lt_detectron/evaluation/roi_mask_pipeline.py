@@ -2,7 +2,7 @@
 finishes the image before it.
 
 :func:`~.roi_masks.encode_roi_masks` runs in two stages on its compiled path: the kernel
-(:func:`~.roi_masks.kernel_stage`, which holds no GIL and takes most of the time) and the finish
+(:func:`~.roi_masks.kernel_part`, which holds no GIL and takes most of the time) and the finish
 (:func:`~.roi_masks.finish_stage`: the columns ``grid_sample`` settles, the strings, the dicts;
 Python, holding the GIL). An evaluator encodes every image of a data set one after the other, so
 :class:`RoiMaskPipeline` overlaps the two: :meth:`~RoiMaskPipeline.submit` hands an image's kernel to
@@ -21,7 +21,6 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import List, Optional
 
-import numpy as np
 
 from .roi_mask_sampling import roi_mask_regions
 from .roi_masks import encode_numpy_dicts, finish_stage, kernel_part, merge_parts, prepare
@@ -46,11 +45,11 @@ class PendingRLEs:
 
     def result(self) -> List[dict]:
         if self._rles is None:
-            m32, b, regions, hs, widths, threshold, split = self._job
-            mine = kernel_part(m32, b, regions, hs, threshold, split, len(m32))
+            m32, b, regions, heights, widths, threshold, split = self._job
+            mine = kernel_part(m32, b, regions, heights, threshold, split, len(m32))
             theirs = self._kernel.result()  # a kernel error is raised here
             flips = merge_parts([theirs, mine], [0, split])
-            self._rles = finish_stage((m32, b, regions, hs, widths, threshold, flips))
+            self._rles = finish_stage(m32, b, regions, heights, widths, threshold, flips)
             self._kernel = self._job = None
         return self._rles
 
@@ -76,10 +75,9 @@ class RoiMaskPipeline:
             m32 = m32.copy()
         # the regions (NumPy, holding the GIL) here, so that the worker hardly needs the GIL
         regions = roi_mask_regions(b, heights, widths)
-        hs = np.ascontiguousarray(heights, np.int64)
         split = len(m32) - int(self.caller_share * len(m32))
-        args = (m32, b, regions, hs, self.threshold, 0, split)
-        job = (m32, b, regions, hs, widths, self.threshold, split)
+        args = (m32, b, regions, heights, self.threshold, 0, split)
+        job = (m32, b, regions, heights, widths, self.threshold, split)
         return PendingRLEs(kernel=self._worker.submit(kernel_part, *args), job=job)
 
     def close(self) -> None:

@@ -25,9 +25,9 @@ Two implementations of the same algorithm give the same strings: compiled kernel
 (``_roi_rle.pyx`` and ``_coco_rle.pyx``, built by ``setup.py`` where a C compiler is found; one
 mask and one column at a time; mask evaluation end to end 4-5x faster than with the other,
 ``benchmarks/README.md``) and a NumPy path (whole arrays at once), used when the kernels are not
-built. :func:`compiled_encoder` says which one runs. The compiled path runs in two stages,
-:func:`kernel_stage` (no GIL) and :func:`finish_stage`, which :mod:`.roi_mask_pipeline` overlaps
-from image to image.
+built. :func:`compiled_encoder` says which one runs. The compiled path runs in two stages, the
+kernel (:func:`kernel_part`, no GIL) and :func:`finish_stage`, which :mod:`.roi_mask_pipeline`
+overlaps from image to image.
 """
 
 from __future__ import annotations
@@ -121,21 +121,13 @@ def _column_flips(m32, b, regions, heights, threshold, threads: int):
     return merge_parts(parts, bounds)
 
 
-def kernel_stage(m32, b, heights, widths, threshold, threads: int):
-    """The encoder's first stage on the compiled path: the kernel (no GIL, most of the time).
-    Returns what :func:`finish_stage` takes."""
-    regions = roi_mask_regions(b, heights, widths)
-    hs = np.ascontiguousarray(heights, np.int64)
-    flips = _column_flips(m32, b, regions, hs, threshold, threads)
-    return m32, b, regions, hs, widths, threshold, flips
-
-
-def finish_stage(state) -> List[dict]:
-    """The second stage: the columns ``grid_sample`` settles, the strings and the RLE dicts."""
-    m32, b, regions, hs, widths, threshold, (pos, counts, *unsure) = state
-    extra = _exact_flips(m32, b, regions, unsure, hs, threshold) if len(unsure[0]) else ()
-    area = np.ascontiguousarray(hs * widths, np.int64)
-    return _rle_dicts(hs, widths, _coco_rle.rle_strings(pos, counts, area, *extra))
+def finish_stage(m32, b, regions, heights, widths, threshold, flips) -> List[dict]:
+    """The compiled path's second stage, after the kernel's ``flips`` (:func:`kernel_part`, no GIL):
+    the columns ``grid_sample`` settles, the strings and the RLE dicts."""
+    pos, counts, *unsure = flips
+    extra = _exact_flips(m32, b, regions, unsure, heights, threshold) if len(unsure[0]) else ()
+    area = np.ascontiguousarray(heights * widths, np.int64)
+    return _rle_dicts(heights, widths, _coco_rle.rle_strings(pos, counts, area, *extra))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -159,8 +151,8 @@ def _rle_dicts(heights, widths, strings) -> List[dict]:
 
 def prepare(masks, boxes, image_size, compiled: Optional[bool] = None):
     """Checked inputs of :func:`encode_roi_masks`: ``(m32, boxes, heights, widths, kernels)``, float32
-    ``(N, M, M)`` masks and ``(N, 4)`` boxes, one height and width per mask, and whether the compiled
-    kernels encode them."""
+    ``(N, M, M)`` masks and ``(N, 4)`` boxes, one height and width per mask (contiguous int64), and
+    whether the compiled kernels encode them."""
     m32 = _as_numpy(masks, np.float32)
     if m32.ndim == 4 and m32.shape[1] == 1:
         m32 = m32[:, 0]
@@ -225,7 +217,9 @@ def encode_roi_masks(
         # two threads from _PARALLEL_MIN masks on, where a second core is free (an image's 300
         # masks take about a millisecond; a thread costs tens of microseconds)
         threads = 2 if len(m32) >= _PARALLEL_MIN and _CORES > 1 else 1
-        return finish_stage(kernel_stage(m32, b, heights, widths, float(threshold), threads))
+        regions = roi_mask_regions(b, heights, widths)
+        flips = _column_flips(m32, b, regions, heights, float(threshold), threads)
+        return finish_stage(m32, b, regions, heights, widths, float(threshold), flips)
     return encode_numpy_dicts(m32, b, heights, widths, float(threshold))
 
 
