@@ -71,8 +71,9 @@ class RoiMaskPipeline:
             return PendingRLEs(rles=encode_numpy_dicts(m32, b, heights, widths, self.threshold))
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="lt_mask_encoder")
-        if m32.base is not None:  # the caller's own memory (a CPU tensor): it may change meanwhile
-            m32 = m32.copy()
+        # the caller's own memory (CPU tensors) may change meanwhile: the kernel reads copies
+        m32 = m32.copy() if m32.base is not None else m32
+        b = b.copy() if b.base is not None else b
         # the regions (NumPy, holding the GIL) here, so that the worker hardly needs the GIL
         regions = roi_mask_regions(b, heights, widths)
         split = len(m32) - int(self.caller_share * len(m32))

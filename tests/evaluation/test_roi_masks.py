@@ -408,8 +408,10 @@ def test_evaluator_keeps_one_encoder_thread_until_evaluate(lvis_data, tmp_path):
         for img_id, d in zip(ids, images):
             inst = _instances(d, True)
             inst.pred_masks = ROIMasks(torch.from_numpy(d["masks"].copy()))
+            inst.pred_boxes = Boxes(torch.from_numpy(d["boxes"].copy()))
             ev.process([{"image_id": img_id}], [{"instances": inst}])
             inst.pred_masks.tensor.fill_(1.0)  # a caller reusing its buffers
+            inst.pred_boxes.tensor.fill_(0.0)
             assert len(encoder_threads()) == 1
         ev.evaluate()
         assert not encoder_threads()
