@@ -10,7 +10,7 @@ from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from .common import gc_paused
+from .common import gc_paused, mask_boxes_and_areas
 from .predictions import ResultsFileError
 
 __all__ = ["load_results_json"]
@@ -154,6 +154,7 @@ def _checked_columns(path: str, res: list, has_seg: bool):
     n = len(res)
     dets = np.zeros((n, 7), np.float64)
     rles: Optional[List[dict]] = [] if has_seg else None
+    no_box = []  # entries whose box is their mask's (read below, all at once)
     for i, r in enumerate(res):
         if not isinstance(r, dict):
             _fail(path, f"entry {i} is a {type(r).__name__}, not a result dict.")
@@ -175,11 +176,7 @@ def _checked_columns(path: str, res: list, has_seg: bool):
             if "bbox" in r:
                 dets[i, 1:5] = r["bbox"]
             elif has_seg:
-                from pycocotools import mask as mask_util
-
-                dets[i, 1:5] = mask_util.toBbox(
-                    {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
-                )
+                no_box.append(i)
             else:
                 _fail(path, f"entry {i} has neither 'bbox' nor 'segmentation'.")
         except KeyError as e:
@@ -192,4 +189,6 @@ def _checked_columns(path: str, res: list, has_seg: bool):
             raise
         except (TypeError, ValueError) as e:
             _fail(path, f"entry {i} has a malformed value ({e}): {str(r)[:200]}")
+    if no_box:
+        dets[no_box, 1:5] = mask_boxes_and_areas([rles[i] for i in no_box])[0]
     return dets, rles

@@ -115,3 +115,27 @@ def test_kernel_names_what_it_cannot_read(bad, match):
     good = mask_util.encode(np.asfortranarray(np.ones((4, 4), np.uint8)))
     with pytest.raises(ValueError, match=f"entry 1 .*{match}|entry 1 has {match}"):
         common._coco_rle.rle_geometry([good, bad])
+
+
+def test_results_without_a_box_get_their_masks_box(tmp_path):
+    """load_results_json: a result without ``bbox`` gets its mask's box (lvis-api's rule), through
+    mask_boxes_and_areas; one with a ``bbox`` keeps it."""
+    import json
+
+    from lt_detectron.evaluation import load_results_json
+
+    masks = _masks(5)[96:102]  # 40 x 33 images: empty, full, random, rectangles
+    rles = [mask_util.encode(np.asfortranarray(m)) for m in masks]
+    rows = []
+    for k, r in enumerate(rles):
+        seg = {"size": r["size"], "counts": r["counts"].decode()}
+        row = {"image_id": 1, "category_id": 1, "score": 0.5, "segmentation": seg}
+        if k == 2:
+            row["bbox"] = [1.0, 2.0, 3.0, 4.0]
+        rows.append(row)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(rows))
+    dets, _ = load_results_json(str(path))
+    want = np.asarray(mask_util.toBbox(rles), np.float64)
+    want[2] = [1.0, 2.0, 3.0, 4.0]
+    np.testing.assert_array_equal(dets[:, 1:5], want)
