@@ -23,6 +23,7 @@ ctypedef int64_t i64
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+    object PyUnicode_DecodeASCII(const char*, Py_ssize_t, const char*)
 
 
 cdef inline void widen(uint32_t x, uint32_t y, uint32_t* x0, uint32_t* x1, uint32_t* y0,
@@ -230,10 +231,10 @@ def rle_strings(
                         text[c] = <char> (cur + 48)
                         c += 1
                 ends[j] = c
-        out = []
+        out = [None] * n
         start = 0
         for j in range(n):
-            out.append(text[start:ends[j]].decode("ascii"))
+            out[j] = PyUnicode_DecodeASCII(text + start, ends[j] - start, NULL)
             start = ends[j]
         return out
     finally:

@@ -15,15 +15,24 @@ rounded as NumPy and torch round it.
 import numpy as np
 
 cimport numpy as cnp
-from libc.math cimport fabs
-from libc.stdint cimport uint32_t, uint64_t
+from libc.math cimport INFINITY, fabs, nextafterf
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
 cnp.import_array()
 
 cdef extern from *:
+    """
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    #define LT_LITTLE_ENDIAN 0
+    #else
+    #define LT_LITTLE_ENDIAN 1
+    #endif
+    """
     int __builtin_ctzll(unsigned long long) nogil
+    uint64_t __builtin_bswap64(uint64_t) nogil
+    const int LITTLE_ENDIAN "LT_LITTLE_ENDIAN"
 
 ctypedef cnp.int64_t i64
 
@@ -73,6 +82,23 @@ cdef inline i64 iceil(double x) noexcept nogil:
     """``ceil(x)`` as an integer (as :func:`ifloor`)."""
     cdef i64 t = <i64> x
     return t + (x > t)
+
+
+cdef inline uint64_t pack8(const uint8_t* flags) noexcept nogil:
+    """Eight 0/1 bytes as the bits 0..7 of a word (bit j: ``flags[j]``; one multiply, no carries)."""
+    cdef uint64_t x
+    memcpy(&x, flags, 8)
+    if not LITTLE_ENDIAN:
+        x = __builtin_bswap64(x)
+    return (x * <uint64_t> 0x0102040810204080ULL) >> 56
+
+
+cdef inline float float_at_least(double t) noexcept nogil:
+    """The least float32 ``>= t`` (-FLT_MAX below its range, +inf above)."""
+    cdef float f = <float> t
+    if <double> f < t:
+        f = nextafterf(f, INFINITY)
+    return f
 
 
 cdef inline float grid(i64 pix, float lo, float hi) noexcept nogil:
@@ -158,7 +184,10 @@ def column_flips(
     cdef double eps, e_coord = coord_error * m, e_arith, dv
     cdef const uint32_t* fbits
     cdef uint32_t a, amax
-    cdef float peakf
+    cdef float peakf, lo_f, hi_f
+    cdef const float* row
+    cdef uint8_t hi_flag[64]
+    cdef uint8_t lo_flag[64]
     cdef bint s0, unsure, look
     cell_cols = ~(<uint64_t> 0) >> (64 - (m + 1))  # cell columns -1..m-1
     try:  # everything allocated is freed in `finally` (free(NULL) does nothing)
@@ -167,6 +196,9 @@ def column_flips(
         with nogil:
             for i in range(mp * mp):
                 pad[i] = 0.0
+            for i in range(64):
+                hi_flag[i] = 0
+                lo_flag[i] = 0
             for i in range(n):
                 x0 = regions[i, 0]
                 y0 = regions[i, 1]
@@ -202,17 +234,23 @@ def column_flips(
                 lo_border = (~(<uint64_t> 0) >> (64 - mp)) if 0.0 < hi_t else 0
                 # which side of the threshold each value is on, one bit per padded column: >=
                 # threshold - eps (hi) and < threshold + eps (lo); a cell straddles when one of
-                # its corners is hi and one lo
+                # its corners is hi and one lo. Compared in float32 (a flag per value, then eight
+                # flags to a byte): for a float v, v >= t exactly when v >= the least float >= t
+                lo_f = float_at_least(lo_t)
+                hi_f = float_at_least(hi_t)
                 for k in range(mp):
                     hb = hi_border
                     lb = lo_border
                     if 0 < k < mp - 1:
                         hb &= (<uint64_t> 1) | ((<uint64_t> 1) << (m + 1))
                         lb &= (<uint64_t> 1) | ((<uint64_t> 1) << (m + 1))
-                        for w in range(1, m + 1):
-                            v = pad[k * mp + w]
-                            hb |= (<uint64_t> (v >= lo_t)) << w
-                            lb |= (<uint64_t> (v < hi_t)) << w
+                        row = &masks[i, k - 1, 0]
+                        for w in range(m):
+                            hi_flag[w] = row[w] >= lo_f
+                            lo_flag[w] = row[w] < hi_f
+                        for w in range(0, m, 8):  # flags past m are zeros
+                            hb |= pack8(&hi_flag[w]) << (w + 1)
+                            lb |= pack8(&lo_flag[w]) << (w + 1)
                     hi_row[k] = hb
                     lo_row[k] = lb
                 for w in range(m + 1):

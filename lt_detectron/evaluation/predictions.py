@@ -17,7 +17,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import operator
 import os
 import shutil
 import tempfile
@@ -297,6 +299,25 @@ def prepare_rows(dets: np.ndarray, rles: Optional[List[dict]]):
     return _polars_frame(pl, dets, rles) if pl is not None else (dets, rles)
 
 
+def _rle_sizes(rles: List[dict]) -> np.ndarray:
+    """``(n, 2)`` int64 ``size`` of the RLEs; one object shared by all (the encoder's one tuple per
+    image size) is read once."""
+    sizes = list(map(operator.itemgetter("size"), rles))
+    if sizes and all(map(operator.is_, sizes, itertools.repeat(sizes[0]))):
+        return np.tile(np.asarray(sizes[0], np.int64).reshape(1, 2), (len(sizes), 1))
+    return np.array(sizes, np.int64).reshape(-1, 2)
+
+
+def _rle_counts(pl, rles: List[dict]):
+    """The RLEs' ``counts`` as a polars string column (bytes, as pycocotools gives them, decoded)."""
+    counts = list(map(operator.itemgetter("counts"), rles))
+    try:
+        return pl.Series(counts, dtype=pl.String)
+    except TypeError:  # bytes among them
+        counts = [c.decode("ascii") if isinstance(c, bytes) else c for c in counts]
+        return pl.Series(counts, dtype=pl.String)
+
+
 def _polars_frame(pl, dets: np.ndarray, rles: Optional[List[dict]]):
     """The results json's rows as a polars table (columns from the matrix, no per-row objects except
     the RLE strings); ``bbox`` and ``size`` as fixed-size arrays, ``segmentation`` a struct."""
@@ -308,14 +329,10 @@ def _polars_frame(pl, dets: np.ndarray, rles: Optional[List[dict]]):
         "score": np.ascontiguousarray(dets[:, 5]),
     }
     if rles is not None:
-        sizes = np.array([r["size"] for r in rles], np.int64).reshape(-1, 2)
-        counts = [
-            c.decode("ascii") if isinstance(c, bytes) else c for c in (r["counts"] for r in rles)
-        ]
         seg = pl.DataFrame(
             {
-                "size": pl.Series(sizes, dtype=pl.Array(pl.Int64, 2)),
-                "counts": pl.Series(counts, dtype=pl.String),
+                "size": pl.Series(_rle_sizes(rles), dtype=pl.Array(pl.Int64, 2)),
+                "counts": _rle_counts(pl, rles),
             }
         )
         cols["segmentation"] = seg.to_struct()

@@ -2,15 +2,15 @@
 finishes the image before it.
 
 :func:`~.roi_masks.encode_roi_masks` runs in two stages on its compiled path: the kernel
-(:func:`~.roi_masks.kernel_part`, which holds no GIL and takes most of the time) and the finish
-(:func:`~.roi_masks.finish_stage`: the columns ``grid_sample`` settles, the strings, the dicts;
-Python, holding the GIL). An evaluator encodes every image of a data set one after the other, so
-:class:`RoiMaskPipeline` overlaps the two: :meth:`~RoiMaskPipeline.submit` hands an image's kernel to
-its one worker thread and returns at once; :meth:`PendingRLEs.result` waits for that kernel and
-finishes the image in the calling thread. The evaluator asks for image ``k - 1``'s RLEs after
-submitting image ``k``: the kernel of image ``k`` runs while the caller finishes image ``k - 1`` and,
-at inference, while the model runs the next forward pass. The RLEs are those of
-:func:`~.roi_masks.encode_roi_masks`.
+(:func:`~.roi_masks.kernel_part`: the class changes and the strings, which hold no GIL and take most
+of the time) and the finish (:func:`~.roi_masks.finish_stage`: the columns ``grid_sample`` settles,
+the strings of their masks again, the dicts; Python, holding the GIL). An evaluator encodes every
+image of a data set one after the other, so :class:`RoiMaskPipeline` overlaps the two:
+:meth:`~RoiMaskPipeline.submit` hands an image's kernel to its one worker thread and returns at
+once; :meth:`PendingRLEs.result` waits for that kernel and finishes the image in the calling thread.
+The evaluator asks for image ``k - 1``'s RLEs after submitting image ``k``: the kernel of image ``k``
+runs while the caller finishes image ``k - 1`` and, at inference, while the model runs the next
+forward pass. The RLEs are those of :func:`~.roi_masks.encode_roi_masks`.
 
 Without the compiled kernels (or for masks larger than they take) :meth:`~RoiMaskPipeline.submit`
 encodes at once, with the NumPy path.
@@ -23,7 +23,7 @@ from typing import List, Optional
 
 
 from .roi_mask_sampling import roi_mask_regions
-from .roi_masks import encode_numpy_dicts, finish_stage, kernel_part, merge_parts, prepare
+from .roi_masks import encode_numpy_dicts, finish_stage, kernel_part, prepare
 
 __all__ = ["RoiMaskPipeline", "PendingRLEs"]
 
@@ -46,10 +46,12 @@ class PendingRLEs:
     def result(self) -> List[dict]:
         if self._rles is None:
             m32, b, regions, heights, widths, threshold, split = self._job
-            mine = kernel_part(m32, b, regions, heights, threshold, split, len(m32))
+            mine = kernel_part(m32, b, regions, heights, widths, threshold, split, len(m32))
             theirs = self._kernel.result()  # a kernel error is raised here
-            flips = merge_parts([theirs, mine], [0, split])
-            self._rles = finish_stage(m32, b, regions, heights, widths, threshold, flips)
+            bounds = [0, split, len(m32)]
+            self._rles = finish_stage(
+                m32, b, regions, heights, widths, threshold, [theirs, mine], bounds
+            )
             self._kernel = self._job = None
         return self._rles
 
@@ -77,7 +79,7 @@ class RoiMaskPipeline:
         # the regions (NumPy, holding the GIL) here, so that the worker hardly needs the GIL
         regions = roi_mask_regions(b, heights, widths)
         split = len(m32) - int(self.caller_share * len(m32))
-        args = (m32, b, regions, heights, self.threshold, 0, split)
+        args = (m32, b, regions, heights, widths, self.threshold, 0, split)
         job = (m32, b, regions, heights, widths, self.threshold, split)
         return PendingRLEs(kernel=self._worker.submit(kernel_part, *args), job=job)
 

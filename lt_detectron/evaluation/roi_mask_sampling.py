@@ -87,25 +87,28 @@ def exact_columns(masks32, boxes, i, cols, y0, y1, threshold, block: int = 4):
     Columns go ``block`` at a time as the channels of ONE input (``N = 1``): torch then samples in
     the calling thread (with ``N > 1`` it wakes its thread pool, milliseconds on a busy machine, for
     a few dozen columns) and every channel at every point of the grid with the same weights, so
-    channel ``c`` at grid column ``c`` is exactly the pasted value of column ``c``."""
-    order = np.argsort(y1 - y0, kind="stable")  # columns of similar heights share a block
-    i, cols, y0, y1 = i[order], cols[order], y0[order], y1[order]
-    rows = int((y1 - y0).max())
-    r = y0[:, None] + np.arange(rows)[None, :]
-    gy = sampling_grid(r, boxes[i, 1:2], boxes[i, 3:4])
-    gx = np.broadcast_to(sampling_grid(cols[:, None], boxes[i, 0:1], boxes[i, 2:3]), gy.shape)
-    grid = torch.from_numpy(np.stack([gx, gy], -1).transpose(1, 0, 2))  # (rows, U, 2), a view
-    inputs = torch.from_numpy(masks32[i])  # (U, M, M)
-    heights = (y1 - y0).tolist()
-    v = np.zeros((len(i), rows), np.float32)
-    for s in range(0, len(i), block):
-        e = min(len(i), s + block)
+    channel ``c`` at grid column ``c`` (the diagonal of the output) is exactly the pasted value of
+    column ``c``."""
+    h = y1 - y0
+    order = np.argsort(h, kind="stable")  # columns of similar heights share a block
+    i, cols, y0, y1, h = i[order], cols[order], y0[order], y1[order], h[order]
+    u, rows = len(i), int(h[-1])
+    r = y0[:, None] + np.arange(rows)
+    b = boxes[i]
+    grid = np.empty((1, rows, u, 2), np.float32)  # (1, rows, U, 2): x of column c, y of its rows
+    grid[0, :, :, 0] = sampling_grid(cols, b[:, 0], b[:, 2])
+    grid[0, :, :, 1] = sampling_grid(r, b[:, 1:2], b[:, 3:4]).T
+    grid = torch.from_numpy(grid)
+    inputs = torch.from_numpy(masks32[i][None])  # (1, U, M, M)
+    heights = h.tolist()
+    v = np.zeros((u, rows), np.float32)
+    for s in range(0, u, block):
+        e = min(u, s + block)
         n = heights[e - 1]  # the block's tallest column (sorted)
         out = torch.nn.functional.grid_sample(
-            inputs[None, s:e], grid[None, :n, s:e], align_corners=False
-        )
-        d = torch.arange(e - s)
-        v[s:e, :n] = out[0, d, :, d].numpy()  # (b, n): channel c at grid column c
+            inputs[:, s:e], grid[:, :n, s:e], align_corners=False
+        )  # (1, b, n, b)
+        v[s:e, :n] = out[0].diagonal(0, 0, 2).numpy().T  # channel c at grid column c
     cls = np.empty_like(v, dtype=bool)
     cls[order] = (v >= threshold) & (r < y1[:, None])
     return cls

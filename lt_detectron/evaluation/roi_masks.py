@@ -26,8 +26,8 @@ Two implementations of the same algorithm give the same strings: compiled kernel
 mask and one column at a time; mask evaluation end to end 4-5x faster than with the other,
 ``benchmarks/README.md``) and a NumPy path (whole arrays at once), used when the kernels are not
 built. :func:`compiled_encoder` says which one runs. The compiled path runs in two stages, the
-kernel (:func:`kernel_part`, no GIL) and :func:`finish_stage`, which :mod:`.roi_mask_pipeline`
-overlaps from image to image.
+kernel and the strings (:func:`kernel_part`, no GIL) and :func:`finish_stage` (``grid_sample``'s
+columns, Python), which :mod:`.roi_mask_pipeline` overlaps from image to image.
 """
 
 from __future__ import annotations
@@ -76,29 +76,20 @@ def _exact_flips(masks32, boxes, regions, unsure, heights, threshold):
     return u_mask[fu], u_at[fu], u_col[fu] * heights[u_mask[fu]] + y0[fu] + fr
 
 
-def kernel_part(m32, b, regions, heights, threshold, s: int, e: int):
-    """The kernel's ``column_flips`` of masks ``s:e`` (it releases the GIL)."""
-    return _roi_rle.column_flips(
+def kernel_part(m32, b, regions, heights, widths, threshold, s: int, e: int):
+    """The kernel on masks ``s:e``: ``(flips, strings)``, its ``column_flips`` (no GIL) and the
+    strings written from them (no GIL but for making the ``str`` objects), right for every mask
+    without columns left to ``grid_sample``; :func:`finish_stage` rewrites the others."""
+    flips = _roi_rle.column_flips(
         m32[s:e], b[s:e], regions[s:e], heights[s:e], threshold, COORD_ERROR, ARITH_ERROR
     )
+    area = np.ascontiguousarray(heights[s:e] * widths[s:e], np.int64)
+    return flips, _coco_rle.rle_strings(flips[0], flips[1], area)
 
 
-def merge_parts(parts, bounds):
-    """The kernel's output for all masks from its ``parts`` of masks ``bounds[j]:bounds[j + 1]``."""
-    if len(parts) == 1:
-        return parts[0]
-    sizes = np.cumsum([0] + [len(p[0]) for p in parts[:-1]])
-    pos = np.concatenate([p[0] for p in parts])
-    counts = np.concatenate([p[1] for p in parts])
-    u_mask = np.concatenate([p[2] + bounds[j] for j, p in enumerate(parts)])
-    u_col = np.concatenate([p[3] for p in parts])
-    u_at = np.concatenate([p[4] + sizes[j] for j, p in enumerate(parts)])
-    return pos, counts, u_mask, u_col, u_at
-
-
-def _column_flips(m32, b, regions, heights, threshold, threads: int):
-    """The kernel over ``threads`` parts of the masks at once, merged as if it had run on all of
-    them."""
+def _column_flips(m32, b, regions, heights, widths, threshold, threads: int):
+    """:func:`kernel_part` over ``threads`` parts of the masks at once: ``(parts, bounds)``, part
+    ``j`` for masks ``bounds[j]:bounds[j + 1]`` (as :func:`finish_stage` takes them)."""
     n = len(m32)
     bounds = np.linspace(0, n, threads + 1).astype(np.int64)
     parts = [None] * threads
@@ -106,7 +97,9 @@ def _column_flips(m32, b, regions, heights, threshold, threads: int):
 
     def run(j):
         try:
-            parts[j] = kernel_part(m32, b, regions, heights, threshold, bounds[j], bounds[j + 1])
+            parts[j] = kernel_part(
+                m32, b, regions, heights, widths, threshold, bounds[j], bounds[j + 1]
+            )
         except BaseException as exc:  # re-raised in the calling thread
             errors.append(exc)
 
@@ -118,16 +111,51 @@ def _column_flips(m32, b, regions, heights, threshold, threads: int):
         t.join()
     if errors:
         raise errors[0]
-    return merge_parts(parts, bounds)
+    return parts, bounds
 
 
-def finish_stage(m32, b, regions, heights, widths, threshold, flips) -> List[dict]:
-    """The compiled path's second stage, after the kernel's ``flips`` (:func:`kernel_part`, no GIL):
-    the columns ``grid_sample`` settles, the strings and the RLE dicts."""
-    pos, counts, *unsure = flips
-    extra = _exact_flips(m32, b, regions, unsure, heights, threshold) if len(unsure[0]) else ()
-    area = np.ascontiguousarray(heights * widths, np.int64)
-    return _rle_dicts(heights, widths, _coco_rle.rle_strings(pos, counts, area, *extra))
+def finish_stage(m32, b, regions, heights, widths, threshold, parts, bounds) -> List[dict]:
+    """The compiled path's second stage, after :func:`kernel_part` has given ``parts[j]`` for masks
+    ``bounds[j]:bounds[j + 1]``: the columns ``grid_sample`` settles, the strings of their masks
+    written again with those changes, and the RLE dicts."""
+    strings: List[str] = [t for _, part in parts for t in part]
+    u_mask = np.concatenate([f[2] + s for (f, _), s in zip(parts, bounds)])
+    if len(u_mask):
+        unsure = (
+            u_mask,
+            np.concatenate([f[3] for f, _ in parts]),
+            np.concatenate([f[4] for f, _ in parts]),
+        )
+        # (mask, index of its part's changes they go before, position), masks in order
+        ex_mask, ex_at, ex_pos = _exact_flips(m32, b, regions, unsure, heights, threshold)
+        cuts = np.searchsorted(ex_mask, bounds)
+        for j, (flips, _) in enumerate(parts):
+            if len(flips[2]):
+                x = slice(cuts[j], cuts[j + 1])
+                s = int(bounds[j])
+                redo = _rewrite(flips, heights[s:], widths[s:], ex_mask[x] - s, ex_at[x], ex_pos[x])
+                for r, t in redo:
+                    strings[s + r] = t
+    return _rle_dicts(heights, widths, strings)
+
+
+def _rewrite(flips, heights, widths, ex_mask, ex_at, ex_pos):
+    """``(mask, string)`` of the masks of one part that have columns left to ``grid_sample``,
+    written from the kernel's changes of those masks and the extra ones (``ex_*``, indices in the
+    part, in order)."""
+    pos, counts, u_mask = flips[0], flips[1], flips[2]
+    redo = np.unique(u_mask)
+    starts = np.cumsum(counts) - counts
+    sub_counts = counts[redo]
+    sub_starts = np.cumsum(sub_counts) - sub_counts
+    take = np.repeat(starts[redo] - sub_starts, sub_counts) + np.arange(sub_counts.sum())
+    k = np.searchsorted(redo, ex_mask)  # the extra changes' masks among those rewritten
+    sub_at = ex_at - starts[ex_mask] + sub_starts[k]
+    area = np.ascontiguousarray(heights[redo] * widths[redo], np.int64)
+    sub = _coco_rle.rle_strings(
+        np.ascontiguousarray(pos[take]), sub_counts, area, k, sub_at, np.ascontiguousarray(ex_pos)
+    )
+    return zip(redo.tolist(), sub)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -141,6 +169,9 @@ def _rle_dicts(heights, widths, strings) -> List[dict]:
     """``{"size": (H, W), "counts": str}``: holding only an untracked tuple and a string, a dict is
     not tracked by the garbage collector, which otherwise rescans the millions of them an LVIS
     evaluation keeps (several times the time of building them)."""
+    if len(heights) and (heights == heights[0]).all() and (widths == widths[0]).all():
+        size = _size(int(heights[0]), int(widths[0]))  # one image: the common case
+        return [{"size": size, "counts": c} for c in strings]
     sizes = {}
     hw = [
         sizes.get(x) or sizes.setdefault(x, _size(*x))
@@ -218,8 +249,8 @@ def encode_roi_masks(
         # masks take about a millisecond; a thread costs tens of microseconds)
         threads = 2 if len(m32) >= _PARALLEL_MIN and _CORES > 1 else 1
         regions = roi_mask_regions(b, heights, widths)
-        flips = _column_flips(m32, b, regions, heights, float(threshold), threads)
-        return finish_stage(m32, b, regions, heights, widths, float(threshold), flips)
+        parts, bounds = _column_flips(m32, b, regions, heights, widths, float(threshold), threads)
+        return finish_stage(m32, b, regions, heights, widths, float(threshold), parts, bounds)
     return encode_numpy_dicts(m32, b, heights, widths, float(threshold))
 
 

@@ -42,7 +42,9 @@ def _use_writer(monkeypatch, writer):
         pytest.importorskip("orjson")
 
 
-def _rows(n, seed=0):
+def _rows(n, seed=0, shared=False):
+    """``shared``: every RLE holds the one size tuple and text counts, as the ROI mask encoder gives
+    them (the writer reads that size once); else a list per RLE and bytes or text counts."""
     rng = np.random.default_rng(seed)
     dets = np.zeros((n, 7))
     dets[:, 0] = rng.integers(1, 2**40, n)
@@ -54,6 +56,9 @@ def _rows(n, seed=0):
         {"size": [48, 64], "counts": (f'0\\\\"x{i}'.encode("ascii") if i % 2 else f"ab{i}")}
         for i in range(n)
     ]  # pycocotools' bytes and text counts, backslashes and quotes
+    if shared:
+        size = (480, 640)
+        rles = [{"size": size, "counts": f'0\\"y{i}'} for i in range(n)]
     return dets, rles
 
 
@@ -101,14 +106,14 @@ def _stream(path, dets, rles, chunk_rows, step):
 
 
 @pytest.mark.parametrize("writer", WRITERS)
-@pytest.mark.parametrize("what", ["boxes", "masks", "empty"])
+@pytest.mark.parametrize("what", ["boxes", "masks", "masks_shared_size", "empty"])
 def test_stream_the_results_json_during_process_same_bytes(tmp_path, monkeypatch, writer, what):
     """Streamed in chunks of 70 rows from images of 33 (boundaries inside the data) = what
     write_results_json writes (chunks of 200,000 with orjson/stdlib, one table with polars) = the
     whole list written at once by the writer library."""
     _use_writer(monkeypatch, writer)
-    dets, rles = _rows(0 if what == "empty" else 1000)
-    rles = rles if what == "masks" else None
+    dets, rles = _rows(0 if what == "empty" else 1000, shared=what == "masks_shared_size")
+    rles = rles if what.startswith("masks") else None
     streamed = open(_stream(tmp_path / "s.json", dets, rles, 70, 33), "rb").read()
     write_results_json(str(tmp_path / "w.json"), dets, rles)
     assert streamed == open(tmp_path / "w.json", "rb").read()

@@ -159,10 +159,24 @@ def test_compiled_and_numpy_paths_give_the_same_strings_on_lvis_like_masks():
     assert encode_roi_masks(masks, boxes, (480, 640), compiled=False) == ref
 
 
+def _joined(parts, bounds):
+    """The kernel's outputs for parts of the masks joined as one output for all of them."""
+    flips = [f for f, _ in parts]
+    sizes = np.cumsum([0] + [len(f[0]) for f in flips[:-1]])
+    return (
+        np.concatenate([f[0] for f in flips]),
+        np.concatenate([f[1] for f in flips]),
+        np.concatenate([f[2] + s for f, s in zip(flips, bounds)]),
+        np.concatenate([f[3] for f in flips]),
+        np.concatenate([f[4] + z for f, z in zip(flips, sizes)]),
+    )
+
+
 @pytest.mark.skipif(not compiled_encoder(), reason="kernels not built")
 def test_kernel_on_threads_merges_as_on_one():
     """The kernel over 1, 2 or 3 parts of the masks (threads) gives the very same changes, with
-    columns left to grid_sample (masks at the threshold) in every part."""
+    columns left to grid_sample (masks at the threshold) in every part; finish_stage gives the
+    pasted masks' RLEs from the parts as from one."""
     from lt_detectron.evaluation import roi_masks
     from lt_detectron.evaluation.roi_mask_sampling import roi_mask_regions
 
@@ -170,14 +184,20 @@ def test_kernel_on_threads_merges_as_on_one():
     masks = make_roi_masks(150, 28, seed=2, noise=0.05)
     masks[::7] = 0.5  # every column of these is settled by grid_sample
     boxes = _boxes(rng, 150, 60, 80)
+    boxes[::7] = [10.5, 8.25, 50.0, 40.75]  # (most random boxes here sample only zeros)
     h, w = np.full(150, 60), np.full(150, 80)
     regions = roi_mask_regions(boxes, h, w)
-    one = roi_masks._column_flips(masks, boxes, regions, h, 0.5, 1)
-    assert len(one[2]) > 0
+    (one,), _ = roi_masks._column_flips(masks, boxes, regions, h, w, 0.5, 1)
+    assert len(one[0][2]) > 0
+    want = roi_masks.finish_stage(masks, boxes, regions, h, w, 0.5, [one], [0, 150])
+    assert want == _pasted_rles(masks, boxes, (60, 80))
     for threads in (2, 3):
-        got = roi_masks._column_flips(masks, boxes, regions, h, 0.5, threads)
-        for a, b in zip(one, got):
-            np.testing.assert_array_equal(a, b)
+        parts, bounds = roi_masks._column_flips(masks, boxes, regions, h, w, 0.5, threads)
+        assert len(parts) == threads and all(len(f[2]) for f, _ in parts)  # grid_sample in each
+        joined = _joined(parts, bounds)
+        for name, a, b in zip(("pos", "counts", "mask", "col", "at"), one[0], joined):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+        assert roi_masks.finish_stage(masks, boxes, regions, h, w, 0.5, parts, bounds) == want
 
 
 @pytest.mark.skipif(not compiled_encoder(), reason="kernels not built")
